@@ -1,0 +1,382 @@
+"""The FailoverPlan schema: one pydantic model for YAML plan files and the CRD spec.
+
+A plan file is a Kubernetes-style resource (apiVersion, kind, metadata, spec) so the very
+same document can be applied to a cluster as a custom resource. Defaults encode the
+emergency plans (`shared/context/emergency-plans.md`): trip below 70 % core availability
+or on a complaint surge above 50 % of baseline; levels 1-3; targets measured from
+detection. `load_plan` turns every validation problem into `PlanError` lines that name
+the field path and the fix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+
+API_VERSION = "failover.example.io/v1alpha1"
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+
+
+def parse_duration(value: Any) -> float:
+    """'90s', '1h', '1h30m', '250ms' or a number of seconds -> seconds (float, >= 0)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '90s' or '1h', not a boolean")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if text.startswith("-"):
+            raise ValueError(f"duration {value!r} is negative; use a positive value like '30s'")
+        pos, seconds = 0, 0.0
+        for m in _DURATION.finditer(text):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if pos != len(text) or not text:
+            raise ValueError(
+                f"cannot read duration {value!r}; write a number with a unit: "
+                "'250ms', '90s', '5m', '1h', '1h30m'"
+            )
+    else:
+        raise ValueError(f"expected a duration such as '90s' or '1h', got {type(value).__name__}")
+    if seconds < 0:
+        raise ValueError(f"duration {value!r} is negative; use a positive value like '30s'")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds % 3600 == 0:
+        return f"{int(seconds // 3600)}h"
+    if seconds and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{seconds:g}s"
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"}),
+]
+Percent = Annotated[float, Field(ge=0, le=100)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Metadata(Strict):
+    name: Name
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class Site(Strict):
+    name: Name
+    description: str = ""
+
+
+class Sites(Strict):
+    primary: Site
+    backup: Site
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Sites:
+        if self.primary.name == self.backup.name:
+            raise ValueError("primary and backup sites must have different names")
+        return self
+
+
+class ProbeSpec(Strict):
+    kind: str = Field(description="probe kind: http, tcp, dns, postgres, prometheus, memory")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Service(Strict):
+    """One customer channel (web, app/API, hotline, social media...)."""
+
+    name: Name
+    core: bool = False
+    probes: list[ProbeSpec] = Field(min_length=1)
+    interval: Duration = 10.0
+    timeout: Duration = 5.0
+
+
+class Signal(Strict):
+    """A business signal such as complaint volume, compared against its baseline."""
+
+    name: Name
+    probe: ProbeSpec
+    baseline: float = Field(gt=0, description="the daily average the surge is measured from")
+    surge: Percent = Field(50, description="trip when value exceeds baseline by this %")
+    interval: Duration = 60.0
+
+
+class Trigger(Strict):
+    consecutive_failures: int = Field(3, ge=1, alias="consecutiveFailures")
+    availability_floor: Percent = Field(70, alias="availabilityFloor")
+    window: Duration = 300.0
+    dwell: Duration = 30.0
+    clear_after: int = Field(3, ge=1, alias="clearAfter")
+    cooldown: Duration = 1800.0
+
+
+class LevelRule(Strict):
+    """Any one condition makes the incident this level; level 1 is the most severe."""
+
+    level: int = Field(ge=1, le=4)
+    all_services_down: bool = Field(False, alias="allServicesDown")
+    unavailable_at_least: Percent | None = Field(None, alias="unavailableAtLeast")
+    core_down_for: Duration | None = Field(None, alias="coreDownFor")
+    any_down_for: Duration | None = Field(None, alias="anyDownFor")
+    signal_surge: bool = Field(False, alias="signalSurge")
+
+
+def default_levels() -> list[LevelRule]:
+    return [
+        LevelRule(level=1, allServicesDown=True, unavailableAtLeast=80, coreDownFor=4 * 3600),
+        LevelRule(level=2, unavailableAtLeast=50, anyDownFor=2 * 3600, signalSurge=True),
+        LevelRule(level=3),
+    ]
+
+
+class Backend(Strict):
+    name: Name
+    role: Literal["traffic", "dns", "store", "restorer", "verifier", "notifier"]
+    kind: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+Action = Literal["traffic", "dns", "restore", "verify", "notify", "manual"]
+_ACTION_ROLE = {"traffic": "traffic", "dns": "dns", "restore": "restorer", "notify": "notifier"}
+
+
+class Step(Strict):
+    name: Name
+    action: Action
+    backend: str | None = Field(None, description="name of a backend in spec.backends")
+    target: Duration | None = Field(None, description="time target, measured from detection")
+    timeout: Duration = 600.0
+    retries: int = Field(2, ge=0, le=20)
+    approval: bool = False
+    on_failure: Literal["abort", "continue", "revert"] = Field("abort", alias="onFailure")
+    params: dict[str, Any] = Field(default_factory=dict)
+    description: str = ""
+
+
+class Notification(Strict):
+    level: int = Field(ge=1, le=4)
+    notifier: str
+    recipients: list[str] = Field(default_factory=list)
+    within: Duration | None = Field(None, description="time target for this notice")
+
+
+class Approval(Strict):
+    required: int = Field(1, ge=1)
+    approvers: list[str] = Field(default_factory=list, description="empty = anyone")
+
+
+class PlanSpec(Strict):
+    sites: Sites
+    services: list[Service] = Field(min_length=1)
+    signals: list[Signal] = Field(default_factory=list)
+    trigger: Trigger = Field(default_factory=Trigger)  # type: ignore[arg-type]
+    levels: list[LevelRule] = Field(default_factory=default_levels)
+    mode: Literal["automatic", "manual"] = "automatic"
+    approval: Approval = Field(default_factory=Approval)  # type: ignore[arg-type]
+    automatic_failback: bool = Field(False, alias="automaticFailback")
+    backends: list[Backend] = Field(default_factory=list)
+    steps: list[Step] = Field(min_length=1)
+    notifications: list[Notification] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlanSpec:
+        _unique("services", [s.name for s in self.services])
+        _unique("signals", [s.name for s in self.signals])
+        _unique("backends", [b.name for b in self.backends])
+        _unique("steps", [s.name for s in self.steps])
+        _unique("levels", [str(r.level) for r in self.levels])
+        if not any(s.core for s in self.services):
+            raise ValueError(
+                "services: mark at least one service `core: true` (availability is measured "
+                "over core services)"
+            )
+        by_name = {b.name: b for b in self.backends}
+        services = {s.name for s in self.services}
+        for i, step in enumerate(self.steps):
+            where = f"steps[{i}] ({step.name})"
+            role = _ACTION_ROLE.get(step.action)
+            if role is not None:
+                if step.backend is None:
+                    raise ValueError(f"{where}: a {step.action} step needs `backend:`")
+                backend = by_name.get(step.backend)
+                if backend is None:
+                    raise ValueError(
+                        f"{where}.backend: no backend named {step.backend!r} in spec.backends "
+                        f"(have: {', '.join(sorted(by_name)) or 'none'})"
+                    )
+                if backend.role != role:
+                    raise ValueError(
+                        f"{where}.backend: {step.backend!r} is a {backend.role} backend; "
+                        f"a {step.action} step needs a {role} backend"
+                    )
+            for svc in step.params.get("services", []) if step.action == "verify" else []:
+                if svc not in services:
+                    raise ValueError(
+                        f"{where}.params.services: no service named {svc!r} "
+                        f"(have: {', '.join(sorted(services))})"
+                    )
+            if step.target is not None and step.target <= 0:
+                raise ValueError(f"{where}.target: must be positive, e.g. '1h'")
+            if step.on_failure == "revert" and step.action not in ("traffic", "dns"):
+                raise ValueError(
+                    f"{where}.onFailure: only traffic and dns steps can be reverted; "
+                    "use abort or continue"
+                )
+        for i, note in enumerate(self.notifications):
+            backend = by_name.get(note.notifier)
+            if backend is None or backend.role != "notifier":
+                raise ValueError(
+                    f"notifications[{i}].notifier: no notifier backend named {note.notifier!r}"
+                )
+        return self
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def backend(self, name: str) -> Backend:
+        return next(b for b in self.backends if b.name == name)
+
+
+def _unique(field: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{field}: duplicate name {name!r}; names must be unique")
+        seen.add(name)
+
+
+class FailoverPlan(Strict):
+    api_version: Literal["failover.example.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["FailoverPlan"] = "FailoverPlan"
+    metadata: Metadata
+    spec: PlanSpec
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class PlanError(Exception):
+    """A plan that cannot be used; `problems` are 'field.path: what is wrong; the fix'."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(document)"
+
+
+def _explain(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check its spelling"
+        elif e["type"] == "missing":
+            msg = "required field is missing; add it"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        problems.append(f"{_loc(loc)}: {msg}")
+    return problems
+
+
+def parse_plan(data: Any, source: str = "<plan>", *, check_backends: bool = True) -> FailoverPlan:
+    if not isinstance(data, dict):
+        raise PlanError(source, ["(document): a plan must be a mapping with apiVersion, kind, "
+                                 "metadata and spec"])
+    try:
+        plan = FailoverPlan.model_validate(data)
+    except ValidationError as err:
+        raise PlanError(source, _explain(err)) from None
+    if check_backends:
+        problems = check_kinds(plan)
+        if problems:
+            raise PlanError(source, problems)
+    return plan
+
+
+def check_kinds(plan: FailoverPlan) -> list[str]:
+    """Validate every backend's and probe's `options` against its kind's own model."""
+    from controller import registry
+
+    problems: list[str] = []
+
+    def check(path: str, role: str, kind: str, options: dict[str, Any]) -> None:
+        try:
+            registry.parse_options(role, kind, options)
+        except registry.UnknownKind as exc:
+            problems.append(f"{path}.kind: {exc}")
+        except ValidationError as err:
+            problems.extend(f"{path}.options.{p}" for p in _explain(err))
+        except ImportError as exc:
+            problems.append(f"{path}.kind: {kind!r} needs a missing library ({exc.name}); "
+                            "install the matching extra")
+
+    for i, b in enumerate(plan.spec.backends):
+        check(f"spec.backends[{i}]", b.role, b.kind, b.options)
+    for i, s in enumerate(plan.spec.services):
+        for j, p in enumerate(s.probes):
+            check(f"spec.services[{i}].probes[{j}]", "probe", p.kind, p.options)
+    for i, sig in enumerate(plan.spec.signals):
+        check(f"spec.signals[{i}].probe", "probe", sig.probe.kind, sig.probe.options)
+    return problems
+
+
+def load_plan(path: str | Path, *, check_backends: bool = True) -> FailoverPlan:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise PlanError(source, [f"(file): cannot read: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise PlanError(source, [f"(document): not valid YAML at {where}: {problem}"]) from None
+    return parse_plan(data, source, check_backends=check_backends)
+
+
+def json_schema() -> dict[str, Any]:
+    return FailoverPlan.model_json_schema(by_alias=True)

@@ -1,0 +1,21 @@
+"""Health probes: the `Probe` protocol and the lazy registry of probe kinds.
+
+A probe checks one service once and returns an immutable `Sample`; it never raises for a
+failed check (the failure *is* the sample). Probes run concurrently on one asyncio loop.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from controller.model import Sample
+
+KINDS: dict[str, str] = {
+    "memory": "controller.testing:FakeProbe",
+}
+
+
+class Probe(Protocol):
+    service: str
+
+    async def check(self) -> Sample: ...

@@ -1,0 +1,287 @@
+"""In-memory fakes of every protocol, for unit tests of pure logic and for users' own tests.
+
+Each fake keeps the same contract as its real counterpart (the contract suites under
+`tests/contract/` run both through the same tests). State lives in a process-wide dict
+keyed by `key`, or in a JSON file when `stateFile` is set, so a drill can inject a fault
+from one process and a controller in another process sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.dns import DnsConflict
+from controller.model import Backup, Evidence, Notice, PermanentError, Record, Sample, Target, Weights
+
+log = logging.getLogger(__name__)
+
+_MEMORY: dict[str, dict[str, Any]] = {}
+_LOCK = threading.RLock()
+
+
+class FakeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    key: str = "default"
+    state_file: str | None = Field(None, alias="stateFile")
+
+
+@contextmanager
+def _state(opts: FakeOptions, namespace: str) -> Iterator[dict[str, Any]]:
+    """Read-modify-write the fake's state (a JSON file, or process memory)."""
+    with _LOCK:
+        if opts.state_file is None:
+            yield _MEMORY.setdefault(f"{namespace}:{opts.key}", {})
+            return
+        path = Path(opts.state_file)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        section = data.setdefault(f"{namespace}:{opts.key}", {})
+        yield section
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+
+
+def reset() -> None:
+    """Forget all in-memory fake state (call between tests)."""
+    with _LOCK:
+        _MEMORY.clear()
+
+
+# --- clock -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """An injected clock: `now()` only moves when `advance`/`sleep` is called."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self._now = start
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+
+    def sleep(self, seconds: float) -> None:
+        self.advance(seconds)
+
+
+# --- probes --------------------------------------------------------------------------------
+
+
+class FakeProbeOptions(FakeOptions):
+    up: bool = True
+    value: float | None = None
+
+
+class FakeProbe:
+    """Answers from shared state: `set_health(key, False)` makes every probe on `key` fail."""
+
+    Options = FakeProbeOptions
+
+    def __init__(self, options: FakeProbeOptions, *, secrets: Any = None, service: str = ""):
+        self.options, self.service = options, service
+
+    async def check(self) -> Sample:
+        with _state(self.options, "probe") as st:
+            up = bool(st.get("up", self.options.up))
+            value = st.get("value", self.options.value)
+        detail = "" if up else "fault injected"
+        return Sample(self.service, up, time.time(), latency=0.0, detail=detail, value=value)
+
+
+def set_health(key: str, up: bool, *, state_file: str | None = None,
+               value: float | None = None) -> None:
+    """Inject (up=False) or clear a fault for every FakeProbe sharing `key`."""
+    with _state(FakeOptions(key=key, stateFile=state_file), "probe") as st:
+        st["up"] = up
+        if value is not None:
+            st["value"] = value
+
+
+# --- traffic -------------------------------------------------------------------------------
+
+
+class FakeTrafficOptions(FakeOptions):
+    weights: dict[str, int] = Field(default_factory=lambda: {"primary": 100, "backup": 0})
+    fail_shifts: int = Field(0, alias="failShifts", description="fail this many shifts first")
+    delay: float = 0.0
+
+
+class FakeTrafficBackend:
+    Options = FakeTrafficOptions
+
+    def __init__(self, options: FakeTrafficOptions, *, secrets: Any = None):
+        self.options = options
+
+    def current(self) -> Weights:
+        with _state(self.options, "traffic") as st:
+            return dict(st.get("weights", self.options.weights))
+
+    def _set(self, weights: Weights) -> None:
+        with _state(self.options, "traffic") as st:
+            st["weights"] = dict(weights)
+            st["calls"] = st.get("calls", 0) + 1
+
+    def shift(self, *, to: str, weights: Weights) -> Evidence:
+        before = self.current()
+        unknown = set(weights) - set(before)
+        if unknown:
+            raise PermanentError(f"unknown destinations {sorted(unknown)}; have {sorted(before)}")
+        if self.options.delay:
+            time.sleep(self.options.delay)
+        with _state(self.options, "traffic") as st:
+            if st.get("failed", 0) < self.options.fail_shifts:
+                st["failed"] = st.get("failed", 0) + 1
+                raise ConnectionError("injected traffic backend failure")
+        # enable the target first, then drain the others (two writes, like the real ones)
+        self._set({**before, to: weights[to]})
+        self._set({**before, **weights})
+        return {"before": before, "after": self.current(), "to": to}
+
+    def revert(self, *, to: Weights) -> Evidence:
+        before = self.current()
+        self._set(to)
+        return {"before": before, "after": self.current()}
+
+    def calls(self) -> int:
+        with _state(self.options, "traffic") as st:
+            return int(st.get("calls", 0))
+
+
+# --- DNS -------------------------------------------------------------------------------
+
+
+class FakeDnsOptions(FakeOptions):
+    records: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class FakeDnsProvider:
+    """Compare-and-swap semantics of RFC 2136 prerequisites, in memory."""
+
+    Options = FakeDnsOptions
+
+    def __init__(self, options: FakeDnsOptions, *, secrets: Any = None):
+        self.options = options
+
+    def _load(self, st: dict[str, Any]) -> dict[tuple[str, str], Record]:
+        raw = st.setdefault("records", [dict(r) for r in self.options.records])
+        recs = (Record.from_json({"ttl": 300, **r}) for r in raw)
+        return {r.key(): r for r in recs}
+
+    def records(self, *, names: list[str] | None = None) -> list[Record]:
+        with _state(self.options, "dns") as st:
+            recs = self._load(st)
+        wanted = {n.lower().rstrip(".") + "." for n in names} if names else None
+        return [r for k, r in sorted(recs.items()) if wanted is None or k[0] in wanted]
+
+    def apply(self, *, expected: list[Record], desired: list[Record]) -> Evidence:
+        for rec in desired:
+            if not rec.values:
+                raise PermanentError(f"refusing to leave {rec.name} {rec.type} empty")
+        with _state(self.options, "dns") as st:
+            recs = self._load(st)
+            exp = {r.key(): r for r in expected}
+            for rec in desired:
+                have, want = recs.get(rec.key()), exp.get(rec.key())
+                have_values = set(have.values) if have else set()
+                want_values = set(want.values) if want else set()
+                if have_values != want_values:
+                    raise DnsConflict(
+                        f"{rec.name} {rec.type} is {sorted(have_values)}, "
+                        f"expected {sorted(want_values)}; nothing changed"
+                    )
+            before = [recs[r.key()].to_json() for r in desired if r.key() in recs]
+            for rec in desired:
+                recs[rec.key()] = Record(rec.key()[0], rec.type.upper(), rec.ttl,
+                                         tuple(sorted(rec.values)))
+            st["records"] = [r.to_json() for r in recs.values()]
+        return {"before": before, "after": [r.to_json() for r in desired]}
+
+
+# --- backups -------------------------------------------------------------------------------
+
+
+class FakeStoreOptions(FakeOptions):
+    backups: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class FakeBackupStore:
+    Options = FakeStoreOptions
+
+    def __init__(self, options: FakeStoreOptions, *, secrets: Any = None):
+        self.options = options
+
+    def list(self, *, dataset: str) -> list[Backup]:
+        found = [
+            Backup(
+                id=b["id"], dataset=b["dataset"], kind=b.get("kind", "daily"),
+                taken_at=float(b.get("takenAt", 0)), location=b.get("location", f"mem:{b['id']}"),
+                verified=b.get("verified"), verification=b.get("verification", ""),
+            )
+            for b in self.options.backups
+            if b["dataset"] == dataset
+        ]
+        return sorted(found, key=lambda b: b.taken_at, reverse=True)
+
+
+class FakeRestorerOptions(FakeOptions):
+    fail: bool = False
+
+
+class FakeRestorer:
+    Options = FakeRestorerOptions
+
+    def __init__(self, options: FakeRestorerOptions, *, secrets: Any = None):
+        self.options = options
+
+    def restore(self, *, backup: Backup, into: Target) -> Evidence:
+        if self.options.fail:
+            raise ConnectionError("injected restore failure")
+        with _state(self.options, "restorer") as st:
+            st.setdefault("restored", []).append({"backup": backup.id, "into": into.path})
+        return {"backup": backup.id, "kind": backup.kind, "into": into.path}
+
+    def restored(self) -> list[dict[str, Any]]:
+        with _state(self.options, "restorer") as st:
+            return list(st.get("restored", []))
+
+
+# --- notifications -------------------------------------------------------------------------
+
+
+class FakeNotifierOptions(FakeOptions):
+    fail: bool = False
+
+
+class FakeNotifier:
+    Options = FakeNotifierOptions
+
+    def __init__(self, options: FakeNotifierOptions, *, secrets: Any = None):
+        self.options = options
+
+    def send(self, *, notice: Notice) -> None:
+        if self.options.fail:
+            log.warning("notification to %s failed: injected failure", notice.recipients)
+            return
+        with _state(self.options, "notifier") as st:
+            st.setdefault("sent", []).append(
+                {"subject": notice.subject, "level": notice.level, "status": notice.status,
+                 "recipients": list(notice.recipients), "run": notice.run_id}
+            )
+
+    def sent(self) -> list[dict[str, Any]]:
+        with _state(self.options, "notifier") as st:
+            return list(st.get("sent", []))
