@@ -17,7 +17,7 @@ Weights = dict[str, int]
 """Traffic weight per destination (site or backend server name), e.g. {"dc-a": 0, "dc-b": 100}."""
 
 
-class Phase(str, enum.Enum):
+class Phase(enum.StrEnum):
     HEALTHY = "Healthy"
     DEGRADED = "Degraded"
     TRIPPED = "Tripped"
@@ -28,7 +28,7 @@ class Phase(str, enum.Enum):
     FAILED = "Failed"
 
 
-class StepStatus(str, enum.Enum):
+class StepStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting-approval"

@@ -101,7 +101,9 @@ class Secrets:
             try:
                 value = path.read_text()
             except OSError as exc:
-                raise SecretError(f"secret {ref.describe()} cannot be read: {exc.strerror}") from None
+                raise SecretError(
+                    f"secret {ref.describe()} cannot be read: {exc.strerror}"
+                ) from None
         else:
             assert ref.from_secret is not None
             if self._kube_reader is None:

@@ -22,7 +22,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.dns import DnsConflict
-from controller.model import Backup, Evidence, Notice, PermanentError, Record, Sample, Target, Weights
+from controller.model import (
+    Backup,
+    Evidence,
+    Notice,
+    PermanentError,
+    Record,
+    Sample,
+    Target,
+    Weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +93,16 @@ class FakeClock:
 class FakeProbeOptions(FakeOptions):
     up: bool = True
     value: float | None = None
+    traffic: str | None = Field(None, description="key of a FakeTrafficBackend to follow")
 
 
 class FakeProbe:
-    """Answers from shared state: `set_health(key, False)` makes every probe on `key` fail."""
+    """Answers from shared state: `set_health(key, False)` makes every probe on `key` fail.
+
+    With `traffic:` it models a service behind an edge: it is up when the destination
+    receiving the most traffic weight (a site name) is up, so a fault injected into the
+    primary site clears once traffic has moved to the backup.
+    """
 
     Options = FakeProbeOptions
 
@@ -95,17 +110,24 @@ class FakeProbe:
         self.options, self.service = options, service
 
     async def check(self) -> Sample:
-        with _state(self.options, "probe") as st:
+        key = self.options.key
+        if self.options.traffic is not None:
+            edge = FakeOptions(key=self.options.traffic, state_file=self.options.state_file)
+            with _state(edge, "traffic") as st:
+                weights = st.get("weights")
+            if weights:
+                key = max(weights, key=lambda d: weights[d])
+        with _state(self.options.model_copy(update={"key": key}), "probe") as st:
             up = bool(st.get("up", self.options.up))
             value = st.get("value", self.options.value)
-        detail = "" if up else "fault injected"
+        detail = f"via {key}" if up else f"{key}: fault injected"
         return Sample(self.service, up, time.time(), latency=0.0, detail=detail, value=value)
 
 
 def set_health(key: str, up: bool, *, state_file: str | None = None,
                value: float | None = None) -> None:
     """Inject (up=False) or clear a fault for every FakeProbe sharing `key`."""
-    with _state(FakeOptions(key=key, stateFile=state_file), "probe") as st:
+    with _state(FakeOptions(key=key, state_file=state_file), "probe") as st:
         st["up"] = up
         if value is not None:
             st["value"] = value
@@ -166,6 +188,7 @@ class FakeTrafficBackend:
 
 class FakeDnsOptions(FakeOptions):
     records: list[dict[str, Any]] = Field(default_factory=list)
+    fail: bool = Field(False, description="every apply fails as if the server were unreachable")
 
 
 class FakeDnsProvider:
@@ -188,6 +211,8 @@ class FakeDnsProvider:
         return [r for k, r in sorted(recs.items()) if wanted is None or k[0] in wanted]
 
     def apply(self, *, expected: list[Record], desired: list[Record]) -> Evidence:
+        if self.options.fail:
+            raise ConnectionError("injected DNS server failure")
         for rec in desired:
             if not rec.values:
                 raise PermanentError(f"refusing to leave {rec.name} {rec.type} empty")

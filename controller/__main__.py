@@ -1,0 +1,5 @@
+"""`python -m controller` is `failoverctl`."""
+
+from controller.cli import main
+
+main()

@@ -1,0 +1,207 @@
+"""What each step action does: prepare (read-only, saved first), perform, revert.
+
+`prepare` captures the world before the first change (traffic weights, DNS records) and
+the executor writes it to the journal *before* `perform` runs, so a revert after a crash
+still restores the true original. `perform` is idempotent: run twice, it leaves the same
+state and does not fail because the first run already succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from controller.backends import Backends
+from controller.dns import DnsConflict
+from controller.model import Evidence, Notice, PermanentError, Record, Sample, Target
+from controller.plan import FailoverPlan, Step
+
+
+@dataclass
+class StepContext:
+    plan: FailoverPlan
+    run_id: str
+    level: int | None
+    backends: Backends
+    approvers: list[str]
+    lookup_evidence: Callable[[str, str], Evidence]  # (run_id, step name) -> evidence
+
+
+class NotRevertible(PermanentError):
+    pass
+
+
+class Handler(Protocol):
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence: ...
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence: ...
+    def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence: ...
+
+
+class _NoRevert:
+    def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
+        raise NotRevertible(f"step {step.name}: a {step.action} step cannot be reverted")
+
+
+class Traffic:
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {"before": ctx.backends.get(_backend(step)).current()}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        sites = ctx.plan.spec.sites
+        to = str(step.params.get("to", sites.backup.name))
+        weights = step.params.get("weights") or {to: 100, sites.primary.name: 0}
+        return dict(ctx.backends.get(_backend(step)).shift(to=to, weights=weights))
+
+    def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
+        if "before" not in evidence:
+            raise NotRevertible(f"step {step.name}: no saved weights to revert to")
+        return dict(ctx.backends.get(_backend(step)).revert(to=evidence["before"]))
+
+
+def dns_records(step: Step) -> list[Record]:
+    try:
+        return [Record.from_json({"ttl": 300, **r}) for r in step.params["records"]]
+    except (KeyError, TypeError) as exc:
+        raise PermanentError(
+            f"step {step.name}: params.records must list {{name, type, ttl, values}} ({exc})"
+        ) from None
+
+
+class Dns:
+    def _current(self, step: Step, ctx: StepContext, keys: set[tuple[str, str]]) -> list[Record]:
+        provider = ctx.backends.get(_backend(step))
+        names = sorted({k[0] for k in keys})
+        return [r for r in provider.records(names=names) if r.key() in keys]
+
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        keys = {r.key() for r in dns_records(step)}
+        return {"before": [r.to_json() for r in self._current(step, ctx, keys)]}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        desired = dns_records(step)
+        return self._swap(step, ctx, [Record.from_json(r) for r in prepared["before"]], desired)
+
+    def _swap(self, step: Step, ctx: StepContext, expected: list[Record],
+              desired: list[Record]) -> Evidence:
+        keys = {r.key() for r in desired}
+        current = {r.key(): set(r.values) for r in self._current(step, ctx, keys)}
+        if all(current.get(r.key()) == set(r.values) for r in desired):
+            return {"after": [r.to_json() for r in desired], "alreadyApplied": True}
+        try:
+            return dict(ctx.backends.get(_backend(step)).apply(expected=expected,
+                                                               desired=desired))
+        except DnsConflict as exc:
+            raise PermanentError(f"DNS changed under us: {exc}") from None
+
+    def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
+        before = [Record.from_json(r) for r in evidence.get("before", [])]
+        if not before:
+            raise NotRevertible(f"step {step.name}: no saved records to revert to")
+        return self._swap(step, ctx, dns_records(step), before)
+
+
+class Restore(_NoRevert):
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        from controller.backups.selection import choose
+
+        p = step.params
+        try:
+            store_name, dataset, into = p["store"], p["dataset"], p["into"]
+        except KeyError as exc:
+            raise PermanentError(f"step {step.name}: params.{exc.args[0]} is required") from None
+        store = ctx.backends.get(store_name)
+        backup, why = choose(store.list(dataset=dataset))
+        target = Target(host=into.get("host"), path=into["path"], options=into.get("options", {}))
+        evidence = dict(ctx.backends.get(_backend(step)).restore(backup=backup, into=target))
+        return {"chosen": backup.id, "kind": backup.kind, "why": why, **evidence}
+
+
+class Verify(_NoRevert):
+    """Every probe of the named services (default: all core) must pass; retried by the
+    executor until the step's timeout, which makes it a wait-until-healthy gate."""
+
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        names = step.params.get("services") or [s.name for s in ctx.plan.spec.services if s.core]
+        probes = [p for n in names for p in ctx.backends.service_probes(n)]
+
+        async def run_all() -> list[Sample]:
+            return list(await asyncio.gather(*(p.check() for p in probes)))
+
+        samples = asyncio.run(run_all())
+        results = [{"service": s.service, "ok": s.ok, "detail": s.detail} for s in samples]
+        failed = [r for r in results if not r["ok"]]
+        if failed:
+            raise AssertionError("verification failed: " + "; ".join(
+                f"{r['service']}: {r['detail'] or 'probe failed'}" for r in failed))
+        return {"checked": results}
+
+
+class Notify(_NoRevert):
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        recipients = list(step.params.get("recipients", []))
+        if not recipients:
+            recipients = [r for n in ctx.plan.spec.notifications
+                          if n.notifier == step.backend and n.level == ctx.level
+                          for r in n.recipients]
+        notice = Notice(
+            plan=ctx.plan.name, level=ctx.level,
+            subject=step.params.get("subject", f"[{ctx.plan.name}] failover in progress"),
+            status=step.params.get("status", "failing over to the backup site"),
+            affected=tuple(s.name for s in ctx.plan.spec.services),
+            estimated_recovery=str(step.params.get("estimatedRecovery", "")),
+            run_id=ctx.run_id, recipients=tuple(recipients),
+        )
+        ctx.backends.get(_backend(step)).send(notice=notice)
+        return {"recipients": recipients, "level": ctx.level}
+
+
+class Manual(_NoRevert):
+    """A human step: done when an approver confirms it (`failoverctl approve RUN --step`)."""
+
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {"instructions": step.params.get("instructions", step.description)}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        return {"confirmedBy": ctx.approvers}
+
+
+class Revert(_NoRevert):
+    """A failback step: reverts one step of an earlier failover run from its evidence."""
+
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        return {}
+
+    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        of = step.params["of"]
+        original = ctx.plan.spec.steps[[s.name for s in ctx.plan.spec.steps].index(of["step"])]
+        evidence = ctx.lookup_evidence(of["run"], of["step"])
+        return HANDLERS[original.action].revert(original, ctx, evidence)
+
+
+HANDLERS: dict[str, Handler] = {
+    "traffic": Traffic(), "dns": Dns(), "restore": Restore(), "verify": Verify(),
+    "notify": Notify(), "manual": Manual(), "revert": Revert(),
+}
+REVERTIBLE = ("traffic", "dns")
+
+
+def _backend(step: Step) -> str:
+    if step.backend is None:
+        raise PermanentError(f"step {step.name}: no backend configured")
+    return step.backend
+
+
+def step_from_run(definition: dict[str, Any]) -> Step:
+    """Steps are frozen into the run at start; rebuild the model from that copy."""
+    return Step.model_validate(definition)

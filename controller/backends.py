@@ -1,0 +1,39 @@
+"""Builds a plan's configured backends and probes, lazily and once per engine.
+
+Only the kinds a plan names are imported (see `registry`). Building a backend may read
+secrets; those values never leave the backend object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controller import registry
+from controller.plan import FailoverPlan, ProbeSpec
+from controller.secrets import Secrets
+
+
+class Backends:
+    def __init__(self, plan: FailoverPlan, *, secrets: Secrets | None = None):
+        self.plan = plan
+        self.secrets = secrets or Secrets()
+        self._built: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        if name not in self._built:
+            spec = self.plan.spec.backend(name)
+            self._built[name] = registry.build(spec.role, spec.kind, spec.options,
+                                               secrets=self.secrets)
+        return self._built[name]
+
+    def probe(self, owner: str, spec: ProbeSpec) -> Any:
+        return registry.build("probe", spec.kind, spec.options, secrets=self.secrets,
+                              service=owner)
+
+    def service_probes(self, service: str) -> list[Any]:
+        return [self.probe(service, p) for p in self.plan.spec.service(service).probes]
+
+    def all_probes(self) -> list[Any]:
+        probes = [self.probe(s.name, p) for s in self.plan.spec.services for p in s.probes]
+        probes += [self.probe(sig.name, sig.probe) for sig in self.plan.spec.signals]
+        return probes

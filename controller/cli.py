@@ -1,0 +1,440 @@
+"""`failoverctl`: validate and preview plans, run the loop, request and follow failovers.
+
+Exit codes (also in the README):
+  0  success
+  1  the operation ran and failed (a run ended Failed, a drill missed its verdict)
+  2  bad input: an invalid plan, an unknown option, an unknown run
+  3  the journal cannot be used (corrupt or unreadable); it is never replaced silently
+  4  waiting: the run needs an approval (`failoverctl approve RUN`) or is still going
+`-o json` prints machine-readable output on every command a script would parse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controller import report as reports
+from controller.config import Settings
+from controller.journal import Journal, JournalError, Run
+from controller.loop import Engine, probe_all
+from controller.model import Phase, StepStatus
+from controller.plan import (
+    FailoverPlan,
+    PlanError,
+    Step,
+    format_duration,
+    json_schema,
+    load_plan,
+)
+from controller.secrets import RedactingFilter
+
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_JOURNAL, EXIT_WAITING = 0, 1, 2, 3, 4
+OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+                      show_default=True, help="output format")
+
+
+class Ctx:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._journal: Journal | None = None
+
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.settings.journal)
+        return self._journal
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _load(path: str) -> FailoverPlan:
+    try:
+        return load_plan(path)
+    except PlanError as err:
+        click.echo(f"{err.source}: invalid plan", err=True)
+        for problem in err.problems:
+            click.echo(f"  - {problem}", err=True)
+        sys.exit(EXIT_INPUT)
+
+
+def _emit(output: str, data: Any, text: Callable[[], str]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if output == "json"
+               else text())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--journal", type=click.Path(dir_okay=False), envvar="FAILOVER_JOURNAL",
+              help="journal file (default ~/.local/state/failoverctl/journal.db)")
+@click.option("-v", "--verbose", is_flag=True, help="log every decision and step")
+@click.pass_context
+def main(ctx: click.Context, journal: str | None, verbose: bool) -> None:
+    """Fail traffic, DNS and databases over to the backup site, step by step, on the record."""
+    settings = Settings()
+    if journal:
+        settings.journal = Path(journal)
+    handler = logging.StreamHandler()
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level="DEBUG" if verbose else settings.log_level, handlers=[handler])
+    if not verbose:
+        logging.getLogger("controller").setLevel("WARNING")
+    ctx.obj = Ctx(settings)
+    ctx.call_on_close(lambda: ctx.obj._journal and ctx.obj._journal.close())
+
+
+def _with_journal(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a corrupt/unreadable journal into exit code 3 with the reason."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except JournalError as exc:
+            _fail(str(exc), EXIT_JOURNAL)
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+@main.command()
+@click.argument("plans", nargs=-1, required=True, type=click.Path())
+@OUTPUT
+def validate(plans: tuple[str, ...], output: str) -> None:
+    """Check plan files; name every problem's field and its fix (exit 2 if any is invalid)."""
+    results: list[dict[str, Any]] = []
+    for path in plans:
+        try:
+            plan = load_plan(path)
+            results.append({"file": path, "plan": plan.name, "valid": True, "problems": []})
+        except PlanError as err:
+            results.append({"file": path, "plan": None, "valid": False,
+                            "problems": err.problems})
+
+    def text() -> str:
+        lines = []
+        for r in results:
+            if r["valid"]:
+                lines.append(f"ok      {r['file']} (plan {r['plan']})")
+            else:
+                lines.append(f"invalid {r['file']}")
+                lines += [f"  - {p}" for p in r["problems"]]
+        return "\n".join(lines)
+
+    _emit(output, results, text)
+    sys.exit(EXIT_OK if all(r["valid"] for r in results) else EXIT_INPUT)
+
+
+def _does(plan: FailoverPlan, s: Step) -> str:
+    """One line saying what a step would do, for the dry run."""
+    if s.action == "traffic":
+        return f"shift traffic to {s.params.get('to', plan.spec.sites.backup.name)} via {s.backend}"
+    if s.action == "dns":
+        records = ", ".join(f"{r.get('name')} {r.get('type')} -> "
+                            f"{','.join(map(str, r.get('values', [])))}"
+                            for r in s.params.get("records", []))
+        return f"set {records} via {s.backend}"
+    if s.action == "restore":
+        return (f"restore {s.params.get('dataset')} from {s.params.get('store')} "
+                f"(newest verified; continuous first) via {s.backend}")
+    if s.action == "verify":
+        names = s.params.get("services") or [x.name for x in plan.spec.services if x.core]
+        return "verify " + ", ".join(names)
+    if s.action == "notify":
+        return f"notify via {s.backend}"
+    return f"human step: {s.params.get('instructions', s.description)}"
+
+
+def _preview(plan: FailoverPlan) -> list[dict[str, Any]]:
+    return [{"order": i, "name": s.name, "action": s.action, "does": _does(plan, s),
+             "target": s.target, "timeout": s.timeout, "retries": s.retries,
+             "approval": s.approval or s.action == "manual", "onFailure": s.on_failure}
+            for i, s in enumerate(plan.spec.steps, 1)]
+
+
+@main.command("plan")
+@click.argument("plan_file", type=click.Path())
+@OUTPUT
+def plan_cmd(plan_file: str, output: str) -> None:
+    """Dry run: what a failover would do, in order, with targets. Changes nothing."""
+    plan = _load(plan_file)
+    steps = _preview(plan)
+
+    def text() -> str:
+        sp = plan.spec
+        lines = [f"plan {plan.name}: {sp.sites.primary.name} -> {sp.sites.backup.name}, "
+                 f"mode {sp.mode}; trips below {sp.trigger.availability_floor:g} % core "
+                 f"availability for {format_duration(sp.trigger.dwell)}", ""]
+        for s in steps:
+            target = format_duration(s["target"]) if s["target"] else "none"
+            gate = ", needs approval" if s["approval"] else ""
+            lines.append(f"{s['order']:>2}. {s['name']}: {s['does']}")
+            lines.append(f"    target {target} from detection, timeout "
+                         f"{format_duration(s['timeout'])}, {s['retries']} retries, "
+                         f"on failure {s['onFailure']}{gate}")
+        return "\n".join(lines)
+
+    _emit(output, {"plan": plan.name, "steps": steps}, text)
+
+
+@main.command()
+@click.option("--crd", is_flag=True, help="print the CustomResourceDefinition (YAML) instead")
+def schema(crd: bool) -> None:
+    """Print the FailoverPlan JSON Schema, or the CRD generated from it."""
+    if crd:
+        import yaml
+
+        from controller.crd import crd as make_crd
+
+        click.echo("# generated by `failoverctl schema --crd`; do not edit by hand\n"
+                   + yaml.safe_dump(make_crd(), sort_keys=False))
+    else:
+        click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
+
+
+def _step_line(s: dict[str, Any]) -> str:
+    mark = {"succeeded": "ok  ", "failed": "FAIL", "reverted": "undo", "running": "... ",
+            "awaiting-approval": "wait"}.get(s["status"], "    ")
+    target = format_duration(s["targetSeconds"]) if s["targetSeconds"] else "-"
+    since = f"{s['sinceDetectionSeconds']:.2f} s" if s["sinceDetectionSeconds"] is not None \
+        else "-"
+    met = {True: "met", False: "MISSED", None: ""}[s["met"]]
+    err = f"  {s['error']}" if s["error"] else ""
+    return f"  [{mark}] {s['name']:<24} since detection {since:>10}  target {target:>5} {met}{err}"
+
+
+def _follow(journal: Journal, run_id: str, *, engine: Engine, output: str,
+            timeout: float) -> int:
+    """Watch a run until it ends or waits for approval, driving it whenever this process
+    can hold the plan's lease (it stands by while a running controller holds it)."""
+    shown: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        engine.reconcile()
+        run = journal.run(run_id)
+        assert run is not None
+        if output == "text":
+            for rec in journal.steps(run_id):
+                if shown.get(rec.name) != rec.status.value and rec.status is not StepStatus.PENDING:
+                    shown[rec.name] = rec.status.value
+                    click.echo(_step_line(rec.to_json()))
+        if run.finished_at is not None or run.phase is Phase.AWAITING_APPROVAL:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return _finish_run(journal, run, output)
+
+
+def _finish_run(journal: Journal, run: Run, output: str) -> int:
+    rep = reports.build(journal, run.id)
+    if output == "json":
+        click.echo(reports.to_json(rep))
+    else:
+        click.echo(f"run {run.id}: {run.phase.value}"
+                   + (f" — {run.outcome}" if run.outcome else ""))
+        if run.phase is Phase.AWAITING_APPROVAL:
+            click.echo(f"waiting for approval: failoverctl approve {run.id}")
+    if run.phase is Phase.FAILED:
+        return EXIT_FAILED
+    return EXIT_OK if run.finished_at is not None else EXIT_WAITING
+
+
+def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None,
+             output: str, wait: float, level: int | None = None) -> None:
+    plan = _load(plan_file)
+    journal = obj.journal()
+    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    who = actor or obj.settings.actor
+    request_id = engine.request(kind, actor=who, reason=reason, level=level)
+    if not engine.holds_lease() and output == "text":
+        click.echo(f"a running controller holds plan {plan.name}; following its progress")
+    deadline = time.monotonic() + wait
+    try:
+        run_id = None
+        while run_id is None:
+            engine.reconcile()
+            run_id = (journal.request(request_id) or {}).get("run_id")
+            if run_id is None:
+                if time.monotonic() > deadline:
+                    _fail(f"request {request_id} not picked up within {wait:.0f} s",
+                          EXIT_WAITING)
+                time.sleep(0.2)
+        if output == "text":
+            click.echo(f"{kind} of {plan.name} requested by {who}: run {run_id}")
+        code = _follow(journal, run_id, engine=engine, output=output,
+                       timeout=max(deadline - time.monotonic(), 0))
+    finally:
+        engine.release()
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@click.option("--reason", required=True, help="why, for the audit trail and notices")
+@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@click.option("--level", type=click.IntRange(1, 4), default=3, show_default=True,
+              help="response level for notices (1 most severe)")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
+             level: int, output: str) -> None:
+    """Request a controlled failover and follow it (drives it if no controller is running)."""
+    _request(obj, plan_file, "failover", reason, actor, output, wait, level)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@click.option("--reason", required=True, help="why, for the audit trail and notices")
+@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
+             output: str) -> None:
+    """Request a failback: revert traffic and DNS to exactly what they were before."""
+    _request(obj, plan_file, "failback", reason, actor, output, wait)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--plan", "plan_file", required=True, type=click.Path(),
+              help="the plan file of the run (checks the approver list)")
+@click.option("--step", default="", help="approve one gated step instead of the whole run")
+@click.option("--as", "actor", help="who approves (default $FAILOVER_ACTOR or $USER)")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
+            output: str) -> None:
+    """Approve a run (or one gated/manual step); a running controller continues it."""
+    plan = _load(plan_file)
+    journal = obj.journal()
+    run = journal.run(run_id)
+    if run is None or run.plan != plan.name:
+        _fail(f"no run {run_id!r} of plan {plan.name} in {journal.path}", EXIT_INPUT)
+    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    try:
+        engine.approve(run_id, actor=actor or obj.settings.actor, step=step)
+    except PermissionError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    _emit(output, {"run": run_id, "step": step or None, "approvedBy": actor or obj.settings.actor},
+          lambda: f"approved {'step ' + step if step else 'run'} of {run_id}")
+
+
+@main.command()
+@click.argument("plan_file", required=False, type=click.Path())
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def status(obj: Ctx, plan_file: str | None, output: str) -> None:
+    """Show each plan's phase, level, active site, last decision and current run."""
+    journal = obj.journal()
+    states = journal.plan_states()
+    if plan_file:
+        name = _load(plan_file).name
+        states = [s for s in states if s.plan == name]
+    data: list[dict[str, Any]] = []
+    for st in states:
+        run = journal.runs(st.plan, limit=1)
+        data.append({
+            "plan": st.plan, "phase": st.phase.value, "level": st.level,
+            "activeSite": st.active_site, "lastDecision": st.last_decision,
+            "run": ({**run[0].to_json(), "steps": [s.to_json() for s in journal.steps(run[0].id)]}
+                    if run else None),
+        })
+
+    def text() -> str:
+        if not data:
+            return f"no plans recorded in {journal.path}"
+        lines = []
+        for d in data:
+            lines.append(f"{d['plan']}: {d['phase']} (level {d['level'] or '-'}, active site "
+                         f"{d['activeSite']})\n  {d['lastDecision'] or ''}")
+            if d["run"]:
+                lines.append(f"  run {d['run']['id']}: {d['run']['phase']}")
+                lines += [_step_line(s) for s in d["run"]["steps"]]
+        return "\n".join(lines)
+
+    _emit(output, data, text)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "junit", "markdown"]),
+              default="text", show_default=True)
+@click.pass_obj
+@_with_journal
+def report(obj: Ctx, run_id: str, output: str) -> None:
+    """A run's steps against their time targets (JSON, JUnit XML for CI, Markdown)."""
+    try:
+        rep = reports.build(obj.journal(), run_id)
+    except reports.UnknownRun as exc:
+        _fail(str(exc), EXIT_INPUT)
+    render = {"json": reports.to_json, "junit": reports.to_junit,
+              "markdown": reports.to_markdown, "text": reports.to_markdown}[output]
+    click.echo(render(rep))
+
+
+@main.command()
+@click.argument("plans", nargs=-1, required=True, type=click.Path())
+@click.option("--interval", type=float, help="seconds between cycles (default $FAILOVER_TICK)")
+@click.option("--ticks", type=int, help="stop after this many cycles (default: run forever)")
+@click.option("--until", "until", type=click.Choice([p.value for p in Phase]),
+              help="stop once every plan reaches this phase")
+@click.pass_obj
+@_with_journal
+def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | None,
+        until: str | None) -> None:
+    """The reconcile loop against plan files: probe, decide, act, record. Ctrl-C stops it."""
+    loaded = [_load(p) for p in plans]
+    journal = obj.journal()
+    engines = [Engine(p, journal, lease_ttl=obj.settings.lease_ttl) for p in loaded]
+    every = interval or obj.settings.tick
+    count = 0
+    try:
+        while ticks is None or count < ticks:
+            count += 1
+            for engine in engines:
+                state = engine.tick(probe_all(engine.backends))
+                click.echo(f"{state.plan}: {state.phase.value} — {state.last_decision}")
+            if until and all(e.state().phase.value == until for e in engines):
+                break
+            time.sleep(every)
+    except KeyboardInterrupt:
+        click.echo("stopped; the journal holds every finished step, `run` again to resume")
+    finally:
+        for engine in engines:
+            engine.release()
+    failed = any(e.state().phase is Phase.FAILED for e in engines)
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="drill-report",
+              show_default=True, help="directory for the JSON, JUnit and Markdown reports")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def drill(obj: Ctx, plan_file: str, out_dir: str, output: str) -> None:
+    """A whole drill: inject a fault, let the loop fail over, verify, fail back, report."""
+    from controller.drill.runner import run_drill
+
+    plan = _load(plan_file)
+    verdict = run_drill(plan, obj.journal(), Path(out_dir), echo=None if output == "json"
+                        else click.echo)
+    if output == "json":
+        click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))
+    sys.exit(EXIT_OK if verdict["passed"] else EXIT_FAILED)

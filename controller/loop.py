@@ -1,0 +1,339 @@
+"""The reconcile cycle: read desired + observed state, decide, run the next step, record.
+
+Only the engine acts. The CLI, the operator and the drill runner *request* a failover or
+failback (a row in the journal) and watch the plan's state. Each `tick` folds new samples
+into the pure policy, records the decision, starts a run when the policy trips (or a
+request is pending), and advances the active run step by step until it finishes, waits
+for an approval, or fails. Everything it does is in the journal, so a restarted engine
+continues where the last one stopped and never repeats a finished step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from controller import policy
+from controller.actions import REVERTIBLE, StepContext, step_from_run
+from controller.backends import Backends
+from controller.executor import Executor, LostLease
+from controller.journal import Journal, PlanState, Run
+from controller.model import Decision, Notice, Phase, Sample, StepStatus
+from controller.plan import FailoverPlan
+
+log = logging.getLogger(__name__)
+TERMINAL = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Clock:
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+
+
+class Engine:
+    def __init__(self, plan: FailoverPlan, journal: Journal, *, backends: Backends | None = None,
+                 clock: Clock | None = None, holder: str | None = None,
+                 lease_ttl: float = 30.0, backoff: float = 0.5):
+        self.plan, self.journal = plan, journal
+        self.backends = backends or Backends(plan)
+        self.clock = clock or Clock()
+        self.holder = holder or default_holder()
+        self.lease_ttl = lease_ttl
+        self.lease_name = f"plan/{plan.name}"
+        self.executor = Executor(journal, now=self.clock.now, guard=self.guard,
+                                 sleep=self.clock.sleep, backoff=backoff)
+
+    # --- fencing ----------------------------------------------------------------------------
+
+    def guard(self) -> None:
+        """Raise LostLease unless this engine holds (and has just renewed) the plan's lease."""
+        token = self.journal.acquire_lease(self.lease_name, self.holder, ttl=self.lease_ttl,
+                                           now=self.clock.now())
+        if token is None:
+            raise LostLease(f"another controller holds {self.lease_name}")
+
+    def release(self) -> None:
+        """Give the lease up at once (on exit), so another controller need not wait it out."""
+        self.journal.release_lease(self.lease_name, self.holder)
+
+    def holds_lease(self) -> bool:
+        try:
+            self.guard()
+        except LostLease:
+            return False
+        return True
+
+    # --- state ------------------------------------------------------------------------------
+
+    def state(self) -> PlanState:
+        st = self.journal.plan_state(self.plan.name)
+        if st is None:
+            st = PlanState(self.plan.name, Phase.HEALTHY, None,
+                           self.plan.spec.sites.primary.name, None, {}, self.clock.now())
+        return st
+
+    def _save(self, st: PlanState, **changes: Any) -> PlanState:
+        values = {**st.__dict__, **changes, "updated_at": self.clock.now()}
+        new = PlanState(**values)
+        self.journal.save_plan_state(new)
+        return new
+
+    # --- the cycle --------------------------------------------------------------------------
+
+    def tick(self, samples: list[Sample]) -> PlanState:
+        """Observe + decide + act once. Safe to call from several processes: only the
+        lease holder acts; the others return the current state unchanged."""
+        if not self.holds_lease():
+            return self.state()
+        st = self.state()
+        prior = policy.PolicyState.from_json(st.policy)
+        decision, new_policy = policy.evaluate(self.plan, prior, samples, self.clock.now())
+        self._record(st, decision)
+        self._save(st, policy=new_policy.to_json(), last_decision=decision.sentence)
+        run = self.journal.active_run(self.plan.name)
+        if run is not None and decision.level is not None and (
+                run.level is None or decision.level < run.level):
+            self._escalate(run, decision.level)
+        return self.reconcile(decision)
+
+    def _escalate(self, run: Run, level: int) -> None:
+        """The level only rises during a run; each rise is audited and notified."""
+        self.journal.update_run(run.id, phase=run.phase, level=level)
+        self.journal.audit(at=self.clock.now(), actor="controller", action="escalate",
+                           plan=self.plan.name, run_id=run.id,
+                           detail=f"level {run.level} -> {level}")
+        escalated = self.journal.run(run.id)
+        assert escalated is not None
+        self._notify(escalated, f"escalated to level {level}")
+
+    def reconcile(self, decision: Decision | None = None) -> PlanState:
+        """Start a run if the decision or a pending request calls for one, then advance the
+        active run as far as it can go."""
+        try:
+            self.guard()
+            if self.journal.active_run(self.plan.name) is None:
+                st = self.state()
+                self._maybe_start(st, decision, policy.PolicyState.from_json(st.policy))
+            run = self.journal.active_run(self.plan.name)
+            if run is not None:
+                self._advance(run)
+        except LostLease as exc:
+            log.debug("%s; standing by", exc)
+        return self.state()
+
+    def request(self, kind: str, *, actor: str, reason: str, level: int | None = None) -> int:
+        """Ask for a failover or failback; the lease holder starts it on its next cycle.
+        `level` sets the response level of a manual failover (for notices)."""
+        if kind not in ("failover", "failback"):
+            raise ValueError(f"unknown request kind {kind!r}; use failover or failback")
+        return self.journal.add_request(plan=self.plan.name, kind=kind, actor=actor,
+                                        reason=reason, at=self.clock.now(), level=level)
+
+    def approve(self, run_id: str, *, actor: str, step: str = "") -> None:
+        allowed = self.plan.spec.approval.approvers
+        if allowed and actor not in allowed:
+            raise PermissionError(f"{actor} is not an approver of plan {self.plan.name} "
+                                  f"(approvers: {', '.join(allowed)})")
+        self.journal.approve(run_id=run_id, step=step, actor=actor, at=self.clock.now())
+
+    def _record(self, st: PlanState, decision: Decision) -> None:
+        previous = (st.last_decision or "").split(":", 1)[0]
+        if decision.action != "none" or decision.sentence.split(":", 1)[0] != previous:
+            self.journal.record_decision(self.plan.name, decision)
+            log.info("%s: %s", self.plan.name, decision.sentence)
+
+    def _maybe_start(self, st: PlanState, decision: Decision | None,
+                     pol: policy.PolicyState) -> PlanState:
+        now = self.clock.now()
+        req = self.journal.pending_request(self.plan.name)
+        if req is not None:
+            kind, actor, reason = req["kind"], req["actor"], req["reason"]
+            detected, approvals = req["at"], [actor]
+            if kind == "failover" and req["level"] is not None:
+                level = req["level"] if pol.level is None else min(pol.level, req["level"])
+                pol = policy.PolicyState.from_json({**pol.to_json(), "level": level})
+        elif decision is not None and decision.action == "trip" and st.phase in (
+                Phase.HEALTHY, Phase.DEGRADED):
+            kind, actor, reason = "failover", "controller", decision.sentence
+            detected, approvals = pol.detected_at or now, []
+        elif (decision is not None and decision.action == "clear"
+              and st.phase is Phase.FAILED_OVER and self.plan.spec.automatic_failback):
+            kind, actor, reason, detected, approvals = "failback", "controller", \
+                decision.sentence, now, []
+        else:
+            phase = st.phase
+            if phase in (Phase.HEALTHY, Phase.DEGRADED) and decision is not None:
+                phase = Phase.DEGRADED if decision.sentence.startswith(
+                    ("degraded", "thresholds")) else Phase.HEALTHY
+            return self._save(st, phase=phase)
+        if kind == "failback" and st.phase is not Phase.FAILED_OVER:
+            # nothing to fail back from; the request is answered with a finished no-op run
+            run = self.journal.start_run(plan=self.plan.name, kind=kind, phase=st.phase,
+                                         level=None, reason=reason, requested_by=actor,
+                                         detected_at=detected, now=now, steps=[],
+                                         approved=True,
+                                         request_id=req["id"] if req else None)
+            self.journal.update_run(run.id, phase=st.phase, finished_at=now,
+                                    outcome=f"nothing to fail back: plan is {st.phase.value}")
+            return st
+        steps = self._failover_steps() if kind == "failover" else self._failback_steps()
+        needs_approval = kind == "failover" and (self.plan.spec.mode == "manual" or req)
+        run = self.journal.start_run(
+            plan=self.plan.name, kind=kind, level=pol.level,
+            phase=Phase.FAILING_OVER if kind == "failover" else Phase.FAILING_BACK,
+            reason=reason, requested_by=actor, detected_at=detected, now=now, steps=steps,
+            approved=not needs_approval, request_id=req["id"] if req else None)
+        for who in approvals:
+            if needs_approval and self._may_approve(who):
+                self.journal.approve(run_id=run.id, step="", actor=who, at=now)
+        if kind == "failover":
+            self._save(st, policy=policy.start_cooldown(pol, self.plan, now).to_json())
+        self._notify(run, f"{kind} started: {reason}")
+        return self.state()
+
+    def _may_approve(self, actor: str) -> bool:
+        allowed = self.plan.spec.approval.approvers
+        return not allowed or actor in allowed
+
+    def _failover_steps(self) -> list[dict[str, Any]]:
+        return [s.model_dump(mode="json", by_alias=True) | {"target": s.target}
+                for s in self.plan.spec.steps]
+
+    def _failback_steps(self) -> list[dict[str, Any]]:
+        last = self.journal.last_finished_run(self.plan.name, "failover")
+        if last is None:
+            return []
+        steps = []
+        for rec in reversed(self.journal.steps(last.id)):
+            if rec.action in REVERTIBLE and rec.status is StepStatus.SUCCEEDED:
+                steps.append({"name": f"revert-{rec.name}", "action": "revert",
+                              "timeout": 600, "retries": 2,
+                              "params": {"of": {"run": last.id, "step": rec.name}}})
+        return steps
+
+    # --- advancing a run ---------------------------------------------------------------------
+
+    def _context(self, run: Run, step_name: str) -> StepContext:
+        return StepContext(plan=self.plan, run_id=run.id, level=run.level,
+                           backends=self.backends,
+                           approvers=self.journal.approvals(run.id, step_name),
+                           lookup_evidence=lambda r, s: self.journal.step(r, s).evidence)
+
+    def _approved(self, run_id: str, step: str, required: int) -> bool:
+        return len([a for a in self.journal.approvals(run_id, step)
+                    if self._may_approve(a)]) >= required
+
+    def _advance(self, run: Run) -> None:
+        st = self.state()
+        if not run.approved:
+            if not self._approved(run.id, "", self.plan.spec.approval.required):
+                self._wait(run, st, "the run")
+                return
+            self.journal.update_run(run.id, phase=Phase.FAILING_OVER, approved=True)
+        running = Phase.FAILING_OVER if run.kind == "failover" else Phase.FAILING_BACK
+        self._save(st, phase=running, level=run.level)
+        self.journal.update_run(run.id, phase=running)
+        definitions = {d["name"]: d for d in run.steps}
+        for rec in self.journal.steps(run.id):
+            if rec.status in TERMINAL:
+                continue
+            step = step_from_run(definitions[rec.name])
+            if (step.approval or step.action == "manual") and not self._approved(
+                    run.id, step.name, 1):
+                rec.status = StepStatus.AWAITING_APPROVAL
+                self.journal.save_step(rec)
+                self._wait(run, self.state(), f"step {step.name}")
+                return
+            rec = self.executor.execute(step, rec, self._context(run, step.name),
+                                        detected_at=run.detected_at)
+            if rec.status is StepStatus.FAILED:
+                if step.on_failure == "continue":
+                    continue
+                self._fail(run, step.name, rec.error or "failed",
+                           revert=step.on_failure == "revert")
+                return
+        self._complete(run)
+
+    def _wait(self, run: Run, st: PlanState, what: str) -> None:
+        self.journal.update_run(run.id, phase=Phase.AWAITING_APPROVAL)
+        self._save(st, phase=Phase.AWAITING_APPROVAL, level=run.level)
+        log.info("run %s awaits approval of %s: failoverctl approve %s", run.id, what, run.id)
+
+    def _fail(self, run: Run, step_name: str, error: str, *, revert: bool) -> None:
+        outcome = f"step {step_name} failed: {error}"
+        if revert:
+            reverted = []
+            for rec in reversed(self.journal.steps(run.id)):
+                if rec.action in REVERTIBLE and rec.status in (StepStatus.SUCCEEDED,
+                                                               StepStatus.FAILED):
+                    step = step_from_run(next(d for d in run.steps if d["name"] == rec.name))
+                    done = self.executor.revert(step, rec, self._context(run, rec.name))
+                    if done.status is StepStatus.REVERTED:
+                        reverted.append(rec.name)
+            outcome += f"; reverted: {', '.join(reverted) or 'nothing'}"
+        now = self.clock.now()
+        self.journal.update_run(run.id, phase=Phase.FAILED, finished_at=now, outcome=outcome)
+        self._save(self.state(), phase=Phase.FAILED)
+        self._notify(run, f"{run.kind} FAILED: {outcome}")
+
+    def _complete(self, run: Run) -> None:
+        now = self.clock.now()
+        recs = self.journal.steps(run.id)
+        missed = [r.name for r in recs if r.met is False]
+        outcome = "all steps succeeded" + (f"; targets missed or steps failed: "
+                                           f"{', '.join(missed)}" if missed else "")
+        sites = self.plan.spec.sites
+        if run.kind == "failover":
+            phase, site = Phase.FAILED_OVER, sites.backup.name
+        else:
+            phase, site = Phase.HEALTHY, sites.primary.name
+        self.journal.update_run(run.id, phase=phase, finished_at=now, outcome=outcome)
+        self._save(self.state(), phase=phase, active_site=site)
+        self._notify(run, f"{run.kind} complete: {outcome}; active site {site}")
+
+    def _notify(self, run: Run, status: str) -> None:
+        """Send the plan's notices for this run's level; a failed notice never blocks."""
+        for rule in self.plan.spec.notifications:
+            if run.level is not None and rule.level != run.level:
+                continue
+            notice = Notice(plan=self.plan.name, level=run.level,
+                            subject=f"[{self.plan.name}] level {run.level or '-'} {run.kind}",
+                            status=status, affected=tuple(s.name for s in self.plan.spec.services),
+                            run_id=run.id, recipients=tuple(rule.recipients))
+            try:
+                self.backends.get(rule.notifier).send(notice=notice)
+                detail = f"{rule.notifier} -> {', '.join(rule.recipients) or 'default'}"
+            except Exception as exc:
+                detail = f"{rule.notifier} failed: {exc}"
+                log.warning("notification via %s failed: %s", rule.notifier, exc)
+            self.journal.audit(at=self.clock.now(), actor="controller", action="notify",
+                               plan=self.plan.name, run_id=run.id, detail=detail)
+
+
+def probe_all(backends: Backends, *, timeout: float = 5.0) -> list[Sample]:
+    """Run every probe of the plan once, concurrently; a hung probe becomes a failed sample."""
+    import asyncio
+
+    probes = backends.all_probes()
+
+    async def one(probe: Any) -> Sample:
+        try:
+            return await asyncio.wait_for(probe.check(), timeout)
+        except Exception as exc:
+            detail = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
+            return Sample(probe.service, False, time.time(), detail=detail)
+
+    async def run() -> list[Sample]:
+        return list(await asyncio.gather(*(one(p) for p in probes)))
+
+    return asyncio.run(run())

@@ -1,0 +1,205 @@
+"""Pure trip / clear / level logic: (plan, prior state, new samples, now) -> decision, state.
+
+No I/O and no clock of its own, so every decision can be unit-tested and replayed from a
+recorded trace. The state is plain JSON (persisted in the journal between ticks).
+
+Rules (defaults from the emergency plans):
+- a service is DOWN after `consecutiveFailures` failed samples in a row;
+- core availability = mean over core services of their success ratio in `window`
+  (a DOWN service counts 0 %); below `availabilityFloor` for `dwell` -> trip;
+- a business signal above baseline x (1 + surge %) for `dwell` -> trip;
+- clear after every core service has `clearAfter` successes in a row and nothing trips;
+- no automatic trip within `cooldown` of the last failover;
+- the level is the most severe matching rule, and never drops while tripped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from controller.model import Decision, Sample
+from controller.plan import FailoverPlan, LevelRule
+
+
+@dataclass
+class ServiceState:
+    failures: int = 0
+    successes: int = 0
+    failing_since: float | None = None
+    history: list[tuple[float, bool]] = field(default_factory=list)
+    last_detail: str = ""
+
+
+@dataclass
+class PolicyState:
+    services: dict[str, ServiceState] = field(default_factory=dict)
+    signals: dict[str, float] = field(default_factory=dict)
+    below_floor_since: float | None = None
+    surge_since: float | None = None
+    tripped: bool = False
+    detected_at: float | None = None
+    level: int | None = None
+    cooldown_until: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> PolicyState:
+        if not data:
+            return cls()
+        services = {
+            name: ServiceState(s["failures"], s["successes"], s["failing_since"],
+                               [(float(t), bool(ok)) for t, ok in s["history"]],
+                               s.get("last_detail", ""))
+            for name, s in data.get("services", {}).items()
+        }
+        fields = {k: v for k, v in data.items() if k != "services"}
+        return cls(services=services, **fields)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the samples say right now, before deciding."""
+
+    availability: float  # percent, over core services
+    down: dict[str, float]  # service -> down for (seconds)
+    surging: dict[str, float]  # signal -> percent above baseline
+    degraded: bool
+
+
+def _fold(plan: FailoverPlan, state: PolicyState, samples: list[Sample], now: float) -> None:
+    services = {s.name for s in plan.spec.services}
+    signals = {s.name for s in plan.spec.signals}
+    for sample in sorted(samples, key=lambda s: s.at):
+        if sample.service in signals and sample.value is not None:
+            state.signals[sample.service] = sample.value
+            continue
+        if sample.service not in services:
+            continue
+        st = state.services.setdefault(sample.service, ServiceState())
+        st.history.append((sample.at, sample.ok))
+        if sample.ok:
+            st.successes, st.failures, st.failing_since = st.successes + 1, 0, None
+        else:
+            st.failures, st.successes = st.failures + 1, 0
+            st.failing_since = st.failing_since if st.failing_since is not None else sample.at
+            st.last_detail = sample.detail[:200]
+    horizon = now - plan.spec.trigger.window
+    for st in state.services.values():
+        st.history = [(t, ok) for t, ok in st.history if t >= horizon]
+
+
+def assess(plan: FailoverPlan, state: PolicyState, now: float) -> Assessment:
+    trig = plan.spec.trigger
+    down: dict[str, float] = {}
+    for name, st in state.services.items():
+        if st.failures >= trig.consecutive_failures and st.failing_since is not None:
+            down[name] = now - st.failing_since
+    ratios = []
+    for svc in plan.spec.services:
+        if not svc.core:
+            continue
+        known = state.services.get(svc.name)
+        if svc.name in down:
+            ratios.append(0.0)
+        elif known and known.history:
+            ratios.append(sum(ok for _, ok in known.history) / len(known.history))
+        else:
+            ratios.append(1.0)  # no data yet is not evidence of an outage
+    availability = 100.0 * sum(ratios) / len(ratios)
+    surging = {}
+    for sig in plan.spec.signals:
+        value = state.signals.get(sig.name)
+        if value is not None and value > sig.baseline * (1 + sig.surge / 100):
+            surging[sig.name] = 100.0 * (value / sig.baseline - 1)
+    degraded = bool(down) or availability < trig.availability_floor or bool(surging)
+    return Assessment(availability, down, surging, degraded)
+
+
+def level_for(rules: list[LevelRule], plan: FailoverPlan, a: Assessment) -> int:
+    total = len(plan.spec.services)
+    core = {s.name for s in plan.spec.services if s.core}
+    unavailable = 100.0 * len(a.down) / total
+    for rule in sorted(rules, key=lambda r: r.level):
+        conditions = [
+            rule.all_services_down and len(a.down) == total,
+            rule.unavailable_at_least is not None and unavailable >= rule.unavailable_at_least,
+            rule.core_down_for is not None
+            and any(t >= rule.core_down_for for s, t in a.down.items() if s in core),
+            rule.any_down_for is not None and any(t >= rule.any_down_for for t in a.down.values()),
+            rule.signal_surge and bool(a.surging),
+        ]
+        has_condition = (rule.all_services_down or rule.unavailable_at_least is not None
+                         or rule.core_down_for is not None or rule.any_down_for is not None
+                         or rule.signal_surge)
+        if any(conditions) or not has_condition:
+            return rule.level
+    return max(r.level for r in rules)
+
+
+def describe(plan: FailoverPlan, state: PolicyState, a: Assessment) -> str:
+    trig = plan.spec.trigger
+    parts = []
+    for name, secs in sorted(a.down.items()):
+        st = state.services[name]
+        why = f" ({st.last_detail})" if st.last_detail else ""
+        parts.append(f"{name} down: {st.failures} failed probes in a row "
+                     f"(threshold {trig.consecutive_failures}) for {secs:.1f} s{why}")
+    cmp = "<" if a.availability < trig.availability_floor else ">="
+    parts.append(f"availability {a.availability:.0f} % {cmp} {trig.availability_floor:.0f} %")
+    for name, pct in sorted(a.surging.items()):
+        parts.append(f"{name} {pct:.0f} % above baseline")
+    return "; ".join(parts)
+
+
+def evaluate(plan: FailoverPlan, prior: PolicyState, samples: list[Sample], now: float
+             ) -> tuple[Decision, PolicyState]:
+    state = PolicyState.from_json(prior.to_json())  # never mutate the caller's state
+    _fold(plan, state, samples, now)
+    trig = plan.spec.trigger
+    a = assess(plan, state, now)
+    below = a.availability < trig.availability_floor
+    state.below_floor_since = (state.below_floor_since or now) if below else None
+    state.surge_since = (state.surge_since or now) if a.surging else None
+    facts = describe(plan, state, a)
+
+    if state.tripped:
+        level = level_for(plan.spec.levels, plan, a)
+        state.level = min(level, state.level or level)
+        core = [s.name for s in plan.spec.services if s.core]
+        recovered = all(state.services.get(n, ServiceState()).successes >= trig.clear_after
+                        for n in core)
+        if recovered and not below and not a.surging:
+            state.tripped, state.detected_at = False, None
+            return Decision("clear", state.level,
+                            f"cleared: core services {trig.clear_after}+ probes ok in a row; "
+                            f"{facts}", now), state
+        return Decision("none", state.level, f"still tripped: {facts}; level {state.level}",
+                        now), state
+
+    since = [t for t in (state.below_floor_since, state.surge_since) if t is not None]
+    held = min(since) if since else None
+    if held is not None and now - held >= trig.dwell:
+        if state.cooldown_until is not None and now < state.cooldown_until:
+            return Decision("hold", None,
+                            f"thresholds exceeded ({facts}) but the cooldown holds automatic "
+                            f"failover for {state.cooldown_until - now:.0f} s more", now), state
+        state.tripped, state.detected_at = True, held
+        state.level = level_for(plan.spec.levels, plan, a)
+        return Decision("trip", state.level,
+                        f"tripped: {facts} for {now - held:.1f} s; level {state.level}",
+                        now), state
+    if a.degraded:
+        waiting = (f"; trips if it lasts {trig.dwell:g} s (now {now - held:.1f} s)"
+                   if held is not None else "")
+        return Decision("none", None, f"degraded: {facts}{waiting}", now), state
+    return Decision("none", None, f"healthy: {facts}", now), state
+
+
+def start_cooldown(state: PolicyState, plan: FailoverPlan, now: float) -> PolicyState:
+    """Called when a failover run starts: no automatic failover again before the cooldown."""
+    new = PolicyState.from_json(state.to_json())
+    new.cooldown_until = now + plan.spec.trigger.cooldown
+    return new

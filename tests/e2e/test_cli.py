@@ -1,0 +1,166 @@
+"""`failoverctl` as a user runs it: real processes, real exit codes, a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.journal import Journal
+from controller.model import StepStatus
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "manifests/examples/memory-drill.yaml"
+
+
+def cli(*args: str, journal: Path, env: dict[str, str] | None = None,
+        timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "controller", "--journal", str(journal), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def file_plan(tmp_path: Path, *, delay: float = 0.0) -> Path:
+    """The example plan with its fakes' state in a file, so several processes share it."""
+    data: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    state = str(tmp_path / "world.json")
+    for backend in data["spec"]["backends"]:
+        backend["options"]["stateFile"] = state
+    for service in data["spec"]["services"]:
+        for probe in service["probes"]:
+            probe["options"]["stateFile"] = state
+    data["spec"]["backends"][0]["options"]["delay"] = delay
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_validate_exit_codes(tmp_path: Path) -> None:
+    ok = cli("validate", *map(str, sorted((ROOT / "manifests/examples").glob("*.yaml"))),
+             journal=tmp_path / "j.db")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    bad = tmp_path / "bad.yaml"
+    data = yaml.safe_load(EXAMPLE.read_text())
+    data["spec"]["trigger"]["availabilityFloor"] = 170
+    bad.write_text(yaml.safe_dump(data))
+    res = cli("validate", str(bad), "-o", "json", journal=tmp_path / "j.db")
+    assert res.returncode == 2
+    [result] = json.loads(res.stdout)
+    assert result["problems"][0].startswith("spec.trigger.availabilityFloor:")
+    assert "Traceback" not in res.stderr
+    res = cli("plan", str(bad), journal=tmp_path / "j.db")
+    assert res.returncode == 2 and "availabilityFloor" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_plan_preview_lists_steps_in_order_with_targets(tmp_path: Path) -> None:
+    res = cli("plan", str(EXAMPLE), "-o", "json", journal=tmp_path / "j.db")
+    assert res.returncode == 0
+    steps = json.loads(res.stdout)["steps"]
+    assert [s["name"] for s in steps] == ["notify-incident", "redirect-traffic", "dns-cutover",
+                                          "link-test"]
+    assert [s["target"] for s in steps] == [600, 3600, 7200, 7200]
+
+
+def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
+    plan, journal = file_plan(tmp_path), tmp_path / "j.db"
+    res = cli("failover", str(plan), "--reason", "planned: dc-a maintenance", "--as", "alice",
+              journal=journal)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "FailedOver" in res.stdout
+    run_id = res.stdout.split("run ", 1)[1].split()[0].rstrip(":")
+    rep = cli("report", run_id, "-o", "json", journal=journal)
+    assert rep.returncode == 0
+    data = json.loads(rep.stdout)
+    assert data["run"]["requestedBy"] == "alice"
+    assert [(s["name"], s["targetSeconds"], s["met"]) for s in data["steps"]] == [
+        ("notify-incident", 600, True), ("redirect-traffic", 3600, True),
+        ("dns-cutover", 7200, True), ("link-test", 7200, True)]
+    junit = cli("report", run_id, "-o", "junit", journal=journal)
+    assert junit.stdout.startswith("<testsuite") and 'failures="0"' in junit.stdout
+    status = cli("status", "-o", "json", journal=journal)
+    assert json.loads(status.stdout)[0]["phase"] == "FailedOver"
+    back = cli("failback", str(plan), "--reason", "dc-a repaired", "-o", "json",
+               journal=journal)
+    assert back.returncode == 0, back.stderr
+    assert json.loads(back.stdout)["run"]["phase"] == "Healthy"
+    assert cli("report", "no-such-run", journal=journal).returncode == 2
+
+
+def test_killed_between_steps_resumes_without_repeating_a_finished_step(tmp_path: Path) -> None:
+    plan, journal = file_plan(tmp_path, delay=5.0), tmp_path / "j.db"
+    env = {"FAILOVER_LEASE_TTL": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--journal", str(journal), "failover", str(plan),
+         "--reason", "kill test"], cwd=ROOT, env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    first = None
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        if not journal.exists():
+            continue
+        j = Journal(journal)
+        runs = j.runs()
+        if runs:
+            steps = {s.name: s for s in j.steps(runs[0].id)}
+            if steps["redirect-traffic"].status is StepStatus.RUNNING:
+                first = steps["notify-incident"]
+                j.close()
+                break
+        j.close()
+    assert first is not None and first.status is StepStatus.SUCCEEDED
+    proc.send_signal(signal.SIGKILL)  # mid-step: the traffic shift is sleeping
+    proc.wait(timeout=10)
+    time.sleep(1.2)  # the dead controller's lease expires
+    plan_data = yaml.safe_load(plan.read_text())
+    plan_data["spec"]["backends"][0]["options"]["delay"] = 0
+    plan.write_text(yaml.safe_dump(plan_data))
+    res = cli("run", str(plan), "--ticks", "50", "--interval", "0.1", "--until", "FailedOver",
+              journal=journal, env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    j = Journal(journal)
+    [run] = j.runs()
+    steps = {s.name: s for s in j.steps(run.id)}
+    assert steps["notify-incident"].attempts == 1
+    assert steps["notify-incident"].started_at == first.started_at
+    assert steps["redirect-traffic"].status is StepStatus.SUCCEEDED
+    assert steps["redirect-traffic"].attempts == 2  # the killed attempt, then the resumed one
+    assert steps["redirect-traffic"].evidence["before"] == {"dc-a": 100, "dc-b": 0}
+    assert all(s.status is StepStatus.SUCCEEDED for s in steps.values())
+    world = json.loads((tmp_path / "world.json").read_text())
+    sent = [n["status"] for n in world["notifier:mail"]["sent"]]  # level 3: mail
+    assert len([s for s in sent if s.startswith("failover started")]) == 1
+    assert len([s for s in sent if s.startswith("failover complete")]) == 1
+    assert len(world["notifier:im"]["sent"]) == 1  # the notify-incident step, never re-sent
+    assert world["traffic:edge"]["weights"] == {"dc-a": 0, "dc-b": 100}
+    j.close()
+
+
+def test_corrupt_journal_is_reported_not_replaced(tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    garbage = b"this is not a database" * 100
+    journal.write_bytes(garbage)
+    res = cli("status", journal=journal)
+    assert res.returncode == 3
+    assert "cannot be used" in res.stderr and "Traceback" not in res.stderr
+    assert journal.read_bytes() == garbage
+
+
+def test_drill_with_in_memory_backends_passes(tmp_path: Path) -> None:
+    res = cli("drill", str(file_plan(tmp_path)), "--out", str(tmp_path / "out"),
+              journal=tmp_path / "j.db")
+    assert res.returncode == 0, res.stdout + res.stderr
+    verdict = json.loads((tmp_path / "out/verdict.json").read_text())
+    assert verdict["passed"] and {c["check"] for c in verdict["checks"]} == {
+        "baseline healthy", "failed over", "time targets met", "failed back"}
+    assert (tmp_path / "out/failover.junit.xml").exists()
