@@ -25,7 +25,6 @@ class StepContext:
     run_id: str
     level: int | None
     backends: Backends
-    approvers: list[str]
     lookup_evidence: Callable[[str, str], Evidence]  # (run_id, step name) -> evidence
 
 
@@ -166,16 +165,6 @@ class Notify(_NoRevert):
         return {"recipients": recipients, "level": ctx.level}
 
 
-class Manual(_NoRevert):
-    """A human step: done when an approver confirms it (`failoverctl approve RUN --step`)."""
-
-    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
-        return {"instructions": step.params.get("instructions", step.description)}
-
-    def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
-        return {"confirmedBy": ctx.approvers}
-
-
 class Revert(_NoRevert):
     """A failback step: reverts one step of an earlier failover run from its evidence."""
 
@@ -191,7 +180,7 @@ class Revert(_NoRevert):
 
 HANDLERS: dict[str, Handler] = {
     "traffic": Traffic(), "dns": Dns(), "restore": Restore(), "verify": Verify(),
-    "notify": Notify(), "manual": Manual(), "revert": Revert(),
+    "notify": Notify(), "revert": Revert(),
 }
 REVERTIBLE = ("traffic", "dns")
 
@@ -205,3 +194,22 @@ def _backend(step: Step) -> str:
 def step_from_run(definition: dict[str, Any]) -> Step:
     """Steps are frozen into the run at start; rebuild the model from that copy."""
     return Step.model_validate(definition)
+
+
+def would_change(step: Step, ctx: StepContext) -> str:
+    """For a dry run: read the current state (prepare is read-only) and say what changes."""
+    if step.action == "traffic":
+        before = Traffic().prepare(step, ctx)["before"]
+        sites = ctx.plan.spec.sites
+        to = str(step.params.get("to", sites.backup.name))
+        after = {**before, **(step.params.get("weights") or {to: 100, sites.primary.name: 0})}
+        return "no change" if after == before else f"weights {before} -> {after}"
+    if step.action == "dns":
+        before = {(r["name"], r["type"]): r["values"] for r in Dns().prepare(step, ctx)["before"]}
+        changes = []
+        for rec in dns_records(step):
+            old = before.get((rec.key()[0], rec.type.upper()), [])
+            if sorted(old) != sorted(rec.values):
+                changes.append(f"{rec.name} {rec.type} {old or '(none)'} -> {list(rec.values)}")
+        return "; ".join(changes) or "no change"
+    return "-"

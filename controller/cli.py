@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from controller import report as reports
+from controller.actions import REVERTIBLE, StepContext, would_change
 from controller.config import Settings
 from controller.journal import Journal, JournalError, Run
 from controller.loop import Engine, probe_all
@@ -202,7 +203,7 @@ def schema(crd: bool) -> None:
 
 def _step_line(s: dict[str, Any]) -> str:
     mark = {"succeeded": "ok  ", "failed": "FAIL", "reverted": "undo", "running": "... ",
-            "awaiting-approval": "wait"}.get(s["status"], "    ")
+            "awaiting-approval": "wait", "awaiting-person": "todo"}.get(s["status"], "    ")
     target = format_duration(s["targetSeconds"]) if s["targetSeconds"] else "-"
     since = f"{s['sinceDetectionSeconds']:.2f} s" if s["sinceDetectionSeconds"] is not None \
         else "-"
@@ -248,12 +249,68 @@ def _finish_run(journal: Journal, run: Run, output: str) -> int:
     return EXIT_OK if run.finished_at is not None else EXIT_WAITING
 
 
+def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
+    """What each step would change, read from the live backends (read-only)."""
+    ctx = StepContext(plan=engine.plan, run_id="dry-run", level=None, backends=engine.backends,
+                      lookup_evidence=lambda r, s: engine.journal.step(r, s).evidence)
+    steps = engine.plan.spec.steps
+    if kind == "failback":
+        last = engine.journal.last_finished_run(engine.plan.name, "failover")
+        recs = engine.journal.steps(last.id) if last else []
+        return [{"name": f"revert-{r.name}", "action": "revert",
+                 "change": f"restore the original saved before {r.name}: "
+                           f"{r.evidence.get('before')}"}
+                for r in reversed(recs) if r.action in REVERTIBLE
+                and r.status is StepStatus.SUCCEEDED]
+    out = []
+    for step in steps:
+        try:
+            change = would_change(step, ctx)
+        except Exception as exc:
+            change = f"cannot read the current state: {exc}"
+        out.append({"name": step.name, "action": step.action,
+                    "target": step.target, "change": change, "does": _does(engine.plan, step)})
+    return out
+
+
+def _preflight(engine: Engine, kind: str, output: str) -> dict[str, Any]:
+    changes = _changes(engine, kind)
+    ready = engine.check_readiness() if kind == "failover" else None
+    if output == "text":
+        click.echo(f"{kind} of plan {engine.plan.name}: "
+                   f"{engine.plan.spec.sites.primary.name} -> {engine.plan.spec.sites.backup.name}"
+                   if kind == "failover" else f"failback of plan {engine.plan.name}")
+        for i, c in enumerate(changes, 1):
+            target = format_duration(c["target"]) if c.get("target") else "-"
+            click.echo(f"{i:>3}. {c['name']:<24} target {target:>5}  {c.get('does', '')}")
+            if c["change"] != "-":
+                click.echo(f"     would change: {c['change']}")
+        if ready is not None:
+            click.echo(f"backup site readiness: {ready['score']:g} %")
+            for f in ready["failed"]:
+                click.echo(f"  not ready: {f['name']}: {f['detail']}")
+    return {"steps": changes, "readiness": ready}
+
+
 def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None,
-             output: str, wait: float, level: int | None = None) -> None:
+             output: str, wait: float, level: int | None = None, *, yes: bool = False,
+             dry_run: bool = False) -> None:
     plan = _load(plan_file)
     journal = obj.journal()
     engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
     who = actor or obj.settings.actor
+    preview = _preflight(engine, kind, output)
+    if dry_run:
+        if output == "json":
+            click.echo(json.dumps({"dryRun": True, **preview}, indent=2, default=str))
+        else:
+            click.echo("dry run: nothing was changed")
+        sys.exit(EXIT_OK)
+    if not yes:
+        if not sys.stdin.isatty():
+            _fail("refusing to act without confirmation: pass --yes (or --dry-run)", EXIT_INPUT)
+        if not click.confirm(f"Proceed with the {kind} of {plan.name}?", default=False):
+            _fail("not confirmed; nothing was changed", EXIT_INPUT)
     request_id = engine.request(kind, actor=who, reason=reason, level=level)
     if not engine.holds_lease() and output == "text":
         click.echo(f"a running controller holds plan {plan.name}; following its progress")
@@ -284,13 +341,18 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
 @click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
 @click.option("--level", type=click.IntRange(1, 4), default=3, show_default=True,
               help="response level for notices (1 most severe)")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
-             level: int, output: str) -> None:
-    """Request a controlled failover and follow it (drives it if no controller is running)."""
-    _request(obj, plan_file, "failover", reason, actor, output, wait, level)
+             level: int, yes: bool, dry_run: bool, output: str) -> None:
+    """Preview, confirm, then request a controlled failover and follow it live.
+
+    Drives the run itself when no controller is running; otherwise follows its progress."""
+    _request(obj, plan_file, "failover", reason, actor, output, wait, level, yes=yes,
+             dry_run=dry_run)
 
 
 @main.command()
@@ -298,13 +360,35 @@ def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: flo
 @click.option("--reason", required=True, help="why, for the audit trail and notices")
 @click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
 @click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
-             output: str) -> None:
-    """Request a failback: revert traffic and DNS to exactly what they were before."""
-    _request(obj, plan_file, "failback", reason, actor, output, wait)
+             yes: bool, dry_run: bool, output: str) -> None:
+    """Revert traffic and DNS to exactly what they were before the failover (reverse order)."""
+    _request(obj, plan_file, "failback", reason, actor, output, wait, yes=yes, dry_run=dry_run)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def ready(obj: Ctx, plan_file: str, output: str) -> None:
+    """Pre-flight: is the backup site ready to take over? (exit 1 if any check fails)"""
+    engine = Engine(_load(plan_file), obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    result = engine.check_readiness()
+
+    def text() -> str:
+        lines = [f"backup site readiness of {engine.plan.name}: {result['score']:g} %"]
+        lines += [f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}"
+                  for c in result["checks"]]
+        return "\n".join(lines)
+
+    _emit(output, result, text)
+    sys.exit(EXIT_OK if not result["failed"] else EXIT_FAILED)
 
 
 @main.command()
@@ -334,6 +418,30 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
 
 
 @main.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--plan", "plan_file", required=True, type=click.Path(),
+              help="the plan file of the run")
+@click.option("--as", "actor", help="who finished it (default $FAILOVER_ACTOR or $USER)")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None,
+         output: str) -> None:
+    """Record that a person finished a human step (acknowledged, escalated, analysed...)."""
+    plan = _load(plan_file)
+    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    who = actor or obj.settings.actor
+    try:
+        rec = engine.done(run_id, step, actor=who)
+    except LookupError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    engine.reconcile()  # a blocking human step lets the run go on at once
+    engine.release()
+    _emit(output, rec.to_json(), lambda: _step_line(rec.to_json()) + f"  by {who}")
+
+
+@main.command()
 @click.argument("plan_file", required=False, type=click.Path())
 @OUTPUT
 @click.pass_obj
@@ -351,6 +459,7 @@ def status(obj: Ctx, plan_file: str | None, output: str) -> None:
         data.append({
             "plan": st.plan, "phase": st.phase.value, "level": st.level,
             "activeSite": st.active_site, "lastDecision": st.last_decision,
+            "readiness": st.readiness or None,
             "run": ({**run[0].to_json(), "steps": [s.to_json() for s in journal.steps(run[0].id)]}
                     if run else None),
         })
@@ -362,6 +471,11 @@ def status(obj: Ctx, plan_file: str | None, output: str) -> None:
         for d in data:
             lines.append(f"{d['plan']}: {d['phase']} (level {d['level'] or '-'}, active site "
                          f"{d['activeSite']})\n  {d['lastDecision'] or ''}")
+            if d["readiness"]:
+                failed = "; ".join(f"{c['name']}: {c['detail']}"
+                                   for c in d["readiness"]["failed"])
+                lines.append(f"  backup site readiness {d['readiness']['score']:g} %"
+                             + (f" — not ready: {failed}" if failed else ""))
             if d["run"]:
                 lines.append(f"  run {d['run']['id']}: {d['run']['phase']}")
                 lines += [_step_line(s) for s in d["run"]["steps"]]

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE TABLE IF NOT EXISTS plan_state (
   plan TEXT PRIMARY KEY, phase TEXT NOT NULL, level INTEGER, active_site TEXT,
-  last_decision TEXT, policy TEXT NOT NULL DEFAULT '{}', updated_at REAL NOT NULL
+  last_decision TEXT, policy TEXT NOT NULL DEFAULT '{}', updated_at REAL NOT NULL,
+  readiness TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS requests (
   id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, kind TEXT NOT NULL,
@@ -103,6 +104,7 @@ class PlanState:
     last_decision: str | None
     policy: dict[str, Any]
     updated_at: float
+    readiness: dict[str, Any]
 
 
 def _dumps(value: Any) -> str:
@@ -192,7 +194,8 @@ class Journal:
             return None
         r = rows[0]
         return PlanState(r["plan"], Phase(r["phase"]), r["level"], r["active_site"],
-                         r["last_decision"], json.loads(r["policy"]), r["updated_at"])
+                         r["last_decision"], json.loads(r["policy"]), r["updated_at"],
+                         json.loads(r["readiness"]))
 
     def plan_states(self) -> list[PlanState]:
         names = [r["plan"] for r in self._all("SELECT plan FROM plan_state ORDER BY plan")]
@@ -201,12 +204,13 @@ class Journal:
     def save_plan_state(self, state: PlanState) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO plan_state VALUES (?,?,?,?,?,?,?) ON CONFLICT(plan) DO UPDATE SET "
+                "INSERT INTO plan_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(plan) DO UPDATE SET "
                 "phase=excluded.phase, level=excluded.level, active_site=excluded.active_site, "
                 "last_decision=excluded.last_decision, policy=excluded.policy, "
-                "updated_at=excluded.updated_at",
+                "updated_at=excluded.updated_at, readiness=excluded.readiness",
                 (state.plan, state.phase.value, state.level, state.active_site,
-                 redact(state.last_decision or ""), _dumps(state.policy), state.updated_at))
+                 redact(state.last_decision or ""), _dumps(state.policy), state.updated_at,
+                 _dumps(state.readiness)))
 
     # --- requests (manual failover / failback) -----------------------------------------------
 
@@ -321,20 +325,25 @@ class Journal:
 
     # --- approvals --------------------------------------------------------------------------
 
-    def approve(self, *, run_id: str, step: str, actor: str, at: float) -> None:
+    def approve(self, *, run_id: str, step: str, actor: str, at: float,
+                action: str = "approve") -> None:
+        """Record a person's approval (or, for a human step, that it is done); audited."""
         run = self.run(run_id)
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO approvals VALUES (?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO approvals VALUES (?,?,?,?)",
                        (run_id, step, actor, at))
             db.execute("INSERT INTO audit (at, actor, action, plan, run_id, detail) "
-                       "VALUES (?,?,?,?,?,?)", (at, actor, "approve",
+                       "VALUES (?,?,?,?,?,?)", (at, actor, action,
                                                 run.plan if run else None, run_id,
                                                 f"step {step}" if step else "run"))
 
+    def approvals_at(self, run_id: str, step: str) -> list[tuple[str, float]]:
+        rows = self._all("SELECT actor, at FROM approvals WHERE run_id=? AND step=? "
+                         "ORDER BY at", (run_id, step))
+        return [(r["actor"], r["at"]) for r in rows]
+
     def approvals(self, run_id: str, step: str) -> list[str]:
-        rows = self._all("SELECT actor FROM approvals WHERE run_id=? AND step=? ORDER BY at",
-                         (run_id, step))
-        return [r["actor"] for r in rows]
+        return [actor for actor, _ in self.approvals_at(run_id, step)]
 
     # --- single-actor lease -----------------------------------------------------------------
 

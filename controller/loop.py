@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller import policy
+from controller import policy, readiness
 from controller.actions import REVERTIBLE, StepContext, step_from_run
 from controller.backends import Backends
 from controller.executor import Executor, LostLease
 from controller.journal import Journal, PlanState, Run
-from controller.model import Decision, Notice, Phase, Sample, StepStatus
-from controller.plan import FailoverPlan
+from controller.model import Decision, Notice, Phase, Sample, StepRecord, StepStatus
+from controller.plan import FailoverPlan, Step
 
 log = logging.getLogger(__name__)
 TERMINAL = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
@@ -79,7 +79,7 @@ class Engine:
         st = self.journal.plan_state(self.plan.name)
         if st is None:
             st = PlanState(self.plan.name, Phase.HEALTHY, None,
-                           self.plan.spec.sites.primary.name, None, {}, self.clock.now())
+                           self.plan.spec.sites.primary.name, None, {}, self.clock.now(), {})
         return st
 
     def _save(self, st: PlanState, **changes: Any) -> PlanState:
@@ -104,7 +104,23 @@ class Engine:
         if run is not None and decision.level is not None and (
                 run.level is None or decision.level < run.level):
             self._escalate(run, decision.level)
+        if run is None and decision.action == "none":
+            last = self.state().readiness.get("checkedAt", 0)
+            if self.clock.now() - last >= self.plan.spec.readiness_interval:
+                self.check_readiness()
         return self.reconcile(decision)
+
+    def check_readiness(self) -> dict[str, Any]:
+        """Run the read-only readiness checks of the backup site and keep the result."""
+        results = readiness.summary(readiness.checks(self.plan, self.backends,
+                                                     now=self.clock.now()))
+        results["checkedAt"] = self.clock.now()
+        self._save(self.state(), readiness=results)
+        if results["failed"]:
+            log.warning("%s: backup site readiness %s %%: %s", self.plan.name,
+                        results["score"], "; ".join(f"{c['name']}: {c['detail']}"
+                                                   for c in results["failed"]))
+        return results
 
     def _escalate(self, run: Run, level: int) -> None:
         """The level only rises during a run; each rise is audited and notified."""
@@ -223,15 +239,71 @@ class Engine:
 
     # --- advancing a run ---------------------------------------------------------------------
 
-    def _context(self, run: Run, step_name: str) -> StepContext:
+    def _context(self, run: Run) -> StepContext:
         return StepContext(plan=self.plan, run_id=run.id, level=run.level,
                            backends=self.backends,
-                           approvers=self.journal.approvals(run.id, step_name),
                            lookup_evidence=lambda r, s: self.journal.step(r, s).evidence)
 
+    def _approvals(self, run_id: str, step: str) -> list[tuple[str, float]]:
+        """Approvals that count: by an allowed approver and not older than `expires`."""
+        expires = self.plan.spec.approval.expires
+        now = self.clock.now()
+        return [(who, at) for who, at in self.journal.approvals_at(run_id, step)
+                if self._may_approve(who) and (expires is None or now - at <= expires)]
+
     def _approved(self, run_id: str, step: str, required: int) -> bool:
-        return len([a for a in self.journal.approvals(run_id, step)
-                    if self._may_approve(a)]) >= required
+        return len(self._approvals(run_id, step)) >= required
+
+    def done(self, run_id: str, step: str, *, actor: str) -> StepRecord:
+        """A person finished a human (manual) step: record who and when, once."""
+        run = self.journal.run(run_id)
+        if run is None:
+            raise LookupError(f"no run {run_id!r}")
+        definitions = {d["name"]: d for d in run.steps}
+        if step not in definitions or definitions[step]["action"] != "manual":
+            manual = [n for n, d in definitions.items() if d["action"] == "manual"]
+            raise LookupError(f"run {run_id} has no human step {step!r} "
+                              f"(human steps: {', '.join(manual) or 'none'})")
+        rec = self.journal.step(run_id, step)
+        if rec.status is StepStatus.SUCCEEDED:
+            return rec
+        now = self.clock.now()
+        self.journal.approve(run_id=run_id, step=step, actor=actor, at=now, action="done")
+        return self._finish_human(run, step_from_run(definitions[step]), rec, actor, now)
+
+    def _finish_human(self, run: Run, step: Step, rec: StepRecord, actor: str,
+                      at: float) -> StepRecord:
+        rec.started_at = rec.started_at if rec.started_at is not None else at
+        rec.finished_at, rec.approved_by = at, actor
+        rec.elapsed_s = round(at - rec.started_at, 6)
+        rec.since_detection_s = round(at - run.detected_at, 6)
+        rec.met = None if step.target is None else rec.since_detection_s <= step.target
+        rec.status, rec.attempts = StepStatus.SUCCEEDED, max(rec.attempts, 1)
+        self.journal.save_step(rec)
+        return rec
+
+    def _open_human(self, run: Run, step: Step, rec: StepRecord) -> StepRecord:
+        """Start the clock of a human step and, if someone already said done, close it."""
+        if rec.started_at is None:
+            rec.started_at = self.clock.now()
+            rec.status = StepStatus.AWAITING_PERSON
+            rec.evidence = {"instructions": step.params.get("instructions", step.description)}
+            self.journal.save_step(rec)
+        done = self._approvals(run.id, step.name)
+        if done:
+            who, at = done[0]
+            return self._finish_human(run, step, rec, who, at)
+        if (step.target is not None and not rec.evidence.get("escalated")
+                and self.clock.now() - run.detected_at > step.target):
+            rec.evidence = {**rec.evidence, "escalated": True}
+            self.journal.save_step(rec)
+            level = max(1, (run.level or 4) - 1)
+            self.journal.audit(at=self.clock.now(), actor="controller", action="overdue",
+                               plan=self.plan.name, run_id=run.id,
+                               detail=f"human step {step.name} missed its target")
+            if run.level is None or level < run.level:
+                self._escalate(run, level)
+        return rec
 
     def _advance(self, run: Run) -> None:
         st = self.state()
@@ -243,18 +315,29 @@ class Engine:
         running = Phase.FAILING_OVER if run.kind == "failover" else Phase.FAILING_BACK
         self._save(st, phase=running, level=run.level)
         self.journal.update_run(run.id, phase=running)
-        definitions = {d["name"]: d for d in run.steps}
+        definitions = {d["name"]: step_from_run(d) for d in run.steps}
+        for rec in self.journal.steps(run.id):  # human steps in parallel open at once
+            step = definitions[rec.name]
+            if step.parallel and rec.status not in TERMINAL:
+                self._open_human(run, step, rec)
         for rec in self.journal.steps(run.id):
-            if rec.status in TERMINAL:
+            step = definitions[rec.name]
+            if rec.status in TERMINAL or step.parallel:
                 continue
-            step = step_from_run(definitions[rec.name])
-            if (step.approval or step.action == "manual") and not self._approved(
-                    run.id, step.name, 1):
-                rec.status = StepStatus.AWAITING_APPROVAL
-                self.journal.save_step(rec)
-                self._wait(run, self.state(), f"step {step.name}")
-                return
-            rec = self.executor.execute(step, rec, self._context(run, step.name),
+            if step.action == "manual":
+                if self._open_human(run, step, rec).status is not StepStatus.SUCCEEDED:
+                    self._wait(run, self.state(), f"human step {step.name}")
+                    return
+                continue
+            if step.approval:
+                approvals = self._approvals(run.id, step.name)
+                if not approvals:
+                    rec.status = StepStatus.AWAITING_APPROVAL
+                    self.journal.save_step(rec)
+                    self._wait(run, self.state(), f"step {step.name}")
+                    return
+                rec.approved_by = ", ".join(who for who, _ in approvals)
+            rec = self.executor.execute(step, rec, self._context(run),
                                         detected_at=run.detected_at)
             if rec.status is StepStatus.FAILED:
                 if step.on_failure == "continue":
@@ -277,7 +360,7 @@ class Engine:
                 if rec.action in REVERTIBLE and rec.status in (StepStatus.SUCCEEDED,
                                                                StepStatus.FAILED):
                     step = step_from_run(next(d for d in run.steps if d["name"] == rec.name))
-                    done = self.executor.revert(step, rec, self._context(run, rec.name))
+                    done = self.executor.revert(step, rec, self._context(run))
                     if done.status is StepStatus.REVERTED:
                         reverted.append(rec.name)
             outcome += f"; reverted: {', '.join(reverted) or 'nothing'}"

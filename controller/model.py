@@ -32,6 +32,7 @@ class StepStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting-approval"
+    AWAITING_PERSON = "awaiting-person"  # a human step: done when someone says so
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     SKIPPED = "skipped"

@@ -181,6 +181,8 @@ class Step(Strict):
     retries: int = Field(2, ge=0, le=20)
     approval: bool = False
     on_failure: Literal["abort", "continue", "revert"] = Field("abort", alias="onFailure")
+    parallel: bool = Field(False, description="manual steps only: open it when the run "
+                           "starts and let the automatic steps go on while people work")
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
 
@@ -195,6 +197,7 @@ class Notification(Strict):
 class Approval(Strict):
     required: int = Field(1, ge=1)
     approvers: list[str] = Field(default_factory=list, description="empty = anyone")
+    expires: Duration | None = Field(None, description="an older approval no longer counts")
 
 
 class PlanSpec(Strict):
@@ -206,6 +209,8 @@ class PlanSpec(Strict):
     mode: Literal["automatic", "manual"] = "automatic"
     approval: Approval = Field(default_factory=Approval)
     automatic_failback: bool = Field(False, alias="automaticFailback")
+    readiness_interval: Duration = Field(300.0, alias="readinessInterval",
+                                         description="how often the backup site is checked")
     backends: list[Backend] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     notifications: list[Notification] = Field(default_factory=list)
@@ -250,6 +255,9 @@ class PlanSpec(Strict):
                         f"{where}.params.services: no service named {svc!r} "
                         f"(have: {', '.join(sorted(services))})"
                     )
+            if step.parallel and step.action != "manual":
+                raise ValueError(f"{where}.parallel: only manual (human) steps run in parallel; "
+                                 "remove `parallel` or make the step `action: manual`")
             if step.target is not None and step.target <= 0:
                 raise ValueError(f"{where}.target: must be positive, e.g. '1h'")
             if step.on_failure == "revert" and step.action not in ("traffic", "dns"):

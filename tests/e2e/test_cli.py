@@ -73,7 +73,7 @@ def test_plan_preview_lists_steps_in_order_with_targets(tmp_path: Path) -> None:
 
 def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     plan, journal = file_plan(tmp_path), tmp_path / "j.db"
-    res = cli("failover", str(plan), "--reason", "planned: dc-a maintenance", "--as", "alice",
+    res = cli("failover", str(plan), "--yes", "--reason", "planned: dc-a maintenance", "--as", "alice",
               journal=journal)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FailedOver" in res.stdout
@@ -89,7 +89,7 @@ def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     assert junit.stdout.startswith("<testsuite") and 'failures="0"' in junit.stdout
     status = cli("status", "-o", "json", journal=journal)
     assert json.loads(status.stdout)[0]["phase"] == "FailedOver"
-    back = cli("failback", str(plan), "--reason", "dc-a repaired", "-o", "json",
+    back = cli("failback", str(plan), "--yes", "--reason", "dc-a repaired", "-o", "json",
                journal=journal)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout)["run"]["phase"] == "Healthy"
@@ -101,7 +101,7 @@ def test_killed_between_steps_resumes_without_repeating_a_finished_step(tmp_path
     env = {"FAILOVER_LEASE_TTL": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller", "--journal", str(journal), "failover", str(plan),
-         "--reason", "kill test"], cwd=ROOT, env={**os.environ, **env},
+         "--yes", "--reason", "kill test"], cwd=ROOT, env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     first = None

@@ -251,3 +251,50 @@ def test_level_rises_during_a_run_and_is_recorded(journal: Journal) -> None:
         w.engine.tick([Sample(s, False, now) for s in SERVICES])
     assert w.run().level == 1
     assert any(a["action"] == "escalate" for a in journal.audit_trail(run_id=w.run().id))
+
+
+def _with_human_steps(spec: dict[str, Any]) -> None:
+    spec["steps"][0:0] = [
+        {"name": "acknowledge-alert", "action": "manual", "parallel": True, "target": "5m",
+         "params": {"instructions": "on-call acknowledges the first alert"}},
+        {"name": "root-cause-started", "action": "manual", "parallel": True, "target": "30m"},
+    ]
+    spec["steps"].append({"name": "compensation-plan", "action": "manual", "target": "4h"})
+
+
+def test_human_steps_run_in_parallel_and_are_timed_against_targets(journal: Journal) -> None:
+    w = World(make_plan(_with_human_steps), journal)
+    state = w.outage()
+    # the machine steps ran; the run waits only for the blocking human step at the end
+    assert state.phase is Phase.AWAITING_APPROVAL
+    status = {s.name: s.status for s in w.steps()}
+    assert status["redirect-traffic"] is StepStatus.SUCCEEDED
+    assert status["acknowledge-alert"] is StepStatus.AWAITING_PERSON
+    assert status["compensation-plan"] is StepStatus.AWAITING_PERSON
+    run = w.run()
+    w.clock.advance(180)
+    ack = w.engine.done(run.id, "acknowledge-alert", actor="oncall")
+    assert ack.met is True and ack.approved_by == "oncall"
+    assert ack.since_detection_s is not None and 180 < ack.since_detection_s < 190
+    w.clock.advance(3600)  # root-cause analysis not started within 30 min: escalates
+    w.engine.reconcile()
+    assert any(a["action"] == "overdue" for a in journal.audit_trail(run_id=run.id))
+    w.engine.done(run.id, "compensation-plan", actor="lead")
+    assert w.engine.reconcile().phase is Phase.FAILED_OVER
+    late = w.engine.done(run.id, "root-cause-started", actor="oncall")
+    assert late.met is False
+    with pytest.raises(LookupError, match="no human step 'redirect-traffic'"):
+        w.engine.done(run.id, "redirect-traffic", actor="oncall")
+
+
+def test_an_expired_approval_does_not_count(journal: Journal) -> None:
+    plan = make_plan(lambda s: s.update(mode="manual", approval={"expires": "15m"}))
+    w = World(plan, journal)
+    w.outage()
+    run = w.run()
+    w.engine.approve(run.id, actor="alice")
+    journal.update_run(run.id, phase=Phase.AWAITING_APPROVAL)
+    w.clock.advance(16 * 60)
+    assert w.engine.reconcile().phase is Phase.AWAITING_APPROVAL
+    w.engine.approve(run.id, actor="alice")
+    assert w.engine.reconcile().phase is Phase.FAILED_OVER

@@ -1,0 +1,108 @@
+"""A controlled manual failover as an operator drives it from a terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from tests.e2e.test_cli import ROOT, cli, file_plan
+
+
+def read_until(fd: int, needle: str, timeout: float = 60) -> str:
+    out = ""
+    deadline = time.monotonic() + timeout
+    while needle not in out and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk.decode(errors="replace")
+    return out
+
+
+def test_manual_failover_in_a_terminal_previews_confirms_and_follows(tmp_path: Path) -> None:
+    plan = file_plan(tmp_path)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--journal", str(tmp_path / "j.db"), "failover",
+         str(plan), "--reason", "dc-a maintenance"],
+        stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, close_fds=True)
+    os.close(slave)
+    screen = read_until(master, "Proceed with the failover")
+    assert "would change: weights {'dc-a': 100, 'dc-b': 0} -> {'dc-a': 0, 'dc-b': 100}" in screen
+    assert "www.example.test. A ['192.0.2.10'] -> ['198.51.100.10']" in screen
+    assert "backup site readiness: 100 %" in screen
+    os.write(master, b"y\n")
+    screen += read_until(master, "run memory-drill-failover")
+    screen += read_until(master, "FailedOver")
+    assert proc.wait(timeout=60) == 0
+    os.close(master)
+    for step in ("notify-incident", "redirect-traffic", "dns-cutover", "link-test"):
+        assert f"[ok  ] {step}" in screen
+    assert "target    1h met" in screen
+
+
+def test_declining_or_no_terminal_changes_nothing(tmp_path: Path) -> None:
+    plan = file_plan(tmp_path)
+    res = cli("failover", str(plan), "--reason", "x", journal=tmp_path / "j.db")
+    assert res.returncode == 2 and "pass --yes" in res.stderr
+    assert not (tmp_path / "world.json").exists() or "weights" not in (
+        tmp_path / "world.json").read_text()
+
+
+def test_dry_run_leaves_every_backend_untouched(tmp_path: Path) -> None:
+    plan = file_plan(tmp_path)
+    world = tmp_path / "world.json"
+    res = cli("failover", str(plan), "--reason", "x", "--dry-run", "-o", "json",
+              journal=tmp_path / "j.db")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["dryRun"] is True
+    changes = {s["name"]: s["change"] for s in out["steps"]}
+    assert changes["redirect-traffic"].startswith("weights {'dc-a': 100")
+    state = json.loads(world.read_text()) if world.exists() else {}
+    assert "weights" not in state.get("traffic:edge", {})  # never written
+    assert "sent" not in state.get("notifier:im", {})
+    zone = state.get("dns:zone", {}).get("records", [{"values": ["192.0.2.10"]}])
+    assert zone[0]["values"] == ["192.0.2.10"]
+    status = json.loads(cli("status", "-o", "json", journal=tmp_path / "j.db").stdout)
+    assert all(p["run"] is None for p in status)
+
+
+def test_readiness_fails_on_a_backup_older_than_the_rpo(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "manifests/examples/memory-drill.yaml").read_text())
+    now = time.time()
+    data["spec"]["backends"].append({
+        "name": "vault", "role": "store", "kind": "memory", "options": {"backups": [
+            {"id": "old", "dataset": "orders", "kind": "continuous", "takenAt": now - 7200,
+             "verified": True},
+            {"id": "new-but-unverified", "dataset": "orders", "kind": "continuous",
+             "takenAt": now - 60, "verified": False}]}})
+    data["spec"]["backends"].append({"name": "pg", "role": "restorer", "kind": "memory"})
+    data["spec"]["steps"].append({"name": "restore-orders", "action": "restore",
+                                  "backend": "pg", "target": "2h", "params": {
+                                      "store": "vault", "dataset": "orders", "rpo": "1h",
+                                      "into": {"path": "/srv/pg"}}})
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    res = cli("ready", str(plan), "-o", "json", journal=tmp_path / "j.db")
+    assert res.returncode == 1
+    out = json.loads(res.stdout)
+    [failed] = out["failed"]
+    assert failed["name"] == "step restore-orders: backup within RPO"
+    assert "(old) is 2h old; RPO budget is 1h" in failed["detail"]
+    assert out["score"] < 100
+    status = cli("status", "-o", "json", journal=tmp_path / "j.db")
+    assert json.loads(status.stdout)[0]["readiness"]["failed"][0]["name"] == failed["name"]
