@@ -23,6 +23,7 @@ import click
 
 from controller import report as reports
 from controller.actions import REVERTIBLE, StepContext, would_change
+from controller.api import Health, serve
 from controller.config import Settings
 from controller.journal import Journal, JournalError, Run
 from controller.loop import Engine, probe_all
@@ -507,15 +508,21 @@ def report(obj: Ctx, run_id: str, output: str) -> None:
 @click.option("--ticks", type=int, help="stop after this many cycles (default: run forever)")
 @click.option("--until", "until", type=click.Choice([p.value for p in Phase]),
               help="stop once every plan reaches this phase")
+@click.option("--listen", metavar="HOST:PORT",
+              help="serve /healthz, /readyz and /metrics here (e.g. 0.0.0.0:8080)")
 @click.pass_obj
 @_with_journal
 def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | None,
-        until: str | None) -> None:
+        until: str | None, listen: str | None) -> None:
     """The reconcile loop against plan files: probe, decide, act, record. Ctrl-C stops it."""
     loaded = [_load(p) for p in plans]
     journal = obj.journal()
     engines = [Engine(p, journal, lease_ttl=obj.settings.lease_ttl) for p in loaded]
     every = interval or obj.settings.tick
+    health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: journal.lease("-"))
+    if listen:
+        host, _, port = listen.rpartition(":")
+        serve(health, host or "0.0.0.0", int(port))
     count = 0
     try:
         while ticks is None or count < ticks:
@@ -523,6 +530,7 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
             for engine in engines:
                 state = engine.tick(probe_all(engine.backends))
                 click.echo(f"{state.plan}: {state.phase.value} — {state.last_decision}")
+            health.beat()
             if until and all(e.state().phase.value == until for e in engines):
                 break
             time.sleep(every)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from controller import policy, readiness
+from controller import metrics, policy, readiness
 from controller.actions import REVERTIBLE, StepContext, step_from_run
 from controller.backends import Backends
 from controller.executor import Executor, LostLease
@@ -86,6 +86,11 @@ class Engine:
         values = {**st.__dict__, **changes, "updated_at": self.clock.now()}
         new = PlanState(**values)
         self.journal.save_plan_state(new)
+        for phase in Phase:
+            metrics.PHASE.labels(self.plan.name, phase.value).set(int(phase is new.phase))
+        metrics.LEVEL.labels(self.plan.name).set(new.level or 0)
+        if new.readiness:
+            metrics.READINESS.labels(self.plan.name).set(new.readiness.get("score", 0))
         return new
 
     # --- the cycle --------------------------------------------------------------------------
@@ -98,6 +103,7 @@ class Engine:
         st = self.state()
         prior = policy.PolicyState.from_json(st.policy)
         decision, new_policy = policy.evaluate(self.plan, prior, samples, self.clock.now())
+        self._measure(samples, new_policy)
         self._record(st, decision)
         self._save(st, policy=new_policy.to_json(), last_decision=decision.sentence)
         run = self.journal.active_run(self.plan.name)
@@ -121,6 +127,18 @@ class Engine:
                         results["score"], "; ".join(f"{c['name']}: {c['detail']}"
                                                    for c in results["failed"]))
         return results
+
+    def _measure(self, samples: list[Sample], pol: policy.PolicyState) -> None:
+        name = self.plan.name
+        for sample in samples:
+            if sample.latency is not None:
+                metrics.PROBE_LATENCY.labels(name, sample.service).observe(sample.latency)
+            if not sample.ok:
+                metrics.PROBE_FAILURES.labels(name, sample.service).inc()
+        seen = policy.assess(self.plan, pol, self.clock.now())
+        metrics.AVAILABILITY.labels(name).set(seen.availability)
+        for svc in self.plan.spec.services:
+            metrics.SERVICE_DOWN.labels(name, svc.name).set(int(svc.name in seen.down))
 
     def _escalate(self, run: Run, level: int) -> None:
         """The level only rises during a run; each rise is audited and notified."""
@@ -339,6 +357,10 @@ class Engine:
                 rec.approved_by = ", ".join(who for who, _ in approvals)
             rec = self.executor.execute(step, rec, self._context(run),
                                         detected_at=run.detected_at)
+            metrics.STEP_SECONDS.labels(self.plan.name, step.name, rec.status.value).observe(
+                rec.since_detection_s or 0)
+            if rec.met is False:
+                metrics.TARGETS_MISSED.labels(self.plan.name, step.name).inc()
             if rec.status is StepStatus.FAILED:
                 if step.on_failure == "continue":
                     continue

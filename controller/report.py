@@ -74,11 +74,12 @@ def to_junit(report: dict[str, Any]) -> str:
     return ET.tostring(suite, encoding="unicode")
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+def to_markdown(report: dict[str, Any], *, chart: str | None = None) -> str:
     run, summary = report["run"], report["summary"]
     lines = [
         f"# {run['kind'].capitalize()} report: {run['plan']}",
         "",
+        *([f"![timeline of the steps against their targets]({chart})", ""] if chart else []),
         f"- Run: `{run['id']}` — phase **{run['phase']}**, level {run['level'] or '-'}",
         f"- Reason: {run['reason']}",
         f"- Requested by: {run['requestedBy']}",
@@ -97,4 +98,7 @@ def to_markdown(report: dict[str, Any]) -> str:
     errors = [s for s in report["steps"] if s["error"]]
     if errors:
         lines += ["", "## Errors", ""] + [f"- {s['name']}: {s['error']}" for s in errors]
+    if report["decisions"]:
+        lines += ["", "## Decisions", ""] + [
+            f"- {d['action']}: {d['sentence']}" for d in report["decisions"]]
     return "\n".join(lines) + "\n"

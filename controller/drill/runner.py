@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller import report as reports
+from controller.chart import timeline_svg
 from controller.journal import Journal
 from controller.loop import Engine, probe_all
 from controller.model import Phase
@@ -73,7 +74,8 @@ def _write(out: Path, name: str, rep: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(reports.to_json(rep))
     (out / f"{name}.junit.xml").write_text(reports.to_junit(rep))
-    (out / f"{name}.md").write_text(reports.to_markdown(rep))
+    (out / f"{name}.svg").write_text(timeline_svg(rep))
+    (out / f"{name}.md").write_text(reports.to_markdown(rep, chart=f"{name}.svg"))
 
 
 def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = print,

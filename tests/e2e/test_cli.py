@@ -73,8 +73,8 @@ def test_plan_preview_lists_steps_in_order_with_targets(tmp_path: Path) -> None:
 
 def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     plan, journal = file_plan(tmp_path), tmp_path / "j.db"
-    res = cli("failover", str(plan), "--yes", "--reason", "planned: dc-a maintenance", "--as", "alice",
-              journal=journal)
+    res = cli("failover", str(plan), "--yes", "--reason", "planned: dc-a maintenance",
+              "--as", "alice", journal=journal)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FailedOver" in res.stdout
     run_id = res.stdout.split("run ", 1)[1].split()[0].rstrip(":")
