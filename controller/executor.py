@@ -26,6 +26,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from controller import failpoints
 from controller.actions import HANDLERS, StepContext
 from controller.journal import Journal
 from controller.model import PermanentError, StepRecord, StepStatus
@@ -78,12 +79,14 @@ class Executor:
                 detected_at: float) -> StepRecord:
         handler = HANDLERS[step.action]
         self.guard()
+        failpoints.hit(step.name, "before")
         if rec.started_at is None:
             rec.started_at = self.now()
         rec.status = StepStatus.RUNNING
         if "prepared" not in rec.evidence:  # only once: a resumed step keeps the true original
             rec.evidence = {"prepared": True, **_safe(lambda: handler.prepare(step, ctx), rec)}
         self.journal.save_step(rec)
+        failpoints.hit(step.name, "prepared")
         if rec.status is StepStatus.FAILED:
             return self._finish(rec, step, detected_at)
 
@@ -108,13 +111,16 @@ class Executor:
         )
         try:
             result = retrying(attempt)
+            failpoints.hit(step.name, "performed")  # changed the world, not yet recorded
             rec.evidence = {**dict(result or {}), **rec.evidence}
             rec.status, rec.error = StepStatus.SUCCEEDED, None
         except LostLease:
             raise
         except (Exception, RetryError) as exc:
             rec.status, rec.error = StepStatus.FAILED, _describe(exc)
-        return self._finish(rec, step, detected_at)
+        rec = self._finish(rec, step, detected_at)
+        failpoints.hit(step.name, "recorded")
+        return rec
 
     def _finish(self, rec: StepRecord, step: Step, detected_at: float) -> StepRecord:
         rec.finished_at = self.now()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from controller.actions import dns_records
