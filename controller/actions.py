@@ -8,14 +8,13 @@ state and does not fail because the first run already succeeded.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.backends import Backends
 from controller.dns import DnsConflict
-from controller.model import Evidence, Notice, PermanentError, Record, Sample, Target
+from controller.model import Evidence, Notice, PermanentError, Record, Target
 from controller.plan import FailoverPlan, Step
 
 
@@ -128,13 +127,10 @@ class Verify(_NoRevert):
         return {}
 
     def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
+        from controller.loop import probe_once
+
         names = step.params.get("services") or [s.name for s in ctx.plan.spec.services if s.core]
-        probes = [p for n in names for p in ctx.backends.service_probes(n)]
-
-        async def run_all() -> list[Sample]:
-            return list(await asyncio.gather(*(p.check() for p in probes)))
-
-        samples = asyncio.run(run_all())
+        samples = probe_once(ctx.plan, ctx.backends, names)
         results = [{"service": s.service, "ok": s.ok, "detail": s.detail} for s in samples]
         failed = [r for r in results if not r["ok"]]
         if failed:

@@ -29,11 +29,3 @@ class Backends:
     def probe(self, owner: str, spec: ProbeSpec) -> Any:
         return registry.build("probe", spec.kind, spec.options, secrets=self.secrets,
                               service=owner)
-
-    def service_probes(self, service: str) -> list[Any]:
-        return [self.probe(service, p) for p in self.plan.spec.service(service).probes]
-
-    def all_probes(self) -> list[Any]:
-        probes = [self.probe(s.name, p) for s in self.plan.spec.services for p in s.probes]
-        probes += [self.probe(sig.name, sig.probe) for sig in self.plan.spec.signals]
-        return probes

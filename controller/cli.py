@@ -26,7 +26,7 @@ from controller.actions import REVERTIBLE, StepContext, would_change
 from controller.api import Health, serve
 from controller.config import Settings
 from controller.journal import Journal, JournalError, Run
-from controller.loop import Engine, probe_all
+from controller.loop import Engine, observe
 from controller.model import Phase, StepStatus
 from controller.plan import (
     FailoverPlan,
@@ -185,6 +185,40 @@ def plan_cmd(plan_file: str, output: str) -> None:
         return "\n".join(lines)
 
     _emit(output, {"plan": plan.name, "steps": steps}, text)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@click.option("--trace", "traces", multiple=True, required=True, type=click.Path(),
+              help="JSONL or CSV trace of timestamped samples (repeatable; a directory "
+              "replays every trace in it)")
+@click.option("--every", type=float, default=1.0, show_default=True,
+              help="seconds between simulated ticks")
+@OUTPUT
+def simulate(plan_file: str, traces: tuple[str, ...], every: float, output: str) -> None:
+    """Replay health traces through the policy: when it would trip, at which level, why."""
+    from controller.probes.trace import TraceError, load_corpus
+    from controller.simulate import replay
+
+    plan = _load(plan_file)
+    try:
+        loaded = load_corpus(*traces)
+    except (TraceError, OSError) as exc:
+        _fail(str(exc), EXIT_INPUT)
+    results = [replay(plan, t, every=every) for t in loaded]
+
+    def text() -> str:
+        lines = []
+        for r in results:
+            verdict = "" if r.label is None else (" PASS" if not r.problems else " FAIL")
+            lines.append(f"{r.trace}{verdict}" + (f" ({r.label})" if r.label else ""))
+            for at, d in r.decisions:
+                lines.append(f"  {at:8.1f} s  {d.action:<5} {d.sentence}")
+            lines += [f"  problem: {p}" for p in r.problems]
+        return "\n".join(lines)
+
+    _emit(output, [r.to_json() for r in results], text)
+    sys.exit(EXIT_FAILED if any(r.problems for r in results) else EXIT_OK)
 
 
 @main.command()
@@ -523,20 +557,25 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
     if listen:
         host, _, port = listen.rpartition(":")
         serve(health, host or "0.0.0.0", int(port))
+    schedulers = [observe(e.plan, e.backends) for e in engines]
+    for scheduler in schedulers:
+        scheduler.start()
     count = 0
     try:
         while ticks is None or count < ticks:
             count += 1
-            for engine in engines:
-                state = engine.tick(probe_all(engine.backends))
+            time.sleep(every)
+            for engine, scheduler in zip(engines, schedulers, strict=True):
+                state = engine.tick(scheduler.drain())
                 click.echo(f"{state.plan}: {state.phase.value} — {state.last_decision}")
             health.beat()
             if until and all(e.state().phase.value == until for e in engines):
                 break
-            time.sleep(every)
     except KeyboardInterrupt:
         click.echo("stopped; the journal holds every finished step, `run` again to resume")
     finally:
+        for scheduler in schedulers:
+            scheduler.stop()
         for engine in engines:
             engine.release()
     failed = any(e.state().phase is Phase.FAILED for e in engines)

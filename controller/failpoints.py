@@ -15,5 +15,5 @@ _ARMED = os.environ.get("FAILOVER_FAILPOINT", "")
 
 
 def hit(step: str, point: str) -> None:
-    if _ARMED and _ARMED == f"{step}:{point}":
+    if _ARMED and f"{step}:{point}" == _ARMED:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -10,6 +10,7 @@ continues where the last one stopped and never repeats a finished step.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ from controller.executor import Executor, LostLease
 from controller.journal import Journal, PlanState, Run
 from controller.model import Decision, Notice, Phase, Sample, StepRecord, StepStatus
 from controller.plan import FailoverPlan, Step
+from controller.probes.scheduler import ProbeScheduler, targets_from_plan
 
 log = logging.getLogger(__name__)
 TERMINAL = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
@@ -425,20 +427,16 @@ class Engine:
                                plan=self.plan.name, run_id=run.id, detail=detail)
 
 
-def probe_all(backends: Backends, *, timeout: float = 5.0) -> list[Sample]:
-    """Run every probe of the plan once, concurrently; a hung probe becomes a failed sample."""
-    import asyncio
+def observe(plan: FailoverPlan, backends: Backends) -> ProbeScheduler:
+    """A probe scheduler for every service and signal of the plan (start it, drain it)."""
+    return ProbeScheduler(targets_from_plan(plan, backends.probe))
 
-    probes = backends.all_probes()
 
-    async def one(probe: Any) -> Sample:
-        try:
-            return await asyncio.wait_for(probe.check(), timeout)
-        except Exception as exc:
-            detail = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
-            return Sample(probe.service, False, time.time(), detail=detail)
-
-    async def run() -> list[Sample]:
-        return list(await asyncio.gather(*(one(p) for p in probes)))
-
-    return asyncio.run(run())
+def probe_once(plan: FailoverPlan, backends: Backends,
+               services: list[str] | None = None) -> list[Sample]:
+    """Probe the given services (default: all services and signals) once, concurrently,
+    each bounded by its timeout and combined k-of-n like the running scheduler does."""
+    targets = targets_from_plan(plan, backends.probe)
+    if services is not None:
+        targets = [t for t in targets if t.service in services]
+    return asyncio.run(ProbeScheduler(targets).run_once())

@@ -119,6 +119,15 @@ class Service(Strict):
     probes: list[ProbeSpec] = Field(min_length=1)
     interval: Duration = 10.0
     timeout: Duration = 5.0
+    quorum: int = Field(0, ge=0, description="k-of-n: this many failed probes (vantage "
+                        "points) fail a round; 0 = a majority")
+
+    @model_validator(mode="after")
+    def _quorum(self) -> Service:
+        if self.quorum > len(self.probes):
+            raise ValueError(f"quorum {self.quorum} is more than the {len(self.probes)} probes; "
+                             "use at most the number of probes (0 = majority)")
+        return self
 
 
 class Signal(Strict):
@@ -187,6 +196,56 @@ class Step(Strict):
     description: str = ""
 
 
+class RecordSpec(Strict):
+    name: str = Field(min_length=1)
+    type: str = Field(pattern=r"^[A-Za-z0-9]+$")
+    ttl: int = Field(300, ge=0)
+    values: list[str] = Field(min_length=1, description="never empty: a name keeps an answer")
+
+
+class TrafficParams(Strict):
+    to: str | None = None
+    weights: dict[str, int] | None = None
+
+
+class DnsParams(Strict):
+    records: list[RecordSpec] = Field(min_length=1)
+
+
+class RestoreInto(Strict):
+    host: str | None = None
+    path: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class RestoreParams(Strict):
+    store: str
+    dataset: str = Field(min_length=1)
+    into: RestoreInto
+    rpo: Duration | None = None
+
+
+class VerifyParams(Strict):
+    services: list[str] = Field(default_factory=list)
+
+
+class NotifyParams(Strict):
+    recipients: list[str] = Field(default_factory=list)
+    subject: str | None = None
+    status: str | None = None
+    estimated_recovery: str | None = Field(None, alias="estimatedRecovery")
+
+
+class ManualParams(Strict):
+    instructions: str = ""
+
+
+PARAMS: dict[str, type[BaseModel]] = {
+    "traffic": TrafficParams, "dns": DnsParams, "restore": RestoreParams,
+    "verify": VerifyParams, "notify": NotifyParams, "manual": ManualParams,
+}
+
+
 class Notification(Strict):
     level: int = Field(ge=1, le=4)
     notifier: str
@@ -249,7 +308,16 @@ class PlanSpec(Strict):
                         f"{where}.backend: {step.backend!r} is a {backend.role} backend; "
                         f"a {step.action} step needs a {role} backend"
                     )
-            for svc in step.params.get("services", []) if step.action == "verify" else []:
+            try:
+                params = PARAMS[step.action].model_validate(step.params)
+            except ValidationError as err:
+                raise ValueError("; ".join(
+                    f"{where}.params.{p}" for p in _explain(err))) from None
+            if isinstance(params, RestoreParams) and (
+                    params.store not in by_name or by_name[params.store].role != "store"):
+                raise ValueError(f"{where}.params.store: no store backend named "
+                                 f"{params.store!r} in spec.backends")
+            for svc in params.services if isinstance(params, VerifyParams) else []:
                 if svc not in services:
                     raise ValueError(
                         f"{where}.params.services: no service named {svc!r} "

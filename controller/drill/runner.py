@@ -19,9 +19,10 @@ from typing import Any, Protocol
 from controller import report as reports
 from controller.chart import timeline_svg
 from controller.journal import Journal
-from controller.loop import Engine, probe_all
+from controller.loop import Engine, observe
 from controller.model import Phase
 from controller.plan import FailoverPlan
+from controller.probes.scheduler import ProbeScheduler
 
 Echo = Callable[[str], None] | None
 
@@ -58,16 +59,22 @@ class MemorySiteFault:
 
 def _drive(engine: Engine, until: tuple[Phase, ...], *, timeout: float, interval: float,
            echo: Echo) -> Phase:
+    with observe(engine.plan, engine.backends) as scheduler:
+        return _ticks(engine, scheduler, until, timeout=timeout, interval=interval, echo=echo)
+
+
+def _ticks(engine: Engine, scheduler: ProbeScheduler, until: tuple[Phase, ...], *,
+           timeout: float, interval: float, echo: Echo) -> Phase:
     deadline = time.monotonic() + timeout
     last = ""
     while True:
-        state = engine.tick(probe_all(engine.backends))
+        time.sleep(interval)
+        state = engine.tick(scheduler.drain())
         if echo and state.last_decision and state.last_decision != last:
             last = state.last_decision
             echo(f"  {state.phase.value:<16} {last}")
         if state.phase in until or time.monotonic() > deadline:
             return state.phase
-        time.sleep(interval)
 
 
 def _write(out: Path, name: str, rep: dict[str, Any]) -> None:

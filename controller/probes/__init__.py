@@ -12,6 +12,11 @@ from controller.model import Sample
 
 KINDS: dict[str, str] = {
     "memory": "controller.testing:FakeProbe",
+    "http": "controller.probes.http:HttpProbe",
+    "tcp": "controller.probes.tcp:TcpProbe",
+    "dns": "controller.probes.dns:DnsProbe",
+    "postgres": "controller.probes.postgres:PostgresProbe",
+    "prometheus": "controller.probes.prometheus:PrometheusProbe",
 }
 
 

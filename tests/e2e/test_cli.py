@@ -164,3 +164,24 @@ def test_drill_with_in_memory_backends_passes(tmp_path: Path) -> None:
     assert verdict["passed"] and {c["check"] for c in verdict["checks"]} == {
         "baseline healthy", "failed over", "time targets met", "failed back"}
     assert (tmp_path / "out/failover.junit.xml").exists()
+
+
+def test_simulate_reports_trips_and_judges_labels(tmp_path: Path) -> None:
+    traces = ROOT / "tests/traces"
+    ok = cli("simulate", str(traces / "plan.yaml"), "--trace", str(traces), "-o", "json",
+             journal=tmp_path / "j.db")
+    assert ok.returncode == 0, ok.stdout[-2000:]
+    results = {r["trace"]: r for r in json.loads(ok.stdout)}
+    assert results["clean-outage"]["trips"][0]["level"] == 1
+    assert results["blip-below-dwell"]["trips"] == []
+    wrong = tmp_path / "wrong.jsonl"
+    lines = (traces / "blip-below-dwell.jsonl").read_text().splitlines()
+    header = json.loads(lines[0])
+    header.update(plan=str(traces / "plan.yaml"), expect={"trip": True, "by": 30})
+    wrong.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
+    bad = cli("simulate", str(traces / "plan.yaml"), "--trace", str(wrong),
+              journal=tmp_path / "j.db")
+    assert bad.returncode == 1 and "never tripped but must trip by 30 s" in bad.stdout
+    missing = cli("simulate", str(traces / "plan.yaml"), "--trace", str(tmp_path / "nope"),
+                  journal=tmp_path / "j.db")
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -1,0 +1,188 @@
+"""HTTP(S) probe on aiohttp: expected status, latency budget and optional body match.
+
+Connection reuse matters at scale, so probes share one `aiohttp.ClientSession` per event
+loop: the scheduler creates it with `make_session` and hands it to every probe that has
+`use_session` (HTTP and Prometheus). A probe used on its own opens a private session on
+first use and closes it in `aclose`. Every failure — refused, reset, TLS, garbage HTTP,
+wrong status, missing body text, over the latency budget, hung server — is a failed
+`Sample` whose detail says why; secrets (header values from SecretRefs, URL passwords)
+never appear in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+import time
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from controller.model import Sample
+from controller.plan import Duration
+from controller.probes.tcp import describe_error, short
+from controller.secrets import SecretRef, Secrets
+
+USER_AGENT = "failover-controller-probe/1"
+
+
+def make_session(*, limit: int = 256) -> aiohttp.ClientSession:
+    """One pooled session for many probes (call inside the loop that will use it)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=10)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),  # each probe bounds its own request
+        cookie_jar=aiohttp.DummyCookieJar(),
+        headers={"User-Agent": USER_AGENT},
+    )
+
+
+def describe_http_error(exc: BaseException, *, timeout: float) -> str:
+    """aiohttp's exceptions -> the short reasons operators read in status lines."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return describe_error(exc.certificate_error)
+    if isinstance(exc, aiohttp.ClientSSLError):
+        os_error = getattr(exc, "os_error", None)
+        return describe_error(os_error) if os_error is not None else "TLS error"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_error(exc.os_error, timeout=timeout)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection without a complete response"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "invalid or truncated response body"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"invalid HTTP response: {exc.message}"
+    return describe_error(exc, timeout=timeout)
+
+
+class HttpOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    url: str
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    expect_status: list[int] = Field(
+        default_factory=list, alias="expectStatus",
+        description="accepted status codes; empty = any 2xx or 3xx")
+    body_match: str | None = Field(None, alias="bodyMatch",
+                                   description="regular expression the body must contain")
+    latency_budget: Duration | None = Field(
+        None, alias="latencyBudget", description="a slower answer counts as a failure")
+    timeout: Duration = 5.0
+    headers: dict[str, str] = Field(default_factory=dict)
+    secret_headers: dict[str, SecretRef] = Field(
+        default_factory=dict, alias="secretHeaders",
+        description="header values read from secrets, e.g. Authorization")
+    verify_tls: bool = Field(True, alias="verifyTls")
+    ca_file: str | None = Field(None, alias="caFile")
+    max_body: int = Field(65536, alias="maxBody", ge=0,
+                          description="bytes of body read for bodyMatch")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url must be http:// or https:// with a host, got {value!r}")
+        return value
+
+    @field_validator("body_match")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"bodyMatch is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _codes(cls, value: list[int]) -> list[int]:
+        for code in value:
+            if not 100 <= code <= 599:
+                raise ValueError(f"expectStatus: {code} is not an HTTP status code")
+        return value
+
+
+def where(url: str) -> str:
+    """The URL as shown in details: no user:password, no query string."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
+
+
+def ssl_setting(verify: bool, ca_file: str | None) -> ssl.SSLContext | bool:
+    if not verify:
+        return False
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
+    return True
+
+
+class HttpProbe:
+    """GET (or HEAD/POST) a URL; ok when status, body and latency are all as expected."""
+
+    Options = HttpOptions
+
+    def __init__(self, options: HttpOptions, *, secrets: Secrets | None = None,
+                 service: str = ""):
+        self.options, self.service = options, service
+        self._where = where(options.url)
+        self._pattern = re.compile(options.body_match) if options.body_match else None
+        self._ssl = ssl_setting(options.verify_tls, options.ca_file)
+        headers = dict(options.headers)
+        if options.secret_headers:
+            reader = secrets or Secrets()
+            headers.update({k: reader.reveal(ref).strip()
+                            for k, ref in options.secret_headers.items()})
+        self._headers = headers
+        self._session: aiohttp.ClientSession | None = None
+        self._own_session = False
+
+    def use_session(self, session: aiohttp.ClientSession) -> None:
+        """Share a pooled session (the scheduler's); the probe will not close it."""
+        self._session, self._own_session = session, False
+
+    async def aclose(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _fail(self, at: float, start: float, why: str) -> Sample:
+        return Sample(self.service, False, at, latency=time.monotonic() - start,
+                      detail=short(f"{self.options.method} {self._where}: {why}"))
+
+    async def check(self) -> Sample:
+        opts = self.options
+        if self._session is None or self._session.closed:
+            self._session, self._own_session = make_session(limit=4), True
+        at, start = time.time(), time.monotonic()
+        try:
+            async with asyncio.timeout(opts.timeout):
+                async with self._session.request(
+                    opts.method, opts.url, headers=self._headers, ssl=self._ssl,
+                    allow_redirects=False,
+                ) as resp:
+                    status = resp.status
+                    body = await resp.content.read(opts.max_body) if opts.method != "HEAD" \
+                        else b""
+        except Exception as exc:
+            return self._fail(at, start, describe_http_error(exc, timeout=opts.timeout))
+        latency = time.monotonic() - start
+        accepted = status in opts.expect_status if opts.expect_status else 200 <= status < 400
+        if not accepted:
+            want = ",".join(map(str, opts.expect_status)) or "2xx/3xx"
+            return self._fail(at, start, f"status {status}, expected {want}")
+        if self._pattern is not None and not self._pattern.search(
+                body.decode("utf-8", "replace")):
+            return self._fail(at, start, f"body does not match {opts.body_match!r}")
+        if opts.latency_budget is not None and latency > opts.latency_budget:
+            return self._fail(at, start, f"slow: {latency * 1000:.0f} ms > budget "
+                                         f"{opts.latency_budget * 1000:.0f} ms")
+        return Sample(self.service, True, at, latency=latency,
+                      detail=f"{opts.method} {self._where}: {status}")

@@ -1,0 +1,330 @@
+"""The probe scheduler: every service's probes on one asyncio loop, each at its own interval.
+
+Each `Target` (a service or business signal with its probes, interval and timeout) gets
+one task that fires on a fixed grid `t0 + phase + k * interval`, so it never drifts and
+never overlaps itself (a round that overruns skips the missed slots and counts them).
+Phases are spread over the interval with a low-discrepancy sequence, so thousands of
+targets with the same interval do not fire in one burst. Every probe call is bounded by
+the target's timeout: a slow or hung probe becomes a failed `Sample` ("timed out after
+2 s") and never delays another target. A probe that raises despite the protocol becomes
+a failed sample too; only cancellation (shutdown) escapes.
+
+Several probes of one service are vantage points of one question; their results are
+combined into one sample per round that fails when at least `quorum` of the n probes
+failed (k-of-n; default a majority). The raw per-probe samples go to `on_probe` (for
+latency histograms and per-probe failure counts).
+
+Samples go to `sink` (called on the loop thread) or, by default, to a thread-safe queue
+that the synchronous engine empties with `drain()` each tick while `start()` runs the
+loop in a background thread; `stop()` cancels every round, kills what probes started and
+closes the shared HTTP session. `run_once()` probes every target once, concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.model import Sample
+from controller.probes.tcp import describe_error, short
+
+log = logging.getLogger(__name__)
+
+SampleSink = Callable[[Sample], None]
+_GOLDEN = 0.6180339887498949
+
+
+@dataclass
+class Target:
+    """One service (or signal): its probes, how often they run and how long they may take."""
+
+    service: str
+    probes: Sequence[Any]
+    interval: float
+    timeout: float
+    quorum: int = 0  # failed probes that make the round fail; 0 = majority of the probes
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError(f"{self.service}: interval must be positive")
+        if self.timeout <= 0:
+            raise ValueError(f"{self.service}: timeout must be positive")
+        if not self.probes:
+            raise ValueError(f"{self.service}: a target needs at least one probe")
+        n = len(self.probes)
+        if self.quorum <= 0:
+            self.quorum = n // 2 + 1
+        if self.quorum > n:
+            raise ValueError(f"{self.service}: quorum {self.quorum} > {n} probes")
+
+
+def targets_from_plan(plan: Any, build: Callable[[str, Any], Any], *,
+                      quorum: dict[str, int] | None = None,
+                      signal_timeout: float = 5.0) -> list[Target]:
+    """Targets for a FailoverPlan's services and signals; `build(owner, ProbeSpec)` makes
+    a probe (e.g. `Backends.probe`). A signal's timeout is min(signal_timeout, interval)."""
+    quorum = quorum or {}
+    targets = [
+        Target(s.name, [build(s.name, p) for p in s.probes], s.interval,
+               min(s.timeout, s.interval), quorum.get(s.name, s.quorum))
+        for s in plan.spec.services
+    ]
+    targets += [
+        Target(sig.name, [build(sig.name, sig.probe)], sig.interval,
+               min(signal_timeout, sig.interval))
+        for sig in plan.spec.signals
+    ]
+    return targets
+
+
+def combine(service: str, samples: Sequence[Sample], quorum: int, at: float) -> Sample:
+    """k-of-n: the round fails when at least `quorum` of the probes failed."""
+    if len(samples) == 1:
+        return samples[0]
+    failed = [s for s in samples if not s.ok]
+    ok = len(failed) < quorum
+    latencies = [s.latency for s in samples if s.latency is not None]
+    value = next((s.value for s in samples if s.ok and s.value is not None), None)
+    n = len(samples)
+    if failed:
+        verdict = "failed" if ok is False else "tolerated"
+        detail = (f"{len(failed)}/{n} probes failed ({verdict}; fails at {quorum}): "
+                  + "; ".join(s.detail for s in failed))
+    else:
+        detail = f"{n}/{n} probes ok"
+    return Sample(service, ok, at, latency=max(latencies) if latencies else None,
+                  detail=short(detail), value=value)
+
+
+async def guarded(probe: Any, service: str, timeout: float) -> Sample:
+    """Run one check bounded by `timeout`; any failure is a failed sample, never an error."""
+    at, start = time.time(), time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            sample = await probe.check()
+    except TimeoutError:
+        return Sample(service, False, at, latency=time.monotonic() - start,
+                      detail=f"{service}: timed out after {timeout:g} s")
+    except Exception as exc:
+        log.debug("probe for %s raised", service, exc_info=True)
+        return Sample(service, False, at, latency=time.monotonic() - start,
+                      detail=short(f"{service}: probe error: {describe_error(exc)}"))
+    if not isinstance(sample, Sample):
+        return Sample(service, False, at, latency=time.monotonic() - start,
+                      detail=f"{service}: probe returned {type(sample).__name__}, not a Sample")
+    return sample
+
+
+@dataclass
+class Stats:
+    """What the scheduler did; lag = how late a round started against its slot (seconds)."""
+
+    rounds: int = 0
+    probes: int = 0
+    failures: int = 0
+    skipped_slots: int = 0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+
+    def lag_percentile(self, pct: float) -> float:
+        if not self.lags:
+            return 0.0
+        ordered = sorted(self.lags)
+        return ordered[min(len(ordered) - 1, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+class ProbeScheduler:
+    """Runs targets on one asyncio loop; see the module docstring for the guarantees."""
+
+    def __init__(self, targets: Iterable[Target], sink: SampleSink | None = None, *,
+                 on_probe: SampleSink | None = None, spread: bool = True,
+                 session_limit: int = 100):
+        self.targets = list(targets)
+        self._sink = sink
+        self._on_probe = on_probe
+        self._spread = spread
+        self._session_limit = session_limit
+        self._queue: queue.SimpleQueue[Sample] = queue.SimpleQueue()
+        self.stats = Stats()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._session: Any = None
+        self.error: BaseException | None = None
+
+    # --- samples out ---------------------------------------------------------------------
+
+    def _emit(self, sample: Sample) -> None:
+        if self._sink is None:
+            self._queue.put(sample)
+            return
+        try:
+            self._sink(sample)
+        except Exception:
+            log.exception("sample sink failed for %s; sample dropped", sample.service)
+
+    def drain(self) -> list[Sample]:
+        """Every sample produced since the last drain (thread-safe, never blocks)."""
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    # --- one round -----------------------------------------------------------------------
+
+    async def _round(self, target: Target) -> Sample:
+        at = time.time()
+        if len(target.probes) == 1:
+            results = [await guarded(target.probes[0], target.service, target.timeout)]
+        else:
+            results = list(await asyncio.gather(
+                *(guarded(p, target.service, target.timeout) for p in target.probes)))
+        self.stats.rounds += 1
+        self.stats.probes += len(results)
+        if self._on_probe is not None:
+            for raw in results:
+                try:
+                    self._on_probe(raw)
+                except Exception:
+                    log.exception("on_probe hook failed")
+        sample = combine(target.service, results, target.quorum, at)
+        if not sample.ok:
+            self.stats.failures += 1
+        return sample
+
+    async def _drive(self, target: Target, phase: float, t0: float) -> None:
+        loop = asyncio.get_running_loop()
+        slot = t0 + phase
+        while True:
+            delay = slot - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            self.stats.lags.append(max(0.0, loop.time() - slot))
+            self._emit(await self._round(target))
+            slot += target.interval
+            behind = loop.time() - slot
+            if behind > 0:  # the round overran its interval: skip the missed slots
+                missed = math.ceil(behind / target.interval)
+                self.stats.skipped_slots += missed
+                slot += missed * target.interval
+
+    def _phases(self) -> list[float]:
+        if not self._spread:
+            return [0.0] * len(self.targets)
+        return [((i * _GOLDEN) % 1.0) * t.interval for i, t in enumerate(self.targets)]
+
+    # --- shared resources ----------------------------------------------------------------
+
+    def _share_session(self) -> Any:
+        """One pooled HTTP session for every probe that can use it (created lazily, on
+        the running loop, and reused until `aclose`)."""
+        users = [p for t in self.targets for p in t.probes if hasattr(p, "use_session")]
+        if not users:
+            return None
+        if self._session is None or self._session.closed:
+            from controller.probes.http import make_session
+
+            self._session = make_session(limit=self._session_limit)
+        for probe in users:
+            probe.use_session(self._session)
+        return self._session
+
+    async def aclose(self) -> None:
+        """Close what the probes opened and the shared session."""
+        for probe in (p for t in self.targets for p in t.probes):
+            closer = getattr(probe, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- running -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Probe until `stop` is set (or the task is cancelled), then clean up."""
+        self._share_session()
+        t0 = asyncio.get_running_loop().time()
+        tasks = [asyncio.create_task(self._drive(t, phase, t0), name=f"probe:{t.service}")
+                 for t, phase in zip(self.targets, self._phases(), strict=True)]
+        try:
+            if stop is None:
+                await asyncio.gather(*tasks)
+            else:
+                await stop.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.aclose()
+
+    async def run_once(self, *, close: bool = True) -> list[Sample]:
+        """Every target once, concurrently; returns the (combined) samples. With
+        close=False the pooled connections stay open for the next call (then `aclose`)."""
+        self._share_session()
+        try:
+            return list(await asyncio.gather(*(self._round(t) for t in self.targets)))
+        finally:
+            if close:
+                await self.aclose()
+
+    def start(self) -> None:
+        """Run the scheduler on its own loop in a background (daemon) thread."""
+        if self._thread is not None:
+            raise RuntimeError("scheduler already started")
+        self._ready.clear()
+        self._thread = threading.Thread(target=self._thread_main, name="probe-scheduler",
+                                        daemon=True)
+        self._thread.start()
+        self._ready.wait()
+
+    def _thread_main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop_event = asyncio.Event()
+            self._ready.set()
+            await self.run(self._stop_event)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # reported by stop(); the thread must not die silently
+            self.error = exc
+            log.exception("probe scheduler stopped with an error")
+        finally:
+            self._ready.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background thread: cancel rounds, close sessions, join."""
+        thread, loop, event = self._thread, self._loop, self._stop_event
+        if thread is None:
+            return
+        if loop is not None and event is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop already finished
+                loop.call_soon_threadsafe(event.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RuntimeError(f"probe scheduler did not stop within {timeout:g} s")
+        self._thread = self._loop = self._stop_event = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> ProbeScheduler:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

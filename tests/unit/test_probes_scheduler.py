@@ -1,0 +1,188 @@
+"""The probe scheduler with in-process probes: a hung or raising probe is a failed sample
+and never blocks others; k-of-n; spreading; no self-overlap; clean background shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.backends import Backends
+from controller.model import Sample
+from controller.plan import load_plan
+from controller.probes.scheduler import ProbeScheduler, Target, combine, targets_from_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Probe:
+    """Answers ok/failed, or hangs until cancelled, or raises; counts overlaps."""
+
+    def __init__(self, service: str, mode: str = "ok", delay: float = 0.0):
+        self.service, self.mode, self.delay = service, mode, delay
+        self.calls = self.active = self.max_active = self.cancelled = 0
+
+    async def check(self) -> Sample:
+        self.calls += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            if self.mode == "hang":
+                await asyncio.Event().wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.mode == "raise":
+                raise RuntimeError("bug in probe")
+            return Sample(self.service, self.mode == "ok", time.time(), latency=0.001,
+                          detail=self.mode)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+
+
+def wait_for(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+def test_hung_probe_becomes_failed_sample_and_others_keep_running() -> None:
+    hung, fast = Probe("hung", "hang"), Probe("fast")
+    sched = ProbeScheduler([Target("hung", [hung], interval=0.05, timeout=0.2),
+                            Target("fast", [fast], interval=0.01, timeout=0.2)], spread=False)
+    got: list[Sample] = []
+    with sched:
+        def enough() -> bool:
+            got.extend(sched.drain())
+            return sum(s.service == "hung" for s in got) >= 2 and \
+                sum(s.service == "fast" for s in got) >= 20
+        wait_for(enough)
+    hung_samples = [s for s in got if s.service == "hung"]
+    assert all(not s.ok and "timed out after 0.2 s" in s.detail for s in hung_samples)
+    assert all(s.ok for s in got if s.service == "fast")
+    assert hung.cancelled >= 2  # each timed-out check was cancelled, not left running
+
+
+def test_raising_probe_is_a_failed_sample() -> None:
+    sched = ProbeScheduler([Target("x", [Probe("x", "raise")], 1, 1)])
+    [s] = asyncio.run(sched.run_once())
+    assert not s.ok and "probe error: RuntimeError: bug in probe" in s.detail
+
+
+def test_non_sample_result_is_a_failed_sample() -> None:
+    class Bad:
+        service = "x"
+
+        async def check(self) -> object:
+            return "yes"
+    [s] = asyncio.run(ProbeScheduler([Target("x", [Bad()], 1, 1)]).run_once())
+    assert not s.ok and "not a Sample" in s.detail
+
+
+def test_k_of_n_vantage_points() -> None:
+    probes = [Probe("api"), Probe("api", "fail"), Probe("api")]
+    [tolerated] = asyncio.run(ProbeScheduler([Target("api", probes, 1, 1)]).run_once())
+    assert tolerated.ok and "1/3 probes failed (tolerated; fails at 2)" in tolerated.detail
+    probes = [Probe("api", "fail"), Probe("api", "hang"), Probe("api")]
+    [failed] = asyncio.run(ProbeScheduler([Target("api", probes, 1, 0.1)]).run_once())
+    assert not failed.ok and "2/3 probes failed" in failed.detail
+    assert "timed out" in failed.detail
+    strict = Target("api", [Probe("api"), Probe("api", "fail")], 1, 1, quorum=1)
+    [one] = asyncio.run(ProbeScheduler([strict]).run_once())
+    assert not one.ok
+
+
+def test_combine_keeps_a_single_sample_and_values() -> None:
+    s = Sample("sig", True, 1.0, value=7.0)
+    assert combine("sig", [s], 1, 2.0) is s
+    both = combine("sig", [s, Sample("sig", True, 1.0, latency=0.5)], 2, 2.0)
+    assert both.ok and both.value == 7.0 and both.latency == 0.5 and both.at == 2.0
+
+
+def test_target_validation() -> None:
+    with pytest.raises(ValueError, match="interval"):
+        Target("x", [Probe("x")], 0, 1)
+    with pytest.raises(ValueError, match="quorum 3 > 2"):
+        Target("x", [Probe("x"), Probe("x")], 1, 1, quorum=3)
+    assert Target("x", [Probe("x")] * 4, 1, 1).quorum == 3
+
+
+def test_phases_are_spread_over_the_interval() -> None:
+    targets = [Target(f"s{i}", [Probe(f"s{i}")], 10.0, 1.0) for i in range(1000)]
+    phases = ProbeScheduler(targets)._phases()
+    assert all(0 <= p < 10.0 for p in phases)
+    per_second = [sum(1 for p in phases if k <= p < k + 1) for k in range(10)]
+    assert max(per_second) - min(per_second) <= 2  # no burst: ~100 in every second
+    assert ProbeScheduler(targets, spread=False)._phases() == [0.0] * 1000
+
+
+def test_overrunning_probe_never_overlaps_itself_and_skips_slots() -> None:
+    slow = Probe("slow", delay=0.05)
+    sched = ProbeScheduler([Target("slow", [slow], interval=0.01, timeout=1.0)], spread=False)
+    with sched:
+        wait_for(lambda: slow.calls >= 4)
+    assert slow.max_active == 1
+    assert sched.stats.skipped_slots > 0
+
+
+def test_sink_callback_and_on_probe_hook_and_sink_errors() -> None:
+    seen: list[Sample] = []
+    raw: list[Sample] = []
+
+    def sink(sample: Sample) -> None:
+        seen.append(sample)
+        if len(seen) == 1:
+            raise ValueError("a broken sink loses one sample, not the scheduler")
+
+    probes = [Probe("a"), Probe("a", "fail")]
+    sched = ProbeScheduler([Target("a", probes, 0.01, 1, quorum=2)], sink, on_probe=raw.append,
+                           spread=False)
+    with sched:
+        wait_for(lambda: len(seen) >= 3)
+    assert len(raw) >= 2 * 3 and {s.detail for s in raw} == {"ok", "fail"}
+    assert sched.drain() == []  # with a sink nothing is queued
+
+
+def test_stop_cancels_hung_probes_and_is_idempotent() -> None:
+    hung = Probe("h", "hang")
+    sched = ProbeScheduler([Target("h", [hung], 1.0, 600.0)], spread=False)
+    sched.start()
+    wait_for(lambda: hung.active == 1)
+    sched.stop()
+    assert hung.cancelled == 1 and not sched.running
+    sched.stop()
+    assert threading.active_count() >= 1
+
+
+def test_http_probes_share_one_session_and_it_is_closed() -> None:
+    class SessionUser(Probe):
+        def __init__(self) -> None:
+            super().__init__("w")
+            self.session: object = None
+
+        def use_session(self, session: object) -> None:
+            self.session = session
+
+    a, b = SessionUser(), SessionUser()
+    sched = ProbeScheduler([Target("w", [a], 1, 1), Target("v", [b], 1, 1)])
+    asyncio.run(sched.run_once())
+    assert a.session is not None and a.session is b.session
+    assert a.session.closed  # type: ignore[attr-defined]
+
+
+def test_targets_from_plan_cover_services_and_signals() -> None:
+    plan = load_plan(ROOT / "tests/traces/plan.yaml")
+    targets = targets_from_plan(plan, Backends(plan).probe, quorum={"web": 1})
+    by_name = {t.service: t for t in targets}
+    assert set(by_name) == {"web", "api", "app", "hotline", "social", "complaints"}
+    assert by_name["web"].interval == 2.0 and by_name["web"].timeout == 1.0
+    assert by_name["complaints"].interval == 10.0 and by_name["complaints"].timeout == 5.0
+    samples = asyncio.run(ProbeScheduler(targets).run_once())
+    assert len(samples) == 6 and all(s.ok for s in samples)
