@@ -432,24 +432,31 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
               help="the plan file of the run (checks the approver list)")
 @click.option("--step", default="", help="approve one gated step instead of the whole run")
 @click.option("--as", "actor", help="who approves (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
-            output: str) -> None:
-    """Approve a run (or one gated/manual step); a running controller continues it."""
+            wait: float, output: str) -> None:
+    """Approve a run (or one gated step) and follow it as it continues."""
     plan = _load(plan_file)
     journal = obj.journal()
     run = journal.run(run_id)
     if run is None or run.plan != plan.name:
         _fail(f"no run {run_id!r} of plan {plan.name} in {journal.path}", EXIT_INPUT)
     engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    who = actor or obj.settings.actor
     try:
-        engine.approve(run_id, actor=actor or obj.settings.actor, step=step)
+        engine.approve(run_id, actor=who, step=step)
     except PermissionError as exc:
         _fail(str(exc), EXIT_INPUT)
-    _emit(output, {"run": run_id, "step": step or None, "approvedBy": actor or obj.settings.actor},
-          lambda: f"approved {'step ' + step if step else 'run'} of {run_id}")
+    if output == "text":
+        click.echo(f"approved {'step ' + step if step else 'run'} of {run_id} as {who}")
+    try:  # continue the run here unless a running controller holds the plan
+        code = _follow(journal, run_id, engine=engine, output=output, timeout=wait)
+    finally:
+        engine.release()
+    sys.exit(code)
 
 
 @main.command()

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.tcp import describe_error, short
+from controller.probes.tcp import describe_error, failed
 
 
 class DnsOptions(BaseModel):
@@ -74,8 +74,7 @@ class DnsProbe:
         self._label = f"dns {options.name} {options.type}"
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
-        return Sample(self.service, False, at, latency=time.monotonic() - start,
-                      detail=short(f"{self._label}: {why}"))
+        return failed(self.service, at, start, f"{self._label}: {why}")
 
     async def check(self) -> Sample:
         opts = self.options

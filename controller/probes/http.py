@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.tcp import describe_error, short
+from controller.probes.tcp import describe_error, failed
 from controller.secrets import SecretRef, Secrets
 
 USER_AGENT = "failover-controller-probe/1"
@@ -116,6 +116,27 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
+class SessionUser:
+    """A probe that talks HTTP: uses the scheduler's pooled session when given one
+    (`use_session`), or opens a small one of its own that `aclose` closes."""
+
+    _session: aiohttp.ClientSession | None = None
+    _own_session = False
+
+    def use_session(self, session: aiohttp.ClientSession) -> None:
+        self._session, self._own_session = session, False
+
+    def _open_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session, self._own_session = make_session(limit=4), True
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+
 def ssl_setting(verify: bool, ca_file: str | None) -> ssl.SSLContext | bool:
     if not verify:
         return False
@@ -124,7 +145,7 @@ def ssl_setting(verify: bool, ca_file: str | None) -> ssl.SSLContext | bool:
     return True
 
 
-class HttpProbe:
+class HttpProbe(SessionUser):
     """GET (or HEAD/POST) a URL; ok when status, body and latency are all as expected."""
 
     Options = HttpOptions
@@ -141,30 +162,17 @@ class HttpProbe:
             headers.update({k: reader.reveal(ref).strip()
                             for k, ref in options.secret_headers.items()})
         self._headers = headers
-        self._session: aiohttp.ClientSession | None = None
-        self._own_session = False
-
-    def use_session(self, session: aiohttp.ClientSession) -> None:
-        """Share a pooled session (the scheduler's); the probe will not close it."""
-        self._session, self._own_session = session, False
-
-    async def aclose(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
-        return Sample(self.service, False, at, latency=time.monotonic() - start,
-                      detail=short(f"{self.options.method} {self._where}: {why}"))
+        return failed(self.service, at, start, f"{self.options.method} {self._where}: {why}")
 
     async def check(self) -> Sample:
         opts = self.options
-        if self._session is None or self._session.closed:
-            self._session, self._own_session = make_session(limit=4), True
+        session = self._open_session()
         at, start = time.time(), time.monotonic()
         try:
             async with asyncio.timeout(opts.timeout):
-                async with self._session.request(
+                async with session.request(
                     opts.method, opts.url, headers=self._headers, ssl=self._ssl,
                     allow_redirects=False,
                 ) as resp:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.tcp import describe_error, short
+from controller.probes.tcp import describe_error, failed, short
 from controller.secrets import SecretRef, Secrets
 
 _LAG_MARK = "__failover_probe_lag__"
@@ -95,8 +95,7 @@ class PostgresProbe:
         return argv, env, script
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
-        return Sample(self.service, False, at, latency=time.monotonic() - start,
-                      detail=short(f"{self._label}: {why}"))
+        return failed(self.service, at, start, f"{self._label}: {why}")
 
     async def check(self) -> Sample:
         opts = self.options

@@ -18,13 +18,12 @@ import math
 import time
 from typing import Any
 
-import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.http import describe_http_error, make_session, ssl_setting, where
-from controller.probes.tcp import short
+from controller.probes.http import SessionUser, describe_http_error, ssl_setting, where
+from controller.probes.tcp import failed, short
 from controller.secrets import SecretRef, Secrets
 
 
@@ -84,7 +83,7 @@ def extract_value(payload: Any, *, empty_value: float | None = None) -> float:
     return value
 
 
-class PrometheusProbe:
+class PrometheusProbe(SessionUser):
     """Instant query; the number is the sample's `value` (for business signals)."""
 
     Options = PrometheusOptions
@@ -99,29 +98,17 @@ class PrometheusProbe:
             token = (secrets or Secrets()).reveal(options.bearer_token).strip()
             self._headers["Authorization"] = f"Bearer {token}"
         self._ssl = ssl_setting(options.verify_tls, options.ca_file)
-        self._session: aiohttp.ClientSession | None = None
-        self._own_session = False
-
-    def use_session(self, session: aiohttp.ClientSession) -> None:
-        self._session, self._own_session = session, False
-
-    async def aclose(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
-        return Sample(self.service, False, at, latency=time.monotonic() - start,
-                      detail=short(f"prometheus {self._where}: {why}"))
+        return failed(self.service, at, start, f"prometheus {self._where}: {why}")
 
     async def check(self) -> Sample:
         opts = self.options
-        if self._session is None or self._session.closed:
-            self._session, self._own_session = make_session(limit=4), True
+        session = self._open_session()
         at, start = time.time(), time.monotonic()
         try:
             async with asyncio.timeout(opts.timeout):
-                async with self._session.get(
+                async with session.get(
                     self._endpoint, params={"query": opts.query}, headers=self._headers,
                     ssl=self._ssl, allow_redirects=False,
                 ) as resp:

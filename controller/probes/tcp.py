@@ -54,6 +54,11 @@ def short(text: str) -> str:
     return line if len(line) <= DETAIL_MAX else line[: DETAIL_MAX - 1] + "…"
 
 
+def failed(service: str, at: float, start: float, text: str) -> Sample:
+    """A failed sample: when it was taken, how long it took, a short secret-free reason."""
+    return Sample(service, False, at, latency=time.monotonic() - start, detail=short(text))
+
+
 class TcpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     host: str

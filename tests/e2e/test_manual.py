@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from controller.journal import Journal
 from tests.e2e.test_cli import ROOT, cli, file_plan
 
 
@@ -106,3 +107,22 @@ def test_readiness_fails_on_a_backup_older_than_the_rpo(tmp_path: Path) -> None:
     assert out["score"] < 100
     status = cli("status", "-o", "json", journal=tmp_path / "j.db")
     assert json.loads(status.stdout)[0]["readiness"]["failed"][0]["name"] == failed["name"]
+
+
+def test_manual_mode_waits_then_approve_continues_the_run(tmp_path: Path) -> None:
+    plan = file_plan(tmp_path)
+    data = yaml.safe_load(plan.read_text())
+    data["spec"]["mode"] = "manual"
+    data["spec"]["approval"] = {"required": 1, "approvers": ["bob"]}
+    plan.write_text(yaml.safe_dump(data))
+    journal = tmp_path / "j.db"
+    res = cli("failover", str(plan), "--yes", "--reason", "x", "--as", "alice", journal=journal)
+    assert res.returncode == 4 and "waiting for approval: failoverctl approve" in res.stdout
+    run_id = res.stdout.split("failoverctl approve ")[1].split()[0]
+    denied = cli("approve", run_id, "--plan", str(plan), "--as", "mallory", journal=journal)
+    assert denied.returncode == 2 and "mallory is not an approver" in denied.stderr
+    ok = cli("approve", run_id, "--plan", str(plan), "--as", "bob", journal=journal)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "FailedOver" in ok.stdout
+    audit = [(a["actor"], a["action"]) for a in Journal(journal).audit_trail(run_id=run_id)]
+    assert ("alice", "start-failover") in audit and ("bob", "approve") in audit
