@@ -85,11 +85,14 @@ class Dns:
               desired: list[Record]) -> Evidence:
         keys = {r.key() for r in desired}
         current = {r.key(): set(r.values) for r in self._current(step, ctx, keys)}
+        provider = ctx.backends.get(_backend(step))
         if all(current.get(r.key()) == set(r.values) for r in desired):
-            return {"after": [r.to_json() for r in desired], "alreadyApplied": True}
+            # a resumed step whose write landed before the crash: still prove it is served
+            verify = getattr(provider, "verify", None)
+            proof = dict(verify(desired=desired)) if verify is not None else {}
+            return {"after": [r.to_json() for r in desired], "alreadyApplied": True, **proof}
         try:
-            return dict(ctx.backends.get(_backend(step)).apply(expected=expected,
-                                                               desired=desired))
+            return dict(provider.apply(expected=expected, desired=desired))
         except DnsConflict as exc:
             raise PermanentError(f"DNS changed under us: {exc}") from None
 

@@ -426,6 +426,42 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
     sys.exit(EXIT_OK if not result["failed"] else EXIT_FAILED)
 
 
+@main.command("verify")
+@click.argument("plan_file", type=click.Path())
+@click.option("--dataset", "datasets", multiple=True,
+              help="data set to verify (default: every data set a restore step names)")
+@click.option("--as", "actor", help="who runs it, for the audit (default: the verifier's actor)")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
+               output: str) -> None:
+    """Verify every backup not verified yet (checksums, decrypt, manifest, test restore)."""
+    plan = _load(plan_file)
+    verifiers = [b.name for b in plan.spec.backends if b.role == "verifier"]
+    if not verifiers:
+        _fail(f"{plan_file}: spec.backends has no backend with role: verifier; add one "
+              "(kind: catalog) naming the backup store", EXIT_INPUT)
+    wanted = list(datasets) or sorted({str(s.params["dataset"]) for s in plan.spec.steps
+                                       if s.action == "restore"})
+    if not wanted:
+        _fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
+    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    results = [{"verifier": name, "dataset": ds, **result}
+               for name in verifiers for ds in wanted
+               for result in engine.backends.get(name).verify_unverified(dataset=ds,
+                                                                         actor=actor)]
+
+    def text() -> str:
+        if not results:
+            return f"nothing to verify: every backup of {', '.join(wanted)} is verified already"
+        return "\n".join(f"[{'ok' if r['passed'] else 'FAIL'}] {r['dataset']} {r['backup']}: "
+                         f"{r['summary']} ({r['durationS']:g} s)" for r in results)
+
+    _emit(output, results, text)
+    sys.exit(EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED)
+
+
 @main.command()
 @click.argument("run_id")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),

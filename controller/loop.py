@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from controller import metrics, policy, readiness
@@ -47,7 +48,7 @@ class Engine:
                  clock: Clock | None = None, holder: str | None = None,
                  lease_ttl: float = 30.0, backoff: float = 0.5):
         self.plan, self.journal = plan, journal
-        self.backends = backends or Backends(plan)
+        self.backends = backends or Backends(plan, audit=partial(journal.audit, plan=plan.name))
         self.clock = clock or Clock()
         self.holder = holder or default_holder()
         self.lease_ttl = lease_ttl

@@ -44,6 +44,15 @@ def _run(name: str, fn: Callable[[], str], timeout: float) -> Check:
         pool.shutdown(wait=False)
 
 
+def _age(seconds: float) -> str:
+    """An age for people: whole hours and minutes ("2h", "2h 5m", "59m", "40s")."""
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+
+
 def _fresh_backup(backends: Backends, store: str, dataset: str, rpo: float,
                   now: float) -> str:
     backups = backends.get(store).list(dataset=dataset)
@@ -55,9 +64,9 @@ def _fresh_backup(backends: Backends, store: str, dataset: str, rpo: float,
     age = now - newest.taken_at
     if age > rpo:
         raise RuntimeError(f"newest verified backup of {dataset} ({newest.id}) is "
-                           f"{format_duration(round(age))} old; RPO budget is "
+                           f"{_age(age)} old; RPO budget is "
                            f"{format_duration(rpo)}")
-    return f"newest verified backup {newest.id} is {format_duration(round(age))} old"
+    return f"newest verified backup {newest.id} is {_age(age)} old"
 
 
 def _routes(backends: Backends, backend: str, wanted: set[str]) -> str:

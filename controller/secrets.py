@@ -62,7 +62,7 @@ _known: set[str] = set()
 _lock = threading.Lock()
 
 
-def _remember(value: str) -> None:
+def remember(value: str) -> None:
     with _lock:
         for part in {value, value.strip()}:
             if len(part) >= 4:
@@ -112,7 +112,7 @@ class Secrets:
                     "or use fromFile/fromEnv"
                 )
             value = self._kube_reader(ref.from_secret).decode()
-        _remember(value)
+        remember(value)
         return value
 
     def reveal_bytes(self, ref: SecretRef) -> bytes:
@@ -122,7 +122,7 @@ class Secrets:
             raw = base64.b64decode(text, validate=True)
         except ValueError:
             raise SecretError(f"secret {ref.describe()} is not valid base64") from None
-        _remember(text)
+        remember(text)
         return raw
 
 

@@ -246,7 +246,7 @@ class FakeStoreOptions(FakeOptions):
 class FakeBackupStore:
     Options = FakeStoreOptions
 
-    def __init__(self, options: FakeStoreOptions, *, secrets: Any = None):
+    def __init__(self, options: FakeStoreOptions, *, secrets: Any = None, audit: Any = None):
         self.options = options
 
     def list(self, *, dataset: str) -> list[Backup]:
@@ -255,6 +255,7 @@ class FakeBackupStore:
                 id=b["id"], dataset=b["dataset"], kind=b.get("kind", "daily"),
                 taken_at=float(b.get("takenAt", 0)), location=b.get("location", f"mem:{b['id']}"),
                 verified=b.get("verified"), verification=b.get("verification", ""),
+                size=b.get("size"), meta=dict(b.get("meta", {})),
             )
             for b in self.options.backups
             if b["dataset"] == dataset
@@ -269,15 +270,33 @@ class FakeRestorerOptions(FakeOptions):
 class FakeRestorer:
     Options = FakeRestorerOptions
 
-    def __init__(self, options: FakeRestorerOptions, *, secrets: Any = None):
+    def __init__(self, options: FakeRestorerOptions, *, secrets: Any = None, audit: Any = None):
         self.options = options
+        self._audit = audit
 
     def restore(self, *, backup: Backup, into: Target) -> Evidence:
+        """Like the real restorers: only a verified backup, evidence with the same keys."""
+        if backup.verified is not True:
+            raise PermanentError(f"backup {backup.id} is not verified "
+                                 f"({backup.verification or 'never verified'}); only a "
+                                 "backup whose verification passed may be restored")
         if self.options.fail:
             raise ConnectionError("injected restore failure")
+        started = time.time()
         with _state(self.options, "restorer") as st:
             st.setdefault("restored", []).append({"backup": backup.id, "into": into.path})
-        return {"backup": backup.id, "kind": backup.kind, "into": into.path}
+        rpo_budget = into.options.get("rpo")
+        rpo = started - backup.taken_at
+        actor = str(into.options.get("actor", "controller"))
+        if self._audit is not None:
+            self._audit(at=started, actor=actor, action="restore",
+                        detail=f"restored {backup.id} onto {into.host or 'localhost'}:{into.path}")
+        return {"backup": backup.id, "dataset": backup.dataset, "kind": backup.kind,
+                "host": into.host or "localhost", "path": into.path,
+                "rpoSeconds": round(rpo, 3), "rpoBudgetSeconds": rpo_budget,
+                "rpoMet": None if rpo_budget is None else rpo <= float(rpo_budget),
+                "phases": {}, "validation": [], "seconds": round(time.time() - started, 3),
+                "triggeredBy": actor}
 
     def restored(self) -> list[dict[str, Any]]:
         with _state(self.options, "restorer") as st:

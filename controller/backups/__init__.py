@@ -11,9 +11,17 @@ from typing import Protocol
 from controller.model import Backup, Evidence, Target
 
 KINDS_BY_ROLE: dict[str, dict[str, str]] = {
-    "store": {"memory": "controller.testing:FakeBackupStore"},
-    "restorer": {"memory": "controller.testing:FakeRestorer"},
-    "verifier": {},
+    "store": {
+        "memory": "controller.testing:FakeBackupStore",
+        "s3": "controller.backups.s3:S3BackupStore",
+        "filesystem": "controller.backups.filesystem:FilesystemBackupStore",
+    },
+    "restorer": {
+        "memory": "controller.testing:FakeRestorer",
+        "basebackup": "controller.backups.restore:BaseBackupRestorer",
+        "pgbackrest": "controller.backups.restore:PgBackRestRestorer",
+    },
+    "verifier": {"catalog": "controller.backups.verify:CatalogVerifier"},
 }
 
 
@@ -25,3 +33,9 @@ class BackupStore(Protocol):
 
 class Restorer(Protocol):
     def restore(self, *, backup: Backup, into: Target) -> Evidence: ...
+
+
+class Verifier(Protocol):
+    def verify(self, *, backup: Backup) -> Evidence:
+        """Run the checks, write the result back to the catalog, return it as evidence."""
+        ...

@@ -13,6 +13,8 @@ from controller.model import Evidence, Record
 
 KINDS: dict[str, str] = {
     "memory": "controller.testing:FakeDnsProvider",
+    "rfc2136": "controller.dns.rfc2136:Rfc2136DnsProvider",
+    "route53": "controller.dns.route53:Route53DnsProvider",
 }
 
 

@@ -1,0 +1,231 @@
+"""The backup catalog over any object store: layout, metadata, checksums, audit.
+
+Owns what a stored backup *is*, independent of where it is stored. A backup named
+`<date>_<dataset>_<kind>` (see `naming`) is a directory-like prefix holding the
+encrypted payload `<name>.bak` (a tar of a plain-format base backup, AES-256-GCM in
+chunks, see `crypto`) and `catalog.json`: dataset, kind, time, sizes, the SHA-256 of
+every stored object, encryption info and every verification result. A pgBackRest set
+is registered as a catalog entry without a payload (pgBackRest keeps its own files).
+
+`CatalogStore` implements the `BackupStore` protocol for the S3 and filesystem stores,
+which only supply the `Objects` primitives. Every backup and verification is written to
+the audit sink (the journal's `audit`) with who or what triggered it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.backups import crypto, naming
+from controller.model import Backup, PermanentError
+from controller.secrets import SecretRef, Secrets, redact
+
+log = logging.getLogger(__name__)
+
+AuditSink = Callable[..., None]
+"""Called as `audit(at=..., actor=..., action=..., detail=...)`, like `Journal.audit`."""
+
+READ_CHUNK = 1 << 20
+
+
+class Objects(Protocol):
+    """The storage primitives a catalog needs; keys are '/'-separated, relative."""
+
+    def writer(self, key: str) -> contextlib.AbstractContextManager[BinaryIO]: ...
+    def reader(self, key: str) -> BinaryIO: ...
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def names(self) -> list[str]: ...
+    def location(self, key: str) -> str: ...
+
+
+class StoreOptions(BaseModel):
+    """Options every catalog store shares."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    encryption_key: SecretRef | None = Field(
+        None, alias="encryptionKey",
+        description="base64 of a 32-byte AES-256 key; required to add or read payloads")
+    chunk_size: int = Field(crypto.DEFAULT_CHUNK, alias="chunkSize", ge=4096, le=64 << 20)
+
+
+class CatalogError(PermanentError):
+    pass
+
+
+class CatalogStore:
+    """A BackupStore: list / add / open / record verification, over `Objects`."""
+
+    Options: type[StoreOptions] = StoreOptions
+
+    def __init__(self, options: StoreOptions, *, secrets: Secrets | None = None,
+                 audit: AuditSink | None = None):
+        self.options = options
+        self._secrets = secrets or Secrets()
+        self._audit = audit
+        self.objects: Objects = self._objects()
+
+    def _objects(self) -> Objects:
+        raise NotImplementedError
+
+    # --- key ---------------------------------------------------------------------------------
+
+    def _key(self) -> bytes:
+        ref = self.options.encryption_key
+        if ref is None:
+            raise CatalogError("this store has no `encryptionKey` configured; backups are "
+                               "always encrypted at rest, so one is required to add or read "
+                               "them (base64 of 32 random bytes, from a file, env or Secret)")
+        return crypto.check_key(self._secrets.reveal_bytes(ref))
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def audit(self, *, actor: str, action: str, detail: str) -> None:
+        log.info("%s by %s: %s", action, actor, redact(detail))
+        if self._audit is not None:
+            try:
+                self._audit(at=time.time(), actor=actor, action=action, detail=redact(detail))
+            except Exception:  # the audit trail must not hide the operation's own outcome
+                log.exception("could not write the audit record for %s", action)
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def entry(self, name: str) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.objects.get_bytes(naming.catalog_key(name)))
+        except FileNotFoundError:
+            raise CatalogError(f"no backup named {name!r} in {self.objects.location('')}") \
+                from None
+        return data
+
+    def list(self, *, dataset: str) -> list[Backup]:
+        """Newest first, each with its latest verification state."""
+        found: list[Backup] = []
+        for name in self.objects.names():
+            parsed = naming.parse_name(name)
+            if parsed is None or parsed[1] != dataset:
+                continue
+            try:
+                found.append(self.to_backup(self.entry(name)))
+            except (CatalogError, ValueError) as exc:
+                log.warning("skipping unreadable catalog entry %s: %s", name, exc)
+        return sorted(found, key=lambda b: (b.taken_at, b.id), reverse=True)
+
+    def to_backup(self, e: dict[str, Any]) -> Backup:
+        last = (e.get("verifications") or [None])[-1]
+        keep = ("format", "objects", "encryption", "plainSize", "source", "pgbackrest",
+                "createdBy", "createdAt")
+        meta: dict[str, Any] = {k: e[k] for k in keep if k in e}
+        if last is not None:
+            meta["lastVerification"] = last
+        location = (self.objects.location(naming.payload_key(e["id"]))
+                    if e.get("format") == "basebackup" else e.get("location", ""))
+        return Backup(id=e["id"], dataset=e["dataset"], kind=e["kind"],
+                      taken_at=float(e["takenAt"]), location=location,
+                      verified=None if last is None else bool(last["passed"]),
+                      verification="" if last is None else str(last["summary"]),
+                      size=e.get("size"), meta=meta)
+
+    def open_raw(self, key: str) -> BinaryIO:
+        return self.objects.reader(key)
+
+    @contextlib.contextmanager
+    def open_payload(self, backup: Backup | str) -> Iterator[crypto.DecryptingReader]:
+        """The authenticated plaintext (a tar stream) of a base-backup payload."""
+        name = backup if isinstance(backup, str) else backup.id
+        key = self._key()
+        raw = self.objects.reader(naming.payload_key(name))
+        try:
+            yield crypto.DecryptingReader(raw, key, name=name)
+        finally:
+            raw.close()
+
+    # --- writing -----------------------------------------------------------------------------
+
+    def _put_entry(self, entry: dict[str, Any]) -> None:
+        data = json.dumps(entry, indent=1, sort_keys=True).encode()
+        self.objects.put_bytes(naming.catalog_key(entry["id"]), data)
+
+    def add_directory(self, source: Path, *, dataset: str, kind: str, taken_at: float,
+                      actor: str, source_info: dict[str, Any] | None = None) -> Backup:
+        """Tar `source` (a plain base backup) through encryption into the store, streamed."""
+        name = naming.backup_name(taken_at=taken_at, dataset=dataset, kind=kind)
+        key, started = self._key(), time.monotonic()
+        pkey = naming.payload_key(name)
+        with self.objects.writer(pkey) as sink:
+            enc = crypto.EncryptingWriter(sink, key, chunk_size=self.options.chunk_size)
+            with tarfile.open(fileobj=enc, mode="w|", bufsize=READ_CHUNK) as tar:  # type: ignore[call-overload]
+                tar.add(str(source), arcname=".")
+            enc.close()
+        entry = {
+            "id": name, "dataset": dataset, "kind": kind, "takenAt": taken_at,
+            "format": "basebackup", "size": enc.stored_size, "plainSize": enc.plain_size,
+            "objects": [{"key": pkey, "size": enc.stored_size,
+                         "sha256": enc.sha256.hexdigest()}],
+            "encryption": {"algorithm": crypto.ALGORITHM, "chunkSize": self.options.chunk_size,
+                           "keyId": crypto.key_id(key)},
+            "source": source_info or {}, "createdBy": actor, "createdAt": time.time(),
+            "verifications": [],
+        }
+        self._put_entry(entry)
+        self.audit(actor=actor, action="backup",
+                   detail=f"stored {name} ({enc.stored_size} bytes, "
+                          f"{time.monotonic() - started:.2f} s) at {self.objects.location(pkey)}")
+        return self.to_backup(entry)
+
+    def register(self, *, dataset: str, kind: str, taken_at: float, actor: str,
+                 format: str, location: str, size: int | None,
+                 details: dict[str, Any]) -> Backup:
+        """Catalog a backup kept elsewhere (a pgBackRest set): no payload, no objects."""
+        name = naming.backup_name(taken_at=taken_at, dataset=dataset, kind=kind)
+        entry = {"id": name, "dataset": dataset, "kind": kind, "takenAt": taken_at,
+                 "format": format, "location": location, "size": size, "objects": [],
+                 format: details, "createdBy": actor, "createdAt": time.time(),
+                 "verifications": []}
+        self._put_entry(entry)
+        self.audit(actor=actor, action="backup", detail=f"registered {format} backup {name} "
+                                                         f"at {location}")
+        return self.to_backup(entry)
+
+    def record_verification(self, name: str, result: dict[str, Any], *, actor: str) -> Backup:
+        """Append a verification result (passed, at, durationS, summary, checks)."""
+        entry = self.entry(name)
+        entry.setdefault("verifications", []).append({**result, "by": actor})
+        self._put_entry(entry)
+        self.audit(actor=actor, action="verify",
+                   detail=f"{name}: {'passed' if result['passed'] else 'FAILED'}: "
+                          f"{result['summary']}")
+        return self.to_backup(entry)
+
+
+def sha256_stream(src: BinaryIO, *, chunk: int = READ_CHUNK) -> tuple[str, int]:
+    """(hex digest, size) of a stream, read in chunks."""
+    h, size = hashlib.sha256(), 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    readinto = getattr(src, "readinto", None)
+    while True:
+        if readinto is not None:
+            n = readinto(view)
+            if not n:
+                break
+            h.update(view[:n])
+            size += n
+        else:
+            data = src.read(chunk)
+            if not data:
+                break
+            h.update(data)
+            size += len(data)
+    return h.hexdigest(), size
+

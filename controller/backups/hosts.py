@@ -1,0 +1,229 @@
+"""Where restore commands run: this machine, or a database host over SSH (fabric).
+
+Owns command execution for restorers and verifiers, so one restore procedure serves a
+local data directory and the backup site's database host alike. `SshHost` connects
+with fabric and pins the host key: only keys from the configured known_hosts are
+accepted (paramiko's RejectPolicy), never "accept on first use". Bulk data (the
+decrypted tar stream) goes over a raw session channel of the fabric connection, which
+SSH encrypts in transit; short commands go through `Connection.run`. A command that
+fails raises `CommandError` with its exit code and the tail of its stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.model import PermanentError
+from controller.secrets import SecretRef, Secrets, redact
+
+
+@dataclass(frozen=True)
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+class CommandError(RuntimeError):
+    def __init__(self, where: str, argv: list[str], result: Result):
+        self.result = result
+        tail = (result.err or result.out).strip()[-800:]
+        super().__init__(redact(f"on {where}: `{shlex.join(argv)[:200]}` exited {result.rc}: "
+                                f"{tail}"))
+
+
+class Host(Protocol):
+    name: str
+
+    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+            timeout: float = 600.0, check: bool = True) -> Result: ...
+
+    def close(self) -> None: ...
+
+
+class LocalHost:
+    """Runs commands with subprocess on this machine."""
+
+    name = "localhost"
+
+    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+            timeout: float = 600.0, check: bool = True) -> Result:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None
+                                        else subprocess.DEVNULL, stdout=out, stderr=err)
+            except FileNotFoundError:
+                raise PermanentError(f"{argv[0]} not found on {self.name}") from None
+            try:
+                if stdin is not None:
+                    assert proc.stdin is not None
+                    try:
+                        for chunk in stdin:
+                            proc.stdin.write(chunk)
+                    except BrokenPipeError:  # the command died; its exit code says why
+                        pass
+                    finally:
+                        with contextlib.suppress(BrokenPipeError):
+                            proc.stdin.close()
+                rc = proc.wait(timeout)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            result = Result(rc, out.read().decode(errors="replace"),
+                            err.read().decode(errors="replace"))
+        if check and rc != 0:
+            raise CommandError(self.name, argv, result)
+        return result
+
+    def close(self) -> None:
+        pass
+
+
+class SshOptions(BaseModel):
+    """How to reach database hosts: user, port, key and the pinned host keys."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    user: str = "root"
+    port: int = Field(22, ge=1, le=65535)
+    private_key: SecretRef = Field(alias="privateKey")
+    known_hosts: SecretRef = Field(
+        alias="knownHosts", description="known_hosts lines pinning every host's key")
+    connect_timeout: float = Field(10.0, alias="connectTimeout")
+
+
+def _load_pkey(text: str) -> Any:
+    import paramiko
+
+    for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+        try:
+            return cls.from_private_key(io.StringIO(text))
+        except (paramiko.SSHException, ValueError):
+            continue
+    raise PermanentError("the SSH private key is not an unencrypted ed25519, ECDSA or RSA "
+                         "key in OpenSSH/PEM format")
+
+
+class SshHost:
+    """Runs commands on `host` over SSH with fabric, host key pinned."""
+
+    def __init__(self, host: str, options: SshOptions, *, secrets: Secrets,
+                 port: int | None = None):
+        import paramiko
+        from fabric import Connection
+
+        self.port = port or options.port
+        self.name = f"{options.user}@{host}:{self.port}"
+        self.conn = Connection(host, user=options.user, port=self.port,
+                               connect_timeout=int(options.connect_timeout),
+                               connect_kwargs={"pkey": _load_pkey(secrets.reveal(
+                                   options.private_key)), "look_for_keys": False,
+                                   "allow_agent": False})
+        client = self.conn.client
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        keys = client.get_host_keys()
+        pinned = 0
+        for line in secrets.reveal(options.known_hosts).splitlines():
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+            if entry is not None and entry.key is not None:
+                for hostname in entry.hostnames:
+                    keys.add(hostname, entry.key.get_name(), entry.key)
+                    pinned += 1
+        if not pinned:
+            raise PermanentError(f"no host key pinned for {self.name}: knownHosts "
+                                 f"({options.known_hosts.describe()}) holds no key lines")
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        import paramiko
+
+        if self.conn.is_connected:
+            return
+        try:
+            self.conn.open()
+        except paramiko.BadHostKeyException:
+            raise PermanentError(f"{self.name}: host key does NOT match the pinned key; "
+                                 "refusing to connect (possible man-in-the-middle, or the "
+                                 "host was rebuilt: update knownHosts)") from None
+        except paramiko.AuthenticationException:
+            raise PermanentError(f"{self.name}: SSH key authentication was refused") from None
+        except paramiko.SSHException as exc:
+            if "known_hosts" in str(exc):
+                raise PermanentError(f"{self.name}: host key is not pinned in knownHosts; "
+                                     "refusing to connect") from None
+            raise
+
+    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+            timeout: float = 600.0, check: bool = True) -> Result:
+        cmd = shlex.join(argv)
+        with self._lock:
+            self._open()
+            if stdin is None:
+                r = self.conn.run(cmd, hide=True, warn=True, in_stream=False, timeout=timeout)
+                result = Result(int(r.exited), r.stdout, r.stderr)
+            else:
+                result = self._stream(cmd, stdin, timeout)
+        if check and result.rc != 0:
+            raise CommandError(self.name, argv, result)
+        return result
+
+    def _stream(self, cmd: str, stdin: Iterable[bytes], timeout: float) -> Result:
+        transport = self.conn.client.get_transport()
+        assert transport is not None
+        chan = transport.open_session()
+        chan.settimeout(timeout)
+        try:
+            chan.exec_command(cmd)
+            out, err = bytearray(), bytearray()
+
+            def drain() -> None:  # keep the remote's stdout/stderr from filling the window
+                while not (chan.exit_status_ready() and not chan.recv_ready()
+                           and not chan.recv_stderr_ready()):
+                    busy = False
+                    if chan.recv_ready():
+                        out.extend(chan.recv(65536))
+                        busy = True
+                    if chan.recv_stderr_ready():
+                        err.extend(chan.recv_stderr(65536))
+                        busy = True
+                    if not busy:
+                        time.sleep(0.01)
+
+            reader = threading.Thread(target=drain, daemon=True)
+            reader.start()
+            try:
+                for chunk in stdin:
+                    if chan.exit_status_ready():
+                        break
+                    chan.sendall(chunk)
+                chan.shutdown_write()
+            except OSError:  # the remote command exited early; its status and stderr say why
+                pass
+            rc = chan.recv_exit_status()
+            reader.join(timeout)
+            return Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        finally:
+            chan.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def is_root_on(host: Host) -> bool:
+    if isinstance(host, LocalHost):
+        return os.geteuid() == 0
+    return host.run(["id", "-u"]).out.strip() == "0"

@@ -1,0 +1,163 @@
+"""PostgreSQL 15 launcher for the sandbox and the backup contract tests.
+
+Owns one throw-away cluster: `initdb` into a fresh directory owned by the `postgres` OS
+user (initdb refuses root, so every server command goes through `runuser -u postgres --`
+when we are root), its own unix-socket directory and a free TCP port on loopback, start
+with `pg_ctl -w`, SQL through `psql`, and stop by the postmaster's own PID (read from
+`postmaster.pid`), never by name. A missing binary raises at once with the package to
+install, so a test never silently skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("FAILOVER_PG_BIN", "/usr/lib/postgresql/15/bin"))
+OS_USER = "postgres"
+
+
+class ServerError(RuntimeError):
+    """A sandbox server could not be started or answered wrongly."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pg_tool(name: str) -> str:
+    path = PG_BIN / name
+    if not path.exists():
+        raise ServerError(f"{path} not found: install PostgreSQL 15 "
+                          "(apt-get install -y --no-install-recommends postgresql)")
+    return str(path)
+
+
+def as_user(argv: list[str], user: str = OS_USER) -> list[str]:
+    """Prefix `runuser -u USER --` when we are root and USER is someone else."""
+    if os.geteuid() == 0 and user != "root":
+        return ["runuser", "-u", user, "--", *argv]
+    return argv
+
+
+def give_to(path: Path, user: str = OS_USER, mode: int = 0o700) -> None:
+    """Create `path` (and parents) and hand it to `user`, as PostgreSQL demands."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(user)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+    path.chmod(mode)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        if stat.read_text().split(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+class PostgresServer:
+    """One PostgreSQL cluster in `base` (data/, sock/, log) on its own port."""
+
+    def __init__(self, base: Path, *, port: int | None = None,
+                 settings: dict[str, str] | None = None, data: Path | None = None):
+        self.base = Path(base)
+        self.data = data or self.base / "data"
+        self.sock = self.base / "sock"
+        self.log = self.base / "postgres.log"
+        self.port = port or free_port()
+        self.settings = settings or {}
+        self.pid: int | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def init(self) -> PostgresServer:
+        initdb = pg_tool("initdb")
+        give_to(self.base, mode=0o755)
+        give_to(self.sock, mode=0o755)
+        if not (self.data / "PG_VERSION").exists():
+            give_to(self.data)
+            self._run(as_user([initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
+                               "--no-sync", "-E", "UTF8", "--locale=C"]), "initdb")
+        conf = {"listen_addresses": "'127.0.0.1'", "wal_level": "replica",
+                "max_wal_senders": "4", "fsync": "off", "synchronous_commit": "off",
+                "full_page_writes": "on", **self.settings}
+        with (self.data / "postgresql.auto.conf").open("a") as fh:
+            for key, value in conf.items():
+                fh.write(f"{key} = {value}\n")
+        return self
+
+    def start(self) -> PostgresServer:
+        pg_ctl = pg_tool("pg_ctl")
+        if not self.log.exists():
+            self.log.touch()
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(OS_USER)
+            os.chown(self.log, pw.pw_uid, pw.pw_gid)
+        opts = f"-p {self.port} -k {self.sock}"
+        self._run(as_user([pg_ctl, "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60",
+                           "-o", opts, "start"]), "pg_ctl start")
+        self.pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        return self
+
+    def stop(self, *, timeout: float = 60.0) -> None:
+        """Fast shutdown (SIGINT) of our own postmaster, then SIGKILL if it lingers."""
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> PostgresServer:
+        return self.init().start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- SQL ---------------------------------------------------------------------------------
+
+    def psql(self, sql: str, *, db: str = "postgres") -> str:
+        """Run SQL, return unaligned tuples-only output (stripped)."""
+        psql = pg_tool("psql")
+        proc = subprocess.run(
+            [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock),
+             "-p", str(self.port), "-U", "postgres", "-d", db, "-c", sql],
+            capture_output=True, text=True, timeout=120, check=False)
+        if proc.returncode != 0:
+            raise ServerError(f"psql failed on port {self.port}: {proc.stderr.strip()}")
+        return proc.stdout.strip()
+
+    @property
+    def conninfo(self) -> dict[str, str]:
+        return {"host": str(self.sock), "port": str(self.port), "user": "postgres"}
+
+    def _run(self, argv: list[str], what: str) -> None:
+        if shutil.which(argv[0]) is None and not Path(argv[0]).exists():
+            raise ServerError(f"{argv[0]} not found (needed for {what})")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
+        if proc.returncode != 0:
+            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
+            raise ServerError(f"{what} failed ({proc.returncode}): {proc.stderr.strip()}"
+                              f"\n{proc.stdout.strip()}\n{tail}")

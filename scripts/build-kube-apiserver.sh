@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Build kube-apiserver from the Go module proxy and cache it outside the repository.
+#
+# k8s.io/kubernetes cannot be `go install`ed directly: its go.mod replaces every staging
+# module (k8s.io/api, k8s.io/apiserver, ...) with a local path. A scratch module requires
+# k8s.io/kubernetes and replaces each staging module with its published v0.Y.Z instead.
+# The binary lands in $KUBE_CACHE (default ~/.cache/failover-controller); a second run
+# with the binary present does nothing.
+set -euo pipefail
+
+KUBE_VERSION="${KUBE_VERSION:-v1.36.3}"
+CACHE="${KUBE_CACHE:-$HOME/.cache/failover-controller}"
+BIN="$CACHE/kube-apiserver-$KUBE_VERSION"
+
+if [[ -x "$BIN" ]]; then
+  echo "kube-apiserver $KUBE_VERSION: cached at $BIN"
+  exit 0
+fi
+command -v go >/dev/null || { echo "go is required to build kube-apiserver" >&2; exit 1; }
+
+mkdir -p "$CACHE"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK"
+
+STAGING_VERSION="v0.${KUBE_VERSION#v1.}"
+echo "kube-apiserver $KUBE_VERSION: building (staging modules at $STAGING_VERSION; takes minutes once)"
+go mod init kubebuild >/dev/null 2>&1
+GOMOD="$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+# Every `k8s.io/<name> => ./staging/...` replace in upstream's go.mod names a staging module.
+mapfile -t STAGING < <(grep -oE 'k8s\.io/[A-Za-z0-9._-]+ => \./staging' "$GOMOD" | awk '{print $1}' | sort -u)
+{
+  echo "require k8s.io/kubernetes $KUBE_VERSION"
+  for mod in "${STAGING[@]}"; do echo "replace $mod => $mod $STAGING_VERSION"; done
+} >> go.mod
+cat > main.go <<'GO'
+package main
+
+import _ "k8s.io/kubernetes/cmd/kube-apiserver/app"
+
+func main() {}
+GO
+go mod tidy >/dev/null
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+mv "$BIN.tmp" "$BIN"
+echo "kube-apiserver $KUBE_VERSION: built $BIN"

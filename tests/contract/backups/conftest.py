@@ -1,0 +1,134 @@
+"""Real servers for the backup contract tests, started once per session and stopped by PID:
+moto's S3 server, a source PostgreSQL 15 with an `orders` table (and WAL archiving into
+a pgBackRest repository), and an sshd on loopback that the remote restore goes through.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from controller.backups.s3 import S3BackupStore, S3StoreOptions
+from controller.drill.servers.postgres import PostgresServer, as_user, free_port, give_to
+from controller.drill.servers.sshd import SshServer
+from controller.secrets import Secrets
+
+ROWS = 20000
+_COUNTER = __import__("itertools").count()
+KEY_ENV = "FAILOVER_TEST_BACKUP_KEY"
+VALIDATION = [
+    {"name": "orders row count", "sql": "SELECT count(*) FROM orders", "expect": str(ROWS)},
+    {"name": "business: revenue", "sql": "SELECT sum(amount) FROM orders", "min": 1},
+]
+
+
+@pytest.fixture(scope="session")
+def workdir() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="backups-contract-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbackrest_conf(workdir: Path) -> Path:
+    base = workdir / "pgbackrest"
+    for sub in ("", "repo", "log", "lock", "spool"):
+        give_to(base / sub, mode=0o755 if not sub else 0o700)
+    return base / "pgbackrest.conf"
+
+
+@pytest.fixture(scope="session")
+def source_pg(workdir: Path, pgbackrest_conf: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(workdir / "source")
+    base = pgbackrest_conf.parent
+    pgbackrest_conf.write_text(
+        f"[global]\nrepo1-path={base}/repo\nlog-path={base}/log\nlock-path={base}/lock\n"
+        f"spool-path={base}/spool\nstart-fast=y\ncompress-type=none\n"
+        "repo1-retention-full=9999\n\n"
+        f"[main]\npg1-path={server.data}\npg1-port={server.port}\n"
+        f"pg1-socket-path={server.sock}\n")
+    server.settings = {"archive_mode": "on", "archive_command":
+                       f"'pgbackrest --config={pgbackrest_conf} --stanza=main archive-push %p'"}
+    server.init().start()
+    try:
+        server.psql("CREATE TABLE orders (id int PRIMARY KEY, amount numeric NOT NULL); "
+                    f"INSERT INTO orders SELECT g, g % 97 + 1 FROM generate_series(1, {ROWS}) g")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stanza(source_pg: PostgresServer, pgbackrest_conf: Path) -> str:
+    import subprocess
+
+    subprocess.run(as_user(["pgbackrest", f"--config={pgbackrest_conf}", "--stanza=main",
+                            "stanza-create"]), check=True, capture_output=True)
+    return "main"
+
+
+@pytest.fixture(scope="session")
+def sshd(workdir: Path) -> Iterator[SshServer]:
+    server = SshServer(workdir / "sshd").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def backup_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    value = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv(KEY_ENV, value)
+    return value
+
+
+@pytest.fixture
+def store_options(s3_endpoint: str, backup_key: str, request: pytest.FixtureRequest
+                  ) -> dict[str, Any]:
+    bucket = "bk-" + request.node.name.lower().replace("_", "-")[:40]
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                 aws_access_key_id="testing", aws_secret_access_key="testing"
+                 ).create_bucket(Bucket=bucket)
+    os.environ["FAILOVER_TEST_AWS_ID"] = "AKIDBACKUPTEST01"
+    os.environ["FAILOVER_TEST_AWS_SECRET"] = "backup-test-secret-value"
+    return {"bucket": bucket, "prefix": "dc-a/orders", "endpointUrl": s3_endpoint,
+            "accessKeyId": {"fromEnv": "FAILOVER_TEST_AWS_ID"},
+            "secretAccessKey": {"fromEnv": "FAILOVER_TEST_AWS_SECRET"},
+            "encryptionKey": {"fromEnv": KEY_ENV}}
+
+
+@pytest.fixture
+def s3_store(store_options: dict[str, Any], journal: Any) -> S3BackupStore:
+    return S3BackupStore(S3StoreOptions.model_validate(store_options), secrets=Secrets(),
+                         audit=journal.audit)
+
+
+@pytest.fixture
+def places(workdir: Path, request: pytest.FixtureRequest) -> Path:
+    """A per-test directory the postgres OS user can reach (tmp_path is root-only 0700)."""
+    path = workdir / f"t{next(_COUNTER)}"
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755)
+    path.parent.chmod(0o755)
+    return path

@@ -1,0 +1,192 @@
+"""RFC 2136 provider against real BIND: a primary and two secondaries (NOTIFY + TSIG AXFR/IXFR).
+
+Proves what only real servers can: the cutover is verified on every authoritative server
+with per-server evidence (serial, answer, attempts); a lagging secondary is waited for; a
+secondary that stops serving makes verification time out naming it; a wrong TSIG secret
+or key name is reported by key name (never the secret); the engine's DNS step fails with
+a clear reason when the record changed between its read and its write.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import dns.message
+import dns.query
+import pytest
+
+from controller import registry
+from controller.actions import Dns, StepContext
+from controller.dns.rfc2136 import DnsVerificationTimeout
+from controller.drill.servers.bind import BindServers
+from controller.model import PermanentError, Record
+from controller.plan import Step
+from controller.secrets import Secrets
+
+ZONE = "example.test."
+_N = iter(range(10_000))
+
+
+def options(bind: BindServers, **extra: Any) -> dict[str, Any]:
+    return {
+        "zone": ZONE, "server": bind.primary.address, "port": bind.primary.port,
+        "tsig": {"name": bind.key_name, "secret": {"fromFile": str(bind.key_file)}},
+        "nameservers": [{"address": s.address, "port": s.port, "name": s.name}
+                        for s in bind.servers],
+        "timeout": "2s", "verifyTimeout": "20s", **extra,
+    }
+
+
+def provider(bind: BindServers, **extra: Any) -> Any:
+    return registry.build("dns", "rfc2136", options(bind, **extra), secrets=Secrets())
+
+
+def fresh(label: str) -> str:
+    return f"{label}-{next(_N)}.{ZONE}"
+
+
+def served(bind: BindServers, server: str, name: str) -> list[str]:
+    """Ask one server directly (not through the provider) what it answers."""
+    s = bind.server(server)
+    answer = dns.query.udp(dns.message.make_query(name, "A"), s.address, port=s.port,
+                           timeout=2)
+    return sorted(r.to_text() for rrset in answer.answer for r in rrset)
+
+
+def test_cutover_is_verified_on_every_server_with_evidence(bind: BindServers) -> None:
+    p, name = provider(bind), fresh("www")
+    p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.10",))])
+    before = p.records(names=[name])
+    evidence = p.apply(expected=before, desired=[Record(name, "A", 60, ("198.51.100.10",))])
+    assert [s["name"] for s in evidence["servers"]] == ["ns1", "ns2", "ns3"]
+    for s in evidence["servers"]:
+        assert s["serial"] >= evidence["serial"]
+        assert s["answer"] == {f"{name} A": ["198.51.100.10"]}
+        assert s["attempts"] >= 1 and s["secondsAfterWrite"] >= 0
+    assert evidence["key"] == bind.key_name and evidence["oldTtl"] == 300
+    assert "clients may still use the old values until" in evidence["note"]
+    for server in ("ns1", "ns2", "ns3"):  # independently of the provider's own check
+        assert served(bind, server, name) == ["198.51.100.10"]
+
+
+def test_servers_come_from_the_zone_ns_set_when_not_listed(bind: BindServers) -> None:
+    p = registry.build("dns", "rfc2136", {**options(bind), "nameservers": []},
+                       secrets=Secrets())
+    found = p.nameservers()
+    # every NS name of the zone has glue 127.0.0.1; at `port` they are all the primary
+    assert [(s.address, s.port) for s in found] == [("127.0.0.1", bind.primary.port)]
+    assert found[0].name == "ns1.example.test./ns2.example.test./ns3.example.test."
+    name = fresh("ns-set")
+    evidence = p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.1",))])
+    assert evidence["servers"][0]["name"] == found[0].name
+
+
+def test_a_lagging_secondary_is_waited_for(bind: BindServers) -> None:
+    p, name = provider(bind), fresh("lag")
+    bind.pause("ns3")
+    timer = threading.Timer(0.3, bind.resume, args=("ns3",))
+    timer.start()
+    try:
+        evidence = p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.7",))])
+    finally:
+        timer.join()
+        bind.resume("ns3")
+    by_name = {s["name"]: s for s in evidence["servers"]}
+    assert by_name["ns3"]["attempts"] > 1
+    assert by_name["ns3"]["answer"] == {f"{name} A": ["192.0.2.7"]}
+
+
+def test_a_secondary_that_stops_serving_times_out_naming_it(bind: BindServers) -> None:
+    p, name = provider(bind, verifyTimeout="1s", timeout="200ms"), fresh("down")
+    bind.pause("ns2")
+    try:
+        with pytest.raises(DnsVerificationTimeout) as caught:
+            p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.8",))])
+    finally:
+        bind.resume("ns2")
+    message = str(caught.value)
+    assert "not served within 1 s by: ns2 (no answer (timeout))" in message
+    assert "ns3" not in message and "ns1" not in message
+    assert served(bind, "ns1", name) == ["192.0.2.8"]  # the write itself went through
+
+
+def test_a_listed_server_that_is_down_is_named(bind: BindServers) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    extra = [{"address": "127.0.0.1", "port": dead, "name": "ns9-decommissioned"}]
+    p = provider(bind, verifyTimeout="500ms", timeout="100ms",
+                 nameservers=options(bind)["nameservers"] + extra)
+    with pytest.raises(DnsVerificationTimeout, match="by: ns9-decommissioned"):
+        p.apply(expected=[], desired=[Record(fresh("dead"), "A", 300, ("192.0.2.9",))])
+
+
+@pytest.mark.parametrize("key_name, error", [("failover-key", "BADSIG"),
+                                             ("no-such-key", "BADKEY")])
+def test_a_wrong_tsig_key_is_named_never_its_secret(bind: BindServers, tmp_path: Path,
+                                                    key_name: str, error: str) -> None:
+    secret = base64.b64encode(os.urandom(32)).decode()
+    (tmp_path / "wrong.key").write_text(secret)
+    p = provider(bind, tsig={"name": key_name, "secret": {"fromFile": str(tmp_path /
+                                                                          "wrong.key")}})
+    name = fresh("badkey")
+    with pytest.raises(PermanentError) as caught:
+        p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.66",))])
+    message = str(caught.value)
+    assert f"rejected TSIG key {key_name!r}" in message and error in message
+    assert secret not in message and bind.secret not in message
+    with pytest.raises(PermanentError, match=error):
+        p.ready()
+    assert served(bind, "ns1", name) == []
+
+
+def test_ready_is_a_signed_no_op(bind: BindServers) -> None:
+    p = provider(bind)
+    serial = p.verify(desired=[])["serial"]
+    assert "key 'failover-key' accepted" in p.ready()
+    assert p.verify(desired=[])["serial"] == serial
+
+
+def test_whole_zone_is_read_by_signed_transfer(bind: BindServers) -> None:
+    names = {r.name for r in provider(bind).records()}
+    assert {"example.test.", "ns1.example.test.", "ns3.example.test."} <= names
+
+
+def test_engine_step_fails_clearly_when_dns_changed_between_read_and_write(
+        bind: BindServers) -> None:
+    """The DNS step (controller.actions.Dns) over the real provider: prepare reads, someone
+    changes the record, perform's compare-and-swap is rejected and nothing is overwritten."""
+    p, name = provider(bind), fresh("step")
+    p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.1",))])
+    step = Step.model_validate({"name": "dns-cutover", "action": "dns", "backend": "dns",
+                                "params": {"records": [{"name": name, "type": "A",
+                                                        "ttl": 60,
+                                                        "values": ["198.51.100.1"]}]}})
+    ctx = StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
+                      backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                      lookup_evidence=lambda *_: {})
+    prepared = Dns().prepare(step, ctx)
+    p.apply(expected=p.records(names=[name]),
+            desired=[Record(name, "A", 300, ("203.0.113.5",))])  # a concurrent operator
+    with pytest.raises(PermanentError, match=r"DNS changed under us: .* is "
+                                             r"\['203\.0\.113\.5'\], expected \['192\.0\.2\.1'\]"):
+        Dns().perform(step, ctx, prepared)
+    assert served(bind, "ns1", name) == ["203.0.113.5"]
+
+
+def test_a_name_outside_the_zone_is_refused_before_sending(bind: BindServers) -> None:
+    with pytest.raises(PermanentError, match=r"outside zone example\.test\."):
+        provider(bind).apply(expected=[], desired=[Record("www.other.test.", "A", 300,
+                                                          ("192.0.2.1",))])
+
+
+def test_rdtype_listing_skips_soa(bind: BindServers) -> None:
+    types = {r.type for r in provider(bind).records(names=[ZONE])}
+    assert "NS" in types and "SOA" not in types

@@ -1,0 +1,148 @@
+"""The catalog on the filesystem store (no servers): naming, layout, checksum
+verification, verification state written back, audit; pgBackRest verify parsing; and the
+same listing contract on the in-memory fake."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.backups import naming
+from controller.backups.filesystem import FilesystemBackupStore
+from controller.backups.verify import CatalogVerifier, judge_pgbackrest, parse_pgbackrest_verify
+from controller.model import PermanentError
+from controller.secrets import Secrets
+from controller.testing import FakeBackupStore
+
+OK = """stanza: main
+status: ok
+  archiveId: 15-1, total WAL checked: 2, total valid WAL: 2
+    missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+  backup: 20261124-212519F, status: valid, total files checked: 965, total valid files: 965
+    missing: 0, checksum invalid: 0, size invalid: 0, other: 0
+"""
+BAD = """stanza: main
+status: error
+  backup: 20261124-212519F, status: invalid, total files checked: 965, total valid files: 964
+    checksum invalid: 1
+"""
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, journal: Any
+          ) -> FilesystemBackupStore:
+    monkeypatch.setenv("BK_KEY", base64.b64encode(os.urandom(32)).decode())
+    return FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+        {"path": str(tmp_path / "catalog"), "encryptionKey": {"fromEnv": "BK_KEY"},
+         "chunkSize": 4096}), secrets=Secrets(), audit=journal.audit)
+
+
+def _source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "base").mkdir(parents=True)
+    (src / "base" / "1").write_bytes(os.urandom(20_000))
+    (src / "PG_VERSION").write_text("15\n")
+    return src
+
+
+def test_names_show_date_dataset_kind_and_round_trip() -> None:
+    name = naming.backup_name(taken_at=1_700_000_000, dataset="orders", kind="continuous")
+    assert name == "20231114T221320Z_orders_continuous"
+    assert naming.parse_name(name) == (1_700_000_000.0, "orders", "continuous")
+    assert naming.parse_name("junk") is None
+    with pytest.raises(ValueError, match="no underscores"):
+        naming.backup_name(taken_at=0, dataset="my_orders", kind="daily")
+
+
+def test_add_lists_newest_first_with_metadata_and_audit(store: FilesystemBackupStore,
+                                                        tmp_path: Path, journal: Any) -> None:
+    src = _source(tmp_path)
+    a = store.add_directory(src, dataset="orders", kind="daily", taken_at=1000, actor="cron")
+    c = store.add_directory(src, dataset="orders", kind="continuous", taken_at=2000,
+                            actor="cron")
+    store.add_directory(src, dataset="users", kind="daily", taken_at=3000, actor="cron")
+    listed = store.list(dataset="orders")
+    assert [x.id for x in listed] == [c.id, a.id]
+    assert listed[0].verified is None and listed[0].size and listed[0].size > 20_000
+    assert (tmp_path / "catalog" / a.id / f"{a.id}.bak").exists()
+    entry = json.loads((tmp_path / "catalog" / a.id / "catalog.json").read_text())
+    assert entry["encryption"]["algorithm"] == "AES-256-GCM" and len(entry["objects"]) == 1
+    assert os.environ["BK_KEY"] not in json.dumps(entry)
+    assert b"PG_VERSION" not in (tmp_path / "catalog" / a.id / f"{a.id}.bak").read_bytes()
+    assert [r["action"] for r in journal.audit_trail()] == ["backup"] * 3
+
+
+def test_checksum_mismatch_is_recorded_in_the_catalog(store: FilesystemBackupStore,
+                                                      tmp_path: Path) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    payload = tmp_path / "catalog" / bk.id / f"{bk.id}.bak"
+    data = bytearray(payload.read_bytes())
+    data[5000] ^= 0x40
+    payload.write_bytes(bytes(data))
+    verifier = CatalogVerifier(CatalogVerifier.Options.model_validate(
+        {"store": {"kind": "filesystem", "options": {"path": "unused"}}}), store=store)
+    result = verifier.verify(backup=bk, actor="bob")
+    assert result["passed"] is False and "checksum mismatch" in result["summary"]
+    assert [c["name"] for c in result["checks"]] == ["checksums"]  # later checks not run
+    [listed] = store.list(dataset="orders")
+    assert listed.verified is False and listed.meta["lastVerification"]["by"] == "bob"
+    json.dumps(result)
+
+
+def test_payload_decrypts_to_the_tar_stream(store: FilesystemBackupStore,
+                                            tmp_path: Path) -> None:
+    import tarfile
+
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1,
+                             actor="t")
+    with store.open_payload(bk) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
+        names = [m.name for m in tar]
+    assert "./PG_VERSION" in names and "./base/1" in names
+
+
+def test_store_without_key_says_what_to_configure(tmp_path: Path) -> None:
+    s = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+        {"path": str(tmp_path)}))
+    with pytest.raises(PermanentError, match="encryptionKey"):
+        s.add_directory(tmp_path, dataset="orders", kind="daily", taken_at=1, actor="t")
+
+
+def test_options_reject_unknown_fields() -> None:
+    with pytest.raises(ValueError):
+        FilesystemBackupStore.Options.model_validate({"path": "/x", "encrypt": True})
+
+
+def test_pgbackrest_verify_text_is_parsed() -> None:
+    ok = parse_pgbackrest_verify(OK)
+    assert ok["status"] == "ok" and ok["backups"]["20261124-212519F"]["valid"] == 965
+    assert judge_pgbackrest(ok, "20261124-212519F")[0] is True
+    passed, why = judge_pgbackrest(parse_pgbackrest_verify(BAD), "20261124-212519F")
+    assert not passed and "checksum_invalid" in why and "964/965" in why
+    assert judge_pgbackrest(parse_pgbackrest_verify(""), "x")[0] is False
+    assert "not in the verify report" in judge_pgbackrest(ok, "other")[1]
+
+
+@pytest.mark.parametrize("kind", ["fake", "filesystem"])
+def test_list_contract_fake_and_real(kind: str, store: FilesystemBackupStore,
+                                     tmp_path: Path) -> None:
+    """Same answers from the fake and the real store: newest first, one data set only,
+    unverified until a verification is recorded."""
+    if kind == "fake":
+        backend: Any = FakeBackupStore(FakeBackupStore.Options.model_validate({"backups": [
+            {"id": "a", "dataset": "orders", "takenAt": 1000},
+            {"id": "b", "dataset": "orders", "takenAt": 2000},
+            {"id": "u", "dataset": "users", "takenAt": 3000}]}))
+    else:
+        src = _source(tmp_path)
+        for at, ds in ((1000, "orders"), (2000, "orders"), (3000, "users")):
+            store.add_directory(src, dataset=ds, kind="daily", taken_at=at, actor="t")
+        backend = store
+    listed = backend.list(dataset="orders")
+    assert [b.taken_at for b in listed] == [2000, 1000]
+    assert all(b.verified is None and b.dataset == "orders" for b in listed)
