@@ -1,8 +1,7 @@
 """PostgreSQL probe through the real psql client: failure paths against real sockets.
 
-A live PostgreSQL server comes from controller/drill/servers/postgres.py (written by the
-drill engineer); until it exists this suite covers what psql reports when the server is
-absent or hangs, and that a hung check is killed, not leaked.
+What psql reports when the server is absent or hangs, and that a hung check is killed,
+not leaked. The live primary + streaming standby cases are in test_probe_postgres_live.py.
 """
 
 from __future__ import annotations
