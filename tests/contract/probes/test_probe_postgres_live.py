@@ -61,7 +61,7 @@ def test_select_one_passes_and_a_bad_query_fails_with_the_error(
 
 def test_streaming_standby_is_checked_by_name_and_lag(
         pair: tuple[PostgresServer, PostgresServer]) -> None:
-    primary, standby = pair
+    primary, _ = pair
     _until_streaming(primary.port)
     s = check(port=primary.port, standby="replica1", maxLag="30s")
     assert s.ok, s.detail
