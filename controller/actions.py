@@ -8,14 +8,16 @@ state and does not fail because the first run already succeeded.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from controller.backends import Backends
 from controller.dns import DnsConflict
-from controller.model import Evidence, Notice, PermanentError, Record, Target
-from controller.plan import FailoverPlan, Step
+from controller.model import Evidence, Notice, PermanentError, Record, Sample, Target, Weights
+from controller.plan import FailoverPlan, Step, TrafficParams
 
 
 @dataclass
@@ -43,6 +45,12 @@ class _NoRevert:
 
 
 class Traffic:
+    """Instant cutover by default. A stepped shift (`params.steps`, e.g. [10, 50, 100])
+    sends that percentage of the traffic to the target at each step, waits `pause`, then
+    runs the `check` probe against the backup; a failed check shifts back to the original
+    weights (saved by `prepare`) and fails the step, naming the percentage and the reason.
+    A retried stepped shift resumes at the step the traffic has already reached."""
+
     def prepare(self, step: Step, ctx: StepContext) -> Evidence:
         return {"before": ctx.backends.get(_backend(step)).current()}
 
@@ -50,12 +58,87 @@ class Traffic:
         sites = ctx.plan.spec.sites
         to = str(step.params.get("to", sites.backup.name))
         weights = step.params.get("weights") or {to: 100, sites.primary.name: 0}
-        return dict(ctx.backends.get(_backend(step)).shift(to=to, weights=weights))
+        params = TrafficParams.model_validate(step.params)
+        backend = ctx.backends.get(_backend(step))
+        if not params.steps:
+            return dict(backend.shift(to=to, weights=weights))
+        original = dict(prepared.get("before") or backend.current())
+        reached = _share(backend.current(), to, weights)
+        probe = ctx.backends.probe(f"{step.name}-check", params.check) if params.check else None
+        pause = STEP_PAUSE if params.pause is None else params.pause
+        done: list[Evidence] = []
+        result: Evidence = {}
+        for pct in params.steps:
+            if pct < reached:  # a retry: this step was passed before the interruption
+                continue
+            result = dict(backend.shift(to=to, weights=_step_weights(pct, to, weights,
+                                                                     original)))
+            record: Evidence = {"percent": pct, "weights": result.get("after")}
+            if "observed" in result:
+                record["observed"] = result["observed"]
+            done.append(record)
+            time.sleep(pause)
+            if probe is None:
+                continue
+            sample = _run_check(probe)
+            record["check"] = sample.detail or ("ok" if sample.ok else "failed")
+            if not sample.ok:
+                assert params.check is not None
+                why = (f"step {step.name}: the {params.check.kind} check failed at {pct}% "
+                       f"to {to}: {sample.detail or 'probe failed'}")
+                try:
+                    backend.revert(to=original)
+                except Exception as exc:
+                    raise PermanentError(f"{why}; shifting back to {original} also failed: "
+                                         f"{exc}") from None
+                raise PermanentError(f"{why}; traffic shifted back to {original}")
+        return {**result, "steps": done}
 
     def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
         if "before" not in evidence:
             raise NotRevertible(f"step {step.name}: no saved weights to revert to")
         return dict(ctx.backends.get(_backend(step)).revert(to=evidence["before"]))
+
+
+STEP_PAUSE = 2.0  # seconds at each step of a stepped shift when the plan gives no pause
+CHECK_TIMEOUT = 30.0  # a stepped shift's check that has not answered by then has failed
+
+
+def _share(weights: Weights, to: str, named: Weights) -> float:
+    """Percent of the weight among the `named` destinations that `to` carries now."""
+    total = sum(weights.get(k, 0) for k in named)
+    return 100.0 * weights.get(to, 0) / total if total else 0.0
+
+
+def _step_weights(pct: int, to: str, final: Weights, original: Weights) -> Weights:
+    """`pct` % to the target; the rest shared by the other named destinations in the
+    proportions they had originally (equally if none carried weight). 100 % = `final`."""
+    if pct >= 100:
+        return dict(final)
+    others = [k for k in final if k != to]
+    base = {k: original.get(k, 0) for k in others}
+    if not sum(base.values()):
+        base = dict.fromkeys(others, 1)
+    total = sum(base.values())
+    return {to: pct, **{k: round((100 - pct) * base[k] / total) for k in others}}
+
+
+def _run_check(probe: Any) -> Sample:
+    """Run one probe once on a private event loop (perform runs in a worker thread)."""
+
+    async def once() -> Sample:
+        try:
+            return await asyncio.wait_for(probe.check(), CHECK_TIMEOUT)
+        except Exception as exc:
+            return Sample(getattr(probe, "service", "check"), False, time.time(),
+                          detail=f"{type(exc).__name__}: {exc}" if str(exc) else
+                          f"no answer within {CHECK_TIMEOUT:g} s")
+        finally:
+            close = getattr(probe, "aclose", None)
+            if close is not None:
+                await close()
+
+    return asyncio.run(once())
 
 
 def dns_records(step: Step) -> list[Record]:
@@ -202,7 +285,9 @@ def would_change(step: Step, ctx: StepContext) -> str:
         sites = ctx.plan.spec.sites
         to = str(step.params.get("to", sites.backup.name))
         after = {**before, **(step.params.get("weights") or {to: 100, sites.primary.name: 0})}
-        return "no change" if after == before else f"weights {before} -> {after}"
+        steps = step.params.get("steps")
+        how = f" in steps of {', '.join(f'{p}%' for p in steps)}" if steps else ""
+        return "no change" if after == before else f"weights {before} -> {after}{how}"
     if step.action == "dns":
         before = {(r["name"], r["type"]): r["values"] for r in Dns().prepare(step, ctx)["before"]}
         changes = []

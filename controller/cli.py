@@ -25,9 +25,10 @@ from controller import report as reports
 from controller.actions import REVERTIBLE, StepContext, would_change
 from controller.api import Health, serve
 from controller.config import Settings
+from controller.crd import PLURAL
 from controller.journal import Journal, JournalError, Run
-from controller.loop import Engine, observe
-from controller.model import Phase, StepStatus
+from controller.loop import Engine, default_holder, observe
+from controller.model import PermanentError, Phase, StepStatus
 from controller.plan import (
     FailoverPlan,
     PlanError,
@@ -623,6 +624,58 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
             engine.release()
     failed = any(e.state().phase is Phase.FAILED for e in engines)
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
+
+
+@main.command("operator")
+@click.option("--namespace", envvar="POD_NAMESPACE", required=True,
+              help="namespace of the FailoverPlans and the leader Lease ($POD_NAMESPACE)")
+@click.option("--kubeconfig", type=click.Path(dir_okay=False),
+              help="kubeconfig file (default: in-cluster in a pod, else $KUBECONFIG)")
+@click.option("--identity", envvar="FAILOVER_ACTOR",
+              help="this replica's name in the Lease and audit (default: host-pid)")
+@click.option("--listen", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics")
+@click.option("--lease-duration", type=float, default=15.0, show_default=True)
+@click.option("--renew-deadline", type=float, default=10.0, show_default=True)
+@click.option("--retry-period", type=float, default=2.0, show_default=True)
+@click.option("--resync", type=float, default=300.0, show_default=True,
+              help="seconds between full relists of the FailoverPlans")
+@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="plans reconciled at once (one plan never by two workers)")
+@click.pass_obj
+@_with_journal
+def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str | None,
+                 listen: str | None, lease_duration: float, renew_deadline: float,
+                 retry_period: float, resync: float, workers: int) -> None:
+    """Run in the cluster: watch FailoverPlans, elect a leader, reconcile, write status."""
+    import signal
+    import threading
+
+    from controller.kube import KubeConnection, KubeError, connect
+    from controller.operator import LeaderConfig, Operator
+
+    if not 0 < retry_period < renew_deadline < lease_duration:
+        _fail("leader election needs 0 < --retry-period < --renew-deadline < "
+              "--lease-duration (defaults 2 < 10 < 15)", EXIT_INPUT)
+    try:
+        kube = connect(KubeConnection(kubeconfig=kubeconfig))
+    except (KubeError, PermanentError) as exc:
+        _fail(str(exc), EXIT_INPUT)
+    every = obj.settings.tick
+    health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: op.require_synced())
+    op = Operator(kube, namespace=namespace, journal=obj.journal(),
+                  identity=identity or default_holder(),
+                  leader=LeaderConfig(lease_duration=lease_duration,
+                                      renew_deadline=renew_deadline, retry_period=retry_period),
+                  tick=every, resync=resync, workers=workers, beat=health.beat)
+    if listen:
+        host, _, port = listen.rpartition(":")
+        serve(health, host or "0.0.0.0", int(port))
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    click.echo(f"operator {op.identity}: watching {namespace}/{PLURAL}")
+    op.run(stop)
+    click.echo("operator stopped; the lease is released and the journal holds every step")
 
 
 @main.command()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from controller.plan import json_schema
+from controller.plan import format_duration, json_schema
 
 GROUP, VERSION, KIND, PLURAL = "failover.example.io", "v1alpha1", "FailoverPlan", "failoverplans"
 _DROP = {"title", "$defs", "description_", "discriminator"}
@@ -39,6 +39,10 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "const":
             out["enum"] = [value]
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema 2020-12 gives the bound; OpenAPI v3.0 (Kubernetes) wants a flag
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         elif key == "properties":
             out[key] = {k: _structural(v, defs) for k, v in value.items()}
         elif key == "additionalProperties":
@@ -48,6 +52,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
                 out[key] = _structural(value, defs)
         else:
             out[key] = _structural(value, defs)
+    if out.get("type") == "string" and isinstance(out.get("default"), int | float) \
+            and not isinstance(out["default"], bool):
+        out["default"] = format_duration(out["default"])  # a Duration: "5m", not 300.0
     if out.get("type") == "object" and "properties" not in out and "additionalProperties" \
             not in out:
         out["x-kubernetes-preserve-unknown-fields"] = True
@@ -78,6 +85,8 @@ def crd() -> dict[str, Any]:
                     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                     {"name": "Level", "type": "integer", "jsonPath": ".status.level"},
                     {"name": "Active", "type": "string", "jsonPath": ".status.activeSite"},
+                    {"name": "Decided", "type": "date",
+                     "jsonPath": ".status.lastDecisionTime"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": {

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,6 +115,10 @@ class Journal:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._lock = threading.RLock()
+        # called with a plan name after each committed change of its runs, steps or state
+        # (the operator mirrors them into the FailoverPlan's status); a listener that
+        # raises fails the write's caller, so a step cannot go on unrecorded
+        self.listeners: list[Callable[[str], None]] = []
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -211,6 +215,7 @@ class Journal:
                 (state.plan, state.phase.value, state.level, state.active_site,
                  redact(state.last_decision or ""), _dumps(state.policy), state.updated_at,
                  _dumps(state.readiness)))
+        self._changed(plan=state.plan)
 
     # --- requests (manual failover / failback) -----------------------------------------------
 
@@ -257,7 +262,69 @@ class Journal:
                                                 redact(reason)))
         run = self.run(run_id)
         assert run is not None
+        self._changed(plan=plan)
         return run
+
+    def _changed(self, *, plan: str | None = None, run_id: str | None = None) -> None:
+        if not self.listeners:
+            return
+        if plan is None:
+            rows = self._all("SELECT plan FROM runs WHERE id=?", (run_id,))
+            if not rows:
+                return
+            plan = str(rows[0]["plan"])
+        for listener in list(self.listeners):
+            listener(plan)
+
+    def import_run(self, run: dict[str, Any], steps: list[dict[str, Any]]) -> bool:
+        """Adopt a run recorded elsewhere (another replica, via the FailoverPlan status):
+        insert it when unknown here, and take every step the other record has finished
+        further. Returns True when anything changed. Never moves a step backwards."""
+        final = {StepStatus.SUCCEEDED.value, StepStatus.FAILED.value,
+                 StepStatus.REVERTED.value, StepStatus.SKIPPED.value}
+        changed = False
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM runs WHERE id=?", (run["id"],)).fetchone() is None:
+                db.execute(
+                    "INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
+                    "detected_at, started_at, finished_at, approved, outcome, steps_json) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (run["id"], run["plan"], run["kind"], run["phase"], run.get("level"),
+                     run.get("reason", ""), run.get("requestedBy", ""), run["detectedAt"],
+                     run["startedAt"], run.get("finishedAt"), int(bool(run.get("approved"))),
+                     run.get("outcome"), _dumps(run.get("definition", []))))
+                for s in steps:
+                    db.execute("INSERT INTO steps (run_id, idx, name, action, status, "
+                               "target_s) VALUES (?,?,?,?,?,?)",
+                               (run["id"], s["index"], s["name"], s["action"],
+                                StepStatus.PENDING.value, s.get("targetSeconds")))
+                changed = True
+            elif run.get("finishedAt") is not None:
+                cur = db.execute("UPDATE runs SET phase=?, finished_at=?, outcome=? "
+                                 "WHERE id=? AND finished_at IS NULL",
+                                 (run["phase"], run["finishedAt"], run.get("outcome"),
+                                  run["id"]))
+                changed = changed or cur.rowcount > 0
+            for s in steps:
+                row = db.execute("SELECT status, attempts FROM steps WHERE run_id=? AND "
+                                 "name=?", (run["id"], s["name"])).fetchone()
+                if row is None or row["status"] in final:
+                    continue
+                further = s["status"] in final or (s["status"] == StepStatus.RUNNING.value
+                                                    and row["status"] == "pending")
+                if not further:
+                    continue
+                db.execute(
+                    "UPDATE steps SET status=?, started_at=?, finished_at=?, elapsed_s=?, "
+                    "since_detection_s=?, met=?, attempts=?, evidence=?, error=?, "
+                    "approved_by=? WHERE run_id=? AND name=?",
+                    (s["status"], s.get("startedAt"), s.get("finishedAt"),
+                     s.get("elapsedSeconds"), s.get("sinceDetectionSeconds"),
+                     None if s.get("met") is None else int(s["met"]), s.get("attempts", 0),
+                     _dumps(s.get("evidence", {})), s.get("error"), s.get("approvedBy"),
+                     run["id"], s["name"]))
+                changed = True
+        return changed
 
     def _run_from(self, r: sqlite3.Row) -> Run:
         return Run(r["id"], r["plan"], r["kind"], Phase(r["phase"]), r["level"], r["reason"],
@@ -293,6 +360,7 @@ class Journal:
                 "approved=COALESCE(?, approved) WHERE id=?",
                 (phase.value, level, finished_at, redact(outcome) if outcome else None,
                  None if approved is None else int(approved), run_id))
+        self._changed(run_id=run_id)
 
     def steps(self, run_id: str) -> list[StepRecord]:
         rows = self._all("SELECT * FROM steps WHERE run_id=? ORDER BY idx", (run_id,))
@@ -322,6 +390,7 @@ class Journal:
                  rec.since_detection_s, None if rec.met is None else int(rec.met), rec.attempts,
                  _dumps(rec.evidence), redact(rec.error) if rec.error else None,
                  rec.approved_by, rec.run_id, rec.name))
+        self._changed(run_id=rec.run_id)
 
     # --- approvals --------------------------------------------------------------------------
 

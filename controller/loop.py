@@ -16,18 +16,19 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from controller import metrics, policy, readiness
+from controller import metrics, notices, policy, readiness
 from controller.actions import REVERTIBLE, StepContext, step_from_run
 from controller.backends import Backends
 from controller.executor import Executor, LostLease
 from controller.journal import Journal, PlanState, Run
-from controller.model import Decision, Notice, Phase, Sample, StepRecord, StepStatus
+from controller.model import Decision, Phase, Sample, StepRecord, StepStatus
 from controller.plan import FailoverPlan, Step
 from controller.probes.scheduler import ProbeScheduler, targets_from_plan
+from controller.secrets import redact
 
 log = logging.getLogger(__name__)
 TERMINAL = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
@@ -46,12 +47,14 @@ class Clock:
 class Engine:
     def __init__(self, plan: FailoverPlan, journal: Journal, *, backends: Backends | None = None,
                  clock: Clock | None = None, holder: str | None = None,
-                 lease_ttl: float = 30.0, backoff: float = 0.5):
+                 lease_ttl: float = 30.0, backoff: float = 0.5,
+                 fence: Callable[[], None] | None = None):
         self.plan, self.journal = plan, journal
         self.backends = backends or Backends(plan, audit=partial(journal.audit, plan=plan.name))
         self.clock = clock or Clock()
         self.holder = holder or default_holder()
         self.lease_ttl = lease_ttl
+        self.fence = fence  # the operator's Kubernetes Lease check; raises LostLease
         self.lease_name = f"plan/{plan.name}"
         self.executor = Executor(journal, now=self.clock.now, guard=self.guard,
                                  sleep=self.clock.sleep, backoff=backoff)
@@ -59,7 +62,10 @@ class Engine:
     # --- fencing ----------------------------------------------------------------------------
 
     def guard(self) -> None:
-        """Raise LostLease unless this engine holds (and has just renewed) the plan's lease."""
+        """Raise LostLease unless this engine holds (and has just renewed) the plan's lease
+        (and, in the operator, the replicas' Kubernetes Lease)."""
+        if self.fence is not None:
+            self.fence()
         token = self.journal.acquire_lease(self.lease_name, self.holder, ttl=self.lease_ttl,
                                            now=self.clock.now())
         if token is None:
@@ -203,6 +209,7 @@ class Engine:
                 Phase.HEALTHY, Phase.DEGRADED):
             kind, actor, reason = "failover", "controller", decision.sentence
             detected, approvals = pol.detected_at or now, []
+            st = self._save(st, phase=Phase.TRIPPED, level=pol.level)  # recorded before acting
         elif (decision is not None and decision.action == "clear"
               and st.phase is Phase.FAILED_OVER and self.plan.spec.automatic_failback):
             kind, actor, reason, detected, approvals = "failback", "controller", \
@@ -341,6 +348,7 @@ class Engine:
             step = definitions[rec.name]
             if step.parallel and rec.status not in TERMINAL:
                 self._open_human(run, step, rec)
+        self._notify_steps(run)
         for rec in self.journal.steps(run.id):
             step = definitions[rec.name]
             if rec.status in TERMINAL or step.parallel:
@@ -364,9 +372,10 @@ class Engine:
                 rec.since_detection_s or 0)
             if rec.met is False:
                 metrics.TARGETS_MISSED.labels(self.plan.name, step.name).inc()
+            self._notify_steps(run)
             if rec.status is StepStatus.FAILED:
-                if step.on_failure == "continue":
-                    continue
+                if step.on_failure == "continue" or step.action == "notify":
+                    continue  # a failed notification never blocks the failover
                 self._fail(run, step.name, rec.error or "failed",
                            revert=step.on_failure == "revert")
                 return
@@ -389,12 +398,14 @@ class Engine:
                     if done.status is StepStatus.REVERTED:
                         reverted.append(rec.name)
             outcome += f"; reverted: {', '.join(reverted) or 'nothing'}"
+        self._notify_steps(run)
         now = self.clock.now()
         self.journal.update_run(run.id, phase=Phase.FAILED, finished_at=now, outcome=outcome)
         self._save(self.state(), phase=Phase.FAILED)
         self._notify(run, f"{run.kind} FAILED: {outcome}")
 
     def _complete(self, run: Run) -> None:
+        self._notify_steps(run)
         now = self.clock.now()
         recs = self.journal.steps(run.id)
         missed = [r.name for r in recs if r.met is False]
@@ -409,24 +420,50 @@ class Engine:
         self._save(self.state(), phase=phase, active_site=site)
         self._notify(run, f"{run.kind} complete: {outcome}; active site {site}")
 
-    def _notify(self, run: Run, status: str) -> None:
-        """Send the plan's notices for this run's level; a failed notice never blocks."""
-        for rule in self.plan.spec.notifications:
-            if run.level is not None and rule.level != run.level:
-                continue
-            notice = Notice(plan=self.plan.name, level=run.level,
-                            subject=f"[{self.plan.name}] level {run.level or '-'} {run.kind}",
-                            status=status, affected=tuple(s.name for s in self.plan.spec.services),
-                            run_id=run.id, recipients=tuple(rule.recipients))
+    def _notify(self, run: Run, status: str, *, attempted: set[str] | None = None) -> None:
+        """Tell the routes of the run's level (`spec.notifications`, exact level match)
+        about `status`: once per run, status text and route, even across a restart (each
+        attempt is audited with its dedup key). The notice carries the services down now,
+        the estimated recovery and a link to the run. A failed notice is audited as
+        `notify-failed` and never blocks or fails the run."""
+        current = self.journal.run(run.id) or run
+        if attempted is None:
+            attempted = notices.attempted(self.journal.audit_trail(run_id=run.id))
+        todo = [(rule, notices.dedup_key(run.id, status, rule))
+                for rule in notices.routes(self.plan, current.level)]
+        todo = [(rule, key) for rule, key in todo if key not in attempted]
+        if not todo:
+            return
+        now = self.clock.now()
+        down = policy.assess(self.plan, policy.PolicyState.from_json(self.state().policy),
+                             now).down
+        base = notices.compose(self.plan, current, status, steps=self.journal.steps(run.id),
+                               down=down, now=now)
+        for rule, key in todo:
+            route = f"{rule.notifier} -> {', '.join(rule.recipients) or 'default'}"
             try:
-                self.backends.get(rule.notifier).send(notice=notice)
-                detail = f"{rule.notifier} -> {', '.join(rule.recipients) or 'default'}"
+                self.backends.get(rule.notifier).send(
+                    notice=replace(base, recipients=tuple(rule.recipients)))
+                action, detail = "notify", route + notices.within(rule, current, now)
             except Exception as exc:
-                detail = f"{rule.notifier} failed: {exc}"
-                log.warning("notification via %s failed: %s", rule.notifier, exc)
-            self.journal.audit(at=self.clock.now(), actor="controller", action="notify",
-                               plan=self.plan.name, run_id=run.id, detail=detail)
+                error = redact(str(exc)) or type(exc).__name__
+                action, detail = "notify-failed", f"{route} failed: {error}"
+                log.warning("notice %r via %s failed: %s", redact(status), rule.notifier, error)
+            attempted.add(key)
+            self.journal.audit(at=self.clock.now(), actor="controller", action=action,
+                               plan=self.plan.name, run_id=run.id,
+                               detail=f"{detail} {notices.tag(key)}")
 
+    def _notify_steps(self, run: Run) -> None:
+        """One update per finished step, in order: steps this engine just ran, human steps
+        closed with `failoverctl done`, and steps recorded just before a restart."""
+        current = self.journal.run(run.id) or run
+        if not notices.routes(self.plan, current.level):
+            return
+        attempted = notices.attempted(self.journal.audit_trail(run_id=run.id))
+        for rec in self.journal.steps(run.id):
+            if rec.status in TERMINAL:
+                self._notify(current, notices.step_status(rec), attempted=attempted)
 
 def observe(plan: FailoverPlan, backends: Backends) -> ProbeScheduler:
     """A probe scheduler for every service and signal of the plan (start it, drain it)."""

@@ -116,7 +116,9 @@ class Target:
 
 @dataclass(frozen=True, slots=True)
 class Notice:
-    """One notification following the incident-report template of the emergency plans."""
+    """One notification following the incident-report template of the emergency plans:
+    fault status, affected services (the ones down), estimated recovery, the run and a
+    link to it, the time of the event (epoch seconds) and who it is for."""
 
     plan: str
     level: int | None
@@ -127,6 +129,8 @@ class Notice:
     run_id: str | None = None
     recipients: tuple[str, ...] = ()
     body: str = ""
+    link: str = ""
+    at: float | None = None
 
 
 @dataclass(slots=True)

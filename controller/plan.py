@@ -22,6 +22,8 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -204,8 +206,37 @@ class RecordSpec(Strict):
 
 
 class TrafficParams(Strict):
+    """Instant cutover by default; with `steps`, a stepped shift checked between steps."""
+
     to: str | None = None
     weights: dict[str, int] | None = None
+    steps: list[int] | None = Field(
+        None, description="stepped shift: percent of the traffic sent to `to` at each step, "
+        "rising and ending at 100, e.g. [10, 50, 100]; default: one instant cutover")
+    pause: Duration | None = Field(None, description="stepped shift: wait this long at each "
+                                   "step before the check (default 2s)")
+    check: ProbeSpec | None = Field(None, description="stepped shift: probe of the backup run "
+                                    "after each step; a failure shifts traffic back to the "
+                                    "original weights and fails the step")
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, s: list[int] | None) -> list[int] | None:
+        if s is None:
+            return s
+        if not s or any(not 0 < p <= 100 for p in s):
+            raise ValueError(f"{s} must list percentages from 1 to 100, e.g. [10, 50, 100]")
+        if s != sorted(set(s)) or s[-1] != 100:
+            raise ValueError(f"{s} must rise and end at 100, e.g. [10, 50, 100]")
+        return s
+
+    @field_validator("pause", "check")
+    @classmethod
+    def _only_stepped(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and "steps" in info.data and info.data["steps"] is None:
+            raise ValueError("only used by a stepped shift; add steps such as [10, 50, 100] "
+                             f"or remove {info.field_name}")
+        return value
 
 
 class DnsParams(Strict):
@@ -247,10 +278,13 @@ PARAMS: dict[str, type[BaseModel]] = {
 
 
 class Notification(Strict):
+    """A route: runs at exactly this level are told of every update via this notifier."""
+
     level: int = Field(ge=1, le=4)
     notifier: str
     recipients: list[str] = Field(default_factory=list)
-    within: Duration | None = Field(None, description="time target for this notice")
+    within: Duration | None = Field(None, description="time target for this notice, from "
+                                    "detection; each send is audited as met or MISSED")
 
 
 class Approval(Strict):
@@ -273,6 +307,10 @@ class PlanSpec(Strict):
     backends: list[Backend] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     notifications: list[Notification] = Field(default_factory=list)
+    run_url: str | None = Field(
+        None, alias="runUrl", pattern=r"^https?://\S+$",
+        description="base URL of a page per run (dashboard, status page); every notice "
+                    "links <runUrl>/<run id>")
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
@@ -441,6 +479,11 @@ def check_kinds(plan: FailoverPlan) -> list[str]:
             check(f"spec.services[{i}].probes[{j}]", "probe", p.kind, p.options)
     for i, sig in enumerate(plan.spec.signals):
         check(f"spec.signals[{i}].probe", "probe", sig.probe.kind, sig.probe.options)
+    for i, step in enumerate(plan.spec.steps):
+        probe = step.params.get("check") if step.action == "traffic" else None
+        if isinstance(probe, dict):  # a stepped shift's check (TrafficParams validated it)
+            check(f"spec.steps[{i}].params.check", "probe", str(probe.get("kind")),
+                  dict(probe.get("options") or {}))
     return problems
 
 

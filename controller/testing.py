@@ -157,11 +157,17 @@ class FakeTrafficBackend:
             st["weights"] = dict(weights)
             st["calls"] = st.get("calls", 0) + 1
 
-    def shift(self, *, to: str, weights: Weights) -> Evidence:
-        before = self.current()
+    def _known(self, before: Weights, weights: Weights) -> None:
         unknown = set(weights) - set(before)
         if unknown:
             raise PermanentError(f"unknown destinations {sorted(unknown)}; have {sorted(before)}")
+
+    def shift(self, *, to: str, weights: Weights) -> Evidence:
+        before = self.current()
+        if to not in weights:  # like the real backends: the target must be given a weight
+            raise PermanentError(f"weights {dict(weights)} give the target {to!r} no weight; "
+                                 f"add {to!r} to them")
+        self._known(before, weights)
         if self.options.delay:
             time.sleep(self.options.delay)
         with _state(self.options, "traffic") as st:
@@ -175,7 +181,9 @@ class FakeTrafficBackend:
 
     def revert(self, *, to: Weights) -> Evidence:
         before = self.current()
-        self._set(to)
+        self._known(before, to)
+        if {**before, **to} != before:  # nothing to write when already there
+            self._set({**before, **to})
         return {"before": before, "after": self.current()}
 
     def calls(self) -> int:
@@ -311,6 +319,9 @@ class FakeNotifierOptions(FakeOptions):
 
 
 class FakeNotifier:
+    """Keeps every notice it is given; with `fail`, raises like a real notifier whose
+    destination stays down after its retries (nothing is kept)."""
+
     Options = FakeNotifierOptions
 
     def __init__(self, options: FakeNotifierOptions, *, secrets: Any = None):
@@ -318,12 +329,17 @@ class FakeNotifier:
 
     def send(self, *, notice: Notice) -> None:
         if self.options.fail:
-            log.warning("notification to %s failed: injected failure", notice.recipients)
-            return
+            from controller.notify.common import NotifyError
+
+            raise NotifyError(f"memory notifier {self.options.key}: injected failure "
+                              "(after 1 attempt)")
         with _state(self.options, "notifier") as st:
             st.setdefault("sent", []).append(
                 {"subject": notice.subject, "level": notice.level, "status": notice.status,
-                 "recipients": list(notice.recipients), "run": notice.run_id}
+                 "recipients": list(notice.recipients), "run": notice.run_id,
+                 "affected": list(notice.affected),
+                 "estimatedRecovery": notice.estimated_recovery, "link": notice.link,
+                 "at": notice.at}
             )
 
     def sent(self) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ if [[ -x "$BIN" ]]; then
   echo "kube-apiserver $KUBE_VERSION: cached at $BIN"
   exit 0
 fi
-command -v go >/dev/null || { echo "go is required to build kube-apiserver" >&2; exit 1; }
+command -v go >/dev/null || { echo "go (>= 1.26, as k8s.io/kubernetes $KUBE_VERSION requires) is needed to build kube-apiserver: install it from https://go.dev/dl/" >&2; exit 1; }
 
 mkdir -p "$CACHE"
 WORK="$(mktemp -d)"
@@ -41,6 +41,11 @@ import _ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 func main() {}
 GO
 go mod tidy >/dev/null
-CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+# stamp the version (as upstream's hack/lib/version.sh does), or /version says v0.0.0-master
+MINOR="${KUBE_VERSION#v1.}"; MINOR="${MINOR%%.*}"
+VPKG=k8s.io/component-base/version
+LDFLAGS="-s -w -X $VPKG.gitVersion=$KUBE_VERSION -X $VPKG.gitMajor=1 -X $VPKG.gitMinor=$MINOR"
+LDFLAGS+=" -X $VPKG.gitTreeState=clean"
+CGO_ENABLED=0 go build -trimpath -ldflags "$LDFLAGS" -o "$BIN.tmp" k8s.io/kubernetes/cmd/kube-apiserver
 mv "$BIN.tmp" "$BIN"
 echo "kube-apiserver $KUBE_VERSION: built $BIN"

@@ -1,6 +1,10 @@
 """Notifications: the `Notifier` protocol and the lazy registry of notifier kinds.
 
-`send` never raises: a failed notification is logged and recorded, and never blocks a step.
+One module per backend: `webhook` (generic JSON, also for SMS gateways), `slack`
+(Slack-compatible incoming webhooks), `smtp` (e-mail); `common` holds the
+incident-report template and the bounded retries they share. `send` retries within its
+deadline and raises `NotifyError` (secret-free) on final failure; the loop records a
+failed notice in the audit and goes on: a failed notification never blocks a failover.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from controller.model import Notice
 
 KINDS: dict[str, str] = {
     "memory": "controller.testing:FakeNotifier",
+    "webhook": "controller.notify.webhook:WebhookNotifier",
+    "slack": "controller.notify.slack:SlackNotifier",
+    "smtp": "controller.notify.smtp:SmtpNotifier",
 }
 
 

@@ -12,6 +12,10 @@ from controller.model import Evidence, Weights
 
 KINDS: dict[str, str] = {
     "memory": "controller.testing:FakeTrafficBackend",
+    "haproxy": "controller.traffic.haproxy:HaproxyTrafficBackend",
+    "istio": "controller.traffic.istio:IstioTrafficBackend",
+    "gateway": "controller.traffic.gateway:GatewayTrafficBackend",
+    "smi": "controller.traffic.smi:SmiTrafficBackend",
 }
 
 

@@ -1,0 +1,449 @@
+"""Kubernetes API launcher: Debian's etcd + a locally built kube-apiserver, RBAC enforced.
+
+Owns a small, real Kubernetes control plane (no nodes, no controllers) for the
+`controller/kube.py` and mesh traffic contract tests, the benchmark and drills:
+
+- `etcd` (Debian package etcd-server) with its data in a fresh temp directory, client and
+  peer ports picked free at run time;
+- `kube-apiserver` built by `scripts/build-kube-apiserver.sh` and cached outside the
+  repository (no package ships it), serving TLS on a free loopback port with a serving
+  certificate signed by a throw-away CA (made with `cryptography`), a service-account
+  signing key, a static token file with two identities, and `--authorization-mode=RBAC`:
+  - `admin`: group system:masters (sets the world up, plays "someone else" in tests);
+  - `controller`: the ServiceAccount user of `manifests/deploy/rbac.yaml`
+    (system:serviceaccount:failover-system:failover-controller), bound by exactly the
+    project's Role, so tests run the controller with the permissions it ships with.
+- On start it creates the namespace and RBAC of `manifests/deploy/`, installs the CRDs
+  (the project's `manifests/crd/` plus any `crds` given, e.g. the mesh CRDs under
+  `tests/crds/`), and waits until the API answers /readyz, every CRD is Established and
+  the controller's Role is in effect.
+
+Setup talks plain HTTPS (urllib) so the launcher does not depend on the client under
+test; `api_client(identity)` / `kube(identity)` hand out clients built by controller.kube.
+Both processes run in the foreground and are stopped by their own PIDs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from controller.drill.servers.postgres import ServerError, free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.36.3")
+BUILD_HINT = "build it with scripts/build-kube-apiserver.sh (needs Go; cached outside the repo)"
+ETCD = Path("/usr/bin/etcd")
+ETCD_HINT = "apt-get install -y --no-install-recommends etcd-server"
+PROJECT_CRDS = (ROOT / "manifests/crd",)
+DEPLOY = ROOT / "manifests/deploy"
+
+
+def kube_apiserver_path() -> Path:
+    """Where the build script caches the binary ($FAILOVER_KUBE_APISERVER overrides)."""
+    override = os.environ.get("FAILOVER_KUBE_APISERVER")
+    if override:
+        return Path(override)
+    cache = Path(os.environ.get("KUBE_CACHE", Path.home() / ".cache/failover-controller"))
+    return cache / f"kube-apiserver-{KUBE_VERSION}"
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    files = sorted(path.glob("*.yaml")) if path.is_dir() else [path]
+    out: list[dict[str, Any]] = []
+    for f in files:
+        out.extend(d for d in yaml.safe_load_all(f.read_text()) if d)
+    return out
+
+
+def _service_account(rbac: list[dict[str, Any]]) -> tuple[str, str]:
+    for doc in rbac:
+        if doc.get("kind") == "ServiceAccount":
+            return doc["metadata"]["namespace"], doc["metadata"]["name"]
+    raise ServerError("manifests/deploy/rbac.yaml names no ServiceAccount")
+
+
+def _write_certs(directory: Path) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a serving cert for localhost/127.0.0.1 signed by it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "failover-test-ca")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=7))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
+                                       crl_sign=True, content_commitment=False,
+                                       key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False,
+                                       decipher_only=False), critical=True)
+          .add_extension(ca_ski, critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                        "kube-apiserver")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=7))
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc"),
+                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca_ski), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    ca_file, cert_file, key_file = (directory / "ca.crt", directory / "apiserver.crt",
+                                    directory / "apiserver.key")
+    ca_file.write_bytes(ca.public_bytes(pem))
+    cert_file.write_bytes(cert.public_bytes(pem))
+    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
+
+
+def _write_sa_key(directory: Path) -> tuple[Path, Path]:
+    """The service-account token signing key (private) and its public half."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = directory / "sa.key", directory / "sa.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str  # admin | controller
+    user: str
+    groups: tuple[str, ...]
+    token_file: Path
+
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
+
+
+@dataclass
+class KubeServers:
+    """etcd + kube-apiserver with the project's RBAC and CRDs installed.
+
+    `with KubeServers(crds=[ROOT / "tests/crds"]) as kube: kube.kube("controller")...`
+    """
+
+    crds: list[Path] = field(default_factory=list)
+    base: Path | None = None
+    binary: Path | None = None
+    url: str = ""
+    ca_file: Path | None = None
+    etcd_url: str = ""
+    identities: dict[str, Identity] = field(default_factory=dict)
+    startup_seconds: float = 0.0
+    namespace: str = ""  # the controller's namespace (from manifests/deploy/rbac.yaml)
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _own_base: bool = False
+
+    # --- what callers use ----------------------------------------------------------------
+
+    def token(self, identity: str = "admin") -> str:
+        return self.identities[identity].token
+
+    def connection(self, identity: str = "controller") -> dict[str, Any]:
+        """Options for `controller.kube.KubeConnection` (token read from its file)."""
+        ident = self.identities[identity]
+        return {"host": self.url, "token": {"fromFile": str(ident.token_file)},
+                "caFile": str(self.ca_file)}
+
+    def kube(self, identity: str = "controller", **kwargs: Any) -> Any:
+        """A `controller.kube.Kube` for `identity` (admin or controller)."""
+        from controller.kube import Kube
+
+        return Kube.from_token(self.url, self.token(identity), ca_file=str(self.ca_file),
+                               **kwargs)
+
+    def api_client(self, identity: str = "controller") -> Any:
+        """A ready-to-use `kubernetes.client.ApiClient` for `identity`."""
+        return self.kube(identity).api_client
+
+    def kubeconfig(self, identity: str = "controller") -> Path:
+        """A kubeconfig file for `identity` (mode 0600, in the server's directory)."""
+        assert self.base is not None
+        path = self.base / f"kubeconfig-{identity}"
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": identity,
+            "clusters": [{"name": "local", "cluster": {
+                "server": self.url, "certificate-authority": str(self.ca_file)}}],
+            "users": [{"name": identity, "user": {"tokenFile": str(
+                self.identities[identity].token_file)}}],
+            "contexts": [{"name": identity, "context": {"cluster": "local",
+                                                       "user": identity}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                identity: str = "admin", timeout: float = 10.0) -> tuple[int, Any]:
+        """One raw HTTPS call as `identity`: (status, parsed JSON or text)."""
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.token(identity)}",
+            "Content-Type": "application/json", "Accept": "application/json"})
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as reply:
+                status, raw = reply.status, reply.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        text = raw.decode("utf-8", "replace")
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    def apply(self, docs: list[dict[str, Any]]) -> None:
+        """Create each object as admin (namespaces, RBAC, CRDs ...); existing ones are
+        replaced."""
+        for doc in docs:
+            path = _collection(doc)
+            status, reply = self.request("POST", path, doc)
+            if status == 409:
+                name = doc["metadata"]["name"]
+                _, current = self.request("GET", f"{path}/{name}")
+                doc = {**doc, "metadata": {**doc["metadata"], "resourceVersion":
+                                           current["metadata"]["resourceVersion"]}}
+                status, reply = self.request("PUT", f"{path}/{name}", doc)
+            if status >= 300:
+                raise ServerError(f"creating {doc['kind']} {doc['metadata'].get('name')} "
+                                  f"failed ({status}): {_message(reply)}")
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 90.0) -> KubeServers:
+        began = time.monotonic()
+        apiserver = self.binary or kube_apiserver_path()
+        if not apiserver.is_file():
+            raise ServerError(f"kube-apiserver {KUBE_VERSION} not found at {apiserver}: "
+                              f"{BUILD_HINT}")
+        etcd = str(ETCD) if ETCD.exists() else shutil.which("etcd")
+        if not etcd:
+            raise ServerError(f"{ETCD} not found: {ETCD_HINT}")
+        if self.base is None:
+            self.base = Path(tempfile.mkdtemp(prefix="kube-"))
+            self._own_base = True
+        base = self.base
+        base.mkdir(parents=True, exist_ok=True)
+        rbac = _docs(DEPLOY / "rbac.yaml")
+        self.namespace, sa = _service_account(rbac)
+        try:
+            self.ca_file, cert, key = _write_certs(base)
+            sa_key, sa_pub = _write_sa_key(base)
+            tokens = base / "tokens"
+            tokens.mkdir(mode=0o700)
+            self.identities = {
+                "admin": Identity("admin", "failover-test-admin", ("system:masters",),
+                                  tokens / "admin"),
+                "controller": Identity(
+                    "controller", f"system:serviceaccount:{self.namespace}:{sa}",
+                    ("system:serviceaccounts", f"system:serviceaccounts:{self.namespace}"),
+                    tokens / "controller"),
+            }
+            lines = []
+            for ident in self.identities.values():
+                ident.token_file.write_text(secrets.token_urlsafe(32))
+                ident.token_file.chmod(0o600)
+                lines.append(f'{ident.token},{ident.user},{ident.name}-uid,'
+                             f'"{",".join(ident.groups)}"')
+            (base / "tokens.csv").write_text("\n".join(lines) + "\n")
+            (base / "tokens.csv").chmod(0o600)
+
+            client_port, peer_port = free_port(), free_port()
+            self.etcd_url = f"http://127.0.0.1:{client_port}"
+            peer = f"http://127.0.0.1:{peer_port}"
+            self._spawn("etcd", [
+                etcd, "--name", "default", "--data-dir", str(base / "etcd"),
+                "--listen-client-urls", self.etcd_url, "--advertise-client-urls",
+                self.etcd_url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
+                peer, "--initial-cluster", f"default={peer}", "--logger", "zap",
+                "--log-outputs", "stderr", "--log-level", "warn"])
+            self._wait("etcd", self._etcd_healthy, timeout)
+
+            port = free_port()
+            self.url = f"https://127.0.0.1:{port}"
+            self._spawn("kube-apiserver", [
+                str(apiserver),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                f"--secure-port={port}", f"--cert-dir={base / 'certs'}",
+                f"--tls-cert-file={cert}", f"--tls-private-key-file={key}",
+                f"--token-auth-file={base / 'tokens.csv'}", "--anonymous-auth=false",
+                "--authorization-mode=RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={sa_pub}",
+                f"--service-account-signing-key-file={sa_key}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--endpoint-reconciler-type=none",
+                "--profiling=false", "--v=0"])
+            self._wait("kube-apiserver", self._api_ready, timeout)
+
+            self.apply(_docs(DEPLOY / "namespace.yaml") + rbac)
+            crds = [d for p in [*PROJECT_CRDS, *self.crds] for d in _docs(p)
+                    if d.get("kind") == "CustomResourceDefinition"]
+            self.apply(crds)
+            for crd in crds:
+                name = crd["metadata"]["name"]
+                self._wait(f"CRD {name} Established", lambda n=name: self._established(n),
+                           timeout)
+            self._wait("the controller's RBAC Role", lambda: self._role_effective(rbac),
+                       timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        for name in ("kube-apiserver", "etcd"):
+            proc = self._procs.pop(name, None)
+            if proc is None or proc.poll() is not None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        if self._own_base and self.base is not None:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+    def __enter__(self) -> KubeServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def pid(self, name: str) -> int | None:
+        proc = self._procs.get(name)
+        return proc.pid if proc else None
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _log(self, name: str) -> Path:
+        assert self.base is not None
+        return self.base / f"{name}.log"
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        assert self.base is not None
+        with self._log(name).open("wb") as log:
+            self._procs[name] = subprocess.Popen(argv, cwd=self.base, stdout=log,
+                                                 stderr=subprocess.STDOUT)
+
+    def _tail(self, name: str) -> str:
+        with contextlib.suppress(OSError):
+            return self._log(name).read_text(errors="replace")[-3000:]
+        return ""
+
+    def _wait(self, what: str, ready: Any, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.02
+        while True:
+            for name, proc in self._procs.items():
+                if proc.poll() is not None:
+                    raise ServerError(f"{name} exited ({proc.returncode}) while waiting for "
+                                      f"{what}: {self._tail(name)}")
+            with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
+                if ready():
+                    return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n}:\n{self._tail(n)}" for n in self._procs)
+                raise ServerError(f"{what}: not ready within {timeout:g} s\n{logs}")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def _etcd_healthy(self) -> bool:
+        with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=1) as reply:
+            return bool(json.loads(reply.read()).get("health") == "true")
+
+    def _api_ready(self) -> bool:
+        status, body = self.request("GET", "/readyz", timeout=2)
+        return status == 200 and str(body).strip() == "ok"
+
+    def _established(self, name: str) -> bool:
+        status, crd = self.request(
+            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        conditions = (crd.get("status") or {}).get("conditions") or [] if status == 200 else []
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+    def _role_effective(self, rbac: list[dict[str, Any]]) -> bool:
+        """Every rule of the Role answers `allowed` to the controller (the RBAC
+        authorizer learns of new Roles through an informer, a moment after creation)."""
+        for role in (d for d in rbac if d["kind"] == "Role"):
+            for rule in role["rules"]:
+                resource, _, subresource = rule["resources"][0].partition("/")
+                review = {"apiVersion": "authorization.k8s.io/v1",
+                          "kind": "SelfSubjectAccessReview",
+                          "spec": {"resourceAttributes": {
+                              "namespace": role["metadata"]["namespace"],
+                              "verb": rule["verbs"][0], "group": rule["apiGroups"][0],
+                              "resource": resource, "subresource": subresource}}}
+                status, reply = self.request(
+                    "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review,
+                    identity="controller")
+                if status != 201 or not reply["status"].get("allowed"):
+                    return False
+        return True
+
+
+_CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole",
+                   "ClusterRoleBinding"}
+
+
+def _collection(doc: dict[str, Any]) -> str:
+    api = doc["apiVersion"]
+    prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
+    plural = doc["kind"].lower() + "s"
+    if doc["kind"] in _CLUSTER_SCOPED:
+        return f"{prefix}/{plural}"
+    namespace = doc["metadata"].get("namespace", "default")
+    return f"{prefix}/namespaces/{namespace}/{plural}"
+
+
+def _message(reply: Any) -> str:
+    return str(reply.get("message")) if isinstance(reply, dict) else str(reply)[:500]

@@ -1,0 +1,183 @@
+"""What a notice says and to whom: content, routing and de-duplication, without I/O.
+
+The loop decides *when* people are told (a run starts, each step finishes, the level
+rises, the run ends) and does the sending; this module decides *what* each notice says
+and *where* it goes, as pure functions, so that every rule of the emergency plans'
+"notification by level" is unit-tested on its own:
+
+- `routes`: the plan's `notifications` rules for a level, by exact level match as the
+  plan writes them (a run without a level goes to every rule);
+- `affected`: the services actually down, in plan order, not every service of the plan;
+- `estimate_recovery`: when recovery is expected, from the remaining steps' time targets
+  (measured from detection, like every target) and the run's progress so far;
+- `step_status`: one stable sentence per finished step, so it can be de-duplicated;
+- `dedup_key` / `attempted`: the same run, status text and route give the same key; the
+  loop writes it into the journal's audit with every attempt, so a notice is sent once,
+  even by a controller restarted in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from controller.journal import Run
+from controller.model import Notice, Phase, StepRecord, StepStatus
+from controller.plan import FailoverPlan, Notification
+
+FINISHED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
+_KEY = re.compile(r"\[notice ([0-9a-f]{16})\]")
+NOTICE_ACTIONS = ("notify", "notify-failed")
+
+
+def routes(plan: FailoverPlan, level: int | None) -> list[Notification]:
+    """The rules that apply to a run at `level`: exact match; no level -> every rule."""
+    return [r for r in plan.spec.notifications if level is None or r.level == level]
+
+
+def affected(plan: FailoverPlan, down: Iterable[str]) -> tuple[str, ...]:
+    """The plan's services that are down, in the plan's order (signals are not services)."""
+    names = set(down)
+    return tuple(s.name for s in plan.spec.services if s.name in names)
+
+
+def span(seconds: float) -> str:
+    """A duration for people: '1h 58m', '12m 34s', '45m', '30s'."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h {minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m {secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+def clock(at: float) -> str:
+    """An instant to the minute, as the incident record wants it: '2023-11-14 22:13 UTC'."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """When recovery is expected: `at` (epoch s, None = unknown), the steps left, how far
+    the finished steps ran past their targets, and whether every remaining target passed."""
+
+    at: float | None
+    remaining: int
+    behind: float = 0.0
+    overdue: bool = False
+
+    def text(self, now: float) -> str:
+        left = f"{self.remaining} step{'s' if self.remaining != 1 else ''} left"
+        if self.remaining == 0:
+            return "now: no steps left"
+        if self.at is None:
+            return f"unknown: the remaining steps have no time target ({left})"
+        if self.overdue:
+            return (f"overdue: the remaining steps' targets have passed; expected as soon "
+                    f"as they finish ({left})")
+        late = f", running {span(self.behind)} behind target" if self.behind > 0 else ""
+        return f"by {clock(self.at)} (in {span(self.at - now)}; {left}{late})"
+
+
+def estimate_recovery(steps: Iterable[StepRecord], *, detected_at: float,
+                      now: float) -> Estimate:
+    """Expected recovery from the remaining steps' time targets and the run's progress.
+
+    Targets are measured from detection, so the run is due when its last remaining
+    target falls due: `detected_at + max(remaining targets)`. If finished steps ran
+    late, the rest will likely run as late: the estimate moves by the worst lateness
+    seen so far. It is never earlier than `now`; past it, the estimate is `overdue`.
+    """
+    steps = list(steps)
+    remaining = [s for s in steps if s.status not in FINISHED]
+    lateness = [s.since_detection_s - s.target_s for s in steps
+                if s.status in FINISHED and s.target_s is not None
+                and s.since_detection_s is not None]
+    behind = max([0.0, *lateness])
+    if not remaining:
+        return Estimate(now, 0, behind)
+    targets = [s.target_s for s in remaining if s.target_s is not None]
+    if not targets:
+        return Estimate(None, len(remaining), behind)
+    due = detected_at + max(targets) + behind
+    return Estimate(max(due, now), len(remaining), behind, overdue=due < now)
+
+
+def recovery_text(run: Run, steps: Iterable[StepRecord], *, now: float) -> str:
+    """The notice's 'estimated recovery' line for a run in any phase."""
+    if run.phase is Phase.FAILED:
+        return "unknown: the run failed; people take over (see the runbook)"
+    if run.finished_at is not None:
+        return f"recovered: the {run.kind} finished at {clock(run.finished_at)}"
+    return estimate_recovery(steps, detected_at=run.detected_at, now=now).text(now)
+
+
+def run_link(base: str | None, run_id: str) -> str:
+    """`<base>/<run id>`, or '' when the plan gives no `runUrl`."""
+    return f"{base.rstrip('/')}/{quote(run_id, safe='')}" if base else ""
+
+
+def step_status(rec: StepRecord) -> str:
+    """One sentence about a finished step; it only depends on the stored record, so the
+    same step gives the same text after a restart (and is de-duplicated)."""
+    who = f" by {rec.approved_by}" if rec.action == "manual" and rec.approved_by else ""
+    if rec.status is StepStatus.SUCCEEDED:
+        when = ""
+        if rec.since_detection_s is not None:
+            when = f" {span(rec.since_detection_s)} after detection"
+            if rec.target_s is not None:
+                verdict = "met" if rec.met else "MISSED"
+                when += f" (target {span(rec.target_s)} {verdict})"
+        verb = "done" if rec.action == "manual" else "succeeded"
+        return f"step {rec.name} {verb}{who}{when}"
+    if rec.status is StepStatus.FAILED:
+        return f"step {rec.name} FAILED: {rec.error or 'no detail'}"
+    return f"step {rec.name} {rec.status.value}"
+
+
+def compose(plan: FailoverPlan, run: Run, status: str, *, steps: Iterable[StepRecord],
+            down: Iterable[str], now: float) -> Notice:
+    """The notice for `status` of `run` (without recipients: each route adds its own)."""
+    return Notice(
+        plan=plan.name, level=run.level,
+        subject=f"[{plan.name}] level {run.level or '-'} {run.kind}",
+        status=status, affected=affected(plan, down),
+        estimated_recovery=recovery_text(run, steps, now=now),
+        run_id=run.id, link=run_link(plan.spec.run_url, run.id), at=now,
+    )
+
+
+def dedup_key(run_id: str, status: str, rule: Notification) -> str:
+    """Same run + same status text + same route (notifier and recipients) -> same key."""
+    raw = json.dumps([run_id, status, rule.notifier, list(rule.recipients)])
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def tag(key: str) -> str:
+    """How a key is written at the end of an audit detail."""
+    return f"[notice {key}]"
+
+
+def attempted(trail: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Keys of the notices already attempted (delivered or failed) in an audit trail."""
+    keys: set[str] = set()
+    for row in trail:
+        if row.get("action") in NOTICE_ACTIONS:
+            keys.update(_KEY.findall(str(row.get("detail", ""))))
+    return keys
+
+
+def within(rule: Notification, run: Run, now: float) -> str:
+    """For a rule with a time target (`within: 30m`): ' (within 30m: met)' or MISSED."""
+    if rule.within is None:
+        return ""
+    verdict = "met" if now - run.detected_at <= rule.within else "MISSED"
+    return f" (within {span(rule.within)} of detection: {verdict})"

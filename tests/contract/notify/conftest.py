@@ -1,0 +1,188 @@
+"""Real receivers for the notifier tests, and one `channel` fixture over every notifier.
+
+- `hooks`: a real HTTP server (controller.drill.servers.webhook) on a free port, standing
+  in for Slack, a generic webhook and an SMS gateway; stopped through its handle;
+- `mail`: a real SMTP server (aiosmtpd, controller.drill.servers.mail) offering STARTTLS
+  with a throw-away CA and requiring a login; stopped through its handle;
+- `channel`: a notifier built through the registry like a plan builds it, parametrized
+  over the in-memory fake, webhook, slack and smtp, with what its receiver got back in
+  one normalized shape, and a twin whose destination is down. The contract suite runs
+  all four through the same tests, so the fake cannot drift from the real notifiers.
+
+Secrets (webhook tokens in URL paths, the bearer token, the SMTP password) are read from
+files like a plan reads them, and are the strings no error or log may contain.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import socket
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import registry
+from controller.drill.servers.mail import Mail, MailServer
+from controller.drill.servers.webhook import WebhookServer
+from controller.secrets import Secrets
+
+URL_TOKEN = "T0KEN-9f8e7d6c5b4a"  # in the webhook URL path, as Slack's token is
+BEARER = "bearer-5ecr3t-41c2"
+SMTP_USER = "failover"
+SMTP_PASSWORD = "smtp-pa55word-7d1e"
+SECRETS = (URL_TOKEN, BEARER, SMTP_PASSWORD)
+FAST = {"attempts": 3, "backoff": "10ms", "timeout": "5s", "deadline": "20s"}
+KINDS = ("memory", "webhook", "slack", "smtp")
+_COUNTER = itertools.count()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a dead destination)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def hooks() -> Iterator[WebhookServer]:
+    with WebhookServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mail() -> Iterator[MailServer]:
+    with MailServer(starttls=True, users={SMTP_USER: SMTP_PASSWORD}) as server:
+        yield server
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Callable[[str], dict[str, str]]:
+    """Write a secret to a file and return the plan's reference to it."""
+
+    def write(value: str) -> dict[str, str]:
+        path = tmp_path / f"secret-{next(_COUNTER)}"
+        path.write_text(value + "\n")
+        return {"fromFile": str(path)}
+
+    return write
+
+
+def build(kind: str, options: dict[str, Any]) -> Any:
+    return registry.build("notifier", kind, options, secrets=Secrets())
+
+
+def hook_path(name: str) -> str:
+    return f"/{name}/{URL_TOKEN}"
+
+
+def webhook_options(url: str, secret_file: Callable[[str], dict[str, str]],
+                    **extra: Any) -> dict[str, Any]:
+    return {"url": secret_file(url), "token": secret_file(BEARER), **FAST, **extra}
+
+
+def slack_options(url: str, secret_file: Callable[[str], dict[str, str]],
+                  **extra: Any) -> dict[str, Any]:
+    return {"url": secret_file(url), **FAST, **extra}
+
+
+def smtp_options(server: MailServer, secret_file: Callable[[str], dict[str, str]],
+                 **extra: Any) -> dict[str, Any]:
+    return {"host": server.host, "port": server.port, "from": "failover@example.test",
+            "starttls": True, "caFile": str(server.ca_file), "username": SMTP_USER,
+            "password": secret_file(SMTP_PASSWORD), **FAST, **extra}
+
+
+# --- one normalized view of what a receiver got ------------------------------------------------
+
+
+def parse_template(text: str) -> dict[str, Any]:
+    """Read the incident-report template (common.render) back into fields."""
+    lines = dict(line.split(":", 1) for line in text.splitlines()[1:] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in lines.items()}
+    run, _, link = fields["Run"].partition(" (")
+    affected = fields["Affected services"]
+    level = fields["Plan / level"].rsplit("level ", 1)[1]
+    return {
+        "subject": text.splitlines()[0].removeprefix("INCIDENT NOTICE: "),
+        "status": fields["Status"], "level": None if level == "-" else int(level),
+        "affected": [] if affected == "none down now" else affected.split(", "),
+        "estimatedRecovery": fields["Estimated recovery"],
+        "run": run, "link": link.removesuffix(")"),
+        "recipients": [] if fields["To"] == "-" else fields["To"].split(", "),
+    }
+
+
+def from_document(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"subject": doc["subject"], "status": doc["status"], "level": doc["level"],
+            "affected": doc["affected"], "estimatedRecovery": doc["estimatedRecovery"],
+            "run": doc["run"]["id"], "link": doc["run"]["link"] or "",
+            "recipients": doc["recipients"]}
+
+
+def from_slack(body: dict[str, Any]) -> dict[str, Any]:
+    header, status, facts, *context = body["blocks"]
+    values = {f["text"].split("\n", 1)[0].strip("*"): html.unescape(f["text"].split("\n", 1)[1])
+              for f in facts["fields"]}
+    run = values["Run"]
+    link = ""
+    if run.startswith("<") and "|" in run:
+        link, run = run[1:-1].split("|", 1)
+    to = context[0]["elements"][0]["text"].removeprefix("To: ").split() if context else []
+    affected = values["Affected services"]
+    return {"subject": header["text"]["text"],
+            "status": html.unescape(status["text"]["text"].removeprefix("*Status:* ")),
+            "level": None if values["Level"] == "-" else int(values["Level"]),
+            "affected": [] if affected == "none down now" else affected.split(", "),
+            "estimatedRecovery": values["Estimated recovery"], "run": run, "link": link,
+            "recipients": [html.unescape(t) for t in to]}
+
+
+def from_mail(m: Mail) -> dict[str, Any]:
+    view = parse_template(m.text)
+    view["recipients"] = list(m.rcpt_tos)
+    return view
+
+
+@dataclass
+class Channel:
+    kind: str
+    notifier: Any
+    received: Callable[[], list[dict[str, Any]]]
+    dead: Callable[[], Any]  # a notifier of the same kind whose destination is down
+    attempts: Callable[[], int] = field(default=lambda: 0)  # requests the receiver saw
+
+
+@pytest.fixture(params=KINDS)
+def channel(request: pytest.FixtureRequest,
+            secret_file: Callable[[str], dict[str, str]]) -> Channel:
+    kind: str = request.param
+    if kind == "memory":
+        key = f"contract-{next(_COUNTER)}"
+        fake = build(kind, {"key": key})
+        return Channel(kind, fake,
+                       received=lambda: [{**n, "affected": list(n["affected"])}
+                                         for n in fake.sent()],
+                       dead=lambda: build(kind, {"key": key, "fail": True}),
+                       attempts=lambda: len(fake.sent()))
+    if kind in ("webhook", "slack"):
+        server: WebhookServer = request.getfixturevalue("hooks")
+        path = hook_path(kind)
+        make = webhook_options if kind == "webhook" else slack_options
+        notifier = build(kind, make(server.url(path), secret_file))
+        shape = from_document if kind == "webhook" else from_slack
+        dead_url = f"http://127.0.0.1:{closed_port()}{path}"
+        return Channel(kind, notifier,
+                       received=lambda: [shape(b) for b in server.received(path)],
+                       dead=lambda: build(kind, make(dead_url, secret_file)),
+                       attempts=lambda: len(server.requests(path)))
+    relay: MailServer = request.getfixturevalue("mail")
+    notifier = build(kind, smtp_options(relay, secret_file))
+    return Channel(kind, notifier,
+                   received=lambda: [from_mail(m) for m in relay.messages()],
+                   dead=lambda: build(kind, smtp_options(relay, secret_file,
+                                                         port=closed_port())),
+                   attempts=lambda: relay.attempts)

@@ -1,0 +1,304 @@
+"""The mesh traffic backends (Istio, Gateway API, SMI) against a real kube-apiserver.
+
+Every test runs once per kind, as the `controller` identity (exactly the Role of
+manifests/deploy/rbac.yaml), on an object that `admin` created in the controller's
+namespace with the CRDs of tests/crds. They show: shift then revert gives back the
+original spec byte for byte; the target is enabled before the source is drained (seen
+through a watch); shifts and reverts are idempotent; an edit made by someone else
+between our read and our write is retried, not lost; objects, routes and destinations
+that do not match the plan are clear permanent errors that change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from controller import registry
+from controller.drill.servers.kube import KubeServers
+from controller.kube import Kube
+from controller.model import PermanentError
+from controller.secrets import Secrets
+
+_N = itertools.count()
+ORIGINAL = {"dc-a": 100, "dc-b": 0}
+CUTOVER = {"dc-b": 100, "dc-a": 0}
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the registry's traffic kind
+    group: str
+    version: str
+    plural: str
+    kind: str
+    spec: dict[str, Any]  # the object as created (dc-a 100, dc-b 0, plus unmanaged parts)
+    options: dict[str, Any]  # the backend's own options (destinations, routes)
+    weights: Callable[[dict[str, Any]], list[int]]  # every weight in the spec, in order
+    foreign_edit: Callable[[dict[str, Any]], None]  # someone else's edit of the spec
+    missing: dict[str, Any]  # options naming a route/destination the object lacks
+    missing_error: str  # what the error says exists
+
+
+HOST = "reviews.prod.svc.cluster.local"
+ISTIO = Kind(
+    "istio", "networking.istio.io", "v1", "virtualservices", "VirtualService",
+    spec={"hosts": ["reviews"], "http": [
+        {"name": "main", "match": [{"uri": {"prefix": "/"}}], "retries": {"attempts": 3},
+         "route": [{"destination": {"host": HOST, "subset": "dc-a"}, "weight": 100},
+                   {"destination": {"host": HOST, "subset": "dc-b"}, "weight": 0}]},
+        {"name": "static", "route": [{"destination": {"host": "static"}}]}]},
+    options={"routes": ["main"], "destinations": {
+        "dc-a": {"host": HOST, "subset": "dc-a"}, "dc-b": {"host": HOST, "subset": "dc-b"}}},
+    weights=lambda spec: [d.get("weight") for r in spec["http"] for d in r["route"]],
+    foreign_edit=lambda spec: spec["http"][1].update(timeout="5s"),
+    missing={"routes": ["checkout"]},
+    missing_error='no http route named checkout; it has http route "main", '
+                  'http route "static"',
+)
+GATEWAY = Kind(
+    "gateway", "gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute",
+    spec={"parentRefs": [{"name": "edge"}], "hostnames": ["shop.example.test"], "rules": [
+        {"name": "shop", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+         "backendRefs": [{"name": "shop-dc-a", "port": 8080, "weight": 100},
+                         {"name": "shop-dc-b", "port": 8080, "weight": 0}]},
+        {"name": "static", "backendRefs": [{"name": "static", "port": 80}]}]},
+    options={"rules": ["shop"], "destinations": {
+        "dc-a": {"name": "shop-dc-a", "port": 8080}, "dc-b": {"name": "shop-dc-b"}}},
+    weights=lambda spec: [b.get("weight") for r in spec["rules"] for b in r["backendRefs"]],
+    foreign_edit=lambda spec: spec["rules"][1].update(timeouts={"request": "5s"}),
+    missing={"destinations": {"dc-a": {"name": "shop-dc-a"}, "dc-b": {"name": "shop-dc-c"}}},
+    missing_error='rule "shop" has no backendRef Service shop-dc-c for site dc-b; it '
+                  "references: Service shop-dc-a port 8080; Service shop-dc-b port 8080",
+)
+SMI = Kind(
+    "smi", "split.smi-spec.io", "v1alpha2", "trafficsplits", "TrafficSplit",
+    spec={"service": "shop", "backends": [{"service": "shop-dc-a", "weight": 100},
+                                          {"service": "shop-dc-b", "weight": 0},
+                                          {"service": "shop-canary", "weight": 0}]},
+    options={"destinations": {"dc-a": "shop-dc-a", "dc-b": "shop-dc-b"}},
+    weights=lambda spec: [b["weight"] for b in spec["backends"]],
+    foreign_edit=lambda spec: spec["backends"][2].update(weight=5),
+    missing={"destinations": {"dc-a": "shop-dc-a", "dc-b": "shop-dc-x"}},
+    missing_error="split of service shop has no backend shop-dc-x for site dc-b; its "
+                  "backends are: shop-dc-a, shop-dc-b, shop-canary",
+)
+KINDS = {k.name: k for k in (ISTIO, GATEWAY, SMI)}
+
+
+class RacingKube(Kube):
+    """A real client that lets `race` run right before its `nth` write (counting from 1):
+    someone else's write lands between our read and our write, as in production."""
+
+    race: Callable[[], None] | None = None
+    nth = 0
+    writes = 0
+
+    def replace(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        self.writes += 1
+        if self.race is not None and self.writes == self.nth:
+            self.race()
+        return super().replace(*args, **kwargs)
+
+
+@dataclass
+class Mesh:
+    kind: Kind
+    kube: KubeServers
+    name: str
+    admin: Kube
+
+    @property
+    def ns(self) -> str:
+        return self.kube.namespace
+
+    def get(self) -> dict[str, Any]:
+        return self.admin.get(self.kind.group, self.kind.version, self.ns, self.kind.plural,
+                              self.name)
+
+    def spec_json(self) -> str:
+        return json.dumps(self.get()["spec"])
+
+    def options(self, **extra: Any) -> dict[str, Any]:
+        return {**self.kube.connection("controller"), "namespace": self.ns,
+                "name": self.name, **copy.deepcopy(self.kind.options), **extra}
+
+    def backend(self, **extra: Any) -> Any:
+        return registry.build("traffic", self.kind.name, self.options(**extra),
+                              secrets=Secrets())
+
+    def foreign_edit(self) -> None:
+        """Someone else (admin) edits an unmanaged part of the spec."""
+        def edit(obj: dict[str, Any]) -> None:
+            self.kind.foreign_edit(obj["spec"])
+        self.admin.update(self.kind.group, self.kind.version, self.ns, self.kind.plural,
+                          self.name, edit)
+
+
+@pytest.fixture(params=sorted(KINDS))
+def mesh(request: pytest.FixtureRequest, kube: KubeServers) -> Mesh:
+    kind = KINDS[request.param]
+    name = f"{kind.name}-{next(_N)}"
+    admin = kube.kube("admin")
+    admin.create(kind.group, kind.version, kube.namespace, kind.plural, {
+        "apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind,
+        "metadata": {"name": name, "namespace": kube.namespace},
+        "spec": copy.deepcopy(kind.spec)})
+    return Mesh(kind, kube, name, admin)
+
+
+def test_current_reads_one_weight_per_site(mesh: Mesh) -> None:
+    assert mesh.backend().current() == ORIGINAL
+
+
+def test_shift_then_revert_restores_the_spec_byte_for_byte(mesh: Mesh) -> None:
+    original = mesh.spec_json()
+    backend = mesh.backend()
+    before = backend.current()
+    rv0 = mesh.get()["metadata"]["resourceVersion"]
+
+    evidence = backend.shift(to="dc-b", weights=CUTOVER)
+
+    assert backend.current() == CUTOVER
+    assert evidence["before"] == ORIGINAL and evidence["after"] == CUTOVER
+    assert evidence["to"] == "dc-b" and evidence["writes"] == 2
+    assert evidence["object"] == f"{mesh.kind.kind} {mesh.ns}/{mesh.name}"
+    assert evidence["resourceVersion"]["before"] == rv0
+    assert evidence["resourceVersion"]["after"] == mesh.get()["metadata"]["resourceVersion"]
+    shifted = json.loads(mesh.spec_json())
+    assert mesh.kind.weights(shifted) != mesh.kind.weights(json.loads(original))
+
+    back = backend.revert(to=before)
+
+    assert back["before"] == CUTOVER and back["after"] == ORIGINAL
+    assert mesh.spec_json() == original  # exactly the object we started from
+
+
+def test_shift_enables_the_target_before_draining_the_source(mesh: Mesh) -> None:
+    rv = mesh.get()["metadata"]["resourceVersion"]
+    mesh.backend().shift(to="dc-b", weights=CUTOVER)
+    seen = []
+    for event in mesh.admin.watch(mesh.kind.group, mesh.kind.version, mesh.ns,
+                                  mesh.kind.plural, resource_version=rv, timeout_seconds=30,
+                                  field_selector=f"metadata.name={mesh.name}"):
+        if event.type == "MODIFIED":
+            seen.append(mesh.kind.weights(event.object["spec"])[:2])
+        if len(seen) == 2:
+            break
+    assert seen == [[100, 100], [0, 100]]  # dc-b enabled while dc-a still serves
+
+
+def test_shift_and_revert_are_idempotent(mesh: Mesh) -> None:
+    backend = mesh.backend()
+    first = backend.shift(to="dc-b", weights=CUTOVER)
+    again = backend.shift(to="dc-b", weights=CUTOVER)
+    assert again["writes"] == 0 and again["before"] == again["after"] == CUTOVER
+    assert again["resourceVersion"]["after"] == first["resourceVersion"]["after"]
+    backend.revert(to=ORIGINAL)
+    rv = mesh.get()["metadata"]["resourceVersion"]
+    assert backend.revert(to=ORIGINAL)["writes"] == 0
+    assert mesh.get()["metadata"]["resourceVersion"] == rv
+
+
+def test_a_split_is_reverted_exactly(mesh: Mesh) -> None:
+    backend = mesh.backend()
+    original = mesh.spec_json()
+    backend.shift(to="dc-b", weights={"dc-b": 30, "dc-a": 70})
+    assert backend.current() == {"dc-a": 70, "dc-b": 30}
+    backend.shift(to="dc-b", weights=CUTOVER)
+    backend.revert(to=ORIGINAL)
+    assert mesh.spec_json() == original
+
+
+@pytest.mark.parametrize("nth", [1, 2], ids=["before-enable", "before-drain"])
+def test_a_concurrent_edit_is_retried_and_not_lost(mesh: Mesh, nth: int) -> None:
+    racing = RacingKube.from_token(mesh.kube.url, mesh.kube.token("controller"),
+                                   ca_file=str(mesh.kube.ca_file))
+    assert isinstance(racing, RacingKube)
+    racing.race, racing.nth = mesh.foreign_edit, nth  # write 1 enables dc-b, 2 drains dc-a
+    backend = registry.load("traffic", mesh.kind.name)(
+        registry.parse_options("traffic", mesh.kind.name, mesh.options()), kube=racing)
+
+    original = json.loads(mesh.spec_json())
+    evidence = backend.shift(to="dc-b", weights=CUTOVER)
+
+    assert racing.conflicts == 1  # our stale write was refused, re-read and re-applied
+    assert evidence["after"] == CUTOVER and evidence["writes"] == 2
+    assert mesh.kind.weights(mesh.get()["spec"])[:2] == [0, 100]  # ours is there ...
+    backend.revert(to=ORIGINAL)
+    mesh.kind.foreign_edit(original)  # ... and so is theirs: nothing else differs
+    assert json.dumps(mesh.get()["spec"], sort_keys=True) == json.dumps(original,
+                                                                         sort_keys=True)
+
+
+def test_a_route_or_destination_not_in_the_object_is_a_clear_error(mesh: Mesh) -> None:
+    before = mesh.spec_json()
+    backend = mesh.backend(**mesh.kind.missing)
+    with pytest.raises(PermanentError) as err:
+        backend.shift(to="dc-b", weights=CUTOVER)
+    message = str(err.value)
+    assert message.startswith(f"{mesh.kind.kind} {mesh.ns}/{mesh.name}: ")
+    assert mesh.kind.missing_error in message
+    with pytest.raises(PermanentError, match="no"):
+        backend.current()
+    assert mesh.spec_json() == before  # nothing changed
+
+
+def test_a_missing_object_names_what_exists(mesh: Mesh) -> None:
+    backend = mesh.backend(name="no-such-object")
+    with pytest.raises(PermanentError) as err:
+        backend.current()
+    message = str(err.value)
+    assert f"{mesh.kind.kind} {mesh.ns}/no-such-object does not exist" in message
+    assert f"namespace {mesh.ns} has {mesh.kind.kind} " in message and mesh.name in message
+
+
+def test_unknown_sites_and_a_total_of_zero_are_refused_before_any_write(mesh: Mesh) -> None:
+    backend = mesh.backend()
+    rv = mesh.get()["metadata"]["resourceVersion"]
+    with pytest.raises(PermanentError, match=r"no destination for target site 'dc-z'"):
+        backend.shift(to="dc-z", weights={"dc-z": 100})
+    with pytest.raises(PermanentError, match=r"site\(s\) \['dc-q'\]"):
+        backend.shift(to="dc-b", weights={"dc-b": 100, "dc-q": 0})
+    with pytest.raises(PermanentError, match="would send no traffic"):
+        backend.revert(to={"dc-a": 0, "dc-b": 0})
+    assert mesh.get()["metadata"]["resourceVersion"] == rv
+
+
+def test_outside_its_rbac_namespace_the_controller_is_forbidden(mesh: Mesh) -> None:
+    status, _ = mesh.kube.request("POST", "/api/v1/namespaces", {
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"other-{mesh.name}"}})
+    assert status == 201
+    backend = mesh.backend(namespace=f"other-{mesh.name}")
+    with pytest.raises(PermanentError, match=f'grant verb "get" on resource '
+                       f'"{mesh.kind.plural}" in apiGroup "{mesh.kind.group}"'):
+        backend.current()
+
+
+def test_a_kubeconfig_works_as_well(mesh: Mesh) -> None:
+    options = {"kubeconfig": str(mesh.kube.kubeconfig("controller")), "namespace": mesh.ns,
+               "name": mesh.name, **mesh.kind.options}
+    backend = registry.build("traffic", mesh.kind.name, options, secrets=Secrets())
+    assert backend.current() == ORIGINAL
+
+
+def test_istio_routes_that_disagree_are_refused_not_guessed() -> None:
+    from controller.traffic.istio import IstioOptions, IstioTrafficBackend
+
+    options = IstioOptions.model_validate({
+        "host": "https://unused.invalid", "namespace": "ns", "name": "vs",
+        "destinations": ISTIO.options["destinations"]})
+    backend = IstioTrafficBackend(options, kube=Kube.from_token("https://unused.invalid",
+                                                                 "unused"))
+    spec = copy.deepcopy(ISTIO.spec)
+    second = copy.deepcopy(spec["http"][0])
+    second["name"], second["route"][0]["weight"], second["route"][1]["weight"] = "b", 50, 50
+    spec["http"].append(second)
+    with pytest.raises(PermanentError, match="carry different weights"):
+        backend._weights_of({"spec": spec})
