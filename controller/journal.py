@@ -425,6 +425,8 @@ class Journal:
                 return 1
             if row["holder"] != holder and row["expires_at"] > now:
                 return None
+            if row["holder"] == holder and row["expires_at"] - now > ttl / 2:
+                return int(row["token"])  # ours with time to spare: renew later, no write
             token = row["token"] if row["holder"] == holder else row["token"] + 1
             db.execute("UPDATE leases SET holder=?, token=?, expires_at=? WHERE name=?",
                        (holder, token, now + ttl, name))

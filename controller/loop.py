@@ -62,10 +62,14 @@ class Engine:
     # --- fencing ----------------------------------------------------------------------------
 
     def guard(self) -> None:
-        """Raise LostLease unless this engine holds (and has just renewed) the plan's lease
-        (and, in the operator, the replicas' Kubernetes Lease)."""
+        """Before a step changes the world: raise LostLease unless this engine holds the
+        plan's lease and, in the operator, the replicas' Kubernetes Lease read just now."""
         if self.fence is not None:
             self.fence()
+        self._hold()
+
+    def _hold(self) -> None:
+        """Each cycle: hold (take or renew) the plan's lease in the journal."""
         token = self.journal.acquire_lease(self.lease_name, self.holder, ttl=self.lease_ttl,
                                            now=self.clock.now())
         if token is None:
@@ -77,7 +81,7 @@ class Engine:
 
     def holds_lease(self) -> bool:
         try:
-            self.guard()
+            self._hold()
         except LostLease:
             return False
         return True
@@ -92,9 +96,11 @@ class Engine:
         return st
 
     def _save(self, st: PlanState, **changes: Any) -> PlanState:
-        values = {**st.__dict__, **changes, "updated_at": self.clock.now()}
-        new = PlanState(**values)
-        self.journal.save_plan_state(new)
+        new = st
+        if any(getattr(st, k) != v for k, v in changes.items()) or self.journal.plan_state(
+                self.plan.name) is None:  # nothing new: no write, a quiet plan costs no I/O
+            new = PlanState(**{**st.__dict__, **changes, "updated_at": self.clock.now()})
+            self.journal.save_plan_state(new)
         for phase in Phase:
             metrics.PHASE.labels(self.plan.name, phase.value).set(int(phase is new.phase))
         metrics.LEVEL.labels(self.plan.name).set(new.level or 0)
@@ -163,7 +169,7 @@ class Engine:
         """Start a run if the decision or a pending request calls for one, then advance the
         active run as far as it can go."""
         try:
-            self.guard()
+            self._hold()  # each step that changes the world is fenced by the executor
             if self.journal.active_run(self.plan.name) is None:
                 st = self.state()
                 self._maybe_start(st, decision, policy.PolicyState.from_json(st.policy))

@@ -55,6 +55,7 @@ A_REQUEST, A_REASON, A_BY, A_LEVEL = (f"{GROUP}/{k}" for k in
 A_APPROVE, A_APPROVED_BY = f"{GROUP}/approve", f"{GROUP}/approved-by"
 A_DONE, A_DONE_BY = f"{GROUP}/done", f"{GROUP}/done-by"
 _REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
+QUIET_TICKS = 5
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,8 @@ class PlanRuntime:
     scheduler: ProbeScheduler
     status: dict[str, Any] = field(default_factory=dict)
     obj: dict[str, Any] = field(default_factory=dict)
+    reconciled: float = 0.0  # time.monotonic() of the last reconcile
+    active: bool = False  # a run was active after the last reconcile
 
 
 class Operator:
@@ -230,7 +233,16 @@ class Operator:
                 with self._lock:
                     keys = list(self._objects)
                 for key in keys:
-                    self.queue.add(key)
+                    if self._due(key):
+                        self.queue.add(key)
+
+    def _due(self, key: str) -> bool:
+        """A plan is reconciled on a tick when it has new samples or an active run, and at
+        least every `QUIET_TICKS` ticks otherwise (time-based rules such as dwell and
+        overdue human steps); a thousand quiet plans cost little."""
+        rt = self._runtimes.get(key)
+        return (rt is None or rt.active or rt.scheduler.pending
+                or time.monotonic() - rt.reconciled >= QUIET_TICKS * self.tick)
 
     def _watch(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -299,6 +311,8 @@ class Operator:
         self._requests(rt, obj)
         rt.engine.tick(rt.scheduler.drain())
         self._mirror(name)
+        rt.reconciled = time.monotonic()
+        rt.active = self.journal.active_run(name) is not None
 
     def _runtime(self, name: str, obj: dict[str, Any]) -> PlanRuntime | None:
         generation = obj["metadata"].get("generation")

@@ -172,6 +172,11 @@ class ProbeScheduler:
         except Exception:
             log.exception("sample sink failed for %s; sample dropped", sample.service)
 
+    @property
+    def pending(self) -> bool:
+        """True when samples wait to be drained."""
+        return not self._queue.empty()
+
     def drain(self) -> list[Sample]:
         """Every sample produced since the last drain (thread-safe, never blocks)."""
         out = []

@@ -36,7 +36,8 @@ def plan(name: str) -> dict[str, Any]:
                                    "probes": [{"kind": "memory",
                                                "options": {"key": f"{name}-site"}}]}],
                      "backends": [{"name": "edge", "role": "traffic", "kind": "memory",
-                                   "options": {"key": f"{name}-edge"}}],
+                                   "options": {"key": f"{name}-edge",
+                                               "weights": {"dc-a": 100, "dc-b": 0}}}],
                      "steps": [{"name": "redirect", "action": "traffic", "backend": "edge",
                                 "target": "1h"}]}}
 
