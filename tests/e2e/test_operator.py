@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ import yaml
 from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
+from controller.drill.servers.postgres import free_port
 from controller.kube import Invalid, Kube
 from tests.e2e.test_cli import EXAMPLE, ROOT
 
@@ -47,7 +49,7 @@ def plan_body(name: str, state: Path, *, traffic_delay: float = 0.0) -> dict[str
 
 
 class Replica:
-    def __init__(self, kube: KubeServers, tmp: Path, identity: str):
+    def __init__(self, kube: KubeServers, tmp: Path, identity: str, listen: int | None = None):
         self.identity = identity
         self.log = tmp / f"{identity}.log"
         self.proc = subprocess.Popen(
@@ -55,7 +57,7 @@ class Replica:
              "operator", "--namespace", kube.namespace,
              "--kubeconfig", str(kube.kubeconfig("controller")), "--identity", identity,
              "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3",
-             "--resync", "30"],
+             "--resync", "30", *(["--listen", f"127.0.0.1:{listen}"] if listen else [])],
             cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "FAILOVER_TICK": "0.2"})
 
@@ -72,8 +74,8 @@ class Replica:
 def replicas(kube: KubeServers, tmp_path: Path) -> Iterator[Callable[[str], Replica]]:
     started: list[Replica] = []
 
-    def start(identity: str) -> Replica:
-        started.append(Replica(kube, tmp_path, identity))
+    def start(identity: str, listen: int | None = None) -> Replica:
+        started.append(Replica(kube, tmp_path, identity, listen))
         return started[-1]
 
     yield start
@@ -132,12 +134,17 @@ def test_operator_fails_over_with_status_events_and_requests(
     state = tmp_path / "world.json"
     created = admin.create(GROUP, VERSION, ns, PLURAL, plan_body(name, state,
                                                                   traffic_delay=0.5))
-    replica = replicas("replica-a")
+    port = free_port()
+    replica = replicas("replica-a", port)
     healthy = until("Healthy status and finalizer", lambda: (
         (o := get(admin, ns, name)).get("status", {}).get("phase") == "Healthy"
         and o["metadata"].get("finalizers") and o), logs=replica.output)
     assert healthy["status"]["conditions"][0] == {**healthy["status"]["conditions"][0],
                                                   "type": "Ready", "status": "True"}
+    for path, expect in (("/healthz", "last reconcile"), ("/readyz", "ready"),
+                         ("/metrics", 'failover_plan_phase{phase="Healthy",plan="shop"} 1.0')):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as reply:
+            assert reply.status == 200 and expect in reply.read().decode(), path
 
     seen: list[str] = []
     stop = threading.Event()
