@@ -83,14 +83,36 @@ class Executor:
         if rec.started_at is None:
             rec.started_at = self.now()
         rec.status = StepStatus.RUNNING
+        deadline = time.monotonic() + step.timeout
+        budget = step.retries + 1  # attempts, shared by reading the original and performing
         if "prepared" not in rec.evidence:  # only once: a resumed step keeps the true original
-            rec.evidence = {"prepared": True, **_safe(lambda: handler.prepare(step, ctx), rec)}
+            failed_reads = 0
+
+            def read() -> dict[str, Any]:
+                nonlocal failed_reads
+                self.guard()
+                try:
+                    return dict(_call_with_timeout(
+                        lambda: handler.prepare(step, ctx), deadline - time.monotonic(),
+                        f"{step.name} (reading the original state)") or {})
+                except Exception:
+                    failed_reads += 1  # a failed read of the original is a failed attempt
+                    rec.attempts += 1
+                    self.journal.save_step(rec)
+                    raise
+
+            try:
+                rec.evidence = {"prepared": True, **self._retrying(step, budget, deadline)(read)}
+            except LostLease:
+                raise
+            except (Exception, RetryError) as exc:
+                rec.evidence = {"prepared": True}
+                rec.status, rec.error = StepStatus.FAILED, _describe(exc)
+            budget -= failed_reads
         self.journal.save_step(rec)
         failpoints.hit(step.name, "prepared")
         if rec.status is StepStatus.FAILED:
             return self._finish(rec, step, detected_at)
-
-        deadline = time.monotonic() + step.timeout
 
         def attempt() -> Any:
             rec.attempts += 1
@@ -99,16 +121,7 @@ class Executor:
             return _call_with_timeout(lambda: handler.perform(step, ctx, rec.evidence),
                                       deadline - time.monotonic(), f"{step.name}")
 
-        retrying = Retrying(
-            stop=stop_after_attempt(step.retries + 1) | stop_after_delay(step.timeout),
-            wait=wait_exponential(multiplier=self.backoff, max=30),
-            retry=retry_if_exception(_retryable),
-            sleep=self.sleep,
-            reraise=True,
-            before_sleep=lambda rs: log.warning(
-                "step %s attempt %d failed: %s; retrying", step.name, rs.attempt_number,
-                redact(str(rs.outcome.exception()) if rs.outcome else "")),
-        )
+        retrying = self._retrying(step, budget, deadline)
         try:
             result = retrying(attempt)
             failpoints.hit(step.name, "performed")  # changed the world, not yet recorded
@@ -121,6 +134,21 @@ class Executor:
         rec = self._finish(rec, step, detected_at)
         failpoints.hit(step.name, "recorded")
         return rec
+
+    def _retrying(self, step: Step, attempts: int, deadline: float) -> Retrying:
+        """Bounded retries of transient errors: at most `attempts` tries, none started
+        after the step's deadline."""
+        return Retrying(
+            stop=stop_after_attempt(max(attempts, 1))
+            | stop_after_delay(max(deadline - time.monotonic(), 0.0)),
+            wait=wait_exponential(multiplier=self.backoff, max=30),
+            retry=retry_if_exception(_retryable),
+            sleep=self.sleep,
+            reraise=True,
+            before_sleep=lambda rs: log.warning(
+                "step %s attempt %d failed: %s; retrying", step.name, rs.attempt_number,
+                redact(str(rs.outcome.exception()) if rs.outcome else "")),
+        )
 
     def _finish(self, rec: StepRecord, step: Step, detected_at: float) -> StepRecord:
         rec.finished_at = self.now()
@@ -147,14 +175,6 @@ class Executor:
             rec.evidence = {**rec.evidence, "revertError": _describe(exc)}
         self.journal.save_step(rec)
         return rec
-
-
-def _safe(fn: Callable[[], dict[str, Any]], rec: StepRecord) -> dict[str, Any]:
-    try:
-        return dict(fn())
-    except Exception as exc:
-        rec.status, rec.error = StepStatus.FAILED, _describe(exc)
-        return {}
 
 
 def _describe(exc: BaseException) -> str:

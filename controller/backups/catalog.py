@@ -116,9 +116,15 @@ class CatalogStore:
             if parsed is None or parsed[1] != dataset:
                 continue
             try:
-                found.append(self.to_backup(self.entry(name)))
-            except (CatalogError, ValueError) as exc:
-                log.warning("skipping unreadable catalog entry %s: %s", name, exc)
+                backup = self.to_backup(self.entry(name))
+                if backup.id != name or backup.dataset != dataset:
+                    raise ValueError(f"it describes {backup.id!r} of {backup.dataset!r}")
+            except (CatalogError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                # one malformed (or tampered) entry must not hide every other backup
+                log.warning("skipping unreadable catalog entry %s: %s: %s", name,
+                            type(exc).__name__, exc)
+                continue
+            found.append(backup)
         return sorted(found, key=lambda b: (b.taken_at, b.id), reverse=True)
 
     def to_backup(self, e: dict[str, Any]) -> Backup:
@@ -132,7 +138,7 @@ class CatalogStore:
                     if e.get("format") == "basebackup" else e.get("location", ""))
         return Backup(id=e["id"], dataset=e["dataset"], kind=e["kind"],
                       taken_at=float(e["takenAt"]), location=location,
-                      verified=None if last is None else bool(last["passed"]),
+                      verified=None if last is None else last["passed"] is True,
                       verification="" if last is None else str(last["summary"]),
                       size=e.get("size"), meta=meta)
 

@@ -132,7 +132,11 @@ class SshHost:
                                connect_timeout=int(options.connect_timeout),
                                connect_kwargs={"pkey": _load_pkey(secrets.reveal(
                                    options.private_key)), "look_for_keys": False,
-                                   "allow_agent": False})
+                                   "allow_agent": False,
+                                   # a server that accepts and never speaks: give up on the
+                                   # banner and authentication as on the TCP connect
+                                   "banner_timeout": options.connect_timeout,
+                                   "auth_timeout": options.connect_timeout})
         client = self.conn.client
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         keys = client.get_host_keys()
@@ -165,7 +169,11 @@ class SshHost:
             if "known_hosts" in str(exc):
                 raise PermanentError(f"{self.name}: host key is not pinned in knownHosts; "
                                      "refusing to connect") from None
-            raise
+            raise ConnectionError(f"{self.name}: no SSH session ({type(exc).__name__}: "
+                                  f"{exc})") from None
+        except OSError as exc:  # refused, unreachable, timed out: worth retrying, named
+            raise ConnectionError(f"{self.name}: cannot connect over SSH "
+                                  f"({type(exc).__name__}: {exc})") from None
 
     def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
             timeout: float = 600.0, check: bool = True) -> Result:

@@ -13,6 +13,7 @@ postmaster's PID from `postmaster.pid`, never by name.
 from __future__ import annotations
 
 import posixpath
+import re
 import shlex
 import time
 from typing import Any
@@ -21,6 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.backups.hosts import CommandError, Host
 from controller.model import PermanentError
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9 ._+@:,=/-]")
 
 
 class RestoreFailed(PermanentError):
@@ -72,6 +75,12 @@ class Node:
         if not posixpath.isabs(path) or posixpath.normpath(path) in ("/", "/var", "/tmp"):
             raise PermanentError(f"restore target path {path!r} must be an absolute, "
                                  "dedicated data directory")
+        for what, value in (("restore target path", path), ("socketDir", opts.socket_dir)):
+            bad = sorted(set(_UNSAFE.findall(value)))
+            if bad:  # pg_ctl and pg_verifybackup hand these paths to a shell themselves
+                raise PermanentError(f"{what} {value!r} contains {''.join(bad)!r}: PostgreSQL's "
+                                     "tools pass data paths through a shell, so only letters, "
+                                     "digits, spaces and ._-+@:,=/ are accepted; rename it")
         if len(opts.socket_dir) + len(f"/.s.PGSQL.{opts.port}") > 107:
             raise PermanentError(f"socketDir {opts.socket_dir!r} is too long for a unix "
                                  "socket path (107 bytes at most with the file name)")

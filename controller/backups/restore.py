@@ -18,6 +18,7 @@ is emptied, so nothing counts as restored. Progress is logged every 64 MiB.
 from __future__ import annotations
 
 import logging
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -204,8 +205,9 @@ class BaseBackupRestorer(_Restorer):
                     raise RestoreFailed("fetch", str(exc)) from None
                 raise
         phases["fetch"] = time.monotonic() - t
-        tarred = node.host.run(["sh", "-c", f"ls {node.path}/base.tar* 2>/dev/null"],
-                               check=False).out.split()
+        tarred = node.host.run(["sh", "-c", f"ls {shlex.quote(node.path)}/base.tar* "
+                                "2>/dev/null"],
+                               check=False).out.splitlines()
         if tarred:  # a tar-format backup: PG15 cannot verify it before extraction
             self._timed(phases, "extract", self._extract_tar, node, tarred)
         try:

@@ -187,7 +187,7 @@ def _serial_ge(a: int, b: int) -> bool:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, dns.exception.Timeout):
+    if isinstance(exc, dns.exception.Timeout | TimeoutError):
         return "no answer (timeout)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
@@ -216,12 +216,23 @@ class Rfc2136DnsProvider:
                *, tcp: bool = False) -> dns.message.Message:
         query = dns.message.make_query(name, rdtype)
         query.flags &= ~dns.flags.RD
-        if tcp:
-            return dns.query.tcp(query, server.address, timeout=self.options.timeout,
-                                 port=server.port)
-        response, _ = dns.query.udp_with_fallback(query, server.address,
-                                                  timeout=self.options.timeout,
-                                                  port=server.port)
+        where = f"{server.label} {server.address}:{server.port}"
+        try:
+            if tcp:
+                return dns.query.tcp(query, server.address, timeout=self.options.timeout,
+                                     port=server.port)
+            response, _ = dns.query.udp_with_fallback(query, server.address,
+                                                      timeout=self.options.timeout,
+                                                      port=server.port)
+        except dns.exception.Timeout:  # name the server: the caller may retry or report
+            raise TimeoutError(f"{where} did not answer a query for {name} "
+                               f"{dns.rdatatype.to_text(rdtype)} within "
+                               f"{self.options.timeout:g} s") from None
+        except dns.exception.DNSException as exc:  # garbled, truncated, not a reply to us
+            raise DnsServerError(f"{where} sent an answer that cannot be read for {name}: "
+                                 f"{_describe(exc)}") from None
+        except OSError as exc:
+            raise ConnectionError(f"{where} unreachable: {_describe(exc)}") from None
         return response
 
     def records(self, *, names: list[str] | None = None) -> list[Record]:

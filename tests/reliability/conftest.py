@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from tests.reliability.sandbox import backups  # noqa: F401  (a session fixture)
+
 TALLY: Counter[str] = Counter()
 
 
@@ -19,6 +21,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     tr.write_line(f"kill points tried/passed:  {TALLY['kill_tried']}/{TALLY['kill_passed']}")
     tr.write_line(f"faults tried/survived:     {TALLY['fault_tried']}/{TALLY['fault_survived']}")
     tr.write_line(f"fuzz cases tried:          {TALLY['fuzz_cases']}")
+    tr.write_line(f"injection cases tried/safe: {TALLY['injection_tried']}/"
+                  f"{TALLY['injection_safe']} (hostile paths and data-set names over SSH)")
     tr.write_line(f"secrets leaked:            {TALLY['secrets_leaked']}"
                   f" (in {TALLY['secret_paths']} places checked)")
     tr.write_line("reproduce: .venv/bin/python -m pytest tests/reliability")
