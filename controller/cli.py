@@ -21,25 +21,27 @@ from typing import Any
 
 import click
 
+from controller import console, remote
 from controller import report as reports
 from controller.actions import REVERTIBLE, StepContext, would_change
 from controller.api import Health, serve
 from controller.config import Settings
+from controller.console import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_JOURNAL,
+    EXIT_OK,
+    EXIT_WAITING,
+    CliError,
+)
 from controller.crd import PLURAL
 from controller.journal import Journal, JournalError, Run
 from controller.loop import Engine, default_holder, observe
 from controller.model import PermanentError, Phase, StepStatus
-from controller.plan import (
-    FailoverPlan,
-    PlanError,
-    Step,
-    format_duration,
-    json_schema,
-    load_plan,
-)
+from controller.plan import FailoverPlan, PlanError, format_duration, json_schema, load_plan
 from controller.secrets import RedactingFilter
 
-EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_JOURNAL, EXIT_WAITING = 0, 1, 2, 3, 4
+PLAN_ARG = click.argument("plan_file", metavar="PLAN|fop/NAME", type=click.Path())
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
                       show_default=True, help="output format")
 
@@ -96,13 +98,16 @@ def main(ctx: click.Context, journal: str | None, verbose: bool) -> None:
 
 
 def _with_journal(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a corrupt/unreadable journal into exit code 3 with the reason."""
+    """Turn a corrupt/unreadable journal into exit code 3 with the reason (and a CliError
+    into its own code)."""
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except JournalError as exc:
             _fail(str(exc), EXIT_JOURNAL)
+        except CliError as exc:
+            _fail(str(exc), exc.code)
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
@@ -136,40 +141,13 @@ def validate(plans: tuple[str, ...], output: str) -> None:
     sys.exit(EXIT_OK if all(r["valid"] for r in results) else EXIT_INPUT)
 
 
-def _does(plan: FailoverPlan, s: Step) -> str:
-    """One line saying what a step would do, for the dry run."""
-    if s.action == "traffic":
-        return f"shift traffic to {s.params.get('to', plan.spec.sites.backup.name)} via {s.backend}"
-    if s.action == "dns":
-        records = ", ".join(f"{r.get('name')} {r.get('type')} -> "
-                            f"{','.join(map(str, r.get('values', [])))}"
-                            for r in s.params.get("records", []))
-        return f"set {records} via {s.backend}"
-    if s.action == "restore":
-        return (f"restore {s.params.get('dataset')} from {s.params.get('store')} "
-                f"(newest verified; continuous first) via {s.backend}")
-    if s.action == "verify":
-        names = s.params.get("services") or [x.name for x in plan.spec.services if x.core]
-        return "verify " + ", ".join(names)
-    if s.action == "notify":
-        return f"notify via {s.backend}"
-    return f"human step: {s.params.get('instructions', s.description)}"
-
-
-def _preview(plan: FailoverPlan) -> list[dict[str, Any]]:
-    return [{"order": i, "name": s.name, "action": s.action, "does": _does(plan, s),
-             "target": s.target, "timeout": s.timeout, "retries": s.retries,
-             "approval": s.approval or s.action == "manual", "onFailure": s.on_failure}
-            for i, s in enumerate(plan.spec.steps, 1)]
-
-
 @main.command("plan")
 @click.argument("plan_file", type=click.Path())
 @OUTPUT
 def plan_cmd(plan_file: str, output: str) -> None:
     """Dry run: what a failover would do, in order, with targets. Changes nothing."""
     plan = _load(plan_file)
-    steps = _preview(plan)
+    steps = console.preview(plan)
 
     def text() -> str:
         sp = plan.spec
@@ -237,52 +215,31 @@ def schema(crd: bool) -> None:
         click.echo(json.dumps(json_schema(), indent=2, sort_keys=True))
 
 
-def _step_line(s: dict[str, Any]) -> str:
-    mark = {"succeeded": "ok  ", "failed": "FAIL", "reverted": "undo", "running": "... ",
-            "awaiting-approval": "wait", "awaiting-person": "todo"}.get(s["status"], "    ")
-    target = format_duration(s["targetSeconds"]) if s["targetSeconds"] else "-"
-    since = f"{s['sinceDetectionSeconds']:.2f} s" if s["sinceDetectionSeconds"] is not None \
-        else "-"
-    met = {True: "met", False: "MISSED", None: ""}[s["met"]]
-    err = f"  {s['error']}" if s["error"] else ""
-    return f"  [{mark}] {s['name']:<24} since detection {since:>10}  target {target:>5} {met}{err}"
-
-
 def _follow(journal: Journal, run_id: str, *, engine: Engine, output: str,
-            timeout: float) -> int:
+            timeout: float, plan_file: str) -> int:
     """Watch a run until it ends or waits for approval, driving it whenever this process
     can hold the plan's lease (it stands by while a running controller holds it)."""
-    shown: dict[str, str] = {}
+    progress = console.Progress()
     deadline = time.monotonic() + timeout
     while True:
         engine.reconcile()
         run = journal.run(run_id)
         assert run is not None
         if output == "text":
-            for rec in journal.steps(run_id):
-                if shown.get(rec.name) != rec.status.value and rec.status is not StepStatus.PENDING:
-                    shown[rec.name] = rec.status.value
-                    click.echo(_step_line(rec.to_json()))
+            progress.show(rec.to_json() for rec in journal.steps(run_id))
         if run.finished_at is not None or run.phase is Phase.AWAITING_APPROVAL:
             break
         if time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    return _finish_run(journal, run, output)
+    return _finish_run(journal, run, output, plan_file)
 
 
-def _finish_run(journal: Journal, run: Run, output: str) -> int:
+def _finish_run(journal: Journal, run: Run, output: str, plan_file: str) -> int:
     rep = reports.build(journal, run.id)
-    if output == "json":
-        click.echo(reports.to_json(rep))
-    else:
-        click.echo(f"run {run.id}: {run.phase.value}"
-                   + (f" — {run.outcome}" if run.outcome else ""))
-        if run.phase is Phase.AWAITING_APPROVAL:
-            click.echo(f"waiting for approval: failoverctl approve {run.id}")
-    if run.phase is Phase.FAILED:
-        return EXIT_FAILED
-    return EXIT_OK if run.finished_at is not None else EXIT_WAITING
+    click.echo(reports.to_json(rep) if output == "json"
+               else console.summary(rep["run"], rep["steps"], f"--plan {plan_file}"))
+    return console.exit_code(rep["run"])
 
 
 def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
@@ -305,7 +262,8 @@ def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
         except Exception as exc:
             change = f"cannot read the current state: {exc}"
         out.append({"name": step.name, "action": step.action,
-                    "target": step.target, "change": change, "does": _does(engine.plan, step)})
+                    "target": step.target, "change": change,
+                    "does": console.does(engine.plan, step)})
     return out
 
 
@@ -313,28 +271,25 @@ def _preflight(engine: Engine, kind: str, output: str) -> dict[str, Any]:
     changes = _changes(engine, kind)
     ready = engine.check_readiness() if kind == "failover" else None
     if output == "text":
-        click.echo(f"{kind} of plan {engine.plan.name}: "
-                   f"{engine.plan.spec.sites.primary.name} -> {engine.plan.spec.sites.backup.name}"
-                   if kind == "failover" else f"failback of plan {engine.plan.name}")
-        for i, c in enumerate(changes, 1):
-            target = format_duration(c["target"]) if c.get("target") else "-"
-            click.echo(f"{i:>3}. {c['name']:<24} target {target:>5}  {c.get('does', '')}")
-            if c["change"] != "-":
-                click.echo(f"     would change: {c['change']}")
-        if ready is not None:
-            click.echo(f"backup site readiness: {ready['score']:g} %")
-            for f in ready["failed"]:
-                click.echo(f"  not ready: {f['name']}: {f['detail']}")
+        sites = engine.plan.spec.sites
+        console.show_preflight(f"{kind} of plan {engine.plan.name}: {sites.primary.name} -> "
+                               f"{sites.backup.name}" if kind == "failover"
+                               else f"failback of plan {engine.plan.name}", changes, ready)
     return {"steps": changes, "readiness": ready}
 
 
 def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None,
              output: str, wait: float, level: int | None = None, *, yes: bool = False,
-             dry_run: bool = False) -> None:
+             dry_run: bool = False, namespace: str | None = None,
+             kubeconfig: str | None = None) -> None:
+    who = actor or obj.settings.actor
+    if remote.is_resource(plan_file):
+        sys.exit(remote.request(plan_file, namespace, kubeconfig, kind=kind, reason=reason,
+                                actor=who, level=level, yes=yes, dry_run=dry_run,
+                                output=output, wait=wait))
     plan = _load(plan_file)
     journal = obj.journal()
     engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
-    who = actor or obj.settings.actor
     preview = _preflight(engine, kind, output)
     if dry_run:
         if output == "json":
@@ -342,11 +297,7 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
         else:
             click.echo("dry run: nothing was changed")
         sys.exit(EXIT_OK)
-    if not yes:
-        if not sys.stdin.isatty():
-            _fail("refusing to act without confirmation: pass --yes (or --dry-run)", EXIT_INPUT)
-        if not click.confirm(f"Proceed with the {kind} of {plan.name}?", default=False):
-            _fail("not confirmed; nothing was changed", EXIT_INPUT)
+    console.confirm(kind, plan.name, yes)
     request_id = engine.request(kind, actor=who, reason=reason, level=level)
     if not engine.holds_lease() and output == "text":
         click.echo(f"a running controller holds plan {plan.name}; following its progress")
@@ -364,14 +315,14 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
         if output == "text":
             click.echo(f"{kind} of {plan.name} requested by {who}: run {run_id}")
         code = _follow(journal, run_id, engine=engine, output=output,
-                       timeout=max(deadline - time.monotonic(), 0))
+                       timeout=max(deadline - time.monotonic(), 0), plan_file=plan_file)
     finally:
         engine.release()
     sys.exit(code)
 
 
 @main.command()
-@click.argument("plan_file", type=click.Path())
+@PLAN_ARG
 @click.option("--reason", required=True, help="why, for the audit trail and notices")
 @click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
 @click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
@@ -379,32 +330,38 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
               help="response level for notices (1 most severe)")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
-             level: int, yes: bool, dry_run: bool, output: str) -> None:
+             level: int, yes: bool, dry_run: bool, namespace: str | None,
+             kubeconfig: str | None, output: str) -> None:
     """Preview, confirm, then request a controlled failover and follow it live.
 
-    Drives the run itself when no controller is running; otherwise follows its progress."""
+    A plan file: drives the run itself when no controller is running, otherwise follows
+    its progress. fop/NAME: asks the operator in the cluster and follows the status."""
     _request(obj, plan_file, "failover", reason, actor, output, wait, level, yes=yes,
-             dry_run=dry_run)
+             dry_run=dry_run, namespace=namespace, kubeconfig=kubeconfig)
 
 
 @main.command()
-@click.argument("plan_file", type=click.Path())
+@PLAN_ARG
 @click.option("--reason", required=True, help="why, for the audit trail and notices")
 @click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
 @click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
 @click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
 @click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
-             yes: bool, dry_run: bool, output: str) -> None:
+             yes: bool, dry_run: bool, namespace: str | None, kubeconfig: str | None,
+             output: str) -> None:
     """Revert traffic and DNS to exactly what they were before the failover (reverse order)."""
-    _request(obj, plan_file, "failback", reason, actor, output, wait, yes=yes, dry_run=dry_run)
+    _request(obj, plan_file, "failback", reason, actor, output, wait, yes=yes, dry_run=dry_run,
+             namespace=namespace, kubeconfig=kubeconfig)
 
 
 @main.command()
@@ -466,16 +423,20 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
 @main.command()
 @click.argument("run_id")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
-              help="the plan file of the run (checks the approver list)")
+              help="the plan file of the run, or fop/NAME (checks the approver list)")
 @click.option("--step", default="", help="approve one gated step instead of the whole run")
 @click.option("--as", "actor", help="who approves (default $FAILOVER_ACTOR or $USER)")
 @click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
 def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
-            wait: float, output: str) -> None:
+            wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Approve a run (or one gated step) and follow it as it continues."""
+    if remote.is_resource(plan_file):
+        sys.exit(remote.approve(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
+                                actor=actor or obj.settings.actor, wait=wait, output=output))
     plan = _load(plan_file)
     journal = obj.journal()
     run = journal.run(run_id)
@@ -490,7 +451,8 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
     if output == "text":
         click.echo(f"approved {'step ' + step if step else 'run'} of {run_id} as {who}")
     try:  # continue the run here unless a running controller holds the plan
-        code = _follow(journal, run_id, engine=engine, output=output, timeout=wait)
+        code = _follow(journal, run_id, engine=engine, output=output, timeout=wait,
+                       plan_file=plan_file)
     finally:
         engine.release()
     sys.exit(code)
@@ -500,14 +462,20 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
-              help="the plan file of the run")
+              help="the plan file of the run, or fop/NAME")
 @click.option("--as", "actor", help="who finished it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=120.0, show_default=True,
+              help="with fop/NAME: seconds to wait for the operator to record it")
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
-def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None,
-         output: str) -> None:
+def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wait: float,
+         namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Record that a person finished a human step (acknowledged, escalated, analysed...)."""
+    if remote.is_resource(plan_file):
+        sys.exit(remote.done(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
+                             actor=actor or obj.settings.actor, wait=wait, output=output))
     plan = _load(plan_file)
     engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
     who = actor or obj.settings.actor
@@ -517,16 +485,23 @@ def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None,
         _fail(str(exc), EXIT_INPUT)
     engine.reconcile()  # a blocking human step lets the run go on at once
     engine.release()
-    _emit(output, rec.to_json(), lambda: _step_line(rec.to_json()) + f"  by {who}")
+    _emit(output, rec.to_json(), lambda: console.step_line(rec.to_json()) + f"  by {who}")
 
 
 @main.command()
-@click.argument("plan_file", required=False, type=click.Path())
+@click.argument("plan_file", metavar="[PLAN|fop/NAME]", required=False, type=click.Path())
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
-def status(obj: Ctx, plan_file: str | None, output: str) -> None:
-    """Show each plan's phase, level, active site, last decision and current run."""
+def status(obj: Ctx, plan_file: str | None, namespace: str | None, kubeconfig: str | None,
+           output: str) -> None:
+    """Show each plan's phase, level, active site, last decision and current run.
+
+    fop/NAME (or -n NS alone: every FailoverPlan there) reads the resources' status,
+    with conditions and readiness."""
+    if remote.is_resource(plan_file) or (plan_file is None and namespace):
+        sys.exit(remote.status(plan_file, namespace, kubeconfig, output))
     journal = obj.journal()
     states = journal.plan_states()
     if plan_file:
@@ -543,24 +518,8 @@ def status(obj: Ctx, plan_file: str | None, output: str) -> None:
                     if run else None),
         })
 
-    def text() -> str:
-        if not data:
-            return f"no plans recorded in {journal.path}"
-        lines = []
-        for d in data:
-            lines.append(f"{d['plan']}: {d['phase']} (level {d['level'] or '-'}, active site "
-                         f"{d['activeSite']})\n  {d['lastDecision'] or ''}")
-            if d["readiness"]:
-                failed = "; ".join(f"{c['name']}: {c['detail']}"
-                                   for c in d["readiness"]["failed"])
-                lines.append(f"  backup site readiness {d['readiness']['score']:g} %"
-                             + (f" — not ready: {failed}" if failed else ""))
-            if d["run"]:
-                lines.append(f"  run {d['run']['id']}: {d['run']['phase']}")
-                lines += [_step_line(s) for s in d["run"]["steps"]]
-        return "\n".join(lines)
-
-    _emit(output, data, text)
+    _emit(output, data, lambda: console.status_text(data)
+          or f"no plans recorded in {journal.path}")
 
 
 @main.command()
@@ -679,19 +638,33 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 
 
 @main.command()
-@click.argument("plan_file", type=click.Path())
+@click.argument("plan_file", metavar="SCENARIO|PLAN", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="drill-report",
-              show_default=True, help="directory for the JSON, JUnit and Markdown reports")
+              show_default=True, help="directory for the reports (HTML, Markdown, JSON, JUnit)")
+@click.option("--sandbox-dir", type=click.Path(file_okay=False),
+              help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
+                   "its servers are stopped all the same")
 @OUTPUT
 @click.pass_obj
 @_with_journal
-def drill(obj: Ctx, plan_file: str, out_dir: str, output: str) -> None:
-    """A whole drill: inject a fault, let the loop fail over, verify, fail back, report."""
+def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None,
+          output: str) -> None:
+    """A whole drill: inject a fault, let the loop fail over, verify, fail back, report.
+
+    A SCENARIO (`kind: DrillScenario`: a file, or a name in manifests/drills/) runs in
+    the sandbox of real services, torn down after; a PLAN (`kind: FailoverPlan`) runs
+    against its own backends (the in-memory ones of manifests/examples/memory-drill.yaml).
+    """
+    from controller.drill import scenario as scenarios
     from controller.drill.runner import run_drill
 
-    plan = _load(plan_file)
-    verdict = run_drill(plan, obj.journal(), Path(out_dir), echo=None if output == "json"
-                        else click.echo)
+    echo = None if output == "json" else click.echo
+    path = scenarios.find(plan_file)
+    if scenarios.document_kind(path) == "DrillScenario":
+        verdict = scenarios.run_for_cli(path, obj.journal(), Path(out_dir), echo=echo,
+                                        sandbox_dir=Path(sandbox_dir) if sandbox_dir else None)
+    else:
+        verdict = run_drill(_load(plan_file), obj.journal(), Path(out_dir), echo=echo)
     if output == "json":
         click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))
     sys.exit(EXIT_OK if verdict["passed"] else EXIT_FAILED)

@@ -65,7 +65,8 @@ def _call_with_timeout(fn: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return not isinstance(exc, PermanentError | LostLease)
+    """Retry what the world may fix; never an interrupt (Ctrl-C, SIGTERM) or a lost lease."""
+    return isinstance(exc, Exception) and not isinstance(exc, PermanentError | LostLease)
 
 
 class Executor:

@@ -730,6 +730,26 @@ class Kube:
         return None
 
 
+SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def default_namespace(conn: KubeConnection) -> str:
+    """The namespace kubectl would use: the pod's own in-cluster, else the kubeconfig
+    context's, else `default`."""
+    if conn.in_cluster or (conn.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")
+                           and SA_NAMESPACE.is_file()):
+        return SA_NAMESPACE.read_text().strip() or "default"
+    if conn.host is not None:
+        return "default"
+    try:
+        contexts, active = k8s_config.list_kube_config_contexts(config_file=conn.kubeconfig)
+    except (ConfigException, OSError):
+        return "default"
+    chosen = next((c for c in contexts if c.get("name") == conn.context), active) \
+        if conn.context else active
+    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+
+
 def connect(conn: KubeConnection | None = None, *, secrets: Secrets | None = None) -> Kube:
     """`Kube.connect`: a client from a kubeconfig, the in-cluster config or host + token."""
     return Kube.connect(conn, secrets=secrets)

@@ -29,16 +29,22 @@ def build(journal: Journal, run_id: str) -> dict[str, Any]:
     return {
         "run": run.to_json(),
         "steps": steps,
-        "summary": {
-            "steps": len(steps),
-            "succeeded": sum(s["status"] == "succeeded" for s in steps),
-            "failed": sum(s["status"] == "failed" for s in steps),
-            "targetsMet": sum(s["met"] is True for s in steps),
-            "targetsMissed": sum(s["met"] is False for s in steps),
-            "totalSeconds": (run.finished_at - run.started_at) if run.finished_at else None,
-        },
+        "summary": summarize(run.to_json(), steps),
         "decisions": decisions[-20:],
         "audit": journal.audit_trail(run_id=run_id),
+    }
+
+
+def summarize(run: dict[str, Any], steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and total time of a run (`Run.to_json`) and its steps, from any source."""
+    finished, started = run.get("finishedAt"), run.get("startedAt")
+    return {
+        "steps": len(steps),
+        "succeeded": sum(s["status"] == "succeeded" for s in steps),
+        "failed": sum(s["status"] == "failed" for s in steps),
+        "targetsMet": sum(s.get("met") is True for s in steps),
+        "targetsMissed": sum(s.get("met") is False for s in steps),
+        "totalSeconds": (finished - started) if finished and started is not None else None,
     }
 
 

@@ -1,35 +1,76 @@
-"""The drill scenario: inject a fault, let the loop fail over, verify, fail back, report.
+"""The drill: inject a fault, let the loop fail over, check the world, fail back, judge.
 
 A drill is a real run of the engine — the same policy, executor and journal as an
 incident — with the fault injected on purpose. Its verdict is machine-readable: passed
-only if the plan failed over, every step met its time target, and failback restored the
-primary. Reports (JSON, JUnit XML, Markdown) are written for CI to keep.
+only if every check passed: the baseline was healthy, the failover ended as expected,
+every step met its time target, failback restored the primary, and (in the sandbox) what
+the scenario says must hold afterwards, measured on the real services. Reports (JSON,
+JUnit XML, Markdown, HTML, SVG timeline) are written by `drill.reports`.
 
-Fault injection here drives the in-memory world of `controller.testing` (probe keys are
-site names); the sandbox of real services plugs its own injector in through `Fault`.
+A `Fault` is anything with `inject()` and `clear()` (each returns a sentence for the
+log). `MemorySiteFault` drives the in-memory world of `controller.testing` (probe keys
+are site names); the sandbox's faults live in `drill.faults`. A `World` adds the checks
+measured on real services after the failover and after the failback; `Expectations` say
+how the failover should end (a scenario may expect a step to fail, and say why).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from controller import report as reports
-from controller.chart import timeline_svg
 from controller.journal import Journal
 from controller.loop import Engine, observe
-from controller.model import Phase
-from controller.plan import FailoverPlan
+from controller.model import PermanentError, Phase
+from controller.plan import FailoverPlan, format_duration
 from controller.probes.scheduler import ProbeScheduler
 
 Echo = Callable[[str], None] | None
+Check = tuple[str, bool, str]
+
+
+class Interrupted(KeyboardInterrupt, PermanentError):
+    """SIGINT, SIGTERM or SIGHUP arrived: unwind, tear the sandbox down, exit.
+
+    A KeyboardInterrupt, so ordinary code lets it through; and a PermanentError, because
+    the signal may land while the executor waits for a step, whose retry loop would
+    otherwise take it for a failed attempt and try again: this way the step fails once
+    ("Interrupted: SIGTERM"), the run handles the failure as the plan says (revert), and
+    the drill raises it again at its next tick (`run_drill(interrupted=...)`)."""
+
+    def __init__(self, signame: str):
+        super().__init__(f"interrupted by {signame}")
+        self.signame = signame
 
 
 class Fault(Protocol):
     def inject(self) -> str: ...
     def clear(self) -> str: ...
+
+
+class World(Protocol):
+    """Checks measured on the real services (the sandbox's `drill.checks.WorldChecks`)."""
+
+    def after_failover(self, report: dict[str, Any] | None) -> list[Check]: ...
+    def after_failback(self, report: dict[str, Any] | None) -> list[Check]: ...
+
+
+@dataclass
+class Expectations:
+    """How the failover run must end; `failed_steps` maps a step to a regular expression
+    its error must match (a scenario that proves the controller fails safely)."""
+
+    phase: Phase = Phase.FAILED_OVER
+    level: int | None = None
+    failed_steps: dict[str, str] = field(default_factory=dict)
+    failback: bool = True
+    rto: float | None = None  # seconds; default: the largest step target of the plan
+    rpo: float | None = None  # seconds; default: the restore's own RPO budget
 
 
 class MemorySiteFault:
@@ -57,86 +98,225 @@ class MemorySiteFault:
         return f"site {self.site} repaired"
 
 
+Stop = Callable[[], str | None] | None
+"""Returns the name of the signal that asked the drill to stop, if one did."""
+
+
 def _drive(engine: Engine, until: tuple[Phase, ...], *, timeout: float, interval: float,
-           echo: Echo) -> Phase:
+           echo: Echo, at_least: float = 0.0, stop: Stop = None) -> Phase:
     with observe(engine.plan, engine.backends) as scheduler:
-        return _ticks(engine, scheduler, until, timeout=timeout, interval=interval, echo=echo)
+        return _ticks(engine, scheduler, until, timeout=timeout, interval=interval, echo=echo,
+                      at_least=at_least, stop=stop)
 
 
 def _ticks(engine: Engine, scheduler: ProbeScheduler, until: tuple[Phase, ...], *,
-           timeout: float, interval: float, echo: Echo) -> Phase:
-    deadline = time.monotonic() + timeout
+           timeout: float, interval: float, echo: Echo, at_least: float = 0.0,
+           stop: Stop = None) -> Phase:
+    started = time.monotonic()
+    deadline = started + timeout
     last = ""
     while True:
         time.sleep(interval)
         state = engine.tick(scheduler.drain())
-        if echo and state.last_decision and state.last_decision != last:
-            last = state.last_decision
-            echo(f"  {state.phase.value:<16} {last}")
-        if state.phase in until or time.monotonic() > deadline:
+        signame = stop() if stop else None
+        if signame:
+            raise Interrupted(signame)
+        said = f"{state.phase.value} {(state.last_decision or '').split(':', 1)[0]}"
+        if echo and state.last_decision and said != last:  # a new kind of decision
+            last = said
+            echo(f"  {state.phase.value:<16} {state.last_decision}")
+        now = time.monotonic()
+        if (state.phase in until and now - started >= at_least) or now > deadline:
             return state.phase
 
 
-def _write(out: Path, name: str, rep: dict[str, Any]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(reports.to_json(rep))
-    (out / f"{name}.junit.xml").write_text(reports.to_junit(rep))
-    (out / f"{name}.svg").write_text(timeline_svg(rep))
-    (out / f"{name}.md").write_text(reports.to_markdown(rep, chart=f"{name}.svg"))
+def _fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.2f} s" if seconds < 120 else format_duration(round(seconds))
+
+
+def objectives(rep: dict[str, Any] | None, expect: Expectations | None) -> dict[str, Any]:
+    """RTO and RPO achieved against the plan: RTO = detection to the last step done, for
+    a failover that ended FailedOver (a failed one recovered nothing); RPO = the age of
+    the restored data (the restore step's evidence)."""
+    out: dict[str, Any] = {"rto": None, "rpo": None}
+    if rep is None:
+        return out
+    run, steps = rep["run"], rep["steps"]
+    targets = [s["targetSeconds"] for s in steps if s["targetSeconds"]]
+    target = expect.rto if expect and expect.rto is not None else (max(targets) if targets
+                                                                     else None)
+    if run["finishedAt"] is not None and run["phase"] == Phase.FAILED_OVER.value:
+        achieved = run["finishedAt"] - run["detectedAt"]
+        out["rto"] = {"achievedSeconds": round(achieved, 3), "targetSeconds": target,
+                      "met": None if target is None else achieved <= target,
+                      "tripSeconds": round(run["startedAt"] - run["detectedAt"], 3),
+                      "source": "scenario" if expect and expect.rto is not None
+                      else "largest step target of the plan"}
+    for s in steps:
+        ev = s["evidence"] or {}
+        if s["action"] == "restore" and "rpoSeconds" in ev:
+            budget = expect.rpo if expect and expect.rpo is not None else ev.get(
+                "rpoBudgetSeconds")
+            out["rpo"] = {"achievedSeconds": ev["rpoSeconds"], "targetSeconds": budget,
+                          "met": None if budget is None else ev["rpoSeconds"] <= budget,
+                          "step": s["name"], "backup": ev.get("backup"),
+                          "dataAsOf": ev.get("dataAsOf"),
+                          "source": "scenario" if expect and expect.rpo is not None
+                          else "restore target's rpo"}
+    return out
+
+
+def _judge_failover(rep: dict[str, Any], phase: Phase, expect: Expectations | None
+                    ) -> list[Check]:
+    steps = rep["steps"]
+    expected = expect.failed_steps if expect else {}
+    out: list[Check] = []
+    if expect is not None:
+        for name, pattern in expected.items():
+            step = next((s for s in steps if s["name"] == name), None)
+            ok = bool(step and step["status"] == "failed"
+                      and re.search(pattern, step["error"] or "", re.I))
+            detail = (f"{name} {step['status']}: {step['error'] or 'no error'}" if step
+                      else f"{name} never ran")
+            out.append((f"step {name} fails as expected (/{pattern}/)", ok, detail))
+        failed = [s for s in steps if s["status"] == "failed" and s["name"] not in expected]
+        out.append(("steps succeeded", not failed, "; ".join(
+            f"{s['name']} failed: {s['error']}" for s in failed) or
+            f"{sum(s['status'] == 'succeeded' for s in steps)} of {len(steps)} steps "
+            "succeeded" + (f", {len(expected)} failed as expected" if expected else "")))
+        if expect.level is not None:
+            level = rep["run"]["level"]
+            out.append((f"response level {expect.level}", level == expect.level,
+                        f"the run was level {level}"))
+    missed = [s for s in steps if s["met"] is False and s["name"] not in expected
+              and (expect is None or s["status"] != "failed")]
+    ok = not missed and (phase is Phase.FAILED_OVER or expect is not None)
+    out.append(("time targets met", ok, "all met" if not missed else "missed: " + ", ".join(
+        f"{s['name']} (done {_fmt(s['sinceDetectionSeconds'])} after detection, target "
+        f"{_fmt(s['targetSeconds'])})" if s["status"] != "failed" else s["name"]
+        for s in missed)))
+    return out
 
 
 def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = print,
-              fault: Fault | None = None, actor: str = "drill") -> dict[str, Any]:
+              fault: Fault | None = None, actor: str = "drill",
+              expect: Expectations | None = None, world: World | None = None,
+              warmup: float = 0.0, write: bool = True, stop: Stop = None) -> dict[str, Any]:
+    """Run the drill and return the verdict; `write` also writes every report to `out`."""
+    from controller.drill.reports import write_reports
+
     if fault is None:
         fault = MemorySiteFault(plan)
         if echo:
             echo("note: this drill uses the in-memory backends of controller.testing, "
                  "not real servers")
     engine = Engine(plan, journal)
+    verdict: dict[str, Any] = {"plan": plan.name, "passed": False, "checks": [],
+                               "timeline": {}, "faults": []}
+    try:
+        verdict = _run(engine, fault, verdict, echo=echo, actor=actor, expect=expect,
+                       world=world, warmup=warmup, stop=stop)
+    except BaseException as exc:  # interrupted or broken: leave no run open in the journal
+        _abandon(engine, f"drill stopped: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        engine.release()
+    if write:
+        write_reports(out, verdict)
+        if echo:
+            echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/")
+    return verdict
+
+
+def _abandon(engine: Engine, why: str) -> None:
+    """Close the plan's open run as Failed, saying why, so `status` does not show a run
+    still going in a world that is gone."""
+    run = engine.journal.active_run(engine.plan.name)
+    if run is not None:
+        engine.journal.update_run(run.id, phase=Phase.FAILED, finished_at=time.time(),
+                                  outcome=why)
+        engine.journal.save_plan_state(replace(engine.state(), phase=Phase.FAILED,
+                                               last_decision=why, updated_at=time.time()))
+
+
+def _run(engine: Engine, fault: Fault, verdict: dict[str, Any], *, echo: Echo, actor: str,
+         expect: Expectations | None, world: World | None, warmup: float,
+         stop: Stop) -> dict[str, Any]:
+    plan, journal = engine.plan, engine.journal
     interval = min(s.interval for s in plan.spec.services)
     trig = plan.spec.trigger
     detect_budget = trig.dwell + (trig.consecutive_failures + 2) * interval + 30
-    act_budget = sum(s.timeout for s in plan.spec.steps) + 30
-    verdict: dict[str, Any] = {"plan": plan.name, "passed": False, "checks": []}
+    act_budget = sum(s.timeout * (s.retries + 1) for s in plan.spec.steps) + 30
+    stage = "baseline"
 
     def check(name: str, ok: bool, detail: str) -> None:
-        verdict["checks"].append({"check": name, "ok": ok, "detail": detail})
+        verdict["checks"].append({"check": name, "ok": ok, "detail": detail, "stage": stage})
         if echo:
             echo(f"{'PASS' if ok else 'FAIL'} {name}: {detail}")
 
+    def mark(name: str) -> None:
+        verdict["timeline"][name] = time.time()
+
     if echo:
         echo(f"drill {plan.name}: baseline")
-    phase = _drive(engine, (Phase.HEALTHY,), timeout=detect_budget, interval=interval, echo=echo)
+    phase = _drive(engine, (Phase.HEALTHY,), timeout=detect_budget + warmup, interval=interval,
+                   echo=echo, at_least=warmup, stop=stop)
     check("baseline healthy", phase is Phase.HEALTHY, f"phase {phase.value}")
+    stage = "failover"
+    mark("injectedAt")
+    said = fault.inject()
+    verdict["faults"].append(said)
     if echo:
-        echo(f"inject: {fault.inject()}")
-    phase = _drive(engine, (Phase.FAILED_OVER, Phase.FAILED, Phase.AWAITING_APPROVAL),
-                   timeout=detect_budget + act_budget, interval=interval, echo=echo)
-    failover = journal.runs(plan.name, limit=1)
-    check("failed over", phase is Phase.FAILED_OVER, f"phase {phase.value}")
-    if failover:
-        rep = reports.build(journal, failover[0].id)
-        _write(out, "failover", rep)
-        verdict["failover"] = rep
-        missed = [s["name"] for s in rep["steps"] if s["met"] is False]
-        check("time targets met", not missed and phase is Phase.FAILED_OVER,
-              "all met" if not missed else f"missed: {', '.join(missed)}")
-    if phase is Phase.FAILED_OVER:
-        if echo:
-            echo(f"repair: {fault.clear()}")
+        echo(f"inject: {said}")
+    until = (Phase.FAILED_OVER, Phase.FAILED, Phase.AWAITING_APPROVAL)
+    phase = _drive(engine, until, timeout=detect_budget + act_budget, interval=interval,
+                   echo=echo, stop=stop)
+    mark("failoverEndedAt")
+    runs = [r for r in journal.runs(plan.name, limit=1)
+            if r.kind == "failover" and r.started_at >= verdict["timeline"]["injectedAt"]]
+    failover = reports.build(journal, runs[0].id) if runs else None
+    want = expect.phase if expect else Phase.FAILED_OVER
+    name = "failed over" if want is Phase.FAILED_OVER else f"failover ended {want.value}"
+    check(name, phase is want, f"phase {phase.value}" + (
+        f": {failover['run']['outcome']}" if failover and failover["run"]["outcome"] else ""))
+    if failover is not None:
+        verdict["failover"] = failover
+        verdict["timeline"]["detectedAt"] = failover["run"]["detectedAt"]
+        verdict["timeline"]["trippedAt"] = failover["run"]["startedAt"]
+        for item in _judge_failover(failover, phase, expect):
+            check(*item)
+    if world is not None and failover is not None:
+        for item in world.after_failover(failover):
+            check(*item)
+    stage = "failback"
+    said = fault.clear()
+    mark("repairedAt")
+    if echo:
+        echo(f"repair: {said}")
+    back = None
+    if phase is Phase.FAILED_OVER and (expect is None or expect.failback):
         engine.request("failback", actor=actor, reason="drill: primary repaired")
         phase = _drive(engine, (Phase.HEALTHY, Phase.FAILED), timeout=act_budget,
-                       interval=interval, echo=echo)
+                       interval=interval, echo=echo, stop=stop)
+        mark("failedBackAt")
         check("failed back", phase is Phase.HEALTHY, f"phase {phase.value}")
-        back = journal.runs(plan.name, limit=1)[0]
-        rep = reports.build(journal, back.id)
-        _write(out, "failback", rep)
-        verdict["failback"] = rep
+        back = reports.build(journal, journal.runs(plan.name, limit=1)[0].id)
+        verdict["failback"] = back
+    if world is not None:
+        for item in world.after_failback(back):
+            check(*item)
+    stage = "objectives"
+    if expect is not None:
+        verdict["objectives"] = objectives(failover, expect)
+        for key, label in (("rto", "RTO"), ("rpo", "RPO")):
+            obj = verdict["objectives"][key]
+            if obj and obj["targetSeconds"] is not None:
+                check(f"{label} within plan", bool(obj["met"]),
+                      f"{_fmt(obj['achievedSeconds'])} achieved, plan "
+                      f"{_fmt(obj['targetSeconds'])}")
     else:
-        fault.clear()
+        verdict["objectives"] = objectives(failover, None)
     verdict["passed"] = all(c["ok"] for c in verdict["checks"])
-    (out / "verdict.json").parent.mkdir(parents=True, exist_ok=True)
-    (out / "verdict.json").write_text(reports.to_json(verdict))
-    if echo:
-        echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/")
     return verdict

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -53,6 +54,7 @@ def test_manual_failover_in_a_terminal_previews_confirms_and_follows(tmp_path: P
     for step in ("notify-incident", "redirect-traffic", "dns-cutover", "link-test"):
         assert f"[ok  ] {step}" in screen
     assert "target    1h met" in screen
+    assert re.search(r"^run memory-drill-failover\S*: FailedOver", screen, re.M), screen
 
 
 def test_declining_or_no_terminal_changes_nothing(tmp_path: Path) -> None:
@@ -76,6 +78,7 @@ def test_dry_run_leaves_every_backend_untouched(tmp_path: Path) -> None:
     state = json.loads(world.read_text()) if world.exists() else {}
     assert "weights" not in state.get("traffic:edge", {})  # never written
     assert "sent" not in state.get("notifier:im", {})
+    assert "sent" not in state.get("notifier:mail", {})
     zone = state.get("dns:zone", {}).get("records", [{"values": ["192.0.2.10"]}])
     assert zone[0]["values"] == ["192.0.2.10"]
     status = json.loads(cli("status", "-o", "json", journal=tmp_path / "j.db").stdout)

@@ -1,0 +1,92 @@
+"""Process and port bookkeeping for the sandbox: stop by PID, find leftovers, check ports.
+
+Owns the low-level facts the sandbox's teardown is judged on, read straight from
+`/proc` and from sockets, never from what a launcher believes: whether a PID is still a
+live process (a zombie is not), a process's children (an sshd's session processes), the
+processes whose command line names a directory (what a crashed drill may have left
+behind), and whether a loopback port is still listening (TCP) or bound (UDP). Processes
+are only ever signalled by PID, SIGTERM (or the signal given) first, SIGKILL if they
+linger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError, IndexError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+            return False
+    return True
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def udp_bound(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        try:
+            u.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, *, timeout: float = 10.0) -> None:
+    """Signal one process, wait for it to go, SIGKILL it if it lingers."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def postmaster(data: Path) -> int | None:
+    """The PID in a PostgreSQL data directory's postmaster.pid, if any."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        return int((data / "postmaster.pid").read_text().split()[0])
+    return None
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
+                if int(fields[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def naming(directory: Path) -> list[dict[str, Any]]:
+    """Live processes (other than this one) with an argument in or at `directory`."""
+    needle = f"{directory}/"
+    found: list[dict[str, Any]] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            if any(needle in arg + "/" for arg in args) and alive(int(entry.name)):
+                found.append({"pid": int(entry.name), "command": " ".join(args)[:160]})
+    return found

@@ -1,0 +1,373 @@
+"""`failoverctl` against FailoverPlan resources: the CLI's cluster client.
+
+Owns what `failover`, `failback`, `approve`, `done` and `status` do when PLAN names a
+resource — `fop/NAME` (kubectl's TYPE/NAME form), with `-n NS` and `--kubeconfig` —
+instead of a plan file. In this mode the CLI never touches the world itself: the
+operator in the cluster acts, and this module talks to it only through the resource,
+via kube.py. Why each rule:
+
+- **Requests are the operator's annotations** (`request`, `reason`, `requested-by`,
+  `level`; `approve` + `approved-by`; `done` + `done-by`: the same ones `kubectl
+  annotate` sets, see operator.py), written against the resourceVersion just read, and
+  refused while an earlier annotation of the same kind is still unclaimed, so nobody's
+  request is ever overwritten.
+- **Progress is the status**: the operator mirrors every step into `.status` before it
+  goes on; this module watches the one resource (a field-selected watch, relisting on
+  410 Gone) and renders each change with console.py, exactly like the journal mode, then
+  prints the same run summary and returns the same exit codes (0 done, 1 Failed, 4
+  waiting for a person, an approval, or still running when `--wait` ran out).
+- **Which run is ours**: the operator claims (removes) an annotation before acting on
+  it, so its disappearance proves nothing about the run. A request is followed until a
+  *new* run of its kind shows up in the status; an approval until the run no longer
+  waits for it.
+- **The preview reads only**: what each step does, in order, with its target, comes
+  from the resource's spec; readiness is what the operator last checked. The live
+  "would change" of the journal mode needs the backends' credentials, which live in the
+  cluster, so it is not shown here. `--dry-run` stops after the preview, having written
+  nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from controller import console
+from controller import kube as k8s
+from controller.actions import REVERTIBLE
+from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_WAITING, CliError
+from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.model import PermanentError
+from controller.operator import (
+    A_APPROVE,
+    A_APPROVED_BY,
+    A_BY,
+    A_DONE,
+    A_DONE_BY,
+    A_LEVEL,
+    A_REASON,
+    A_REQUEST,
+)
+from controller.plan import FailoverPlan, PlanError, parse_plan
+from controller.report import summarize
+
+Obj = dict[str, Any]
+TYPES = {"fop", "failoverplan", "failoverplans", f"failoverplan.{GROUP}", f"{PLURAL}.{GROUP}"}
+
+
+def is_resource(ref: str | None) -> bool:
+    """`fop/NAME` (or failoverplan/NAME, ...) that is not an existing file."""
+    if not ref or Path(ref).exists():
+        return False
+    kind, sep, name = ref.partition("/")
+    return bool(sep and name and "/" not in name and kind.lower() in TYPES)
+
+
+def options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`-n/--namespace` and `--kubeconfig`, for commands whose PLAN may be `fop/NAME`."""
+    fn = click.option("--kubeconfig", type=click.Path(dir_okay=False),
+                      help="with fop/NAME: kubeconfig file (default: $KUBECONFIG, "
+                           "~/.kube/config, or in-cluster in a pod)")(fn)
+    return click.option("-n", "--namespace",
+                        help="with fop/NAME: the plan's namespace (default: the "
+                             "kubeconfig context's, else default)")(fn)
+
+
+def _errors(fn: Callable[..., int]) -> Callable[..., int]:
+    """Kubernetes errors become CliErrors: exit 2 for what retrying cannot fix (not
+    found, forbidden, bad kubeconfig), 1 for the rest (API server unavailable)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return fn(*args, **kwargs)
+        except (k8s.KubeError, PermanentError) as exc:
+            raise CliError(str(exc), EXIT_INPUT if isinstance(exc, PermanentError)
+                           else EXIT_FAILED) from None
+
+    return wrapper
+
+
+@dataclass
+class Resource:
+    """One FailoverPlan resource, as the CLI reads, annotates and follows it."""
+
+    kube: k8s.Kube
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{KIND} {self.namespace}/{self.name}"
+
+    @property
+    def where(self) -> str:
+        """How a follow-up command names this plan."""
+        return f"--plan fop/{self.name} -n {self.namespace}"
+
+    def get(self) -> Obj:
+        return self.kube.get(GROUP, VERSION, self.namespace, PLURAL, self.name)
+
+    def plan(self, obj: Obj) -> FailoverPlan:
+        try:
+            return parse_plan({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                               "metadata": {"name": self.name}, "spec": obj.get("spec", {})},
+                              str(self))
+        except PlanError as err:
+            raise CliError(f"{self} is not a valid plan: " + "; ".join(err.problems)) from None
+
+    def annotate(self, notes: dict[str, str], pending: str) -> Obj:
+        """Set `notes` with a compare-and-swap write, unless `pending` is still unclaimed."""
+
+        def mutate(obj: Obj) -> None:
+            have = obj["metadata"].get("annotations") or {}
+            if pending in have:
+                raise CliError(f"{self} still has an unclaimed {pending}={have[pending]!r}: "
+                               "the operator has not acted on it yet (is it running?); wait, "
+                               f"or withdraw it: kubectl annotate -n {self.namespace} fop "
+                               f"{self.name} {pending}-")
+            obj["metadata"]["annotations"] = {**have, **notes}
+
+        return self.kube.update(GROUP, VERSION, self.namespace, PLURAL, self.name, mutate)
+
+    def follow(self, settled: Callable[[Obj], bool], seen: Callable[[Obj], None],
+               deadline: float) -> Obj:
+        """Watch the resource, calling `seen` on each version, until `settled` or the
+        deadline; returns the last version seen."""
+        obj = self.get()
+        seen(obj)
+        rv = obj["metadata"]["resourceVersion"]
+        while not settled(obj) and time.monotonic() < deadline:
+            try:
+                for event in self.kube.watch(
+                        GROUP, VERSION, self.namespace, PLURAL, resource_version=rv,
+                        timeout_seconds=max(1, min(60, int(deadline - time.monotonic()))),
+                        field_selector=f"metadata.name={self.name}"):
+                    rv = event.resource_version or rv
+                    if event.type == "BOOKMARK":
+                        continue
+                    if event.type == "DELETED":
+                        raise CliError(f"{self} was deleted while being followed", EXIT_FAILED)
+                    obj = event.object
+                    seen(obj)
+                    if settled(obj) or time.monotonic() >= deadline:
+                        break
+            except k8s.Gone:  # the watch window moved on: read afresh, watch from there
+                obj = self.get()
+                seen(obj)
+                rv = obj["metadata"]["resourceVersion"]
+            except k8s.Unavailable:
+                time.sleep(1.0)
+        return obj
+
+
+def connect(ref: str, namespace: str | None, kubeconfig: str | None) -> Resource:
+    conn = k8s.KubeConnection(kubeconfig=kubeconfig)
+    return Resource(k8s.connect(conn), namespace or k8s.default_namespace(conn),
+                    ref.partition("/")[2])
+
+
+def run_of(obj: Obj) -> Obj | None:
+    """The status's current (or last) run with its steps, without the step definitions."""
+    run = (obj.get("status") or {}).get("run")
+    return {k: v for k, v in run.items() if k != "definition"} if run else None
+
+
+def _annotations(obj: Obj) -> dict[str, str]:
+    return obj["metadata"].get("annotations") or {}
+
+
+def _changes(plan: FailoverPlan, status: Obj, kind: str) -> list[Obj]:
+    if kind == "failback":
+        last = status.get("run") or {}
+        if last.get("kind") != "failover" or last.get("finishedAt") is None:
+            return []
+        return [{"name": f"revert-{s['name']}", "action": "revert",
+                 "change": f"restore the original saved before {s['name']}: "
+                           f"{(s.get('evidence') or {}).get('before')}"}
+                for s in reversed(last.get("steps", [])) if s.get("action") in REVERTIBLE
+                and s["status"] == "succeeded"]
+    return [{"name": s.name, "action": s.action, "target": s.target, "change": "-",
+             "does": console.does(plan, s)} for s in plan.spec.steps]
+
+
+def _finish(res: Resource, run: Obj, output: str) -> int:
+    steps = run.get("steps", [])
+    if output == "json":
+        click.echo(json.dumps({"plan": res.name, "namespace": res.namespace,
+                               "run": {k: v for k, v in run.items() if k != "steps"},
+                               "steps": steps, "summary": summarize(run, steps)},
+                              indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(console.summary(run, steps, res.where))
+    return console.exit_code(run)
+
+
+@_errors
+def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: str,
+            reason: str, actor: str, level: int | None, yes: bool, dry_run: bool,
+            output: str, wait: float) -> int:
+    """Preview, confirm, annotate the request, then follow the operator's run."""
+    res = connect(ref, namespace, kubeconfig)
+    obj = res.get()
+    plan = res.plan(obj)
+    status = obj.get("status") or {}
+    changes = _changes(plan, status, kind)
+    ready = (status.get("readiness") or None) if kind == "failover" else None
+    if output == "text":
+        sites = plan.spec.sites
+        console.show_preflight(f"{kind} of {res}: {sites.primary.name} -> {sites.backup.name}"
+                               if kind == "failover" else f"failback of {res}", changes, ready)
+    if dry_run:
+        click.echo(json.dumps({"dryRun": True, "plan": res.name, "namespace": res.namespace,
+                               "steps": changes, "readiness": ready}, indent=2, default=str)
+                   if output == "json" else "dry run: nothing was changed")
+        return EXIT_OK
+    console.confirm(kind, str(res), yes)
+    before = (status.get("run") or {}).get("id")
+    notes = {A_REQUEST: kind, A_REASON: reason, A_BY: actor}
+    if level is not None and kind == "failover":
+        notes[A_LEVEL] = str(level)
+    res.annotate(notes, pending=A_REQUEST)
+    deadline = time.monotonic() + wait
+    progress = console.Progress()
+    announced: list[str] = []
+
+    def ours(o: Obj) -> Obj | None:
+        run = run_of(o)
+        return run if run and run["id"] != before and run["kind"] == kind else None
+
+    def seen(o: Obj) -> None:
+        run = ours(o)
+        if run is None or output != "text":
+            return
+        if not announced:
+            announced.append(run["id"])
+            click.echo(f"{kind} of {plan.name} requested by {actor}: run {run['id']}")
+        progress.show(run.get("steps", []))
+
+    def settled(o: Obj) -> bool:
+        run = ours(o)
+        return run is not None and (run.get("finishedAt") is not None
+                                    or run["phase"] == "AwaitingApproval")
+
+    obj = res.follow(settled, seen, deadline)
+    run = ours(obj)
+    if run is None:
+        state = "still unclaimed" if A_REQUEST in _annotations(obj) else "claimed"
+        raise CliError(f"the {kind} request was not picked up within {wait:g} s (annotation "
+                       f"{A_REQUEST} {state}): is `failoverctl operator` running for "
+                       f"namespace {res.namespace}?", EXIT_WAITING)
+    return _finish(res, run, output)
+
+
+@_errors
+def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str,
+            step: str, actor: str, wait: float, output: str) -> int:
+    """Annotate an approval of the run (or one gated step), then follow the run."""
+    res = connect(ref, namespace, kubeconfig)
+    obj = res.get()
+    plan = res.plan(obj)
+    current = run_of(obj)
+    if current is None or current["id"] != run_id:
+        raise CliError(f"no run {run_id!r} in the status of {res} (its run: "
+                       f"{current['id'] if current else 'none'})")
+    allowed = plan.spec.approval.approvers
+    if allowed and actor not in allowed:
+        raise CliError(f"{actor} is not an approver of plan {plan.name} "
+                       f"(approvers: {', '.join(allowed)})")
+    res.annotate({A_APPROVE: f"{run_id}:{step}" if step else run_id, A_APPROVED_BY: actor},
+                 pending=A_APPROVE)
+    if output == "text":
+        click.echo(f"approved {'step ' + step if step else 'run'} of {run_id} as {actor}")
+    progress = console.Progress()
+    more = not step and plan.spec.approval.required > 1  # ours may not be the last one
+
+    def waits_for_us(run: Obj) -> bool:
+        if step:
+            return any(s["name"] == step and s["status"] == "awaiting-approval"
+                       for s in run.get("steps", []))
+        return not run.get("approved")
+
+    def seen(o: Obj) -> None:
+        run = run_of(o)
+        if output == "text" and run is not None and run["id"] == run_id:
+            progress.show(run.get("steps", []))
+
+    def settled(o: Obj) -> bool:
+        run = run_of(o)
+        if A_APPROVE in _annotations(o) or run is None:
+            return False
+        return run["id"] != run_id or run.get("finishedAt") is not None or (
+            run["phase"] == "AwaitingApproval" and (more or not waits_for_us(run)))
+
+    run = run_of(res.follow(settled, seen, time.monotonic() + wait))
+    assert run is not None
+    return _finish(res, run, output)
+
+
+@_errors
+def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str, step: str,
+         actor: str, wait: float, output: str) -> int:
+    """Annotate that a person finished a human step; return once the operator recorded it."""
+    res = connect(ref, namespace, kubeconfig)
+    obj = res.get()
+    run = (obj.get("status") or {}).get("run") or {}
+    if run.get("id") != run_id:
+        raise CliError(f"no run {run_id!r} in the status of {res} (its run: "
+                       f"{run.get('id') or 'none'})")
+    manual = [d["name"] for d in run.get("definition", []) if d.get("action") == "manual"]
+    if step not in manual:
+        raise CliError(f"run {run_id} has no human step {step!r} "
+                       f"(human steps: {', '.join(manual) or 'none'})")
+    res.annotate({A_DONE: f"{run_id}:{step}", A_DONE_BY: actor}, pending=A_DONE)
+
+    def record(o: Obj) -> Obj | None:
+        r = run_of(o) or {}
+        return next((s for s in r.get("steps", []) if s["name"] == step), None) \
+            if r.get("id") == run_id else None
+
+    def settled(o: Obj) -> bool:
+        return A_DONE not in _annotations(o) and (record(o) or {}).get("status") == "succeeded"
+
+    rec = record(res.follow(settled, lambda o: None, time.monotonic() + wait))
+    if rec is None or rec["status"] != "succeeded":
+        raise CliError(f"the operator has not recorded {step} of {run_id} as done within "
+                       f"{wait:g} s; `failoverctl status fop/{res.name} -n {res.namespace}` "
+                       "shows when it does", EXIT_WAITING)
+    if output == "json":
+        click.echo(json.dumps(rec, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(console.step_line(rec) + f"  by {rec.get('approvedBy') or actor}")
+    return EXIT_OK
+
+
+def _entry(obj: Obj) -> Obj:
+    st = obj.get("status") or {}
+    return {"plan": obj["metadata"]["name"], "namespace": obj["metadata"].get("namespace"),
+            "phase": st.get("phase") or "Unknown", "level": st.get("level"),
+            "activeSite": st.get("activeSite"),
+            "lastDecision": st.get("lastDecision") or "(not reconciled by an operator yet)",
+            "lastDecisionTime": st.get("lastDecisionTime"),
+            "conditions": st.get("conditions") or [], "readiness": st.get("readiness") or None,
+            "run": run_of(obj)}
+
+
+@_errors
+def status(ref: str | None, namespace: str | None, kubeconfig: str | None,
+           output: str) -> int:
+    """Phase, level, active site, last decision, conditions, readiness and the run's steps
+    of one FailoverPlan (`fop/NAME`), or of every one in the namespace."""
+    res = connect(ref or "fop/", namespace, kubeconfig)
+    objs = [res.get()] if res.name else res.kube.list(GROUP, VERSION, res.namespace,
+                                                      PLURAL).items
+    data = [_entry(o) for o in objs]
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if output == "json"
+               else console.status_text(data) or f"no {PLURAL} in namespace {res.namespace}")
+    return EXIT_OK
