@@ -226,7 +226,9 @@ class Engine:
                 phase = Phase.DEGRADED if decision.sentence.startswith(
                     ("degraded", "thresholds")) else Phase.HEALTHY
             return self._save(st, phase=phase)
-        if kind == "failback" and st.phase is not Phase.FAILED_OVER:
+        # failback also answers a Failed run: it reverts what stayed applied (onFailure:
+        # abort leaves earlier steps in place) and returns the plan to watching
+        if kind == "failback" and st.phase not in (Phase.FAILED_OVER, Phase.FAILED):
             # nothing to fail back from; the request is answered with a finished no-op run
             run = self.journal.start_run(plan=self.plan.name, kind=kind, phase=st.phase,
                                          level=None, reason=reason, requested_by=actor,

@@ -298,3 +298,27 @@ def test_an_expired_approval_does_not_count(journal: Journal) -> None:
     assert w.engine.reconcile().phase is Phase.AWAITING_APPROVAL
     w.engine.approve(run.id, actor="alice")
     assert w.engine.reconcile().phase is Phase.FAILED_OVER
+
+
+def test_failback_after_an_aborted_failover_reverts_what_stayed_and_watches_again(
+        journal: Journal) -> None:
+    def abort_on_dns(spec: dict[str, Any]) -> None:
+        spec["backends"][1]["options"].update(fail=True)
+        spec["steps"][2]["onFailure"] = "abort"  # leaves redirect-traffic applied
+    w = World(make_plan(abort_on_dns), journal)
+    assert w.outage().phase is Phase.FAILED
+    assert w.backends.get("edge").current() == {"dc-a": 0, "dc-b": 100}  # half switched
+
+    testing.set_health("dc-a", True)
+    w.engine.request("failback", actor="oncall", reason="back to dc-a after the abort")
+    state = w.engine.reconcile()
+    assert state.phase is Phase.HEALTHY and state.active_site == "dc-a"
+    assert w.backends.get("edge").current() == {"dc-a": 100, "dc-b": 0}
+    assert [s.name for s in w.steps()] == ["revert-redirect-traffic"]
+
+    # watching again: once healthy (clearAfter: 3) the next outage trips a new failover
+    w.clock.advance(5)
+    for _ in range(4):
+        w.tick(True)
+    assert w.outage().phase is Phase.FAILED  # the DNS backend still fails, as configured
+    assert w.run().kind == "failover"
