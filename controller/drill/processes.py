@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ def stop_pid(pid: int, sig: signal.Signals = signal.SIGTERM, *, timeout: float =
     if alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def terminate(proc: subprocess.Popen[Any], *, timeout: float = 10.0) -> None:
+    """Stop a child this process started: SIGTERM, wait, SIGKILL if it lingers; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
 
 
 def postmaster(data: Path) -> int | None:

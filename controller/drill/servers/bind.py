@@ -35,6 +35,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
+from controller.drill.processes import terminate
 from controller.drill.servers.postgres import ServerError
 
 NAMED = Path("/usr/sbin/named")
@@ -186,12 +187,7 @@ class BindServers:
             if s.paused:
                 os.kill(proc.pid, signal.SIGCONT)
                 s.paused = False
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            terminate(proc)
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 

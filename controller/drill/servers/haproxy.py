@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from controller.drill.processes import terminate
 from controller.drill.servers.postgres import ServerError, free_port
 
 HAPROXY = Path("/usr/sbin/haproxy")
@@ -253,11 +254,7 @@ class HaproxyServers:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            terminate(proc)
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._own_base and self.base is not None:

@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
 import tempfile
@@ -45,6 +44,7 @@ from typing import Any
 
 import yaml
 
+from controller.drill.processes import terminate
 from controller.drill.servers.postgres import ServerError, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -344,12 +344,7 @@ class KubeServers:
             proc = self._procs.pop(name, None)
             if proc is None or proc.poll() is not None:
                 continue
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            terminate(proc, timeout=15)
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -10,15 +10,15 @@ install, so a test never silently skips.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from controller.drill.processes import stop_pid
 
 PG_BIN = Path(os.environ.get("FAILOVER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"
@@ -56,20 +56,6 @@ def give_to(path: Path, user: str = OS_USER, mode: int = 0o700) -> None:
         pw = pwd.getpwnam(user)
         os.chown(path, pw.pw_uid, pw.pw_gid)
     path.chmod(mode)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    stat = Path(f"/proc/{pid}/stat")
-    with contextlib.suppress(OSError):
-        if stat.read_text().split(") ", 1)[1].startswith("Z"):
-            return False
-    return True
 
 
 class PostgresServer:
@@ -119,16 +105,8 @@ class PostgresServer:
     def stop(self, *, timeout: float = 60.0) -> None:
         """Fast shutdown (SIGINT) of our own postmaster, then SIGKILL if it lingers."""
         pid, self.pid = self.pid, None
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            stop_pid(pid, signal.SIGINT, timeout=timeout)
 
     def __enter__(self) -> PostgresServer:
         return self.init().start()

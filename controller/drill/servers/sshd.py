@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+from controller.drill.processes import terminate
 from controller.drill.servers.postgres import ServerError, free_port
 
 SSHD = Path("/usr/sbin/sshd")
@@ -92,12 +92,7 @@ class SshServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        terminate(proc)
 
     def __enter__(self) -> SshServer:
         return self.start()
