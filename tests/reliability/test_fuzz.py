@@ -40,14 +40,13 @@ def paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
 ALL_PATHS = [p for p in paths(BASE) if p]
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.sampled_from(ALL_PATHS), JUNK, st.booleans()), min_size=1,
-                max_size=4))
-def test_mutated_plans_are_accepted_or_rejected_by_field(mutations: list[Any]) -> None:
-    TALLY["fuzz_cases"] += 1
-    data = copy.deepcopy(BASE)
+
+def mutate(document: Any, mutations: list[Any]) -> Any:
+    """A deep copy of `document` with each (path, value, delete) applied where the path
+    exists; mutations whose path does not fit the document are passed over."""
+    doc = copy.deepcopy(document)
     for path, value, delete in mutations:
-        node = data
+        node = doc
         try:
             for key in path[:-1]:
                 node = node[key]
@@ -57,6 +56,14 @@ def test_mutated_plans_are_accepted_or_rejected_by_field(mutations: list[Any]) -
                 node[path[-1]] = value
         except (KeyError, IndexError, TypeError):
             continue
+    return doc
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(ALL_PATHS), JUNK, st.booleans()), min_size=1,
+                max_size=4))
+def test_mutated_plans_are_accepted_or_rejected_by_field(mutations: list[Any]) -> None:
+    TALLY["fuzz_cases"] += 1
+    data = mutate(BASE, mutations)
     try:
         parse_plan(data, "fuzz.yaml")
     except PlanError as err:

@@ -6,7 +6,6 @@ named error; none escapes as an unhandled exception.
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import socketserver
@@ -38,7 +37,7 @@ from controller.model import PermanentError
 from controller.plan import PlanError, parse_plan
 from controller.secrets import Secrets
 from tests.reliability.conftest import TALLY
-from tests.reliability.test_fuzz import ALL_PATHS, BASE, JUNK
+from tests.reliability.test_fuzz import ALL_PATHS, BASE, JUNK, mutate
 
 CRD = crd.crd()
 SPEC_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
@@ -70,19 +69,7 @@ def check_cr(spec: Any) -> None:
                 max_size=4))
 def test_mutated_custom_resource_specs(mutations: list[Any]) -> None:
     TALLY["fuzz_cases"] += 1
-    spec = copy.deepcopy(BASE["spec"])
-    for path, value, delete in mutations:
-        node = spec
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            if delete and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
-    check_cr(spec)
+    check_cr(mutate(BASE["spec"], mutations))
 
 
 @settings(max_examples=150, deadline=None)
@@ -117,19 +104,7 @@ def catalog_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _entry_text(mutations: list[Any], raw: bytes | None) -> bytes:
     if raw is not None:
         return raw
-    entry: Any = copy.deepcopy(ENTRY)
-    for path, value, delete in mutations:
-        node = entry
-        try:
-            for key in path[:-1]:
-                node = node[key]
-            if delete and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
-    return json.dumps(entry, default=str).encode()
+    return json.dumps(mutate(ENTRY, mutations), default=str).encode()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[
