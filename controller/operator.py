@@ -44,7 +44,7 @@ from controller.executor import LostLease
 from controller.journal import Journal
 from controller.loop import Engine, observe
 from controller.plan import FailoverPlan, PlanError, parse_plan
-from controller.probes.scheduler import ProbeScheduler
+from controller.probes.scheduler import ProbeScheduler, SharedLoop
 from controller.secrets import KubeSecretKey, Secrets, redact
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,7 @@ class Operator:
         self._runtimes: dict[str, PlanRuntime] = {}
         self._lock = threading.Lock()
         self._synced = False
+        self._probes = SharedLoop()  # every plan's probes on one loop and thread
         journal.listeners.append(self._mirror)
 
     def require_synced(self) -> None:
@@ -217,6 +218,7 @@ class Operator:
             for t in threads:
                 t.join(timeout=30)
             self._stand_down()
+            self._probes.close()
             self.elector.release()
 
     def _elect(self, stop: threading.Event) -> None:
@@ -328,13 +330,13 @@ class Operator:
             self._forget(name)
             return None
         if rt is not None:
-            rt.scheduler.stop()
+            self._probes.stop(rt.scheduler)
         self._adopt(name, obj.get("status") or {})
         engine = Engine(plan, self.journal, holder=self.identity, fence=self.elector.fence,
                         backends=Backends(plan, secrets=self.secrets,
                                           audit=_audit(self.journal, plan.name)))
         scheduler = observe(plan, engine.backends)
-        scheduler.start()
+        self._probes.start(scheduler)
         rt = PlanRuntime(plan, generation, engine, scheduler, status=obj.get("status") or {},
                          obj=obj)
         self._runtimes[name] = rt
@@ -410,7 +412,7 @@ class Operator:
     def _forget(self, name: str) -> None:
         rt = self._runtimes.pop(name, None)
         if rt is not None:
-            rt.scheduler.stop()
+            self._probes.stop(rt.scheduler)
 
     def _stand_down(self) -> None:
         """No longer the leader: stop probing; the journal and status keep everything."""

@@ -333,3 +333,48 @@ class ProbeScheduler:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class SharedLoop:
+    """One asyncio loop, in one background thread, hosting many schedulers at once.
+
+    The operator probes every plan's services; a loop (and a thread) per plan would cost
+    a thousand threads for a thousand plans. Each hosted scheduler keeps its own targets,
+    session and sample queue (`drain()` and `pending` work as with `start()`); `stop()`
+    ends one scheduler's rounds without touching the others.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="probe-loop",
+                                        daemon=True)
+        self._thread.start()
+        self._hosted: dict[int, tuple[asyncio.Event, Any]] = {}
+
+    def start(self, scheduler: ProbeScheduler) -> None:
+        async def host() -> asyncio.Event:
+            return asyncio.Event()
+
+        event = asyncio.run_coroutine_threadsafe(host(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(scheduler.run(event), self._loop)
+        self._hosted[id(scheduler)] = (event, future)
+
+    def stop(self, scheduler: ProbeScheduler, timeout: float = 10.0) -> None:
+        hosted = self._hosted.pop(id(scheduler), None)
+        if hosted is None:
+            return
+        event, future = hosted
+        self._loop.call_soon_threadsafe(event.set)
+        try:
+            future.result(timeout)
+        except Exception:  # a scheduler that failed is stopped all the same
+            log.exception("probe scheduler stopped with an error")
+
+    def close(self) -> None:
+        for key in list(self._hosted):
+            event, future = self._hosted.pop(key)
+            self._loop.call_soon_threadsafe(event.set)
+            with contextlib.suppress(Exception):
+                future.result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

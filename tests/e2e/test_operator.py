@@ -28,7 +28,7 @@ from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
 from controller.drill.servers.postgres import free_port
-from controller.kube import Invalid, Kube
+from controller.kube import Invalid, Kube, KubeError
 from tests.e2e.test_cli import EXAMPLE, ROOT
 
 LEASE = "failover-controller"
@@ -83,7 +83,7 @@ def replicas(kube: KubeServers, tmp_path: Path) -> Iterator[Callable[[str], Repl
         r.stop(signal.SIGKILL if r.proc.poll() is None else signal.SIGTERM)
 
 
-def until(what: str, fn: Callable[[], Any], timeout: float = 60.0,
+def until(what: str, fn: Callable[[], Any], timeout: float = 120.0,
           logs: Callable[[], str] = lambda: "") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,14 +102,17 @@ def phases_seen(admin: Kube, ns: str, name: str, rv: str, out: list[str],
                 stop: threading.Event) -> None:
     """Every status phase the API server stored, in order (a watch misses none)."""
     while not stop.is_set():
-        for ev in admin.watch(GROUP, VERSION, ns, PLURAL, resource_version=rv,
-                              timeout_seconds=1, field_selector=f"metadata.name={name}"):
-            rv = ev.resource_version or rv
-            phase = (ev.object.get("status") or {}).get("phase")
-            if phase and (not out or out[-1] != phase):
-                out.append(phase)
-            if stop.is_set():
-                return
+        try:
+            for ev in admin.watch(GROUP, VERSION, ns, PLURAL, resource_version=rv,
+                                  timeout_seconds=1, field_selector=f"metadata.name={name}"):
+                rv = ev.resource_version or rv
+                phase = (ev.object.get("status") or {}).get("phase")
+                if phase and (not out or out[-1] != phase):
+                    out.append(phase)
+                if stop.is_set():
+                    return
+        except (KubeError, ConnectionError):  # a slow answer on a loaded host: watch again
+            continue
 
 
 def names(admin: Kube, ns: str) -> set[str]:

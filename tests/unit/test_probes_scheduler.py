@@ -14,7 +14,13 @@ import pytest
 from controller.backends import Backends
 from controller.model import Sample
 from controller.plan import load_plan
-from controller.probes.scheduler import ProbeScheduler, Target, combine, targets_from_plan
+from controller.probes.scheduler import (
+    ProbeScheduler,
+    SharedLoop,
+    Target,
+    combine,
+    targets_from_plan,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,3 +192,28 @@ def test_targets_from_plan_cover_services_and_signals() -> None:
     assert by_name["complaints"].interval == 10.0 and by_name["complaints"].timeout == 5.0
     samples = asyncio.run(ProbeScheduler(targets).run_once())
     assert len(samples) == 6 and all(s.ok for s in samples)
+
+
+def test_one_shared_loop_hosts_many_schedulers_each_with_its_own_samples() -> None:
+    shared = SharedLoop()
+    probes = {name: Probe(name, "ok" if name != "b" else "failed") for name in "abc"}
+    scheds = {name: ProbeScheduler([Target(name, [p], interval=0.01, timeout=0.2)])
+              for name, p in probes.items()}
+    try:
+        for sched in scheds.values():
+            shared.start(sched)
+        wait_for(lambda: all(p.calls >= 3 for p in probes.values()))
+        threads = {t.name for t in threading.enumerate()}
+        assert "probe-loop" in threads and "probe-scheduler" not in threads
+        got = {name: sched.drain() for name, sched in scheds.items()}
+        assert {s.service for s in got["a"]} == {"a"} and all(s.ok for s in got["a"])
+        assert got["b"] and not any(s.ok for s in got["b"])
+
+        shared.stop(scheds["b"])  # one plan goes; the others keep probing
+        stopped_at = probes["b"].calls
+        before = probes["a"].calls
+        wait_for(lambda: probes["a"].calls >= before + 3)
+        assert probes["b"].calls == stopped_at and probes["b"].active == 0
+    finally:
+        shared.close()
+    assert all(p.active == 0 for p in probes.values())
