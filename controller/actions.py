@@ -162,7 +162,11 @@ class Dns:
 
     def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
         desired = dns_records(step)
-        return self._swap(step, ctx, [Record.from_json(r) for r in prepared["before"]], desired)
+        evidence = self._swap(step, ctx, [Record.from_json(r) for r in prepared["before"]],
+                              desired)
+        if step.params.get("linkTest"):  # after the all-server verification, never on revert
+            evidence["linkTest"] = _link_test(step, desired)
+        return evidence
 
     def _swap(self, step: Step, ctx: StepContext, expected: list[Record],
               desired: list[Record]) -> Evidence:
@@ -184,6 +188,20 @@ class Dns:
         if not before:
             raise NotRevertible(f"step {step.name}: no saved records to revert to")
         return self._swap(step, ctx, dns_records(step), before)
+
+
+def _link_test(step: Step, desired: list[Record]) -> Evidence:
+    """Reach the service through the new address (controller.dns.linktest); raises
+    LinkTestFailed, which the executor retries within the step's budget."""
+    from controller.dns.linktest import run_link_test
+    from controller.plan import DnsParams, link_record
+
+    params = DnsParams.model_validate(step.params)
+    spec = link_record(params)
+    assert params.link_test is not None and spec is not None  # checked by plan validation
+    key = Record(spec.name, spec.type, spec.ttl, tuple(spec.values)).key()
+    record = next(r for r in desired if r.key() == key)
+    return run_link_test(params.link_test, record)
 
 
 class Restore(_NoRevert):

@@ -384,6 +384,61 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
     sys.exit(EXIT_OK if not result["failed"] else EXIT_FAILED)
 
 
+@main.command("dns-prepare")
+@click.argument("plan_file", type=click.Path())
+@click.option("--ttl", type=click.IntRange(0), help="lower to this TTL (seconds) instead "
+              "of each DNS step's params.prepareTtl")
+@click.option("--dry-run", is_flag=True, help="show which TTLs would be lowered; change nothing")
+@click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
+@OUTPUT
+@click.pass_obj
+@_with_journal
+def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor: str | None,
+                output: str) -> None:
+    """Lower the TTL of the plan's DNS records ahead of a failover (values unchanged;
+    compare-and-swap; never raises a TTL; audited). Exit 1 if a write failed."""
+    from controller.dns import ttl as ttls
+
+    plan = _load(plan_file)
+    steps = [s for s in plan.spec.steps if s.action == "dns"]
+    if not any(ttls.wanted_ttl(s, ttl) is not None for s in steps):
+        _fail(f"{plan_file}: no DNS step sets params.prepareTtl; pass --ttl SECONDS",
+              EXIT_INPUT)
+    journal = obj.journal()
+    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    who = actor or obj.settings.actor
+    journal.audit(at=time.time(), actor=who, action="dns-prepare", plan=plan.name,
+                  detail=f"{'dry run' if dry_run else 'start'}"
+                         f"{f', ttl {ttl}' if ttl is not None else ''}")
+
+    def audit(detail: str) -> None:
+        journal.audit(at=time.time(), actor=who, action="dns-ttl-lowered", plan=plan.name,
+                      detail=detail)
+
+    try:
+        results = ttls.prepare(plan, engine.backends.get, ttl=ttl, dry_run=dry_run,
+                               audit=audit)
+    except Exception as exc:
+        journal.audit(at=time.time(), actor=who, action="dns-prepare-failed",
+                      plan=plan.name, detail=str(exc))
+        _fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError)
+              else str(exc), EXIT_FAILED)
+
+    def text() -> str:
+        lines = []
+        for r in results:
+            what = {"lowered": f"ttl {r['ttl']} -> {r['wanted']}"
+                    + (f" (the old TTL has expired everywhere by {r['effectiveEverywhereBy']})"
+                       if r.get("effectiveEverywhereBy") else ""),
+                    "would-lower": f"ttl {r['ttl']} -> {r['wanted']} (dry run)",
+                    "unchanged": f"ttl {r['ttl']} already <= {r['wanted']}",
+                    "absent": "no such record"}[r["action"]]
+            lines.append(f"{r['step']}: {r['name']} {r['type']}: {what}")
+        return "\n".join(lines) or "no DNS records to prepare"
+
+    _emit(output, results, text)
+
+
 @main.command("verify")
 @click.argument("plan_file", type=click.Path())
 @click.option("--dataset", "datasets", multiple=True,

@@ -239,8 +239,78 @@ class TrafficParams(Strict):
         return value
 
 
+class LinkTest(Strict):
+    """After the cutover is served by every authoritative server: reach the service through
+    each NEW address of the record, with the name as Host header and TLS SNI."""
+
+    kind: Literal["http", "tcp"]
+    url: str | None = Field(None, description="http: http(s)://NAME[:port]/path; the request "
+                            "goes to the record's new address, Host and SNI stay NAME")
+    port: int | None = Field(None, ge=1, le=65535, description="tcp: the port to connect to")
+    host: str | None = Field(None, description="http: Host header and SNI (default: the "
+                             "url's host)")
+    record: str | None = Field(None, description="the A/AAAA record whose new addresses are "
+                               "tested (default: the url's host, or the only A/AAAA record)")
+    expect_status: list[int] = Field(default_factory=list, alias="expectStatus",
+                                     description="http: accepted codes; empty = 2xx/3xx")
+    timeout: Duration = Field(5.0, gt=0, description="per address")
+    verify_tls: bool = Field(True, alias="verifyTls")
+    ca_file: str | None = Field(None, alias="caFile")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> LinkTest:
+        if self.kind == "http":
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.url or "")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("http needs url: http(s)://NAME[:port]/path, e.g. "
+                                 "https://www.example.com/health")
+        elif self.port is None:
+            raise ValueError("tcp needs port, e.g. port: 443")
+        return self
+
+    def record_name(self) -> str | None:
+        """The owner name whose addresses are tested, normalized (lower case, final dot)."""
+        name = self.record
+        if name is None and self.kind == "http":
+            from urllib.parse import urlsplit
+
+            name = self.host or urlsplit(self.url or "").hostname
+        return name.lower().rstrip(".") + "." if name else None
+
+
 class DnsParams(Strict):
     records: list[RecordSpec] = Field(min_length=1)
+    link_test: LinkTest | None = Field(
+        None, alias="linkTest", description="after the all-server verification: an HTTP(S) "
+        "or TCP check through the new address; the step is done only when it passes too")
+    prepare_ttl: int | None = Field(
+        None, ge=0, alias="prepareTtl", description="wanted TTL of the records BEFORE a "
+        "failover (readiness reports on it; `failoverctl dns-prepare` lowers it)")
+
+    @model_validator(mode="after")
+    def _link_record(self) -> DnsParams:
+        if self.link_test is not None:
+            tested = link_record(self)
+            if tested is None:
+                raise ValueError("linkTest: no A/AAAA record to test in records; set "
+                                 "linkTest.record to the name of an A or AAAA record here")
+        return self
+
+
+def link_record(params: DnsParams) -> RecordSpec | None:
+    """The A/AAAA record of `params.records` that the link test goes through."""
+    if params.link_test is None:
+        return None
+    addresses = [r for r in params.records if r.type.upper() in ("A", "AAAA")]
+    name = params.link_test.record_name()
+    named = [r for r in addresses if r.name.lower().rstrip(".") + "." == name]
+    if named:
+        return named[0]
+    if params.link_test.record is None and len(addresses) == 1:
+        return addresses[0]
+    return None
 
 
 class RestoreInto(Strict):

@@ -3,8 +3,10 @@
 Each check is read-only and harmless. A backend may offer its own `ready() -> str`
 (raising when not ready: a DNS provider sends a signed no-op update, a restorer opens SSH
 with the pinned host key); on top, the plan's steps are checked against the world: the
-traffic destinations exist, the DNS names are readable, and the newest verified backup of
-every restored data set is younger than the step's RPO budget (`params.rpo`, default 24h).
+traffic destinations exist, the DNS names are readable (and, when a DNS step sets
+`prepareTtl`, their TTL is at or below it: `failoverctl dns-prepare` lowers it), and the
+newest verified backup of every restored data set is younger than the step's RPO budget
+(`params.rpo`, default 24h).
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
                 found = backends.get(s.backend).records(names=names)
                 return f"{len(found)} record sets readable for {', '.join(names)}"
             out.append(_run(f"step {step.name}: dns readable", read, timeout))
+            if step.params.get("prepareTtl") is not None:
+                def ttl_ready(s: Any = step) -> str:
+                    from controller.dns import ttl
+
+                    return ttl.check(s, backends.get(s.backend))
+                out.append(_run(f"step {step.name}: dns ttl", ttl_ready, timeout))
         elif step.action == "restore" and "store" in step.params:
             rpo = parse_duration(step.params.get("rpo", DEFAULT_RPO))
             out.append(_run(f"step {step.name}: backup within RPO",

@@ -345,7 +345,9 @@ class Rfc2136DnsProvider:
         self._send(update, wants, olds)
         written = self._clock()
         serial = self._serial(self.primary)
+        asked = self._clock()
         answers = [self._answer(self.primary, w) for w in wants]
+        latency = self._clock() - asked
         for want, got in zip(wants, answers, strict=True):
             if got != want.rdatas:  # the primary must serve it at once
                 raise PermanentError(
@@ -353,7 +355,7 @@ class Rfc2136DnsProvider:
                     f"but serves {want.name} {dns.rdatatype.to_text(want.rdtype)} as "
                     f"{list(_values(got))}, not {list(_values(want.rdatas))} (a CNAME at the "
                     "name, or an update-policy that drops the change?)")
-        seen = self._evidence(self.primary, wants, answers, serial, 1, written)
+        seen = self._evidence(self.primary, wants, answers, serial, 1, written, latency)
         verified = self._verify(wants, serial, written, primary=seen)
         old_ttl = max((o.record.ttl for o in olds.values()), default=0)
         evidence: Evidence = {
@@ -461,10 +463,11 @@ class Rfc2136DnsProvider:
 
     def _evidence(self, server: Nameserver, wants: list[_Want],
                   answers: list[frozenset[dns.rdata.Rdata]], serial: int, attempts: int,
-                  written: float) -> Evidence:
+                  written: float, latency: float) -> Evidence:
         return {
             "name": server.label, "address": server.address, "port": server.port,
             "serial": serial, "attempts": attempts,
+            "latencySeconds": round(latency, 6),  # round trips of the check that proved it
             "answer": {f"{w.record.key()[0]} {w.record.type.upper()}": list(_values(a))
                        for a, w in zip(answers, wants, strict=True)},
             "secondsAfterWrite": round(self._clock() - written, 6),
@@ -502,6 +505,7 @@ class Rfc2136DnsProvider:
         while pending:
             for label, server in list(pending.items()):
                 attempts[label] += 1
+                asked = self._clock()
                 try:
                     have, answers, why = self._check(server, wants, serial)
                 except (dns.exception.DNSException, OSError, DnsServerError) as exc:
@@ -511,7 +515,7 @@ class Rfc2136DnsProvider:
                     last[label] = why
                     continue
                 done[label] = self._evidence(server, wants, answers, have, attempts[label],
-                                             written)
+                                             written, self._clock() - asked)
                 del pending[label]
             if not pending:
                 break
