@@ -699,20 +699,29 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 @click.option("--sandbox-dir", type=click.Path(file_okay=False),
               help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
                    "its servers are stopped all the same")
+@click.option("--as", "actor", help="who runs it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True,
+              help="fop/NAME: seconds to follow each run")
+@remote.options
 @OUTPUT
 @click.pass_obj
 @_with_journal
-def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None,
-          output: str) -> None:
+def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,
+          wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """A whole drill: inject a fault, let the loop fail over, verify, fail back, report.
 
     A SCENARIO (`kind: DrillScenario`: a file, or a name in manifests/drills/) runs in
-    the sandbox of real services, torn down after; a PLAN (`kind: FailoverPlan`) runs
-    against its own backends (the in-memory ones of manifests/examples/memory-drill.yaml).
+    the sandbox of real services, torn down after. A PLAN file runs against its own
+    backends: with the in-memory ones (manifests/examples/memory-drill.yaml) it injects an
+    outage; with real ones it causes none — a planned failover, then a failback that runs
+    even when the drill is stopped midway. `fop/NAME` does the same through the operator.
     """
     from controller.drill import scenario as scenarios
     from controller.drill.runner import run_drill
 
+    if remote.is_resource(plan_file):
+        sys.exit(remote.drill(plan_file, namespace, kubeconfig,
+                              actor=actor or obj.settings.actor, output=output, wait=wait))
     echo = None if output == "json" else click.echo
     path = scenarios.find(plan_file)
     if scenarios.document_kind(path) == "DrillScenario":

@@ -267,6 +267,24 @@ def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: st
     return _finish(res, run, output)
 
 
+def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str,
+          output: str, wait: float) -> int:
+    """A DR drill against a FailoverPlan in the cluster: a planned failover (no outage is
+    caused), then a failback that runs whatever happened before it — a failed, refused or
+    interrupted failover included — so the drill never leaves the world switched. Exit 0
+    only when both runs ended well."""
+    code = EXIT_FAILED
+    try:
+        code = request(ref, namespace, kubeconfig, kind="failover", level=3, yes=True,
+                       reason="DR drill: planned failover to the backup site", actor=actor,
+                       dry_run=False, output=output, wait=wait)
+    finally:
+        back = request(ref, namespace, kubeconfig, kind="failback", level=None, yes=True,
+                       reason="DR drill: back to the primary site", actor=actor,
+                       dry_run=False, output=output, wait=wait)
+    return code if code != EXIT_OK else back
+
+
 @_errors
 def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str,
             step: str, actor: str, wait: float, output: str) -> int:

@@ -98,6 +98,29 @@ class MemorySiteFault:
         return f"site {self.site} repaired"
 
 
+class PlannedFailover:
+    """A drill against real systems: no outage is caused. The failover is requested, as
+    in a planned disaster-recovery test, and the drill then fails back; if the drill is
+    interrupted or breaks midway, `run_drill` still fails back (cleanup guaranteed)."""
+
+    cleanup = True
+
+    def __init__(self, engine: Engine, actor: str):
+        self.engine, self.actor = engine, actor
+
+    def inject(self) -> str:
+        self.engine.request("failover", actor=self.actor, level=3,
+                            reason="DR drill: planned failover to the backup site")
+        return "planned failover requested (no outage caused: the plan's backends are real)"
+
+    def clear(self) -> str:
+        return "nothing to repair: no outage was caused"
+
+
+def _uses_memory_probes(plan: FailoverPlan) -> bool:
+    return any(p.kind == "memory" for s in plan.spec.services for p in s.probes)
+
+
 Stop = Callable[[], str | None] | None
 """Returns the name of the signal that asked the drill to stop, if one did."""
 
@@ -207,12 +230,16 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
     """Run the drill and return the verdict; `write` also writes every report to `out`."""
     from controller.drill.reports import write_reports
 
-    if fault is None:
+    engine = Engine(plan, journal)
+    if fault is None and _uses_memory_probes(plan):
         fault = MemorySiteFault(plan)
         if echo:
             echo("note: this drill uses the in-memory backends of controller.testing, "
                  "not real servers")
-    engine = Engine(plan, journal)
+    elif fault is None:
+        fault = PlannedFailover(engine, actor)
+        if echo:
+            echo("note: real backends: a planned failover and failback, no outage caused")
     verdict: dict[str, Any] = {"plan": plan.name, "passed": False, "checks": [],
                                "timeline": {}, "faults": []}
     try:
@@ -220,6 +247,8 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
                        world=world, warmup=warmup, stop=stop)
     except BaseException as exc:  # interrupted or broken: leave no run open in the journal
         _abandon(engine, f"drill stopped: {type(exc).__name__}: {exc}")
+        if getattr(fault, "cleanup", False):
+            _fail_back(engine, actor, echo)
         raise
     finally:
         engine.release()
@@ -228,6 +257,19 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
         if echo:
             echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/")
     return verdict
+
+
+def _fail_back(engine: Engine, actor: str, echo: Echo) -> None:
+    """After a drill against real systems stopped midway: revert what it applied."""
+    if engine.state().phase in (Phase.HEALTHY, Phase.DEGRADED):
+        return
+    engine.request("failback", actor=actor, reason="drill stopped: reverting what it applied")
+    interval = min(s.interval for s in engine.plan.spec.services)
+    budget = sum(s.timeout * (s.retries + 1) for s in engine.plan.spec.steps) + 30
+    phase = _drive(engine, (Phase.HEALTHY, Phase.FAILED), timeout=budget, interval=interval,
+                   echo=echo)
+    if echo:
+        echo(f"cleanup: failback ended {phase.value}")
 
 
 def _abandon(engine: Engine, why: str) -> None:

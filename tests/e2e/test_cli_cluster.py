@@ -255,3 +255,21 @@ def test_a_missing_resource_is_a_clear_error_with_exit_code_2(kube: KubeServers,
         assert "Traceback" not in res.stderr
     bad = cli("status", "fop/x", "--kubeconfig", str(tmp_path / "nope"), journal=tmp_path / "j")
     assert bad.returncode == 2 and "kubeconfig" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_drill_on_a_resource_fails_over_and_back_through_the_operator(
+        cluster: Cluster) -> None:
+    name = "cli-drill"
+    body = cluster.create(name)
+    before = world(body)
+    res = cluster.ctl("drill", f"fop/{name}", "--as", "dr-team")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "failover of cli-drill requested by dr-team" in res.stdout
+    assert "failback of cli-drill requested by dr-team" in res.stdout
+    status = get(cluster.admin, cluster.ns, name)["status"]
+    assert status["phase"] == "Healthy" and status["run"]["kind"] == "failback"
+    after = world(body)
+    assert after["edge"] == before["edge"] and after["zone"] == before["zone"]
+    reasons = [a["detail"] for a in cluster.journal().audit_trail(plan=name)
+               if a["action"].startswith("start-")]
+    assert any("DR drill: planned failover" in r for r in reasons), reasons
