@@ -1,12 +1,13 @@
 """Readiness: is the backup site able to take over right now? Checked before an incident.
 
 Each check is read-only and harmless. A backend may offer its own `ready() -> str`
-(raising when not ready: a DNS provider sends a signed no-op update, a restorer opens SSH
-with the pinned host key); on top, the plan's steps are checked against the world: the
+(raising when not ready: a DNS provider sends a signed no-op update, HAProxy answers on
+its admin socket); on top, the plan's steps are checked against the world: the
 traffic destinations exist, the DNS names are readable (and, when a DNS step sets
 `prepareTtl`, their TTL is at or below it: `failoverctl dns-prepare` lowers it), and the
 newest verified backup of every restored data set is younger than the step's RPO budget
-(`params.rpo`, default 24h).
+(`params.rpo`, default 24h), and a remote restore target answers over SSH with its pinned
+host key and has the PostgreSQL binaries the restore runs.
 """
 
 from __future__ import annotations
@@ -79,6 +80,23 @@ def _routes(backends: Backends, backend: str, wanted: set[str]) -> str:
     return f"routes present: {current}"
 
 
+def _restore_host(backends: Backends, step: Any) -> str:
+    """The restore target host answers over SSH with its pinned host key, and its
+    PostgreSQL binaries are where the restore will look for them."""
+    from controller.backups.node import TargetOptions
+    from controller.model import Target
+
+    into = step.params["into"]
+    target = Target(host=into.get("host"), path=into["path"], options=into.get("options", {}))
+    opts = TargetOptions.model_validate(target.options)
+    host = backends.get(step.backend).host(target, opts)
+    try:
+        host.run(["test", "-x", f"{opts.pg_bin}/pg_ctl"], timeout=30)
+    finally:
+        host.close()
+    return f"{target.host}: SSH with the pinned host key works; {opts.pg_bin}/pg_ctl present"
+
+
 def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
            timeout: float = 10.0) -> list[Check]:
     now = time.time() if now is None else now
@@ -117,6 +135,10 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
             out.append(_run(f"step {step.name}: backup within RPO",
                             partial(_fresh_backup, backends, step.params["store"],
                                     step.params.get("dataset", ""), rpo, now), timeout))
+            restorer = backends.get(step.backend) if step.backend else None
+            if (step.params.get("into") or {}).get("host") and hasattr(restorer, "host"):
+                out.append(_run(f"step {step.name}: restore host",
+                                partial(_restore_host, backends, step), timeout))
     return out
 
 
