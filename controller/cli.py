@@ -34,10 +34,9 @@ from controller.console import (
     EXIT_WAITING,
     CliError,
 )
-from controller.crd import PLURAL
 from controller.journal import Journal, JournalError, Run
-from controller.loop import Engine, default_holder, observe
-from controller.model import PermanentError, Phase, StepStatus
+from controller.loop import Engine, observe
+from controller.model import Phase, StepStatus
 from controller.plan import FailoverPlan, PlanError, format_duration, json_schema, load_plan
 from controller.secrets import RedactingFilter
 
@@ -384,97 +383,6 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
     sys.exit(EXIT_OK if not result["failed"] else EXIT_FAILED)
 
 
-@main.command("dns-prepare")
-@click.argument("plan_file", type=click.Path())
-@click.option("--ttl", type=click.IntRange(0), help="lower to this TTL (seconds) instead "
-              "of each DNS step's params.prepareTtl")
-@click.option("--dry-run", is_flag=True, help="show which TTLs would be lowered; change nothing")
-@click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
-@OUTPUT
-@click.pass_obj
-@_with_journal
-def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor: str | None,
-                output: str) -> None:
-    """Lower the TTL of the plan's DNS records ahead of a failover (values unchanged;
-    compare-and-swap; never raises a TTL; audited). Exit 1 if a write failed."""
-    from controller.dns import ttl as ttls
-
-    plan = _load(plan_file)
-    steps = [s for s in plan.spec.steps if s.action == "dns"]
-    if not any(ttls.wanted_ttl(s, ttl) is not None for s in steps):
-        _fail(f"{plan_file}: no DNS step sets params.prepareTtl; pass --ttl SECONDS",
-              EXIT_INPUT)
-    journal = obj.journal()
-    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
-    who = actor or obj.settings.actor
-    journal.audit(at=time.time(), actor=who, action="dns-prepare", plan=plan.name,
-                  detail=f"{'dry run' if dry_run else 'start'}"
-                         f"{f', ttl {ttl}' if ttl is not None else ''}")
-
-    def audit(detail: str) -> None:
-        journal.audit(at=time.time(), actor=who, action="dns-ttl-lowered", plan=plan.name,
-                      detail=detail)
-
-    try:
-        results = ttls.prepare(plan, engine.backends.get, ttl=ttl, dry_run=dry_run,
-                               audit=audit)
-    except Exception as exc:
-        journal.audit(at=time.time(), actor=who, action="dns-prepare-failed",
-                      plan=plan.name, detail=str(exc))
-        _fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError)
-              else str(exc), EXIT_FAILED)
-
-    def text() -> str:
-        lines = []
-        for r in results:
-            what = {"lowered": f"ttl {r['ttl']} -> {r['wanted']}"
-                    + (f" (the old TTL has expired everywhere by {r['effectiveEverywhereBy']})"
-                       if r.get("effectiveEverywhereBy") else ""),
-                    "would-lower": f"ttl {r['ttl']} -> {r['wanted']} (dry run)",
-                    "unchanged": f"ttl {r['ttl']} already <= {r['wanted']}",
-                    "absent": "no such record"}[r["action"]]
-            lines.append(f"{r['step']}: {r['name']} {r['type']}: {what}")
-        return "\n".join(lines) or "no DNS records to prepare"
-
-    _emit(output, results, text)
-
-
-@main.command("verify")
-@click.argument("plan_file", type=click.Path())
-@click.option("--dataset", "datasets", multiple=True,
-              help="data set to verify (default: every data set a restore step names)")
-@click.option("--as", "actor", help="who runs it, for the audit (default: the verifier's actor)")
-@OUTPUT
-@click.pass_obj
-@_with_journal
-def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
-               output: str) -> None:
-    """Verify every backup not verified yet (checksums, decrypt, manifest, test restore)."""
-    plan = _load(plan_file)
-    verifiers = [b.name for b in plan.spec.backends if b.role == "verifier"]
-    if not verifiers:
-        _fail(f"{plan_file}: spec.backends has no backend with role: verifier; add one "
-              "(kind: catalog) naming the backup store", EXIT_INPUT)
-    wanted = list(datasets) or sorted({str(s.params["dataset"]) for s in plan.spec.steps
-                                       if s.action == "restore"})
-    if not wanted:
-        _fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
-    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
-    results = [{"verifier": name, "dataset": ds, **result}
-               for name in verifiers for ds in wanted
-               for result in engine.backends.get(name).verify_unverified(dataset=ds,
-                                                                         actor=actor)]
-
-    def text() -> str:
-        if not results:
-            return f"nothing to verify: every backup of {', '.join(wanted)} is verified already"
-        return "\n".join(f"[{'ok' if r['passed'] else 'FAIL'}] {r['dataset']} {r['backup']}: "
-                         f"{r['summary']} ({r['durationS']:g} s)" for r in results)
-
-    _emit(output, results, text)
-    sys.exit(EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED)
-
-
 @main.command()
 @click.argument("run_id")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
@@ -640,95 +548,4 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
-@main.command("operator")
-@click.option("--namespace", envvar="POD_NAMESPACE", required=True,
-              help="namespace of the FailoverPlans and the leader Lease ($POD_NAMESPACE)")
-@click.option("--kubeconfig", type=click.Path(dir_okay=False),
-              help="kubeconfig file (default: in-cluster in a pod, else $KUBECONFIG)")
-@click.option("--identity", envvar="FAILOVER_ACTOR",
-              help="this replica's name in the Lease and audit (default: host-pid)")
-@click.option("--listen", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics")
-@click.option("--lease-duration", type=float, default=15.0, show_default=True)
-@click.option("--renew-deadline", type=float, default=10.0, show_default=True)
-@click.option("--retry-period", type=float, default=2.0, show_default=True)
-@click.option("--resync", type=float, default=300.0, show_default=True,
-              help="seconds between full relists of the FailoverPlans")
-@click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="plans reconciled at once (one plan never by two workers)")
-@click.pass_obj
-@_with_journal
-def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str | None,
-                 listen: str | None, lease_duration: float, renew_deadline: float,
-                 retry_period: float, resync: float, workers: int) -> None:
-    """Run in the cluster: watch FailoverPlans, elect a leader, reconcile, write status."""
-    import signal
-    import threading
-
-    from controller.kube import KubeConnection, KubeError, connect
-    from controller.operator import LeaderConfig, Operator
-
-    if not 0 < retry_period < renew_deadline < lease_duration:
-        _fail("leader election needs 0 < --retry-period < --renew-deadline < "
-              "--lease-duration (defaults 2 < 10 < 15)", EXIT_INPUT)
-    try:
-        kube = connect(KubeConnection(kubeconfig=kubeconfig))
-    except (KubeError, PermanentError) as exc:
-        _fail(str(exc), EXIT_INPUT)
-    every = obj.settings.tick
-    health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: op.require_synced())
-    op = Operator(kube, namespace=namespace, journal=obj.journal(),
-                  identity=identity or default_holder(),
-                  leader=LeaderConfig(lease_duration=lease_duration,
-                                      renew_deadline=renew_deadline, retry_period=retry_period),
-                  tick=every, resync=resync, workers=workers, beat=health.beat)
-    if listen:
-        host, _, port = listen.rpartition(":")
-        serve(health, host or "0.0.0.0", int(port))
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"operator {op.identity}: watching {namespace}/{PLURAL}")
-    op.run(stop)
-    click.echo("operator stopped; the lease is released and the journal holds every step")
-
-
-@main.command()
-@click.argument("plan_file", metavar="SCENARIO|PLAN", type=click.Path())
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="drill-report",
-              show_default=True, help="directory for the reports (HTML, Markdown, JSON, JUnit)")
-@click.option("--sandbox-dir", type=click.Path(file_okay=False),
-              help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
-                   "its servers are stopped all the same")
-@click.option("--as", "actor", help="who runs it (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=3600.0, show_default=True,
-              help="fop/NAME: seconds to follow each run")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@_with_journal
-def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,
-          wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
-    """A whole drill: inject a fault, let the loop fail over, verify, fail back, report.
-
-    A SCENARIO (`kind: DrillScenario`: a file, or a name in manifests/drills/) runs in
-    the sandbox of real services, torn down after. A PLAN file runs against its own
-    backends: with the in-memory ones (manifests/examples/memory-drill.yaml) it injects an
-    outage; with real ones it causes none — a planned failover, then a failback that runs
-    even when the drill is stopped midway. `fop/NAME` does the same through the operator.
-    """
-    from controller.drill import scenario as scenarios
-    from controller.drill.runner import run_drill
-
-    if remote.is_resource(plan_file):
-        sys.exit(remote.drill(plan_file, namespace, kubeconfig,
-                              actor=actor or obj.settings.actor, output=output, wait=wait))
-    echo = None if output == "json" else click.echo
-    path = scenarios.find(plan_file)
-    if scenarios.document_kind(path) == "DrillScenario":
-        verdict = scenarios.run_for_cli(path, obj.journal(), Path(out_dir), echo=echo,
-                                        sandbox_dir=Path(sandbox_dir) if sandbox_dir else None)
-    else:
-        verdict = run_drill(_load(plan_file), obj.journal(), Path(out_dir), echo=echo)
-    if output == "json":
-        click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))
-    sys.exit(EXIT_OK if verdict["passed"] else EXIT_FAILED)
+from controller import cli_ops  # noqa: E402,F401  (registers its commands on `main`)
