@@ -5,13 +5,16 @@ local data directory and the backup site's database host alike. `SshHost` connec
 with fabric and pins the host key: only keys from the configured known_hosts are
 accepted (paramiko's RejectPolicy), never "accept on first use". Bulk data (the
 decrypted tar stream) goes over a raw session channel of the fabric connection, which
-SSH encrypts in transit; short commands go through `Connection.run`. A command that
+SSH encrypts in transit; short commands go through `Connection.run`. One connection
+serves every command of a restore; commands with stdin each get their own channel and
+may run side by side (the restorer opens its next session while data still streams). A command that
 fails raises `CommandError` with its exit code and the tail of its stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import shlex
@@ -66,6 +69,9 @@ class LocalHost:
                                         else subprocess.DEVNULL, stdout=out, stderr=err)
             except FileNotFoundError:
                 raise PermanentError(f"{argv[0]} not found on {self.name}") from None
+            if proc.stdin is not None:  # a 1 MiB pipe: the reader is not woken every 64 KiB
+                with contextlib.suppress(OSError, AttributeError):
+                    fcntl.fcntl(proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
             try:
                 if stdin is not None:
                     assert proc.stdin is not None
@@ -183,8 +189,8 @@ class SshHost:
             if stdin is None:
                 r = self.conn.run(cmd, hide=True, warn=True, in_stream=False, timeout=timeout)
                 result = Result(int(r.exited), r.stdout, r.stderr)
-            else:
-                result = self._stream(cmd, stdin, timeout)
+        if stdin is not None:  # its own channel: streams may run side by side
+            result = self._stream(cmd, stdin, timeout)
         if check and result.rc != 0:
             raise CommandError(self.name, argv, result)
         return result

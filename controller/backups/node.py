@@ -4,26 +4,41 @@ Owns the steps every restorer shares once the data files are in place, written a
 `hosts.Host` so they run the same locally and over SSH. Server commands run as the
 database OS user (`runuser -u postgres --` when the connection is root). The restored
 node's archiving is switched off (it would otherwise push WAL into the *source's*
-archive), its port and socket directory are set, and after start it is polled until
-`pg_is_in_recovery()` is false (a freshly recovered node says true for a moment). The
-plan's validation queries then decide whether the restore counts. It is stopped by the
-postmaster's PID from `postmaster.pid`, never by name.
+archive), its port and socket directory are set, and after start it is polled every
+50 ms until `pg_is_in_recovery()` is false (a freshly recovered node says true for a
+moment). The plan's validation queries then decide whether the restore counts. It is
+stopped by the postmaster's PID from `postmaster.pid`, never by name.
+
+A restore is three sessions on the host, not one per command: `prepare` (one script),
+the data stream, and `finish` (one script: extract, pg_verifybackup, configure, start,
+promote, archiving check, validation queries, with phase markers timed on the host's
+clock). Over SSH each session costs round trips and the login shell's startup. Scripts
+are built with `shlex.quote`/`shlex.join`, and paths are still refused if they hold
+shell-active characters (PostgreSQL's own tools pass them through a shell).
 """
 
 from __future__ import annotations
 
+import base64
+import itertools
 import posixpath
+import queue
 import re
 import shlex
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.backups.hosts import CommandError, Host
+from controller.backups.hosts import CommandError, Host, Result, is_root_on
 from controller.model import PermanentError
+from controller.secrets import redact
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9 ._+@:,=/-]")
+SEP = "\x1f"  # between the columns of the settings query (never in a setting's value)
+PSQL_TIMEOUT = 300  # seconds one psql (a poll, a validation query) may take
 
 
 class RestoreFailed(PermanentError):
@@ -69,9 +84,15 @@ class TargetOptions(BaseModel):
 
 
 class Node:
-    """The PostgreSQL data directory `path` on `host`, run as `opts.os_user`."""
+    """The PostgreSQL data directory `path` on `host`, run as `opts.os_user`.
 
-    def __init__(self, host: Host, path: str, opts: TargetOptions, *, root: bool):
+    Each phase that runs several commands runs them as one shell script (values quoted
+    with `shlex.quote`), so a restore costs a handful of remote sessions, not one per
+    command: over SSH every session pays the round trips and the login shell's startup.
+    """
+
+    def __init__(self, host: Host, path: str, opts: TargetOptions, *,
+                 root: bool | None = None):
         if not posixpath.isabs(path) or posixpath.normpath(path) in ("/", "/var", "/tmp"):
             raise PermanentError(f"restore target path {path!r} must be an absolute, "
                                  "dedicated data directory")
@@ -84,7 +105,15 @@ class Node:
         if len(opts.socket_dir) + len(f"/.s.PGSQL.{opts.port}") > 107:
             raise PermanentError(f"socketDir {opts.socket_dir!r} is too long for a unix "
                                  "socket path (107 bytes at most with the file name)")
-        self.host, self.path, self.opts, self.root = host, posixpath.normpath(path), opts, root
+        self.host, self.path, self.opts = host, posixpath.normpath(path), opts
+        self._root = root
+
+    @property
+    def root(self) -> bool:
+        """Whether commands run as root on the host (then server commands use runuser)."""
+        if self._root is None:
+            self._root = is_root_on(self.host)
+        return self._root
 
     def as_user(self, argv: list[str]) -> list[str]:
         if self.root and self.opts.os_user != "root":
@@ -93,6 +122,12 @@ class Node:
 
     def bin(self, name: str) -> str:
         return posixpath.join(self.opts.pg_bin, name)
+
+    def psql_argv(self, sql: str, *, database: str | None = None,
+                  extra: tuple[str, ...] = ()) -> list[str]:
+        return [self.bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", *extra,
+                "-h", self.opts.socket_dir, "-p", str(self.opts.port), "-U", self.opts.db_user,
+                "-d", database or self.opts.database, "-c", sql]
 
     # --- before the data arrives -------------------------------------------------------------
 
@@ -105,27 +140,54 @@ class Node:
         return int(got) if alive else None
 
     def prepare(self) -> None:
-        """Create an empty data directory owned by the OS user, mode 0700."""
-        pid = self.running_pid()
-        if pid is not None:
-            raise PermanentError(f"a PostgreSQL server (PID {pid}) is running on {self.path} "
-                                 f"at {self.host.name}; stop it before restoring over it")
-        listing = self.host.run(["sh", "-c", f"ls -A {shlex.quote(self.path)} 2>/dev/null | "
-                                 "head -3"], check=False).out.split()
-        if listing and not self.opts.overwrite:
+        """Create an empty data directory owned by the OS user, mode 0700.
+
+        One script: who we are, a server running on the directory (refused), what the
+        directory holds (refused unless `overwrite`), create it, and can the OS user write
+        it. It answers in `key=value` lines; the refusals are decided here.
+        """
+        q = shlex.quote
+        script = f"""cd / || exit 1
+P={q(self.path)}; S={q(self.opts.socket_dir)}; U={q(self.opts.os_user)}
+uid=$(id -u) || exit 1
+echo "uid=$uid"
+pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)
+case "$pid" in ''|*[!0-9]*) ;; *) if kill -0 "$pid" 2>/dev/null; then
+  echo "running=$pid"; exit 0; fi ;; esac
+if [ -n "$(ls -A "$P" 2>/dev/null | head -1)" ]; then
+  ls -A "$P" | head -3 | sed 's/^/entry=/'
+  [ {1 if self.opts.overwrite else 0} = 1 ] || exit 0
+  find "$P" -mindepth 1 -delete || exit 1
+fi
+if [ "$uid" = 0 ]; then
+  install -d -m 0700 -o "$U" "$P" && install -d -m 0775 -o "$U" "$S" || exit 1
+else
+  mkdir -p "$P" "$S" && chmod 0700 "$P" || exit 1
+fi
+if [ "$uid" = 0 ] && [ "$U" != root ]; then runuser -u "$U" -- test -w "$P"
+else test -w "$P"; fi || {{ echo "writable=no"; exit 0; }}
+echo "ready=yes"
+"""
+        out = self.host.run(["sh", "-c", script]).out.splitlines()
+        got: dict[str, str] = {}
+        entries: list[str] = []
+        for line in out:
+            key, _, value = line.partition("=")
+            if key == "entry":
+                entries.append(value)
+            else:
+                got[key] = value
+        if "uid" in got:
+            self._root = got["uid"] == "0"
+        if "running" in got:
+            raise PermanentError(f"a PostgreSQL server (PID {got['running']}) is running on "
+                                 f"{self.path} at {self.host.name}; stop it before restoring "
+                                 "over it")
+        if entries and not self.opts.overwrite:
             raise PermanentError(f"restore target {self.path} on {self.host.name} is not empty "
-                                 f"({', '.join(listing)}…); set `overwrite: true` or pick an "
+                                 f"({', '.join(entries)}…); set `overwrite: true` or pick an "
                                  "empty directory")
-        if listing:
-            self.host.run(["find", self.path, "-mindepth", "1", "-delete"])
-        if self.root:
-            self.host.run(["install", "-d", "-m", "0700", "-o", self.opts.os_user, self.path])
-            self.host.run(["install", "-d", "-m", "0775", "-o", self.opts.os_user,
-                           self.opts.socket_dir])
-        else:
-            self.host.run(["mkdir", "-p", self.path, self.opts.socket_dir])
-            self.host.run(["chmod", "0700", self.path])
-        if self.host.run(self.as_user(["test", "-w", self.path]), check=False).rc != 0:
+        if got.get("writable") == "no" or got.get("ready") != "yes":
             raise PermanentError(f"OS user {self.opts.os_user} cannot write {self.path} on "
                                  f"{self.host.name}: a parent directory is not searchable "
                                  "by it (e.g. mode 0700); pick a path it can reach")
@@ -134,73 +196,177 @@ class Node:
         """Remove what a failed restore left (used when nothing may count as restored)."""
         self.host.run(["find", self.path, "-mindepth", "1", "-delete"], check=False)
 
-    # --- configure, start, promote ----------------------------------------------------------
+    # --- after the data arrives: extract, verify, configure, start, promote, validate -------
 
-    def configure(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        settings = {"archive_mode": "off", "archive_command": "''",
-                    "port": str(self.opts.port),
-                    "unix_socket_directories": f"'{self.opts.socket_dir}'",
-                    **(extra or {}), **self.opts.settings}
-        text = "# set by the failover controller's restore\n" + "".join(
-            f"{k} = {v}\n" for k, v in settings.items())
-        self.host.run(self.as_user(["sh", "-c", f"cat >> {shlex.quote(self.path)}/"
-                                    "postgresql.auto.conf"]), stdin=[text.encode()])
-        self.host.run(["rm", "-f", f"{self.path}/standby.signal", f"{self.path}/postmaster.pid"])
-        return settings
+    def settings(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """What the restore appends to postgresql.auto.conf: archiving off, port, socket."""
+        return {"archive_mode": "off", "archive_command": "''",
+                "port": str(self.opts.port),
+                "unix_socket_directories": f"'{self.opts.socket_dir}'",
+                **(extra or {}), **self.opts.settings}
 
-    def start(self) -> int:
-        try:
-            self.host.run(self.as_user([self.bin("pg_ctl"), "-D", self.path, "-l",
-                                        f"{self.path}/restore-start.log", "-w", "-t",
-                                        str(self.opts.start_timeout), "start"]),
-                          timeout=self.opts.start_timeout + 30)
-        except CommandError as exc:
-            log = self.host.run(["sh", "-c", f"tail -20 {shlex.quote(self.path)}/"
-                                 "restore-start.log"], check=False).out
-            raise RestoreFailed("start", f"{exc}\n{log}") from None
-        pid = self.running_pid()
-        if pid is None:
-            raise RestoreFailed("start", f"no postmaster running on {self.path} after start")
-        return pid
+    def finish(self, *, fetch: list[str] | None = None, extract_tars: bool = False,
+               verify: bool = False) -> dict[str, Any]:
+        """Bring the restored files up and prove them, in ONE remote session.
 
-    def sql(self, sql: str, *, database: str | None = None) -> str:
-        return self.host.run(self.as_user([
-            self.bin("psql"), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1",
-            "-h", self.opts.socket_dir, "-p", str(self.opts.port), "-U", self.opts.db_user,
-            "-d", database or self.opts.database, "-c", sql]), timeout=300).out.strip()
+        In order, each step only if the previous one succeeded: `fetch` (a restore command,
+        e.g. `pgbackrest restore`), extract tar-format files, `pg_verifybackup` against the
+        manifest, configure (archiving off, port, socket), `pg_ctl start -w`, poll
+        `pg_is_in_recovery()` every 50 ms until false (or `promoteTimeout`), read
+        archive_mode/archive_command and the last replayed transaction's time -- refusing
+        to go on unless archive_mode is off -- then each validation query in its own psql.
+        Phase timings come from the host's clock between markers. Raises RestoreFailed
+        naming the phase; returns phases, pid, polls, archiving, lastReplay, validation.
+        """
+        return self.begin_finish(fetch=fetch, extract_tars=extract_tars, verify=verify).go()
 
-    def wait_promoted(self) -> int:
-        """Poll until `pg_is_in_recovery()` is false; returns the number of polls."""
-        deadline, polls, last = time.monotonic() + self.opts.promote_timeout, 0, ""
-        while True:
-            polls += 1
-            try:
-                last = self.sql("SELECT pg_is_in_recovery()")
-                if last == "f":
-                    return polls
-            except CommandError as exc:
-                last = str(exc)
-            if time.monotonic() > deadline:
-                raise RestoreFailed("promote", f"still in recovery after "
-                                    f"{self.opts.promote_timeout:g} s (last answer: {last})")
-            time.sleep(0.1)
+    def begin_finish(self, *, fetch: list[str] | None = None, extract_tars: bool = False,
+                     verify: bool = False) -> PendingFinish:
+        """Open the `finish` session now; it runs nothing until `go()` (see PendingFinish)."""
+        script = self._finish_script(fetch=fetch, extract_tars=extract_tars, verify=verify)
+        budget = (24 * 3600 + self.opts.start_timeout + self.opts.promote_timeout
+                  + 330 * (len(self.opts.validation) + 2))
+        return PendingFinish(self, script, budget)
 
-    def archiving(self) -> dict[str, str]:
-        return {"archive_mode": self.sql("SHOW archive_mode"),
-                "archive_command": self.sql("SHOW archive_command")}
+    def _finish_script(self, *, fetch: list[str] | None, extract_tars: bool,
+                       verify: bool) -> str:
+        q, j, o = shlex.quote, shlex.join, self.opts
+        p = self.path
+        psql = f"timeout {PSQL_TIMEOUT}"  # a hung query ends; its psql exits 124
+        conf = "# set by the failover controller's restore\n" + "".join(
+            f"{k} = {v}\n" for k, v in self.settings().items())
+        append = self.as_user(["sh", "-c", f"cat >> {q(p)}/postgresql.auto.conf"])
+        lines = [
+            # wait for the word: nothing runs unless the caller says `go` (EOF: exit quietly)
+            'read -r go || exit 0; [ "$go" = go ] || exit 0; exec </dev/null',
+            "cd / || exit 1",  # the OS user may not enter the login's home (psql warns)
+            f"P={q(p)}",
+            "mark() { echo \"@@phase $1\" >&2; echo \"@@mark $1 $(date +%s.%N)\"; }",
+            "fail() { echo \"@@fail $1\"; exit 3; }",
+        ]
+        if fetch is not None:
+            lines += ["mark fetch", f"{j(self.as_user(fetch))} >&2 || fail fetch"]
+        if extract_tars:
+            untar = j(self.as_user(["tar", "-x", "-f"]))
+            lines += [
+                "mark extract",
+                'for t in "$P"/base.tar*; do [ -e "$t" ] || continue',
+                f'  {untar} "$t" -C "$P" >&2 && rm -f "$t" || fail extract',
+                "done",
+                'if [ -f "$P/pg_wal.tar" ]; then',
+                f'  {untar} "$P/pg_wal.tar" -C "$P/pg_wal" >&2 && rm -f "$P/pg_wal.tar" '
+                "|| fail extract",
+                "fi",
+            ]
+        if verify:
+            lines += ["mark verify",
+                      f"{j(self.as_user([self.bin('pg_verifybackup'), '-q', p]))} >&2 "
+                      "|| fail verify"]
+        pg_ctl = self.as_user([self.bin("pg_ctl"), "-D", p, "-l", f"{p}/restore-start.log",
+                               "-w", "-t", str(o.start_timeout), "start"])
+        settings_sql = ("SELECT current_setting('archive_mode'), "
+                        "current_setting('archive_command'), coalesce(extract(epoch FROM "
+                        "pg_last_xact_replay_timestamp())::text, '')")
+        lines += [
+            "mark start",
+            f"printf '%s' {q(conf)} | {j(append)} >&2 || fail start",
+            'rm -f "$P/standby.signal" "$P/postmaster.pid" >&2 || fail start',
+            f'{j(pg_ctl)} >&2 || {{ tail -20 "$P/restore-start.log" >&2; fail start; }}',
+            'pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)',
+            'case "$pid" in ""|*[!0-9]*) pid="";; esac',
+            'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then',
+            '  echo "no postmaster running on $P after start" >&2; fail start; fi',
+            'echo "@@pid $pid"',
+            "mark promote",
+            f"end=$(( $(date +%s) + {int(o.promote_timeout) + 1} )); polls=0",
+            "while :; do",
+            "  polls=$((polls + 1))",
+            f"  r=$({psql} {j(self.as_user(self.psql_argv('SELECT pg_is_in_recovery()')))}"
+            " 2>&1)",
+            '  [ "$r" = f ] && break',
+            '  if [ "$(date +%s)" -ge "$end" ]; then',
+            "    printf 'still in recovery after %s s (last answer: %s)\n' "
+            f"{q(f'{o.promote_timeout:g}')} \"$r\" >&2; fail promote",
+            "  fi",
+            "  sleep 0.05",
+            "done",
+            'echo "@@polls $polls"',
+            f"s=$({psql} {j(self.as_user(self.psql_argv(settings_sql, extra=('-F', SEP))))})"
+            " || fail promote",
+            "echo \"@@settings $(printf '%s' \"$s\" | base64 -w0)\"",
+            f'case "$s" in off{q(SEP)}*) ;; *) fail archiving;; esac',
+            "mark validate",
+        ]
+        for i, v in enumerate(o.validation):
+            argv = self.as_user(self.psql_argv(v.sql, database=v.database))
+            lines += [
+                f"echo '@@query {i}' >&2",
+                "t=$(date +%s.%N)",
+                f"out=$({psql} {j(argv)}); rc=$?",
+                f"echo \"@@result {i} $rc $t $(date +%s.%N) "
+                "$(printf '%s' \"$out\" | head -c 65536 | base64 -w0)\"",
+            ]
+        lines.append("mark done")
+        return "\n".join(lines) + "\n"
 
-    def last_replay(self) -> float | None:
-        got = self.sql("SELECT extract(epoch FROM pg_last_xact_replay_timestamp())")
-        return float(got) if got else None
+    def _parse_finish(self, result: Result) -> dict[str, Any]:
+        marks: list[tuple[str, float]] = []
+        failed: str | None = None
+        got: dict[str, Any] = {"validation": {}}
+        for line in result.out.splitlines():
+            word, _, rest = line.partition(" ")
+            if word == "@@mark":
+                name, _, at = rest.partition(" ")
+                marks.append((name, float(at)))
+            elif word == "@@fail":
+                failed = rest.strip()
+            elif word == "@@pid":
+                got["pid"] = int(rest)
+            elif word == "@@polls":
+                got["polls"] = int(rest)
+            elif word == "@@settings":
+                got["settings"] = base64.b64decode(rest.strip()).decode(errors="replace")
+            elif word == "@@result":
+                i, rc, t0, t1, *value = rest.split(" ")
+                text = base64.b64decode(value[0] if value else "").decode(errors="replace")
+                lines = text.strip().splitlines()
+                got["validation"][int(i)] = (int(rc), float(t1) - float(t0),
+                                             lines[0] if lines else "")
+        phases = {name: later - at for (name, at), (_, later) in itertools.pairwise(marks)}
+        if failed is None and marks and marks[-1][0] != "done":
+            failed = marks[-1][0]  # the script died inside this phase
+        if (failed is None and result.rc != 0) or not marks:
+            raise CommandError(self.host.name, ["sh", "-c", "<restore steps>"], result)
+        errors = _segments(result.err)
+        if failed is not None:
+            detail = redact(errors.get(failed, "").strip()[-1500:] or f"exit {result.rc}")
+            if failed in ("fetch", "extract", "verify"):
+                self.clear()  # files that were not proven must not count as restored
+            if failed == "verify":
+                raise RestoreFailed("verify", "pg_verifybackup rejected the restored files: "
+                                    f"{detail}")
+            if failed == "archiving":
+                mode = got.get("settings", "").split(SEP)[0]
+                raise RestoreFailed("start", f"archive_mode is {mode} on the restored node; it "
+                                    "would archive into the source's repository")
+            raise RestoreFailed(failed, f"on {self.host.name}: {detail}")
+        mode, command, replay = [*got["settings"].split(SEP), "", ""][:3]
+        return {"phases": phases, "pid": got["pid"], "polls": got["polls"],
+                "archiving": {"archive_mode": mode, "archive_command": command},
+                "lastReplay": float(replay) if replay else None,
+                "validation": self._judge(got["validation"], errors)}
 
-    def validate(self) -> list[dict[str, Any]]:
+    def _judge(self, answers: dict[int, tuple[int, float, str]],
+               errors: dict[str | int | None, str]) -> list[dict[str, Any]]:
         results: list[dict[str, Any]] = []
-        for q in self.opts.validation:
-            started = time.monotonic()
-            try:
-                value = self.sql(q.sql, database=q.database).splitlines()
-                first = value[0] if value else ""
-                ok, why = True, ""
+        for i, q in enumerate(self.opts.validation):
+            rc, seconds, first = answers.get(i, (-1, 0.0, ""))
+            ok, why = True, ""
+            if rc != 0:
+                tail = errors.get(i, "").strip()[-800:]
+                first, ok, why = "", False, redact(f"on {self.host.name}: psql exited {rc}: "
+                                                   f"{tail}")
+            else:
                 if q.expect is not None and first != q.expect:
                     ok, why = False, f"expected {q.expect!r}"
                 if q.min is not None:
@@ -209,15 +375,17 @@ class Node:
                             ok, why = False, f"expected at least {q.min:g}"
                     except ValueError:
                         ok, why = False, f"expected a number >= {q.min:g}"
-            except CommandError as exc:
-                first, ok, why = "", False, str(exc)
             results.append({"name": q.name, "passed": ok, "value": first[:200],
-                            "detail": why, "seconds": round(time.monotonic() - started, 3)})
+                            "detail": why, "seconds": round(seconds, 3)})
         failed = [r for r in results if not r["passed"]]
         if failed:
             raise RestoreFailed("validate", "; ".join(
                 f"{r['name']}: got {r['value']!r}, {r['detail']}" for r in failed))
         return results
+
+    def sql(self, sql: str, *, database: str | None = None) -> str:
+        return self.host.run(self.as_user(self.psql_argv(sql, database=database)),
+                             timeout=300).out.strip()
 
     def stop(self, *, timeout: float = 60.0) -> None:
         """Fast shutdown by PID (SIGINT), SIGKILL if it does not go."""
@@ -231,3 +399,59 @@ class Node:
                 return
             time.sleep(0.05)
         self.host.run(["kill", "-KILL", str(pid)], check=False)
+
+
+class PendingFinish:
+    """A `Node.finish` script already started on the host, waiting on its stdin for `go`.
+
+    Opening a session costs round trips and the login shell's startup on the host; the
+    restorer opens this one while the data is still streaming, so that cost overlaps the
+    transfer. Nothing runs before `go()` (called only once the whole stream was
+    authenticated and extracted); `abort()` ends it having done nothing.
+    """
+
+    def __init__(self, node: Node, script: str, budget: float):
+        self.node = node
+        self._gate: queue.Queue[bool] = queue.Queue()
+        self._result: Result | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(script, budget), daemon=True,
+                                         name="restore-finish")
+        self._thread.start()
+
+    def _words(self) -> Iterator[bytes]:
+        if self._gate.get():
+            yield b"go\n"
+
+    def _run(self, script: str, budget: float) -> None:
+        try:
+            self._result = self.node.host.run(["sh", "-c", script], stdin=self._words(),
+                                              timeout=budget, check=False)
+        except BaseException as exc:  # handed to the caller by go()
+            self._error = exc
+
+    def go(self) -> dict[str, Any]:
+        self._gate.put(True)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self.node._parse_finish(self._result)
+
+    def abort(self) -> None:
+        self._gate.put(False)
+        self._thread.join(60)
+
+
+def _segments(err: str) -> dict[str | int | None, str]:
+    """The finish script's stderr split by its `@@phase NAME` / `@@query I` markers."""
+    out: dict[str | int | None, str] = {}
+    key: str | int | None = None
+    for line in err.splitlines(keepends=True):
+        if line.startswith("@@phase "):
+            key = line.split()[1]
+        elif line.startswith("@@query "):
+            key = int(line.split()[1])
+        else:
+            out[key] = out.get(key, "") + line
+    return out

@@ -4,7 +4,9 @@ Owns the restore step's two implementations of the `Restorer` protocol:
 - `BaseBackupRestorer` streams a catalog payload (an encrypted tar of a `pg_basebackup`
   plain/tar backup) from its store, decrypting and authenticating chunk by chunk, into
   `tar -x` on the target (locally, or over SSH with fabric, host key pinned), then runs
-  `pg_verifybackup` against the backup's manifest;
+  `pg_verifybackup` against the backup's manifest (the session for these later steps is
+  opened while the data streams, and waits: nothing runs before the stream was
+  authenticated to its last chunk);
 - `PgBackRestRestorer` runs `pgbackrest restore` on the target (`--type=immediate`, a
   time target, or `latest`), with `--archive-mode=off`.
 Both then switch the node's archiving off, start it, wait for promotion, run the plan's
@@ -18,7 +20,6 @@ is emptied, so nothing counts as restored. Progress is logged every 64 MiB.
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -26,9 +27,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.backups.catalog import AuditSink, CatalogStore
-from controller.backups.hosts import CommandError, Host, LocalHost, SshHost, SshOptions, is_root_on
+from controller.backups.hosts import CommandError, Host, LocalHost, SshHost, SshOptions
 from controller.backups.naming import iso
-from controller.backups.node import Node, RestoreFailed, TargetOptions
+from controller.backups.node import Node, PendingFinish, RestoreFailed, TargetOptions
 from controller.model import Backup, Evidence, PermanentError, Target
 from controller.secrets import Secrets, redact
 
@@ -117,7 +118,7 @@ class _Restorer:
         phases: dict[str, float] = {}
         host = self.host(into, opts)
         try:
-            node = Node(host, into.path, opts, root=is_root_on(host))
+            node = Node(host, into.path, opts)  # prepare learns whether it runs as root
             evidence = self._run(backup, node, phases)
         except Exception as exc:
             self.audit(actor, f"FAILED restoring {backup.id} onto {where}: {exc}")
@@ -148,16 +149,19 @@ class _Restorer:
         finally:
             phases[name] = time.monotonic() - t
 
-    def _finish(self, node: Node, phases: dict[str, float], ev: Evidence) -> Evidence:
-        pid = self._timed(phases, "start", node.start)
-        polls = self._timed(phases, "promote", node.wait_promoted)
-        ev["archiving"] = node.archiving()
-        if ev["archiving"]["archive_mode"] != "off":
-            raise RestoreFailed("start", f"archive_mode is {ev['archiving']['archive_mode']} "
-                                "on the restored node; it would archive into the source's "
+    def _finish(self, node: Node, phases: dict[str, float], ev: Evidence, *,
+                fetch: list[str] | None = None, pending: PendingFinish | None = None
+                ) -> Evidence:
+        """The rest of the restore in one remote session (see `Node.finish`)."""
+        done = pending.go() if pending is not None else node.finish(fetch=fetch)
+        phases.update(done["phases"])
+        if done["archiving"]["archive_mode"] != "off":  # the script refuses this too
+            raise RestoreFailed("start", f"archive_mode is {done['archiving']['archive_mode']}"
+                                " on the restored node; it would archive into the source's "
                                 "repository")
-        ev["validation"] = self._timed(phases, "validate", node.validate)
-        ev.update({"pid": pid, "promotePolls": polls, "lastReplay": node.last_replay()})
+        ev.update({"archiving": done["archiving"], "validation": done["validation"],
+                   "pid": done["pid"], "promotePolls": done["polls"],
+                   "lastReplay": done["lastReplay"]})
         return ev
 
     def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
@@ -168,7 +172,7 @@ class _Restorer:
         opts = TargetOptions.model_validate(into.options)
         host = self.host(into, opts)
         try:
-            Node(host, into.path, opts, root=is_root_on(host)).stop()
+            Node(host, into.path, opts).stop()
         finally:
             host.close()
 
@@ -196,42 +200,24 @@ class BaseBackupRestorer(_Restorer):
                 raise RestoreFailed("fetch", f"backup {backup.id} payload is empty") from None
             self._timed(phases, "prepare", node.prepare)
             t = time.monotonic()
+            # the next session opens now and waits: its startup overlaps the transfer
+            # (a tar-format backup is extracted there: PG15 cannot verify tar format)
+            pending = node.begin_finish(extract_tars=True, verify=True)
             try:
                 node.host.run(node.as_user(["tar", "-x", "-f", "-", "-C", node.path]),
                               stdin=_prepend(first, chunks), timeout=24 * 3600)
             except BaseException as exc:
+                pending.abort()
                 node.clear()
                 if isinstance(exc, CommandError):
                     raise RestoreFailed("fetch", str(exc)) from None
                 raise
         phases["fetch"] = time.monotonic() - t
-        tarred = node.host.run(["sh", "-c", f"ls {shlex.quote(node.path)}/base.tar* "
-                                "2>/dev/null"],
-                               check=False).out.splitlines()
-        if tarred:  # a tar-format backup: PG15 cannot verify it before extraction
-            self._timed(phases, "extract", self._extract_tar, node, tarred)
-        try:
-            self._timed(phases, "verify", node.host.run,
-                        node.as_user([node.bin("pg_verifybackup"), "-q", node.path]))
-        except CommandError as exc:
-            node.clear()
-            raise RestoreFailed("verify", f"pg_verifybackup rejected the restored files: "
-                                f"{exc}") from None
-        node.configure()
         seconds = phases["fetch"]
         ev: Evidence = {"bytes": moved["bytes"],
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds
                         else None, "pgVerifybackup": "passed"}
-        return self._finish(node, phases, ev)
-
-    def _extract_tar(self, node: Node, tars: list[str]) -> None:
-        for tar in tars:
-            node.host.run(node.as_user(["tar", "-x", "-f", tar, "-C", node.path]))
-            node.host.run(["rm", "-f", tar])
-        wal = node.path + "/pg_wal.tar"
-        if node.host.run(["test", "-f", wal], check=False).rc == 0:
-            node.host.run(node.as_user(["tar", "-x", "-f", wal, "-C", node.path + "/pg_wal"]))
-            node.host.run(["rm", "-f", wal])
+        return self._finish(node, phases, ev, pending=pending)
 
 
 class PgBackRestRestorer(_Restorer):
@@ -255,15 +241,9 @@ class PgBackRestRestorer(_Restorer):
             argv += [f"--set={label}", "--type=default"]
         else:
             argv += ["--type=time", f"--target={target}", "--target-action=promote"]
-        node.prepare()
-        try:
-            self._timed(phases, "fetch", lambda: node.host.run(
-                node.as_user([*argv, "restore"]), timeout=24 * 3600))
-        except CommandError as exc:
-            node.clear()
-            raise RestoreFailed("fetch", str(exc)) from None
-        node.configure()
-        return self._finish(node, phases, {"set": label, "recoveryTarget": target})
+        self._timed(phases, "prepare", node.prepare)
+        return self._finish(node, phases, {"set": label, "recoveryTarget": target},
+                            fetch=[*argv, "restore"])
 
 
 def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None

@@ -1,25 +1,30 @@
 """Backup benchmarks: figures and ratios against a baseline run the same way, not timers.
 
-    .venv/bin/python tests/benchmarks/bench_backups.py            # full run
+    .venv/bin/python tests/benchmarks/bench_backups.py [SCALE [REPEAT]]   # full run
     .venv/bin/python -m pytest tests/benchmarks/bench_backups.py -s   # same, smaller
 
 (a) verification throughput: the catalog's checksum pass over a stored (encrypted)
     payload versus `sha256sum` of the same file, best of N; and the decrypt +
     authenticate pass (every GCM tag checked) versus the same `sha256sum`.
     Goal: checksum pass >= 0.9x sha256sum.
-(b) restore wall time versus the bare tools run by hand on the same backup:
-    - basebackup: BaseBackupRestorer (S3-less filesystem store: decrypt, tar -x,
+(b) restore wall time versus the bare tools run by hand on the same backup, locally and
+    over a real sshd on loopback (the restorer through fabric with the host key pinned,
+    by hand through the OpenSSH client; both pay one connection):
+    - basebackup: BaseBackupRestorer (filesystem store: decrypt + authenticate, tar -x,
       pg_verifybackup, configure, start, promote, validation query) versus by hand
-      `tar -x` of the unencrypted tar + `pg_ctl start -w` + one query;
+      `tar -x` of the same bytes unencrypted + archive_mode=off + `pg_ctl start -w` +
+      polling pg_is_in_recovery() + the same query, in one shell session; and the same
+      with pg_verifybackup ("by hand+checks");
     - pgBackRest: PgBackRestRestorer (--type=immediate) versus by hand `pgbackrest
-      restore --type=immediate --target-action=promote` + `pg_ctl start -w` + polling
-      pg_is_in_recovery(). Goal <= 1.1x.
+      restore --type=immediate --target-action=promote --archive-mode=off` + the same
+      start, poll and query. Goal <= 1.1x.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -93,20 +98,55 @@ def verification(base: Path, mb: int, repeat: int) -> None:
     print(f"    decrypt+authenticate     {mbs / t_dec:8.0f} MB/s   ratio {t_sum / t_dec:.2f}x")
 
 
-def _wait_primary(pg: PostgresServer) -> None:
-    while pg.psql("SELECT pg_is_in_recovery()") != "f":
-        time.sleep(0.1)
+def _hand_script(data: Path, sock: Path, port: int, fetch: list[str],
+                 queries: list[str], *, verify: bool) -> str:
+    """What a person types on the database host: the bare tools, in one shell session.
+
+    `fetch` puts the files in place (`tar -x` of the backup's plain tar from stdin, or
+    `pgbackrest restore`), then port/socket/archive_mode=off are appended, `pg_ctl start
+    -w`, pg_is_in_recovery() polled every 50 ms, and the queries run. With `verify`,
+    `pg_verifybackup` runs before the start (the same checks the restorer makes).
+    """
+    q, j = shlex.quote, shlex.join
+    psql = [str(PG_BIN / "psql"), "-X", "-q", "-A", "-t", "-h", str(sock), "-p", str(port),
+            "-U", "postgres", "-d", "postgres", "-c"]
+    conf = f"archive_mode = off\nport = {port}\nunix_socket_directories = '{sock}'\n"
+    lines = ["set -e", "cd /", j(as_user(fetch))]
+    if verify:
+        lines.append(j(as_user([str(PG_BIN / "pg_verifybackup"), "-q", str(data)])))
+    append = as_user(["sh", "-c", f"cat >> {q(str(data))}/postgresql.auto.conf"])
+    lines += [
+        f"printf '%s' {q(conf)} | {j(append)}",
+        j(as_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", f"{data}/hand.log", "-w",
+                   "start"])) + " >/dev/null",
+        f'until [ "$({j(as_user([*psql, "SELECT pg_is_in_recovery()"]))})" = f ]; '
+        "do sleep 0.05; done",
+        *(j(as_user([*psql, sql])) + " >/dev/null" for sql in queries),
+    ]
+    return "\n".join(lines) + "\n"
 
 
-def _hand_start(data: Path, sock: Path) -> PostgresServer:
-    pg = PostgresServer(data.parent, data=data)
-    pg.sock = sock
-    with (data / "postgresql.auto.conf").open("a") as fh:
-        fh.write("archive_mode = off\n")
-    pg.start()
-    _wait_primary(pg)
-    pg.psql("SELECT count(*) FROM orders")
-    return pg
+class Ssh:
+    """A real sshd on loopback; `argv` runs a command with the OpenSSH client (by hand)."""
+
+    def __init__(self, base: Path):
+        from controller.drill.servers.sshd import SshServer
+
+        self.server = SshServer(base / "sshd").start()
+        self.key, self.known = base / "client_key", base / "known_hosts"
+        self.key.write_text(self.server.client_key.read_text())
+        self.key.chmod(0o600)
+        self.known.write_text(self.server.known_hosts)
+
+    def argv(self, command: str) -> list[str]:
+        return ["ssh", "-p", str(self.server.port), "-i", str(self.key), "-o", "BatchMode=yes",
+                "-o", f"UserKnownHostsFile={self.known}", "-o", "StrictHostKeyChecking=yes",
+                f"{self.server.user}@127.0.0.1", command]
+
+    def restorer_options(self) -> dict[str, Any]:
+        return {"ssh": {"user": self.server.user, "port": self.server.port,
+                        "privateKey": {"fromFile": str(self.key)},
+                        "knownHosts": {"fromFile": str(self.known)}}}
 
 
 def restores(base: Path, rows: int, repeat: int) -> None:
@@ -137,20 +177,17 @@ def restores(base: Path, rows: int, repeat: int) -> None:
                                   config=str(conf), stanza="main")
     finally:
         source.stop()
-    plain_tar = base / "plain.tar"
+    plain_tar = base / "plain.tar"  # the same bytes the restorer decrypts, unencrypted
     with store.open_payload(bk) as reader, plain_tar.open("wb") as fh:
         shutil.copyfileobj(reader, fh, 1 << 20)
     plain_tar.chmod(0o644)
-    bk_ok = _verified(bk)
-    pbk_ok = _verified(pbk)
-    validation = [{"name": "rows", "sql": "SELECT count(*) FROM orders", "expect": str(rows)}]
-    restorer = BaseBackupRestorer(BaseBackupRestorer.Options.model_validate(
-        {"store": {"kind": "filesystem", "options": {"path": str(base / "catalog"),
-                                                     "encryptionKey": {"fromEnv": "BENCH_KEY"}}}}),
-        secrets=Secrets(), store=store)
-    pgbr = PgBackRestRestorer(PgBackRestRestorer.Options.model_validate(
-        {"config": str(conf), "stanza": "main"}), secrets=Secrets())
-    counter = iter(range(1000))
+    bk_ok, pbk_ok = _verified(bk), _verified(pbk)
+    sql = "SELECT count(*) FROM orders"
+    validation = [{"name": "rows", "sql": sql, "expect": str(rows)}]
+    store_spec = {"kind": "filesystem", "options": {
+        "path": str(base / "catalog"), "encryptionKey": {"fromEnv": "BENCH_KEY"}}}
+    ssh = Ssh(base)
+    counter = iter(range(10_000))
 
     def place() -> tuple[Path, Path]:
         d = base / f"r{next(counter)}"
@@ -158,52 +195,74 @@ def restores(base: Path, rows: int, repeat: int) -> None:
         give_to(d / "sock", mode=0o755)
         return d / "data", d / "sock"
 
-    def ours(r: Any, b: Backup) -> float:
+    def restorer(kind: str, remote: bool) -> Any:
+        extra = ssh.restorer_options() if remote else {}
+        if kind == "basebackup":
+            return BaseBackupRestorer(BaseBackupRestorer.Options.model_validate(
+                {"store": store_spec, **extra}), secrets=Secrets(), store=store)
+        return PgBackRestRestorer(PgBackRestRestorer.Options.model_validate(
+            {"config": str(conf), "stanza": "main", **extra}), secrets=Secrets())
+
+    def ours(kind: str, remote: bool) -> tuple[float, dict[str, float]]:
+        r, b = restorer(kind, remote), bk_ok if kind == "basebackup" else pbk_ok
         data, sock = place()
-        into = Target(host=None, path=str(data), options={
-            "port": free_port(), "socketDir": str(sock), "validation": validation})
+        into = Target(host="127.0.0.1" if remote else None, path=str(data), options={
+            "port": free_port(), "socketDir": str(sock), "validation": validation,
+            **({"sshPort": ssh.server.port} if remote else {})})
         t = time.perf_counter()
         ev = r.restore(backup=b, into=into)
         took = time.perf_counter() - t
         r.stop(into=into)
         shutil.rmtree(data.parent)
-        ours.phases = ev["phases"]  # type: ignore[attr-defined]
-        return took
+        return took, ev["phases"]
 
-    def hand_tar() -> float:
+    def hand(kind: str, remote: bool, verify: bool) -> float:
         data, sock = place()
         give_to(data)
-        t = time.perf_counter()
-        subprocess.run(as_user(["tar", "-x", "-f", str(plain_tar), "-C", str(data)]),
-                       check=True)
-        pg = _hand_start(data, sock)
-        took = time.perf_counter() - t
-        pg.stop()
-        shutil.rmtree(data.parent)
-        return took
-
-    def hand_pgbr() -> float:
-        data, sock = place()
-        give_to(data)
-        t = time.perf_counter()
-        subprocess.run(as_user(["pgbackrest", f"--config={conf}", "--stanza=main",
-                                f"--pg1-path={data}", f"--set={pbk.meta['pgbackrest']['label']}",
-                                "--type=immediate", "--target-action=promote",
-                                "--archive-mode=off", "restore"]), check=True)
-        pg = _hand_start(data, sock)
-        took = time.perf_counter() - t
-        pg.stop()
+        if kind == "basebackup":
+            fetch = ["tar", "-x", "-f", "-", "-C", str(data)]
+        else:
+            fetch = ["pgbackrest", f"--config={conf}", "--stanza=main", f"--pg1-path={data}",
+                     f"--set={pbk.meta['pgbackrest']['label']}", "--type=immediate",
+                     "--target-action=promote", "--archive-mode=off",
+                     "--log-level-console=warn", "restore"]
+        port = free_port()
+        script = _hand_script(data, sock, port, fetch, [sql], verify=verify)
+        argv = ssh.argv(shlex.join(["sh", "-c", script])) if remote else ["sh", "-c", script]
+        with plain_tar.open("rb") as stdin:
+            t = time.perf_counter()
+            subprocess.run(argv, stdin=stdin if kind == "basebackup" else subprocess.DEVNULL,
+                           check=True)
+            took = time.perf_counter() - t
+        subprocess.run(as_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                                "stop"]), check=True, capture_output=True)
         shutil.rmtree(data.parent)
         return took
 
     print(f"(b) restore wall time, {rows} rows, plain size {bk.meta['plainSize'] / 1e6:.0f} MB "
-          f"(best of {repeat}):")
-    for label, mine, hand in (("basebackup", lambda: ours(restorer, bk_ok), hand_tar),
-                              ("pgbackrest", lambda: ours(pgbr, pbk_ok), hand_pgbr)):
-        t_hand = min(hand() for _ in range(repeat))
-        t_mine = min(mine() for _ in range(repeat))
-        print(f"    {label:11s} by hand {t_hand:6.2f} s   restorer {t_mine:6.2f} s   "
-              f"ratio {t_mine / t_hand:.2f}x   phases {ours.phases}")  # type: ignore[attr-defined]
+          f"(best of {repeat}, runs interleaved). 'by hand' = the bare tools on the same "
+          "backup in one shell session (remote: one `ssh` invocation, connect included, as "
+          "is the restorer's); 'by hand+checks' adds pg_verifybackup (basebackup) - the "
+          "restorer also decrypts and authenticates every chunk:")
+    try:
+        for remote in (False, True):
+            for kind in ("basebackup", "pgbackrest"):
+                t_bare, t_checks, t_mine, phases = [], [], [], {}
+                for _ in range(repeat):
+                    t_bare.append(hand(kind, remote, verify=False))
+                    t_checks.append(hand(kind, remote, verify=kind == "basebackup"))
+                    took, ph = ours(kind, remote)
+                    if not t_mine or took < min(t_mine):
+                        phases = ph
+                    t_mine.append(took)
+                bare, checks, mine = min(t_bare), min(t_checks), min(t_mine)
+                where = "ssh  " if remote else "local"
+                print(f"    {where} {kind:11s} by hand {bare:5.2f} s   by hand+checks "
+                      f"{checks:5.2f} s   restorer {mine:5.2f} s   ratio {mine / bare:.2f}x "
+                      f"(vs +checks {mine / checks:.2f}x)")
+                print(f"          phases {phases}")
+    finally:
+        ssh.server.stop()
 
 
 def _verified(b: Backup) -> Backup:
@@ -212,14 +271,15 @@ def _verified(b: Backup) -> Backup:
     return replace(b, verified=True, verification="bench")
 
 
-def run(scale: float = 1.0) -> None:
+def run(scale: float = 1.0, repeat: int | None = None) -> None:
     if not (PG_BIN / "postgres").exists():
         raise SystemExit(f"{PG_BIN}/postgres missing: apt-get install postgresql")
     base = Path(tempfile.mkdtemp(prefix="bench-backups-"))
     base.chmod(0o755)
     try:
         verification(base / "v", max(16, int(512 * scale)), 3)
-        restores(base / "r", max(20_000, int(2_000_000 * scale)), 2 if scale >= 1 else 1)
+        restores(base / "r", max(20_000, int(2_000_000 * scale)),
+                 repeat or (2 if scale >= 1 else 1))
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -229,4 +289,5 @@ def test_bench_backups() -> None:
 
 
 if __name__ == "__main__":
-    run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0)
+    run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0,
+        int(sys.argv[2]) if len(sys.argv) > 2 else None)
