@@ -1,19 +1,18 @@
 """HAProxy launcher: a real `haproxy` in front of two real HTTP servers, one per site.
 
 Owns a small, real edge for the traffic contract tests, the benchmark and drills: two
-HTTP servers ("primary" and "backup", each a `python -m controller.drill.servers.haproxy
-serve SITE` subprocess answering every request with an `X-Served-By: SITE` header) and one
-`haproxy -db -f DIR/haproxy.cfg` whose backend holds them as servers `web1` (primary,
-weight 100) and `web2` (backup, weight 0: ready but given no traffic), with its admin
+HTTP servers ("primary" and "backup", each the sandbox's site app, `python -m
+controller.drill.app SITE SITE`, answering every request with an `X-Served-By: SITE`
+header) and one `haproxy -db -f DIR/haproxy.cfg` whose backend holds them as servers
+`web1` (primary, weight 100) and `web2` (backup, weight 0: ready, given no traffic), its admin
 socket (`level admin`) at `DIR/admin.sock` and one without admin rights (`level
 operator`) at `DIR/operator.sock`. Everything listens on 127.0.0.1 on ports picked free
 at run time, lives in a fresh temp directory, and is stopped by its own PID.
 
-The HTTP servers speak HTTP/1.1 keep-alive with a buffered write file (`wbufsize = -1`):
-unbuffered, every response leaves in several small writes and Nagle + delayed ACK cost
-~44 ms a request on a kept-alive connection. `/health` answers 200 unless told otherwise
-through `POST /_control?health=STATUS&after=N` (N more healthy answers, then STATUS), so
-a test can make the backup's health check fail at a chosen moment without timing.
+The site app (controller/drill/app.py) speaks HTTP/1.1 keep-alive with one buffered write
+per response; its `/health` answers 200 unless told otherwise through `POST
+/_control?health=STATUS&after=N` (N more healthy answers, then STATUS), so a test can make
+the backup's health check fail at a chosen moment without timing.
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from controller.drill.processes import terminate
 from controller.drill.servers.postgres import ServerError, free_port
@@ -40,73 +37,6 @@ HAPROXY = Path("/usr/sbin/haproxy")
 APT_HINT = "apt-get install -y --no-install-recommends haproxy"
 HEADER = "X-Served-By"
 SITES = ("primary", "backup")
-
-
-# --- the HTTP server each site runs (in its own process) ---------------------------------
-
-
-class _SiteServer(ThreadingHTTPServer):
-    daemon_threads = True
-    site = ""
-    health_status = 200
-    healthy_left: int | None = None  # None: health_status forever
-
-
-class _SiteHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive
-    wbufsize = -1  # one write per response (see the module docstring)
-    server: _SiteServer
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header(HEADER, self.server.site)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _health(self) -> int:
-        srv = self.server
-        if srv.healthy_left is None:
-            return srv.health_status
-        if srv.healthy_left > 0:
-            srv.healthy_left -= 1
-            return 200
-        return srv.health_status
-
-    def do_GET(self) -> None:
-        path = urlsplit(self.path).path
-        status = self._health() if path == "/health" else 200
-        self._answer(status, f"{self.server.site} {status}\n".encode())
-
-    do_HEAD = do_GET
-
-    def do_POST(self) -> None:
-        parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
-        if parts.path != "/_control":
-            self._answer(404, b"not found\n")
-            return
-        query = parse_qs(parts.query)
-        self.server.health_status = int(query.get("health", ["200"])[0])
-        after = query.get("after")
-        self.server.healthy_left = int(after[0]) if after else None
-        self._answer(200, b"ok\n")
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-
-def serve(site: str) -> None:
-    """Run one site's HTTP server on a free port; print the port, serve until killed."""
-    server = _SiteServer(("127.0.0.1", 0), _SiteHandler)
-    server.site = site
-    print(server.server_address[1], flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve_forever(poll_interval=0.5)
 
 
 # --- the launcher --------------------------------------------------------------------------
@@ -271,7 +201,7 @@ class HaproxyServers:
     def _start_site(self, site: str, server: str, timeout: float) -> SiteServer:
         s = SiteServer(site, server)
         s.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller.drill.servers.haproxy", "serve", site],
+            [sys.executable, "-m", "controller.drill.app", site, site],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             cwd=Path(__file__).resolve().parents[3])
         assert s.proc.stdout is not None
@@ -322,9 +252,3 @@ class HaproxyServers:
             time.sleep(0.02)
         raise ServerError(f"haproxy did not serve 127.0.0.1:{self.port} (admin socket "
                           f"{self.socket}) within {timeout:g} s: {self.log.read_text()[-2000:]}")
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] != "serve":
-        sys.exit("usage: python -m controller.drill.servers.haproxy serve SITE")
-    serve(sys.argv[2])
