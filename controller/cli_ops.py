@@ -167,7 +167,7 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 
 
 @main.command()
-@click.argument("plan_file", metavar="SCENARIO|PLAN", type=click.Path())
+@click.argument("plan_file", metavar="SCENARIO|PLAN|fop/NAME", type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="drill-report",
               show_default=True, help="directory for the reports (HTML, Markdown, JSON, JUnit)")
 @click.option("--sandbox-dir", type=click.Path(file_okay=False),
