@@ -56,6 +56,7 @@ A_APPROVE, A_APPROVED_BY = f"{GROUP}/approve", f"{GROUP}/approved-by"
 A_DONE, A_DONE_BY = f"{GROUP}/done", f"{GROUP}/done-by"
 _REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
 QUIET_TICKS = 5
+WATCH_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -256,21 +257,23 @@ class Operator:
                 self._synced = True
                 for key in [*self._objects, *gone]:
                     self.queue.add(key)
-                rv = listed.resource_version
-                for event in self.kube.watch(GROUP, VERSION, self.namespace, PLURAL,
-                                             resource_version=rv,
-                                             timeout_seconds=int(self.resync)):
-                    if stop.is_set():
-                        return
-                    if event.type == "BOOKMARK":
-                        continue
-                    name = event.object["metadata"]["name"]
-                    with self._lock:
-                        if event.type == "DELETED":
-                            self._objects.pop(name, None)
-                        else:
-                            self._objects[name] = event.object
-                    self.queue.add(name)
+                rv, listed_at = listed.resource_version, time.monotonic()
+                while not stop.is_set() and time.monotonic() - listed_at < self.resync:
+                    # short server-side timeouts: a stop is noticed within WATCH_SECONDS;
+                    # each watch goes on from the last resourceVersion seen (or bookmarked)
+                    for event in self.kube.watch(GROUP, VERSION, self.namespace, PLURAL,
+                                                 resource_version=rv,
+                                                 timeout_seconds=WATCH_SECONDS):
+                        rv = event.resource_version or rv
+                        if event.type == "BOOKMARK":
+                            continue
+                        name = event.object["metadata"]["name"]
+                        with self._lock:
+                            if event.type == "DELETED":
+                                self._objects.pop(name, None)
+                            else:
+                                self._objects[name] = event.object
+                        self.queue.add(name)
             except k8s.Gone:
                 log.info("watch of %s: resourceVersion expired; relisting", PLURAL)
             except (k8s.KubeError, ConnectionError) as exc:
