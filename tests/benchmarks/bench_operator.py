@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -124,6 +125,8 @@ def main() -> None:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
+            log.close()
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
