@@ -1,8 +1,9 @@
 """Prometheus probe against a loopback HTTP server speaking the /api/v1/query format.
 
-No Prometheus server is installed on these machines; the server below answers with the
-documented JSON shapes (vector, scalar, empty, several series, error), which is exactly
-what the probe consumes.
+For the answers a healthy Prometheus rarely gives on demand (a scalar, NaN, a proxy's
+HTML error page): the server below answers with the documented JSON shapes. The live
+cases, against a real `prometheus` scraping an exporter, are in
+test_probe_prometheus_live.py.
 """
 
 from __future__ import annotations
