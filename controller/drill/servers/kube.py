@@ -26,8 +26,6 @@ Both processes run in the foreground and are stopped by their own PIDs.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -45,6 +43,7 @@ from typing import Any
 import yaml
 
 from controller.drill.processes import terminate
+from controller.drill.servers.certs import write_ca_and_cert
 from controller.drill.servers.postgres import ServerError, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -78,59 +77,6 @@ def _service_account(rbac: list[dict[str, Any]]) -> tuple[str, str]:
         if doc.get("kind") == "ServiceAccount":
             return doc["metadata"]["namespace"], doc["metadata"]["name"]
     raise ServerError("manifests/deploy/rbac.yaml names no ServiceAccount")
-
-
-def _write_certs(directory: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a serving cert for localhost/127.0.0.1 signed by it."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "failover-test-ca")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=7))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                       crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .add_extension(ca_ski, critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
-                                                        "kube-apiserver")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
-                ca_ski), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    ca_file, cert_file, key_file = (directory / "ca.crt", directory / "apiserver.crt",
-                                    directory / "apiserver.key")
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file.write_bytes(cert.public_bytes(pem))
-    key_file.write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return ca_file, cert_file, key_file
 
 
 def _write_sa_key(directory: Path) -> tuple[Path, Path]:
@@ -273,7 +219,8 @@ class KubeServers:
         rbac = _docs(DEPLOY / "rbac.yaml")
         self.namespace, sa = _service_account(rbac)
         try:
-            self.ca_file, cert, key = _write_certs(base)
+            self.ca_file, cert, key = write_ca_and_cert(
+                base, name="kube-apiserver", dns_names=("kubernetes.default.svc",))
             sa_key, sa_pub = _write_sa_key(base)
             tokens = base / "tokens"
             tokens.mkdir(mode=0o700)

@@ -27,19 +27,12 @@ from controller.drill.servers.bind import BindServers
 from controller.model import PermanentError, Record
 from controller.plan import Step
 from controller.secrets import Secrets
+from tests.contract.dns.conftest import ZONE, rfc2136_options
 
-ZONE = "example.test."
 _N = iter(range(10_000))
 
 
-def options(bind: BindServers, **extra: Any) -> dict[str, Any]:
-    return {
-        "zone": ZONE, "server": bind.primary.address, "port": bind.primary.port,
-        "tsig": {"name": bind.key_name, "secret": {"fromFile": str(bind.key_file)}},
-        "nameservers": [{"address": s.address, "port": s.port, "name": s.name}
-                        for s in bind.servers],
-        "timeout": "2s", "verifyTimeout": "20s", **extra,
-    }
+options = rfc2136_options  # the provider's options for the session's BIND servers
 
 
 def provider(bind: BindServers, **extra: Any) -> Any:
