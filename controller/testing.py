@@ -8,6 +8,7 @@ from one process and a controller in another process sees it.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -47,19 +48,30 @@ class FakeOptions(BaseModel):
 
 @contextmanager
 def _state(opts: FakeOptions, namespace: str) -> Iterator[dict[str, Any]]:
-    """Read-modify-write the fake's state (a JSON file, or process memory)."""
+    """Read-modify-write the fake's state (a JSON file, or process memory).
+
+    A file is shared by processes (a test injects a fault while a controller probes), so
+    each read-modify-write holds an exclusive `flock` on a sibling lock file, and a pure
+    read writes nothing back; otherwise a reader's stale copy could undo a fault.
+    """
     with _LOCK:
         if opts.state_file is None:
             yield _MEMORY.setdefault(f"{namespace}:{opts.key}", {})
             return
         path = Path(opts.state_file)
-        data = json.loads(path.read_text()) if path.exists() else {}
-        section = data.setdefault(f"{namespace}:{opts.key}", {})
-        yield section
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            before = path.read_text() if path.exists() else "{}"
+            data = json.loads(before)
+            section = data.setdefault(f"{namespace}:{opts.key}", {})
+            yield section
+            after = json.dumps(data, indent=1, sort_keys=True)
+            if after == before:
+                return
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".state-")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(after)
+            os.replace(tmp, path)
 
 
 def reset() -> None:
