@@ -19,10 +19,15 @@ the same process and against the same servers:
 
 Goals from issue 4: (b) under 1 s, and (b)/(a) at most 3x. Rounds alternate between two
 addresses so every round is a real change; the rounds are interleaved (a, b, b0, c, a...)
-so a background load on the shared host hits each figure alike. Two modes: back to back
-(a secondary may still be transferring the previous change when the next NOTIFY comes,
-which queues it), and with 50 ms idle before each timed operation (outside the timing),
-closer to a real cutover, which starts from a quiet zone.
+so a background load on the shared host hits each figure alike. Two modes:
+- after 50 ms idle before each timed operation (outside the timing): a real cutover
+  starts from a quiet zone, so this is the mode the 3x goal is judged on;
+- back to back: each operation starts while the secondaries still transfer the previous
+  one's change (BIND queues the new NOTIFY behind that transfer), so (b) also pays for
+  the transfer (a)'s update left behind, which (a) itself never waits for. It shows the
+  cost under a stream of changes, not the provider's overhead.
+The floor under (b) is BIND's own NOTIFY -> SOA query -> IXFR to each secondary (on
+this host's disk ~9 ms after the update returns, ~3.5 ms with the servers on tmpfs).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from controller.secrets import Secrets  # noqa: E402
 
 ZONE = "example.test."
 ADDRESSES = ("192.0.2.10", "198.51.100.10")
+MODES = (("back to back", 0.0), ("after 50 ms idle", 0.05))  # (name, idle before each op)
 
 
 def ms(values: list[float]) -> str:
@@ -110,7 +116,7 @@ def run(rounds: int) -> dict[str, float]:
 
         results = {}
         k = 0  # changes made so far: the current value is ADDRESSES[k % 2]
-        for mode, settle in (("back to back", 0.0), ("after 50 ms idle", 0.05)):
+        for mode, settle in MODES:
             figures: dict[str, list[float]] = {"baseline": [], "cutover": [], "solo": [],
                                                "step": []}
             for i in range(rounds + 3):  # the first 3 rounds warm up and are dropped
@@ -130,6 +136,7 @@ def run(rounds: int) -> dict[str, float]:
     r53 = route53(min(200, max(5, rounds // 3)))
     print(f"\nDNS cutover on local BIND 9 (primary + 2 secondaries), {rounds} rounds each")
     out: dict[str, float] = {}
+    settle_of = dict(MODES)
     for mode, figures in results.items():
         base, cut, solo_s, full = (statistics.median(figures[k])
                                    for k in ("baseline", "cutover", "solo", "step"))
@@ -138,7 +145,8 @@ def run(rounds: int) -> dict[str, float]:
         print(f"  (b) cutover + verification on 3 servers     {ms(figures['cutover'])}")
         print(f"  (b0) cutover verified on the primary only   {ms(figures['solo'])}")
         print(f"  (c) read + cutover + verification (step)    {ms(figures['step'])}")
-        print(f"  ratio (b)/(a) = {cut / base:.2f}x (goal <= 3x);  (b0)/(a) = "
+        goal = "goal <= 3x" if settle_of[mode] else "no goal: pays (a)'s transfers"
+        print(f"  ratio (b)/(a) = {cut / base:.2f}x ({goal});  (b0)/(a) = "
               f"{solo_s / base:.2f}x;  (c)/(a) = {full / base:.2f}x;  (b) < 1 s: "
               f"{'yes' if cut < 1 else 'NO'}")
         out.update({f"{mode}: baseline": base, f"{mode}: cutover": cut,

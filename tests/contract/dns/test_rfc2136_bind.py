@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.query
 import pytest
@@ -65,6 +66,18 @@ def test_cutover_is_verified_on_every_server_with_evidence(bind: BindServers) ->
     assert "clients may still use the old values until" in evidence["note"]
     for server in ("ns1", "ns2", "ns3"):  # independently of the provider's own check
         assert served(bind, server, name) == ["198.51.100.10"]
+
+
+def test_an_answer_too_big_for_udp_is_verified_over_tcp(bind: BindServers) -> None:
+    """60 addresses do not fit a 512-byte UDP reply: servers answer truncated and the
+    verification must ask again over TCP rather than compare a partial set."""
+    p, name = provider(bind), fresh("pool")
+    many = tuple(f"198.51.100.{i}" for i in range(1, 61))
+    evidence = p.apply(expected=[], desired=[Record(name, "A", 300, many)])
+    assert [len(s["answer"][f"{name} A"]) for s in evidence["servers"]] == [60, 60, 60]
+    big = dns.query.udp(dns.message.make_query(name, "A"), bind.primary.address,
+                        port=bind.primary.port, timeout=2)
+    assert big.flags & dns.flags.TC  # the premise: plain UDP cannot carry it
 
 
 def test_servers_come_from_the_zone_ns_set_when_not_listed(bind: BindServers) -> None:
