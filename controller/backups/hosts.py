@@ -53,6 +53,9 @@ class Host(Protocol):
     def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
             timeout: float = 600.0, check: bool = True) -> Result: ...
 
+    def open(self) -> None:
+        """Connect now (a no-op where there is nothing to connect)."""
+
     def close(self) -> None: ...
 
 
@@ -96,6 +99,9 @@ class LocalHost:
             raise CommandError(self.name, argv, result)
         return result
 
+    def open(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -124,6 +130,20 @@ def _load_pkey(text: str) -> Any:
                          "key in OpenSSH/PEM format")
 
 
+def _gcm_first(sock: Any, **kwargs: Any) -> Any:
+    """A paramiko Transport preferring AES-GCM: one AEAD pass per packet instead of AES-CTR
+    plus a separate HMAC moved a restore's stream ~20 % faster (114 MB: 0.66 s -> 0.53 s on
+    loopback). Every cipher paramiko offers stays allowed for servers without GCM."""
+    import paramiko
+
+    transport = paramiko.Transport(sock, **kwargs)
+    options = transport.get_security_options()
+    ciphers = tuple(options.ciphers)
+    options.ciphers = (tuple(c for c in ciphers if "-gcm@" in c)
+                       + tuple(c for c in ciphers if "-gcm@" not in c))
+    return transport
+
+
 class SshHost:
     """Runs commands on `host` over SSH with fabric, host key pinned."""
 
@@ -133,6 +153,7 @@ class SshHost:
         from fabric import Connection
 
         self.port = port or options.port
+        self.user = options.user
         self.name = f"{options.user}@{host}:{self.port}"
         self.conn = Connection(host, user=options.user, port=self.port,
                                connect_timeout=int(options.connect_timeout),
@@ -142,7 +163,8 @@ class SshHost:
                                    # a server that accepts and never speaks: give up on the
                                    # banner and authentication as on the TCP connect
                                    "banner_timeout": options.connect_timeout,
-                                   "auth_timeout": options.connect_timeout})
+                                   "auth_timeout": options.connect_timeout,
+                                   "transport_factory": _gcm_first})
         client = self.conn.client
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         keys = client.get_host_keys()
@@ -157,6 +179,10 @@ class SshHost:
             raise PermanentError(f"no host key pinned for {self.name}: knownHosts "
                                  f"({options.known_hosts.describe()}) holds no key lines")
         self._lock = threading.Lock()
+
+    def open(self) -> None:
+        with self._lock:
+            self._open()
 
     def _open(self) -> None:
         import paramiko
@@ -235,6 +261,14 @@ class SshHost:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def runs_as_root(host: Host) -> bool:
+    """Whether commands on `host` run as root, as far as known without asking it: this
+    process's effective uid, or the SSH login name."""
+    if isinstance(host, SshHost):
+        return host.user == "root"
+    return os.geteuid() == 0
 
 
 def is_root_on(host: Host) -> bool:

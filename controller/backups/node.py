@@ -9,8 +9,9 @@ archive), its port and socket directory are set, and after start it is polled ev
 moment). The plan's validation queries then decide whether the restore counts. It is
 stopped by the postmaster's PID from `postmaster.pid`, never by name.
 
-A restore is three sessions on the host, not one per command: `prepare` (one script),
-the data stream, and `finish` (one script: extract, pg_verifybackup, configure, start,
+A restore is two sessions on the host, not one per command: `receive` (the prepare
+script, then the data stream into `tar` in the same session; pgBackRest restores run
+`prepare` alone) and `finish` (one script: extract, pg_verifybackup, configure, start,
 promote, archiving check, validation queries, with phase markers timed on the host's
 clock). Over SSH each session costs round trips and the login shell's startup. Scripts
 are built with `shlex.quote`/`shlex.join`, and paths are still refused if they hold
@@ -27,7 +28,7 @@ import re
 import shlex
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -139,15 +140,10 @@ class Node:
         alive = self.host.run(["kill", "-0", got], check=False).rc == 0
         return int(got) if alive else None
 
-    def prepare(self) -> None:
-        """Create an empty data directory owned by the OS user, mode 0700.
-
-        One script: who we are, a server running on the directory (refused), what the
-        directory holds (refused unless `overwrite`), create it, and can the OS user write
-        it. It answers in `key=value` lines; the refusals are decided here.
-        """
+    def _prepare_script(self, then: str = "") -> str:
+        """Check and create the data directory; `then` runs only once it is ready."""
         q = shlex.quote
-        script = f"""cd / || exit 1
+        return f"""cd / || exit 1
 P={q(self.path)}; S={q(self.opts.socket_dir)}; U={q(self.opts.os_user)}
 uid=$(id -u) || exit 1
 echo "uid=$uid"
@@ -167,11 +163,43 @@ fi
 if [ "$uid" = 0 ] && [ "$U" != root ]; then runuser -u "$U" -- test -w "$P"
 else test -w "$P"; fi || {{ echo "writable=no"; exit 0; }}
 echo "ready=yes"
-"""
-        out = self.host.run(["sh", "-c", script]).out.splitlines()
+{then}"""
+
+    def prepare(self) -> None:
+        """Create an empty data directory owned by the OS user, mode 0700.
+
+        One script: who we are, a server running on the directory (refused), what the
+        directory holds (refused unless `overwrite`), create it, and can the OS user write
+        it. It answers in `key=value` lines; the refusals are decided here.
+        """
+        argv = ["sh", "-c", self._prepare_script()]
+        self._prepared(argv, self.host.run(argv, check=False))
+
+    def receive(self, argv: list[str], stdin: Iterable[bytes]) -> None:
+        """`prepare`, then `argv` as the OS user reading `stdin`, in ONE session (over SSH
+        a session costs round trips and the login shell's startup). A refusal ends the
+        session before it reads anything. If `argv` fails, or `stdin` raises, after the
+        directory was made ready, what was written is removed and nothing counts as
+        restored; a directory the script did not make ready is never touched."""
+        j = shlex.join
+        then = (f'if [ "$uid" = 0 ] && [ "$U" != root ]; then exec runuser -u "$U" -- '
+                f"{j(argv)}; else exec {j(argv)}; fi\n")
+        script = ["sh", "-c", self._prepare_script(then)]
+        stream = _Guarded(stdin)
+        result = self.host.run(script, stdin=stream, timeout=24 * 3600, check=False)
+        self._prepared(script, result, streamed=True)
+        if stream.error is not None or result.rc != 0:
+            self.clear()
+            if stream.error is not None:
+                raise stream.error
+            raise RestoreFailed("fetch", str(CommandError(self.host.name, argv, result)))
+
+    def _prepared(self, argv: list[str], result: Result, *, streamed: bool = False) -> None:
+        """Judge the prepare script's `key=value` answers; return once the directory is
+        ready (with `streamed`, what ran after it is judged by the caller)."""
         got: dict[str, str] = {}
         entries: list[str] = []
-        for line in out:
+        for line in result.out.splitlines():
             key, _, value = line.partition("=")
             if key == "entry":
                 entries.append(value)
@@ -187,10 +215,13 @@ echo "ready=yes"
             raise PermanentError(f"restore target {self.path} on {self.host.name} is not empty "
                                  f"({', '.join(entries)}…); set `overwrite: true` or pick an "
                                  "empty directory")
-        if got.get("writable") == "no" or got.get("ready") != "yes":
-            raise PermanentError(f"OS user {self.opts.os_user} cannot write {self.path} on "
-                                 f"{self.host.name}: a parent directory is not searchable "
-                                 "by it (e.g. mode 0700); pick a path it can reach")
+        if got.get("ready") == "yes" and (streamed or result.rc == 0):
+            return
+        if result.rc != 0:
+            raise CommandError(self.host.name, argv, result)
+        raise PermanentError(f"OS user {self.opts.os_user} cannot write {self.path} on "
+                             f"{self.host.name}: a parent directory is not searchable "
+                             "by it (e.g. mode 0700); pick a path it can reach")
 
     def clear(self) -> None:
         """Remove what a failed restore left (used when nothing may count as restored)."""
@@ -441,6 +472,21 @@ class PendingFinish:
     def abort(self) -> None:
         self._gate.put(False)
         self._thread.join(60)
+
+
+class _Guarded:
+    """Chunks passed through until the source raises; the error is kept for afterwards,
+    so the host command sees an early end of input instead of being killed unjudged."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self.chunks = chunks
+        self.error: Exception | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self.chunks
+        except Exception as exc:
+            self.error = exc
 
 
 def _segments(err: str) -> dict[str | int | None, str]:

@@ -3,7 +3,8 @@
 Owns the restore step's two implementations of the `Restorer` protocol:
 - `BaseBackupRestorer` streams a catalog payload (an encrypted tar of a `pg_basebackup`
   plain/tar backup) from its store, decrypting and authenticating chunk by chunk, into
-  `tar -x` on the target (locally, or over SSH with fabric, host key pinned), then runs
+  `tar -x` on the target (locally, or over SSH with fabric, host key pinned; the
+  target directory is checked and created in the same session), then runs
   `pg_verifybackup` against the backup's manifest (the session for these later steps is
   opened while the data streams, and waits: nothing runs before the stream was
   authenticated to its last chunk);
@@ -27,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.backups.catalog import AuditSink, CatalogStore
-from controller.backups.hosts import CommandError, Host, LocalHost, SshHost, SshOptions
+from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
 from controller.backups.naming import iso
 from controller.backups.node import Node, PendingFinish, RestoreFailed, TargetOptions
 from controller.model import Backup, Evidence, PermanentError, Target
@@ -35,6 +36,9 @@ from controller.secrets import Secrets, redact
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 64 << 20
+# GNU tar reads the stream in 1 MiB records (-b 2048), whole ones even from a pipe (-B);
+# its default 10 KiB records cost a read and a wakeup per 10 KiB of the stream
+UNTAR_STREAM = ("tar", "-x", "-b", "2048", "-B", "-f", "-")
 
 
 class StoreSpec(BaseModel):
@@ -118,7 +122,8 @@ class _Restorer:
         phases: dict[str, float] = {}
         host = self.host(into, opts)
         try:
-            node = Node(host, into.path, opts)  # prepare learns whether it runs as root
+            # the login says whether commands run as root; the first session confirms it
+            node = Node(host, into.path, opts, root=runs_as_root(host))
             evidence = self._run(backup, node, phases)
         except Exception as exc:
             self.audit(actor, f"FAILED restoring {backup.id} onto {where}: {exc}")
@@ -191,28 +196,27 @@ class BaseBackupRestorer(_Restorer):
 
     def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
         moved = {"bytes": 0}
-        t = time.monotonic()
         with self.store.open_payload(backup) as reader:
             chunks = _progress(reader, backup.id, moved, backup.meta.get("plainSize"))
             try:
                 first = next(chunks)  # a wrong key fails here, before anything is written
             except StopIteration:
                 raise RestoreFailed("fetch", f"backup {backup.id} payload is empty") from None
-            self._timed(phases, "prepare", node.prepare)
             t = time.monotonic()
-            # the next session opens now and waits: its startup overlaps the transfer
+            # the finish session opens now and waits: its startup overlaps the transfer
             # (a tar-format backup is extracted there: PG15 cannot verify tar format)
+            root = node.root
+            node.host.open()  # one connection (attempt) serves both sessions
             pending = node.begin_finish(extract_tars=True, verify=True)
             try:
-                node.host.run(node.as_user(["tar", "-x", "-f", "-", "-C", node.path]),
-                              stdin=_prepend(first, chunks), timeout=24 * 3600)
-            except BaseException as exc:
+                node.receive([*UNTAR_STREAM, "-C", node.path], _prepend(first, chunks))
+            except BaseException:
                 pending.abort()
-                node.clear()
-                if isinstance(exc, CommandError):
-                    raise RestoreFailed("fetch", str(exc)) from None
                 raise
         phases["fetch"] = time.monotonic() - t
+        if node.root != root:  # the login was not who its name said: rebuild the script
+            pending.abort()
+            pending = node.begin_finish(extract_tars=True, verify=True)
         seconds = phases["fetch"]
         ev: Evidence = {"bytes": moved["bytes"],
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds

@@ -266,3 +266,52 @@ def test_verify_command_verifies_new_backups_once(
     plan.write_text(yaml.safe_dump(data))
     missing = cli("verify", str(plan), journal=journal)
     assert missing.returncode == 2 and "role: verifier" in missing.stderr
+
+
+def test_a_payload_damaged_after_verification_fails_mid_stream_and_leaves_nothing(
+        s3_store: S3BackupStore, store_options: dict[str, Any], source_pg: PostgresServer,
+        workdir: Path, journal: Any, places: Path) -> None:
+    backup = _take(s3_store, source_pg)
+    assert _verifier(s3_store, store_options, workdir, journal).verify(backup=backup)["passed"]
+    [backup] = [b for b in s3_store.list(dataset="orders") if b.id == backup.id]
+    client = s3_store.objects.client  # type: ignore[attr-defined]
+    full = f"{store_options['prefix']}/{backup.meta['objects'][0]['key']}"
+    data = bytearray(client.get_object(Bucket=store_options["bucket"], Key=full)["Body"].read())
+    assert len(data) > 4 * crypto.DEFAULT_CHUNK  # the damage is chunks into the stream
+    data[len(data) * 3 // 4] ^= 0x01
+    client.put_object(Bucket=store_options["bucket"], Key=full, Body=bytes(data))
+    restorer = BaseBackupRestorer(BaseBackupRestorer.Options.model_validate(
+        {"store": {"kind": "s3", "options": store_options}}), secrets=Secrets(), store=s3_store)
+    target = places / "damaged" / "data"
+    with pytest.raises(crypto.DecryptionError, match="authentication failed"):
+        restorer.restore(backup=backup, into=_target(target))
+    assert target.is_dir() and not any(target.iterdir())  # what was extracted is gone
+
+
+@pytest.mark.parametrize("over_ssh", [False, True], ids=["local", "ssh"])
+def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
+        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
+        source_pg: PostgresServer, workdir: Path, journal: Any, sshd: SshServer,
+        tmp_path: Path, places: Path) -> None:
+    backup = _take(s3_store, source_pg)
+    assert _verifier(s3_store, store_options, workdir, journal).verify(backup=backup)["passed"]
+    [backup] = [b for b in s3_store.list(dataset="orders") if b.id == backup.id]
+    target = places / f"occupied-{over_ssh}" / "data"
+    target.mkdir(parents=True)
+    (target / "precious").write_text("someone else's data")
+    ssh: dict[str, Any] = {}
+    into = _target(target)
+    if over_ssh:
+        (tmp_path / "key").write_text(sshd.client_key.read_text())
+        (tmp_path / "known").write_text(sshd.known_hosts)
+        ssh = {"ssh": {"user": sshd.user, "privateKey": {"fromFile": str(tmp_path / "key")},
+                       "knownHosts": {"fromFile": str(tmp_path / "known")}}}
+        into = Target(host="127.0.0.1", path=str(target),
+                      options={**into.options, "sshPort": sshd.port})
+    restorer = BaseBackupRestorer(BaseBackupRestorer.Options.model_validate(
+        {"store": {"kind": "s3", "options": store_options}, **ssh}), secrets=Secrets(),
+        store=s3_store)
+    with pytest.raises(PermanentError, match=r"is not empty .*precious"):
+        restorer.restore(backup=backup, into=into)
+    assert [p.name for p in target.iterdir()] == ["precious"]
+    assert (target / "precious").read_text() == "someone else's data"
