@@ -50,6 +50,9 @@ def _binary(path: Path) -> str:
     return found
 
 
+PORT_ATTEMPTS = 3
+
+
 def free_dns_port(taken: set[int], *, attempts: int = 50) -> int:
     """A port on 127.0.0.1 free for both TCP and UDP (DNS needs both), not in `taken`."""
     for _ in range(attempts):
@@ -152,34 +155,49 @@ class BindServers:
             self.base = Path(tempfile.mkdtemp(prefix="bind-"))
             self._own_base = True
         self.base.mkdir(parents=True, exist_ok=True)
-        ports: list[int] = []
-        for _ in range(1 + self.secondaries):
-            ports.append(free_dns_port(set(ports)))
         made = subprocess.run([keygen, "-a", self.algorithm, self.key_name],
                               capture_output=True, text=True, check=False)
         if made.returncode != 0:
             raise ServerError(f"tsig-keygen failed: {made.stderr.strip()} ({APT_HINT})")
         self.key_file.write_text(made.stdout)
         self.key_file.chmod(0o600)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                self._launch(named, timeout)
+                return self
+            except ServerError as exc:
+                self._halt()
+                # a port found free was taken before named bound it (another process's
+                # ephemeral port): pick new ports and start every server again
+                if attempt < PORT_ATTEMPTS and "unable to listen" in str(exc):
+                    continue
+                self.stop()
+                raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, named: str, timeout: float) -> None:
+        assert self.base is not None
+        ports: list[int] = []
+        for _ in range(1 + self.secondaries):
+            ports.append(free_dns_port(set(ports)))
         self.servers = [
             NamedProcess(f"ns{i + 1}", "127.0.0.1", port, self.base / f"ns{i + 1}",
                           primary=i == 0)
             for i, port in enumerate(ports)
         ]
-        try:
-            for s in self.servers:
-                self._configure(s)
-                s.proc = subprocess.Popen(
-                    [named, "-g", "-n", "1", "-c", str(s.directory / "named.conf")],
-                    cwd=s.directory, stdout=subprocess.DEVNULL, stderr=s.log.open("wb"))
-            for s in self.servers:
-                self._wait_ready(s, timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for s in self.servers:
+            self._configure(s)
+            s.proc = subprocess.Popen(
+                [named, "-g", "-n", "1", "-c", str(s.directory / "named.conf")],
+                cwd=s.directory, stdout=subprocess.DEVNULL, stderr=s.log.open("wb"))
+        for s in self.servers:
+            self._wait_ready(s, timeout)
 
-    def stop(self) -> None:
+    def _halt(self) -> None:
+        """Stop every server by its PID (their directories stay)."""
         for s in reversed(self.servers):
             proc, s.proc = s.proc, None
             if proc is None or proc.poll() is not None:
@@ -188,6 +206,9 @@ class BindServers:
                 os.kill(proc.pid, signal.SIGCONT)
                 s.paused = False
             terminate(proc)
+
+    def stop(self) -> None:
+        self._halt()
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 

@@ -196,3 +196,31 @@ def test_a_name_outside_the_zone_is_refused_before_sending(bind: BindServers) ->
 def test_rdtype_listing_skips_soa(bind: BindServers) -> None:
     types = {r.type for r in provider(bind).records(names=[ZONE])}
     assert "NS" in types and "SOA" not in types
+
+
+def test_a_port_taken_between_check_and_start_is_replaced(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process may take a port found free before named binds it (the sandbox
+    failed to start that way once): the launcher starts every server on new ports."""
+    import socket
+
+    from controller.drill.servers import bind as launcher
+
+    busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    busy.bind(("127.0.0.1", 0))
+    taken = busy.getsockname()[1]
+    real, handed = launcher.free_dns_port, []
+
+    def racing(used: set[int], **kw: Any) -> int:
+        port = taken if not handed else real(used, **kw)
+        handed.append(port)
+        return port
+
+    monkeypatch.setattr(launcher, "free_dns_port", racing)
+    try:
+        with BindServers(zone=ZONE, secondaries=1) as servers:
+            assert taken not in [s.port for s in servers.servers]
+            assert provider(servers).ready().startswith("key")
+    finally:
+        busy.close()
+    assert handed[0] == taken and len(handed) == 4  # 2 ports, then 2 new ones
