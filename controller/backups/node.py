@@ -480,12 +480,14 @@ class _Guarded:
 
     def __init__(self, chunks: Iterable[bytes]):
         self.chunks = chunks
-        self.error: Exception | None = None
+        self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[bytes]:
         try:
             yield from self.chunks
-        except Exception as exc:
+        except GeneratorExit:  # the host stopped reading (the command ended): not an error
+            raise
+        except BaseException as exc:  # even an interrupt: clean up first, then raise it
             self.error = exc
 
 

@@ -315,3 +315,37 @@ def test_a_target_that_is_not_empty_is_refused_and_left_as_it_was(
         restorer.restore(backup=backup, into=into)
     assert [p.name for p in target.iterdir()] == ["precious"]
     assert (target / "precious").read_text() == "someone else's data"
+
+
+class _Interrupted(BaseException):
+    """Stands for an interrupt (Ctrl-C, a stop signal) arriving mid-stream."""
+
+
+def test_an_interrupted_stream_is_cleaned_up_and_the_interrupt_still_raised(
+        places: Path) -> None:
+    import io
+    import tarfile
+
+    from controller.backups.hosts import LocalHost
+    from controller.backups.node import Node, TargetOptions
+    from controller.backups.restore import UNTAR_STREAM
+
+    payload = io.BytesIO()
+    with tarfile.open(fileobj=payload, mode="w") as tar:
+        for i in range(4):
+            data = os.urandom(1 << 20)
+            info = tarfile.TarInfo(f"base/file{i}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    raw = payload.getvalue()
+
+    def stream() -> Any:
+        for at in range(0, 3 << 20, 1 << 20):  # three of the four files, then the interrupt
+            yield raw[at:at + (1 << 20)]
+        raise _Interrupted()
+
+    target = places / "interrupted" / "data"
+    node = Node(LocalHost(), str(target), TargetOptions(socketDir=str(places / "sock")))
+    with pytest.raises(_Interrupted):
+        node.receive([*UNTAR_STREAM, "-C", str(target)], stream())
+    assert target.is_dir() and not any(target.iterdir())
