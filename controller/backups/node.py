@@ -187,11 +187,15 @@ echo "ready=yes"
         script = ["sh", "-c", self._prepare_script(then)]
         stream = _Guarded(stdin)
         result = self.host.run(script, stdin=stream, timeout=24 * 3600, check=False)
+        failed = stream.error is not None or result.rc != 0
+        if failed and "ready=yes" in result.out.splitlines():
+            self.clear()  # only a directory this script made ready
+        if stream.error is not None and not isinstance(stream.error, Exception):
+            raise stream.error  # an interrupt outranks any verdict
         self._prepared(script, result, streamed=True)
-        if stream.error is not None or result.rc != 0:
-            self.clear()
-            if stream.error is not None:
-                raise stream.error
+        if stream.error is not None:
+            raise stream.error
+        if result.rc != 0:
             raise RestoreFailed("fetch", str(CommandError(self.host.name, argv, result)))
 
     def _prepared(self, argv: list[str], result: Result, *, streamed: bool = False) -> None:
