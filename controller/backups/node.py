@@ -299,9 +299,12 @@ echo "ready=yes"
                       "|| fail verify"]
         pg_ctl = self.as_user([self.bin("pg_ctl"), "-D", p, "-l", f"{p}/restore-start.log",
                                "-w", "-t", str(o.start_timeout), "start"])
-        settings_sql = ("SELECT current_setting('archive_mode'), "
-                        "current_setting('archive_command'), coalesce(extract(epoch FROM "
-                        "pg_last_xact_replay_timestamp())::text, '')")
+        # one query per poll: in recovery?, then (read once it says f) the archiving
+        # settings and the last replayed transaction's time
+        poll_sql = ("SELECT pg_is_in_recovery(), current_setting('archive_mode'), "
+                    "current_setting('archive_command'), coalesce(extract(epoch FROM "
+                    "pg_last_xact_replay_timestamp())::text, '')")
+        poll = self.as_user(self.psql_argv(poll_sql, extra=("-F", SEP)))
         lines += [
             "mark start",
             f"printf '%s' {q(conf)} | {j(append)} >&2 || fail start",
@@ -316,18 +319,15 @@ echo "ready=yes"
             f"end=$(( $(date +%s) + {int(o.promote_timeout) + 1} )); polls=0",
             "while :; do",
             "  polls=$((polls + 1))",
-            f"  r=$({psql} {j(self.as_user(self.psql_argv('SELECT pg_is_in_recovery()')))}"
-            " 2>&1)",
-            '  [ "$r" = f ] && break',
+            f"  r=$({psql} {j(poll)} 2>&1)",
+            f'  case "$r" in f{q(SEP)}*) s=${{r#f{q(SEP)}}}; break;; esac',
             '  if [ "$(date +%s)" -ge "$end" ]; then',
             "    printf 'still in recovery after %s s (last answer: %s)\n' "
-            f"{q(f'{o.promote_timeout:g}')} \"$r\" >&2; fail promote",
+            f"{q(f'{o.promote_timeout:g}')} \"${{r%%{q(SEP)}*}}\" >&2; fail promote",
             "  fi",
             "  sleep 0.05",
             "done",
             'echo "@@polls $polls"',
-            f"s=$({psql} {j(self.as_user(self.psql_argv(settings_sql, extra=('-F', SEP))))})"
-            " || fail promote",
             "echo \"@@settings $(printf '%s' \"$s\" | base64 -w0)\"",
             f'case "$s" in off{q(SEP)}*) ;; *) fail archiving;; esac',
             "mark validate",
