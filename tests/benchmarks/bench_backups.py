@@ -209,6 +209,7 @@ def restores(base: Path, rows: int, repeat: int) -> None:
         into = Target(host="127.0.0.1" if remote else None, path=str(data), options={
             "port": free_port(), "socketDir": str(sock), "validation": validation,
             **({"sshPort": ssh.server.port} if remote else {})})
+        os.sync()  # start from written-back pages, as the runs by hand do
         t = time.perf_counter()
         ev = r.restore(backup=b, into=into)
         took = time.perf_counter() - t
@@ -230,6 +231,7 @@ def restores(base: Path, rows: int, repeat: int) -> None:
         script = _hand_script(data, sock, port, fetch, [sql], verify=verify)
         argv = ssh.argv(shlex.join(["sh", "-c", script])) if remote else ["sh", "-c", script]
         with plain_tar.open("rb") as stdin:
+            os.sync()  # the previous run's 100+ MB of dirty pages must not slow this one
             t = time.perf_counter()
             subprocess.run(argv, stdin=stdin if kind == "basebackup" else subprocess.DEVNULL,
                            check=True)
@@ -240,8 +242,9 @@ def restores(base: Path, rows: int, repeat: int) -> None:
         return took
 
     print(f"(b) restore wall time, {rows} rows, plain size {bk.meta['plainSize'] / 1e6:.0f} MB "
-          f"(best of {repeat}, runs interleaved). 'by hand' = the bare tools on the same "
-          "backup in one shell session (remote: one `ssh` invocation, connect included, as "
+          f"(best of {repeat}, runs interleaved, each after a sync). 'by hand' = the bare "
+          "tools on the same backup in one shell session (remote: one `ssh` invocation, "
+          "connect included, as "
           "is the restorer's); 'by hand+checks' adds pg_verifybackup (basebackup) - the "
           "restorer also decrypts and authenticates every chunk:")
     try:
