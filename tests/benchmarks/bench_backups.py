@@ -44,6 +44,7 @@ from controller.backups.take import register_pgbackrest, take_basebackup  # noqa
 from controller.drill.servers.postgres import (  # noqa: E402
     PG_BIN,
     PostgresServer,
+    archive_to_pgbackrest,
     as_user,
     free_port,
     give_to,
@@ -151,17 +152,8 @@ class Ssh:
 
 def restores(base: Path, rows: int, repeat: int) -> None:
     give_to(base, mode=0o755)
-    conf = base / "pgbackrest.conf"
-    for sub in ("repo", "log", "lock", "spool"):
-        give_to(base / sub)
     source = PostgresServer(base / "source")
-    conf.write_text(f"[global]\nrepo1-path={base}/repo\nlog-path={base}/log\n"
-                    f"lock-path={base}/lock\nspool-path={base}/spool\nstart-fast=y\n"
-                    f"compress-type=none\nrepo1-retention-full=99\n\n[main]\n"
-                    f"pg1-path={source.data}\npg1-port={source.port}\n"
-                    f"pg1-socket-path={source.sock}\n")
-    source.settings = {"archive_mode": "on", "archive_command":
-                       f"'pgbackrest --config={conf} --stanza=main archive-push %p'"}
+    conf = archive_to_pgbackrest(source, base, retention=99)
     source.init().start()
     try:
         source.psql(f"CREATE TABLE orders AS SELECT g AS id, g % 97 AS amount "

@@ -58,6 +58,24 @@ def give_to(path: Path, user: str = OS_USER, mode: int = 0o700) -> None:
     path.chmod(mode)
 
 
+def archive_to_pgbackrest(server: PostgresServer, base: Path, *,
+                          retention: int = 9999) -> Path:
+    """Make `server` (not started yet) archive its WAL into a pgBackRest repository under
+    `base`, stanza `main`, uncompressed; return the pgbackrest.conf."""
+    for sub in ("", "repo", "log", "lock", "spool"):
+        give_to(base / sub, mode=0o700 if sub else 0o755)
+    conf = base / "pgbackrest.conf"
+    conf.write_text(
+        f"[global]\nrepo1-path={base}/repo\nlog-path={base}/log\nlock-path={base}/lock\n"
+        f"spool-path={base}/spool\nstart-fast=y\ncompress-type=none\n"
+        f"repo1-retention-full={retention}\n\n"
+        f"[main]\npg1-path={server.data}\npg1-port={server.port}\n"
+        f"pg1-socket-path={server.sock}\n")
+    server.settings = {**server.settings, "archive_mode": "on", "archive_command":
+                       f"'pgbackrest --config={conf} --stanza=main archive-push %p'"}
+    return conf
+
+
 class PostgresServer:
     """One PostgreSQL cluster in `base` (data/, sock/, log) on its own port."""
 

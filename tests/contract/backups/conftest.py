@@ -17,7 +17,12 @@ import boto3
 import pytest
 
 from controller.backups.s3 import S3BackupStore, S3StoreOptions
-from controller.drill.servers.postgres import PostgresServer, as_user, free_port, give_to
+from controller.drill.servers.postgres import (
+    PostgresServer,
+    archive_to_pgbackrest,
+    as_user,
+    free_port,
+)
 from controller.drill.servers.sshd import SshServer
 from controller.secrets import Secrets
 
@@ -50,25 +55,9 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pgbackrest_conf(workdir: Path) -> Path:
-    base = workdir / "pgbackrest"
-    for sub in ("", "repo", "log", "lock", "spool"):
-        give_to(base / sub, mode=0o755 if not sub else 0o700)
-    return base / "pgbackrest.conf"
-
-
-@pytest.fixture(scope="session")
-def source_pg(workdir: Path, pgbackrest_conf: Path) -> Iterator[PostgresServer]:
+def source_pg(workdir: Path) -> Iterator[PostgresServer]:
     server = PostgresServer(workdir / "source")
-    base = pgbackrest_conf.parent
-    pgbackrest_conf.write_text(
-        f"[global]\nrepo1-path={base}/repo\nlog-path={base}/log\nlock-path={base}/lock\n"
-        f"spool-path={base}/spool\nstart-fast=y\ncompress-type=none\n"
-        "repo1-retention-full=9999\n\n"
-        f"[main]\npg1-path={server.data}\npg1-port={server.port}\n"
-        f"pg1-socket-path={server.sock}\n")
-    server.settings = {"archive_mode": "on", "archive_command":
-                       f"'pgbackrest --config={pgbackrest_conf} --stanza=main archive-push %p'"}
+    archive_to_pgbackrest(server, workdir / "pgbackrest")
     server.init().start()
     try:
         server.psql("CREATE TABLE orders (id int PRIMARY KEY, amount numeric NOT NULL); "
@@ -76,6 +65,11 @@ def source_pg(workdir: Path, pgbackrest_conf: Path) -> Iterator[PostgresServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pgbackrest_conf(source_pg: PostgresServer, workdir: Path) -> Path:
+    return workdir / "pgbackrest" / "pgbackrest.conf"  # written with the source's settings
 
 
 @pytest.fixture(scope="session")
