@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from controller import fencing
 from controller.backends import Backends
 from controller.dns import DnsConflict
 from controller.model import Evidence, Notice, PermanentError, Record, Sample, Target, Weights
-from controller.plan import FailoverPlan, Step, TrafficParams
+from controller.plan import STEP_PAUSE, FailoverPlan, Step, TrafficParams
 
 
 @dataclass
@@ -49,20 +50,32 @@ class Traffic:
     sends that percentage of the traffic to the target at each step, waits `pause`, then
     runs the `check` probe against the backup; a failed check shifts back to the original
     weights (saved by `prepare`) and fails the step, naming the percentage and the reason.
-    A retried stepped shift resumes at the step the traffic has already reached."""
+    A retried stepped shift resumes at the step the traffic has already reached.
+
+    Every write is preceded by `fencing.check()` and the pause is `fencing.pause`, so a
+    step told to stop (timeout, lost lease) stops at the step it reached, mid-pause too.
+    `prepare` saves the backend's `snapshot()` (the weights as `before`, plus whatever
+    else the backend restores, e.g. HAProxy's drain/maint states). `revert` compares
+    before it writes: it restores the original only when the traffic is where this step
+    put it (any weights the step can leave, a stepped shift's intermediate ones and the
+    half-way state of an enable-then-drain change included); traffic already at the
+    original needs no write; anything else was changed by someone during the incident
+    and is reported (`left`), never overwritten."""
 
     def prepare(self, step: Step, ctx: StepContext) -> Evidence:
-        return {"before": ctx.backends.get(_backend(step)).current()}
+        snapshot = dict(ctx.backends.get(_backend(step)).snapshot())
+        return {"before": dict(snapshot["weights"]), "snapshot": snapshot}
 
     def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
-        sites = ctx.plan.spec.sites
-        to = str(step.params.get("to", sites.backup.name))
-        weights = step.params.get("weights") or {to: 100, sites.primary.name: 0}
+        to, weights = _target(step, ctx)
         params = TrafficParams.model_validate(step.params)
         backend = ctx.backends.get(_backend(step))
         if not params.steps:
+            fencing.check()
             return dict(backend.shift(to=to, weights=weights))
-        original = dict(prepared.get("before") or backend.current())
+        saved = prepared.get("before")
+        original = dict(saved or backend.current())
+        snapshot = prepared.get("snapshot") if saved else None
         reached = _share(backend.current(), to, weights)
         probe = ctx.backends.probe(f"{step.name}-check", params.check) if params.check else None
         pause = STEP_PAUSE if params.pause is None else params.pause
@@ -71,13 +84,14 @@ class Traffic:
         for pct in params.steps:
             if pct < reached:  # a retry: this step was passed before the interruption
                 continue
+            fencing.check()
             result = dict(backend.shift(to=to, weights=_step_weights(pct, to, weights,
                                                                      original)))
             record: Evidence = {"percent": pct, "weights": result.get("after")}
             if "observed" in result:
                 record["observed"] = result["observed"]
             done.append(record)
-            time.sleep(pause)
+            fencing.pause(pause)
             if probe is None:
                 continue
             sample = _run_check(probe)
@@ -87,7 +101,10 @@ class Traffic:
                 why = (f"step {step.name}: the {params.check.kind} check failed at {pct}% "
                        f"to {to}: {sample.detail or 'probe failed'}")
                 try:
-                    backend.revert(to=original)
+                    fencing.check()
+                    backend.revert(to=original, snapshot=snapshot)
+                except (fencing.Cancelled, fencing.StaleToken):
+                    raise
                 except Exception as exc:
                     raise PermanentError(f"{why}; shifting back to {original} also failed: "
                                          f"{exc}") from None
@@ -95,13 +112,43 @@ class Traffic:
         return {**result, "steps": done}
 
     def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
-        if "before" not in evidence:
+        """Works from what any attempt leaves: `before` (and `snapshot`) saved by prepare
+        and the step's definition; `after` and `steps` only when perform returned."""
+        original = evidence.get("before")
+        if not isinstance(original, dict) or not original:
             raise NotRevertible(f"step {step.name}: no saved weights to revert to")
-        return dict(ctx.backends.get(_backend(step)).revert(to=evidence["before"]))
+        original = dict(original)
+        backend = ctx.backends.get(_backend(step))
+        now = dict(backend.current())
+        if _same(now, original):
+            return {"before": now, "after": now, "writes": 0,
+                    "note": f"step {step.name}: traffic is already at the original weights "
+                            f"{original}; nothing to write"}
+        if any(_same(now, w) for w in _written_by(step, ctx, original, evidence)):
+            fencing.check()
+            return dict(backend.revert(to=original, snapshot=evidence.get("snapshot")))
+        to, weights = _target(step, ctx)
+        step_set = dict(evidence.get("after") or _merge(original, {to: 100, **weights}))
+        n_now, n_set, n_orig = _normal(now, step_set, original)
+        left = [{"destination": k, "now": n_now.get(k), "stepSet": n_set.get(k),
+                 "original": n_orig.get(k)}
+                for k in sorted(set(n_now) | set(n_set)) if n_now.get(k) != n_set.get(k)]
+        changes = "; ".join(f"{e['destination']} is {e['now']} (the step set {e['stepSet']}, "
+                            f"the original was {e['original']})" for e in left)
+        return {"before": now, "after": now, "writes": 0, "left": left,
+                "note": f"step {step.name}: traffic was changed during the incident by "
+                        f"someone else: {changes}; left as it is, not reverted to "
+                        f"{original}. Set the weights by hand if the original is wanted."}
 
 
-STEP_PAUSE = 2.0  # seconds at each step of a stepped shift when the plan gives no pause
 CHECK_TIMEOUT = 30.0  # a stepped shift's check that has not answered by then has failed
+
+
+def _target(step: Step, ctx: StepContext) -> tuple[str, Weights]:
+    """The step's target site and final weights (default: all to the backup)."""
+    sites = ctx.plan.spec.sites
+    to = str(step.params.get("to", sites.backup.name))
+    return to, dict(step.params.get("weights") or {to: 100, sites.primary.name: 0})
 
 
 def _share(weights: Weights, to: str, named: Weights) -> float:
@@ -121,6 +168,70 @@ def _step_weights(pct: int, to: str, final: Weights, original: Weights) -> Weigh
         base = dict.fromkeys(others, 1)
     total = sum(base.values())
     return {to: pct, **{k: round((100 - pct) * base[k] / total) for k in others}}
+
+
+def _normal(*many: Weights) -> list[dict[str, int]]:
+    """The weights keyed alike: a site key becomes the `site/server` keys any of them uses
+    (HAProxy reports a site whose servers disagree server by server)."""
+    servers: dict[str, set[str]] = {}
+    for weights in many:
+        for key in weights:
+            site, sep, _ = key.partition("/")
+            if sep:
+                servers.setdefault(site, set()).add(key)
+    out = []
+    for weights in many:
+        flat: dict[str, int] = {}
+        for key, value in weights.items():
+            for k in sorted(servers.get(key, ())) if "/" not in key else ():
+                flat[k] = value
+            if "/" in key or key not in servers:
+                flat[key] = value
+        for key, value in weights.items():  # a server's own key wins over its site's
+            if "/" in key:
+                flat[key] = value
+        out.append(flat)
+    return out
+
+
+def _same(a: Weights, b: Weights) -> bool:
+    na, nb = _normal(a, b)
+    return na == nb
+
+
+def _merge(base: Weights, over: Weights) -> Weights:
+    """`over` applied on `base` as a shift applies it: named destinations change, the
+    others keep theirs (a site key replaces that site's per-server keys)."""
+    out = {k: v for k, v in base.items()
+           if not any("/" not in o and k.startswith(f"{o}/") for o in over)}
+    out.update(over)
+    return out
+
+
+def _written_by(step: Step, ctx: StepContext, original: Weights,
+                evidence: Evidence) -> list[Weights]:
+    """Every set of weights this step can leave behind, whatever attempt stopped where:
+    each step of a stepped shift, the final weights, the half-way state of each
+    enable-then-drain change (and of a shift back to the original), and what the
+    evidence recorded."""
+    to, weights = _target(step, ctx)
+    params = TrafficParams.model_validate(step.params)
+    final = {to: 100, **weights}  # the mesh backends give an unnamed target 100
+    path = [original]
+    path += [_merge(original, _step_weights(p, to, final, original))
+             for p in params.steps or []]
+    path.append(_merge(original, final))
+    recorded = [evidence.get("after")] + [s.get("weights") for s in evidence.get("steps")
+                                          or [] if isinstance(s, dict)]
+    path += [dict(w) for w in recorded if isinstance(w, dict)]
+    found = list(path)
+    pairs = [(path[i], path[i + 1]) for i in range(len(path) - 1)]
+    for prev, nxt in pairs + [(w, original) for w in path]:
+        p, n = _normal(prev, nxt)
+        found.append({**p, **{k: v for k, v in n.items() if v > p.get(k, 0)}})  # rising
+        if to in n:
+            found.append({**p, to: n[to]})  # the target alone first (the memory fake)
+    return found
 
 
 def _run_check(probe: Any) -> Sample:
@@ -151,6 +262,23 @@ def dns_records(step: Step) -> list[Record]:
 
 
 class Dns:
+    """A DNS cutover: compare-and-swap from the records `prepare` saved to the step's
+    records. Success is always proven: a resumed step whose write already landed asks the
+    provider to `verify` it (every server serves it / Route 53 INSYNC) and fails if it
+    cannot. Revert is exact and honest (see `revert`)."""
+
+    REVERT_READS = 3  # a revert re-reads after a concurrent change at most this many times
+
+    @staticmethod
+    def _same(now: Record | None, want: Record | None) -> bool:
+        """Is the record now exactly `want` (values as data, and TTL)? None = absent."""
+        from controller.dns import canonical_values
+
+        if now is None or want is None:
+            return now is None and want is None
+        return (canonical_values(now.type, now.values)
+                == canonical_values(want.type, want.values) and now.ttl == want.ttl)
+
     def _current(self, step: Step, ctx: StepContext, keys: set[tuple[str, str]]) -> list[Record]:
         provider = ctx.backends.get(_backend(step))
         names = sorted({k[0] for k in keys})
@@ -171,23 +299,93 @@ class Dns:
     def _swap(self, step: Step, ctx: StepContext, expected: list[Record],
               desired: list[Record]) -> Evidence:
         keys = {r.key() for r in desired}
-        current = {r.key(): set(r.values) for r in self._current(step, ctx, keys)}
+        current = {r.key(): r for r in self._current(step, ctx, keys)}
         provider = ctx.backends.get(_backend(step))
-        if all(current.get(r.key()) == set(r.values) for r in desired):
-            # a resumed step whose write landed before the crash: still prove it is served
-            verify = getattr(provider, "verify", None)
-            proof = dict(verify(desired=desired)) if verify is not None else {}
-            return {"after": [r.to_json() for r in desired], "alreadyApplied": True, **proof}
         try:
+            if all(self._same(current.get(r.key()), r) for r in desired):
+                # a resumed step whose write landed before the crash: prove it is served
+                proof = dict(provider.verify(desired=desired))
+                return {**proof, "after": [r.to_json() for r in desired],
+                        "alreadyApplied": True}
             return dict(provider.apply(expected=expected, desired=desired))
         except DnsConflict as exc:
             raise PermanentError(f"DNS changed under us: {exc}") from None
 
     def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
-        before = [Record.from_json(r) for r in evidence.get("before", [])]
-        if not before:
+        """Put back what the step changed, from `before` (saved by prepare before any
+        write) and the step's own records, whatever the step's outcome (succeeded, failed
+        after writing, unknown). For each record, read now:
+
+        - it is what the step wrote: put the original back (delete it if the step created
+          it), by compare-and-swap/compare-and-delete, so a change made meanwhile wins;
+        - it is already the original: nothing to write (`unchanged`), but still prove it is
+          served (a re-run after a crash whose write landed);
+        - anything else: someone changed it during the incident: leave it and report it
+          (`left`: what it is now, what the step wrote, what it was).
+
+        Idempotent: a re-run reads again and finds `unchanged` what the first run did."""
+        if "before" not in evidence:
+            if evidence.get("prepared"):  # prepare failed: perform never ran, nothing written
+                return {"reverted": [], "unchanged": [], "left": [],
+                        "note": f"step {step.name} never read the original records, so it "
+                                "never wrote: nothing to revert"}
             raise NotRevertible(f"step {step.name}: no saved records to revert to")
-        return self._swap(step, ctx, dns_records(step), before)
+        from controller.dns import absent
+
+        provider = ctx.backends.get(_backend(step))
+        wrote = {r.key(): r for r in dns_records(step)}
+        original = {r.key(): r for r in (Record.from_json(x) for x in evidence["before"])
+                    if r.key() in wrote}
+        for attempt in range(self.REVERT_READS):
+            current = {r.key(): r for r in self._current(step, ctx, set(wrote))}
+            restore: list[Record] = []
+            delete: list[Record] = []
+            unchanged: list[Record] = []
+            reverted: list[Evidence] = []
+            left: list[Evidence] = []
+            for key in sorted(wrote):
+                now, ours, orig = current.get(key), wrote[key], original.get(key)
+                label = f"{key[0]} {key[1]}"
+                if self._same(now, orig):
+                    unchanged.append(orig or absent(ours))
+                elif self._same(now, ours):
+                    assert now is not None
+                    (restore if orig else delete).append(now)
+                    reverted.append({"record": label, "action": "restored" if orig else
+                                     "deleted", "stepWrote": list(ours.values),
+                                     "original": list(orig.values) if orig else []})
+                else:
+                    left.append({"record": label, "now": list(now.values) if now else [],
+                                 "stepWrote": list(ours.values),
+                                 "original": list(orig.values) if orig else [],
+                                 "ttl": {"now": now.ttl if now else None,
+                                         "stepWrote": ours.ttl,
+                                         "original": orig.ttl if orig else None}})
+            proofs: Evidence = {}
+            try:
+                if restore:
+                    back = [original[r.key()] for r in restore]
+                    proofs["restore"] = dict(provider.apply(expected=restore, desired=back))
+                if delete:
+                    proofs["delete"] = dict(provider.delete(expected=delete))
+                if unchanged:
+                    proofs["verify"] = dict(provider.verify(desired=unchanged))
+            except DnsConflict as exc:
+                if attempt + 1 < self.REVERT_READS:
+                    continue  # changed between our read and our write: read and decide again
+                raise PermanentError(f"step {step.name}: DNS kept changing during the revert "
+                                     f"({exc}); nothing was overwritten") from None
+            result: Evidence = {
+                "reverted": reverted,
+                "unchanged": [{"record": f"{r.key()[0]} {r.key()[1]}", "now": list(r.values),
+                               "why": "already the original"} for r in unchanged],
+                "left": left, **proofs}
+            if left:
+                result["note"] = "left as someone set them during the incident: " + "; ".join(
+                    f"{x['record']} is {x['now']} (the step wrote {x['stepWrote']}, the "
+                    f"original was {x['original']})" for x in left)
+            return result
+        raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _link_test(step: Step, desired: list[Record]) -> Evidence:
@@ -205,6 +403,10 @@ def _link_test(step: Step, desired: list[Record]) -> Evidence:
 
 
 class Restore(_NoRevert):
+    """Restores a verified backup onto the target. A retry or a resumed step may run it
+    again: the restorers refuse a target that holds data, so an attempt that landed (its
+    answer lost, or the controller died during it) is never restored twice."""
+
     def prepare(self, step: Step, ctx: StepContext) -> Evidence:
         return {}
 
@@ -273,7 +475,15 @@ class Revert(_NoRevert):
 
     def perform(self, step: Step, ctx: StepContext, prepared: Evidence) -> Evidence:
         of = step.params["of"]
-        original = ctx.plan.spec.steps[[s.name for s in ctx.plan.spec.steps].index(of["step"])]
+        frozen = step.params.get("definition")  # as the failover run froze it at its start
+        if frozen is None:  # a failback run recorded before definitions were frozen in it
+            names = [s.name for s in ctx.plan.spec.steps]
+            if of["step"] not in names:
+                raise PermanentError(f"step {step.name}: step {of['step']} is no longer in "
+                                     "the plan and this run did not freeze its definition")
+            original = ctx.plan.spec.steps[names.index(of["step"])]
+        else:
+            original = step_from_run(frozen)
         evidence = ctx.lookup_evidence(of["run"], of["step"])
         return HANDLERS[original.action].revert(original, ctx, evidence)
 
@@ -282,7 +492,6 @@ HANDLERS: dict[str, Handler] = {
     "traffic": Traffic(), "dns": Dns(), "restore": Restore(), "verify": Verify(),
     "notify": Notify(), "revert": Revert(),
 }
-REVERTIBLE = ("traffic", "dns")
 
 
 def _backend(step: Step) -> str:
@@ -300,9 +509,7 @@ def would_change(step: Step, ctx: StepContext) -> str:
     """For a dry run: read the current state (prepare is read-only) and say what changes."""
     if step.action == "traffic":
         before = Traffic().prepare(step, ctx)["before"]
-        sites = ctx.plan.spec.sites
-        to = str(step.params.get("to", sites.backup.name))
-        after = {**before, **(step.params.get("weights") or {to: 100, sites.primary.name: 0})}
+        after = _merge(before, _target(step, ctx)[1])
         steps = step.params.get("steps")
         how = f" in steps of {', '.join(f'{p}%' for p in steps)}" if steps else ""
         return "no change" if after == before else f"weights {before} -> {after}{how}"

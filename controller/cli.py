@@ -21,9 +21,9 @@ from typing import Any
 
 import click
 
-from controller import console, remote
+from controller import console, coordination, remote
 from controller import report as reports
-from controller.actions import REVERTIBLE, StepContext, would_change
+from controller.actions import StepContext, would_change
 from controller.api import Health, serve
 from controller.config import Settings
 from controller.console import (
@@ -34,11 +34,13 @@ from controller.console import (
     EXIT_WAITING,
     CliError,
 )
+from controller.coordination import CoordinationError
+from controller.failback import revert_steps
 from controller.journal import Journal, JournalError, Run
 from controller.loop import Engine, observe
-from controller.model import Phase, StepStatus
+from controller.model import Phase
 from controller.plan import FailoverPlan, PlanError, format_duration, json_schema, load_plan
-from controller.secrets import RedactingFilter
+from controller.secrets import RedactingFilter, Secrets
 
 PLAN_ARG = click.argument("plan_file", metavar="PLAN|fop/NAME", type=click.Path())
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
@@ -69,6 +71,33 @@ def _load(path: str) -> FailoverPlan:
         for problem in err.problems:
             click.echo(f"  - {problem}", err=True)
         sys.exit(EXIT_INPUT)
+
+
+def _engine(obj: Ctx, plan: FailoverPlan) -> Engine:
+    """An engine that may act on `plan`: it holds the journal's lease and the lease of the
+    coordinator the plan names (`spec.coordination`: a lock on this host by default, so
+    two failoverctl processes of any user never act on one plan at once; or etcd)."""
+    try:
+        coordinator = coordination.for_plan(plan, secrets=Secrets())
+    except CoordinationError as exc:
+        _fail(str(exc), EXIT_INPUT)
+    return Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl,
+                  coordinator=coordinator)
+
+
+def _via_cluster(plan_file: str, namespace: str | None) -> tuple[str, str | None]:
+    """A plan file with `spec.coordination.kind: kubernetes` is acted on by the operator
+    only: the CLI requests through its FailoverPlan resource, exactly as with fop/NAME."""
+    if remote.is_resource(plan_file) or not Path(plan_file).is_file():
+        return plan_file, namespace
+    plan = _load(plan_file)
+    if plan.spec.coordination.kind != "kubernetes":
+        return plan_file, namespace
+    try:
+        return f"fop/{plan.name}", namespace or coordination.kubernetes_namespace(plan)
+    except CoordinationError as exc:
+        _fail(str(exc), EXIT_INPUT)
+        raise
 
 
 def _emit(output: str, data: Any, text: Callable[[], str]) -> None:
@@ -247,13 +276,14 @@ def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
                       lookup_evidence=lambda r, s: engine.journal.step(r, s).evidence)
     steps = engine.plan.spec.steps
     if kind == "failback":
-        last = engine.journal.last_finished_run(engine.plan.name, "failover")
-        recs = engine.journal.steps(last.id) if last else []
-        return [{"name": f"revert-{r.name}", "action": "revert",
-                 "change": f"restore the original saved before {r.name}: "
-                           f"{r.evidence.get('before')}"}
-                for r in reversed(recs) if r.action in REVERTIBLE
-                and r.status is StepStatus.SUCCEEDED]
+        changes = []
+        for d in revert_steps(engine.journal, engine.plan.name):
+            of = d["params"]["of"]
+            before = engine.journal.step(of["run"], of["step"]).evidence.get("before")
+            changes.append({"name": d["name"], "action": "revert",
+                            "change": f"restore the original saved before {of['step']}: "
+                                      f"{before}"})
+        return changes
     out = []
     for step in steps:
         try:
@@ -282,13 +312,17 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
              dry_run: bool = False, namespace: str | None = None,
              kubeconfig: str | None = None) -> None:
     who = actor or obj.settings.actor
+    plan_file, namespace = _via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.request(plan_file, namespace, kubeconfig, kind=kind, reason=reason,
                                 actor=who, level=level, yes=yes, dry_run=dry_run,
                                 output=output, wait=wait))
     plan = _load(plan_file)
     journal = obj.journal()
-    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    engine = _engine(obj, plan)
+    refusal = engine.refusal(kind)
+    if refusal is not None:
+        _fail(f"{kind} of {plan.name} refused: {refusal}", EXIT_INPUT)
     preview = _preflight(engine, kind, output)
     if dry_run:
         if output == "json":
@@ -397,6 +431,7 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
 def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
             wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Approve a run (or one gated step) and follow it as it continues."""
+    plan_file, namespace = _via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.approve(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
                                 actor=actor or obj.settings.actor, wait=wait, output=output))
@@ -405,7 +440,7 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
     run = journal.run(run_id)
     if run is None or run.plan != plan.name:
         _fail(f"no run {run_id!r} of plan {plan.name} in {journal.path}", EXIT_INPUT)
-    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    engine = _engine(obj, plan)
     who = actor or obj.settings.actor
     try:
         engine.approve(run_id, actor=who, step=step)
@@ -436,11 +471,12 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
 def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wait: float,
          namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Record that a person finished a human step (acknowledged, escalated, analysed...)."""
+    plan_file, namespace = _via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.done(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
                              actor=actor or obj.settings.actor, wait=wait, output=output))
     plan = _load(plan_file)
-    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    engine = _engine(obj, plan)
     who = actor or obj.settings.actor
     try:
         rec = engine.done(run_id, step, actor=who)
@@ -516,8 +552,14 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
         until: str | None, listen: str | None) -> None:
     """The reconcile loop against plan files: probe, decide, act, record. Ctrl-C stops it."""
     loaded = [_load(p) for p in plans]
+    for plan in loaded:
+        if plan.spec.coordination.kind == "kubernetes":
+            _fail(f"plan {plan.name} is acted on by the operator in the cluster "
+                  "(spec.coordination.kind: kubernetes); run `failoverctl operator` there, "
+                  f"or request with `failoverctl failover|failback fop/{plan.name}`",
+                  EXIT_INPUT)
     journal = obj.journal()
-    engines = [Engine(p, journal, lease_ttl=obj.settings.lease_ttl) for p in loaded]
+    engines = [_engine(obj, p) for p in loaded]
     every = interval or obj.settings.tick
     health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: journal.lease("-"))
     if listen:

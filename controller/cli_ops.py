@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -21,6 +22,7 @@ from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from controller.crd import PLURAL
 from controller.loop import Engine, default_holder
 from controller.model import PermanentError
+from controller.secrets import SecretError, redact
 
 
 @main.command("dns-prepare")
@@ -88,7 +90,11 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
 @_with_journal
 def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
                output: str) -> None:
-    """Verify every backup not verified yet (checksums, decrypt, manifest, test restore)."""
+    """Verify every backup not verified yet (checksums, decrypt, manifest, test restore).
+
+    Exit 1 if a verification failed (or a backup could not be checked: the store failed),
+    2 on bad input: no verifier, or a backup that this configuration cannot verify (e.g. an
+    unreadable encryption key; nothing is recorded for it). Every backup is tried."""
     plan = _load(plan_file)
     verifiers = [b.name for b in plan.spec.backends if b.role == "verifier"]
     if not verifiers:
@@ -99,19 +105,31 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
     if not wanted:
         _fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
     engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
-    results = [{"verifier": name, "dataset": ds, **result}
-               for name in verifiers for ds in wanted
-               for result in engine.backends.get(name).verify_unverified(dataset=ds,
-                                                                         actor=actor)]
+    results: list[dict[str, Any]] = []
+    for name in verifiers:
+        try:
+            verifier = engine.backends.get(name)
+        except (PermanentError, SecretError) as exc:  # e.g. the store's credentials
+            _fail(f"backend {name}: {redact(str(exc))}", EXIT_INPUT)
+        for ds in wanted:
+            try:
+                found = verifier.verify_unverified(dataset=ds, actor=actor)
+            except Exception as exc:  # listing the store failed: say so, no traceback
+                _fail(f"backend {name}: cannot list the backups of {ds}: "
+                      f"{redact(f'{type(exc).__name__}: {exc}')}", EXIT_FAILED)
+            results += [{"verifier": name, "dataset": ds, **r} for r in found]
 
     def text() -> str:
         if not results:
             return f"nothing to verify: every backup of {', '.join(wanted)} is verified already"
-        return "\n".join(f"[{'ok' if r['passed'] else 'FAIL'}] {r['dataset']} {r['backup']}: "
-                         f"{r['summary']} ({r['durationS']:g} s)" for r in results)
+        return "\n".join(
+            f"[{'ok' if r['passed'] else 'ERROR' if r.get('badInput') else 'FAIL'}] "
+            f"{r['dataset']} {r['backup']}: {r['summary']} ({r['durationS']:g} s)"
+            for r in results)
 
     _emit(output, results, text)
-    sys.exit(EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED)
+    sys.exit(EXIT_INPUT if any(r.get("badInput") for r in results) else
+             EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED)
 
 
 @main.command("operator")
@@ -188,10 +206,13 @@ def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor
     the sandbox of real services, torn down after. A PLAN file runs against its own
     backends: with the in-memory ones (manifests/examples/memory-drill.yaml) it injects an
     outage; with real ones it causes none — a planned failover, then a failback that runs
-    even when the drill is stopped midway. `fop/NAME` does the same through the operator.
+    whatever happened: a failed step, SIGINT, SIGTERM or SIGHUP (exit 130, 143, 129, after
+    the failback; a second signal is ignored until it is done); what could not be put
+    back is said. `fop/NAME` does the same through the operator; a request the operator
+    has not claimed when the drill is stopped or `--wait` runs out is withdrawn.
     """
     from controller.drill import scenario as scenarios
-    from controller.drill.runner import run_drill
+    from controller.drill.runner import run_plan_for_cli
 
     if remote.is_resource(plan_file):
         sys.exit(remote.drill(plan_file, namespace, kubeconfig,
@@ -202,7 +223,8 @@ def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor
         verdict = scenarios.run_for_cli(path, obj.journal(), Path(out_dir), echo=echo,
                                         sandbox_dir=Path(sandbox_dir) if sandbox_dir else None)
     else:
-        verdict = run_drill(_load(plan_file), obj.journal(), Path(out_dir), echo=echo)
+        verdict = run_plan_for_cli(_load(plan_file), obj.journal(), Path(out_dir), echo=echo,
+                                   actor=actor or "drill")
     if output == "json":
         click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))
     sys.exit(EXIT_OK if verdict["passed"] else EXIT_FAILED)

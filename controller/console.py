@@ -31,7 +31,8 @@ class CliError(Exception):
 
 def step_line(s: dict[str, Any]) -> str:
     mark = {"succeeded": "ok  ", "failed": "FAIL", "reverted": "undo", "running": "... ",
-            "awaiting-approval": "wait", "awaiting-person": "todo"}.get(s["status"], "    ")
+            "awaiting-approval": "wait", "awaiting-person": "todo",
+            "unknown": "????"}.get(s["status"], "    ")
     target = format_duration(s["targetSeconds"]) if s.get("targetSeconds") else "-"
     since = (f"{s['sinceDetectionSeconds']:.2f} s" if s.get("sinceDetectionSeconds")
              is not None else "-")

@@ -64,11 +64,63 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+_SITES = "[self.sites.primary.name, self.sites.backup.name]"
+
+
+def _site_key(k: str) -> str:
+    """CEL: `k` names a site of the plan, or a server of one (site/server)."""
+    return f"{k} in {_SITES} || {_SITES}.exists(n, {k}.startsWith(n + '/'))"
+
+
+def _cannot_run(spec: dict[str, Any]) -> None:
+    """Rules the API server enforces beyond the field types (CEL, `x-kubernetes-
+    validations`), so a plan that validates field by field yet cannot run is refused on
+    `kubectl apply`, not only by the operator later: more approvals required than
+    approvers, traffic weights that send nothing anywhere, below 0 or for an unknown site,
+    a signal named like a service. `plan.py` says the same in the same words."""
+    props = spec["properties"]
+    # the API server prices every rule before it accepts the CRD: bounded lists and maps
+    # keep the rules below its budget (far more than any plan needs)
+    for name, most in (("services", 64), ("signals", 64), ("steps", 128)):
+        props[name]["maxItems"] = most
+    props["approval"]["x-kubernetes-validations"] = [{
+        "rule": "!has(self.approvers) || size(self.approvers) == 0 || "
+                "!has(self.required) || self.required <= size(self.approvers)",
+        "fieldPath": ".required",
+        "message": "more approvals are required than there are approvers, so a run would "
+                   "wait forever; lower required or add approvers (empty = anyone)"}]
+    params = props["steps"]["items"]["properties"]["params"]
+    params["properties"] = {
+        "to": {"type": "string", "description": "traffic: the site traffic goes to"},
+        "weights": {
+            "type": "object", "description": "traffic: weight per site (or site/server)",
+            "maxProperties": 64,
+            "additionalProperties": {"type": "integer", "minimum": 0},
+            "x-kubernetes-validations": [{
+                "rule": "self.exists(k, self[k] > 0)",
+                "message": "all weights are 0, which sends the traffic nowhere; give the "
+                           "target site a weight above 0"}]}}
+    spec.setdefault("x-kubernetes-validations", []).extend([
+        {"rule": "!has(self.signals) || self.signals.all(g, "
+                 "self.services.all(s, s.name != g.name))",
+         "fieldPath": ".signals",
+         "message": "a signal has the name of a service, so the two would be read as one; "
+                    "rename the signal"},
+        {"rule": "self.steps.all(t, !has(t.params) || "
+                 f"((!has(t.params.to) || {_site_key('t.params.to')}) && "
+                 f"(!has(t.params.weights) || t.params.weights.all(k, {_site_key('k')}))))",
+         "fieldPath": ".steps",
+         "message": "a traffic step's `to` or `weights` names a site the plan does not "
+                    "have; use spec.sites.primary.name or spec.sites.backup.name"},
+    ])
+
+
 def crd() -> dict[str, Any]:
     schema = json_schema()
     defs = schema.get("$defs", {})
     root = _structural(schema, defs)
     spec = root["properties"]["spec"]
+    _cannot_run(spec)
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -82,7 +134,14 @@ def crd() -> dict[str, Any]:
                 "name": VERSION, "served": True, "storage": True,
                 "subresources": {"status": {}},
                 "additionalPrinterColumns": [
-                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+                     "description": "Invalid when the spec cannot run (not watched)"},
+                    {"name": "Ready", "type": "string",
+                     "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+                     "description": "the controller watches this plan"},
+                    {"name": "Reason", "type": "string",
+                     "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                     "description": "Reconciling, InvalidPlan or Deleting"},
                     {"name": "Level", "type": "integer", "jsonPath": ".status.level"},
                     {"name": "Active", "type": "string", "jsonPath": ".status.activeSite"},
                     {"name": "Decided", "type": "date",

@@ -4,32 +4,72 @@ It is the default store because it needs no server and survives a killed process
 mode with `synchronous=FULL`, every write its own short transaction, so a committed row
 is on disk before the next step starts. A resumed controller reads it back and never
 repeats a finished step. A journal that cannot be read is reported (JournalError), never
-silently replaced. Every text written here goes through `secrets.redact` first.
+silently replaced. Why each further rule:
+
+- **Messages are redacted, the record never is.** `secrets.redact` runs over each message
+  as it is written — a run's reason and outcome, a step's error, a decision's sentence, an
+  audit detail, and the message fields (`_MESSAGE_KEYS`: detail, error, why, ...) inside
+  evidence, policy and readiness — and never over a serialised document, a key, a number,
+  a name or an id: a secret `test` must not turn the step `link-test` into `link-***`,
+  nor `7000` a timestamp into `179***000` (either made every later tick fail). Evidence
+  outside its message fields is data a revert restores (records, weights, snapshots), so
+  it is kept exactly; producers redact their own messages too (`executor._describe`).
+- **The schema is versioned** (`meta.schema`) and an older journal is migrated forward
+  in one transaction when opened (`_MIGRATIONS`), so a crash mid-way leaves the old
+  version intact; a newer journal is refused. Version 1 was released twice (without, and
+  later with, `plan_state.readiness`); its migration handles both. Columns are added at
+  the end with a default and every INSERT names its columns, so a controller of the
+  previous version still running on the same file keeps working.
+- **Opening stays fast however large the journal grows**: the full `PRAGMA quick_check`
+  (2.2 s at 230 MiB) runs only when the journal was not closed cleanly — the first
+  process to open it finds no clean close recorded (a crash, a power cut, a file from an
+  older version), which is when damage is likely. Every `Journal` holds `<file>-open`
+  shared (flock) while open, so the first opener and the last closer know they are. A
+  journal damaged later is still reported: a corrupt page read or written at any time
+  raises JournalError saying to move it aside; `check()` runs the full check on demand.
+- **What every tick asks is indexed** (a run's audit trail, the plan's newest decision,
+  its pending request, its unfinished run), so per-tick cost does not grow with history
+  (tests/benchmarks/bench_journal.py), and `prune` removes finished runs older than a
+  retention: only those marked archived unless forced (the archive is the record once
+  they are gone), and never an active run nor one a failback still needs.
+- **A full disk says so** ("disk full", what is free, what to do) instead of SQLite's
+  follow-on "cannot rollback - no transaction is active"; the change is not recorded,
+  nothing recorded before is lost, and the next write succeeds once there is room.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import logging
+import os
+import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.fencing import LostLease, next_token
 from controller.model import Decision, Phase, StepRecord, StepStatus
 from controller.secrets import redact
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
   id TEXT PRIMARY KEY, plan TEXT NOT NULL, kind TEXT NOT NULL, phase TEXT NOT NULL,
   level INTEGER, reason TEXT NOT NULL, requested_by TEXT NOT NULL,
   detected_at REAL NOT NULL, started_at REAL NOT NULL, finished_at REAL,
-  approved INTEGER NOT NULL DEFAULT 0, outcome TEXT, steps_json TEXT NOT NULL
+  approved INTEGER NOT NULL DEFAULT 0, outcome TEXT, steps_json TEXT NOT NULL,
+  archived_at REAL
 );
 CREATE INDEX IF NOT EXISTS runs_plan ON runs(plan, started_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -63,11 +103,57 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE TABLE IF NOT EXISTS leases (
   name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
 );
+""" + """
+CREATE INDEX IF NOT EXISTS runs_open ON runs(plan, finished_at, started_at);
+CREATE INDEX IF NOT EXISTS runs_kind ON runs(plan, kind, finished_at);
+CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan, id);
+CREATE INDEX IF NOT EXISTS requests_plan ON requests(plan, run_id);
+CREATE INDEX IF NOT EXISTS requests_run ON requests(run_id);
+CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id);
+CREATE INDEX IF NOT EXISTS audit_plan ON audit(plan, id);
 """
+_V2_INDEXES = _SCHEMA[_SCHEMA.index("CREATE INDEX IF NOT EXISTS runs_open"):]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+
+
+def _migrate_1(db: sqlite3.Connection) -> None:
+    """1 -> 2: `plan_state.readiness` (missing in the first release of version 1, which
+    the second release added without a new version), `runs.archived_at` for `prune`, and
+    the indexes every tick's queries need."""
+    if "readiness" not in _columns(db, "plan_state"):
+        db.execute("ALTER TABLE plan_state ADD COLUMN readiness TEXT NOT NULL DEFAULT '{}'")
+    if "archived_at" not in _columns(db, "runs"):
+        db.execute("ALTER TABLE runs ADD COLUMN archived_at REAL")
+    for statement in _statements(_V2_INDEXES):
+        db.execute(statement)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
+"""version -> the migration to version + 1; each runs inside the opening transaction."""
+
+_MESSAGE_KEYS = frozenset({"detail", "last_detail", "error", "errors", "revertError", "why",
+                           "note", "summary", "message", "reason", "stderr", "output"})
+"""Keys whose values (at any depth of evidence, policy or readiness) are messages."""
+
+_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+_UNWRITABLE = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
+
+
+Holder = tuple[str, str]
+"""(lease name, holder): a write made "as" this holder is refused (LostLease) in the same
+transaction unless the lease is still theirs — the journal is a fenced target too."""
 
 
 class JournalError(Exception):
-    """The journal file is missing, unreadable or corrupt; the message says what to do."""
+    """The journal file is missing, unreadable, corrupt or cannot be written (a full disk);
+    the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -107,8 +193,48 @@ class PlanState:
     readiness: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class Pruned:
+    """What `Journal.prune` removed, and the old finished runs it kept unarchived."""
+
+    runs: list[str] = field(default_factory=list)
+    unarchived: list[str] = field(default_factory=list)  # pass force=True to remove them
+    decisions: int = 0
+    audit: int = 0
+
+
+def _scrub(value: Any, *, message: bool = False) -> Any:
+    """A copy of a JSON value with the strings under message keys redacted; every other
+    key and value (names, ids, numbers, the data a revert restores) exactly as it was."""
+    if isinstance(value, str):
+        return redact(value) if message else value
+    if isinstance(value, dict):
+        return {k: _scrub(v, message=message or k in _MESSAGE_KEYS) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v, message=message) for v in value]
+    return value
+
+
 def _dumps(value: Any) -> str:
-    return redact(json.dumps(value, sort_keys=True, default=str))
+    """Serialise a document whose message fields are redacted (never the text itself)."""
+    return json.dumps(_scrub(value), sort_keys=True, default=str)
+
+
+def _dumps_exact(value: Any) -> str:
+    """Serialise a document holding no messages (a run's frozen step definitions)."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _redact_opt(text: str | None) -> str | None:
+    return redact(text) if text else text
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
 
 
 class Journal:
@@ -119,6 +245,7 @@ class Journal:
         # (the operator mirrors them into the FailoverPlan's status); a listener that
         # raises fails the write's caller, so a step cannot go on unrecorded
         self.listeners: list[Callable[[str], None]] = []
+        self._open_fd: int | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -127,56 +254,228 @@ class Journal:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-            if check != "ok":
-                raise sqlite3.DatabaseError(check)
-            self._db.executescript(_SCHEMA)
-            self._check_version()
+            first = self._hold_open()
+            try:
+                self._prepare(first=first)
+            finally:
+                if first:  # let the others in (they waited while this one checked/migrated)
+                    fcntl.flock(self._open_fd, fcntl.LOCK_SH)  # type: ignore[arg-type]
         except (sqlite3.DatabaseError, OSError) as exc:
+            if hasattr(self, "_db"):
+                self._db.close()
+            self._release_open()
+            if self._is_full(exc):
+                raise self._full("it could not be opened") from None
             raise JournalError(
                 f"journal {self.path} cannot be used ({exc}). It was left untouched: move it "
                 "aside (keep it for the incident record) or point --journal at another file."
             ) from None
 
-    def _check_version(self) -> None:
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+    # --- opening: clean close, integrity, schema --------------------------------------------
+
+    def _hold_open(self) -> bool:
+        """Hold `<journal>-open` while open: exclusively (True) when no other Journal has
+        the file open, then shared. The descriptor closes with this object at the latest."""
+        fd = os.open(f"{self.path}-open", os.O_RDWR | os.O_CREAT, 0o600)
+        self._open_fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a first opener checks or migrates
+            return False
+
+    def _release_open(self) -> None:
+        if self._open_fd is not None:
+            self._finalizer()  # closes the descriptor, which releases the lock
+            self._open_fd = None
+
+    def _prepare(self, *, first: bool) -> None:
+        """Check (after an unclean close), create or migrate, all before the first use."""
+        db = self._db
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not first and "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is not None and row[0] == str(SCHEMA_VERSION):
+                return  # open elsewhere, so checked, and current: nothing to write
+        if first and tables:
+            closed = None
+            if "meta" in tables:
+                row = db.execute("SELECT value FROM meta WHERE key='closed'").fetchone()
+                closed = row[0] if row else None
+            if closed != "clean":  # a crash, a power cut, or a file from an older version
+                self._quick_check()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._create_or_migrate(db)
+            if first:
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('closed', 'no')")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _quick_check(self) -> None:
+        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
+
+    def _create_or_migrate(self, db: sqlite3.Connection) -> None:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables.discard("sqlite_sequence")
+        if not tables:
+            for statement in _statements(_SCHEMA):
+                db.execute(statement)
+            db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)",
+                       (str(SCHEMA_VERSION),))
+            return
+        if "meta" not in tables or "runs" not in tables:
+            raise sqlite3.DatabaseError("this file is an SQLite database but not a failover "
+                                        "journal (it has no meta or runs table)")
+        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        version = int(row[0]) if row else 1  # version 1 wrote its row just after its tables
+        if version > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
-                f"schema version {row[0]} is newer than this failoverctl understands"
+                f"schema version {version} is newer than this failoverctl understands "
+                f"({SCHEMA_VERSION}); use the failoverctl that wrote it"
             )
+        if version < SCHEMA_VERSION:
+            log.warning("journal %s: migrating its schema from version %d to %d",
+                        self.path, version, SCHEMA_VERSION)
+        while version < SCHEMA_VERSION:
+            _MIGRATIONS[version](db)
+            version += 1
+        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
+                   (str(SCHEMA_VERSION),))
+
+    def check(self) -> None:
+        """The full integrity check (O(size): seconds for a large journal); JournalError
+        if it finds damage."""
+        try:
+            with self._lock:
+                self._quick_check()
+        except sqlite3.DatabaseError as exc:
+            raise self._failure(exc) from None
 
     def close(self) -> None:
-        self._db.close()
+        """Close; the last process to close a journal records that it closed cleanly, so the
+        next first opener skips the full check."""
+        with self._lock:
+            if self._open_fd is not None:
+                try:
+                    fcntl.flock(self._open_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    last = True
+                except BlockingIOError:
+                    last = False
+                if last:
+                    try:
+                        self._db.execute("INSERT OR REPLACE INTO meta (key, value) "
+                                         "VALUES ('closed', 'clean')")
+                    except sqlite3.Error as exc:  # e.g. a full disk: the next open checks
+                        log.warning("journal %s: could not record a clean close (%s); the "
+                                    "next start runs the full integrity check", self.path, exc)
+            self._db.close()
+            self._release_open()
+
+    # --- errors -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _is_full(exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", None)
+        return ((isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL)
+                or getattr(exc, "errno", None) == errno.ENOSPC)
+
+    def _full(self, what: str) -> JournalError:
+        try:
+            free = f"{_size(shutil.disk_usage(self.path.parent).free)} free"
+        except OSError:
+            free = "free space unknown"
+        return JournalError(
+            f"journal {self.path}: disk full ({free} on {self.path.parent}); {what}. Free "
+            "space on that filesystem, or stop the controller, move the journal file (with "
+            "its -wal file) to a larger volume and point --journal at it; recording resumes "
+            "with the next change once there is room."
+        )
+
+    def _failure(self, exc: sqlite3.Error) -> Exception:
+        """The error to raise for a failed statement: a JournalError saying what to do when
+        the journal is full, damaged or unwritable; anything else (a busy database, a
+        constraint) as it was."""
+        if self._is_full(exc):
+            return self._full("this change was not recorded, and nothing recorded before it "
+                              "was lost")
+        code = getattr(exc, "sqlite_errorcode", None)
+        primary = code & 0xFF if isinstance(code, int) else None
+        if primary in _CORRUPT:
+            return JournalError(
+                f"journal {self.path} is damaged ({exc}). Stop the controller, move the file "
+                "aside (keep it for the incident record) and start on a new --journal file.")
+        if primary in _UNWRITABLE:
+            return JournalError(
+                f"journal {self.path} cannot be written ({exc}); check the disk and the "
+                "file's permissions, or point --journal at another file.")
+        return exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._failure(exc) from None
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
+            except BaseException as exc:
+                # SQLite has already rolled back after some errors (a full disk among them):
+                # rolling back again would hide the cause behind "no transaction is active"
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    failure = self._failure(exc)
+                    if failure is not exc:
+                        raise failure from None
                 raise
-            self._db.execute("COMMIT")
+
+    @staticmethod
+    def _check_holder(db: sqlite3.Connection, holder: Holder | None) -> None:
+        if holder is None:
+            return
+        row = db.execute("SELECT holder FROM leases WHERE name=?", (holder[0],)).fetchone()
+        if row is None or row["holder"] != holder[1]:
+            raise LostLease(f"{holder[1]} no longer holds {holder[0]} (now "
+                            f"{row['holder'] if row else 'nobody'}); the write was refused")
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
+            try:
+                return list(self._db.execute(sql, args).fetchall())
+            except sqlite3.Error as exc:
+                failure = self._failure(exc)
+                if failure is not exc:
+                    raise failure from None
+                raise
 
     # --- audit and decisions ---------------------------------------------------------------
 
     def audit(self, *, at: float, actor: str, action: str, plan: str | None = None,
-              run_id: str | None = None, detail: str = "") -> None:
+              run_id: str | None = None, detail: str = "", keep: Sequence[str] = ()) -> None:
+        """Record who did what. `detail` is a message, redacted except for the parts named
+        in `keep`: identifiers a reader parses back (a notice's `[notice KEY]` tag, its
+        route), written exactly as given."""
+        text = redact(detail, keep)
         with self._tx() as db:
             db.execute("INSERT INTO audit (at, actor, action, plan, run_id, detail) "
-                       "VALUES (?,?,?,?,?,?)", (at, actor, action, plan, run_id, redact(detail)))
+                       "VALUES (?,?,?,?,?,?)", (at, actor, action, plan, run_id, text))
 
     def audit_trail(self, *, plan: str | None = None, run_id: str | None = None
                     ) -> list[dict[str, Any]]:
-        rows = self._all("SELECT * FROM audit WHERE (? IS NULL OR plan=?) AND "
-                         "(? IS NULL OR run_id=?) ORDER BY id", (plan, plan, run_id, run_id))
+        where = [c for c, v in (("plan=?", plan), ("run_id=?", run_id)) if v is not None]
+        args = tuple(v for v in (plan, run_id) if v is not None)
+        rows = self._all("SELECT * FROM audit" + (f" WHERE {' AND '.join(where)}" if where
+                                                  else "") + " ORDER BY id", args)
         return [dict(r) for r in rows]
 
     def record_decision(self, plan: str, decision: Decision) -> None:
@@ -208,7 +507,9 @@ class Journal:
     def save_plan_state(self, state: PlanState) -> None:
         with self._tx() as db:
             db.execute(
-                "INSERT INTO plan_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(plan) DO UPDATE SET "
+                "INSERT INTO plan_state (plan, phase, level, active_site, last_decision, "
+                "policy, updated_at, readiness) VALUES (?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(plan) DO UPDATE SET "
                 "phase=excluded.phase, level=excluded.level, active_site=excluded.active_site, "
                 "last_decision=excluded.last_decision, policy=excluded.policy, "
                 "updated_at=excluded.updated_at, readiness=excluded.readiness",
@@ -216,6 +517,29 @@ class Journal:
                  redact(state.last_decision or ""), _dumps(state.policy), state.updated_at,
                  _dumps(state.readiness)))
         self._changed(plan=state.plan)
+
+    # --- one cluster object per plan name (the operator) -----------------------------------
+
+    def plan_uid(self, plan: str) -> str | None:
+        """The uid of the FailoverPlan object whose record `plan` holds (None: unbound)."""
+        rows = self._all("SELECT value FROM meta WHERE key=?", (f"plan-uid/{plan}",))
+        return str(rows[0][0]) if rows else None
+
+    def bind_plan_uid(self, plan: str, uid: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
+                       (f"plan-uid/{plan}", uid))
+
+    def retire_plan(self, plan: str, *, as_name: str) -> None:
+        """Move the whole record of `plan` (runs, state, requests, decisions, audit) under
+        `as_name` (the operator's `NAME@UID` of a deleted object), in one transaction: a
+        plan created again under the same name starts with none of it, and the old
+        record is kept, not lost. Unbinds its uid; no listener is told (no plan changed)."""
+        with self._tx() as db:
+            for table in ("runs", "requests", "decisions", "audit"):
+                db.execute(f"UPDATE {table} SET plan=? WHERE plan=?", (as_name, plan))
+            db.execute("UPDATE OR REPLACE plan_state SET plan=? WHERE plan=?", (as_name, plan))
+            db.execute("DELETE FROM meta WHERE key=?", (f"plan-uid/{plan}",))
 
     # --- requests (manual failover / failback) -----------------------------------------------
 
@@ -243,14 +567,15 @@ class Journal:
     def start_run(self, *, plan: str, kind: str, phase: Phase, level: int | None, reason: str,
                   requested_by: str, detected_at: float, now: float,
                   steps: list[dict[str, Any]], approved: bool,
-                  request_id: int | None = None) -> Run:
+                  request_id: int | None = None, holder: Holder | None = None) -> Run:
         run_id = f"{plan}-{kind}-{int(now)}-{uuid.uuid4().hex[:6]}"
         with self._tx() as db:
+            self._check_holder(db, holder)
             db.execute(
                 "INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
                 "detected_at, started_at, approved, steps_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, plan, kind, phase.value, level, redact(reason), requested_by,
-                 detected_at, now, int(approved), _dumps(steps)))
+                 detected_at, now, int(approved), _dumps_exact(steps)))
             for i, step in enumerate(steps):
                 db.execute("INSERT INTO steps (run_id, idx, name, action, status, target_s) "
                            "VALUES (?,?,?,?,?,?)", (run_id, i, step["name"], step["action"],
@@ -290,9 +615,10 @@ class Journal:
                     "detected_at, started_at, finished_at, approved, outcome, steps_json) "
                     "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (run["id"], run["plan"], run["kind"], run["phase"], run.get("level"),
-                     run.get("reason", ""), run.get("requestedBy", ""), run["detectedAt"],
-                     run["startedAt"], run.get("finishedAt"), int(bool(run.get("approved"))),
-                     run.get("outcome"), _dumps(run.get("definition", []))))
+                     redact(run.get("reason") or ""), run.get("requestedBy", ""),
+                     run["detectedAt"], run["startedAt"], run.get("finishedAt"),
+                     int(bool(run.get("approved"))), _redact_opt(run.get("outcome")),
+                     _dumps_exact(run.get("definition", []))))
                 for s in steps:
                     db.execute("INSERT INTO steps (run_id, idx, name, action, status, "
                                "target_s) VALUES (?,?,?,?,?,?)",
@@ -302,8 +628,8 @@ class Journal:
             elif run.get("finishedAt") is not None:
                 cur = db.execute("UPDATE runs SET phase=?, finished_at=?, outcome=? "
                                  "WHERE id=? AND finished_at IS NULL",
-                                 (run["phase"], run["finishedAt"], run.get("outcome"),
-                                  run["id"]))
+                                 (run["phase"], run["finishedAt"],
+                                  _redact_opt(run.get("outcome")), run["id"]))
                 changed = changed or cur.rowcount > 0
             for s in steps:
                 row = db.execute("SELECT status, attempts FROM steps WHERE run_id=? AND "
@@ -321,7 +647,8 @@ class Journal:
                     (s["status"], s.get("startedAt"), s.get("finishedAt"),
                      s.get("elapsedSeconds"), s.get("sinceDetectionSeconds"),
                      None if s.get("met") is None else int(s["met"]), s.get("attempts", 0),
-                     _dumps(s.get("evidence", {})), s.get("error"), s.get("approvedBy"),
+                     _dumps(s.get("evidence", {})), _redact_opt(s.get("error")),
+                     s.get("approvedBy"),
                      run["id"], s["name"]))
                 changed = True
         return changed
@@ -336,14 +663,48 @@ class Journal:
         return self._run_from(rows[0]) if rows else None
 
     def runs(self, plan: str | None = None, limit: int = 20) -> list[Run]:
-        rows = self._all("SELECT * FROM runs WHERE (? IS NULL OR plan=?) "
-                         "ORDER BY started_at DESC, rowid DESC LIMIT ?", (plan, plan, limit))
+        if plan is None:
+            rows = self._all("SELECT * FROM runs ORDER BY started_at DESC, rowid DESC LIMIT ?",
+                             (limit,))
+        else:
+            rows = self._all("SELECT * FROM runs WHERE plan=? "
+                             "ORDER BY started_at DESC, rowid DESC LIMIT ?", (plan, limit))
         return [self._run_from(r) for r in rows]
 
     def active_run(self, plan: str) -> Run | None:
-        rows = self._all("SELECT * FROM runs WHERE plan=? AND finished_at IS NULL "
-                         "ORDER BY started_at DESC LIMIT 1", (plan,))
+        """The unfinished run, if it is newer than every finished run of the plan (an
+        older unfinished run, adopted from another replica's record, is superseded)."""
+        rows = self._all("SELECT * FROM runs WHERE plan=? AND finished_at IS NULL AND "
+                         "started_at >= COALESCE((SELECT MAX(started_at) FROM runs WHERE "
+                         "plan=? AND finished_at IS NOT NULL), 0) "
+                         "ORDER BY started_at DESC LIMIT 1", (plan, plan))
         return self._run_from(rows[0]) if rows else None
+
+    def supersede(self, plan: str, *, now: float, holder: Holder | None = None) -> list[str]:
+        """Close every unfinished run older than a finished newer one, as superseded:
+        such a run is never resumed (its trip, approval and cooldown are history)."""
+        if not self._all("SELECT 1 FROM runs r WHERE plan=? AND finished_at IS NULL AND "
+                         "EXISTS (SELECT 1 FROM runs n WHERE n.plan=r.plan AND n.finished_at "
+                         "IS NOT NULL AND n.started_at > r.started_at) LIMIT 1", (plan,)):
+            return []  # the common case: read only, no transaction
+        with self._tx() as db:
+            self._check_holder(db, holder)
+            rows = db.execute(
+                "SELECT id, (SELECT id FROM runs n WHERE n.plan=r.plan AND n.finished_at IS "
+                "NOT NULL AND n.started_at > r.started_at ORDER BY n.started_at DESC LIMIT 1) "
+                "AS newer FROM runs r WHERE plan=? AND finished_at IS NULL", (plan,)).fetchall()
+            stale = [(r["id"], r["newer"]) for r in rows if r["newer"] is not None]
+            for run_id, newer in stale:
+                db.execute("UPDATE runs SET phase=?, finished_at=?, outcome=? WHERE id=?",
+                           (Phase.SUPERSEDED.value, now,
+                            f"superseded by the newer run {newer}, which finished first; "
+                            "never resumed", run_id))
+                db.execute("INSERT INTO audit (at, actor, action, plan, run_id, detail) "
+                           "VALUES (?,?,?,?,?,?)", (now, "controller", "supersede", plan, run_id,
+                                                    f"superseded by {newer}"))
+        if stale:
+            self._changed(plan=plan)
+        return [run_id for run_id, _ in stale]
 
     def last_finished_run(self, plan: str, kind: str) -> Run | None:
         rows = self._all("SELECT * FROM runs WHERE plan=? AND kind=? AND finished_at IS NOT NULL"
@@ -352,13 +713,14 @@ class Journal:
 
     def update_run(self, run_id: str, *, phase: Phase, level: int | None = None,
                    finished_at: float | None = None, outcome: str | None = None,
-                   approved: bool | None = None) -> None:
+                   approved: bool | None = None, holder: Holder | None = None) -> None:
         with self._tx() as db:
+            self._check_holder(db, holder)
             db.execute(
                 "UPDATE runs SET phase=?, level=COALESCE(?, level), "
                 "finished_at=COALESCE(?, finished_at), outcome=COALESCE(?, outcome), "
                 "approved=COALESCE(?, approved) WHERE id=?",
-                (phase.value, level, finished_at, redact(outcome) if outcome else None,
+                (phase.value, level, finished_at, _redact_opt(outcome),
                  None if approved is None else int(approved), run_id))
         self._changed(run_id=run_id)
 
@@ -380,15 +742,16 @@ class Journal:
     def step(self, run_id: str, name: str) -> StepRecord:
         return next(s for s in self.steps(run_id) if s.name == name)
 
-    def save_step(self, rec: StepRecord) -> None:
+    def save_step(self, rec: StepRecord, *, holder: Holder | None = None) -> None:
         with self._tx() as db:
+            self._check_holder(db, holder)
             db.execute(
                 "UPDATE steps SET status=?, started_at=?, finished_at=?, elapsed_s=?, "
                 "since_detection_s=?, met=?, attempts=?, evidence=?, error=?, approved_by=? "
                 "WHERE run_id=? AND name=?",
                 (rec.status.value, rec.started_at, rec.finished_at, rec.elapsed_s,
                  rec.since_detection_s, None if rec.met is None else int(rec.met), rec.attempts,
-                 _dumps(rec.evidence), redact(rec.error) if rec.error else None,
+                 _dumps(rec.evidence), _redact_opt(rec.error),
                  rec.approved_by, rec.run_id, rec.name))
         self._changed(run_id=rec.run_id)
 
@@ -399,7 +762,8 @@ class Journal:
         """Record a person's approval (or, for a human step, that it is done); audited."""
         run = self.run(run_id)
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO approvals VALUES (?,?,?,?)",
+            db.execute("INSERT OR REPLACE INTO approvals (run_id, step, actor, at) "
+                       "VALUES (?,?,?,?)",
                        (run_id, step, actor, at))
             db.execute("INSERT INTO audit (at, actor, action, plan, run_id, detail) "
                        "VALUES (?,?,?,?,?,?)", (at, actor, action,
@@ -414,20 +778,95 @@ class Journal:
     def approvals(self, run_id: str, step: str) -> list[str]:
         return [actor for actor, _ in self.approvals_at(run_id, step)]
 
+    # --- retention --------------------------------------------------------------------------
+
+    def mark_archived(self, run_id: str, *, at: float) -> None:
+        """Record that a finished run has been archived elsewhere, so `prune` may remove it."""
+        with self._tx() as db:
+            row = db.execute("SELECT finished_at FROM runs WHERE id=?", (run_id,)).fetchone()
+            if row is None:
+                raise KeyError(f"no run {run_id!r} in {self.path}")
+            if row["finished_at"] is None:
+                raise ValueError(f"run {run_id} has not finished; only a finished run can be "
+                                 "archived")
+            db.execute("UPDATE runs SET archived_at=? WHERE id=?", (at, run_id))
+
+    def prune(self, *, before: float, force: bool = False, batch: int = 5000) -> Pruned:
+        """Remove finished runs that finished before `before` (with their steps, approvals,
+        audit rows and the requests that started them), then the decisions older than
+        `before` and than every run still kept of their plan.
+
+        Never removed, even with `force`: an unfinished run, and any run of a plan's open
+        incident (started after its last completed failback), because a failback reverts
+        every failover since then from that run's recorded evidence. A run not marked
+        archived (`mark_archived`) is kept and listed in `unarchived` unless `force`.
+        Audit rows of no run (requests, approvals outside a run, backups) are removed only
+        with `force`: nothing archives them. Rows go about `batch` at a time, each batch
+        its own short transaction, so a running controller's ticks never wait long."""
+        healthy = Phase.HEALTHY.value
+        rows = self._all(
+            "SELECT id, archived_at FROM runs r WHERE finished_at IS NOT NULL AND finished_at < ?"
+            " AND started_at <= COALESCE((SELECT MAX(f.started_at) FROM runs f WHERE "
+            "f.plan=r.plan AND f.kind='failback' AND f.phase=? AND f.finished_at IS NOT NULL),"
+            " -1) ORDER BY finished_at", (before, healthy))
+        removed = [r["id"] for r in rows if force or r["archived_at"] is not None]
+        unarchived = [r["id"] for r in rows if not force and r["archived_at"] is None]
+        changed: set[str] = set()
+        per_tx = max(1, batch // 50)  # a run has tens of rows: about `batch` rows a time
+        for i in range(0, len(removed), per_tx):
+            group = removed[i:i + per_tx]
+            marks = ",".join("?" * len(group))
+            with self._tx() as db:
+                changed.update(r["plan"] for r in db.execute(
+                    f"SELECT DISTINCT plan FROM runs WHERE id IN ({marks})", group))
+                for table in ("steps", "approvals", "audit", "requests"):
+                    db.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", group)
+                db.execute(f"DELETE FROM runs WHERE id IN ({marks})", group)
+        decisions = 0
+        for (plan,) in self._all("SELECT DISTINCT plan FROM decisions"):
+            oldest = self._all("SELECT MIN(detected_at) FROM runs WHERE plan=?", (plan,))[0][0]
+            until = before if oldest is None else min(before, oldest)
+            decisions += self._delete_batched(
+                "decisions", "plan=? AND at < ?", (plan, until), batch)
+        audit = 0
+        if force:
+            audit = self._delete_batched("audit", "run_id IS NULL AND at < ?", (before,), batch)
+        for plan in sorted(changed):
+            self._changed(plan=plan)
+        return Pruned(runs=removed, unarchived=unarchived, decisions=decisions, audit=audit)
+
+    def _delete_batched(self, table: str, where: str, args: tuple[Any, ...], batch: int) -> int:
+        total = 0
+        while True:
+            with self._tx() as db:
+                cur = db.execute(f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM "
+                                 f"{table} WHERE {where} LIMIT ?)", (*args, batch))
+            total += cur.rowcount
+            if cur.rowcount < batch:
+                return total
+
     # --- single-actor lease -----------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, *, ttl: float, now: float) -> int | None:
-        """Take or renew the lease; returns the fencing token, or None if someone else holds it."""
+        """Take or renew the lease; returns the fencing token, or None if someone else holds
+        it. A new holder's token is `fencing.next_token` of the last one: it only grows."""
+        rows = self._all("SELECT holder, token, expires_at FROM leases WHERE name=?", (name,))
+        if rows and rows[0]["holder"] == holder and rows[0]["expires_at"] - now > ttl / 2:
+            return int(rows[0]["token"])  # ours with time to spare: no write, no transaction
+        if rows and rows[0]["holder"] not in (holder, "") and rows[0]["expires_at"] > now:
+            return None  # another's, unexpired: a standby's cycle costs one read
         with self._tx() as db:
             row = db.execute("SELECT * FROM leases WHERE name=?", (name,)).fetchone()
             if row is None:
-                db.execute("INSERT INTO leases VALUES (?,?,?,?)", (name, holder, 1, now + ttl))
-                return 1
+                token = next_token(0, now)
+                db.execute("INSERT INTO leases (name, holder, token, expires_at) "
+                           "VALUES (?,?,?,?)", (name, holder, token, now + ttl))
+                return token
             if row["holder"] != holder and row["expires_at"] > now:
                 return None
             if row["holder"] == holder and row["expires_at"] - now > ttl / 2:
                 return int(row["token"])  # ours with time to spare: renew later, no write
-            token = row["token"] if row["holder"] == holder else row["token"] + 1
+            token = row["token"] if row["holder"] == holder else next_token(row["token"], now)
             db.execute("UPDATE leases SET holder=?, token=?, expires_at=? WHERE name=?",
                        (holder, token, now + ttl, name))
             return int(token)
@@ -437,5 +876,7 @@ class Journal:
         return dict(rows[0]) if rows else None
 
     def release_lease(self, name: str, holder: str) -> None:
+        """Give the lease up; the row (and its token) stays, so tokens keep growing."""
         with self._tx() as db:
-            db.execute("DELETE FROM leases WHERE name=? AND holder=?", (name, holder))
+            db.execute("UPDATE leases SET holder='', expires_at=0 WHERE name=? AND holder=?",
+                       (name, holder))

@@ -8,6 +8,11 @@ models, HTTP errors or connection setup. Why each rule:
   the server refuses a stale write with 409 Conflict. `update`/`update_status` re-read
   and re-apply the caller's mutation on conflict, a bounded number of times (tenacity),
   so a concurrent edit is never overwritten and never lost.
+- **Fenced writes**: resourceVersion alone does not stop a deposed leader, whose retry
+  re-reads and re-applies on top of its successor's work. With `fencing=Fencing(token,
+  holder)` each try compares the leader's token (its Lease's `leaseTransitions`) with
+  the `status.fencingToken` just read and refuses (`StaleFencingToken`) when the stored
+  one is larger; a fenced status write stamps its own token.
 - **Watch**: `watch` streams a list's changes from a resourceVersion with bookmarks, and
   raises `Gone` when the server no longer has that version (410): the caller relists.
 - **Clear errors** (defined in `kube_errors.py`, re-exported here): an API error becomes
@@ -19,9 +24,15 @@ models, HTTP errors or connection setup. Why each rule:
   in messages (messages are built from the API's Status, then passed through `redact`).
 - **Leases** (coordination.k8s.io/v1) for leader election: get / create / renew / take
   over after expiry / release, each written with the resourceVersion read, so two
-  replicas can never both believe they won. Expiry is `renewTime + leaseDurationSeconds`
-  against the caller's clock (keep clocks NTP-synced, or pass `now`).
-- **Events**: core/v1 Events about an object, for the operator's record of each step.
+  replicas can never both believe they won. `leaseTransitions` grows on every change of
+  holder: it is the leader's fencing token. A renewal writes the holder's configured
+  `leaseDurationSeconds` (a changed setting takes effect, a stale 300 s does not stay).
+  Whether another holder's Lease has expired is the caller's to judge (`expired`): the
+  operator judges it as client-go does, from when it last saw the Lease change on its
+  own monotonic clock, so a skewed clock never decides leadership; without a judge it is
+  `renewTime + leaseDurationSeconds` against `now` (tests and tools pass `now`).
+- **Events**: core/v1 Events about an object, for the operator's record of each step; one
+  that repeats is counted on the same Event (`count_event`), not created again.
 
 Custom objects are addressed as (group, version, namespace, plural, name), like the
 client's CustomObjectsApi. `namespace=None` on list/watch means all namespaces.
@@ -58,6 +69,7 @@ from controller.kube_errors import (  # re-exported: callers name them as kube.X
     LeaseHeld,
     LeaseLost,
     NotFound,
+    StaleFencingToken,
     Unauthorized,
     Unavailable,
     _ref,
@@ -68,9 +80,10 @@ from controller.plan import Duration
 from controller.secrets import SecretRef, Secrets, redact
 
 __all__ = [
-    "AlreadyExists", "Conflict", "Forbidden", "Gone", "Invalid", "Kube", "KubeConnection",
-    "KubeError", "Lease", "LeaseHeld", "LeaseLost", "NotFound", "ObjectList", "Unauthorized",
-    "Unavailable", "WatchEvent", "connect", "default_namespace", "error_from_status",
+    "AlreadyExists", "Conflict", "Fencing", "Forbidden", "Gone", "Invalid", "Kube",
+    "KubeConnection", "KubeError", "Lease", "LeaseHeld", "LeaseLost", "NotFound", "ObjectList",
+    "StaleFencingToken", "Unauthorized", "Unavailable", "WatchEvent", "connect",
+    "default_namespace", "error_from_status",
 ]
 
 Obj = dict[str, Any]
@@ -157,6 +170,35 @@ class WatchEvent:
     type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
     object: Obj
     resource_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fencing:
+    """A writer's fencing token and holder (a leader's Lease `leaseTransitions` and its
+    identity). A write that carries it is refused when the object's `status.fencingToken`
+    is larger; a status written with it carries both, so the next leader's token fences
+    this one out."""
+
+    token: int
+    holder: str
+
+    def stamp(self) -> dict[str, Any]:
+        return {"fencingToken": self.token, "fencingHolder": self.holder}
+
+    def check(self, obj: Obj, what: str) -> None:
+        """Raise StaleFencingToken when `obj` (as just read) carries a larger token."""
+        status = obj.get("status") or {}
+        try:
+            stored = int(status.get("fencingToken", ""))
+        except (TypeError, ValueError):
+            return  # none yet (or not a number): nothing newer to protect
+        if stored > self.token:
+            holder = status.get("fencingHolder")
+            raise StaleFencingToken(
+                f"Kubernetes API: {what}: not written: its status.fencingToken is {stored} "
+                f"(written by {holder or 'unknown'}), newer than this writer's {self.token} "
+                f"({self.holder}); another controller has led since, so this one must stop "
+                "acting", stored=stored, stored_holder=holder)
 
 
 def _micro(when: dt.datetime) -> str:
@@ -360,16 +402,21 @@ class Kube:
         return obj
 
     def _update(self, group: str, version: str, namespace: str, plural: str, name: str,
-                mutate: Mutation, *, status: bool, current: Obj | None) -> Obj:
+                mutate: Mutation, *, status: bool, current: Obj | None,
+                fencing: Fencing | None) -> Obj:
         known = [current] if current is not None else []
 
         def attempt() -> Obj:
             # the first try may start from a copy the caller holds; a retry always re-reads
             current = known.pop() if known else self.get(group, version, namespace, plural,
                                                          name)
+            if fencing is not None:  # on every try, against what was just read
+                fencing.check(current, f"update {_ref(group, plural, namespace, name)}")
             draft = copy.deepcopy(current)
             result = mutate(draft)
             desired = draft if result is None else result
+            if fencing is not None and status:
+                desired["status"] = {**(desired.get("status") or {}), **fencing.stamp()}
             if desired == current:
                 return current  # nothing to change: no write, idempotent
             desired.setdefault("metadata", {})["resourceVersion"] = \
@@ -397,7 +444,8 @@ class Kube:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def update(self, group: str, version: str, namespace: str, plural: str, name: str,
-               mutate: Mutation, *, current: Obj | None = None) -> Obj:
+               mutate: Mutation, *, current: Obj | None = None,
+               fencing: Fencing | None = None) -> Obj:
         """Read, `mutate` a copy, write it back with the read resourceVersion.
 
         `mutate` gets a deep copy of the object and returns the object to write, or None
@@ -407,15 +455,22 @@ class Kube:
         `mutate` propagate unchanged (no retry). With `current` (the object as the caller
         last read or wrote it) the first try skips the read: if that copy is stale the
         write is refused and the retry reads afresh, so it is never less safe.
+
+        With `fencing` (the writer's token and holder) every try first compares the token
+        with the object's `status.fencingToken` as just read, and raises
+        `StaleFencingToken` (nothing written, no retry) when the stored one is larger: a
+        deposed leader's re-read and re-apply never overwrites its successor's work.
         """
         return self._update(group, version, namespace, plural, name, mutate, status=False,
-                            current=current)
+                            current=current, fencing=fencing)
 
     def update_status(self, group: str, version: str, namespace: str, plural: str,
-                      name: str, mutate: Mutation, *, current: Obj | None = None) -> Obj:
-        """Like `update`, through the status subresource (only `.status` is written)."""
+                      name: str, mutate: Mutation, *, current: Obj | None = None,
+                      fencing: Fencing | None = None) -> Obj:
+        """Like `update`, through the status subresource (only `.status` is written).
+        With `fencing` the status written carries `fencingToken` and `fencingHolder`."""
         return self._update(group, version, namespace, plural, name, mutate, status=True,
-                            current=current)
+                            current=current, fencing=fencing)
 
     def watch(self, group: str, version: str, namespace: str | None, plural: str, *,
               resource_version: str, timeout_seconds: int = 300,
@@ -505,12 +560,29 @@ class Kube:
                               self._core.create_namespaced_event, namespace, body)
         return obj
 
+    def count_event(self, event: Obj, count: int) -> Obj:
+        """The Event `event` (as created) happened `count` times: its count and
+        lastTimestamp brought up to date (a merge patch), as `kubectl describe` shows
+        "(x12 over 3m)", instead of a new Event each time."""
+        meta = event.get("metadata") or {}
+        namespace, name = meta.get("namespace") or "default", meta.get("name")
+        stamp = self.clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        obj: Obj = self._call("patch", "", "events", namespace, name,
+                              self._core.patch_namespaced_event, name, namespace,
+                              {"count": count, "lastTimestamp": stamp},
+                              _content_type="application/merge-patch+json")
+        return obj
+
     # --- leases ----------------------------------------------------------------------------------
 
-    def get_lease(self, namespace: str, name: str) -> Lease | None:
+    def get_lease(self, namespace: str, name: str, *,
+                  timeout: float | None = None) -> Lease | None:
+        """The Lease, or None when there is none; `timeout` bounds this one request (a
+        leader checking its Lease must not wait longer than its renew deadline allows)."""
         try:
             obj = self._call("get", "coordination.k8s.io", "leases", namespace, name,
-                             self._coordination.read_namespaced_lease, name, namespace)
+                             self._coordination.read_namespaced_lease, name, namespace,
+                             timeout=timeout)
         except NotFound:
             return None
         return Lease.from_object(obj)
@@ -548,15 +620,19 @@ class Kube:
         spec.update(changes)
         return {k: v for k, v in spec.items() if v is not None}
 
-    def renew_lease(self, lease: Lease, *, now: dt.datetime | None = None) -> Lease:
-        """Move renewTime to `now`, written against the lease's resourceVersion.
+    def renew_lease(self, lease: Lease, *, now: dt.datetime | None = None,
+                    duration_seconds: int | None = None) -> Lease:
+        """Move renewTime to `now` (and leaseDurationSeconds to `duration_seconds`, the
+        holder's setting, when given), written against the lease's resourceVersion.
 
         Raises LeaseLost when someone else wrote the lease since it was read (the
         write is refused): the caller must stop acting and re-acquire.
         """
         now = now or self.clock()
         try:
-            return self._write_lease(lease, self._spec(lease, renewTime=_micro(now)))
+            return self._write_lease(lease, self._spec(
+                lease, renewTime=_micro(now),
+                leaseDurationSeconds=duration_seconds or lease.duration_seconds))
         except Conflict:
             fresh = self.get_lease(lease.namespace, lease.name)
             holder = fresh.holder if fresh else None
@@ -566,12 +642,14 @@ class Kube:
 
     def take_over_lease(self, lease: Lease, *, holder: str,
                         duration_seconds: int | None = None,
-                        now: dt.datetime | None = None) -> Lease:
+                        now: dt.datetime | None = None, expired: bool | None = None) -> Lease:
         """Take an expired (or released) lease: holder, acquireTime and renewTime = now,
         leaseTransitions + 1, written against its resourceVersion. LeaseHeld when it
-        has not expired or another candidate wrote it first."""
+        has not expired or another candidate wrote it first. `expired` is the caller's
+        judgement (None: `renewTime + leaseDurationSeconds` against `now`)."""
         now = now or self.clock()
-        if not lease.expired(now):
+        gone = lease.expired(now) if expired is None else (expired or lease.holder is None)
+        if not gone:
             raise LeaseHeld(f"Lease {lease.namespace}/{lease.name} is held by {lease.holder} "
                             f"until {lease.expires_at()}")
         spec = self._spec(lease, holderIdentity=holder, acquireTime=_micro(now),
@@ -595,9 +673,23 @@ class Kube:
             raise LeaseLost(f"Lease {lease.namespace}/{lease.name} changed since it was read; "
                             "not released", status=409) from None
 
+    def advance_lease(self, lease: Lease, *, transitions: int) -> Lease:
+        """Raise the holder's `leaseTransitions` (the fencing token) to `transitions`,
+        written against the lease's resourceVersion: for a Lease that was deleted and
+        created again (its count restarted at 0) while objects still carry larger tokens.
+        Raises LeaseLost when the lease changed since it was read."""
+        try:
+            return self._write_lease(lease, self._spec(
+                lease, leaseTransitions=max(lease.transitions, transitions)))
+        except Conflict:
+            raise LeaseLost(f"Lease {lease.namespace}/{lease.name} changed since it was read; "
+                            "its fencing token was not raised", status=409) from None
+
     def acquire_lease(self, namespace: str, name: str, *, holder: str,
-                      duration_seconds: int, now: dt.datetime | None = None) -> Lease | None:
-        """One leader-election round: create, renew (ours), or take over (expired).
+                      duration_seconds: int, now: dt.datetime | None = None,
+                      expired: Callable[[Lease], bool] | None = None) -> Lease | None:
+        """One leader-election round: create, renew (ours, writing `duration_seconds`),
+        or take over (expired as `expired(lease)` judges, or by the clock without it).
 
         Returns the lease when `holder` holds it afterwards, None when another holder
         has it (or won a race for it this round).
@@ -609,10 +701,12 @@ class Kube:
                 return self.create_lease(namespace, name, holder=holder,
                                          duration_seconds=duration_seconds, now=now)
             if lease.holder == holder:
-                return self.renew_lease(lease, now=now)
-            if lease.expired(now):
+                return self.renew_lease(lease, now=now, duration_seconds=duration_seconds)
+            gone = lease.expired(now) if expired is None else expired(lease)
+            if gone:
                 return self.take_over_lease(lease, holder=holder,
-                                            duration_seconds=duration_seconds, now=now)
+                                            duration_seconds=duration_seconds, now=now,
+                                            expired=gone)
         except (AlreadyExists, LeaseHeld, LeaseLost):
             return None
         return None

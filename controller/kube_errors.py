@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from controller.fencing import StaleToken
 from controller.model import PermanentError
 from controller.secrets import redact
 
 RBAC_FILE = "manifests/deploy/rbac.yaml"
-
+TARGET_FILE = "manifests/deploy/target-namespace.yaml"
 
 
 class KubeError(Exception):
@@ -76,6 +77,16 @@ class LeaseLost(KubeError):
     """The lease we held is now held by someone else: stop acting at once."""
 
 
+class StaleFencingToken(StaleToken):
+    """A fenced write refused before it was sent: the object's `status.fencingToken` is
+    larger than the writer's, so a newer leader has written it. `stored` and
+    `stored_holder` say whose it is. Not a KubeError: retrying never helps; stop acting."""
+
+    def __init__(self, message: str, *, stored: int, stored_holder: str | None):
+        super().__init__(redact(message))
+        self.stored, self.stored_holder = stored, stored_holder
+
+
 def _ref(group: str, plural: str, namespace: str | None, name: str | None = None) -> str:
     """`virtualservices.networking.istio.io shop/reviews` (kubectl's resource.group form;
     a subresource as `failoverplans.failover.example.io/status`)."""
@@ -120,7 +131,10 @@ def error_from_status(status: int, body: Any, *, verb: str, group: str, plural: 
         scope = f" in namespace {namespace}" if namespace else " cluster-wide"
         return Forbidden(f"{head} is forbidden (403){api}. Fix: grant verb \"{verb}\" on "
                          f"resource \"{plural}\" in apiGroup \"{group}\"{scope} to the "
-                         f"controller's identity (Role in {RBAC_FILE})", status=403,
+                         f"controller's identity (the Role in {RBAC_FILE} covers its own "
+                         f"namespace; for another namespace, bind the ClusterRole "
+                         f"failover-controller-target there with a RoleBinding as in "
+                         f"{TARGET_FILE})", status=403,
                          reason=reason)
     if code == 404:
         details = st.get("details") or {}

@@ -26,6 +26,8 @@ class Phase(enum.StrEnum):
     FAILED_OVER = "FailedOver"
     FAILING_BACK = "FailingBack"
     FAILED = "Failed"
+    SUPERSEDED = "Superseded"  # a run only: older than a finished newer run, never resumed
+    INVALID = "Invalid"  # a FailoverPlan status only: its spec cannot run, so it is not watched
 
 
 class StepStatus(enum.StrEnum):
@@ -37,6 +39,7 @@ class StepStatus(enum.StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     REVERTED = "reverted"
+    UNKNOWN = "unknown"  # cancelled, but its work had not stopped: may still be writing
 
 
 class PermanentError(Exception):

@@ -1,19 +1,25 @@
 """What a notice says and to whom: content, routing and de-duplication, without I/O.
 
 The loop decides *when* people are told (a run starts, each step finishes, the level
-rises, the run ends) and does the sending; this module decides *what* each notice says
-and *where* it goes, as pure functions, so that every rule of the emergency plans'
-"notification by level" is unit-tested on its own:
+rises, the run ends) and `notify.outbox` does the sending; this module decides *what*
+each notice says and *where* it goes, as pure functions, so that every rule of the
+emergency plans' "notification by level" is unit-tested on its own:
 
 - `routes`: the plan's `notifications` rules for a level, by exact level match as the
   plan writes them (a run without a level goes to every rule);
 - `affected`: the services actually down, in plan order, not every service of the plan;
 - `estimate_recovery`: when recovery is expected, from the remaining steps' time targets
   (measured from detection, like every target) and the run's progress so far;
-- `step_status`: one stable sentence per finished step, so it can be de-duplicated;
-- `dedup_key` / `attempted`: the same run, status text and route give the same key; the
-  loop writes it into the journal's audit with every attempt, so a notice is sent once,
-  even by a controller restarted in the middle of a run.
+- `step_status`, `started`, `escalated`, `completed`, `failed`: one stable sentence per
+  update, so it can be de-duplicated and derived again from the record;
+- `dedup_key` / `decided` / `attempted`: the same run, status text and route give the
+  same key. Each notice is written to the journal's audit as `notify-pending` (with its
+  key and status) when it is decided, before anyone is told, and as `notify` or
+  `notify-failed` when it was sent or given up; so a notice is sent once, even by a
+  controller restarted in the middle of a run, and one decided just before a crash is
+  still sent (`undelivered`);
+- `lifecycle`: the start, level and end updates a run's record says it has had, so a
+  notice lost between writing the run and writing its `notify-pending` row is found.
 """
 
 from __future__ import annotations
@@ -33,7 +39,12 @@ from controller.plan import FailoverPlan, Notification
 
 FINISHED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
 _KEY = re.compile(r"\[notice ([0-9a-f]{16})\]")
-NOTICE_ACTIONS = ("notify", "notify-failed")
+PENDING = "notify-pending"
+REPLAY_WITHIN = 3600.0  # a restarted controller still tells of runs that ended this recently
+NOTICE_ACTIONS = ("notify", "notify-failed")  # attempted: sent, or given up
+_PENDING = re.compile(r"(?P<route>.*?) queued \[notice (?P<key>[0-9a-f]{16})\]: (?P<status>.*)\Z",
+                      re.S)
+_ESCALATED = re.compile(r"level \S+ -> (\d+)\Z")
 
 
 def routes(plan: FailoverPlan, level: int | None) -> list[Notification]:
@@ -181,3 +192,90 @@ def within(rule: Notification, run: Run, now: float) -> str:
         return ""
     verdict = "met" if now - run.detected_at <= rule.within else "MISSED"
     return f" (within {span(rule.within)} of detection: {verdict})"
+
+
+# --- the updates of a run, and the outbox rows ------------------------------------------------
+
+
+def started(kind: str, reason: str) -> str:
+    return f"{kind} started: {reason}"
+
+
+def escalated(level: int) -> str:
+    return f"escalated to level {level}"
+
+
+def completed(kind: str, outcome: str, site: str) -> str:
+    return f"{kind} complete: {outcome}; active site {site}"
+
+
+def failed(kind: str, outcome: str) -> str:
+    return f"{kind} FAILED: {outcome}"
+
+
+def lifecycle(plan: FailoverPlan, run: Run, trail: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The start, level and end updates the run's record says it has had, in order: a
+    run with steps started; each `escalate` row of its audit raised the level; a run that
+    finished FailedOver (failover) or Healthy (failback) completed, and one the engine
+    failed (outcome "step X failed: ...") FAILED. A run answered as refused (no steps),
+    superseded or closed by someone else announced nothing of the kind."""
+    if not run.steps:
+        return []
+    out = [started(run.kind, run.reason)]
+    for row in trail:
+        if row.get("action") == "escalate" and row.get("run_id") == run.id:
+            match = _ESCALATED.search(str(row.get("detail", "")))
+            if match:
+                out.append(escalated(int(match.group(1))))
+    if run.finished_at is not None and run.outcome is not None:
+        sites = plan.spec.sites
+        done = Phase.FAILED_OVER if run.kind == "failover" else Phase.HEALTHY
+        if run.phase is done:
+            site = sites.backup.name if run.kind == "failover" else sites.primary.name
+            out.append(completed(run.kind, run.outcome, site))
+        elif run.phase is Phase.FAILED and run.outcome.startswith("step "):
+            out.append(failed(run.kind, run.outcome))
+    return out
+
+
+def route(rule: Notification) -> str:
+    """How a route is named in the audit: 'im -> @all, sms:broadcast'."""
+    return f"{rule.notifier} -> {', '.join(rule.recipients) or 'default'}"
+
+
+def pending_detail(rule: Notification, key: str, status: str) -> str:
+    """The audit detail of a decided notice: route, key, then the full status."""
+    return f"{route(rule)} queued {tag(key)}: {status}"
+
+
+def parse_pending(detail: str) -> tuple[str, str, str] | None:
+    """(route, key, status) of a `notify-pending` detail; None if it is not one."""
+    match = _PENDING.match(detail)
+    return (match["route"], match["key"], match["status"]) if match else None
+
+
+def decided(trail: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Keys of the notices decided (queued, sent or given up) in an audit trail."""
+    keys: set[str] = set()
+    for row in trail:
+        if row.get("action") == PENDING:
+            parsed = parse_pending(str(row.get("detail", "")))
+            if parsed:
+                keys.add(parsed[1])
+        elif row.get("action") in NOTICE_ACTIONS:
+            keys.update(_KEY.findall(str(row.get("detail", ""))))
+    return keys
+
+
+def undelivered(trail: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The `notify-pending` rows whose notice was neither sent nor given up, oldest
+    first, one per key: what a controller that stopped before sending left to send."""
+    rows = list(trail)
+    done = attempted(rows)
+    out: dict[str, Mapping[str, Any]] = {}
+    for row in rows:
+        if row.get("action") == PENDING:
+            parsed = parse_pending(str(row.get("detail", "")))
+            if parsed and parsed[1] not in done and parsed[1] not in out:
+                out[parsed[1]] = row
+    return list(out.values())

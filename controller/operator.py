@@ -5,44 +5,92 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
 - **Watch**: list, then watch from the list's resourceVersion with bookmarks; a 410 Gone
   (or any broken watch) relists; every `resync` seconds the watch ends and a full relist
   re-queues every plan, so a missed event costs at most one resync.
-- **Work queue**: one key per plan, deduplicated; several workers, but one plan is never
-  processed by two at once, and a slow plan (a restore taking an hour) occupies one worker
-  while the others go on.
+- **Work queue**: one key per plan, deduplicated; one plan is never processed by two
+  workers at once. A plan in a long step (a restore taking an hour) holds one worker;
+  while every worker is busy and a plan waits, the ticker adds one (up to
+  `EXTRA_WORKERS`; idle extras end), so no plan waits behind another's step.
+- **Liveness** (`healthy`, the ticker's beat for /healthz): the election, watch and
+  ticker threads run and no plan has waited `stuck_after` for a worker — the health of
+  the controller, never the length of a step.
 - **Leader election**: a coordination.k8s.io/v1 Lease (15 s / 10 s / 2 s by default). Only
-  the leader probes and acts; before every step that changes the world the engine's fence
-  re-reads the Lease, so a deposed leader stops at once (`LostLease`), before the change.
+  the leader probes and acts. Another holder's Lease has expired when this replica has
+  seen it unchanged for its duration on its own monotonic clock (client-go's rule), so
+  clock skew never decides; renewals write the configured duration. The Lease's
+  `leaseTransitions`, which grows with every change of holder, is the leader's fencing
+  token (`Elector.token`). The engine's fence re-reads the Lease before every step and
+  every retry period while a step's work runs (`LeaderConfig.guard_every`); a leader that
+  lost it, or whose last renewal is older than the renew deadline, or that is shutting
+  down, raises `LostLease` and its running step is cancelled (left running for the next
+  leader). On stop the operator is done within `SHUTDOWN_SECONDS` and releases the Lease.
 - **Record**: every committed journal change of a plan is mirrored into its status
-  (through the status subresource, conflict-retried) before the step goes on, and each
-  change becomes an Event. A replica that takes over adopts the run from the status and
-  continues it without repeating finished steps.
+  (through the status subresource, conflict-retried), and each change of meaning becomes
+  an Event (a decision's counters are not a change). A failed status write never changes
+  the run's course: the change is in the journal, the status is written again with the
+  next change or tick, and only a step about to start waits until the status holds it
+  (`_mirror`). A replica that takes over adopts the run from the status and continues it
+  without repeating finished steps. Every status carries the writer's `fencingToken` and
+  `fencingHolder`; each write (each conflict retry too, after its re-read) is refused
+  when the stored token is larger, so a deposed leader never overwrites its successor's
+  status. Annotation claims and finalizer changes are fenced the same way.
+- **One object, one record**: the journal's record of a plan name is bound to the
+  object's uid (`_bind`); a plan deleted and created again starts afresh and the old
+  record is kept as `NAME@UID` (`Journal.retire_plan`). A runtime is rebuilt when the
+  uid or generation changes — except that while a run is active or the plan is failed
+  over, an edit of its sites or backends is held (`appliedSpec` in the status, condition
+  SpecApplied False), so a failback reverts the objects the failover changed.
 - **Requests from outside**: annotations `failover.example.io/request` (failover or
-  failback, with `reason`, `requested-by`, `level`), `/approve` (a run id, optionally
+  failback, with `reason`, `requested-by`, `level` 1-4), `/approve` (a run id, optionally
   `RUN:STEP`, with `approved-by`) and `/done` (`RUN:STEP`, with `done-by`) — so kubectl
-  and the CLI both work. An annotation is claimed (removed with a compare-and-swap write)
-  before it is acted on, so two replicas or two cycles never act on it twice.
-- **Deletion**: a finalizer holds a plan being deleted while a run is active; the run
-  finishes (the world is never left half-switched), then the finalizer is removed.
+  and the CLI both work. An annotation is validated, then claimed (removed with a
+  compare-and-swap write) before it is acted on, so two replicas or two cycles never act
+  on it twice. One that cannot be acted on (a malformed kind or level, an unknown run or
+  step, a step that is not a human step or does not wait for an approval, a failover on a
+  plan being deleted) is removed all the same and answered with a Warning Event that
+  names the annotation, its value and what is allowed.
+- **Deletion**: a finalizer holds a plan being deleted while a run is active, on
+  whichever replica leads (the run is adopted from the status like any other); `done`
+  and `approve` are still taken, the run finishes (the world is never left
+  half-switched), then the finalizer is removed. Meanwhile Ready is False (`Deleting`)
+  and one DeletionDeferred Event, counted, says what the run waits for. A run never
+  approved, with no step run, is withdrawn instead of waited for.
+
+Partitions. A replica that loses the API server stops acting before its Lease can
+expire: it stops believing it leads `renew_deadline` after its last renewal, its running
+step's fence check fails within `guard_every` after that (renew deadline + guard_every <
+lease duration), the step's work is cancelled before its next write and stays recorded
+as running, not finished, for the next leader to resume; when its network comes back,
+its status writes are refused (a newer token is stored) and it follows. A replica that
+loses a backend (a traffic API, a DNS server, a database host) but not the API server
+keeps its Lease: the step fails or times out as the plan says (retries, `timeout`,
+`onFailure`), and the run goes on, fails or reverts under the same leader. A replica
+that loses both behaves as for the API server: it stops, and a replica that can reach
+the API server leads and resumes the step; a backend call hanging when the cancel comes
+cannot be recalled, but a target that compares tokens refuses its late write. So the
+replica in a site cut off from the cluster never acts on its own.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import datetime as dt
 import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from controller import kube as k8s
 from controller import status as status_mod
 from controller.backends import Backends
 from controller.crd import GROUP, KIND, PLURAL, VERSION
-from controller.executor import LostLease
-from controller.journal import Journal
+from controller.failback import revert_steps
+from controller.fencing import LostLease
+from controller.journal import Journal, Run
 from controller.loop import Engine, observe
+from controller.model import Phase, StepStatus
 from controller.plan import FailoverPlan, PlanError, parse_plan
 from controller.probes.scheduler import ProbeScheduler, SharedLoop
 from controller.secrets import KubeSecretKey, Secrets, redact
@@ -57,6 +105,12 @@ A_DONE, A_DONE_BY = f"{GROUP}/done", f"{GROUP}/done-by"
 _REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
 QUIET_TICKS = 5
 WATCH_SECONDS = 5
+RECOUNT = 10.0  # seconds between updates of a repeated Event's count
+SHUTDOWN_SECONDS = 20.0  # within the pod's 30 s grace: steps cancelled, Lease released
+EXTRA_WORKERS = 64  # added while every worker is busy (each long step holds one)
+IDLE_SECONDS = 30.0  # an extra worker idle this long ends
+LEVELS = ("1", "2", "3", "4")  # the response levels a failover request may name
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,31 +120,83 @@ class LeaderConfig:
     renew_deadline: float = 10.0
     retry_period: float = 2.0
 
+    @property
+    def guard_every(self) -> float:
+        """How often a running step re-checks the Lease (the engine's `lease_ttl / 3`):
+        every retry period, and often enough that a leader past its renew deadline is
+        stopped before its Lease can expire (renew deadline + this < lease duration)."""
+        return max(min(self.retry_period,
+                       (self.lease_duration - self.renew_deadline) / 2), 0.05)
+
 
 class Elector:
-    """Leader election on one Lease; `fence()` is the engine's check before each step."""
+    """Leader election on one Lease, and the leader's fencing token.
+
+    `fence()` is the engine's guard: before each step and every `retry_period` while a
+    step's work runs (the executor's `renew_every`). `token()` is the Lease's
+    `leaseTransitions` when we took it, which grows with every change of holder.
+
+    Time is never compared across machines (client-go's rule): another holder's Lease
+    has expired when this replica has seen it unchanged (same resourceVersion) for its
+    `leaseDurationSeconds` on its own monotonic clock, counted from when it first saw
+    that version — so a replica whose clock runs 20 s ahead waits like any other, and a
+    replica that starts up waits one duration before taking a Lease over. Our own
+    leadership ends `renew_deadline` after our last successful renewal was sent.
+    Renewals write the configured duration.
+    """
 
     def __init__(self, kube: k8s.Kube, namespace: str, identity: str, config: LeaderConfig):
         self.kube, self.namespace, self.identity, self.config = kube, namespace, identity, config
-        self._renewed: float | None = None
+        self._renewed: float | None = None  # time.monotonic() when the last renewal was sent
+        self._token: int | None = None
         self.transitions = 0
+        self._read: Future[k8s.Lease | None] | None = None  # the Lease read in flight
+        self._read_lock = threading.Lock()
+        # (resourceVersion, time.monotonic() when this replica first saw it)
+        self._observed: tuple[str, float] | None = None
+        self._stopping = False  # shutting down: lead no more, cancel what runs
+
+    def stop(self) -> None:
+        """Shutting down: from now on we do not lead, and a running step's next fence
+        check (within `guard_every`) cancels its work, left running for the next
+        leader to resume; `release` then frees the Lease for it at once."""
+        self._stopping = True
 
     def leading(self) -> bool:
-        return (self._renewed is not None
-                and time.monotonic() - self._renewed < self.config.renew_deadline)
+        """True until `renew_deadline` after the start of our last successful renewal:
+        a leader cut from the API server stops believing it leads while its Lease still
+        has `lease_duration - renew_deadline` to run, so nobody else can have taken it."""
+        renewed = self._renewed
+        return (not self._stopping and renewed is not None
+                and time.monotonic() - renewed < self.config.renew_deadline)
+
+    def token(self) -> int:
+        """The fencing token of our leadership; LostLease when we do not lead."""
+        token = self._token
+        if token is None or not self.leading():
+            raise LostLease(f"{self.identity} does not lead {self.config.lease_name}")
+        return token
 
     def round(self) -> bool:
         """One election round: create, renew or take over the Lease; True when we lead."""
+        if self._stopping:
+            return False
         was = self.leading()
+        sent = time.monotonic()  # the renewTime written is taken before the request
         try:
             lease = self.kube.acquire_lease(self.namespace, self.config.lease_name,
                                             holder=self.identity,
-                                            duration_seconds=int(self.config.lease_duration))
+                                            duration_seconds=max(1, round(
+                                                self.config.lease_duration)),
+                                            expired=self.expired)
         except (k8s.KubeError, ConnectionError) as exc:
             log.warning("lease %s: %s", self.config.lease_name, exc)
             lease = None
         if lease is not None:
-            self._renewed = time.monotonic()
+            if lease.transitions != self._token:
+                log.info("%s holds %s/%s with fencing token %d", self.identity,
+                         self.namespace, self.config.lease_name, lease.transitions)
+            self._renewed, self._token = sent, lease.transitions
         elif self._renewed is not None and not self.leading():
             self._renewed = None
         if self.leading() != was:
@@ -100,22 +206,99 @@ class Elector:
                         self.config.lease_name)
         return self.leading()
 
+    def expired(self, lease: k8s.Lease) -> bool:
+        """Whether another holder's `lease` has expired, judged from when this replica
+        saw it change: released (no holder), or unchanged for its duration since."""
+        now = time.monotonic()
+        if self._observed is None or self._observed[0] != lease.resource_version:
+            self._observed = (lease.resource_version, now)
+        return lease.holder is None or now - self._observed[1] >= lease.duration_seconds
+
     def fence(self) -> None:
-        """Raise LostLease unless the Lease, read now, is ours and unexpired."""
-        if not self.leading():
-            raise LostLease(f"{self.identity} does not lead {self.config.lease_name}")
+        """Raise LostLease unless we still lead: the Lease, read now, is ours, unexpired and
+        not taken by anyone since we took it. When it cannot be read (the API server is
+        slow or cut off) we go on only while our last renewal is within the renew
+        deadline; the read never waits past it."""
+        if self._stopping:
+            raise LostLease(f"{self.identity} is shutting down; the next leader resumes "
+                            "what runs")
+        renewed = self._renewed
+        if renewed is None or not self.leading():
+            raise LostLease(f"{self.identity} does not lead {self.config.lease_name} (no "
+                            f"renewal within the renew deadline, "
+                            f"{self.config.renew_deadline:g} s)")
+        left = self.config.renew_deadline - (time.monotonic() - renewed)
         try:
-            lease = self.kube.get_lease(self.namespace, self.config.lease_name)
-        except (k8s.KubeError, ConnectionError) as exc:
-            raise LostLease(f"cannot confirm the lease: {exc}") from None
-        if lease is None or not lease.held_by(self.identity, dt.datetime.now(dt.UTC)):
+            lease = self._read_lease(max(left, 0.05))
+        except (k8s.KubeError, ConnectionError, TimeoutError) as exc:
+            if self.leading():
+                log.info("cannot read lease %s (%s); still within the renew deadline",
+                         self.config.lease_name, exc)
+                return
+            raise LostLease(f"cannot confirm lease {self.config.lease_name} ({exc}) and its "
+                            f"last renewal is older than the renew deadline "
+                            f"({self.config.renew_deadline:g} s)") from None
+        if lease is None or lease.holder != self.identity:  # our time: our renewals
             self._renewed = None
             raise LostLease(f"lease {self.config.lease_name} is held by "
                             f"{lease.holder if lease else 'nobody'}, not {self.identity}")
+        if lease.transitions != self._token:
+            self._renewed = None
+            raise LostLease(f"lease {self.config.lease_name} changed hands since "
+                            f"{self.identity} took it (fencing token {self._token}, now "
+                            f"{lease.transitions})")
+        if not self.leading():  # the read answered just as the renew deadline passed
+            raise LostLease(f"{self.identity} does not lead {self.config.lease_name} (no "
+                            f"renewal within the renew deadline, "
+                            f"{self.config.renew_deadline:g} s)")
+
+    def _read_lease(self, wait: float) -> k8s.Lease | None:
+        """Read the Lease, waiting at most `wait` seconds (TimeoutError after): the client
+        retries a request that gets no answer, so its own timeout does not bound the
+        wait. One read at a time: a read still in flight is waited for, not repeated."""
+        with self._read_lock:
+            pending = self._read
+            if pending is None or pending.done():
+                pending = self._read = Future()
+                threading.Thread(target=self._reader, args=(pending, wait), daemon=True,
+                                 name="lease-read").start()
+        try:
+            return pending.result(timeout=wait)
+        except FutureTimeout:
+            raise TimeoutError(f"no answer within {wait:.1f} s") from None
+
+    def _reader(self, into: Future[k8s.Lease | None], wait: float) -> None:
+        try:
+            into.set_result(self.kube.get_lease(self.namespace, self.config.lease_name,
+                                                timeout=min(wait, self.kube.timeout)))
+        except BaseException as exc:  # handed to the waiting fence
+            into.set_exception(exc)
+
+    def advance(self, at_least: int) -> int:
+        """The Lease is ours, yet an object carries a larger token than ours: the Lease was
+        deleted and created again and its count restarted. Raise our token (written
+        against the Lease's resourceVersion) above it; LostLease if the Lease is not ours."""
+        self.fence()
+        try:
+            lease = self.kube.get_lease(self.namespace, self.config.lease_name)
+            if lease is None or lease.holder != self.identity or \
+                    lease.transitions != self._token:
+                raise k8s.LeaseLost(f"lease {self.config.lease_name} changed hands")
+            lease = self.kube.advance_lease(lease, transitions=at_least)
+        except (k8s.KubeError, ConnectionError) as exc:
+            raise LostLease(f"could not raise the fencing token of lease "
+                            f"{self.config.lease_name} to {at_least}: {exc}") from None
+        log.warning("lease %s: fencing token raised from %s to %d (the Lease was created "
+                    "again after larger tokens had been written)", self.config.lease_name,
+                    self._token, lease.transitions)
+        self._token = lease.transitions
+        return lease.transitions
 
     def release(self) -> None:
-        if self._renewed is None:
-            return
+        """Give the Lease up when it is still ours, so the next leader need not wait it
+        out (on shutdown, after `stop`)."""
+        if self._token is None:
+            return  # never led
         self._renewed = None
         try:
             lease = self.kube.get_lease(self.namespace, self.config.lease_name)
@@ -132,6 +315,7 @@ class WorkQueue:
         self._queue: collections.deque[str] = collections.deque()
         self._dirty: set[str] = set()
         self._busy: set[str] = set()
+        self._since: dict[str, float] = {}  # key -> time.monotonic() it was queued
         self._cond = threading.Condition()
 
     def add(self, key: str) -> None:
@@ -141,6 +325,7 @@ class WorkQueue:
             self._dirty.add(key)
             if key not in self._busy:
                 self._queue.append(key)
+                self._since[key] = time.monotonic()
                 self._cond.notify()
 
     def get(self, timeout: float) -> str | None:
@@ -150,6 +335,7 @@ class WorkQueue:
             if not self._queue:
                 return None
             key = self._queue.popleft()
+            self._since.pop(key, None)
             self._dirty.discard(key)
             self._busy.add(key)
             return key
@@ -159,7 +345,13 @@ class WorkQueue:
             self._busy.discard(key)
             if key in self._dirty:  # changed while we worked on it: once more
                 self._queue.append(key)
+                self._since[key] = time.monotonic()
                 self._cond.notify()
+
+    def waited(self) -> float:
+        """How long the key queued longest has waited for a worker (0 when none waits)."""
+        with self._cond:
+            return time.monotonic() - min(self._since.values()) if self._since else 0.0
 
     def __len__(self) -> int:
         with self._cond:
@@ -171,6 +363,7 @@ class PlanRuntime:
     """What the leader keeps per plan between reconciles."""
 
     plan: FailoverPlan
+    uid: str | None  # the object this runtime is for: a plan created again is another
     generation: int | None
     engine: Engine
     scheduler: ProbeScheduler
@@ -178,20 +371,43 @@ class PlanRuntime:
     obj: dict[str, Any] = field(default_factory=dict)
     reconciled: float = 0.0  # time.monotonic() of the last reconcile
     active: bool = False  # a run was active after the last reconcile
+    dirty: bool = False  # the last status write failed: written again on the next tick
+    deleting: str | None = None  # being deleted: what the deletion waits for
+    spec: dict[str, Any] = field(default_factory=dict)  # the spec `plan` was parsed from
+    held: str | None = None  # why a newer generation is not applied yet
+    held_for: int | None = None  # that generation
+
+
+@dataclass
+class _Said:
+    """An Event created once and counted after (`Operator._event(once=...)`)."""
+
+    event: dict[str, Any]
+    count: int
+    counted: float  # time.monotonic() of the last count written
 
 
 class Operator:
     def __init__(self, kube: k8s.Kube, *, namespace: str, journal: Journal, identity: str,
                  leader: LeaderConfig | None = None, tick: float = 1.0, resync: float = 300.0,
-                 workers: int = 4, beat: Callable[[], None] = lambda: None):
+                 workers: int = 4, beat: Callable[[], None] = lambda: None,
+                 stuck_after: float | None = None):
         self.kube, self.namespace, self.journal = kube, namespace, journal
         self.identity, self.tick, self.resync, self.workers = identity, tick, resync, workers
+        # a plan queued this long without a worker means the controller is stuck
+        self.stuck_after = stuck_after if stuck_after is not None else max(30.0, 10 * tick)
+        self._pool = threading.Lock()
+        self._threads: list[threading.Thread] = []  # elector, watch, ticker
+        self._pool_threads: list[threading.Thread] = []  # workers, extra ones included
+        self._busy = 0  # workers in a reconcile
         self.elector = Elector(kube, namespace, identity, leader or LeaderConfig())
         self.queue = WorkQueue()
         self.beat = beat
         self.secrets = Secrets(kube_reader=self._read_secret)
         self._objects: dict[str, dict[str, Any]] = {}
         self._runtimes: dict[str, PlanRuntime] = {}
+        self._uids: dict[str, str] = {}  # plan name -> the uid its journal record is bound to
+        self._said: dict[str, dict[Any, _Said]] = {}  # plan name -> Events said once
         self._lock = threading.Lock()
         self._synced = False
         self._probes = SharedLoop()  # every plan's probes on one loop and thread
@@ -205,19 +421,30 @@ class Operator:
     # --- the threads ------------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
-        """Run until `stop` is set: election, watch, ticker and workers; then clean up."""
-        threads = [threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
-                   for name, fn in [("elector", self._elect), ("watch", self._watch),
-                                    ("ticker", self._ticker)]]
-        threads += [threading.Thread(target=self._work, args=(stop,), name=f"worker-{i}",
-                                     daemon=True) for i in range(self.workers)]
-        for t in threads:
+        """Run until `stop` is set: election, watch, ticker and workers; then stop within
+        `SHUTDOWN_SECONDS` (a running step is cancelled at its next fence check and left
+        running for the next leader) and release the Lease at once."""
+        self._threads = [threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
+                         for name, fn in [("elector", self._elect), ("watch", self._watch),
+                                          ("ticker", self._ticker)]]
+        for t in self._threads:
             t.start()
+        for _ in range(self.workers):
+            self._add_worker(stop, extra=False)
         try:
             stop.wait()
         finally:
+            self.elector.stop()
+            deadline = time.monotonic() + SHUTDOWN_SECONDS
+            with self._pool:
+                threads = [*self._threads, *self._pool_threads]
             for t in threads:
-                t.join(timeout=30)
+                t.join(timeout=max(0.0, deadline - time.monotonic()))
+            running = [t.name for t in threads if t.is_alive()]
+            if running:
+                log.warning("%s stops with %s still running; what they run stays recorded "
+                            "as running for the next leader", self.identity,
+                            ", ".join(running))
             self._stand_down()
             self._probes.close()
             self.elector.release()
@@ -229,8 +456,10 @@ class Operator:
             stop.wait(self.elector.config.retry_period)
 
     def _ticker(self, stop: threading.Event) -> None:
+        """Every tick: the health beat (when the controller works), the plans that are
+        due, and one more worker when every worker is busy and a plan waits."""
         while not stop.wait(self.tick):
-            if not len(self.queue):  # idle is healthy; a backed-up queue beats only per reconcile
+            if self.healthy():
                 self.beat()
             if self.elector.leading():
                 with self._lock:
@@ -238,13 +467,36 @@ class Operator:
                 for key in keys:
                     if self._due(key):
                         self.queue.add(key)
+            with self._pool:
+                short = bool(len(self.queue)) and self._busy >= len(self._pool_threads)
+            if short and len(self._pool_threads) < self.workers + EXTRA_WORKERS:
+                self._add_worker(stop, extra=True)
+
+    def healthy(self) -> bool:
+        """Liveness, not progress of a step: the election, watch and ticker threads run,
+        and no plan has waited `stuck_after` seconds for a worker (a plan in a long step
+        holds one worker, and the ticker adds workers while every one is busy, so plans
+        wait only when the controller itself is stuck)."""
+        return (all(t.is_alive() for t in self._threads)
+                and self.queue.waited() < self.stuck_after)
+
+    def _add_worker(self, stop: threading.Event, *, extra: bool) -> None:
+        with self._pool:
+            self._pool_threads = [t for t in self._pool_threads if t.is_alive()]
+            t = threading.Thread(target=self._work, args=(stop, extra), daemon=True,
+                                 name=f"worker-{len(self._pool_threads)}")
+            self._pool_threads.append(t)
+        if extra:
+            log.info("every worker is busy (a long step holds one each): worker %d added",
+                     len(self._pool_threads))
+        t.start()
 
     def _due(self, key: str) -> bool:
         """A plan is reconciled on a tick when it has new samples or an active run, and at
         least every `QUIET_TICKS` ticks otherwise (time-based rules such as dwell and
         overdue human steps); a thousand quiet plans cost little."""
         rt = self._runtimes.get(key)
-        return (rt is None or rt.active or rt.scheduler.pending
+        return (rt is None or rt.active or rt.dirty or rt.scheduler.pending
                 or time.monotonic() - rt.reconciled >= QUIET_TICKS * self.tick)
 
     def _watch(self, stop: threading.Event) -> None:
@@ -269,29 +521,43 @@ class Operator:
                             continue
                         name = event.object["metadata"]["name"]
                         with self._lock:
+                            before = self._objects.get(name)
                             if event.type == "DELETED":
                                 self._objects.pop(name, None)
                             else:
                                 self._objects[name] = event.object
-                        self.queue.add(name)
+                        if event.type != "MODIFIED" or _asks(before, event.object):
+                            self.queue.add(name)
             except k8s.Gone:
                 log.info("watch of %s: resourceVersion expired; relisting", PLURAL)
             except (k8s.KubeError, ConnectionError) as exc:
                 log.warning("watch of %s: %s; relisting in 1 s", PLURAL, exc)
                 stop.wait(1.0)
 
-    def _work(self, stop: threading.Event) -> None:
+    def _work(self, stop: threading.Event, extra: bool = False) -> None:
+        """Reconcile queued plans; an extra worker ends after `IDLE_SECONDS` idle."""
+        idle = time.monotonic()
         while not stop.is_set():
             key = self.queue.get(timeout=0.5)
             if key is None:
+                if extra and time.monotonic() - idle > IDLE_SECONDS:
+                    with self._pool:
+                        self._pool_threads.remove(threading.current_thread())
+                    return
                 continue
+            with self._pool:
+                self._busy += 1
             try:
                 self.reconcile(key)
-                self.beat()
+            except LostLease as exc:
+                log.warning("%s stops acting on %s: %s", self.identity, key, exc)
             except Exception:
                 log.exception("reconcile of %s failed; retrying on the next cycle", key)
             finally:
+                with self._pool:
+                    self._busy -= 1
                 self.queue.done(key)
+                idle = time.monotonic()
 
     # --- reconcile --------------------------------------------------------------------------
 
@@ -304,46 +570,147 @@ class Operator:
             self._forget(name)
             return
         meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            self._deleting(name, obj)
+        deleting = bool(meta.get("deletionTimestamp"))
+        if deleting and FINALIZER not in meta.get("finalizers", []):
+            self._forget(name)  # nothing of ours holds it: it goes without us
             return
-        if FINALIZER not in meta.get("finalizers", []):
+        self._bind(name, meta.get("uid"))
+        if not deleting and FINALIZER not in meta.get("finalizers", []):
+            self.elector.fence()
             obj = self._patch(name, _add_finalizer)
         rt = self._runtime(name, obj)
-        if rt is None:
+        if rt is None:  # invalid: not watched; its status says why
+            if deleting:
+                self._deleting_invalid(name, obj)
             return
         rt.obj = obj
-        self._requests(rt, obj)
-        rt.engine.tick(rt.scheduler.drain())
-        self._mirror(name)
+        run = self.journal.active_run(name)
+        rt.deleting = self._waits_for(name, run) if deleting and run is not None else None
+        self._requests(rt, obj, deleting=deleting)
+        if not deleting:
+            rt.engine.tick(rt.scheduler.drain())
+        elif run is not None:
+            if self._withdrawn(rt, run):  # nothing changed yet: nothing to finish
+                run = None
+            else:  # finish what was started: a half-switched world is worse than a late delete
+                rt.engine.tick(rt.scheduler.drain())
+                run = self.journal.active_run(name)
+                rt.deleting = self._waits_for(name, run) if run is not None else None
+        if deleting and run is None:
+            self._release(name, obj)
+            return
+        self._mirror(name, listener=False)
+        if rt.deleting is not None and run is not None:
+            self._event(obj, "Warning", "DeletionDeferred", rt.deleting,
+                        once=(meta.get("uid"), "DeletionDeferred", run.id))
         rt.reconciled = time.monotonic()
         rt.active = self.journal.active_run(name) is not None
 
-    def _runtime(self, name: str, obj: dict[str, Any]) -> PlanRuntime | None:
-        generation = obj["metadata"].get("generation")
-        rt = self._runtimes.get(name)
-        if rt is not None and rt.generation == generation:
-            return rt
-        try:
-            plan = parse_plan({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                               "metadata": {"name": name}, "spec": obj.get("spec", {})},
-                              f"{KIND} {self.namespace}/{name}")
-        except PlanError as err:
-            self._write_status(name, obj, problems=err.problems, generation=generation)
+    def _bind(self, name: str, uid: str | None) -> None:
+        """Everything is the record of one object (its uid), not of a name: when the
+        object named `name` is not the one the journal's record of `name` belongs to (it
+        was deleted and created again), that record is retired under `NAME@OLDUID`
+        (kept, never lost, never inherited) and the new object starts afresh."""
+        if not uid or self._uids.get(name) == uid:
+            return
+        bound = self.journal.plan_uid(name)
+        if bound is not None and bound != uid:
             self._forget(name)
+            self.journal.retire_plan(name, as_name=f"{name}@{bound}")
+            log.warning("%s %s is a new object (uid %s); the record of the deleted one "
+                        "(uid %s) is kept as %s@%s", KIND, name, uid, bound, name, bound)
+        if bound != uid:
+            self.journal.bind_plan_uid(name, uid)
+        self._uids[name] = uid
+
+    def _runtime(self, name: str, obj: dict[str, Any]) -> PlanRuntime | None:
+        """The plan's runtime for the object as it is now: built from its spec, or — while
+        a run is active or the plan is failed over — from the spec the plan runs with
+        (`appliedSpec`), when the new one changes its sites or backends or is invalid: a
+        failback must revert the objects the failover changed. None when the plan is
+        invalid and nothing holds it (its status says why)."""
+        meta = obj["metadata"]
+        generation, uid = meta.get("generation"), meta.get("uid")
+        rt = self._runtimes.get(name)
+        if rt is not None and rt.uid == uid and (generation == rt.generation or (
+                generation == rt.held_for and self._holding(name))):
+            return rt
+        status = obj.get("status") or {}
+        self._adopt(name, status)  # an invalid plan's run is known too
+        spec: dict[str, Any] = obj.get("spec") or {}
+        problems: list[str] | None = None
+        plan: FailoverPlan | None
+        try:
+            plan = self._parse(name, spec)
+        except PlanError as err:
+            plan, problems = None, err.problems
+        mine = rt is not None and rt.uid == uid
+        applied = ((rt.generation, rt.spec) if rt is not None and mine
+                   else (status.get("appliedGeneration"), status.get("appliedSpec")))
+        held = None
+        if applied[1] is not None and applied[1] != spec and (
+                plan is None or _pinned(applied[1]) != _pinned(spec)) and self._holding(name):
+            try:
+                old = self._parse(name, applied[1])
+            except PlanError:
+                old = None  # not runnable either: nothing better to hold on to
+            if old is not None:
+                held = self._held(name, generation, applied[0], problems)
+                if rt is not None and mine and rt.spec == applied[1]:
+                    if rt.held != held:
+                        log.warning("%s %s: %s", KIND, name, held)
+                    rt.held, rt.held_for = held, generation
+                    return rt
+                plan, spec, problems, generation = old, applied[1], None, applied[0]
+        if plan is None:
+            self._forget(name)
+            self._write_status(name, obj, problems=problems, generation=generation)
             return None
+        if held is not None:
+            log.warning("%s %s: %s", KIND, name, held)
         if rt is not None:
             self._probes.stop(rt.scheduler)
-        self._adopt(name, obj.get("status") or {})
         engine = Engine(plan, self.journal, holder=self.identity, fence=self.elector.fence,
+                        token=self.elector.token,
+                        renew_every=self.elector.config.guard_every,
                         backends=Backends(plan, secrets=self.secrets,
                                           audit=_audit(self.journal, plan.name)))
         scheduler = observe(plan, engine.backends)
         self._probes.start(scheduler)
-        rt = PlanRuntime(plan, generation, engine, scheduler, status=obj.get("status") or {},
-                         obj=obj)
+        rt = PlanRuntime(plan, uid, generation, engine, scheduler, status=status, obj=obj,
+                         spec=spec, held=held,
+                         held_for=meta.get("generation") if held is not None else None)
         self._runtimes[name] = rt
         return rt
+
+    def _held(self, name: str, generation: int | None, applied: int | None,
+              problems: list[str] | None) -> str:
+        """Why generation `generation` of the plan is not applied, and until when."""
+        run = self.journal.active_run(name)
+        st = self.journal.plan_state(name)
+        while_ = (f"run {run.id} is active" if run is not None else
+                  f"the plan is {st.phase.value if st else 'failed over'}")
+        what = (f"it is invalid ({'; '.join(problems)})" if problems else
+                "it changes the plan's sites or backends")
+        return (f"generation {generation} is not applied while {while_}: {what}. The plan "
+                f"goes on with generation {applied}, the spec its run started with, so a "
+                "failback reverts the objects the failover changed; the new spec is applied "
+                "once the plan is back on its primary site")
+
+    def _parse(self, name: str, spec: dict[str, Any]) -> FailoverPlan:
+        return parse_plan({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+                           "metadata": {"name": name}, "spec": spec},
+                          f"{KIND} {self.namespace}/{name}")
+
+    def _holding(self, name: str) -> bool:
+        """Whether the plan's sites and backends are held as the run found them: a run is
+        active, or the plan is failed over, or a failed run left something to revert."""
+        if self.journal.active_run(name) is not None:
+            return True
+        st = self.journal.plan_state(name)
+        if st is None or st.phase in (Phase.HEALTHY, Phase.DEGRADED):
+            return False
+        return st.phase is not Phase.FAILED or bool(revert_steps(self.journal, name))
 
     def _adopt(self, name: str, status: dict[str, Any]) -> None:
         """Take over the run and state another replica recorded in the status."""
@@ -356,37 +723,131 @@ class Operator:
         if theirs is not None and (mine is None or mine.updated_at < theirs.updated_at):
             self.journal.save_plan_state(theirs)
 
-    def _requests(self, rt: PlanRuntime, obj: dict[str, Any]) -> None:
+    # --- deletion ---------------------------------------------------------------------------
+
+    def _waits_for(self, name: str, run: Run) -> str:
+        """What the deletion of `name` waits for, and how to let it go on."""
+        steps = self.journal.steps(run.id)
+        person = next((s.name for s in steps if s.status is StepStatus.AWAITING_PERSON), None)
+        gated = next((s.name for s in steps if s.status is StepStatus.AWAITING_APPROVAL), None)
+        running = next((s.name for s in steps if s.status in (
+            StepStatus.RUNNING, StepStatus.UNKNOWN)), None)
+        what = (f"its human step {person} waits for a person (then `kubectl annotate "
+                f"fop/{name} {A_DONE}={run.id}:{person}`)" if person else
+                f"its step {gated} waits for an approval (`kubectl annotate fop/{name} "
+                f"{A_APPROVE}={run.id}:{gated}`)" if gated else
+                f"its step {running} is running" if running else
+                f"it waits for an approval (`kubectl annotate fop/{name} "
+                f"{A_APPROVE}={run.id}`)" if not run.approved else "its next step is due")
+        return (f"being deleted: the plan is removed once its {run.kind} run {run.id} has "
+                f"finished (a half-switched world is worse than a late delete); {what}")
+
+    def _withdrawn(self, rt: PlanRuntime, run: Run) -> bool:
+        """A run of a deleting plan that has not changed anything yet (not approved, no
+        step started) is closed instead of waited for: True when it was."""
+        if run.approved or any(s.status is not StepStatus.PENDING
+                               for s in self.journal.steps(run.id)):
+            return False
+        self.elector.fence()
+        self.journal.update_run(run.id, phase=Phase.SUPERSEDED, finished_at=time.time(),
+                                outcome="withdrawn: the plan was deleted before the run was "
+                                        "approved; no step had run")
+        log.warning("%s %s deleted: run %s withdrawn (never approved, no step ran)", KIND,
+                    rt.plan.name, run.id)
+        return True
+
+    def _deleting_invalid(self, name: str, obj: dict[str, Any]) -> None:
+        """An invalid plan being deleted: released unless a run is active, which cannot go
+        on without a valid spec — then it is held, and the Event says what to do."""
+        run = self.journal.active_run(name)
+        if run is None:
+            self._release(name, obj)
+            return
+        self._event(obj, "Warning", "DeletionDeferred",
+                    f"being deleted, but run {run.id} is active and the plan is invalid, so "
+                    "the run cannot go on: correct the spec (kubectl edit) and the run "
+                    "finishes, then the plan is removed; or put the world back by hand and "
+                    f"remove the finalizer {FINALIZER}",
+                    once=(obj["metadata"].get("uid"), "DeletionDeferred", run.id))
+
+    def _release(self, name: str, obj: dict[str, Any]) -> None:
+        """No run holds the deleting plan: let it go, and retire its record (kept under
+        `NAME@UID`), so a plan created again under the name starts afresh."""
+        self._forget(name)
+        if FINALIZER in obj["metadata"].get("finalizers", []):
+            self.elector.fence()  # a deposed leader must not release a plan mid-run
+            with contextlib.suppress(k8s.NotFound):  # already gone: nothing to release
+                self._patch(name, _drop_finalizer)
+        uid = obj["metadata"].get("uid")
+        if uid and self.journal.plan_uid(name) in (uid, None):
+            self.journal.retire_plan(name, as_name=f"{name}@{uid}")
+        self._uids.pop(name, None)
+        self._said.pop(name, None)
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def _requests(self, rt: PlanRuntime, obj: dict[str, Any], *, deleting: bool) -> None:
+        """Act on the request annotations, each validated, then claimed (removed), then
+        acted on. One that cannot be acted on (a malformed kind or level, an unknown run
+        or step, not a human step, a failover on a plan being deleted) is removed all the
+        same and answered with a Warning Event naming it, its value and what is allowed.
+        `done` and `approve` are taken on a deleting plan too: they finish its run."""
         notes = obj["metadata"].get("annotations") or {}
         name = rt.plan.name
         if A_REQUEST in notes:
+            refused = request_problem(notes)
+            if refused is None and deleting:
+                refused = (A_REQUEST, notes[A_REQUEST],
+                           "the plan is being deleted: no new run starts on it")
             self._claim(name, notes, _REQUEST_KEYS)
-            kind = notes[A_REQUEST]
-            level = int(notes[A_LEVEL]) if notes.get(A_LEVEL, "").isdigit() else None
+            kind = notes[A_REQUEST].strip()
+            level = notes.get(A_LEVEL, "").strip()
             try:
-                rt.engine.request(kind, actor=notes.get(A_BY, "kubectl"),
-                                  reason=notes.get(A_REASON, f"{A_REQUEST} annotation"),
-                                  level=level if kind == "failover" else None)
+                if refused is None:
+                    rt.engine.request(kind, actor=notes.get(A_BY, "kubectl"),
+                                      reason=notes.get(A_REASON, f"{A_REQUEST} annotation"),
+                                      level=int(level) if level and kind == "failover"
+                                      else None)
             except ValueError as exc:
-                self._event(obj, "Warning", "BadRequest", str(exc))
+                refused = (A_REQUEST, notes[A_REQUEST], str(exc))
+            if refused is not None:
+                self._refuse(obj, "BadRequest", *refused)
         if A_APPROVE in notes:
+            value = notes[A_APPROVE]
             self._claim(name, notes, (A_APPROVE, A_APPROVED_BY))
-            run_id, _, step = notes[A_APPROVE].partition(":")
+            problem = approve_problem(self.journal, name, value)
+            run_id, _, step = value.strip().partition(":")
             try:
-                rt.engine.approve(run_id, actor=notes.get(A_APPROVED_BY, "kubectl"), step=step)
-            except PermissionError as exc:
-                self._event(obj, "Warning", "ApprovalRefused", str(exc))
+                if problem is None:
+                    rt.engine.approve(run_id, actor=notes.get(A_APPROVED_BY, "kubectl"),
+                                      step=step)
+            except (PermissionError, LookupError) as exc:
+                problem = str(exc)
+            if problem is not None:
+                self._refuse(obj, "ApprovalRefused", A_APPROVE, value, problem)
         if A_DONE in notes:
+            value = notes[A_DONE]
             self._claim(name, notes, (A_DONE, A_DONE_BY))
-            run_id, _, step = notes[A_DONE].partition(":")
+            problem = done_problem(self.journal, name, value)
+            run_id, _, step = value.strip().partition(":")
             try:
-                rt.engine.done(run_id, step, actor=notes.get(A_DONE_BY, "kubectl"))
-            except (KeyError, StopIteration, ValueError) as exc:
-                self._event(obj, "Warning", "DoneRefused", f"{notes[A_DONE]}: {exc}")
+                if problem is None:
+                    rt.engine.done(run_id, step, actor=notes.get(A_DONE_BY, "kubectl"))
+            except (PermissionError, LookupError) as exc:
+                problem = str(exc)
+            if problem is not None:
+                self._refuse(obj, "DoneRefused", A_DONE, value, problem)
+
+    def _refuse(self, obj: dict[str, Any], reason: str, annotation: str, value: str,
+                problem: str) -> None:
+        message = f"annotation {annotation}={value!r} removed and not acted on: {problem}"
+        log.warning("%s %s: %s", KIND, obj["metadata"]["name"], redact(message))
+        self._event(obj, "Warning", reason, message)
 
     def _claim(self, name: str, seen: dict[str, str], keys: tuple[str, ...]) -> None:
         """Remove the annotations we are about to act on, only if they are still as seen:
-        a concurrent change raises Conflict and nothing is acted on this cycle."""
+        a concurrent change raises Conflict and nothing is acted on this cycle. Only the
+        leader claims (a deposed one would take a request away from its successor)."""
 
         def mutate(obj: dict[str, Any]) -> None:
             notes = obj["metadata"].get("annotations") or {}
@@ -395,22 +856,9 @@ class Operator:
             for k in keys:
                 notes.pop(k, None)
 
-        self.kube.update(GROUP, VERSION, self.namespace, PLURAL, name, mutate)
-
-    def _deleting(self, name: str, obj: dict[str, Any]) -> None:
-        rt = self._runtimes.get(name)
-        if rt is not None and self.journal.active_run(name) is not None:
-            # finish what was started: a half-switched world is worse than a late delete
-            rt.engine.tick(rt.scheduler.drain())
-            self._mirror(name)
-            if self.journal.active_run(name) is not None:
-                self._event(obj, "Warning", "DeletionDeferred",
-                            "a run is active; the plan is removed when it finishes")
-                return
-        self._forget(name)
-        if FINALIZER in obj["metadata"].get("finalizers", []):
-            with contextlib.suppress(k8s.NotFound):  # already gone: nothing to release
-                self._patch(name, _drop_finalizer)
+        self.elector.fence()
+        self._fenced(lambda fencing: self.kube.update(
+            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing))
 
     def _forget(self, name: str) -> None:
         rt = self._runtimes.pop(name, None)
@@ -421,42 +869,138 @@ class Operator:
         """No longer the leader: stop probing; the journal and status keep everything."""
         for name in list(self._runtimes):
             self._forget(name)
+        self._uids.clear()  # whoever leads next may have changed the record
 
     # --- status and events ------------------------------------------------------------------
 
-    def _mirror(self, plan: str) -> None:
+    def _mirror(self, plan: str, *, listener: bool = True) -> None:
+        """The journal's listener: write the plan's status after each committed change.
+
+        The change is in the journal before this runs, and a status write that fails (an
+        API error, a newer leader's token) never changes the run's course: the plan is
+        marked dirty and its status written again with the next change (each write is
+        the whole record) or on the next tick. Nothing is raised into the engine — a
+        failed step is still handled, a finished run still completed — with one
+        exception, which only pauses the run: a step (or a further attempt) about to
+        start, recorded running in the journal but not yet in the status, does not
+        start while the status another replica would resume from lacks it; LostLease
+        makes the engine stand by, and the next cycle resumes the step once its record
+        is written. A deposed leader is stopped by its fence."""
         rt = self._runtimes.get(plan)
         if rt is None:
             return
-        self._write_status(plan, rt.obj, generation=rt.generation, rt=rt)
+        try:
+            self._write_status(plan, rt.obj, generation=rt.obj["metadata"].get("generation"),
+                               rt=rt)
+        except Exception as exc:  # the journal has it; written again on the next tick
+            if not rt.dirty:
+                log.warning("status of %s %s not written (%s); the journal holds the "
+                            "change, written again on the next tick", KIND, plan,
+                            redact(str(exc)))
+            rt.dirty = True
+            if listener and self._starting(plan, rt):
+                raise LostLease(f"the status of {KIND} {plan} could not be written, so "
+                                "the record another replica would resume from lacks the "
+                                "step about to start; it starts once that record is "
+                                "written") from None
+            return
+        if rt.dirty:
+            log.info("status of %s %s written again", KIND, plan)
+        rt.dirty = False
+
+    def _starting(self, plan: str, rt: PlanRuntime) -> bool:
+        """A step (or a further attempt of it) is about to start: recorded running in the
+        journal, while the status last written has it not running or with fewer attempts
+        (its work has not begun: the executor records the start, then starts it)."""
+        run = self.journal.active_run(plan)
+        if run is None:
+            return False
+        written = rt.status.get("run") or {}
+        seen = ({s["name"]: (s.get("status"), s.get("attempts", 0))
+                 for s in written.get("steps", [])} if written.get("id") == run.id else {})
+        return any(s.status is StepStatus.RUNNING and (
+            seen.get(s.name, ("pending", 0))[0] != StepStatus.RUNNING.value
+            or s.attempts > seen.get(s.name, ("pending", 0))[1])
+            for s in self.journal.steps(run.id))
 
     def _write_status(self, name: str, obj: dict[str, Any], *, generation: int | None,
                       problems: list[str] | None = None, rt: PlanRuntime | None = None) -> None:
+        """Write the status the journal gives, fenced: refused (LostLease) when we no longer
+        lead or the stored status carries a newer leader's token — on every conflict
+        retry too, so a deposed leader never overwrites its successor's status."""
         previous = rt.status if rt is not None else (obj.get("status") or {})
         new = status_mod.build(self.journal, name, generation=generation, previous=previous,
-                               problems=problems, now=time.time())
+                               problems=problems, now=time.time(),
+                               deleting=rt.deleting if rt is not None else None,
+                               applied=(rt.generation, rt.spec) if rt is not None else None,
+                               held=rt.held if rt is not None else None,
+                               token=self.elector.token(), holder=self.identity)
         if not status_mod.changed(previous, new):
             return
-        self.kube.update_status(GROUP, VERSION, self.namespace, PLURAL, name,
-                                lambda o: {**o, "status": new})
+
+        def write(fencing: k8s.Fencing) -> dict[str, Any]:
+            new.update(fencing.stamp())
+
+            def mutate(o: dict[str, Any]) -> dict[str, Any]:
+                if not self.elector.leading():
+                    raise LostLease(f"{self.identity} no longer leads "
+                                    f"{self.elector.config.lease_name}; status not written")
+                return {**o, "status": new}
+
+            return self.kube.update_status(GROUP, VERSION, self.namespace, PLURAL, name,
+                                           mutate, fencing=fencing)
+
+        self._fenced(write)
         if rt is not None:
             rt.status = new
         for kind, reason, message in status_mod.events(previous, new):
             self._event(obj, kind, reason, message)
-        if problems:
+        if problems and problems != (previous.get("problems") or []):
             self._event(obj, "Warning", "InvalidPlan", "; ".join(problems))
 
-    def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str, *,
+               once: tuple[Any, ...] | None = None) -> None:
+        """Record an Event about `obj`. With `once` (a key), the same Event is created
+        the first time and only counted after (its `count` and `lastTimestamp` brought
+        up to date at most every `RECOUNT` seconds), not created again every cycle."""
+        name = obj["metadata"]["name"]
+        said = self._said.setdefault(name, {}).get(once) if once is not None else None
         try:
-            self.kube.emit_event(obj, reason=reason, message=redact(message)[:1000], type=kind)
+            if said is not None:
+                said.count += 1
+                if time.monotonic() - said.counted >= RECOUNT:
+                    said.counted = time.monotonic()
+                    self.kube.count_event(said.event, said.count)
+                return
+            event = self.kube.emit_event(obj, reason=reason, message=redact(message)[:1000],
+                                         type=kind)
+            if once is not None:
+                self._said[name][once] = _Said(event, 1, time.monotonic())
         except (k8s.KubeError, ConnectionError) as exc:  # an Event never blocks a step
-            log.warning("event %s for %s not recorded: %s", reason,
-                        obj["metadata"]["name"], exc)
+            log.warning("event %s for %s not recorded: %s", reason, name, exc)
+
 
     # --- helpers ----------------------------------------------------------------------------
 
+    def _fenced(self, write: Callable[[k8s.Fencing], T]) -> T:
+        """`write` with our fencing token; LostLease when a newer leader's token is stored.
+
+        A stored token larger than ours while the Lease, read now, is still ours means
+        the Lease was deleted and created again (its count restarted): our token is
+        raised above the stored one and the write tried once more."""
+        try:
+            return write(k8s.Fencing(self.elector.token(), self.identity))
+        except k8s.StaleFencingToken as exc:
+            stale = exc
+        token = self.elector.advance(stale.stored + 1)  # LostLease unless the Lease is ours
+        try:
+            return write(k8s.Fencing(token, self.identity))
+        except k8s.StaleFencingToken as exc:
+            raise LostLease(str(exc)) from None
+
     def _patch(self, name: str, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        obj = self.kube.update(GROUP, VERSION, self.namespace, PLURAL, name, mutate)
+        obj = self._fenced(lambda fencing: self.kube.update(
+            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing))
         with self._lock:
             if name in self._objects:
                 self._objects[name] = obj
@@ -464,6 +1008,94 @@ class Operator:
 
     def _read_secret(self, ref: KubeSecretKey) -> bytes:
         return self.kube.read_secret(ref.namespace or self.namespace, ref.name, ref.key)
+
+
+def _runs_note(journal: Journal, plan: str, run_id: str | None) -> tuple[Any, str]:
+    """The run an annotation names (when it is this plan's) and what the plan has."""
+    run = journal.run(run_id) if run_id else None
+    if run is not None and run.plan != plan:
+        run = None
+    active = journal.active_run(plan)
+    has = f"the active run is {active.id}" if active else "no run of this plan is active"
+    return run, has
+
+
+def request_problem(notes: dict[str, str]) -> tuple[str, str, str] | None:
+    """(annotation, value, what is wrong and allowed) when the request annotations cannot
+    be acted on; None when they can. Checked before the request is claimed, so nothing
+    raises between the claim and the answer."""
+    kind = notes.get(A_REQUEST, "").strip()
+    if kind not in ("failover", "failback"):
+        return (A_REQUEST, notes.get(A_REQUEST, ""),
+                f"{A_REQUEST} takes failover or failback")
+    level = notes.get(A_LEVEL)
+    if level is not None and level.strip() not in ("", *LEVELS):
+        return (A_LEVEL, level, f"{A_LEVEL} takes {', '.join(LEVELS[:-1])} or {LEVELS[-1]} "
+                                f"(the response level of the failover, 1 the most severe; "
+                                f"leave it out for the level the plan's rules give)")
+    return None
+
+
+def approve_problem(journal: Journal, plan: str, value: str) -> str | None:
+    """Why `/approve: value` cannot be acted on, with what is allowed; None when it can."""
+    run_id, _, step = value.strip().partition(":")
+    run, has = _runs_note(journal, plan, run_id)
+    form = f"{A_APPROVE} takes RUN (approve the run) or RUN:STEP (a step that waits for " \
+           f"an approval); {has}"
+    if not run_id or ":" in step:
+        return f"malformed: {form}"
+    if run is None:
+        return f"plan {plan} has no run {run_id!r}; {form}"
+    if run.finished_at is not None:
+        return f"run {run_id} has finished ({run.outcome or run.phase.value}): an approval " \
+               f"changes nothing; {has}"
+    if step:
+        gated = [d["name"] for d in run.steps if d.get("approval")]
+        allowed = f"steps of run {run_id} that wait for an approval: " \
+                  f"{', '.join(gated) or 'none'} (or approve the run itself: {run_id})"
+        if step not in {d["name"] for d in run.steps}:
+            return f"run {run_id} has no step {step!r}; {allowed}"
+        if step not in gated:
+            return f"step {step} of run {run_id} does not wait for an approval; {allowed}"
+    return None
+
+
+def done_problem(journal: Journal, plan: str, value: str) -> str | None:
+    """Why `/done: value` cannot be acted on, with what is allowed; None when it can."""
+    run_id, sep, step = value.strip().partition(":")
+    run, has = _runs_note(journal, plan, run_id)
+    if not (sep and run_id and step) or ":" in step:
+        return f"malformed: {A_DONE} takes RUN:STEP, a human (manual) step of the run; {has}"
+    if run is None:
+        return f"plan {plan} has no run {run_id!r}; {A_DONE} takes RUN:STEP, a human " \
+               f"(manual) step of the run; {has}"
+    human = [d["name"] for d in run.steps if d.get("action") == "manual"]
+    allowed = f"human steps of run {run_id}: {', '.join(human) or 'none'}"
+    actions = {d["name"]: d.get("action") for d in run.steps}
+    if step not in actions:
+        return f"run {run_id} has no step {step!r}; {allowed}"
+    if step not in human:
+        return f"step {step} of run {run_id} is not a human step (it is a {actions[step]} " \
+               f"step, which the controller runs); {allowed}"
+    return None
+
+
+def _pinned(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """What a run needs to stay as it found it: the sites and the backends (identities and
+    options), which a failback reverts through."""
+    return spec.get("sites"), spec.get("backends")
+
+
+def _asks(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether a change of a plan asks for a reconcile: its spec, annotations (requests),
+    finalizers, deletion or identity changed. A status write (ours, mostly) does not: it
+    would re-queue the plan after every write."""
+    if before is None:
+        return True
+    old, new = before.get("metadata", {}), after.get("metadata", {})
+    return (before.get("spec") != after.get("spec") or any(
+        old.get(k) != new.get(k) for k in ("uid", "generation", "annotations", "finalizers",
+                                           "deletionTimestamp", "labels")))
 
 
 def _add_finalizer(obj: dict[str, Any]) -> None:

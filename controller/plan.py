@@ -10,12 +10,14 @@ the field path and the fix.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -56,9 +58,19 @@ def parse_duration(value: Any) -> float:
             )
     else:
         raise ValueError(f"expected a duration such as '90s' or '1h', got {type(value).__name__}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration {value!r} is not a number of seconds; use e.g. '30s'")
     if seconds < 0:
         raise ValueError(f"duration {value!r} is negative; use a positive value like '30s'")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"duration {value!r} is longer than 10 years; use at most '3650d'")
+    if 0 < seconds < 0.001:
+        raise ValueError(f"duration {value!r} is shorter than a millisecond; use 0 or at "
+                         "least '1ms'")
     return seconds
+
+
+MAX_DURATION = 3650 * 86400.0  # longer is a typo, and would overflow dates built from it
 
 
 def format_duration(seconds: float) -> str:
@@ -68,7 +80,7 @@ def format_duration(seconds: float) -> str:
         return f"{int(seconds // 60)}m"
     if seconds == int(seconds):
         return f"{int(seconds)}s"
-    return f"{seconds:g}s"
+    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"  # never 1e-07s: it reads back
 
 
 Duration = Annotated[
@@ -77,6 +89,27 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
     Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"}),
 ]
+
+
+def _positive(seconds: float) -> float:
+    if seconds <= 0:
+        raise ValueError("must be more than 0 (a zero interval makes a loop spin, a zero "
+                         "timeout fails before anything is tried); use a positive duration "
+                         "such as '10s'")
+    return seconds
+
+
+# a duration of at least one non-zero number: the API server rejects "0s" with the same rule
+POSITIVE_DURATION_PATTERN = (r"^(\d+(\.\d+)?(ms|s|m|h|d))*(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)"
+                             r"(ms|s|m|h|d)(\d+(\.\d+)?(ms|s|m|h|d))*$")
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    AfterValidator(_positive),
+    PlainSerializer(format_duration, return_type=str),
+    Field(json_schema_extra={"type": "string", "pattern": POSITIVE_DURATION_PATTERN}),
+]
+"""An interval or timeout: 0 would make a probe loop spin or a step fail unstarted."""
 Percent = Annotated[float, Field(ge=0, le=100)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)]
 
@@ -119,10 +152,34 @@ class Service(Strict):
     name: Name
     core: bool = False
     probes: list[ProbeSpec] = Field(min_length=1)
-    interval: Duration = 10.0
-    timeout: Duration = 5.0
+    interval: PositiveDuration = 10.0
+    timeout: PositiveDuration = Field(
+        5.0, description="per probe; default 5s, or the interval when that is shorter")
     quorum: int = Field(0, ge=0, description="k-of-n: this many failed probes (vantage "
                         "points) fail a round; 0 = a majority")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_interval(cls, value: float, info: ValidationInfo) -> float:
+        # Rounds of one service never overlap, so a longer timeout cannot be honoured: a
+        # hung service would be sampled once per timeout and detection would take
+        # timeout/interval times longer than the plan says. Refuse it rather than cut it.
+        interval = info.data.get("interval")
+        if interval is not None and value > interval:
+            raise ValueError(
+                f"{format_duration(value)} is longer than the interval "
+                f"{format_duration(interval)}; a service's rounds never overlap, so a hung "
+                f"probe would be sampled only every {format_duration(value)}: use a timeout "
+                f"of at most {format_duration(interval)} or raise interval to at least "
+                f"{format_duration(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_timeout(self) -> Service:
+        # without a timeout: 5 s, or the interval when that is shorter
+        if "timeout" not in self.model_fields_set and self.timeout > self.interval:
+            self.timeout = self.interval
+        return self
 
     @model_validator(mode="after")
     def _quorum(self) -> Service:
@@ -139,7 +196,7 @@ class Signal(Strict):
     probe: ProbeSpec
     baseline: float = Field(gt=0, description="the daily average the surge is measured from")
     surge: Percent = Field(50, description="trip when value exceeds baseline by this %")
-    interval: Duration = 60.0
+    interval: PositiveDuration = 60.0
 
 
 class Trigger(Strict):
@@ -188,7 +245,7 @@ class Step(Strict):
     action: Action
     backend: str | None = Field(None, description="name of a backend in spec.backends")
     target: Duration | None = Field(None, description="time target, measured from detection")
-    timeout: Duration = 600.0
+    timeout: PositiveDuration = 600.0
     retries: int = Field(2, ge=0, le=20)
     approval: bool = False
     on_failure: Literal["abort", "continue", "revert"] = Field("abort", alias="onFailure")
@@ -203,6 +260,9 @@ class RecordSpec(Strict):
     type: str = Field(pattern=r"^[A-Za-z0-9]+$")
     ttl: int = Field(300, ge=0)
     values: list[str] = Field(min_length=1, description="never empty: a name keeps an answer")
+
+
+STEP_PAUSE = 2.0  # seconds at each step of a stepped shift when the plan gives no pause
 
 
 class TrafficParams(Strict):
@@ -230,6 +290,21 @@ class TrafficParams(Strict):
             raise ValueError(f"{s} must rise and end at 100, e.g. [10, 50, 100]")
         return s
 
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, w: dict[str, int] | None) -> dict[str, int] | None:
+        if w is None:
+            return w
+        negative = sorted(k for k, v in w.items() if v < 0)
+        if negative:
+            raise ValueError(f"{', '.join(negative)}: below 0; a weight is a share of the "
+                             "traffic from 0 (none) up, e.g. {dc-b: 100, dc-a: 0}")
+        if not any(w.values()):
+            raise ValueError(f"{w or '{}'} sends the traffic nowhere (on HAProxy it drains "
+                             "every server); give the target site a weight above 0, e.g. "
+                             "{dc-b: 100, dc-a: 0}, or remove weights to send all to `to`")
+        return w
+
     @field_validator("pause", "check")
     @classmethod
     def _only_stepped(cls, value: Any, info: ValidationInfo) -> Any:
@@ -252,7 +327,7 @@ class LinkTest(Strict):
     record: str | None = Field(None, description="the A/AAAA record whose new addresses are "
                                "tested (default: the url's host, or the only A/AAAA record)")
     expect_status: list[int] = Field(default_factory=list, alias="expectStatus",
-                                     description="http: accepted codes; empty = 2xx/3xx")
+                                     description="http: accepted codes; empty = 2xx")
     timeout: Duration = Field(5.0, gt=0, description="per address")
     verify_tls: bool = Field(True, alias="verifyTls")
     ca_file: str | None = Field(None, alias="caFile")
@@ -362,13 +437,43 @@ class Approval(Strict):
     approvers: list[str] = Field(default_factory=list, description="empty = anyone")
     expires: Duration | None = Field(None, description="an older approval no longer counts")
 
+    @model_validator(mode="after")
+    def _reachable(self) -> Approval:
+        named = len(set(self.approvers))
+        if named and self.required > named:
+            raise ValueError(
+                f"required {self.required} is more than the {named} approver"
+                f"{'s' if named != 1 else ''} listed ({', '.join(self.approvers)}), so a run "
+                f"would wait forever for approval; lower required to at most {named} or add "
+                "approvers (an empty list lets anyone approve)")
+        return self
+
+
+class Coordination(Strict):
+    """Who may act on the plan besides this journal's lease (`controller/coordination`):
+    `host` (default) a lock file every process on this host shares; `etcd` a lease-bound
+    key for plan-file deployments on several hosts; `kubernetes` the operator's Lease (the
+    CLI then only requests through the FailoverPlan resource)."""
+
+    kind: Literal["host", "etcd", "kubernetes"] = "host"
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="host: lockDir; etcd: endpoints, prefix, caFile, "
+        "certFile, keyFile, username, password; kubernetes: namespace")
+
+    @model_validator(mode="after")
+    def _options(self) -> Coordination:
+        from controller import coordination
+
+        coordination.parse_options(self.kind, self.options)  # ValueError names the field
+        return self
+
 
 class PlanSpec(Strict):
     sites: Sites
     services: list[Service] = Field(min_length=1)
     signals: list[Signal] = Field(default_factory=list)
     trigger: Trigger = Field(default_factory=Trigger)
-    levels: list[LevelRule] = Field(default_factory=default_levels)
+    levels: list[LevelRule] = Field(default_factory=default_levels, min_length=1)
     mode: Literal["automatic", "manual"] = "automatic"
     approval: Approval = Field(default_factory=Approval)
     automatic_failback: bool = Field(False, alias="automaticFailback")
@@ -381,6 +486,9 @@ class PlanSpec(Strict):
         None, alias="runUrl", pattern=r"^https?://\S+$",
         description="base URL of a page per run (dashboard, status page); every notice "
                     "links <runUrl>/<run id>")
+    coordination: Coordination = Field(
+        default_factory=Coordination,
+        description="who may act on the plan across processes and hosts (default: host)")
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
@@ -421,6 +529,16 @@ class PlanSpec(Strict):
             except ValidationError as err:
                 raise ValueError("; ".join(
                     f"{where}.params.{p}" for p in _explain(err))) from None
+            if isinstance(params, TrafficParams) and params.steps:
+                pause = STEP_PAUSE if params.pause is None else params.pause
+                needed = pause * len(params.steps)
+                if needed >= step.timeout:
+                    raise ValueError(
+                        f"{where}.timeout: the stepped shift pauses {format_duration(pause)} "
+                        f"at each of its {len(params.steps)} steps ({format_duration(needed)}"
+                        f" in all) and cannot finish within its timeout of "
+                        f"{format_duration(step.timeout)}; raise timeout above "
+                        f"{format_duration(needed)} (plus the checks) or shorten params.pause")
             if isinstance(params, RestoreParams) and (
                     params.store not in by_name or by_name[params.store].role != "store"):
                 raise ValueError(f"{where}.params.store: no store backend named "
@@ -447,6 +565,55 @@ class PlanSpec(Strict):
                 raise ValueError(
                     f"notifications[{i}].notifier: no notifier backend named {note.notifier!r}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _runnable(self) -> PlanSpec:
+        """What validates field by field yet cannot run: samples of a signal and a service
+        of one name mix; weights for a site the plan does not have; a probe that times out
+        at once."""
+        services = {s.name for s in self.services}
+        for i, sig in enumerate(self.signals):
+            if sig.name in services:
+                raise ValueError(
+                    f"signals[{i}].name: {sig.name!r} is also a service; a signal's values "
+                    "and the service's probe results would be read as one, so the service "
+                    "would never count as down; rename the signal, e.g. "
+                    f"'{sig.name}-complaints'")
+        sites = (self.sites.primary.name, self.sites.backup.name)
+        probes = [(f"services[{i}].probes[{j}]", p) for i, s in enumerate(self.services)
+                  for j, p in enumerate(s.probes)]
+        probes += [(f"signals[{i}].probe", s.probe) for i, s in enumerate(self.signals)]
+        for i, step in enumerate(self.steps):
+            if step.action != "traffic":
+                continue
+            where = f"steps[{i}] ({step.name}).params"
+            try:
+                params = TrafficParams.model_validate(step.params)
+            except ValidationError:
+                continue  # _consistent names what is wrong with the params
+            if params.check is not None:
+                probes.append((f"{where}.check", params.check))
+            if params.to is not None and params.to.partition("/")[0] not in sites:
+                raise ValueError(f"{where}.to: {params.to!r} is not a site of this plan; use "
+                                 f"{' or '.join(sites)} (spec.sites)")
+            unknown = sorted(k for k in params.weights or {} if k.partition("/")[0] not in sites)
+            if unknown:
+                raise ValueError(
+                    f"{where}.weights: {', '.join(map(repr, unknown))} is not a site of this "
+                    f"plan; key weights by site ({' or '.join(sites)}) or site/server, e.g. "
+                    f"{{{sites[1]}: 100, {sites[0]}: 0}}")
+        for where, probe in probes:
+            value = probe.options.get("timeout")
+            if value is None:
+                continue
+            try:
+                seconds = parse_duration(value)
+            except ValueError:
+                continue  # the probe kind's own model names an unreadable duration
+            if seconds <= 0:
+                raise ValueError(f"{where}.options.timeout: must be more than 0 (a probe "
+                                 "with no time to answer always fails); use e.g. '5s'")
         return self
 
     def service(self, name: str) -> Service:
@@ -560,9 +727,13 @@ def check_kinds(plan: FailoverPlan) -> list[str]:
 def load_plan(path: str | Path, *, check_backends: bool = True) -> FailoverPlan:
     source = str(path)
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_bytes().decode("utf-8")
     except OSError as exc:
         raise PlanError(source, [f"(file): cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = Path(path).read_bytes()[:exc.start].count(b"\n") + 1
+        raise PlanError(source, [f"(file): not UTF-8 text (byte 0x{exc.object[exc.start]:02x} "
+                                 f"on line {line}); save the plan as UTF-8"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -574,4 +745,8 @@ def load_plan(path: str | Path, *, check_backends: bool = True) -> FailoverPlan:
 
 
 def json_schema() -> dict[str, Any]:
-    return FailoverPlan.model_json_schema(by_alias=True)
+    schema = FailoverPlan.model_json_schema(by_alias=True)
+    # a service's timeout defaults to min(5s, interval): no fixed default in the schema, or
+    # the API server would fill 5s into a plan probing every 200ms and make it invalid
+    schema["$defs"]["Service"]["properties"]["timeout"].pop("default", None)
+    return schema

@@ -15,7 +15,7 @@ Rules (defaults from the emergency plans):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.model import Decision, Sample
@@ -43,7 +43,16 @@ class PolicyState:
     cooldown_until: float | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {  # by hand: dataclasses.asdict deep-copies every sample of every tick
+            "services": {name: {"failures": s.failures, "successes": s.successes,
+                                "failing_since": s.failing_since, "history": list(s.history),
+                                "last_detail": s.last_detail}
+                         for name, s in self.services.items()},
+            "signals": dict(self.signals), "below_floor_since": self.below_floor_since,
+            "surge_since": self.surge_since, "tripped": self.tripped,
+            "detected_at": self.detected_at, "level": self.level,
+            "cooldown_until": self.cooldown_until,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> PolicyState:
@@ -202,4 +211,32 @@ def start_cooldown(state: PolicyState, plan: FailoverPlan, now: float) -> Policy
     """Called when a failover run starts: no automatic failover again before the cooldown."""
     new = PolicyState.from_json(state.to_json())
     new.cooldown_until = now + plan.spec.trigger.cooldown
+    return new
+
+
+def rearm(state: PolicyState) -> PolicyState:
+    """Called when a run ends back on the primary (a failback, a failed run): start again
+    from the samples that come next, keeping only the cooldown. A primary that is still
+    failing is then detected afresh (failed probes in a row, then the dwell) and trips
+    again once the cooldown has passed, instead of staying "still tripped" with no run;
+    samples from before the run (another site served them, or the outage that is over)
+    can neither trip it again at once nor hold it tripped."""
+    return PolicyState(cooldown_until=state.cooldown_until)
+
+
+def shift(state: PolicyState, seconds: float) -> PolicyState:
+    """The state with every timestamp moved by `seconds`: after the wall clock jumped by
+    that much, an outage's duration, the dwell and the cooldown stay what they were (a
+    clock set back an hour neither hides a 10-minute outage nor skips the dwell)."""
+    def moved(t: float | None) -> float | None:
+        return None if t is None else t + seconds
+
+    new = PolicyState.from_json(state.to_json())
+    for st in new.services.values():
+        st.failing_since = moved(st.failing_since)
+        st.history = [(t + seconds, ok) for t, ok in st.history]
+    new.below_floor_since = moved(new.below_floor_since)
+    new.surge_since = moved(new.surge_since)
+    new.detected_at = moved(new.detected_at)
+    new.cooldown_until = moved(new.cooldown_until)
     return new

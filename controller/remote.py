@@ -13,9 +13,11 @@ via kube.py. Why each rule:
   request is ever overwritten.
 - **Progress is the status**: the operator mirrors every step into `.status` before it
   goes on; this module watches the one resource (a field-selected watch, relisting on
-  410 Gone) and renders each change with console.py, exactly like the journal mode, then
-  prints the same run summary and returns the same exit codes (0 done, 1 Failed, 4
-  waiting for a person, an approval, or still running when `--wait` ran out).
+  410 Gone, backing off up to 2 s while watches end with no change, so a proxy that
+  closes them at once cannot make it spin) and renders each change with console.py,
+  exactly like the journal mode, then prints the same run summary and returns the same
+  exit codes (0 done, 1 Failed, 4 waiting for a person, an approval, or still running
+  when `--wait` ran out).
 - **Which run is ours**: the operator claims (removes) an annotation before acting on
   it, so its disappearance proves nothing about the run. A request is followed until a
   *new* run of its kind shows up in the status; an approval until the run no longer
@@ -41,9 +43,9 @@ import click
 
 from controller import console
 from controller import kube as k8s
-from controller.actions import REVERTIBLE
 from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_WAITING, CliError
 from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.failback import may_have_written
 from controller.model import PermanentError
 from controller.operator import (
     A_APPROVE,
@@ -59,6 +61,7 @@ from controller.plan import FailoverPlan, PlanError, parse_plan
 from controller.report import summarize
 
 Obj = dict[str, Any]
+FOLLOW_BACKOFF_MIN, FOLLOW_BACKOFF_MAX = 0.1, 2.0  # seconds between watches that bring nothing
 TYPES = {"fop", "failoverplan", "failoverplans", f"failoverplan.{GROUP}", f"{PLURAL}.{GROUP}"}
 
 
@@ -136,6 +139,26 @@ class Resource:
 
         return self.kube.update(GROUP, VERSION, self.namespace, PLURAL, self.name, mutate)
 
+    def withdraw(self, notes: dict[str, str]) -> bool:
+        """Take back a request the operator has not claimed: remove exactly `notes`, with a
+        compare-and-swap write, while every one still has the value set. False (nothing
+        written) when any is gone or changed: the operator claimed it and acts on it."""
+
+        class Claimed(Exception):
+            pass
+
+        def mutate(obj: Obj) -> None:
+            have = obj["metadata"].get("annotations") or {}
+            if any(have.get(k) != v for k, v in notes.items()):
+                raise Claimed
+            obj["metadata"]["annotations"] = {k: v for k, v in have.items() if k not in notes}
+
+        try:
+            self.kube.update(GROUP, VERSION, self.namespace, PLURAL, self.name, mutate)
+        except Claimed:
+            return False
+        return True
+
     def follow(self, settled: Callable[[Obj], bool], seen: Callable[[Obj], None],
                deadline: float) -> Obj:
         """Watch the resource, calling `seen` on each version, until `settled` or the
@@ -143,7 +166,13 @@ class Resource:
         obj = self.get()
         seen(obj)
         rv = obj["metadata"]["resourceVersion"]
+        pause = 0.0  # grows while watches bring nothing (ended at once, refused, Gone)
         while not settled(obj) and time.monotonic() < deadline:
+            if pause:
+                time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+                if time.monotonic() >= deadline:
+                    break
+            changed = False
             try:
                 for event in self.kube.watch(
                         GROUP, VERSION, self.namespace, PLURAL, resource_version=rv,
@@ -154,7 +183,7 @@ class Resource:
                         continue
                     if event.type == "DELETED":
                         raise CliError(f"{self} was deleted while being followed", EXIT_FAILED)
-                    obj = event.object
+                    obj, changed = event.object, True
                     seen(obj)
                     if settled(obj) or time.monotonic() >= deadline:
                         break
@@ -163,7 +192,11 @@ class Resource:
                 seen(obj)
                 rv = obj["metadata"]["resourceVersion"]
             except k8s.Unavailable:
-                time.sleep(1.0)
+                pass  # the API server is away: try again after the pause below
+            # a watch that ends without a change (a proxy closing it at once, say) must not
+            # turn into a busy loop of watch calls: back off, bounded, until one brings one
+            pause = 0.0 if changed else min(FOLLOW_BACKOFF_MAX, max(FOLLOW_BACKOFF_MIN,
+                                                                    pause * 2))
         return obj
 
 
@@ -191,8 +224,8 @@ def _changes(plan: FailoverPlan, status: Obj, kind: str) -> list[Obj]:
         return [{"name": f"revert-{s['name']}", "action": "revert",
                  "change": f"restore the original saved before {s['name']}: "
                            f"{(s.get('evidence') or {}).get('before')}"}
-                for s in reversed(last.get("steps", [])) if s.get("action") in REVERTIBLE
-                and s["status"] == "succeeded"]
+                for s in reversed(last.get("steps", []))
+                if may_have_written(s["action"], s["status"], s.get("evidence") or {})]
     return [{"name": s.name, "action": s.action, "target": s.target, "change": "-",
              "does": console.does(plan, s)} for s in plan.spec.steps]
 
@@ -209,11 +242,17 @@ def _finish(res: Resource, run: Obj, output: str) -> int:
     return console.exit_code(run)
 
 
+class Withdrawn(CliError):
+    """The request was taken back before the operator claimed it: nothing was done."""
+
+
 @_errors
 def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: str,
             reason: str, actor: str, level: int | None, yes: bool, dry_run: bool,
-            output: str, wait: float) -> int:
-    """Preview, confirm, annotate the request, then follow the operator's run."""
+            output: str, wait: float, withdraw: bool = False) -> int:
+    """Preview, confirm, annotate the request, then follow the operator's run. With
+    `withdraw`, a request still unclaimed when following is interrupted or `--wait` runs
+    out is taken back (`Withdrawn`), so the operator never acts on it unattended later."""
     res = connect(ref, namespace, kubeconfig)
     obj = res.get()
     plan = res.plan(obj)
@@ -234,7 +273,6 @@ def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: st
     notes = {A_REQUEST: kind, A_REASON: reason, A_BY: actor}
     if level is not None and kind == "failover":
         notes[A_LEVEL] = str(level)
-    res.annotate(notes, pending=A_REQUEST)
     deadline = time.monotonic() + wait
     progress = console.Progress()
     announced: list[str] = []
@@ -257,9 +295,20 @@ def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: st
         return run is not None and (run.get("finishedAt") is not None
                                     or run["phase"] == "AwaitingApproval")
 
-    obj = res.follow(settled, seen, deadline)
+    written = False
+    try:
+        res.annotate(notes, pending=A_REQUEST)
+        written = True
+        obj = res.follow(settled, seen, deadline)
+    except BaseException as exc:  # interrupted: take the request back if nobody acts on it
+        if withdraw and (written or isinstance(exc, KeyboardInterrupt)):
+            _withdraw(res, notes, kind, exc)
+        raise
     run = ours(obj)
     if run is None:
+        if withdraw:
+            _withdraw(res, notes, kind, None, f"was not picked up within {wait:g} s (is "
+                      f"`failoverctl operator` running for namespace {res.namespace}?)")
         state = "still unclaimed" if A_REQUEST in _annotations(obj) else "claimed"
         raise CliError(f"the {kind} request was not picked up within {wait:g} s (annotation "
                        f"{A_REQUEST} {state}): is `failoverctl operator` running for "
@@ -267,21 +316,65 @@ def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: st
     return _finish(res, run, output)
 
 
+def _withdraw(res: Resource, notes: dict[str, str], kind: str, exc: BaseException | None,
+              why: str = "") -> None:
+    """Raise `Withdrawn` once the unclaimed request is taken back; return if the operator
+    claimed it (it acts: the caller goes on); a CliError if it could not be taken back."""
+    try:
+        taken = res.withdraw(notes)
+    except Exception as failed:
+        raise CliError(f"the {kind} request could NOT be withdrawn ({type(failed).__name__}: "
+                       f"{failed}); withdraw it before the operator acts on it: kubectl "
+                       f"annotate -n {res.namespace} fop {res.name} "
+                       + " ".join(f"{k}-" for k in notes), EXIT_FAILED) from exc
+    if taken:
+        raise Withdrawn(f"the {kind} request {why + ' and ' if why else ''}was withdrawn "
+                        "before the operator claimed it: nothing was done", EXIT_WAITING
+                        ) from exc
+
+
 def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str,
           output: str, wait: float) -> int:
     """A DR drill against a FailoverPlan in the cluster: a planned failover (no outage is
     caused), then a failback that runs whatever happened before it — a failed, refused or
-    interrupted failover included — so the drill never leaves the world switched. Exit 0
-    only when both runs ended well."""
-    code = EXIT_FAILED
-    try:
-        code = request(ref, namespace, kubeconfig, kind="failover", level=3, yes=True,
-                       reason="DR drill: planned failover to the backup site", actor=actor,
-                       dry_run=False, output=output, wait=wait)
-    finally:
+    interrupted failover included — so the drill never leaves the world switched. A
+    failover request the operator has not claimed when the drill is stopped (SIGINT,
+    SIGTERM, SIGHUP) or `--wait` runs out is withdrawn instead: nothing happened, so
+    there is nothing to fail back, and the operator will not act on it unattended later.
+    A second signal is ignored until the drill has cleaned up. Exit 0 only when both
+    runs ended well; 130, 143 or 129 when stopped by a signal."""
+    from controller.drill.runner import EXIT_SIGNAL, Interrupted, Signals
+
+    signals = Signals()
+    with signals:
+        stopped: BaseException | None = None
+        try:
+            code = request(ref, namespace, kubeconfig, kind="failover", level=3, yes=True,
+                           reason="DR drill: planned failover to the backup site",
+                           actor=actor, dry_run=False, output=output, wait=wait,
+                           withdraw=True)
+        except Withdrawn as exc:  # nothing was done: nothing to fail back
+            cause = exc.__cause__
+            if isinstance(cause, Interrupted):
+                raise CliError(f"drill interrupted by {cause.signame}; {exc}",
+                               EXIT_SIGNAL.get(cause.signame, 130)) from None
+            if isinstance(cause, KeyboardInterrupt):
+                raise CliError(f"drill interrupted; {exc}", 130) from None
+            raise
+        except (KeyboardInterrupt, CliError) as exc:  # claimed, or the run went wrong
+            stopped, code = exc, EXIT_FAILED
         back = request(ref, namespace, kubeconfig, kind="failback", level=None, yes=True,
                        reason="DR drill: back to the primary site", actor=actor,
                        dry_run=False, output=output, wait=wait)
+    if isinstance(stopped, Interrupted):
+        raise CliError(f"drill interrupted by {stopped.signame}; the operator had claimed "
+                       "the failover, so it was failed back (exit "
+                       f"{back} of the failback)", EXIT_SIGNAL.get(stopped.signame, 130))
+    if isinstance(stopped, KeyboardInterrupt):
+        raise CliError("drill interrupted; the failover was failed back", 130)
+    if isinstance(stopped, CliError):
+        raise CliError(f"{stopped}; the drill failed back all the same (exit {back} of the "
+                       "failback)", stopped.code)
     return code if code != EXIT_OK else back
 
 

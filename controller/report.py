@@ -69,8 +69,8 @@ def to_junit(report: dict[str, Any]) -> str:
     for s in report["steps"]:
         case = ET.SubElement(suite, "testcase", classname=f"{run['plan']}.{run['kind']}",
                              name=s["name"], time=f"{s['elapsedSeconds'] or 0:.3f}")
-        if s["status"] == "failed":
-            ET.SubElement(case, "failure", message=s["error"] or "failed")
+        if s["status"] in ("failed", "unknown"):
+            ET.SubElement(case, "failure", message=s["error"] or s["status"])
         elif s["met"] is False:
             ET.SubElement(case, "failure", message=(
                 f"target missed: done {_fmt(s['sinceDetectionSeconds'])} after detection, "

@@ -5,10 +5,24 @@ same record: phase, level, active site, the last decision sentence and when it w
 readiness, conditions with reasons, and the current (or last) run with every step's
 elapsed time against its target, attempts and evidence. The run's step definitions and
 the policy state ride along, so another replica that takes over can adopt the run
-(`Journal.import_run`) and continue it without repeating a finished step.
+(`Journal.import_run`) and continue it without repeating a finished step. The writing
+leader's fencing token and identity (`fencingToken`, `fencingHolder`) ride along too: a
+status write by a leader whose token is older is refused (`kube.Fencing`).
+
+What `kubectl get fop` shows is the truth: an invalid plan's phase is `Invalid` (it is not
+watched; the record's own phase rides along as `planPhase`, so a replica that adopts the
+status gets it back), and the Ready condition says False with reason `InvalidPlan` or
+`Deleting` (what the deletion waits for) as well as True when the plan is watched. The
+spec a plan runs with rides along (`appliedSpec`, `appliedGeneration`): while a run is
+active or the plan is failed over, an edit of its sites or backends is held (condition
+SpecApplied False, `HeldDuringIncident`), so a failback reverts the objects the failover
+changed, on whichever replica.
 
 `events` compares two statuses and says what happened in between (phase changes, new
-decisions, step transitions), one Event each.
+decisions, step transitions), one Event each. A change is worth a write and an Event when
+its meaning changes, not its counters: the decision sentence is compared by what it says
+(`tripped`, `still tripped`, `degraded` ... the part before its first colon), as the
+engine records decisions, so an outage that goes on costs no write per reconcile.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from typing import Any
 from controller.journal import Journal, PlanState
 from controller.model import Phase
 
-CONDITIONS = ("Ready", "Tripped", "FailingOver", "FailedOver", "Degraded")
+CONDITIONS = ("Ready", "Tripped", "FailingOver", "FailedOver", "Degraded", "SpecApplied")
 _TRIPPED = {Phase.TRIPPED, Phase.AWAITING_APPROVAL, Phase.FAILING_OVER, Phase.FAILED_OVER,
             Phase.FAILING_BACK}
 
@@ -31,10 +45,12 @@ def rfc3339(at: float | None) -> str | None:
 
 
 def _conditions(phase: Phase, problems: list[str], readiness: dict[str, Any],
-                outcome: str | None) -> dict[str, tuple[bool, str, str]]:
+                outcome: str | None, deleting: str | None,
+                held: str | None) -> dict[str, tuple[bool, str, str]]:
     failing = [c.get("name", "") for c in readiness.get("failed", [])]
     return {
         "Ready": (False, "InvalidPlan", "; ".join(problems)) if problems else
+                 (False, "Deleting", deleting) if deleting else
                  (True, "Reconciling", "the controller is watching this plan"),
         "Tripped": (phase in _TRIPPED, "ThresholdExceeded" if phase in _TRIPPED else "Healthy",
                     phase.value),
@@ -47,12 +63,23 @@ def _conditions(phase: Phase, problems: list[str], readiness: dict[str, Any],
                      "BackupNotReady" if failing else
                      "BelowThreshold" if phase is Phase.DEGRADED else "AsExpected",
                      ", ".join(failing) or phase.value),
+        "SpecApplied": (False, "HeldDuringIncident", held) if held else
+                       (False, "InvalidPlan", "; ".join(problems)) if problems else
+                       (True, "Applied", "the plan runs with its current spec"),
     }
 
 
 def build(journal: Journal, plan: str, *, generation: int | None, previous: dict[str, Any],
-          problems: list[str] | None = None, now: float) -> dict[str, Any]:
-    """The status for `plan` as the journal holds it (or the reasons it is invalid)."""
+          problems: list[str] | None = None, now: float, deleting: str | None = None,
+          token: int | None = None, holder: str | None = None,
+          applied: tuple[int | None, dict[str, Any]] | None = None,
+          held: str | None = None) -> dict[str, Any]:
+    """The status for `plan` as the journal holds it (or the reasons it is invalid), with
+    the writing leader's fencing `token` and `holder` when given. `deleting` (what the
+    deletion of a plan being deleted waits for) makes Ready False. `applied` is the
+    (generation, spec) the plan runs with — kept in `appliedGeneration`/`appliedSpec`
+    (carried over from `previous` when not given), so any replica goes on with the spec
+    a run started with; `held` says why a newer spec is not applied yet."""
     problems = problems or []
     st: PlanState | None = journal.plan_state(plan)
     phase = st.phase if st else Phase.HEALTHY
@@ -62,7 +89,7 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
     decisions = journal.decisions(plan, limit=1)
     status: dict[str, Any] = {
         "observedGeneration": generation,
-        "phase": phase.value,
+        "phase": Phase.INVALID.value if problems else phase.value,
         "level": st.level if st else None,
         "activeSite": st.active_site if st else None,
         "lastDecision": st.last_decision if st else None,
@@ -73,13 +100,23 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
                       "failing": [f"{c['name']}: {c['detail']}"
                                   for c in readiness.get("failed", [])]} if readiness else {},
     }
+    if problems:
+        status["planPhase"], status["problems"] = phase.value, problems
+    if applied is not None:
+        status["appliedGeneration"], status["appliedSpec"] = applied
+    elif previous.get("appliedSpec") is not None:
+        status["appliedGeneration"] = previous.get("appliedGeneration")
+        status["appliedSpec"] = previous["appliedSpec"]
+    if token is not None:
+        status["fencingToken"], status["fencingHolder"] = token, holder
     if run is not None:
         status["run"] = {**run.to_json(), "definition": run.steps,
                          "steps": [s.to_json() for s in journal.steps(run.id)]}
     old = {c["type"]: c for c in previous.get("conditions", [])}
     status["conditions"] = []
     for kind, (true, reason, message) in _conditions(
-            phase, problems, readiness, run.outcome if run else None).items():
+            phase, problems, readiness, run.outcome if run else None, deleting,
+            held).items():
         value = "True" if true else "False"
         before = old.get(kind)
         since = (before["lastTransitionTime"] if before and before.get("status") == value
@@ -90,18 +127,33 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
 
 
 _VOLATILE = ("updatedAt", "policyState")  # move every tick; written along, never alone
+_SAID = ("lastDecision", "lastDecisionTime")  # compared by what the decision says
+
+
+def meaning(decision: Any) -> str:
+    """What a decision sentence says, without its counters: the part before its first
+    colon (`still tripped`, `degraded` ...), as the engine records decisions."""
+    return str(decision or "").split(":", 1)[0]
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    """Worth a write: anything but the per-tick bookkeeping differs."""
-    return any(before.get(k) != after.get(k) for k in {*before, *after} - set(_VOLATILE))
+    """Worth a write: anything but the per-tick bookkeeping differs, or the decision says
+    something else (a sentence whose counters moved is written along, never alone)."""
+    if meaning(before.get("lastDecision")) != meaning(after.get("lastDecision")):
+        return True
+    return any(before.get(k) != after.get(k)
+               for k in {*before, *after} - {*_VOLATILE, *_SAID})
 
 
 def plan_state(status: dict[str, Any], plan: str) -> PlanState | None:
-    """The journal's plan state as another replica last wrote it into the status."""
-    if not status.get("phase") or status.get("updatedAt") is None:
+    """The journal's plan state as another replica last wrote it into the status (an
+    invalid plan's is in `planPhase`)."""
+    phase = status.get("phase")
+    if phase == Phase.INVALID.value:
+        phase = status.get("planPhase")
+    if not phase or status.get("updatedAt") is None:
         return None
-    return PlanState(plan, Phase(status["phase"]), status.get("level"),
+    return PlanState(plan, Phase(phase), status.get("level"),
                      status.get("activeSite"), status.get("lastDecision"),
                      dict(status.get("policyState") or {}), float(status["updatedAt"]), {})
 
@@ -116,10 +168,29 @@ def _step_line(s: dict[str, Any]) -> str:
     return f"step {s['name']} {s['status']}{timing}, {s.get('attempts', 0)} attempt(s){error}"
 
 
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
 def events(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(type, reason, message) for each change from `before` to `after`."""
     out: list[tuple[str, str, str]] = []
-    if after.get("lastDecision") and after.get("lastDecision") != before.get("lastDecision"):
+    if after.get("fencingHolder") and before.get("fencingHolder") and (
+            after.get("fencingToken") != before.get("fencingToken")):
+        out.append(("Normal", "LeaderChanged",
+                    f"{after['fencingHolder']} writes this plan now (fencing token "
+                    f"{after.get('fencingToken')}; was {before['fencingHolder']}, "
+                    f"{before.get('fencingToken')})"))
+    spec_before, spec_after = (_condition(before, "SpecApplied"),
+                               _condition(after, "SpecApplied"))
+    if spec_after.get("reason") != spec_before.get("reason"):
+        if spec_after.get("reason") == "HeldDuringIncident":
+            out.append(("Warning", "SpecHeld", str(spec_after.get("message"))))
+        elif spec_after.get("reason") == "Applied" and spec_before.get("reason"):
+            out.append(("Normal", "SpecApplied", f"generation "
+                        f"{after.get('appliedGeneration')} applied"))
+    if after.get("lastDecision") and meaning(after["lastDecision"]) != meaning(
+            before.get("lastDecision")):
         out.append(("Normal", "Decision", str(after["lastDecision"])))
     if after.get("phase") != before.get("phase"):
         kind = "Warning" if after.get("phase") in ("Failed", "Degraded") else "Normal"

@@ -75,7 +75,11 @@ def _state(opts: FakeOptions, namespace: str) -> Iterator[dict[str, Any]]:
 
 
 def reset() -> None:
-    """Forget all in-memory fake state (call between tests)."""
+    """Forget all in-memory fake state (call between tests); first let the notices still
+    going out (controller.notify.outbox) land, so none lands in the next test's fakes."""
+    from controller.notify.outbox import settle
+
+    settle()
     with _LOCK:
         _MEMORY.clear()
 
@@ -151,10 +155,16 @@ def set_health(key: str, up: bool, *, state_file: str | None = None,
 class FakeTrafficOptions(FakeOptions):
     weights: dict[str, int] = Field(default_factory=lambda: {"primary": 100, "backup": 0})
     fail_shifts: int = Field(0, alias="failShifts", description="fail this many shifts first")
-    delay: float = 0.0
+    delay: float = Field(0.0, description="seconds each shift takes before it writes "
+                         "(a `fencing.pause`: cancellable, simulated under a simulated clock)")
 
 
 class FakeTrafficBackend:
+    """Weights in shared state, with the real backends' rules (target first, idempotent
+    revert) and a fenced target's: every write checks the step's fence first and is
+    recorded with its fencing token and holder (`writes()`); a write whose token is
+    smaller than the largest one accepted before is refused with `fencing.StaleToken`."""
+
     Options = FakeTrafficOptions
 
     def __init__(self, options: FakeTrafficOptions, *, secrets: Any = None):
@@ -164,10 +174,26 @@ class FakeTrafficBackend:
         with _state(self.options, "traffic") as st:
             return dict(st.get("weights", self.options.weights))
 
+    def snapshot(self) -> Evidence:
+        return {"weights": self.current()}
+
     def _set(self, weights: Weights) -> None:
+        from controller import fencing
+
         with _state(self.options, "traffic") as st:
+            fencing.check()
+            token, holder = fencing.token(), fencing.holder()
+            newest = st.get("newestToken")
+            if token is not None and newest is not None and token < newest:
+                raise fencing.StaleToken(
+                    f"memory traffic {self.options.key}: fencing token {token} (holder "
+                    f"{holder}) is older than {newest}, already written; not writing")
+            if token is not None:
+                st["newestToken"] = token if newest is None else max(newest, token)
             st["weights"] = dict(weights)
             st["calls"] = st.get("calls", 0) + 1
+            st.setdefault("writes", []).append(
+                {"weights": dict(weights), "token": token, "holder": holder})
 
     def _known(self, before: Weights, weights: Weights) -> None:
         unknown = set(weights) - set(before)
@@ -181,7 +207,9 @@ class FakeTrafficBackend:
                                  f"add {to!r} to them")
         self._known(before, weights)
         if self.options.delay:
-            time.sleep(self.options.delay)
+            from controller import fencing
+
+            fencing.pause(self.options.delay)
         with _state(self.options, "traffic") as st:
             if st.get("failed", 0) < self.options.fail_shifts:
                 st["failed"] = st.get("failed", 0) + 1
@@ -191,7 +219,8 @@ class FakeTrafficBackend:
         self._set({**before, **weights})
         return {"before": before, "after": self.current(), "to": to}
 
-    def revert(self, *, to: Weights) -> Evidence:
+    def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
+        """The weights are the whole state of the fake: the snapshot adds nothing."""
         before = self.current()
         self._known(before, to)
         if {**before, **to} != before:  # nothing to write when already there
@@ -202,6 +231,12 @@ class FakeTrafficBackend:
         with _state(self.options, "traffic") as st:
             return int(st.get("calls", 0))
 
+    def writes(self) -> list[dict[str, Any]]:
+        """Every write in order: {weights, token, holder} (token/holder None outside a
+        step)."""
+        with _state(self.options, "traffic") as st:
+            return [dict(w) for w in st.get("writes", [])]
+
 
 # --- DNS -------------------------------------------------------------------------------
 
@@ -209,10 +244,24 @@ class FakeTrafficBackend:
 class FakeDnsOptions(FakeOptions):
     records: list[dict[str, Any]] = Field(default_factory=list)
     fail: bool = Field(False, description="every apply fails as if the server were unreachable")
+    fail_verify: bool = Field(False, alias="failVerify",
+                              description="every verify fails as if a secondary did not "
+                                          "serve the records in time")
+
+
+def _same_values(a: Record | None, b: Record | None) -> bool:
+    return set(a.values if a else ()) == set(b.values if b else ())
 
 
 class FakeDnsProvider:
-    """Compare-and-swap semantics of RFC 2136 prerequisites, in memory."""
+    """Compare-and-swap semantics of RFC 2136 prerequisites, in memory.
+
+    A fencing-aware target: each write is recorded with the step attempt's fencing token
+    and holder (`writes()`), and a write whose token is smaller than the largest token
+    already accepted is refused (`fencing.StaleToken`), so a deposed holder whose work
+    could not be stopped still cannot overwrite the new holder's records. A write made
+    outside any step (token None: a person, a test seeding records) is accepted.
+    """
 
     Options = FakeDnsOptions
 
@@ -224,6 +273,24 @@ class FakeDnsProvider:
         recs = (Record.from_json({"ttl": 300, **r}) for r in raw)
         return {r.key(): r for r in recs}
 
+    @staticmethod
+    def _fenced_write(st: dict[str, Any], action: str, records: list[Record]) -> None:
+        """Refuse a stale token, then record the write (called under the state lock)."""
+        from controller import fencing
+
+        token = fencing.token()
+        if token is not None:
+            highest = st.get("maxToken")
+            if highest is not None and token < highest:
+                raise fencing.StaleToken(
+                    f"DNS write refused: fencing token {token} ({fencing.holder()}) is older "
+                    f"than token {highest} already accepted; another controller holds the "
+                    "plan now")
+            st["maxToken"] = token if highest is None else max(token, highest)
+        st.setdefault("writes", []).append({
+            "token": token, "holder": fencing.holder(), "action": action,
+            "records": [r.to_json() for r in records]})
+
     def records(self, *, names: list[str] | None = None) -> list[Record]:
         with _state(self.options, "dns") as st:
             recs = self._load(st)
@@ -231,11 +298,14 @@ class FakeDnsProvider:
         return [r for k, r in sorted(recs.items()) if wanted is None or k[0] in wanted]
 
     def apply(self, *, expected: list[Record], desired: list[Record]) -> Evidence:
+        from controller import fencing
+
         if self.options.fail:
             raise ConnectionError("injected DNS server failure")
         for rec in desired:
             if not rec.values:
                 raise PermanentError(f"refusing to leave {rec.name} {rec.type} empty")
+        fencing.check()
         with _state(self.options, "dns") as st:
             recs = self._load(st)
             exp = {r.key(): r for r in expected}
@@ -249,11 +319,65 @@ class FakeDnsProvider:
                         f"expected {sorted(want_values)}; nothing changed"
                     )
             before = [recs[r.key()].to_json() for r in desired if r.key() in recs]
-            for rec in desired:
-                recs[rec.key()] = Record(rec.key()[0], rec.type.upper(), rec.ttl,
-                                         tuple(sorted(rec.values)))
+            written = [Record(r.key()[0], r.type.upper(), r.ttl, tuple(sorted(r.values)))
+                       for r in desired]
+            self._fenced_write(st, "apply", written)
+            for rec in written:
+                recs[rec.key()] = rec
             st["records"] = [r.to_json() for r in recs.values()]
         return {"before": before, "after": [r.to_json() for r in desired]}
+
+    def delete(self, *, expected: list[Record]) -> Evidence:
+        """Delete each set only if it holds exactly `expected`'s values; absent: reported."""
+        from controller import fencing
+
+        if self.options.fail:
+            raise ConnectionError("injected DNS server failure")
+        for rec in expected:
+            if not rec.values:
+                raise PermanentError(f"record {rec.name} {rec.type}: give the values it must "
+                                     "still hold to be deleted")
+        fencing.check()
+        with _state(self.options, "dns") as st:
+            recs = self._load(st)
+            gone = [r for r in expected if r.key() not in recs]
+            present = [r for r in expected if r.key() in recs]
+            wrong = [f"{r.name} {r.type} is {sorted(recs[r.key()].values)}, expected "
+                     f"{sorted(r.values)}" for r in present
+                     if not _same_values(recs[r.key()], r)]
+            if wrong:
+                raise DnsConflict("; ".join(wrong) + "; nothing deleted")
+            deleted = [recs[r.key()] for r in present]
+            if deleted:
+                self._fenced_write(st, "delete", deleted)
+                for rec in deleted:
+                    del recs[rec.key()]
+                st["records"] = [r.to_json() for r in recs.values()]
+        return {"provider": "memory", "deleted": [r.to_json() for r in deleted],
+                "alreadyAbsent": [r.to_json() for r in gone]}
+
+    def verify(self, *, desired: list[Record]) -> Evidence:
+        """The records hold `desired` (no values: absent); memory serves what it holds."""
+        with _state(self.options, "dns") as st:
+            recs = self._load(st)
+        wrong = [f"{r.name} {r.type} is {sorted(recs[r.key()].values if r.key() in recs else [])}"
+                 f", expected {sorted(r.values)}" for r in desired
+                 if not _same_values(recs.get(r.key()), r)]
+        if wrong:
+            raise DnsConflict("; ".join(wrong))
+        if self.options.fail_verify:
+            from controller.dns import DnsNotServed
+
+            raise DnsNotServed("injected: the records are in place but a secondary did not "
+                               "serve them within verifyTimeout")
+        return {"provider": "memory", "verified": [r.to_json() for r in desired],
+                "servers": [{"name": "memory", "answer": {
+                    f"{r.key()[0]} {r.key()[1]}": sorted(r.values) for r in desired}}]}
+
+    def writes(self) -> list[dict[str, Any]]:
+        """Every write this fake accepted, with the fencing token and holder that made it."""
+        with _state(self.options, "dns") as st:
+            return [dict(w) for w in st.get("writes", [])]
 
 
 # --- backups -------------------------------------------------------------------------------
@@ -288,6 +412,14 @@ class FakeRestorerOptions(FakeOptions):
 
 
 class FakeRestorer:
+    """Restores in memory with the real restorers' contract (only a verified backup,
+    evidence with the same keys) and a fenced target's: the step's fence is checked before
+    anything is written (`fencing.Cancelled`), each restore is recorded with its fencing
+    token and holder (`restored()`), a restore whose token is smaller than the largest
+    one accepted before is refused with `fencing.StaleToken`, and a step that restores into
+    the target it filled already is refused (the real restorers refuse a target holding
+    data). A restore outside any step (token None) is accepted."""
+
     Options = FakeRestorerOptions
 
     def __init__(self, options: FakeRestorerOptions, *, secrets: Any = None, audit: Any = None):
@@ -300,11 +432,34 @@ class FakeRestorer:
             raise PermanentError(f"backup {backup.id} is not verified "
                                  f"({backup.verification or 'never verified'}); only a "
                                  "backup whose verification passed may be restored")
+        from controller import fencing
+
         if self.options.fail:
             raise ConnectionError("injected restore failure")
         started = time.time()
         with _state(self.options, "restorer") as st:
-            st.setdefault("restored", []).append({"backup": backup.id, "into": into.path})
+            fencing.check()
+            token, holder = fencing.token(), fencing.holder()
+            highest = st.get("maxToken")
+            if token is not None and highest is not None and token < highest:
+                raise fencing.StaleToken(
+                    f"restore of {backup.id} onto {into.path} refused: fencing token {token} "
+                    f"({holder}) is older than token {highest} already accepted; another "
+                    "controller holds the plan now")
+            fence = fencing.current()
+            filled = f"{fence.label if fence else ''}|{into.host or ''}:{into.path}"
+            if fence is not None and fence.label and filled in st.get("filled", []):
+                # like the real restorers, which refuse a target that holds data: a retry
+                # of a restore that landed (its answer lost) is refused, never restored twice
+                raise PermanentError(
+                    f"target {into.host or 'localhost'}:{into.path} is not empty: this step "
+                    f"({fence.label}) restored into it already; a restore never writes over "
+                    "data, so it is not repeated")
+            if token is not None:
+                st["maxToken"] = token if highest is None else max(token, highest)
+            st.setdefault("filled", []).append(filled)
+            st.setdefault("restored", []).append({"backup": backup.id, "into": into.path,
+                                                  "token": token, "holder": holder})
         rpo_budget = into.options.get("rpo")
         rpo = started - backup.taken_at
         actor = str(into.options.get("actor", "controller"))
@@ -319,6 +474,7 @@ class FakeRestorer:
                 "triggeredBy": actor}
 
     def restored(self) -> list[dict[str, Any]]:
+        """Every restore in order: {backup, into, token, holder}."""
         with _state(self.options, "restorer") as st:
             return list(st.get("restored", []))
 
@@ -355,5 +511,10 @@ class FakeNotifier:
             )
 
     def sent(self) -> list[dict[str, Any]]:
+        """What was delivered, once this process's engines have finished sending: their
+        notices go out off the step path (`controller.notify.outbox`)."""
+        from controller.notify.outbox import settle
+
+        settle()
         with _state(self.options, "notifier") as st:
             return list(st.get("sent", []))

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.backups import crypto, naming
 from controller.model import Backup, PermanentError
-from controller.secrets import SecretRef, Secrets, redact
+from controller.secrets import SecretError, SecretRef, Secrets, redact
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,28 @@ class CatalogError(PermanentError):
     pass
 
 
+class EncryptionKeyError(CatalogError):
+    """The store's encryption key is missing, unreadable or not a 32-byte key: a problem
+    of configuration, not of any backup (a verifier records nothing because of it)."""
+
+
+def _key_fix(ref: SecretRef, problem: str) -> str:
+    """What to do about an unreadable key, by what went wrong (never its value)."""
+    if "No such file" in problem:
+        return ("put the key the backups were written with there (the base64 of its 32 "
+                "bytes), or point `encryptionKey.fromFile` at the file that holds it")
+    if "Permission denied" in problem:
+        return (f"let the user running the controller (uid {os.geteuid()}) read it, "
+                "keeping it private: e.g. `chown` it to that user with mode 0400")
+    if "is not set" in problem:
+        return (f"set {ref.from_env} to the base64 of the key the backups were written with, "
+                "or point `encryptionKey` at the file that holds it")
+    if "base64" in problem:
+        return ("it must hold the base64 of the 32-byte key the backups were written with "
+                "(a new store's key: `openssl rand -base64 32`)")
+    return "make it readable by the controller and hold the base64 of the 32-byte key"
+
+
 class CatalogStore:
     """A BackupStore: list / add / open / record verification, over `Objects`."""
 
@@ -86,7 +109,22 @@ class CatalogStore:
             raise CatalogError("this store has no `encryptionKey` configured; backups are "
                                "always encrypted at rest, so one is required to add or read "
                                "them (base64 of 32 random bytes, from a file, env or Secret)")
-        return crypto.check_key(self._secrets.reveal_bytes(ref))
+        try:
+            key = self._secrets.reveal_bytes(ref)
+        except SecretError as exc:
+            raise EncryptionKeyError(f"the store's `encryptionKey` is unusable: {exc}; "
+                                     f"{_key_fix(ref, str(exc))}") from None
+        if len(key) != 32:
+            raise EncryptionKeyError(
+                f"the store's `encryptionKey` ({ref.describe()}) holds {len(key)} bytes once "
+                "base64-decoded, AES-256 needs exactly 32: configure the key the backups were "
+                "written with (the base64 of its 32 bytes; a new store's key: "
+                "`openssl rand -base64 32`)")
+        return key
+
+    def check_key(self) -> None:
+        """Raise EncryptionKeyError (or CatalogError) unless the key can be used."""
+        self._key()
 
     # --- audit -------------------------------------------------------------------------------
 

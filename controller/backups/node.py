@@ -16,15 +16,29 @@ promote, archiving check, validation queries, with phase markers timed on the ho
 clock). Over SSH each session costs round trips and the login shell's startup. Scripts
 are built with `shlex.quote`/`shlex.join`, and paths are still refused if they hold
 shell-active characters (PostgreSQL's own tools pass them through a shell).
+
+A restore stops when its step is cancelled (the step's timeout passed, or the controller
+lost its lease; see `controller.fencing`), and nothing is started after that: the fence is
+checked before the prepare, before every chunk of the stream (the caller's iterator) and
+before the finish session is told to go. Once it runs, the finish script checks a
+cancel flag (a file the controller touches, in the session's own command channel) before
+every phase and in the promote poll loop, and long commands (pgbackrest restore, tar,
+pg_verifybackup, validation queries) are terminated when it appears; `pg_ctl start -w`
+is let finish (killing it could leave a postmaster that has no PID file yet) and the
+server it started is then stopped by its PID. A cancelled restore cleans up like a
+failed stream: the server it started is stopped and the directory it made ready is
+emptied, so nothing counts as restored, and `fencing.Cancelled` is raised.
 """
 
 from __future__ import annotations
 
 import base64
 import itertools
+import logging
 import posixpath
 import queue
 import re
+import secrets
 import shlex
 import threading
 import time
@@ -33,13 +47,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller import fencing
 from controller.backups.hosts import CommandError, Host, Result, is_root_on
 from controller.model import PermanentError
 from controller.secrets import redact
 
+log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9 ._+@:,=/-]")
 SEP = "\x1f"  # between the columns of the settings query (never in a setting's value)
 PSQL_TIMEOUT = 300  # seconds one psql (a poll, a validation query) may take
+CANCEL_POLL = 0.1  # seconds between the finish script's looks at its cancel flag
 
 
 class RestoreFailed(PermanentError):
@@ -172,6 +189,7 @@ echo "ready=yes"
         directory holds (refused unless `overwrite`), create it, and can the OS user write
         it. It answers in `key=value` lines; the refusals are decided here.
         """
+        fencing.check()
         argv = ["sh", "-c", self._prepare_script()]
         self._prepared(argv, self.host.run(argv, check=False))
 
@@ -180,7 +198,10 @@ echo "ready=yes"
         a session costs round trips and the login shell's startup). A refusal ends the
         session before it reads anything. If `argv` fails, or `stdin` raises, after the
         directory was made ready, what was written is removed and nothing counts as
-        restored; a directory the script did not make ready is never touched."""
+        restored; a directory the script did not make ready is never touched. An interrupt
+        or a cancelled step (`fencing.Cancelled`, raised by `stdin` between chunks) is
+        raised after that cleanup, whatever the command said."""
+        fencing.check()
         j = shlex.join
         then = (f'if [ "$uid" = 0 ] && [ "$U" != root ]; then exec runuser -u "$U" -- '
                 f"{j(argv)}; else exec {j(argv)}; fi\n")
@@ -190,8 +211,9 @@ echo "ready=yes"
         failed = stream.error is not None or result.rc != 0
         if failed and "ready=yes" in result.out.splitlines():
             self.clear()  # only a directory this script made ready
-        if stream.error is not None and not isinstance(stream.error, Exception):
-            raise stream.error  # an interrupt outranks any verdict
+        if stream.error is not None and (not isinstance(stream.error, Exception)
+                                         or isinstance(stream.error, fencing.Cancelled)):
+            raise stream.error  # an interrupt or a cancel outranks any verdict
         self._prepared(script, result, streamed=True)
         if stream.error is not None:
             raise stream.error
@@ -251,23 +273,28 @@ echo "ready=yes"
         archive_mode/archive_command and the last replayed transaction's time -- refusing
         to go on unless archive_mode is off -- then each validation query in its own psql.
         Phase timings come from the host's clock between markers. Raises RestoreFailed
-        naming the phase; returns phases, pid, polls, archiving, lastReplay, validation.
+        naming the phase, or `fencing.Cancelled` when the step is cancelled meanwhile
+        (see the module docstring); returns phases, pid, polls, archiving, lastReplay,
+        validation.
         """
         return self.begin_finish(fetch=fetch, extract_tars=extract_tars, verify=verify).go()
 
     def begin_finish(self, *, fetch: list[str] | None = None, extract_tars: bool = False,
                      verify: bool = False) -> PendingFinish:
         """Open the `finish` session now; it runs nothing until `go()` (see PendingFinish)."""
-        script = self._finish_script(fetch=fetch, extract_tars=extract_tars, verify=verify)
+        # the cancel flag: a name nobody can guess, in the login's /tmp on the host
+        flag = f"/tmp/.failover-restore-{secrets.token_hex(12)}.cancel"
+        script = self._finish_script(fetch=fetch, extract_tars=extract_tars, verify=verify,
+                                     flag=flag)
         budget = (24 * 3600 + self.opts.start_timeout + self.opts.promote_timeout
                   + 330 * (len(self.opts.validation) + 2))
-        return PendingFinish(self, script, budget)
+        return PendingFinish(self, script, budget, flag)
 
     def _finish_script(self, *, fetch: list[str] | None, extract_tars: bool,
-                       verify: bool) -> str:
+                       verify: bool, flag: str) -> str:
         q, j, o = shlex.quote, shlex.join, self.opts
         p = self.path
-        psql = f"timeout {PSQL_TIMEOUT}"  # a hung query ends; its psql exits 124
+        psql = f"watch timeout {PSQL_TIMEOUT}"  # a hung query ends; its psql exits 124
         conf = "# set by the failover controller's restore\n" + "".join(
             f"{k} = {v}\n" for k, v in self.settings().items())
         append = self.as_user(["sh", "-c", f"cat >> {q(p)}/postgresql.auto.conf"])
@@ -275,27 +302,59 @@ echo "ready=yes"
             # wait for the word: nothing runs unless the caller says `go` (EOF: exit quietly)
             'read -r go || exit 0; [ "$go" = go ] || exit 0; exec </dev/null',
             "cd / || exit 1",  # the OS user may not enter the login's home (psql warns)
-            f"P={q(p)}",
-            "mark() { echo \"@@phase $1\" >&2; echo \"@@mark $1 $(date +%s.%N)\"; }",
-            "fail() { echo \"@@fail $1\"; exit 3; }",
+            f"P={q(p)}; C={q(flag)}; started=",
+            # a cancelled step: stop the server this script started (by its PID), say so;
+            # immediate shutdown (no checkpoint): its directory is emptied right after
+            # (alive: a zombie is not; it waits for whoever reaps orphans)
+            'alive() { kill -0 "$1" 2>/dev/null || return 1',
+            "  case \"$(sed -n 's/^State:[[:space:]]*//p' \"/proc/$1/status\" 2>/dev/null)\" in",
+            "    Z*) return 1;; esac; }",
+            "stop_server() {",
+            '  pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)',
+            '  case "$pid" in ""|*[!0-9]*) return 0;; esac',
+            '  kill -QUIT "$pid" 2>/dev/null || return 0',
+            "  n=0; while alive \"$pid\"; do n=$((n + 1))",
+            '    if [ "$n" -gt 1200 ]; then kill -KILL "$pid" 2>/dev/null; break; fi',
+            "    sleep 0.05; done",
+            "}",
+            'cancel() { if [ -n "$started" ]; then stop_server; fi; '
+            'echo "@@cancelled $1"; exit 4; }',
+            'check() { if [ -e "$C" ]; then cancel "$1"; fi; }',
+            # the command a wrapper (timeout, runuser) runs: runuser that gets a signal
+            # waits 2 s before it kills its child, one whose child ends exits at once
+            "inner() { p=$1; while :; do",
+            '  case "$(cat "/proc/$p/comm" 2>/dev/null)" in runuser|timeout) ;; *) break;; esac',
+            '  k=$(cat /proc/"$p"/task/*/children 2>/dev/null); k=${k%% *}',
+            '  case "$k" in ""|*[!0-9]*) break;; esac; p=$k; done; echo "$p"; }',
+            # a long command runs in the background and is terminated if the flag appears
+            "watch() {",
+            '  "$@" & w=$!',
+            f'  ( while [ ! -e "$C" ]; do kill -0 "$w" 2>/dev/null || exit 0; '
+            f"sleep {CANCEL_POLL}; done",
+            '    kill -TERM "$(inner "$w")" 2>/dev/null ) </dev/null >/dev/null 2>&1 &',
+            '  wait "$w"',
+            "}",
+            "mark() { check \"$1\"; echo \"@@phase $1\" >&2; "
+            "echo \"@@mark $1 $(date +%s.%N)\"; }",
+            'fail() { check "$1"; echo "@@fail $1"; exit 3; }',
         ]
         if fetch is not None:
-            lines += ["mark fetch", f"{j(self.as_user(fetch))} >&2 || fail fetch"]
+            lines += ["mark fetch", f"watch {j(self.as_user(fetch))} >&2 || fail fetch"]
         if extract_tars:
             untar = j(self.as_user(["tar", "-x", "-f"]))
             lines += [
                 "mark extract",
                 'for t in "$P"/base.tar*; do [ -e "$t" ] || continue',
-                f'  {untar} "$t" -C "$P" >&2 && rm -f "$t" || fail extract',
+                f'  watch {untar} "$t" -C "$P" >&2 && rm -f "$t" || fail extract',
                 "done",
                 'if [ -f "$P/pg_wal.tar" ]; then',
-                f'  {untar} "$P/pg_wal.tar" -C "$P/pg_wal" >&2 && rm -f "$P/pg_wal.tar" '
+                f'  watch {untar} "$P/pg_wal.tar" -C "$P/pg_wal" >&2 && rm -f "$P/pg_wal.tar" '
                 "|| fail extract",
                 "fi",
             ]
         if verify:
             lines += ["mark verify",
-                      f"{j(self.as_user([self.bin('pg_verifybackup'), '-q', p]))} >&2 "
+                      f"watch {j(self.as_user([self.bin('pg_verifybackup'), '-q', p]))} >&2 "
                       "|| fail verify"]
         pg_ctl = self.as_user([self.bin("pg_ctl"), "-D", p, "-l", f"{p}/restore-start.log",
                                "-w", "-t", str(o.start_timeout), "start"])
@@ -309,7 +368,9 @@ echo "ready=yes"
             "mark start",
             f"printf '%s' {q(conf)} | {j(append)} >&2 || fail start",
             'rm -f "$P/standby.signal" "$P/postmaster.pid" >&2 || fail start',
+            "check start; started=1",  # from here a cancel also stops the server
             f'{j(pg_ctl)} >&2 || {{ tail -20 "$P/restore-start.log" >&2; fail start; }}',
+            "check start",
             'pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)',
             'case "$pid" in ""|*[!0-9]*) pid="";; esac',
             'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then',
@@ -318,8 +379,8 @@ echo "ready=yes"
             "mark promote",
             f"end=$(( $(date +%s) + {int(o.promote_timeout) + 1} )); polls=0",
             "while :; do",
-            "  polls=$((polls + 1))",
-            f"  r=$({psql} {j(poll)} 2>&1)",
+            "  check promote; polls=$((polls + 1))",
+            f"  r=$(timeout {PSQL_TIMEOUT} {j(poll)} 2>&1)",
             f'  case "$r" in f{q(SEP)}*) s=${{r#f{q(SEP)}}}; break;; esac',
             '  if [ "$(date +%s)" -ge "$end" ]; then',
             "    printf 'still in recovery after %s s (last answer: %s)\n' "
@@ -337,19 +398,30 @@ echo "ready=yes"
             lines += [
                 f"echo '@@query {i}' >&2",
                 "t=$(date +%s.%N)",
-                f"out=$({psql} {j(argv)}); rc=$?",
+                f"out=$({psql} {j(argv)}); rc=$?; check validate",
                 f"echo \"@@result {i} $rc $t $(date +%s.%N) "
                 "$(printf '%s' \"$out\" | head -c 65536 | base64 -w0)\"",
             ]
         lines.append("mark done")
         return "\n".join(lines) + "\n"
 
-    def _parse_finish(self, result: Result) -> dict[str, Any]:
+    def _parse_finish(self, result: Result, *, cancel: str | None = None) -> dict[str, Any]:
+        """Judge the finish script's output. `cancel` is the reason the caller raised the
+        cancel flag for: if the script stopped on it, the directory is emptied and
+        `fencing.Cancelled` raised (the script already stopped a server it started)."""
         marks: list[tuple[str, float]] = []
         failed: str | None = None
         got: dict[str, Any] = {"validation": {}}
         for line in result.out.splitlines():
             word, _, rest = line.partition(" ")
+            if word == "@@cancelled":
+                self.clear()  # nothing a cancelled restore wrote may count as restored
+                where = rest.strip()
+                raise fencing.Cancelled(
+                    f"restore onto {self.path} on {self.host.name} stopped "
+                    + ("after validation" if where == "done" else f"at {where}")
+                    + f": {cancel or 'cancelled'}; the server it started (if any) was "
+                    "stopped and the directory emptied")
             if word == "@@mark":
                 name, _, at = rest.partition(" ")
                 marks.append((name, float(at)))
@@ -445,8 +517,8 @@ class PendingFinish:
     authenticated and extracted); `abort()` ends it having done nothing.
     """
 
-    def __init__(self, node: Node, script: str, budget: float):
-        self.node = node
+    def __init__(self, node: Node, script: str, budget: float, flag: str):
+        self.node, self.flag = node, flag
         self._gate: queue.Queue[bool] = queue.Queue()
         self._result: Result | None = None
         self._error: BaseException | None = None
@@ -466,12 +538,38 @@ class PendingFinish:
             self._error = exc
 
     def go(self) -> dict[str, Any]:
+        """Run the script and judge it. Inside a step, the step's fence is watched while
+        it runs: once cancelled, the cancel flag is raised on the host (a separate command)
+        and the script stops at its next check (see the module docstring)."""
+        fence = fencing.current()
+        try:
+            fencing.check()
+        except fencing.Cancelled:  # nothing starts; what the restore wrote is removed
+            self.abort()
+            self.node.clear()
+            raise
         self._gate.put(True)
-        self._thread.join()
+        cancel: str | None = None
+        while self._thread.is_alive():
+            self._thread.join(None if fence is None or cancel is not None else CANCEL_POLL)
+            if fence is not None and fence.cancelled and cancel is None:
+                cancel = fence.reason or "cancelled"
+                if self._thread.is_alive():
+                    try:
+                        self.node.host.run(["touch", self.flag], check=False)
+                    except Exception as exc:  # the session ends with the connection
+                        log.warning("could not raise the cancel flag on %s: %s",
+                                    self.node.host.name, exc)
+        if cancel is not None:  # the script has ended: its flag must not outlive it
+            try:
+                self.node.host.run(["rm", "-f", self.flag], check=False)
+            except Exception as exc:
+                log.warning("could not remove the cancel flag %s on %s: %s", self.flag,
+                            self.node.host.name, exc)
         if self._error is not None:
             raise self._error
         assert self._result is not None
-        return self.node._parse_finish(self._result)
+        return self.node._parse_finish(self._result, cancel=cancel)
 
     def abort(self) -> None:
         self._gate.put(False)

@@ -16,6 +16,13 @@ and throughput, RPO (age of the restored data) against the budget, validation re
 and who triggered it. Only a backup whose verification passed is accepted; a wrong key
 or a tampered payload fails before or during the stream, and the half-written directory
 is emptied, so nothing counts as restored. Progress is logged every 64 MiB.
+
+Inside a step, a restore stops when the step is cancelled (`controller.fencing`: its
+timeout passed or the lease was lost): the fence is checked before anything is touched,
+before every 256 KiB slice of the stream, before PostgreSQL is started and while the finish
+session runs (see `node`). It then cleans up as an interrupted stream does (a server it
+started is stopped, the directory it made ready is emptied), never starts PostgreSQL,
+and raises `fencing.Cancelled`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller import fencing
 from controller.backups.catalog import AuditSink, CatalogStore
 from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
 from controller.backups.naming import iso
@@ -36,6 +44,9 @@ from controller.secrets import Secrets, redact
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY = 64 << 20
+# the stream goes to the host in slices, the step's fence checked before each: a slice is
+# what may still be sent after a cancel (a write to SSH waits on the remote's window)
+STREAM_SLICE = 256 << 10
 # GNU tar reads the stream in 1 MiB records (-b 2048), whole ones even from a pipe (-B);
 # its default 10 KiB records cost a read and a wakeup per 10 KiB of the stream
 UNTAR_STREAM = ("tar", "-x", "-b", "2048", "-B", "-f", "-")
@@ -107,6 +118,7 @@ class _Restorer:
         return self._restore(backup, into, test=True)
 
     def _restore(self, backup: Backup, into: Target, *, test: bool) -> Evidence:
+        fencing.check()
         opts = TargetOptions.model_validate(into.options)
         actor = opts.actor or self.options.actor
         if not test and backup.verified is not True:
@@ -126,7 +138,8 @@ class _Restorer:
             node = Node(host, into.path, opts, root=runs_as_root(host))
             evidence = self._run(backup, node, phases)
         except Exception as exc:
-            self.audit(actor, f"FAILED restoring {backup.id} onto {where}: {exc}")
+            what = "CANCELLED" if isinstance(exc, fencing.Cancelled) else "FAILED"
+            self.audit(actor, f"{what} restoring {backup.id} onto {where}: {exc}")
             raise
         finally:
             host.close()
@@ -264,7 +277,9 @@ def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None
             rate = moved["bytes"] / 1e6 / max(time.monotonic() - started, 1e-6)
             share = f" of {total}" if total else ""
             log.info("restoring %s: %d%s bytes, %.0f MB/s", name, moved["bytes"], share, rate)
-        yield chunk
+        for at in range(0, len(chunk), STREAM_SLICE):
+            fencing.check()  # a cancelled step stops the stream here, within one slice
+            yield chunk[at:at + STREAM_SLICE]
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -12,11 +12,20 @@ backup, and by the scheduled readiness job (`verify_unverified`):
    plan's validation queries run against it; then stopped by PID and removed.
 A failed check stops the later ones. The result (passed, when, duration, per-check
 details, one summary sentence) is appended to the backup's catalog entry and audited.
+
+A catalog entry that is incomplete (an object without its size or SHA-256, an unknown
+format) fails `checksums` with the field named: what cannot be proven intact is never
+restored. A problem of configuration, not of the backup (the store's encryption key
+missing, unreadable or not 32 bytes; `testRestore: false` for a base backup; a pgBackRest
+set without the verifier's `pgbackrest:` options), is reported per backup as bad input
+(`badInput`) and recorded nowhere, so a mistake in the plan never marks good backups
+failed; the scheduled job goes on with the other backups either way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import socket
@@ -27,7 +36,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.backups.catalog import AuditSink, CatalogStore, sha256_stream
+from controller import fencing
+from controller.backups.catalog import AuditSink, CatalogError, CatalogStore, sha256_stream
 from controller.backups.hosts import CommandError, LocalHost
 from controller.backups.node import RestoreFailed, ValidationQuery
 from controller.backups.restore import (
@@ -41,6 +51,9 @@ from controller.backups.restore import (
 from controller.model import Backup, Evidence, PermanentError, Target
 from controller.secrets import Secrets, redact
 
+log = logging.getLogger(__name__)
+FORMATS = ("basebackup", "pgbackrest")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BACKUP = re.compile(r"^\s*backup: (\S+), status: (\S+), total files checked: (\d+), "
                      r"total valid files: (\d+)")
 _ARCHIVE = re.compile(r"^\s*archiveId: (\S+), total WAL checked: (\d+), total valid WAL: (\d+)")
@@ -128,9 +141,7 @@ class CatalogVerifier:
     # --- the checks --------------------------------------------------------------------------
 
     def _checksums(self, backup: Backup) -> str:
-        objects = backup.meta.get("objects") or []
-        if backup.meta.get("format") == "basebackup" and not objects:
-            raise PermanentError("catalog lists no objects for a base backup")
+        objects = _objects(backup)
         total = 0
         for obj in objects:
             with contextlib.closing(self.store.open_raw(obj["key"])) as src:
@@ -209,11 +220,39 @@ class CatalogVerifier:
             restorer.stop(into=into)
             shutil.rmtree(base, ignore_errors=True)
 
+    def _bad_input(self, backup: Backup) -> str | None:
+        """Why this backup cannot be verified with this configuration (None: it can)."""
+        fmt = backup.meta.get("format")
+        if fmt == "basebackup":
+            if not self.options.test_restore:
+                return ("the verifier's `testRestore: false` leaves base backups unproven (the "
+                        "payload must at least be decrypted and checked against its "
+                        "manifest); remove it, or set it only on a verifier of pgBackRest sets")
+            try:
+                self.store.check_key()
+            except CatalogError as exc:
+                return str(exc)
+        elif fmt == "pgbackrest" and self.options.pgbackrest is None:
+            return ("a pgBackRest set needs the verifier's `pgbackrest:` options (config, "
+                    "stanza); add them")
+        return None
+
     # --- entry points ------------------------------------------------------------------------
 
     def verify(self, *, backup: Backup, actor: str | None = None) -> Evidence:
+        """Run the checks and record the result; a configuration problem (`_bad_input`)
+        is returned as `badInput` and recorded nowhere."""
         actor = actor or self.options.actor
         at, started = time.time(), time.monotonic()
+        problem = self._bad_input(backup)
+        if problem is not None:
+            summary = redact(f"not verified: {problem}; nothing was recorded")[:1000]
+            self.store.audit(actor=actor, action="verify",
+                             detail=f"{backup.id}: NOT VERIFIED (bad input): {problem}")
+            return {"backup": backup.id, "verified": backup.verified, "passed": False,
+                    "badInput": True, "at": at,
+                    "durationS": round(time.monotonic() - started, 3), "summary": summary,
+                    "checks": []}
         checks: list[dict[str, Any]] = []
         fmt = backup.meta.get("format")
         steps = [("checksums", self._checksums)]
@@ -226,12 +265,8 @@ class CatalogVerifier:
             except (PermanentError, OSError, CommandError) as exc:
                 checks.append(_check(name, False, time.monotonic() - t, str(exc)))
                 break
-        if all(c["passed"] for c in checks):
-            if self.options.test_restore:
-                self._test_restore(backup, checks)
-            elif fmt == "basebackup":
-                raise PermanentError("testRestore: false leaves base backups unproven; the "
-                                     "payload must at least be decrypted and verified")
+        if all(c["passed"] for c in checks) and self.options.test_restore:
+            self._test_restore(backup, checks)
         passed = all(c["passed"] for c in checks)
         failed = next((c for c in checks if not c["passed"]), None)
         summary = (f"{failed['name']} failed: {failed['detail']}" if failed else
@@ -242,9 +277,63 @@ class CatalogVerifier:
         return {"backup": updated.id, "verified": updated.verified, **result}
 
     def verify_unverified(self, *, dataset: str, actor: str | None = None) -> list[Evidence]:
-        """The scheduled job: verify every backup of `dataset` never verified yet."""
-        return [self.verify(backup=b, actor=actor) for b in self.store.list(dataset=dataset)
-                if b.verified is None]
+        """The scheduled job: verify every backup of `dataset` never verified yet. One
+        backup that cannot be verified (bad input, or an error such as the store failing
+        mid-way, returned as `error` and recorded nowhere) does not stop the others."""
+        results: list[Evidence] = []
+        for backup in self.store.list(dataset=dataset):
+            if backup.verified is not None:
+                continue
+            try:
+                results.append(self.verify(backup=backup, actor=actor))
+            except (fencing.Cancelled, fencing.LostLease, fencing.StaleToken):
+                raise
+            except Exception as exc:
+                detail = redact(f"{type(exc).__name__}: {exc}")[:1000]
+                log.error("could not verify %s: %s", backup.id, detail,
+                          exc_info=log.isEnabledFor(logging.DEBUG))
+                results.append({"backup": backup.id, "verified": backup.verified,
+                                "passed": False, "error": detail, "at": time.time(),
+                                "durationS": 0.0, "checks": [],
+                                "summary": f"not verified: {detail}; nothing was recorded"})
+        return results
+
+
+def _objects(backup: Backup) -> list[dict[str, Any]]:
+    """The catalog entry's stored objects, each with a key, a size and a SHA-256; an
+    entry that lacks them cannot be proven intact and fails, naming the field."""
+    where = f"catalog entry {backup.id}"
+    fmt = backup.meta.get("format")
+    damaged = ("this backup can never be proven intact: take a new backup (the entry's "
+               "catalog.json was damaged or edited)")
+    if fmt not in FORMATS:
+        raise PermanentError(f"{where}: `format` is {fmt!r}, expected one of "
+                             f"{', '.join(FORMATS)}; {damaged}")
+    objects = backup.meta.get("objects")
+    if objects is None:
+        objects = []
+    if not isinstance(objects, list):
+        raise PermanentError(f"{where}: `objects` is not a list; {damaged}")
+    if fmt == "basebackup" and not objects:
+        raise PermanentError(f"{where}: `objects` is empty, a base backup stores its "
+                             f"payload there; {damaged}")
+    for i, obj in enumerate(objects):
+        field = f"{where}: objects[{i}]"
+        if not isinstance(obj, dict):
+            raise PermanentError(f"{field} is not an object; {damaged}")
+        if not isinstance(obj.get("key"), str) or not obj["key"]:
+            raise PermanentError(f"{field} has no `key` (the stored object's name); {damaged}")
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            what = "no `size`" if size is None else f"`size` {size!r}, not a byte count"
+            raise PermanentError(f"{field} ({obj['key']}) has {what}, the stored size to "
+                                 f"check against; {damaged}")
+        digest = obj.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            what = "no `sha256`" if digest is None else "a `sha256` that is not 64 hex digits"
+            raise PermanentError(f"{field} ({obj['key']}) has {what}, the checksum taken when "
+                                 f"it was stored; {damaged}")
+    return objects
 
 
 def free_port() -> int:

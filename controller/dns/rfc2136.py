@@ -13,6 +13,12 @@ Knot, PowerDNS...). Why each rule:
 - **TSIG**: every update (and zone transfer) is signed; the secret comes from a SecretRef
   (a bare base64 secret or a `tsig-keygen` key file) and never reaches a message. A
   rejected key is reported by its name and the server's TSIG error (BADSIG, BADKEY...).
+- **Compare-and-delete**: `delete` removes an RRset only under the prerequisite "this
+  RRset exists with exactly these values" (a record a step created, removed on revert);
+  a set already gone is reported, not an error, so a re-run after a crash succeeds.
+- **Fenced**: every update is sent only after `fencing.check()`, and the verification
+  waits with the step's pause (`fencing.pause`), so a step that timed out or lost its
+  lease never writes again and stops waiting at once.
 - **Verified everywhere**: after the write the primary must serve the new values at once,
   then every authoritative server (listed in options, or the zone's NS set) is asked
   directly until it serves the new values with at least the new SOA serial, within a
@@ -47,7 +53,8 @@ import dns.tsig
 import dns.update
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from controller.dns import DnsConflict
+from controller import fencing
+from controller.dns import DnsConflict, DnsNotServed
 from controller.model import Evidence, PermanentError, Record
 from controller.plan import Duration
 from controller.secrets import SecretError, SecretRef, Secrets, remember
@@ -136,7 +143,7 @@ class Rfc2136Options(BaseModel):
         return _ip(value, "server")
 
 
-class DnsVerificationTimeout(TimeoutError):
+class DnsVerificationTimeout(DnsNotServed):
     """The write succeeded but not every authoritative server served it within the deadline."""
 
 
@@ -202,7 +209,7 @@ class Rfc2136DnsProvider:
 
     def __init__(self, options: Rfc2136Options, *, secrets: Secrets | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = fencing.pause):
         self.options = options
         self.zone = dns.name.from_text(options.zone)
         ref = options.tsig.secret
@@ -384,6 +391,7 @@ class Rfc2136DnsProvider:
               olds: dict[tuple[str, str], _Want]) -> None:
         where = f"primary {self.options.server}:{self.options.port}"
         key = self.options.tsig.name
+        fencing.check()  # right before the write: a step that must stop sends nothing
         try:
             response = dns.query.tcp(update, self.options.server, timeout=self.options.timeout,
                                      port=self.options.port)
@@ -428,6 +436,58 @@ class Rfc2136DnsProvider:
                              f"expected {list(expect)}")
         reason = "; ".join(parts) or "the records changed while the update was in flight"
         return f"{reason}; nothing changed (the update's prerequisites failed)"
+
+    def delete(self, *, expected: list[Record]) -> Evidence:
+        """Delete each RRset only if it still holds exactly `expected`'s values (one signed
+        update: value-dependent prerequisites + delete RRset), then verify that no server
+        serves them. A set already absent at the primary is reported, not sent."""
+        olds = [self._parse(r) for r in expected]
+        for old in olds:
+            if not old.rdatas:
+                raise PermanentError(f"record {old.record.name} {old.record.type}: give the "
+                                     "values it must still hold to be deleted")
+        present, gone = [], []
+        for old in olds:
+            have = self._answer(self.primary, old)
+            if not have:
+                gone.append(old)
+            elif have != old.rdatas:
+                raise DnsConflict(f"{old.record.name} {old.record.type} is "
+                                  f"{list(_values(have))}, expected {list(_values(old.rdatas))}"
+                                  "; nothing deleted")
+            else:
+                present.append(old)
+        started = self._clock()
+        if present:
+            update = dns.update.UpdateMessage(self.zone, keyring=self._key)
+            for old in present:
+                update.present(old.name, *old.rdatas)
+            for old in present:
+                update.delete(old.name, old.rdtype)
+            self._send(update, present, {o.record.key(): o for o in present})
+        written = self._clock()
+        wants = [_Want(o.record, o.name, o.rdtype, frozenset()) for o in olds]
+        serial = self._serial(self.primary)
+        asked = self._clock()
+        answers = [self._answer(self.primary, w) for w in wants]
+        latency = self._clock() - asked
+        for want, got in zip(wants, answers, strict=True):
+            if got:
+                raise DnsConflict(f"{want.record.name} {want.record.type} was written again "
+                                  f"as {list(_values(got))} right after the delete (someone "
+                                  "else is writing it); it is theirs now, left as it is")
+        seen = self._evidence(self.primary, wants, answers, serial, 1, written, latency)
+        verified = self._verify(wants, serial, written, primary=seen)
+        return {
+            "provider": "rfc2136", "zone": self.options.zone,
+            "primary": f"{self.primary.address}:{self.primary.port}",
+            "key": self.options.tsig.name,
+            "deleted": [o.record.to_json() for o in present],
+            "alreadyAbsent": [o.record.to_json() for o in gone],
+            "serial": serial, "servers": verified,
+            "writeSeconds": round(written - started, 6),
+            "verifySeconds": round(self._clock() - written, 6),
+        }
 
     # --- verification ----------------------------------------------------------------------
 
@@ -536,10 +596,22 @@ class Rfc2136DnsProvider:
         return [done[s.label] for s in servers]
 
     def verify(self, *, desired: list[Record]) -> Evidence:
-        """Re-check, without writing, that every authoritative server serves `desired`."""
+        """Prove, without writing, that the primary holds `desired` (a record with no values:
+        absent) and every authoritative server serves it at >= the primary's serial."""
         wants = [self._parse(r) for r in desired]
         serial = self._serial(self.primary)
-        return {"serial": serial, "servers": self._verify(wants, serial, self._clock())}
+        wrong = []
+        for want in wants:
+            got = self._answer(self.primary, want)
+            if got != want.rdatas:
+                wrong.append(f"{want.record.name} {want.record.type} is {list(_values(got))}, "
+                             f"expected {list(_values(want.rdatas))}")
+        if wrong:
+            raise DnsConflict(f"primary {self.primary.address}:{self.primary.port}: "
+                              + "; ".join(wrong))
+        return {"provider": "rfc2136", "zone": self.options.zone,
+                "verified": [w.record.to_json() for w in wants], "serial": serial,
+                "servers": self._verify(wants, serial, self._clock())}
 
     # --- readiness -------------------------------------------------------------------------
 

@@ -14,9 +14,22 @@ Owns DNS cutover in an AWS hosted zone. Why each rule:
 - **Routing policies**: plain sets by default; with `setIdentifier`, the provider reads and
   writes only that weighted/failover set and keeps its Weight, Failover, HealthCheckId and
   other routing attributes (a set it creates takes `weight` or `failover` from options).
-- **INSYNC**: the change is done only when Route 53 reports it INSYNC (propagated to all of
-  its authoritative servers); the wait backs off exponentially (tenacity) and is bounded
-  by `syncTimeout`; the timeout names the change id. The sets are then read back.
+- **INSYNC on every path that reports success**: a change is done only when Route 53
+  reports it INSYNC (propagated to all of its authoritative servers); the wait backs off
+  exponentially (tenacity), is bounded by `syncTimeout` (the timeout names the change id)
+  and stops at once when the step is cancelled (`fencing.pause`). The sets are then read
+  back. `verify` proves a write that landed earlier (a resumed step, a re-run revert):
+  the sets must hold the desired values and an UPSERT of the identical sets, submitted
+  now, must go INSYNC. That UPSERT changes no data, and Route 53 applies a zone's changes
+  in order, so its INSYNC proves every earlier change to the zone has propagated. (Not
+  DELETE+CREATE: moto refuses re-creating a set it saw created; the values were read a
+  moment before and are read back after INSYNC.) Proving an absence (a deleted set) uses
+  the zone's SOA, the one set every hosted zone has and no plan manages.
+- **Compare-and-delete**: `delete` sends DELETE of each set exactly as read, after
+  comparing its values with the expected ones; AWS refuses a DELETE whose values differ,
+  so a set someone changed is never removed. A set already gone is reported, not an error.
+- **Fenced**: every change batch is submitted only after `fencing.check()`, and its
+  comment carries the step's fencing token, so CloudTrail shows which attempt wrote.
 
 Credentials come from SecretRefs (or boto3's default chain) and never reach messages.
 """
@@ -30,17 +43,13 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import boto3
-import dns.exception
-import dns.name
-import dns.rdata
-import dns.rdataclass
-import dns.rdatatype
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_result
 
-from controller.dns import DnsConflict
+from controller import fencing
+from controller.dns import DnsConflict, DnsNotServed, absent, canonical_values
 from controller.model import Evidence, PermanentError, Record
 from controller.plan import Duration
 from controller.secrets import SecretRef, Secrets
@@ -99,7 +108,7 @@ class Route53Options(BaseModel):
         return self
 
 
-class DnsSyncTimeout(TimeoutError):
+class DnsSyncTimeout(DnsNotServed):
     """Route 53 accepted the change but did not report INSYNC within syncTimeout."""
 
 
@@ -113,18 +122,8 @@ def _name(text: str) -> str:
     return text.lower().rstrip(".") + "."
 
 
-def _canonical(rdtype: str, value: str) -> str:
-    """A value as dnspython writes it (absolute names), so equal data compares equal."""
-    try:
-        rdata = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), value,
-                                    origin=dns.name.root)
-        return str(rdata.to_text())
-    except (dns.exception.DNSException, ValueError):
-        return value.strip()
-
-
 def _values(rdtype: str, values: Any) -> frozenset[str]:
-    return frozenset(_canonical(rdtype, str(v)) for v in values)
+    return canonical_values(rdtype, values)
 
 
 def _error(exc: ClientError) -> tuple[str, str]:
@@ -139,7 +138,7 @@ class Route53DnsProvider:
 
     def __init__(self, options: Route53Options, *, secrets: Secrets | None = None,
                  client: Any = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+                 sleep: Callable[[float], None] = fencing.pause):
         self.options = options
         self._clock, self._sleep = clock, sleep
         if client is None:
@@ -225,6 +224,20 @@ class Route53DnsProvider:
 
     # --- writing ---------------------------------------------------------------------------
 
+    def _current(self, records: list[Record]) -> dict[tuple[str, str], dict[str, Any]]:
+        """This provider's raw sets at the records' names, by (name, type)."""
+        current: dict[tuple[str, str], dict[str, Any]] = {}
+        for name in sorted({r.key()[0] for r in records}):
+            for rrset in self._sets(name):
+                current[(name, rrset["Type"].upper())] = rrset
+        return current
+
+    @staticmethod
+    def _have(rrset: dict[str, Any] | None, rtype: str) -> frozenset[str]:
+        if rrset is None:
+            return frozenset()
+        return _values(rtype, [r["Value"] for r in rrset["ResourceRecords"]])
+
     def apply(self, *, expected: list[Record], desired: list[Record]) -> Evidence:
         """DELETE the exact old sets + CREATE the new ones in one batch; wait for INSYNC."""
         for rec in desired:
@@ -232,15 +245,10 @@ class Route53DnsProvider:
                 raise PermanentError(f"refusing to leave {rec.name} {rec.type} empty: "
                                      "give at least one value")
         exp = {r.key(): r for r in expected if r.values}
-        current: dict[tuple[str, str], dict[str, Any]] = {}
-        for name in sorted({r.key()[0] for r in desired}):
-            for rrset in self._sets(name):
-                current[(name, rrset["Type"].upper())] = rrset
+        current = self._current(desired)
         mismatched = []
         for rec in desired:
-            have = current.get(rec.key())
-            have_values = (_values(rec.type, [r["Value"] for r in have["ResourceRecords"]])
-                           if have else frozenset())
+            have_values = self._have(current.get(rec.key()), rec.type)
             want = exp.get(rec.key())
             want_values = _values(rec.type, want.values) if want else frozenset()
             if have_values != want_values:
@@ -270,25 +278,11 @@ class Route53DnsProvider:
                 else:
                     new["Failover"] = self.options.failover
             changes.append({"Action": "CREATE", "ResourceRecordSet": new})
-        submitted = self._clock()
-        change = self._submit(changes)
-        status, polls = self._wait_insync(change["Id"], change.get("Status", "PENDING"),
-                                          submitted)
-        synced = self._clock()
-        after = self.records(names=sorted({r.key()[0] for r in desired}))
-        got = {r.key(): r for r in after}
-        for rec in desired:
-            now = got.get(rec.key())
-            if now is None or _values(rec.type, now.values) != _values(rec.type, rec.values):
-                raise DnsConflict(f"{rec.name} {rec.type} reads {list(now.values) if now else []} "
-                                  f"after change {change['Id']} went {status}; someone "
-                                  "changed it after us")
+        synced = self._change(changes)
+        after = self._read_back(desired, synced)
         old_ttl = max((int(h.get("TTL", 0)) for h in current.values()), default=0)
         evidence: Evidence = {
-            "provider": "route53", "hostedZoneId": self.options.hosted_zone_id,
-            "setIdentifier": self.options.set_identifier,
-            "changeId": change["Id"], "status": status, "polls": polls,
-            "submittedAt": _iso(0.0), "syncSeconds": round(synced - submitted, 6),
+            **self._head(), **synced,
             "before": before, "after": [r.to_json() for r in desired],
             "readBack": [r.to_json() for r in after if r.key() in {d.key() for d in desired}],
         }
@@ -298,12 +292,106 @@ class Route53DnsProvider:
                             note=f"clients may still use the old values until {until}")
         return evidence
 
+    def delete(self, *, expected: list[Record]) -> Evidence:
+        """DELETE each set exactly as read, if it still holds `expected`'s values, in one
+        batch; wait for INSYNC. Sets already gone are reported and proven absent."""
+        for rec in expected:
+            if not rec.values:
+                raise PermanentError(f"record {rec.name} {rec.type}: give the values it must "
+                                     "still hold to be deleted")
+        current = self._current(expected)
+        mismatched, changes, deleted, gone = [], [], [], []
+        for rec in expected:
+            have = current.get(rec.key())
+            if have is None:
+                gone.append(rec.to_json())
+                continue
+            have_values = self._have(have, rec.type)
+            if have_values != _values(rec.type, rec.values):
+                mismatched.append(f"{rec.name} {rec.type} is {sorted(have_values)}, "
+                                  f"expected {sorted(_values(rec.type, rec.values))}")
+            changes.append({"Action": "DELETE", "ResourceRecordSet": have})
+            deleted.append(self._record(have).to_json())
+        if mismatched:
+            raise DnsConflict("; ".join(mismatched) + "; nothing deleted")
+        if not changes:  # a re-run: prove the absence like any earlier write
+            proof = self.verify(desired=[absent(r) for r in expected])
+            return {**proof, "deleted": [], "alreadyAbsent": gone}
+        synced = self._change(changes)
+        self._read_back([absent(r) for r in expected], synced)
+        return {**self._head(), **synced, "deleted": deleted, "alreadyAbsent": gone}
+
+    def verify(self, *, desired: list[Record]) -> Evidence:
+        """The sets hold `desired` (no values: absent), and an UPSERT of the identical sets
+        (of the zone's SOA when proving only absences) submitted now goes INSYNC."""
+        current = self._current(desired)
+        wrong = []
+        for rec in desired:
+            have_values = self._have(current.get(rec.key()), rec.type)
+            if have_values != _values(rec.type, rec.values):
+                wrong.append(f"{rec.name} {rec.type} is {sorted(have_values)}, expected "
+                             f"{sorted(_values(rec.type, rec.values))}")
+        if wrong:
+            raise DnsConflict(f"hosted zone {self.options.hosted_zone_id}: " + "; ".join(wrong))
+        sets = [current[r.key()] for r in desired if r.values]
+        by = "the identical record sets"
+        if not sets:
+            sets, by = [self._soa()], "the zone's SOA, unchanged"
+        synced = self._change([{"Action": "UPSERT", "ResourceRecordSet": s} for s in sets])
+        self._read_back(desired, synced)
+        return {**self._head(), **synced,
+                "verified": [r.to_json() for r in desired],
+                "proof": f"an UPSERT of {by} went {synced['status']}: Route 53 applies a "
+                         "zone's changes in order, so every earlier change has propagated"}
+
+    def _soa(self) -> dict[str, Any]:
+        zone = self._call("read", self.client.get_hosted_zone,
+                          Id=self.options.hosted_zone_id)["HostedZone"]["Name"]
+        page = self._call("read", self.client.list_resource_record_sets,
+                          HostedZoneId=self.options.hosted_zone_id, StartRecordName=zone,
+                          StartRecordType="SOA", MaxItems="1")
+        for rrset in page.get("ResourceRecordSets", []):
+            if rrset["Type"] == "SOA" and _name(rrset["Name"]) == _name(zone):
+                return dict(rrset)
+        raise PermanentError(f"hosted zone {self.options.hosted_zone_id} has no SOA record "
+                             f"at {zone}; cannot prove that deleted sets have propagated")
+
+    def _head(self) -> Evidence:
+        return {"provider": "route53", "hostedZoneId": self.options.hosted_zone_id,
+                "setIdentifier": self.options.set_identifier}
+
+    def _change(self, changes: list[dict[str, Any]]) -> Evidence:
+        """Submit one batch and wait for INSYNC: the change's id, status and timing."""
+        submitted = self._clock()
+        change = self._submit(changes)
+        status, polls = self._wait_insync(change["Id"], change.get("Status", "PENDING"),
+                                          submitted)
+        return {"changeId": change["Id"], "status": status, "polls": polls,
+                "submittedAt": _iso(0.0),
+                "syncSeconds": round(self._clock() - submitted, 6)}
+
+    def _read_back(self, desired: list[Record], synced: Evidence) -> list[Record]:
+        """After INSYNC the sets must still be `desired` (no values: absent)."""
+        after = self.records(names=sorted({r.key()[0] for r in desired}))
+        got = {r.key(): r for r in after}
+        for rec in desired:
+            now = got.get(rec.key())
+            if _values(rec.type, now.values if now else ()) != _values(rec.type, rec.values):
+                raise DnsConflict(f"{rec.name} {rec.type} reads {list(now.values) if now else []} "
+                                  f"after change {synced['changeId']} went {synced['status']}; "
+                                  "someone changed it after us")
+        return after
+
     def _submit(self, changes: list[dict[str, Any]]) -> dict[str, Any]:
         zone = self.options.hosted_zone_id
+        comment = self.options.comment
+        if fencing.token() is not None:
+            comment = f"{comment} (fencing token {fencing.token()}, {fencing.holder()})"[:256]
+        fencing.check()  # right before the write: a step that must stop submits nothing
         try:
             response = self._call(
                 "change", self.client.change_resource_record_sets, HostedZoneId=zone,
-                ChangeBatch={"Comment": self.options.comment, "Changes": changes})
+                ChangeBatch={"Comment": comment, "Changes": changes})
         except ClientError as exc:
             code, message = _error(exc)
             if code == "InvalidChangeBatch" and any(c in message for c in _CONFLICT):

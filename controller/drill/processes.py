@@ -3,10 +3,11 @@
 Owns the low-level facts the sandbox's teardown is judged on, read straight from
 `/proc` and from sockets, never from what a launcher believes: whether a PID is still a
 live process (a zombie is not), a process's children (an sshd's session processes), the
-processes whose command line names a directory (what a crashed drill may have left
-behind), and whether a loopback port is still listening (TCP) or bound (UDP). Processes
-are only ever signalled by PID, SIGTERM (or the signal given) first, SIGKILL if they
-linger.
+processes whose command line names a directory (reported, never signalled: anyone may
+name any directory), and whether a loopback port is still listening (TCP) or bound
+(UDP). Processes are only ever signalled by PID, SIGTERM (or the signal given) first,
+SIGKILL if they linger; a PID recorded earlier is signalled only while it still names
+the process that had it (same start time), so a reused PID is never hit.
 """
 
 from __future__ import annotations
@@ -79,19 +80,66 @@ def postmaster(data: Path) -> int | None:
     return None
 
 
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, ...)."""
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return None
+
+
+def started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot), or None if it is gone: with the
+    PID, it names one process, so a PID the kernel reused is never signalled by mistake."""
+    fields = _stat(pid)
+    with contextlib.suppress(IndexError, ValueError, TypeError):
+        return int(fields[19])  # type: ignore[index]
+    return None
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = (entry / "stat").read_text().rsplit(") ", 1)[1].split()
-                if int(fields[1]) == pid:
+            fields = _stat(entry.name)
+            with contextlib.suppress(IndexError, ValueError, TypeError):
+                if int(fields[1]) == pid:  # type: ignore[index]
                     found.append(int(entry.name))
     return found
 
 
+def descendants(pids: list[int]) -> dict[int, int]:
+    """Every live process below `pids` (children, their children, ...), PID -> start time:
+    what those processes started, found while they still are its parents."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(entry.name)
+            with contextlib.suppress(IndexError, ValueError, TypeError):
+                parent[int(entry.name)] = int(fields[1])  # type: ignore[index]
+    below: dict[int, int] = {}
+    frontier = set(pids)
+    while frontier:
+        frontier = {pid for pid, ppid in parent.items() if ppid in frontier
+                    and pid not in below and pid not in pids}
+        for pid in frontier:
+            when = started(pid)
+            if when is not None:
+                below[pid] = when
+    return below
+
+
+def stop_same(pid: int, when: int | None, sig: signal.Signals = signal.SIGTERM) -> bool:
+    """`stop_pid`, only if PID is still the process that started at `when`; True if it
+    was signalled."""
+    if when is None or started(pid) != when or not alive(pid):
+        return False
+    stop_pid(pid, sig)
+    return True
+
+
 def naming(directory: Path) -> list[dict[str, Any]]:
-    """Live processes (other than this one) with an argument in or at `directory`."""
+    """Live processes (other than this one) with an argument in or at `directory`: only
+    ever reported, never signalled for that alone (anyone may name any directory)."""
     needle = f"{directory}/"
     found: list[dict[str, Any]] = []
     for entry in Path("/proc").iterdir():

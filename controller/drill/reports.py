@@ -236,6 +236,9 @@ def to_markdown(verdict: dict[str, Any]) -> str:
             lines += ["", f"Teardown in {_fmt(down.get('seconds'))}: "
                       f"{len(down.get('stoppedPids', []))} processes stopped by PID, "
                       f"{len(down.get('orphansStopped', []))} leftovers swept, {state}."]
+            if down.get("leftAlone"):
+                lines.append(f"Left running (not started by the sandbox, only naming its "
+                             f"directory): {_cell(down['leftAlone'])}.")
     return "\n".join(lines) + "\n"
 
 

@@ -17,6 +17,9 @@ how the failover should end (a scenario may expect a step to fail, and say why).
 from __future__ import annotations
 
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -24,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from controller import report as reports
+from controller.failback import left_behind
 from controller.journal import Journal
 from controller.loop import Engine, observe
 from controller.model import PermanentError, Phase
@@ -37,15 +41,17 @@ Check = tuple[str, bool, str]
 class Interrupted(KeyboardInterrupt, PermanentError):
     """SIGINT, SIGTERM or SIGHUP arrived: unwind, tear the sandbox down, exit.
 
-    A KeyboardInterrupt, so ordinary code lets it through; and a PermanentError, because
-    the signal may land while the executor waits for a step, whose retry loop would
-    otherwise take it for a failed attempt and try again: this way the step fails once
-    ("Interrupted: SIGTERM"), the run handles the failure as the plan says (revert), and
-    the drill raises it again at its next tick (`run_drill(interrupted=...)`)."""
+    A KeyboardInterrupt, so ordinary code lets it through; and a PermanentError, so no
+    retry loop takes it for a failed attempt and tries again. It may land while the
+    executor waits for a step: the step's work finishes its attempt in its own thread,
+    and `run_drill` waits for it before it closes the run and (a world that outlives the
+    drill) fails back what was applied; the drill also raises it again at its next tick
+    (`run_drill(stop=...)`). `put_back` then says what the cleanup did."""
 
     def __init__(self, signame: str):
         super().__init__(f"interrupted by {signame}")
         self.signame = signame
+        self.put_back: str | None = None  # what the drill's cleanup did, once it ran
 
 
 class Fault(Protocol):
@@ -76,6 +82,8 @@ class Expectations:
 class MemorySiteFault:
     """Takes the primary site down in the in-memory world of controller.testing."""
 
+    cleanup = True  # a stopped drill repairs the site and fails back, as with real backends
+
     def __init__(self, plan: FailoverPlan):
         self.site = plan.spec.sites.primary.name
         self.state_files = sorted({
@@ -100,8 +108,10 @@ class MemorySiteFault:
 
 class PlannedFailover:
     """A drill against real systems: no outage is caused. The failover is requested, as
-    in a planned disaster-recovery test, and the drill then fails back; if the drill is
-    interrupted or breaks midway, `run_drill` still fails back (cleanup guaranteed)."""
+    in a planned disaster-recovery test, and the drill then fails back — also when a step
+    failed (`onFailure: abort` leaves the earlier steps applied), the run waits for an
+    approval, or the drill is interrupted or breaks midway (cleanup guaranteed; what
+    could not be put back is said)."""
 
     cleanup = True
 
@@ -246,9 +256,26 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
         verdict = _run(engine, fault, verdict, echo=echo, actor=actor, expect=expect,
                        world=world, warmup=warmup, stop=stop)
     except BaseException as exc:  # interrupted or broken: leave no run open in the journal
-        _abandon(engine, f"drill stopped: {type(exc).__name__}: {exc}")
-        if getattr(fault, "cleanup", False):
-            _fail_back(engine, actor, echo)
+        why = f"drill stopped: {type(exc).__name__}: {exc}"
+        if not getattr(fault, "cleanup", False):  # the sandbox: torn down by its owner
+            _abandon(engine, why)
+            raise
+        try:  # a world that outlives the drill: put back whatever the failover applied
+            said = fault.clear()
+            if echo:
+                echo(f"repair: {said}")
+            _, said, _ = _put_back(engine, actor, echo, why=why,
+                                   reason=f"{why}: reverting what it applied")
+        except Exception as failed:
+            said = (f"could NOT put the world back: {type(failed).__name__}: {failed}; "
+                    f"check it by hand (`failoverctl status`, the journal)")
+            _abandon(engine, why)
+        if echo:
+            echo(f"cleanup: {said}")
+        if isinstance(exc, Interrupted):
+            exc.put_back = said
+        else:
+            exc.add_note(f"cleanup: {said}")
         raise
     finally:
         engine.release()
@@ -259,17 +286,58 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
     return verdict
 
 
-def _fail_back(engine: Engine, actor: str, echo: Echo) -> None:
-    """After a drill against real systems stopped midway: revert what it applied."""
-    if engine.state().phase in (Phase.HEALTHY, Phase.DEGRADED):
-        return
-    engine.request("failback", actor=actor, reason="drill stopped: reverting what it applied")
-    interval = min(s.interval for s in engine.plan.spec.services)
-    budget = sum(s.timeout * (s.retries + 1) for s in engine.plan.spec.steps) + 30
+def _settle_steps(engine: Engine, echo: Echo) -> None:
+    """Wait for step work still running in its thread (an interrupt stops the drill, not
+    the write in progress), so a revert never races the change it undoes."""
+    budget = time.monotonic() + max(s.timeout for s in engine.plan.spec.steps) + 10
+    ours = tuple(f"step-{r.id}/" for r in engine.journal.runs(engine.plan.name, limit=10))
+    for t in threading.enumerate():
+        if t.name.startswith(ours) and t.is_alive():
+            if echo:
+                echo(f"cleanup: waiting for {t.name.removeprefix('step-')} to stop")
+            t.join(max(0.0, budget - time.monotonic()))
+
+
+def _put_back(engine: Engine, actor: str, echo: Echo, *, why: str, reason: str,
+              stop: Stop = None) -> tuple[bool, str, dict[str, Any] | None]:
+    """Fail back whatever the failover left applied — finished, failed (`onFailure:
+    abort` leaves earlier steps in place), waiting for approval, or cut short — and say
+    what could not be put back. Returns (all put back, the sentence, the failback's
+    report)."""
+    plan, journal = engine.plan, engine.journal
+    _settle_steps(engine, echo)
+    if journal.active_run(plan.name) is not None:  # close it: nothing may resume it
+        _abandon(engine, why)
+    phase = engine.state().phase
+    if phase in (Phase.HEALTHY, Phase.DEGRADED):
+        return True, f"nothing to put back: the plan is {phase.value}", None
+    refusal = engine.refusal("failback", phase)
+    if refusal is not None:  # no step of the failover wrote anything a revert undoes
+        return (True, f"nothing to put back: no traffic or DNS change of the failover to "
+                f"revert (the engine: {refusal})", None)
+    engine.request("failback", actor=actor, reason=reason)
+    interval = min(s.interval for s in plan.spec.services)
+    budget = sum(s.timeout * (s.retries + 1) for s in plan.spec.steps) + 30
     phase = _drive(engine, (Phase.HEALTHY, Phase.FAILED), timeout=budget, interval=interval,
-                   echo=echo)
-    if echo:
-        echo(f"cleanup: failback ended {phase.value}")
+                   echo=echo, stop=stop)
+    last = journal.runs(plan.name, limit=1)[0]
+    back = reports.build(journal, last.id) if last.kind == "failback" else None
+    steps = back["steps"] if back else []
+    missing = [f"{s['name']} {s['status']}" + (f": {s['error']}" if s["error"] else "")
+               for s in steps if s["status"] not in ("succeeded", "reverted")]
+    if back is None:
+        missing.append(f"no failback run started (phase {phase.value})")
+    elif phase is not Phase.HEALTHY and not missing:
+        missing.append(f"the failback ended {phase.value}: {last.outcome}")
+    left = [item for s in steps for item in left_behind(s["evidence"] or {})]
+    said = f"failback ended {phase.value}"
+    if missing:
+        said += "; could NOT put back: " + "; ".join(missing)
+    if left:
+        said += "; left as a person changed it during the drill: " + ", ".join(left)
+    if not missing and not left:
+        said += ": " + ", ".join(s["name"] for s in steps) + " put back"
+    return not missing and not left, said, back
 
 
 def _abandon(engine: Engine, why: str) -> None:
@@ -315,6 +383,7 @@ def _run(engine: Engine, fault: Fault, verdict: dict[str, Any], *, echo: Echo, a
     until = (Phase.FAILED_OVER, Phase.FAILED, Phase.AWAITING_APPROVAL)
     phase = _drive(engine, until, timeout=detect_budget + act_budget, interval=interval,
                    echo=echo, stop=stop)
+    engine.flush_notices()  # notices go out off the step path: the last ones land first
     mark("failoverEndedAt")
     runs = [r for r in journal.runs(plan.name, limit=1)
             if r.kind == "failover" and r.started_at >= verdict["timeline"]["injectedAt"]]
@@ -338,14 +407,21 @@ def _run(engine: Engine, fault: Fault, verdict: dict[str, Any], *, echo: Echo, a
     if echo:
         echo(f"repair: {said}")
     back = None
-    if phase is Phase.FAILED_OVER and (expect is None or expect.failback):
-        engine.request("failback", actor=actor, reason="drill: primary repaired")
-        phase = _drive(engine, (Phase.HEALTHY, Phase.FAILED), timeout=act_budget,
-                       interval=interval, echo=echo, stop=stop)
+    # fail back whatever the failover left applied: it failed over, or it failed midway
+    # (`onFailure: abort` leaves the earlier steps in place), or a world that outlives
+    # the drill was left waiting or half-done; a scenario may say not to (failback: false)
+    if (expect is None or expect.failback) and (
+            phase in (Phase.FAILED_OVER, Phase.FAILED)
+            or (getattr(fault, "cleanup", False) and phase not in (Phase.HEALTHY,
+                                                                   Phase.DEGRADED))):
+        ok, said, back = _put_back(engine, actor, echo, stop=stop,
+                                   why=f"drill: the failover ended {phase.value}",
+                                   reason="drill: primary repaired")
+        engine.flush_notices()
         mark("failedBackAt")
-        check("failed back", phase is Phase.HEALTHY, f"phase {phase.value}")
-        back = reports.build(journal, journal.runs(plan.name, limit=1)[0].id)
-        verdict["failback"] = back
+        check("failed back", ok, said)
+        if back is not None:
+            verdict["failback"] = back
     if world is not None:
         for item in world.after_failback(back):
             check(*item)
@@ -362,3 +438,64 @@ def _run(engine: Engine, fault: Fault, verdict: dict[str, Any], *, echo: Echo, a
         verdict["objectives"] = objectives(failover, None)
     verdict["passed"] = all(c["ok"] for c in verdict["checks"])
     return verdict
+
+
+class Signals:
+    """`with Signals(echo) as stop:` SIGINT, SIGTERM and SIGHUP raise `Interrupted` once;
+    a later one is noted and ignored, so putting the world back is not cut short. `stop()`
+    names the signal (for `run_drill(stop=...)`). Only the main thread can take signals:
+    elsewhere nothing is installed."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self, echo: Echo = None):
+        self.echo = echo
+        self.signame: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> Callable[[], str | None]:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+        return lambda: self.signame
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signame:
+            print(f"drill: {name} again; still putting the world back, please wait",
+                  file=sys.stderr, flush=True)
+            return
+        self.signame = name
+        raise Interrupted(name)
+
+
+EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143, "SIGHUP": 129}
+
+
+def run_plan_for_cli(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo,
+                     actor: str) -> dict[str, Any]:
+    """`failoverctl drill PLAN`: the drill with SIGINT, SIGTERM and SIGHUP all putting the
+    world back before it exits (130, 143, 129), saying what it could not put back; a
+    drill that breaks says so and exits 1, after the same cleanup."""
+    signals = Signals(echo)
+    try:
+        with signals as stop:
+            return run_drill(plan, journal, out, echo=echo, actor=actor, stop=stop)
+    except Interrupted as exc:
+        print(f"error: drill interrupted by {exc.signame}; "
+              f"{exc.put_back or 'nothing was put back'}", file=sys.stderr)
+        sys.exit(EXIT_SIGNAL.get(exc.signame, 130))
+    except KeyboardInterrupt as exc:  # before the handlers were installed
+        print(f"error: drill interrupted{'; ' + '; '.join(getattr(exc, '__notes__', []))}",
+              file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        notes = "; ".join(getattr(exc, "__notes__", []))
+        print(f"error: drill {plan.name} broke: {type(exc).__name__}: {exc}"
+              + (f"; {notes}" if notes else ""), file=sys.stderr)
+        sys.exit(1)

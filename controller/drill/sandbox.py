@@ -19,12 +19,16 @@ machine exercises the same backends as production and leaves nothing behind:
 Every secret (TSIG key, S3 keys, backup key, SSH key, SMTP password, webhook URLs with
 their tokens) is a file under the sandbox directory, referenced by `fromFile`. Startup
 runs the independent servers concurrently. `stop()` (also run on failure, on SIGINT,
-SIGTERM and SIGHUP, which raise `Interrupted`) stops each server by its own PID (the
-in-process ones, moto, SMTP and webhook, through their handles), then
-looks for any process whose command line still names the sandbox directory (a restored
-PostgreSQL started over SSH, say) and stops it by PID, then checks every recorded PID is
-gone and every recorded port refuses connections, and records what it found in
-`teardown`. A second signal during teardown is noted and ignored, so cleanup finishes.
+SIGTERM and SIGHUP, which raise `Interrupted`) stops only what the sandbox started, each
+by its PID: the restored PostgreSQL (the PID in the postmaster.pid of the sandbox's own
+data directory), each server (the in-process ones, moto, SMTP and webhook, through their
+handles), then whatever those servers started that outlived them (found below their PIDs
+before they were stopped, e.g. an SSH session's restore script), a PID only while it
+still names the same process (its start time). It then checks every recorded PID is gone
+and every recorded port refuses connections, and records what it found in `teardown`;
+other processes naming the directory are reported there (`leftAlone`), never signalled.
+A directory given with files in it is refused and then left exactly as it was. A second
+signal during teardown is noted and ignored, so cleanup finishes.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class Sandbox:
         self._apps: set[str] = set()  # sites whose HAProxy server points at our app
         self._lock = threading.Lock()
         self._stopping = False
+        self._owned = False  # the directory is ours: we made it, or found it empty
         self._interrupted: str | None = None
         self._previous: dict[int, Any] = {}
 
@@ -155,9 +160,10 @@ class Sandbox:
             if self.base is None:
                 self.base = Path(tempfile.mkdtemp(prefix="failover-sandbox-"))
             self.base.mkdir(parents=True, exist_ok=True)
-            if any(self.base.iterdir()):
+            if any(self.base.iterdir()):  # not ours: stop() must leave it and its users be
                 raise ServerError(f"sandbox directory {self.base} is not empty (a previous "
                                   "drill's files?); give a new or empty directory")
+            self._owned = True
             self.base.chmod(0o755)  # the postgres OS user must reach its directories
             closed = [p for p in self.base.parents if not p.stat().st_mode & 0o001]
             if closed and os.geteuid() == 0:
@@ -486,12 +492,19 @@ class Sandbox:
         raise Interrupted(name)
 
     def stop(self) -> dict[str, Any]:
-        """Stop everything by PID, sweep leftovers, check PIDs and ports; idempotent."""
+        """Stop what the sandbox started, by PID; check PIDs and ports; idempotent.
+
+        Only processes the sandbox started are signalled: its servers, whatever they
+        started (found below their PIDs before they stop, e.g. an SSH session's restore
+        script) and the PostgreSQL a restore started in the sandbox's own data directory
+        (the PID in its postmaster.pid, if that process still names the directory). A
+        process that merely names the directory is reported (`leftAlone`), never stopped.
+        A directory the sandbox refused (not empty) is not touched at all."""
         with self._lock:
             if self._stopping:
                 return self.teardown
             self._stopping = True
-        if self.base is None:
+        if self.base is None or not self._owned:
             self._restore_signals()
             return self.teardown
         started = time.monotonic()
@@ -507,32 +520,57 @@ class Sandbox:
             except Exception as exc:
                 errors.append(f"{what}: {exc}")
 
-        restored = processes.postmaster(self.restore_data)
+        below = processes.descendants([p for p in recorded["pids"] if p])
+        restored = self._restored_postmaster()
         if restored is not None:
-            recorded["pids"].append(restored)
-            attempt("restored postgresql",
-                    functools.partial(processes.stop_pid, restored, signal.SIGINT))
-        sessions = processes.children(self.sshd.proc.pid) if (
-            self.sshd and self.sshd.proc) else []
+            pid, when = restored
+            recorded["pids"].append(pid)
+            attempt("restored postgresql", functools.partial(
+                processes.stop_same, pid, when, signal.SIGINT))
         for what, obj in (("edge", self.edge), ("dns", self.bind), ("sshd", self.sshd),
                           ("postgresql", self.db), ("s3", self.moto), ("smtp", self.mail),
                           ("webhook", self.hooks)):
             if obj is not None:
                 attempt(what, obj.stop)
-        for pid in sessions:
-            attempt(f"ssh session {pid}", functools.partial(processes.stop_pid, pid))
-        orphans = processes.naming(self.dir)  # e.g. a postmaster started over SSH
-        for item in orphans:
-            processes.stop_pid(item["pid"])
+        swept: list[dict[str, Any]] = []
+        for pid, when in below.items():  # still there once their parents stopped
+            command = _command(pid)
+            try:
+                if processes.stop_same(pid, when):
+                    swept.append({"pid": pid, "command": command})
+            except Exception as exc:
+                errors.append(f"process {pid} ({command}): {exc}")
         alive = [p for p in recorded["pids"] if processes.alive(p)]
+        alive += [item["pid"] for item in swept if processes.alive(item["pid"])]
         listening = [p for p in recorded["tcpPorts"] if processes.listening(p)]
         udp = [p for p in recorded["udpPorts"] if processes.udp_bound(p)]
+        others = processes.naming(self.dir)
+        if others and self.echo:
+            self.echo("sandbox: left running (not started by the sandbox): " + "; ".join(
+                f"pid {o['pid']} {o['command']}" for o in others))
         self.teardown = {"seconds": round(time.monotonic() - started, 3),
-                         "stoppedPids": recorded["pids"], "orphansStopped": orphans,
-                         "pidsAlive": alive, "tcpListening": listening, "udpBound": udp,
-                         "errors": errors,
+                         "stoppedPids": recorded["pids"], "orphansStopped": swept,
+                         "leftAlone": others, "pidsAlive": alive, "tcpListening": listening,
+                         "udpBound": udp, "errors": errors,
                          "clean": not (alive or listening or udp or errors)}
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         self._restore_signals()
         return self.teardown
+
+    def _restored_postmaster(self) -> tuple[int, int] | None:
+        """The PostgreSQL a restore started in the sandbox's dc-b data directory: the PID
+        of its postmaster.pid, while that process still names the directory."""
+        pid = processes.postmaster(self.restore_data)
+        when = processes.started(pid) if pid is not None else None
+        if pid is None or when is None or str(self.restore_data) not in _command(pid):
+            return None
+        return pid, when
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+            errors="replace").replace("\0", " ").strip()[:160]
+    except OSError:
+        return ""

@@ -237,10 +237,12 @@ def run_scenario(path: Path, journal: Journal, out: Path, *, echo: Echo = print,
                            "faults": [f.model_dump(mode="json") for f in scenario.spec.faults]}
     verdict["sandbox"] = manifest
     left = down.get("pidsAlive", []) + down.get("tcpListening", []) + down.get("udpBound", [])
+    others = (f"{len(down['leftAlone'])} other processes naming the directory left "
+              "running; " if down.get("leftAlone") else "")
     detail = (f"{len(down.get('stoppedPids', []))} processes stopped by PID in "
               f"{down.get('seconds', 0):.2f} s, {len(down.get('orphansStopped', []))} "
-              f"leftovers swept; " + ("no process or port left" if down.get("clean") else
-                                      f"LEFT BEHIND: {left} {down.get('errors')}"))
+              f"leftovers swept; {others}" + ("no process or port left" if down.get("clean")
+                                              else f"LEFT BEHIND: {left} {down.get('errors')}"))
     verdict["checks"].append({"check": "teardown left nothing behind", "ok": bool(
         down.get("clean")), "detail": detail, "stage": "teardown"})
     if echo:

@@ -3,8 +3,10 @@
 One module per backend: `webhook` (generic JSON, also for SMS gateways), `slack`
 (Slack-compatible incoming webhooks), `smtp` (e-mail); `common` holds the
 incident-report template and the bounded retries they share. `send` retries within its
-deadline and raises `NotifyError` (secret-free) on final failure; the loop records a
-failed notice in the audit and goes on: a failed notification never blocks a failover.
+deadline, which holds as a whole, and raises `NotifyError` (secret-free) on final
+failure. The engine's notices never wait on a notifier: it records each one in the
+journal and hands it to `outbox`, whose threads send it and audit `notify` or
+`notify-failed`: a slow or failed notification never blocks a failover.
 """
 
 from __future__ import annotations

@@ -90,5 +90,5 @@ class SlackNotifier:
 
     def send(self, *, notice: Notice) -> None:
         body = payload(notice, self.options.mentions)
-        deliver(lambda timeout: post_json(self._url, body, timeout=timeout, where=self.where),
+        deliver(lambda attempt: post_json(self._url, body, attempt=attempt, where=self.where),
                 self.options, where=self.where)

@@ -4,11 +4,16 @@ Owns e-mail delivery (the level-3 route of the emergency plans: "e-mail within 3
 one message per notice to the recipients that are e-mail addresses (or `to` when the
 route names none), subject `<subject>: <status>`, body `common.render`, and a
 `References` header per run so a mail client threads a run's updates together.
-STARTTLS is optional (`starttls: true`, verified against the system CAs or `caFile`);
-a `username` with a `password` from a secret logs in, and only after STARTTLS, so the
-password never crosses the network in the clear. The password never reaches a log line,
-an exception or the audit. SMTP 4xx answers and dropped connections are retried within
-the deadline; 5xx answers (rejected login, refused recipient) are not.
+Header values are kept to one line (`header`): a FAILED notice's status carries the
+failed command's multi-line stderr, and a header with a line feed is refused by the
+e-mail library, so the subject is the status folded onto one line (and shortened),
+while the body keeps the full text. STARTTLS is optional (`starttls: true`, verified
+against the system CAs or `caFile`); a `username` with a `password` from a secret logs
+in, and only after STARTTLS, so the password never crosses the network in the clear.
+The password never reaches a log line, an exception or the audit. SMTP 4xx answers and
+dropped connections are retried within the deadline, which holds for the whole
+exchange (the connection is shut when it runs out); 5xx answers (rejected login,
+refused recipient) are not.
 """
 
 from __future__ import annotations
@@ -23,11 +28,14 @@ from pydantic import Field, model_validator
 
 from controller.model import Notice
 from controller.notify.common import (
+    Attempt,
     DeliveryOptions,
     NotifyError,
     TransientNotifyError,
     deliver,
+    one_line,
     render,
+    shutdown,
 )
 from controller.secrets import SecretError, SecretRef, Secrets, redact
 
@@ -60,21 +68,40 @@ def addresses(recipients: tuple[str, ...] | list[str]) -> list[str]:
             if "@" in r and not r.startswith("@") and " " not in r and ":" not in r]
 
 
+SUBJECT_LENGTH = 200
+
+
+def header(value: str, limit: int = 0) -> str:
+    """A header value on one line (no line feed, carriage return or other control
+    character), shortened to `limit` characters with '\u2026' when one is given."""
+    text = one_line(value)
+    return text if not limit or len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
 def message(notice: Notice, *, sender: str, to: list[str]) -> EmailMessage:
     msg = EmailMessage()
-    subject = f"{notice.subject}: {notice.status}"
-    msg["Subject"] = subject if len(subject) <= 200 else subject[:199] + "\u2026"
-    msg["From"] = sender
-    msg["To"] = ", ".join(to)
+    msg["Subject"] = header(f"{notice.subject}: {notice.status}", SUBJECT_LENGTH)
+    msg["From"] = header(sender)
+    msg["To"] = header(", ".join(to))
     msg["Date"] = formatdate(notice.at, usegmt=True) if notice.at else formatdate(usegmt=True)
     msg["Message-ID"] = make_msgid(domain="failoverctl")
     if notice.run_id:
-        msg["References"] = f"<{notice.run_id}@failoverctl>"
-        msg["X-Failover-Run"] = notice.run_id
+        run = header(notice.run_id)
+        msg["References"] = f"<{run.replace(' ', '-')}@failoverctl>"
+        msg["X-Failover-Run"] = run
     if notice.level is not None:
         msg["X-Failover-Level"] = str(notice.level)
     msg.set_content(render(notice))
     return msg
+
+
+class _Client(smtplib.SMTP):
+    """An SMTP client made without connecting, so the attempt can watch its socket from
+    the start, that still checks the server's name on STARTTLS (as `SMTP(host)` does)."""
+
+    def __init__(self, host: str, *, timeout: float):
+        super().__init__(timeout=timeout)
+        self._host = host
 
 
 class SmtpNotifier:
@@ -98,10 +125,17 @@ class SmtpNotifier:
     def _context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.options.ca_file)
 
-    def _send_once(self, msg: EmailMessage, to: list[str], timeout: float) -> None:
+    def _send_once(self, msg: EmailMessage, to: list[str], attempt: Attempt) -> None:
         opts = self.options
+        client = _Client(opts.host, timeout=attempt.timeout)  # not connected yet
+        attempt.on_abort(lambda: shutdown(client.sock))  # whatever socket it has by then
         try:
-            with smtplib.SMTP(opts.host, opts.port, timeout=timeout) as client:
+            with client:
+                code, greeting = client.connect(opts.host, opts.port)
+                if attempt.aborted:
+                    shutdown(client.sock)
+                if code != 220:
+                    raise smtplib.SMTPConnectError(code, greeting)
                 client.ehlo()
                 if opts.starttls:
                     client.starttls(context=self._context())
@@ -141,5 +175,5 @@ class SmtpNotifier:
                               f"({', '.join(notice.recipients) or 'none'}); give addresses "
                               "in the route or `to:` in the options")
         msg = message(notice, sender=self.options.sender, to=to)
-        deliver(lambda timeout: self._send_once(msg, to, timeout), self.options,
+        deliver(lambda attempt: self._send_once(msg, to, attempt), self.options,
                 where=self.where)

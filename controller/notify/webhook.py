@@ -54,5 +54,5 @@ class WebhookNotifier:
 
     def send(self, *, notice: Notice) -> None:
         body = document(notice)
-        deliver(lambda timeout: post_json(self._url, body, timeout=timeout, where=self.where,
+        deliver(lambda attempt: post_json(self._url, body, attempt=attempt, where=self.where,
                                           headers=self._headers), self.options, where=self.where)

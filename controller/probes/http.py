@@ -3,10 +3,17 @@
 Connection reuse matters at scale, so probes share one `aiohttp.ClientSession` per event
 loop: the scheduler creates it with `make_session` and hands it to every probe that has
 `use_session` (HTTP and Prometheus). A probe used on its own opens a private session on
-first use and closes it in `aclose`. Every failure — refused, reset, TLS, garbage HTTP,
-wrong status, missing body text, over the latency budget, hung server — is a failed
-`Sample` whose detail says why; secrets (header values from SecretRefs, URL passwords)
-never appear in it.
+first use and closes it in `aclose`. Host names are looked up by `ProbeResolver` on the
+loop (`controller/probes/resolve.py`), never on a thread pool that one dead nameserver
+could exhaust. Every failure — refused, reset, TLS, garbage HTTP, wrong status, missing
+body text, truncated body, over the latency budget, hung server — is a failed `Sample`
+whose detail says why; secrets (header values from SecretRefs, URL passwords) never
+appear in it.
+
+Healthy means 2xx by default: a redirect is usually to a maintenance, login or error page,
+so 3xx counts only with `acceptRedirects: true` (or listed in `expectStatus`). The body is
+read until its end or `maxBody` bytes, whichever comes first, however many pieces the
+server writes it in, and `bodyMatch` is searched in what was read.
 """
 
 from __future__ import annotations
@@ -16,22 +23,26 @@ import re
 import ssl
 import time
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
+from controller.probes.resolve import ProbeResolver, ResolverUser, default_resolver
 from controller.probes.tcp import describe_error, failed
 from controller.secrets import SecretRef, Secrets
 
 USER_AGENT = "failover-controller-probe/1"
 
 
-def make_session(*, limit: int = 256) -> aiohttp.ClientSession:
-    """One pooled session for many probes (call inside the loop that will use it)."""
-    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=10)
+def make_session(*, limit: int = 256,
+                 resolver: ProbeResolver | None = None) -> aiohttp.ClientSession:
+    """One pooled session for many probes (call inside the loop that will use it); host
+    names go through `resolver` (default: the process-wide `ProbeResolver`)."""
+    connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=10,
+                                     resolver=resolver or default_resolver())
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),  # each probe bounds its own request
@@ -64,7 +75,12 @@ class HttpOptions(BaseModel):
     method: Literal["GET", "HEAD", "POST"] = "GET"
     expect_status: list[int] = Field(
         default_factory=list, alias="expectStatus",
-        description="accepted status codes; empty = any 2xx or 3xx")
+        description="accepted status codes; empty = any 2xx (and 3xx with acceptRedirects)")
+    accept_redirects: bool = Field(
+        False, alias="acceptRedirects",
+        description="also count 3xx answers as healthy (redirects are not followed); off by "
+                    "default because a redirect is often to a maintenance, login or error "
+                    "page; ignored when expectStatus is given")
     body_match: str | None = Field(None, alias="bodyMatch",
                                    description="regular expression the body must contain")
     latency_budget: Duration | None = Field(
@@ -77,7 +93,8 @@ class HttpOptions(BaseModel):
     verify_tls: bool = Field(True, alias="verifyTls")
     ca_file: str | None = Field(None, alias="caFile")
     max_body: int = Field(65536, alias="maxBody", ge=0,
-                          description="bytes of body read for bodyMatch")
+                          description="read at most this many bytes of the body (until its "
+                                      "end if shorter); bodyMatch searches what was read")
 
     @field_validator("url")
     @classmethod
@@ -116,7 +133,24 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path or '/'}"
 
 
-class SessionUser:
+async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The body until its end or `limit` bytes, however many pieces it arrives in."""
+    if limit <= 0:
+        return b""
+    first = await content.read(limit)
+    if len(first) >= limit or not first or content.at_eof():
+        return first
+    parts, got = [first], len(first)
+    while got < limit:
+        part = await content.read(limit - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
+
+
+class SessionUser(ResolverUser):
     """A probe that talks HTTP: uses the scheduler's pooled session when given one
     (`use_session`), or opens a small one of its own that `aclose` closes."""
 
@@ -128,7 +162,8 @@ class SessionUser:
 
     def _open_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session, self._own_session = make_session(limit=4), True
+            self._session = make_session(limit=4, resolver=self.resolver)
+            self._own_session = True
         return self._session
 
     async def aclose(self) -> None:
@@ -177,20 +212,41 @@ class HttpProbe(SessionUser):
                     allow_redirects=False,
                 ) as resp:
                     status = resp.status
-                    body = await resp.content.read(opts.max_body) if opts.method != "HEAD" \
-                        else b""
+                    location = resp.headers.get("Location", "")
+                    body = await read_body(resp.content, opts.max_body) \
+                        if opts.method != "HEAD" else b""
         except Exception as exc:
             return self._fail(at, start, describe_http_error(exc, timeout=opts.timeout))
         latency = time.monotonic() - start
-        accepted = status in opts.expect_status if opts.expect_status else 200 <= status < 400
+        if opts.expect_status:
+            accepted = status in opts.expect_status
+        else:
+            accepted = 200 <= status < (400 if opts.accept_redirects else 300)
         if not accepted:
-            want = ",".join(map(str, opts.expect_status)) or "2xx/3xx"
-            return self._fail(at, start, f"status {status}, expected {want}")
+            return self._fail(at, start, self._unexpected(status, location))
         if self._pattern is not None and not self._pattern.search(
                 body.decode("utf-8", "replace")):
-            return self._fail(at, start, f"body does not match {opts.body_match!r}")
+            read = f" (first {len(body)} bytes read; raise maxBody to read more)" \
+                if len(body) >= opts.max_body else ""
+            return self._fail(at, start, f"body does not match {opts.body_match!r}{read}")
         if opts.latency_budget is not None and latency > opts.latency_budget:
             return self._fail(at, start, f"slow: {latency * 1000:.0f} ms > budget "
                                          f"{opts.latency_budget * 1000:.0f} ms")
         return Sample(self.service, True, at, latency=latency,
                       detail=f"{opts.method} {self._where}: {status}")
+
+    def _unexpected(self, status: int, location: str) -> str:
+        opts = self.options
+        if opts.expect_status:
+            return f"status {status}, expected {','.join(map(str, opts.expect_status))}"
+        want = "2xx or 3xx" if opts.accept_redirects else "2xx"
+        if not 300 <= status < 400 or opts.accept_redirects:
+            return f"status {status}, expected {want}"
+        target = ""
+        if location:
+            try:
+                target = f" (redirect to {where(urljoin(opts.url, location))})"
+            except ValueError:
+                target = " (redirect)"
+        return (f"status {status}{target}, expected {want}; set acceptRedirects: true "
+                "if a redirect means healthy")

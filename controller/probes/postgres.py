@@ -12,6 +12,15 @@ With `standby:` (a standby's application_name) the probe also asks the primary's
 is the sample's `value` (seconds), failing above `maxLag`. With `expect: null` a numeric
 first result of `query` is reported as `value`, so a SQL count can feed a business signal.
 On timeout the psql process is killed, never left behind.
+
+Killing psql does not end its server backend while that backend waits for a lock (it
+notices the closed socket only when it next talks to it): behind a migration's ACCESS
+EXCLUSIVE lock every round would leave one waiting connection until `max_connections` is
+reached on the primary. So the checks run in one transaction that first sets `lock_timeout` and
+`statement_timeout` (SET LOCAL: nothing outlives the transaction, even through a pooling
+proxy) a little shorter than the time the probe is given — its `timeout`, or the service's
+when the scheduler gives it less (`limit_timeout`) — and the server ends the statement
+itself, reporting "canceling statement due to lock timeout".
 """
 
 from __future__ import annotations
@@ -69,6 +78,19 @@ class PostgresProbe:
         self._password = ((secrets or Secrets()).reveal(options.password).strip()
                           if options.password is not None else None)
         self._label = f"postgres {options.host}:{options.port}/{options.database}"
+        self.timeout = options.timeout
+
+    def limit_timeout(self, seconds: float) -> None:
+        """The scheduler gives this probe at most `seconds` (the service's timeout)."""
+        self.timeout = min(self.options.timeout, seconds)
+
+    def server_timeouts_ms(self) -> tuple[int, int]:
+        """(lock_timeout, statement_timeout): the server ends the statement a moment (a
+        fifth of the budget, at most 1 s) before the probe gives up on psql; a lock wait a
+        little sooner, so that the reason given is the lock."""
+        budget = self.timeout
+        statement = max(2, int(1000 * (budget - min(0.2 * budget, 1.0))))
+        return max(1, statement * 9 // 10), statement
 
     def _command(self) -> tuple[list[str], dict[str, str], str]:
         opts = self.options
@@ -78,13 +100,19 @@ class PostgresProbe:
         argv = [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", opts.host,
                 "-p", str(opts.port), "-U", opts.user, "-d", opts.database, "-f", "-"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(PGCONNECT_TIMEOUT=str(max(2, math.ceil(opts.timeout))),
+        env.update(PGCONNECT_TIMEOUT=str(max(2, math.ceil(self.timeout))),
                    PGAPPNAME="failover-probe")
         if self._password is not None:
             env["PGPASSWORD"] = self._password
         if opts.sslmode:
             env["PGSSLMODE"] = opts.sslmode
-        script = opts.query.rstrip().rstrip(";") + ";\n"
+        # SET LOCAL in a transaction, not PGOPTIONS (pgbouncer refuses that startup
+        # parameter) nor a session SET (a transaction-pooling proxy would hand the setting
+        # on to other clients' server connection)
+        lock_ms, statement_ms = self.server_timeouts_ms()
+        script = (f"BEGIN;\nSET LOCAL lock_timeout = {lock_ms};\n"
+                  f"SET LOCAL statement_timeout = {statement_ms};\n"
+                  + opts.query.rstrip().rstrip(";") + "\n;\n")  # safe after a -- comment
         if opts.standby is not None:
             argv[-2:-2] = ["-v", f"standby={opts.standby}"]
             script += (
@@ -92,7 +120,7 @@ class PostgresProbe:
                 "SELECT state || '|' || COALESCE(EXTRACT(EPOCH FROM replay_lag)::text, '0') "
                 "FROM pg_stat_replication WHERE application_name = :'standby';\n"
             )
-        return argv, env, script
+        return argv, env, script + "COMMIT;\n"
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
         return failed(self.service, at, start, f"{self._label}: {why}")
@@ -103,13 +131,13 @@ class PostgresProbe:
         proc: asyncio.subprocess.Process | None = None
         try:
             argv, env, script = self._command()
-            async with asyncio.timeout(opts.timeout):
+            async with asyncio.timeout(self.timeout):
                 proc = await asyncio.create_subprocess_exec(
                     *argv, env=env, stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
                 out, err = await proc.communicate(script.encode())
         except Exception as exc:
-            return self._fail(at, start, describe_error(exc, timeout=opts.timeout))
+            return self._fail(at, start, describe_error(exc, timeout=self.timeout))
         finally:
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):

@@ -8,6 +8,12 @@ it with the signal's baseline. The sample is ok when the query answered a finite
 check too). The query must return exactly one series — aggregate with `sum(...)` — or a
 scalar; an empty result is a failure unless `emptyValue` says what it means (e.g. 0
 tickets). It shares the scheduler's pooled HTTP session like the HTTP probe.
+
+The answer is read as a stream and bounded by `maxAnswer` (1 MiB by default; one number is
+a few hundred bytes): a query that forgot its `sum(...)` over a big metric, a proxy's error
+stream or a hostile endpoint fails the check as soon as the bound is passed (or at once,
+when Content-Length announces more), instead of holding the whole answer — and several
+times its size while parsing — in the controller's memory.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import math
 import time
 from typing import Any
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
@@ -36,6 +43,10 @@ class PrometheusOptions(BaseModel):
     empty_value: float | None = Field(None, alias="emptyValue",
                                       description="value of an empty result; null = failure")
     timeout: Duration = 5.0
+    max_answer: int = Field(
+        1024 * 1024, alias="maxAnswer", ge=4096,
+        description="largest answer read, in bytes (default 1 MiB); a larger one fails the "
+                    "check without being read further")
     bearer_token: SecretRef | None = Field(None, alias="bearerToken")
     verify_tls: bool = Field(True, alias="verifyTls")
     ca_file: str | None = Field(None, alias="caFile")
@@ -50,6 +61,34 @@ class PrometheusOptions(BaseModel):
 
 class QueryError(Exception):
     """The answer was not one usable number; the message says why."""
+
+
+def size_text(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}" if n % size else f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def too_large(limit: int) -> QueryError:
+    return QueryError(f"answer is larger than {size_text(limit)} (maxAnswer): aggregate "
+                      "the query to one number (e.g. sum(...)) or raise maxAnswer")
+
+
+async def read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole answer, streamed; `QueryError` as soon as it is known to exceed `limit`."""
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_large(limit)
+    parts: list[bytes] = []
+    got = 0
+    while True:
+        part = await resp.content.read(limit + 1 - got)
+        if not part:
+            return b"".join(parts)
+        got += len(part)
+        if got > limit:
+            raise too_large(limit)
+        parts.append(part)
 
 
 def extract_value(payload: Any, *, empty_value: float | None = None) -> float:
@@ -113,7 +152,9 @@ class PrometheusProbe(SessionUser):
                     ssl=self._ssl, allow_redirects=False,
                 ) as resp:
                     status = resp.status
-                    body = await resp.read()
+                    body = await read_bounded(resp, opts.max_answer)
+        except QueryError as exc:
+            return self._fail(at, start, f"status {status}, {exc}")
         except Exception as exc:
             return self._fail(at, start, describe_http_error(exc, timeout=opts.timeout))
         latency = time.monotonic() - start

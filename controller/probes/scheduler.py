@@ -18,6 +18,11 @@ Samples go to `sink` (called on the loop thread) or, by default, to a thread-saf
 that the synchronous engine empties with `drain()` each tick while `start()` runs the
 loop in a background thread; `stop()` cancels every round, kills what probes started and
 closes the shared HTTP session. `run_once()` probes every target once, concurrently.
+
+Host names are looked up on the loop by one `ProbeResolver` (the process-wide one unless
+given), handed to every probe that has `use_resolver` and to the shared HTTP session: a
+lookup is cancelled with its probe, so a name whose nameserver never answers cannot tie up
+a thread pool and starve the other probes (see `controller/probes/resolve.py`).
 """
 
 from __future__ import annotations
@@ -32,10 +37,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.model import Sample
 from controller.probes.tcp import describe_error, short
+
+if TYPE_CHECKING:
+    from controller.probes.resolve import ProbeResolver
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +79,12 @@ def targets_from_plan(plan: Any, build: Callable[[str, Any], Any], *,
                       quorum: dict[str, int] | None = None,
                       signal_timeout: float = 5.0) -> list[Target]:
     """Targets for a FailoverPlan's services and signals; `build(owner, ProbeSpec)` makes
-    a probe (e.g. `Backends.probe`). A signal's timeout is min(signal_timeout, interval)."""
+    a probe (e.g. `Backends.probe`). A service's timeout is used as written (the plan
+    refuses one longer than the interval); a signal's is min(signal_timeout, interval)."""
     quorum = quorum or {}
     targets = [
-        Target(s.name, [build(s.name, p) for p in s.probes], s.interval,
-               min(s.timeout, s.interval), quorum.get(s.name, s.quorum))
+        Target(s.name, [build(s.name, p) for p in s.probes], s.interval, s.timeout,
+               quorum.get(s.name, s.quorum))
         for s in plan.spec.services
     ]
     targets += [
@@ -146,8 +155,9 @@ class ProbeScheduler:
 
     def __init__(self, targets: Iterable[Target], sink: SampleSink | None = None, *,
                  on_probe: SampleSink | None = None, spread: bool = True,
-                 session_limit: int = 100):
+                 session_limit: int = 100, resolver: ProbeResolver | None = None):
         self.targets = list(targets)
+        self._resolver = resolver
         self._sink = sink
         self._on_probe = on_probe
         self._spread = spread
@@ -232,15 +242,24 @@ class ProbeScheduler:
     # --- shared resources ----------------------------------------------------------------
 
     def _share_session(self) -> Any:
-        """One pooled HTTP session for every probe that can use it (created lazily, on
-        the running loop, and reused until `aclose`)."""
+        """Prepare the probes: each learns its target's timeout (`limit_timeout`: a probe
+        that bounds work outside this process, such as a database statement, bounds it by
+        what the scheduler gives it) and the resolver; then one pooled HTTP session for
+        every probe that can use it (created lazily, on the running loop, and reused until
+        `aclose`)."""
+        for target in self.targets:
+            for probe in target.probes:
+                if hasattr(probe, "limit_timeout"):
+                    probe.limit_timeout(target.timeout)
+                if self._resolver is not None and hasattr(probe, "use_resolver"):
+                    probe.use_resolver(self._resolver)
         users = [p for t in self.targets for p in t.probes if hasattr(p, "use_session")]
         if not users:
             return None
         if self._session is None or self._session.closed:
             from controller.probes.http import make_session
 
-            self._session = make_session(limit=self._session_limit)
+            self._session = make_session(limit=self._session_limit, resolver=self._resolver)
         for probe in users:
             probe.use_session(self._session)
         return self._session

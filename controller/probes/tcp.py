@@ -2,9 +2,13 @@
 
 A TCP probe succeeds when a connection to host:port completes within its timeout. It is
 the cheapest liveness check for anything that speaks TCP (a load balancer, a database
-port, an SMTP relay). `describe_error` turns the exceptions a network check can raise into
-the short, secret-free reasons that end up in a failed `Sample.detail` and, from there, in
-the policy's status sentence ("api down: 3 failed probes in a row (connection refused)").
+port, an SMTP relay). The host name is looked up by `ProbeResolver` on the loop (see
+`controller/probes/resolve.py`: never on a thread pool a dead nameserver could exhaust),
+then its addresses are tried in turn, IPv4 first, within the one timeout.
+
+`describe_error` turns the exceptions a network check can raise into the short,
+secret-free reasons that end up in a failed `Sample.detail` and, from there, in the
+policy's status sentence ("api down: 3 failed probes in a row (connection refused)").
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.model import Sample
 from controller.plan import Duration
+from controller.probes.resolve import ResolverUser
 from controller.secrets import redact
 
 DETAIL_MAX = 200
@@ -66,13 +71,24 @@ class TcpOptions(BaseModel):
     timeout: Duration = Field(5.0, description="connect timeout")
 
 
-class TcpProbe:
+class TcpProbe(ResolverUser):
     """Succeeds when a TCP connection to host:port opens within the timeout."""
 
     Options = TcpOptions
 
     def __init__(self, options: TcpOptions, *, secrets: Any = None, service: str = ""):
         self.options, self.service = options, service
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        last: OSError | None = None
+        for address in await self.resolver.addresses(self.options.host):  # never empty
+            try:
+                _, writer = await asyncio.open_connection(address, self.options.port)
+                return writer
+            except OSError as exc:
+                last = exc
+        assert last is not None
+        raise last
 
     async def check(self) -> Sample:
         opts = self.options
@@ -81,7 +97,7 @@ class TcpProbe:
         writer = None
         try:
             async with asyncio.timeout(opts.timeout):
-                _, writer = await asyncio.open_connection(opts.host, opts.port)
+                writer = await self._connect()
         except Exception as exc:
             return Sample(self.service, False, at, latency=time.monotonic() - start,
                           detail=short(f"tcp {opts.host}:{opts.port}: "

@@ -1,7 +1,12 @@
 """Traffic redirection: the `TrafficBackend` protocol and the lazy registry of backends.
 
 Every backend enables the target before draining the source (no 503 window), reports the
-weights it saw before its first change as evidence, and reverts to exactly those weights.
+weights it saw before its first change as evidence, and reverts to exactly the state it
+saved before the step: `snapshot()` is read by the step's `prepare` (journaled before
+any change) and handed back to `revert`, so a backend whose state is more than weights
+(HAProxy: a server's drain/maintenance state and its configured weight) restores that
+too. Every backend calls `fencing.check()` right before each write, so a step that was
+cancelled (timeout, lost lease) stops before its next change.
 """
 
 from __future__ import annotations
@@ -20,12 +25,30 @@ KINDS: dict[str, str] = {
 
 
 class TrafficBackend(Protocol):
-    def current(self) -> Weights: ...
+    def current(self) -> Weights:
+        """The weight each destination (site) carries now. Read-only."""
+        ...
+
+    def snapshot(self) -> Evidence:
+        """Everything `revert` needs to put this backend back as it is now. Read-only.
+
+        Always `{"weights": current()}`; a backend whose state is more than its weights
+        adds what else it restores (HAProxy: `"servers": {name: {"admin": "ready" |
+        "drain" | "maint", "weight": N, "op": N}}`). JSON-serialisable: it is journaled.
+        """
+        ...
 
     def shift(self, *, to: str, weights: Weights) -> Evidence:
         """Apply `weights` (enable `to` first, then drain the others). Idempotent."""
         ...
 
-    def revert(self, *, to: Weights) -> Evidence:
-        """Restore the weights saved before the shift (from the step's evidence)."""
+    def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
+        """Restore the weights `to` saved before the shift (from the step's evidence).
+
+        `snapshot` is what `snapshot()` returned when `to` was read; with it the backend
+        also restores what it saved beyond weights (a server of a site whose weight in
+        `to` matches the snapshot gets its saved state back). Without it (evidence
+        written before snapshots existed) only the weights are restored. Idempotent:
+        nothing is written when the backend is already there.
+        """
         ...

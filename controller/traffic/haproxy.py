@@ -19,6 +19,19 @@ and weights are keyed by site like the `TrafficBackend` protocol says. Why each 
 - **Read back**: after each phase the state is read again and compared with what was
   asked; a difference is an error naming both. A server already at the asked weight is
   not touched, so `shift` and `revert` are idempotent (a repeat sends no command).
+- **Revert restores states, not only weights**: `snapshot()` saves each server's
+  administrative state as an operator set it (`ready`, `drain` or `maint`), its
+  configured weight and its operational state; `revert` with that snapshot puts a server
+  that was in drain or maintenance back there with its weight (`state` before `weight`
+  when it goes back to being held, so it never takes traffic on the way), instead of
+  leaving it `ready` with weight 0. The operational state (up/down) belongs to the health
+  check and is only reported, never forced. Old evidence without a snapshot restores the
+  weights alone.
+- **Fencing**: `fencing.check()` runs right before each round trip that changes
+  anything, so a cancelled step (timeout, lost lease) sends no further command. The
+  runtime API cannot carry a fencing token (there is nothing to compare it with on the
+  HAProxy side), so a deposed controller's write is not refused here: the executor's
+  cancellation and the lease are HAProxy's protection.
 - **Errors**: an unknown backend or server, a socket without `level admin` or a weight
   HAProxy cannot take is a `PermanentError` (retrying cannot fix it) that names what
   exists; a socket that is missing, refuses or times out is a `ConnectionError`/`OSError`
@@ -39,6 +52,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from controller import fencing
 from controller.model import Evidence, PermanentError, Weights
 from controller.plan import Duration
 
@@ -50,6 +64,28 @@ _UP = (1, 2)  # srv_op_state: 0 stopped, 1 starting, 2 running, 3 stopping
 # maintenance, and forced or inherited drain. 0x04 (configured `disabled`) and 0x40 (FQDN
 # set from the CLI) are only markers: `state ready` clears 0x01 but leaves 0x04 set.
 _MAINT, _DRAIN = 0x01 | 0x02 | 0x20, 0x08 | 0x10
+_FORCED_MAINT, _FORCED_DRAIN = 0x01, 0x08  # what `set server BE/S state maint|drain` sets
+ADMIN_STATES = ("ready", "drain", "maint")
+
+
+def _saved_servers(snapshot: Evidence | None) -> dict[str, tuple[str, int]]:
+    """server -> (admin state, configured weight) from a `snapshot()`; {} without one."""
+    servers = (snapshot or {}).get("servers") or {}
+    out: dict[str, tuple[str, int]] = {}
+    for name, saved in servers.items():
+        admin, weight = (saved.get("admin"), saved.get("weight")) if isinstance(
+            saved, dict) else (None, None)
+        if admin not in ADMIN_STATES or isinstance(weight, bool) or not isinstance(
+                weight, int) or not 0 <= weight <= MAX_WEIGHT:
+            raise PermanentError(f"saved HAProxy state of server {name!r} is not "
+                                 f"{{admin: ready|drain|maint, weight: 0..{MAX_WEIGHT}}}: "
+                                 f"{saved!r}; the step's evidence was changed by hand")
+        out[name] = (admin, weight)
+    return out
+
+
+def _effective(saved: tuple[str, int]) -> int:
+    return saved[1] if saved[0] == "ready" else 0
 
 
 class ObserveOptions(BaseModel):
@@ -141,6 +177,15 @@ class ServerState:
     def effective(self) -> int:
         return 0 if self.held else self.weight
 
+    @property
+    def admin(self) -> str:
+        """The state an operator set (`set server ... state`): ready, drain or maint."""
+        return ("maint" if self.admin_state & _FORCED_MAINT else
+                "drain" if self.admin_state & _FORCED_DRAIN else "ready")
+
+    def saved(self) -> dict[str, Any]:
+        return {"admin": self.admin, "weight": self.weight, "op": self.op_state}
+
     def describe(self) -> str:
         admin = ("maint" if self.admin_state & _MAINT else "drain" if self.admin_state & _DRAIN
                  else "ready")
@@ -169,8 +214,17 @@ class HaproxyTrafficBackend:
                                  f"add {to!r} to them")
         return self._apply(weights, first=to, to=to)
 
-    def revert(self, *, to: Weights) -> Evidence:
-        return self._apply(to, first=None)
+    def snapshot(self) -> Evidence:
+        """The weights per site plus each listed server's admin state, weight and
+        operational state, read in one `show servers state`."""
+        states = self._read()
+        return {"weights": self._weights(states),
+                "servers": {n: states[n].saved() for n in sorted(self._site_of)}}
+
+    def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
+        """Restore `to`; a server whose weight in `to` is what the snapshot saw also
+        gets its saved admin state and configured weight back."""
+        return self._apply(to, first=None, saved=_saved_servers(snapshot))
 
     def ready(self) -> str:
         """For `failoverctl ready`: the socket answers and every listed server exists."""
@@ -181,13 +235,20 @@ class HaproxyTrafficBackend:
 
     # --- applying weights -----------------------------------------------------------------
 
-    def _apply(self, weights: Weights, *, first: str | None, to: str | None = None) -> Evidence:
+    def _apply(self, weights: Weights, *, first: str | None, to: str | None = None,
+               saved: dict[str, tuple[str, int]] | None = None) -> Evidence:
         desired = self._resolve(weights)
+        # servers to bring back exactly (admin state and configured weight): only where
+        # the weight asked is the one the snapshot saw, so `to` always wins
+        exact = {n: s for n, s in (saved or {}).items()
+                 if n in desired and _effective(s) == desired[n]}
         states = self._read()
         before = self._weights(states)
         order = sorted(desired, key=lambda n: (self._site_of[n] != first, n))
         raise_ = [n for n in order if desired[n] > states[n].effective]
-        lower = [n for n in order if desired[n] < states[n].effective]
+        lower = [n for n in order if n not in raise_ and (
+            desired[n] < states[n].effective
+            or (n in exact and exact[n] != (states[n].admin, states[n].weight)))]
         sent: list[str] = []
         if raise_:
             cmds = []
@@ -204,11 +265,14 @@ class HaproxyTrafficBackend:
             # whatever is to carry the traffic must be up before anything is drained (also
             # on a retry, when the target was already enabled by an earlier attempt)
             self._check_up(states, [n for n in order if desired[n] > 0])
-            cmds = [f"set server {self._server(n)} weight {desired[n]}" for n in lower]
-            self._send(cmds)
-            sent += cmds
-            states = self._read()
+            cmds = [c for n in lower for c in self._lowering(n, states[n], desired[n],
+                                                             exact.get(n))]
+            if cmds:
+                self._send(cmds)
+                sent += cmds
+                states = self._read()
         self._check(states, desired, when="after the change")
+        self._check_exact(states, exact)
         evidence: Evidence = {"before": before, "after": self._weights(states),
                               "commands": sent,
                               "servers": {n: states[n].describe() for n in sorted(desired)}}
@@ -219,6 +283,29 @@ class HaproxyTrafficBackend:
         log.info("haproxy %s: %s -> %s (%d commands)", self.options.backend, before,
                  evidence["after"], len(sent))
         return evidence
+
+    def _lowering(self, name: str, state: ServerState, weight: int,
+                  exact: tuple[str, int] | None) -> list[str]:
+        """Commands that take one server down to `weight` (or to its saved state)."""
+        server = self._server(name)
+        if exact is None:
+            return [f"set server {server} weight {weight}"]
+        admin, configured = exact
+        set_state = [f"set server {server} state {admin}"] if admin != state.admin else []
+        set_weight = ([f"set server {server} weight {configured}"]
+                      if configured != state.weight else [])
+        # back to drain/maint: hold it first, so a weight raised on the way is never
+        # served; back to ready: the weight first, so it is in place before it serves
+        return set_state + set_weight if admin != "ready" else set_weight + set_state
+
+    def _check_exact(self, states: dict[str, ServerState],
+                     exact: dict[str, tuple[str, int]]) -> None:
+        wrong = [f"{self._label(n)} is {states[n].describe()}, saved {admin} weight {weight}"
+                 for n, (admin, weight) in exact.items()
+                 if (states[n].admin, states[n].weight) != (admin, weight)]
+        if wrong:
+            raise HaproxyStateError(f"HAProxy backend {self.options.backend} after the "
+                                    "revert: " + "; ".join(wrong))
 
     def _resolve(self, weights: Weights) -> dict[str, int]:
         """Weights by site (or site/server) -> weight per server; unknown keys are refused."""
@@ -307,7 +394,9 @@ class HaproxyTrafficBackend:
         return [ln.strip() for ln in reply.splitlines() if ln.strip() and not ln.startswith("#")]
 
     def _send(self, commands: list[str]) -> None:
-        """Several `set` commands in one round trip; a good reply is blank lines only."""
+        """Several `set` commands in one round trip; a good reply is blank lines only.
+        The one place this backend writes: the fence is checked right before."""
+        fencing.check()
         reply = self._call("; ".join(commands))
         if reply.strip():
             text = " ".join(reply.split())

@@ -19,7 +19,16 @@ live (`_groups`) and what an absent weight means:
   the read resourceVersion, and on 409 re-read and re-apply (bounded), so a concurrent
   edit of the object (another field, another route) is kept, never overwritten.
 - **Idempotent**: a write that changes nothing is not sent; shift and revert to what is
-  already there make no write at all. Revert writes exactly the saved weights.
+  already there make no write at all. Revert writes exactly the saved weights: the
+  weights are the whole state this backend changes, so `snapshot()` is the weights and
+  the original saved before the first change is all a revert needs.
+- **Fencing**: `fencing.check()` runs right before each write (also before a write
+  re-applied after a 409), so a cancelled step makes no further change. Every write made
+  inside a step also sets the annotation `failover.example.io/fencing-token` to the
+  step's token, in the same resourceVersion-checked update; an object that already
+  carries a larger token was written by a newer lease holder, and the write is refused
+  with `fencing.StaleToken` (the object is left as that holder set it). A write outside
+  any step (no token) neither sets nor checks the annotation.
 - Evidence: the object, before/after weights, resourceVersions before/after, writes made.
 """
 
@@ -30,11 +39,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
+from controller import fencing
 from controller.kube import Kube, KubeConnection, NotFound
 from controller.model import Evidence, PermanentError, Weights
 from controller.secrets import Secrets
 
 Obj = dict[str, Any]
+TOKEN_ANNOTATION = "failover.example.io/fencing-token"
 
 
 class MeshOptions(KubeConnection):
@@ -150,7 +161,31 @@ class MeshTrafficBackend:
                 if total <= 0:
                     raise self._mismatch(f"refusing to set {weights} in {g.label}: it would "
                                          "send no traffic anywhere (total weight 0)")
+            if changed[0]:  # this copy will be written (Kube.update sends nothing else)
+                fencing.check()
+                self._fence(obj)
         return mutate
+
+    def _fence(self, obj: Obj) -> None:
+        """Stamp the step's fencing token on the object about to be written; refuse when
+        a newer lease holder has already written it."""
+        token = fencing.token()
+        if token is None:
+            return
+        annotations = obj.setdefault("metadata", {}).setdefault("annotations", {}) or {}
+        seen = annotations.get(TOKEN_ANNOTATION)
+        try:
+            newest = int(seen) if seen is not None else None
+        except ValueError:
+            raise self._mismatch(f"annotation {TOKEN_ANNOTATION}={seen!r} is not a fencing "
+                                 "token (a whole number); remove it") from None
+        if newest is not None and newest > token:
+            raise fencing.StaleToken(
+                f"{self.object_name} was written with fencing token {newest}, newer than "
+                f"this step's {token} (holder {fencing.holder()}): another controller "
+                "holds the lease now; not writing")
+        annotations[TOKEN_ANNOTATION] = str(token)
+        obj["metadata"]["annotations"] = annotations
 
     def _apply(self, target: Weights) -> Evidence:
         """Two writes: every weight that rises (the target), then every one that falls."""
@@ -172,10 +207,14 @@ class MeshTrafficBackend:
                                    self.PLURAL, self.options.name, self._set(change, changed),
                                    current=obj)
             writes += changed[0]
-        return {"object": self.object_name, "before": before, "after": self._weights_of(obj),
-                "resourceVersion": {"before": rv_before,
-                                    "after": obj["metadata"]["resourceVersion"]},
-                "writes": writes}
+        evidence: Evidence = {
+            "object": self.object_name, "before": before, "after": self._weights_of(obj),
+            "resourceVersion": {"before": rv_before,
+                                "after": obj["metadata"]["resourceVersion"]},
+            "writes": writes}
+        if writes and fencing.token() is not None:
+            evidence["fencingToken"] = fencing.token()
+        return evidence
 
     def shift(self, *, to: str, weights: Weights) -> Evidence:
         """Set `weights` (sites not named keep theirs): `to` first, then drain."""
@@ -186,6 +225,11 @@ class MeshTrafficBackend:
         target.setdefault(to, 100)
         return {**self._apply(target), "to": to}
 
-    def revert(self, *, to: Weights) -> Evidence:
-        """Restore exactly the saved weights (rising ones first)."""
+    def snapshot(self) -> Evidence:
+        """The weights are the whole state this backend changes."""
+        return {"weights": self.current()}
+
+    def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
+        """Restore exactly the saved weights (rising ones first); the snapshot holds
+        nothing more than those weights."""
         return self._apply(dict(to))

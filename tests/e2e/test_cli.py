@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from controller import testing
 from controller.journal import Journal
 from controller.model import StepStatus
 
@@ -39,6 +40,8 @@ def file_plan(tmp_path: Path, *, delay: float = 0.0) -> Path:
         for probe in service["probes"]:
             probe["options"]["stateFile"] = state
     data["spec"]["backends"][0]["options"]["delay"] = delay
+    data["spec"]["coordination"] = {"kind": "host",
+                                    "options": {"lockDir": str(tmp_path / "locks")}}
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -89,11 +92,41 @@ def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     assert junit.stdout.startswith("<testsuite") and 'failures="0"' in junit.stdout
     status = cli("status", "-o", "json", journal=journal)
     assert json.loads(status.stdout)[0]["phase"] == "FailedOver"
+    # a second failover of a failed-over plan is refused before anything is asked or run:
+    # it would save the backup's values as the "original" and fail back to them
+    again = cli("failover", str(plan), "--yes", "--reason", "by mistake", journal=journal)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert ("failover of memory-drill refused: nothing to fail over: the plan is already "
+            "failed over; fail back first") in again.stderr
+    assert len(Journal(journal).runs("memory-drill")) == 1
     back = cli("failback", str(plan), "--yes", "--reason", "dc-a repaired", "-o", "json",
                journal=journal)
     assert back.returncode == 0, back.stderr
     assert json.loads(back.stdout)["run"]["phase"] == "Healthy"
+    world = json.loads((tmp_path / "world.json").read_text())
+    assert world["traffic:edge"]["weights"] == {"dc-a": 100, "dc-b": 0}
     assert cli("report", "no-such-run", journal=journal).returncode == 2
+
+
+def test_two_controllers_on_one_host_with_two_journals_act_once(tmp_path: Path) -> None:
+    """Two people each run `failoverctl run` on the same plan with their own journal: the
+    plan's host lock lets one act; the other never performs a step."""
+    plan = file_plan(tmp_path, delay=1.0)
+    testing.set_health("dc-a", False, state_file=str(tmp_path / "world.json"))
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "controller", "--journal", str(tmp_path / f"{who}.db"), "run",
+         str(plan), "--ticks", "40", "--interval", "0.2"], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for who in ("alice", "bob")]
+    for proc in procs:
+        proc.communicate(timeout=120)
+    runs = {who: Journal(tmp_path / f"{who}.db").runs("memory-drill")
+            for who in ("alice", "bob")}
+    assert sorted(len(r) for r in runs.values()) == [0, 1], runs
+    [run] = next(r for r in runs.values() if r)
+    assert run.phase.value == "FailedOver"
+    world = json.loads((tmp_path / "world.json").read_text())
+    writers = {(w["holder"], w["token"]) for w in world["traffic:edge"]["writes"]}
+    assert len(writers) == 1  # every write by one holder under one token
 
 
 def test_killed_between_steps_resumes_without_repeating_a_finished_step(tmp_path: Path) -> None:

@@ -273,3 +273,79 @@ def test_drill_on_a_resource_fails_over_and_back_through_the_operator(
     reasons = [a["detail"] for a in cluster.journal().audit_trail(plan=name)
                if a["action"].startswith("start-")]
     assert any("DR drill: planned failover" in r for r in reasons), reasons
+
+
+@pytest.fixture
+def unattended(kube: KubeServers, tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
+    """A FailoverPlan with no operator running, so a request on it stays unclaimed; it
+    carries an annotation of someone else's, which the drill must leave alone."""
+    c = Cluster(kube, tmp_path, replica=None)  # type: ignore[arg-type]  # no operator
+    name = "cli-drill-unclaimed"
+    body = plan_body(name, tmp_path / f"{name}.json")
+    body["metadata"]["annotations"] = {"example.com/owner": "team-dr"}
+    for service in body["spec"]["services"]:
+        service["timeout"] = service["interval"]  # not the CRD's default, longer than it
+    c.admin.create(GROUP, VERSION, c.ns, PLURAL, body)
+    try:
+        yield c, name
+    finally:
+        delete(kube, name)
+
+
+def test_drill_withdraws_its_unclaimed_request_when_wait_runs_out(
+        unattended: tuple[Cluster, str]) -> None:
+    cluster, name = unattended
+    before = get(cluster.admin, cluster.ns, name)["metadata"]["annotations"]
+    res = cluster.ctl("drill", f"fop/{name}", "--as", "dr-team", "--wait", "2")
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert ("the failover request was not picked up within 2 s (is `failoverctl operator` "
+            f"running for namespace {cluster.ns}?) and was withdrawn before the operator "
+            "claimed it: nothing was done") in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    # exactly what the drill set is gone: no request an operator would act on later
+    assert get(cluster.admin, cluster.ns, name)["metadata"]["annotations"] == before
+
+
+def test_drill_stopped_before_the_operator_claimed_it_withdraws_the_request(
+        unattended: tuple[Cluster, str]) -> None:
+    cluster, name = unattended
+    before = get(cluster.admin, cluster.ns, name)["metadata"]["annotations"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller", "--journal", str(cluster.tmp / "cli.db"),
+         *cluster.argv("drill", f"fop/{name}", "--as", "dr-team")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        until("the drill's failover request", lambda: get(cluster.admin, cluster.ns, name)[
+            "metadata"]["annotations"].get(f"{GROUP}/request") == "failover")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stdout + stderr
+    assert ("drill interrupted by SIGTERM; the failover request was withdrawn before the "
+            "operator claimed it: nothing was done") in stderr, stderr
+    assert "Traceback" not in stderr
+    assert get(cluster.admin, cluster.ns, name)["metadata"]["annotations"] == before
+
+
+def test_a_plan_file_coordinated_by_the_operator_only_requests(cluster: Cluster) -> None:
+    """`spec.coordination.kind: kubernetes`: the CLI never acts on the plan file itself —
+    `failover PLAN` requests through the FailoverPlan resource exactly as with fop/NAME,
+    and `run PLAN` refuses — so a person and the operator never both fail it over."""
+    import yaml
+
+    name = "cli-coordinated"
+    body = cluster.create(name)
+    plan = cluster.tmp / "coordinated.yaml"
+    spec = {**body["spec"], "coordination": {"kind": "kubernetes",
+                                             "options": {"namespace": cluster.ns}}}
+    plan.write_text(yaml.safe_dump({**body, "spec": spec}))
+    refused = cli("run", str(plan), "--ticks", "1", journal=cluster.tmp / "cli.db")
+    assert refused.returncode == 2
+    assert f"plan {name} is acted on by the operator in the cluster" in refused.stderr
+    res = cli("failover", str(plan), "--reason", "planned", "--yes", "--as", "alice",
+              "--kubeconfig", str(cluster.kube.kubeconfig("admin")), journal=cluster.tmp / "cli.db")
+    assert res.returncode == 0, res.stdout + res.stderr
+    st = get(cluster.admin, cluster.ns, name)["status"]
+    assert st["phase"] == "FailedOver" and st["run"]["requestedBy"] == "alice"
+    assert world(body)["edge"] == {"dc-a": 0, "dc-b": 100}
+    assert Journal(cluster.tmp / "cli.db").runs() == []  # the CLI acted on nothing itself

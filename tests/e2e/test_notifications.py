@@ -7,12 +7,26 @@ SMTP server (STARTTLS + login). Level 1, 2 and 3 incidents reach exactly their r
 with every update (start, each step, end) carrying the template's fields; a controller
 restarted in the middle of a run sends no notice twice; dead notifiers neither block nor
 fail the failover and show in the audit, with no secret anywhere.
+
+Notices never block or vanish: an SMS gateway answering one byte a second holds no step
+(the first step starts at once, the failover finishes while the notice still drips) and
+is given up at its deadline; a `failoverctl` process killed while its notices were still
+going out leaves them to the next one, which sends each exactly once; a FAILED run and
+statuses spanning several lines are e-mailed (one-line subject, full text in the body).
 """
 
 from __future__ import annotations
 
 import html
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +41,9 @@ from controller.drill.servers.webhook import WebhookServer
 from controller.journal import Journal, PlanState, Run
 from controller.loop import Clock, Engine
 from controller.model import Phase, Sample, StepRecord, StepStatus
+from controller.notify.smtp import SUBJECT_LENGTH, header
 from controller.plan import FailoverPlan, parse_plan
-from tests.contract.notify.conftest import closed_port
+from tests.contract.notify.conftest import HTTP_OK, DripServer, closed_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests/examples/notifications.yaml"
@@ -66,11 +81,18 @@ def servers() -> Iterator[Servers]:
 
 
 def example_plan(servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, *,
-                 dead: frozenset[str] = frozenset(), gate: str | None = None) -> FailoverPlan:
+                 dead: frozenset[str] = frozenset(), gate: str | None = None,
+                 sms_gateway: str | None = None, options: dict[str, Any] | None = None,
+                 dns_fails: bool = False, shared: bool = False) -> FailoverPlan:
     """The shipped example, its notifiers pointed at the local servers (or, for `dead`
-    ones, at a port nothing listens on); secrets in the environment and a file."""
+    ones, at a port nothing listens on; the SMS gateway at `sms_gateway` if given);
+    secrets in the environment and a file. `options` are added to every notifier's;
+    `dns_fails` makes the DNS cutover fail (the run ends FAILED); `shared` also writes
+    it to `tmp_path/plan.yaml` with its fakes' state in a file, for `failoverctl`."""
     data = yaml.safe_load(EXAMPLE.read_text())
     base = {name: servers.hooks.endpoint for name in ("im", "sms")}
+    if sms_gateway:
+        base["sms"] = sms_gateway
     for name in dead:
         base[name] = f"http://127.0.0.1:{closed_port()}"
     monkeypatch.setenv("FAILOVER_IM_WEBHOOK_URL", base["im"] + IM_PATH)
@@ -80,7 +102,9 @@ def example_plan(servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     password.write_text(SMTP_PASSWORD + "\n")
     for backend in data["spec"]["backends"]:
         if backend["role"] == "notifier":
-            backend["options"].update(FAST)
+            backend["options"].update(FAST, **(options or {}))
+        if backend["name"] == "zone" and dns_fails:
+            backend["options"]["fail"] = True
         if backend["name"] == "mail":
             backend["options"].update(
                 host=servers.mail.host,
@@ -89,6 +113,17 @@ def example_plan(servers: Servers, tmp_path: Path, monkeypatch: pytest.MonkeyPat
     for step in data["spec"]["steps"]:
         if step["name"] == gate:
             step["approval"] = True
+    if shared:  # the fakes' state in a file, so several processes share it; a plan file
+        state = str(tmp_path / "world.json")
+        for backend in data["spec"]["backends"]:
+            if backend["kind"] == "memory":
+                backend["options"]["stateFile"] = state
+        for service in data["spec"]["services"]:
+            for probe in service["probes"]:
+                probe["options"]["stateFile"] = state
+        data["spec"]["coordination"] = {"kind": "host",
+                                        "options": {"lockDir": str(tmp_path / "locks")}}
+        (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data))
     return parse_plan(data)
 
 
@@ -114,7 +149,18 @@ class Incident:
                                       for s in SERVICES])
             if state.phase not in (Phase.HEALTHY, Phase.DEGRADED):
                 break
+        self.sent()
         return state
+
+    def reconcile(self) -> PlanState:
+        state = self.engine.reconcile()
+        self.sent()
+        return state
+
+    def sent(self) -> None:
+        """Wait until the notices decided so far were delivered (or given up): they go
+        out off the step path, on the outbox's threads."""
+        assert self.engine.flush_notices(timeout=30), "notices still queued after 30 s"
 
     def run(self) -> Run:
         return self.journal.runs(self.plan.name, limit=1)[0]
@@ -235,12 +281,12 @@ def test_a_restarted_controller_sends_no_notice_twice(
     # run again: every finished step is announced already, so nothing is sent again
     first.clock.advance(60)
     second = Incident(plan, Journal(journal.path), holder="ctl-2", clock=first.clock)
-    assert second.engine.reconcile().phase is Phase.AWAITING_APPROVAL
-    second.engine.reconcile()
+    assert second.reconcile().phase is Phase.AWAITING_APPROVAL
+    second.reconcile()
     assert servers.im() == before_im and servers.sms() == before_sms
 
     second.engine.approve(run.id, actor="oncall", step="dns-cutover")
-    assert second.engine.reconcile().phase is Phase.FAILED_OVER
+    assert second.reconcile().phase is Phase.FAILED_OVER
     expected = updates(journal, run)
     sms = [d["status"] for d in servers.sms()]
     assert sms == expected  # each update exactly once, in order
@@ -283,3 +329,143 @@ def test_dead_notifiers_neither_block_nor_fail_the_failover(
         everything = " ".join([str(trail), str([s.to_json() for s in steps.values()]),
                                str(journal.run(run.id)), caplog.text])
         assert secret not in everything
+
+
+# --- notices never block or vanish -----------------------------------------------------------
+
+
+def test_a_dripping_sms_gateway_holds_no_step_and_is_given_up_at_its_deadline(
+        servers: Servers, journal: Journal, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the gateway drips its answer to the first notice (the start), then answers at once
+    with DripServer(HTTP_OK, slow=1) as drip:
+        plan = example_plan(servers, tmp_path, monkeypatch,
+                            sms_gateway=f"http://127.0.0.1:{drip.port}",
+                            options={"timeout": "5s", "deadline": "4s"})
+        engine = Engine(plan, journal, backends=Backends(plan), holder="ctl-1",
+                        backoff=0.01)  # the real clock: the times below are real
+        testing.set_health("dc-a", False)
+        engine.request("failover", actor="oncall", reason="drill", level=1)
+        began = time.monotonic()
+        assert engine.reconcile().phase is Phase.FAILED_OVER
+        took = time.monotonic() - began
+        run = journal.runs(plan.name, limit=1)[0]
+        first = journal.steps(run.id)[0]
+        assert first.started_at is not None
+        assert first.started_at - run.started_at < 0.5  # the first step started at once
+        assert took < 4.0  # the whole failover ran while the start notice still dripped
+        assert len(drip.connections) == 1 and drip.connections[0].closed is None
+        assert engine.flush_notices(timeout=60)
+        later = [json.loads(c.request.split(b"\r\n\r\n", 1)[1])
+                 for c in drip.connections[1:]]
+
+    trail = journal.audit_trail(run_id=run.id)
+    decided = [(notices.parse_pending(a["detail"]), a["at"]) for a in trail
+               if a["action"] == notices.PENDING]
+    start = notices.started("failover", "drill")
+    [sms_start] = [at for parsed, at in decided
+                   if parsed is not None and parsed[0] == "sms -> broadcast"
+                   and parsed[2] == start]
+    [(failed_at, failed)] = [(a["at"], a["detail"]) for a in trail
+                             if a["action"] == "notify-failed"]
+    assert failed.startswith(f"sms -> broadcast failed: webhook http://127.0.0.1:{drip.port}: "
+                             "not delivered within its deadline of 4 s")
+    assert 4.0 <= failed_at - sms_start <= 4.0 + 1.0  # given up at its deadline
+    expected = updates(journal, run)
+    assert [d["status"] for d in later] == expected[1:]  # the rest went out after it
+    # the IM route was never held up by the SMS gateway: each update at once, in order
+    assert [slack_fields(m)["status"] for m in servers.im()
+            if GROUPS not in m["text"]] == expected
+    im_sent = [a["at"] for a in trail if a["action"] == "notify"
+               and a["detail"].startswith("im -> @all")]
+    assert im_sent[0] - sms_start < 1.0
+
+
+def test_a_killed_controller_leaves_its_unsent_notices_to_the_next_one(
+        servers: Servers, journal: Journal, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    journal.close()  # the processes below own the journal file
+    cmd = [sys.executable, "-m", "controller", "--journal", str(journal.path)]
+    with DripServer(HTTP_OK, every=1.0) as drip:  # holds every SMS as long as it can
+        example_plan(servers, tmp_path, monkeypatch, sms_gateway=f"http://127.0.0.1:"
+                     f"{drip.port}", options={"timeout": "60s", "deadline": "60s"},
+                     shared=True)
+        plan_file = str(tmp_path / "plan.yaml")
+        env = {**os.environ, "FAILOVER_LEASE_TTL": "2"}  # with the notifiers' secrets
+        first = subprocess.Popen([*cmd, "failover", plan_file, "--yes", "--level", "1",
+                                  "--reason", "drill"], cwd=ROOT, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    len(drip.connections) == 1 and _recorded(journal.path, "im -> @all") == 6):
+                time.sleep(0.1)  # the run is done, every IM sent, the first SMS dripping
+            assert first.poll() is None, first.communicate()[0]
+            first.send_signal(signal.SIGKILL)  # kill -9 while the SMS notices wait
+            output = first.communicate(timeout=30)[0].decode()
+        finally:
+            if first.poll() is None:
+                first.kill()
+        assert first.returncode == -signal.SIGKILL, output
+    journal = Journal(journal.path)
+    [run] = journal.runs()
+    assert run.phase is Phase.FAILED_OVER
+    assert servers.sms() == []  # no SMS was delivered before the kill
+    im_before = servers.im()
+
+    # the next controller, the SMS gateway answering again
+    env["FAILOVER_SMS_GATEWAY_URL"] = servers.hooks.endpoint + SMS_PATH
+    second = subprocess.run([*cmd, "run", plan_file, "--ticks", "40", "--interval", "0.1"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stdout + second.stderr
+    expected = updates(journal, run)
+    assert [d["status"] for d in servers.sms()] == expected  # each once, in order
+    assert servers.im() == im_before  # every IM was sent before the kill: none again
+    assert [slack_fields(m)["status"] for m in im_before if GROUPS not in m["text"]] == expected
+    trail = journal.audit_trail(run_id=run.id)
+    assert notices.undelivered(trail) == []
+    journal.close()
+
+
+def _recorded(path: Path, route: str) -> int:
+    """How many notices via `route` the journal records as sent (read by another process
+    while the controller writes: a notice received but not yet recorded would be sent
+    again after a kill, the one window no controller can close)."""
+    if not path.exists():
+        return 0
+    with closing(sqlite3.connect(path, timeout=10)) as db:
+        return int(db.execute("SELECT count(*) FROM audit WHERE action='notify' AND "
+                              "detail LIKE ?", (f"{route}%",)).fetchone()[0])
+
+
+def test_a_failed_run_and_statuses_of_several_lines_are_e_mailed(
+        servers: Servers, journal: Journal, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = example_plan(servers, tmp_path, monkeypatch, dns_fails=True)
+    incident = Incident(plan, journal)
+    testing.set_health("dc-a", False)
+    reason = ("drill by the shift lead:\n  web: HTTP 503\r\n  api: timed out\n"
+              "\tsee the runbook, section 4.2")
+    incident.engine.request("failover", actor="oncall", reason=reason, level=3)
+    assert incident.reconcile().phase is Phase.FAILED
+    run = incident.run()
+    trail = journal.audit_trail(run_id=run.id)
+    assert [a for a in trail if a["action"] == "notify-failed"] == []
+    decided = [p[2] for p in (notices.parse_pending(a["detail"]) for a in trail
+                              if a["action"] == notices.PENDING) if p is not None]
+    assert run.outcome is not None
+    assert decided[0] == notices.started("failover", reason)
+    assert decided[-1] == notices.failed("failover", run.outcome)
+    mails = servers.mails()
+    assert len(mails) == len(decided)  # every update e-mailed, the FAILED one too
+    for m, status in zip(mails, decided, strict=True):
+        assert m.subject == header(f"[notify-drill] level 3 failover: {status}",
+                                   SUBJECT_LENGTH)
+        assert "\n" not in m.subject and "\r" not in m.subject
+        body = m.text
+        for line in status.splitlines():  # the full text, every line, in the body
+            assert line.strip() in body
+    assert mails[0].subject == ("[notify-drill] level 3 failover: failover started: drill by "
+                                "the shift lead: web: HTTP 503 api: timed out see the "
+                                "runbook, section 4.2")
+    assert "FAILED: step dns-cutover failed" in mails[-1].subject

@@ -18,7 +18,8 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,8 @@ def plan_body(name: str, state: Path, *, traffic_delay: float = 0.0) -> dict[str
         backend["options"]["stateFile"] = str(state)
         backend["options"]["key"] = f"{name}-{backend['options']['key']}"
     for service in data["spec"]["services"]:
+        # explicit: the schema's default (5s) would be longer than the 200ms interval
+        service.setdefault("timeout", service.get("interval", "10s"))
         for probe in service["probes"]:
             probe["options"]["stateFile"] = str(state)
             probe["options"]["traffic"] = f"{name}-{probe['options']['traffic']}"
@@ -50,15 +53,22 @@ def plan_body(name: str, state: Path, *, traffic_delay: float = 0.0) -> dict[str
 
 
 class Replica:
-    def __init__(self, kube: KubeServers, tmp: Path, identity: str, listen: int | None = None):
+    """`failoverctl operator` as a subprocess, as the controller's ServiceAccount (or
+    through `kubeconfig`, e.g. a fault proxy's), with short leader-election times."""
+
+    def __init__(self, kube: KubeServers, tmp: Path, identity: str, listen: int | None = None,
+                 *, kubeconfig: Path | None = None, args: tuple[str, ...] = ()):
         self.identity = identity
         self.log = tmp / f"{identity}.log"
+        self.journal = tmp / f"{identity}.db"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--journal", str(tmp / f"{identity}.db"),
+            [sys.executable, "-m", "controller", "--journal", str(self.journal),
              "operator", "--namespace", kube.namespace,
-             "--kubeconfig", str(kube.kubeconfig("controller")), "--identity", identity,
+             "--kubeconfig", str(kubeconfig or kube.kubeconfig("controller")),
+             "--identity", identity,
              "--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.3",
-             "--resync", "30", *(["--listen", f"127.0.0.1:{listen}"] if listen else [])],
+             "--resync", "30", *(["--listen", f"127.0.0.1:{listen}"] if listen else []),
+             *args],
             cwd=ROOT, stdout=self.log.open("w"), stderr=subprocess.STDOUT,
             env={**os.environ, "FAILOVER_TICK": "0.2"})
 
@@ -69,19 +79,6 @@ class Replica:
 
     def output(self) -> str:
         return self.log.read_text()
-
-
-@pytest.fixture
-def replicas(kube: KubeServers, tmp_path: Path) -> Iterator[Callable[[str], Replica]]:
-    started: list[Replica] = []
-
-    def start(identity: str, listen: int | None = None) -> Replica:
-        started.append(Replica(kube, tmp_path, identity, listen))
-        return started[-1]
-
-    yield start
-    for r in started:
-        r.stop(signal.SIGKILL if r.proc.poll() is None else signal.SIGTERM)
 
 
 def until(what: str, fn: Callable[[], Any], timeout: float = 120.0,
@@ -133,7 +130,7 @@ def events_of(kube: KubeServers, name: str) -> list[dict[str, Any]]:
 
 
 def test_operator_fails_over_with_status_events_and_requests(
-        kube: KubeServers, replicas: Callable[[str], Replica], tmp_path: Path) -> None:
+        kube: KubeServers, replicas: Callable[..., Replica], tmp_path: Path) -> None:
     admin, ns, name = kube.kube("admin"), kube.namespace, "shop"
     state = tmp_path / "world.json"
     created = admin.create(GROUP, VERSION, ns, PLURAL, plan_body(name, state,
@@ -175,7 +172,7 @@ def test_operator_fails_over_with_status_events_and_requests(
     assert steps["redirect-traffic"]["evidence"]["before"] == {"dc-a": 100, "dc-b": 0}
     conditions = {c["type"]: c["status"] for c in st["conditions"]}
     assert conditions == {"Ready": "True", "Tripped": "True", "FailingOver": "False",
-                          "FailedOver": "True", "Degraded": "False"}
+                          "FailedOver": "True", "Degraded": "False", "SpecApplied": "True"}
     reasons = [e["reason"] for e in events_of(kube, name)]
     assert "Decision" in reasons and reasons.count("StepSucceeded") == 4, reasons
     assert all(e["source"]["component"] == "failover-controller"
@@ -218,7 +215,7 @@ def test_operator_fails_over_with_status_events_and_requests(
 
 
 def test_two_replicas_one_acts_and_the_other_finishes_after_the_leader_dies(
-        kube: KubeServers, replicas: Callable[[str], Replica], tmp_path: Path) -> None:
+        kube: KubeServers, replicas: Callable[..., Replica], tmp_path: Path) -> None:
     admin, ns, name = kube.kube("admin"), kube.namespace, "payments"
     state = tmp_path / "world.json"
     admin.create(GROUP, VERSION, ns, PLURAL, plan_body(name, state, traffic_delay=4.0))
@@ -253,3 +250,71 @@ def test_two_replicas_one_acts_and_the_other_finishes_after_the_leader_dies(
 
     delete(kube, name)
     until("plan deleted", lambda: name not in names(admin, ns), logs=both)
+
+
+def test_bad_done_and_approve_annotations_are_removed_with_a_warning_event(
+        kube: KubeServers, replicas: Callable[..., Replica], tmp_path: Path) -> None:
+    """Issue 14 item 10: an annotation the operator cannot act on (an unknown run or step,
+    a step that is not a human step or needs no approval, a malformed value) is removed
+    and answered with a Warning Event naming the annotation, its value and what is
+    allowed — not consumed with a traceback and no word."""
+    admin, ns, name = kube.kube("admin"), kube.namespace, "bad-notes"
+    state = tmp_path / "world.json"
+    body = plan_body(name, state)
+    body["spec"]["steps"].insert(0, {"name": "call-bank", "action": "manual",
+                                     "params": {"instructions": "call the bank"}})
+    admin.create(GROUP, VERSION, ns, PLURAL, body)
+    replica = replicas("replica-a")
+    until("Healthy", lambda: (get(admin, ns, name).get("status") or {}).get(
+        "phase") == "Healthy", logs=replica.output)
+    testing.set_health("dc-a", False, state_file=str(state))
+    waiting = until("the run waits for a person", lambda: (o := get(admin, ns, name))[
+        "status"].get("phase") == "AwaitingApproval" and o, logs=replica.output)
+    run = waiting["status"]["run"]["id"]
+    done, approve = f"{GROUP}/done", f"{GROUP}/approve"
+
+    cases = [
+        (done, "call-bank", "DoneRefused", ["malformed", "RUN:STEP", f"active run is {run}"]),
+        (done, "no-such-run:call-bank", "DoneRefused",
+         [f"plan {name} has no run 'no-such-run'", f"active run is {run}"]),
+        (done, f"{run}:no-such-step", "DoneRefused",
+         ["has no step 'no-such-step'", f"human steps of run {run}: call-bank"]),
+        (done, f"{run}:redirect-traffic", "DoneRefused",
+         ["redirect-traffic", "is not a human step", f"human steps of run {run}: call-bank"]),
+        (approve, "no-such-run", "ApprovalRefused",
+         [f"plan {name} has no run 'no-such-run'", "RUN:STEP", f"active run is {run}"]),
+        (approve, f"{run}:call-bank", "ApprovalRefused",
+         ["does not wait for an approval", f"steps of run {run} that wait for an approval: "
+          f"none (or approve the run itself: {run})"]),
+    ]
+    def refusal(reason: str, key: str, value: str) -> dict[str, Any] | None:
+        head = f"annotation {key}={value!r} removed and not acted on"
+        return next((e for e in events_of(kube, name)
+                     if e["reason"] == reason and head in e["message"]), None)
+
+    def annotations() -> dict[str, str]:
+        return dict(get(admin, ns, name)["metadata"].get("annotations") or {})
+
+    for key, value, reason, says in cases:
+        admin.patch(GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {
+            key: value, f"{key}d-by" if key == approve else f"{key}-by": "alice"}}})
+        event = until(f"a {reason} Event for {key}={value}",
+                      partial(refusal, reason, key, value), logs=replica.output)
+        assert event["type"] == "Warning"
+        assert all(s in event["message"] for s in says), (says, event["message"])
+        until(f"{key} removed", lambda k=key: not [n for n in annotations()  # and its -by
+                                                  if n.startswith(k)], logs=replica.output)
+        steps = {s["name"]: s["status"] for s in get(admin, ns, name)["status"]["run"]["steps"]}
+        assert steps["call-bank"] == "awaiting-person" and steps["redirect-traffic"] == "pending"
+
+    # the right value still works
+    admin.patch(GROUP, VERSION, ns, PLURAL, name, {"metadata": {"annotations": {
+        done: f"{run}:call-bank", f"{done}-by": "alice"}}})
+    finished = until("FailedOver", lambda: (o := get(admin, ns, name))["status"].get(
+        "phase") == "FailedOver" and o, logs=replica.output)
+    bank = next(s for s in finished["status"]["run"]["steps"] if s["name"] == "call-bank")
+    assert bank["status"] == "succeeded" and bank["approvedBy"] == "alice"
+    delete(kube, name)
+    until("plan deleted", lambda: name not in names(admin, ns), logs=replica.output)
+    replica.stop()
+    assert "Traceback" not in replica.output()

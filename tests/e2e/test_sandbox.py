@@ -58,11 +58,11 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(") ", 1)[1].startswith("Z"))
 
 
-def _naming(directory: str) -> list[str]:
-    """Command lines of live processes that name `directory`."""
+def _naming(directory: str, *, but: tuple[int, ...] = ()) -> list[str]:
+    """Command lines of live processes that name `directory` (except PIDs `but`)."""
     found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and int(entry.name) not in but:
             try:
                 args = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
             except OSError:
@@ -72,9 +72,10 @@ def _naming(directory: str) -> list[str]:
     return found
 
 
-def assert_nothing_left(out: Path) -> dict[str, Any]:
+def assert_nothing_left(out: Path, *, others: tuple[int, ...] = ()) -> dict[str, Any]:
     """Every PID the sandbox recorded is gone, every port refuses, no process names its
-    directory; and the sandbox's own teardown report agrees."""
+    directory (but `others`, which the sandbox did not start); and the sandbox's own
+    teardown report agrees."""
     manifest: dict[str, Any] = json.loads((out / "sandbox.json").read_text())
     teardown = manifest["teardown"]
     pids = set(manifest["pids"]) | set(teardown["stoppedPids"])
@@ -86,8 +87,9 @@ def assert_nothing_left(out: Path) -> dict[str, Any]:
     for port in manifest["udpPorts"]:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             u.bind(("127.0.0.1", port))  # raises if something still holds it
-    assert _naming(manifest["dir"]) == []
+    assert _naming(manifest["dir"], but=others) == []
     assert teardown["clean"] is True, teardown
+    assert sorted(o["pid"] for o in teardown["leftAlone"]) == sorted(others)
     return manifest
 
 
@@ -114,7 +116,15 @@ def kept(tmp_path: Path) -> Iterator[Path]:
 def test_default_drill_runs_end_to_end_and_writes_the_reports(tmp_path: Path,
                                                               kept: Path) -> None:
     sandbox = kept
-    res = drill(tmp_path, "switch-to-backup-dc", "--sandbox-dir", str(sandbox))
+    # someone tails a log in the sandbox meanwhile: the teardown must not stop them
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                              str(sandbox / "edge" / "app-primary.log")])
+    try:
+        res = drill(tmp_path, "switch-to-backup-dc", "--sandbox-dir", str(sandbox))
+        assert other.poll() is None, "the sandbox stopped a process it did not start"
+    finally:
+        other.kill()
+        other.wait(10)
     out = tmp_path / "out"
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
     assert f"report: {out / 'report.html'}" in res.stdout
@@ -165,7 +175,8 @@ def test_default_drill_runs_end_to_end_and_writes_the_reports(tmp_path: Path,
         != ".db")
     leaked = [v[:6] + "…" for v in secret_values(sandbox) if v in texts]
     assert leaked == []
-    assert_nothing_left(out)
+    assert_nothing_left(out, others=(other.pid,))
+    assert f"left running (not started by the sandbox): pid {other.pid}" in res.stdout
 
 
 def test_corrupted_newest_backup_falls_back_to_an_older_verified_one(tmp_path: Path) -> None:
@@ -190,7 +201,7 @@ def test_impossible_target_exits_non_zero_naming_the_breached_step(tmp_path: Pat
     out = tmp_path / "out"
     assert res.returncode == 1, res.stdout[-4000:] + res.stderr[-4000:]
     assert "FAIL time targets met: missed: restore-db (done" in res.stdout
-    assert "drill impossible-target FAILED: time targets met" in res.stdout
+    assert "drill impossible-target FAILED: time targets met" in res.stdout, res.stdout[-3000:]
     verdict = verdict_of(out)
     assert not verdict["passed"]
     failed = [c for c in verdict["checks"] if not c["ok"]]
@@ -253,3 +264,23 @@ def test_a_drill_that_breaks_midway_still_tears_everything_down(tmp_path: Path) 
     assert "PASS baseline healthy" in res.stdout  # it broke midway, not at the start
     manifest = assert_nothing_left(out)
     assert not Path(manifest["dir"]).exists()
+
+
+def test_a_refused_sandbox_directory_and_whoever_uses_it_are_left_alone(tmp_path: Path) -> None:
+    """`--sandbox-dir` with files in it is refused; the refusal stops nothing and removes
+    nothing: a process that merely names the directory is not the sandbox's to stop."""
+    used = Path(tempfile.mkdtemp(prefix="sandbox-in-use-"))
+    (used / "notes.txt").write_text("someone else's\n")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)",
+                              str(used / "notes.txt")])
+    try:
+        res = drill(tmp_path, "switch-to-backup-dc", "--sandbox-dir", str(used), timeout=120)
+        assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
+        assert f"sandbox directory {used} is not empty" in res.stderr
+        assert "give a new or empty directory" in res.stderr
+        assert other.poll() is None, "the sandbox stopped a process it did not start"
+        assert [p.name for p in used.iterdir()] == ["notes.txt"]
+    finally:
+        other.kill()
+        other.wait(10)
+        shutil.rmtree(used, ignore_errors=True)

@@ -25,4 +25,10 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                   f"{TALLY['injection_safe']} (hostile paths and data-set names over SSH)")
     tr.write_line(f"secrets leaked:            {TALLY['secrets_leaked']}"
                   f" (in {TALLY['secret_paths']} places checked)")
+    tr.write_line(f"redaction cases tried/record intact: {TALLY['redaction_tried']}/"
+                  f"{TALLY['redaction_intact']}")
+    tr.write_line(f"schema-edge plans tried/handled: {TALLY['schema_tried']}/"
+                  f"{TALLY['schema_handled']} ({TALLY['schema_accepted']} accepted ran)")
+    tr.write_line(f"simulated schedules/violations: {TALLY['sim_schedules']}/"
+                  f"{TALLY['sim_violations']}")
     tr.write_line("reproduce: .venv/bin/python -m pytest tests/reliability")

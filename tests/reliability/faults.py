@@ -2,19 +2,29 @@
 loopback port in this process and is stopped by `stop()`.
 
 - `TcpProxy`: forwards bytes to a real server (TLS passes through untouched); `cut()`
-  closes every connection and stops listening (clients see the server gone: refused),
-  `resume()` listens again on the same port.
+  closes every connection and stops listening (clients see the server gone: refused);
+  `hang()` closes every connection and then accepts new ones without a word (packets
+  dropped by a partition: every request waits for its timeout); `resume()` forwards
+  again on the same port.
 - `Silent`: accepts TCP connections and never says a word (a hung SSH or DNS server).
 - `S3Throttle`: an HTTP proxy in front of moto that answers the first `fail` requests
   with `status` (503 SlowDown by default, or 500 InternalError) and passes the rest.
+- `KubeFaults`: a plain-HTTP proxy in front of the real kube-apiserver (TLS to it, with
+  the client's own bearer token passed through) that answers chosen requests — matched
+  by method, path and JSON body — with an API Status error (503 by default) instead of
+  forwarding them; everything else, watches included (streamed as they come), passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import socket
+import ssl
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,6 +44,8 @@ class TcpProxy:
         self._listener: socket.socket | None = _listen()
         self.port = int(self._listener.getsockname()[1])
         self._conns: set[socket.socket] = set()
+        self._held: list[socket.socket] = []  # accepted while hanging, never answered
+        self._hanging = False
         self._lock = threading.Lock()
         self.connections = 0
         self._serve(self._listener)
@@ -52,6 +64,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut or stopped
+            with self._lock:
+                if self._hanging:
+                    self._held.append(client)
+                    continue
             try:
                 server = socket.create_connection(self.upstream, timeout=5)
                 server.settimeout(None)
@@ -78,6 +94,15 @@ class TcpProxy:
             with self._lock:
                 self._conns.difference_update((src, dst))
 
+    def _drop(self, *, held_only: bool = False) -> None:
+        with self._lock:
+            conns = [*([] if held_only else self._conns), *self._held]
+            self._held = []
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
     def cut(self) -> None:
         """The network between the client and the server is gone: nothing gets through."""
         listener, self._listener = self._listener, None
@@ -85,14 +110,18 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self._drop()
+
+    def hang(self) -> None:
+        """Packets are dropped: connections are accepted and never answered."""
         with self._lock:
-            conns = list(self._conns)
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-            s.close()
+            self._hanging = True
+        self._drop()
 
     def resume(self) -> None:
+        with self._lock:
+            self._hanging = False
+        self._drop(held_only=True)  # those held while hanging are never answered: close
         if self._listener is None:
             self._listener = _listen(self.port)
             self._serve(self._listener)
@@ -186,6 +215,131 @@ class S3Throttle:
         self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
                          daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@dataclass
+class Fault:
+    """Answer `times` requests for which `when(method, path, body)` is true with `status`
+    (`body` is the request's parsed JSON, or None); `hits` counts those answered."""
+
+    when: Callable[[str, str, Any], bool]
+    status: int = 503
+    times: int = 1
+    hits: int = 0
+
+
+_REASONS = {503: "ServiceUnavailable", 500: "InternalError", 504: "Timeout",
+            429: "TooManyRequests"}
+
+
+class KubeFaults:
+    """`url` (plain HTTP on loopback) for a client of the kube-apiserver at `upstream`."""
+
+    def __init__(self, upstream: str, *, ca_file: str):
+        self.faults: list[Fault] = []
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request
+        self._lock = threading.Lock()
+        target = urlsplit(upstream)
+        context = ssl.create_default_context(cafile=ca_file)
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                try:
+                    body = json.loads(raw) if raw else None
+                except ValueError:
+                    body = None
+                fault = owner._match(self.command, self.path, body)
+                if fault is not None:
+                    reply = json.dumps({
+                        "kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "code": fault.status,
+                        "reason": _REASONS.get(fault.status, "InternalError"),
+                        "message": f"injected by the test's fault proxy: {self.command} "
+                                   f"{self.path.split('?')[0]}"}).encode()
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply)))
+                    self.end_headers()
+                    self.wfile.write(reply)
+                    return
+                conn = http.client.HTTPSConnection(target.hostname or "127.0.0.1",
+                                                   target.port, context=context, timeout=330)
+                try:
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in ("connection", "keep-alive", "host")}
+                    conn.request(self.command, self.path, body=raw or None, headers=headers)
+                    got = conn.getresponse()
+                    self.send_response(got.status)
+                    for k, v in got.getheaders():
+                        if k.lower() not in ("connection", "transfer-encoding",
+                                             "content-length", "keep-alive"):
+                            self.send_header(k, v)
+                    if got.getheader("Content-Length") is not None:
+                        data = got.read()
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        self.wfile.write(data)
+                        return
+                    # streamed (a watch): relay each piece as it comes, chunked
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while piece := got.read1(65536):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    self.close_connection = True
+                finally:
+                    conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_PATCH = _any
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1},
+                         daemon=True, name="kube-faults").start()
+
+    def fail(self, when: Callable[[str, str, Any], bool], *, status: int = 503,
+             times: int = 1) -> Fault:
+        fault = Fault(when, status, times)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def _match(self, method: str, path: str, body: Any) -> Fault | None:
+        with self._lock:
+            self.seen.append((method, path))
+            for fault in self.faults:
+                if fault.hits < fault.times and fault.when(method, path, body):
+                    fault.hits += 1
+                    return fault
+        return None
+
+    def kubeconfig(self, path: Any, token_file: str) -> Any:
+        """A kubeconfig (mode 0600) at `path` that reaches the API server through here."""
+        import yaml
+
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "faults",
+            "clusters": [{"name": "faults", "cluster": {"server": self.url}}],
+            "users": [{"name": "faults", "user": {"tokenFile": token_file}}],
+            "contexts": [{"name": "faults", "context": {"cluster": "faults",
+                                                       "user": "faults"}}]}))
+        path.chmod(0o600)
+        return path
 
     def stop(self) -> None:
         self._server.shutdown()

@@ -1,6 +1,7 @@
 """Split brain: two operators (in-process `controller.operator.Operator`s) on one plan
 against the real kube-apiserver; the leader reaches the API server through a TCP proxy
-that this test cuts right after the leader recorded the run's first step.
+that the first test cuts right after the leader recorded the run's first step, and the
+second makes drop every packet while the leader's (slow) traffic step is running.
 
 Shown from the step records each replica's journal saved (who ran which step, when) and
 from the Events: at most one replica acts at any moment — no step is run by both and the
@@ -8,6 +9,12 @@ action windows do not overlap — and the survivor finishes the run without repe
 finished step. Then the deposed leader, its network back and still believing it leads,
 is refused: its fence raises LostLease before a change, and its stale writes (the plan's
 status, the Lease) carry an old resourceVersion and get 409 Conflict.
+
+Mid-step (issue 14 item 3): the cut-off leader's step is cancelled at its renew deadline,
+before its Lease can expire; it never writes the traffic weights (the fake records each
+write's fencing token and holder); the survivor performs the step under a larger token;
+and the old leader's status write, re-read after its 409, is refused because the stored
+`status.fencingToken` is newer.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ from controller import testing
 from controller.actions import StepContext
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
-from controller.executor import LostLease
+from controller.fencing import LostLease
 from controller.journal import Journal
-from controller.kube import Conflict, Kube, LeaseLost
+from controller.kube import Conflict, Fencing, Kube, LeaseLost, StaleFencingToken
 from controller.loop import Engine
 from controller.model import StepRecord, StepStatus
 from controller.operator import LeaderConfig, Operator
@@ -47,8 +54,8 @@ class RecordingJournal(Journal):
         self.saved: list[tuple[float, str, StepStatus]] = []
         self.after_save = after_save
 
-    def save_step(self, rec: StepRecord) -> None:
-        super().save_step(rec)  # committed and mirrored into the status first
+    def save_step(self, rec: StepRecord, **kwargs: Any) -> None:
+        super().save_step(rec, **kwargs)  # committed and mirrored into the status first
         self.saved.append((time.monotonic(), rec.name, rec.status))
         if self.after_save is not None:
             self.after_save(rec)
@@ -162,6 +169,7 @@ def test_leader_cut_off_from_the_api_server(kube: KubeServers, tmp_path: Path,
         proxy.resume()  # its network is back; it still thinks it leads (a long GC pause)
         a.halt()
         elector = a.operator.elector
+        elector._stopping = False  # as if it had never stopped: it believes it leads
         elector._renewed = time.monotonic()
         with pytest.raises(LostLease, match="held by replica-b, not replica-a"):
             elector.fence()
@@ -189,6 +197,160 @@ def test_leader_cut_off_from_the_api_server(kube: KubeServers, tmp_path: Path,
         with pytest.raises(LeaseLost, match="now held by replica-b"):
             kube_a.renew_lease(stale["lease"])
         assert admin.get(GROUP, VERSION, ns, PLURAL, name)["status"]["phase"] == "FailedOver"
+    finally:
+        proxy.stop()
+        for r in replicas:
+            r.halt()
+        admin.patch(GROUP, VERSION, ns, PLURAL, name, {"metadata": {"finalizers": []}})
+        kube.request("DELETE", f"/apis/{GROUP}/{VERSION}/namespaces/{ns}/{PLURAL}/{name}")
+    TALLY["fault_survived"] += 1
+
+
+def refusals(elector: Any, out: list[float]) -> None:
+    """Note the wall-clock time of every LostLease the replica's fence raises (the engine
+    is built with `fence=elector.fence` when it first leads: install before start)."""
+    fence = elector.fence
+
+    def recorded() -> None:
+        try:
+            fence()
+        except LostLease:
+            out.append(time.time())
+            raise
+
+    elector.fence = recorded
+
+
+def step_of(obj: dict[str, Any], step: str) -> dict[str, Any]:
+    run = (obj.get("status") or {}).get("run") or {}
+    return next((s for s in run.get("steps", []) if s["name"] == step), {})
+
+
+def test_a_leader_cut_off_mid_step_stops_before_its_lease_expires_and_is_fenced_out(
+        kube: KubeServers, tmp_path: Path, replicas: list[Replica]) -> None:
+    """Issue 14 item 3. The leader's traffic step takes 6 s; the network between the
+    leader and the API server starts dropping packets while it runs. The leader stops
+    believing it leads at its renew deadline, its running step is cancelled then — before
+    its Lease could expire, so before anyone else may act — and it never writes the
+    traffic weights. The other replica takes the Lease with a larger fencing token and
+    performs the step. When the old leader's network comes back it stays a follower, and
+    a status write it makes still believing it leads (a long pause) is refused on its
+    409 re-read: the status keeps the new leader's token and run."""
+    TALLY["fault_tried"] += 1
+    admin, ns, name = kube.kube("admin"), kube.namespace, "deposed-mid-step"
+    state = tmp_path / "world.json"
+    admin.create(GROUP, VERSION, ns, PLURAL, plan_body(name, state, traffic_delay=6.0))
+    lease = f"deposed-{time.monotonic_ns()}"
+    config = LeaderConfig(lease_name=lease, lease_duration=3, renew_deadline=2,
+                          retry_period=0.3)
+    proxy = TcpProxy(("127.0.0.1", int(kube.url.rsplit(":", 1)[1])))
+    token, ca = kube.token("controller"), str(kube.ca_file)
+    kube_a = Kube.from_token(proxy.url, token, ca_file=ca, timeout=2)
+    kube_b = Kube.from_token(kube.url, token, ca_file=ca, timeout=2)
+    edge = testing.FakeTrafficBackend(testing.FakeTrafficBackend.Options(
+        key=f"{name}-edge", stateFile=str(state)))
+    get = lambda: admin.get(GROUP, VERSION, ns, PLURAL, name)  # noqa: E731
+    lost_a: list[float] = []
+
+    def replica(identity: str, client: Kube) -> Replica:
+        journal = RecordingJournal(tmp_path / f"{identity}.db", identity)
+        op = Operator(client, namespace=ns, journal=journal, identity=identity,
+                      leader=config, tick=0.2, resync=2, workers=2)
+        if identity == "replica-a":
+            refusals(op.elector, lost_a)
+        replicas.append(Replica(identity, op, journal))
+        return replicas[-1].start()
+
+    try:
+        a = replica("replica-a", kube_a)
+        until("replica-a leads", lambda: (got := admin.get_lease(ns, lease))
+              and got.holder == "replica-a")
+        until("Healthy", lambda: (get().get("status") or {}).get("phase") == "Healthy")
+        replica("replica-b", kube_b)
+        testing.set_health("dc-a", False, state_file=str(state))
+        # the leader saved the original weights and counted its attempt at the shift: its
+        # work is inside the 6 s it takes
+        until("redirect-traffic performing", lambda: (rec := step_of(get(), "redirect-traffic"))
+              and "prepared" in rec.get("evidence", {}) and rec.get("attempts", 0) >= 1,
+              timeout=30)
+        time.sleep(0.5)
+        proxy.hang()
+        cut_at = time.time()
+        stale = get()  # what the leader last wrote and saw
+        time.sleep(0.2)  # a renewal in flight at the cut has landed or failed by now
+        held = admin.get_lease(ns, lease)
+        assert held is not None and held.holder == "replica-a" and held.renew_time
+        token_a = held.transitions
+        expires = (held.renew_time.timestamp() + held.duration_seconds)
+        assert stale["status"]["fencingToken"] == token_a
+        assert stale["status"]["fencingHolder"] == "replica-a"
+
+        done = until("FailedOver", lambda: (o := get()).get("status", {}).get(
+            "phase") == "FailedOver" and o, timeout=90)
+
+        # --- the old leader stopped in time, and never wrote -------------------------------
+        after_cut = [t for t in lost_a if t >= cut_at]
+        assert after_cut, "the cut-off leader's fence never refused"
+        assert after_cut[0] < expires, (
+            f"the cut-off leader was stopped {after_cut[0] - expires:.2f} s after its "
+            "Lease expired; it must stop before")
+        final = admin.get_lease(ns, lease)
+        assert final is not None and final.holder == "replica-b" and final.acquire_time
+        token_b = final.transitions
+        assert token_b > token_a
+        assert final.acquire_time.timestamp() >= after_cut[0]  # nobody else acted before
+        writes = edge.writes()
+        assert writes and all(w["holder"] == "replica-b" and w["token"] == token_b
+                              for w in writes), writes
+        assert edge.current() == {"dc-a": 0, "dc-b": 100}
+        ran_a = [status for _, step, status in a.journal.saved if step == "redirect-traffic"]
+        assert ran_a and set(ran_a) == {StepStatus.RUNNING}, ran_a  # never called finished
+        run_id = done["status"]["run"]["id"]
+        assert run_id == stale["status"]["run"]["id"]  # the same run, adopted
+        assert a.journal.step(run_id, "redirect-traffic").status is StepStatus.RUNNING
+        assert all(s["status"] == "succeeded" for s in done["status"]["run"]["steps"])
+        assert done["status"]["fencingToken"] == token_b
+        assert done["status"]["fencingHolder"] == "replica-b"
+        assert any(e["reason"] == "LeaderChanged" and "replica-b" in e["message"]
+                   for e in events_of(kube, name))
+        sent = testing.FakeNotifier(testing.FakeNotifier.Options(
+            key=f"{name}-im", stateFile=str(state))).sent()
+        assert len([m for m in sent if "failing over to dc-b" in m["status"]]) == 1
+
+        # --- its network is back: it follows, it writes nothing ----------------------------
+        proxy.resume()
+        time.sleep(10 * config.retry_period)
+        assert not a.operator.elector.leading()
+        back = admin.get_lease(ns, lease)
+        assert back is not None and back.holder == "replica-b"
+        assert edge.writes() == writes
+        now = get()["status"]
+        assert (now["fencingHolder"], now["fencingToken"], now["run"]["id"], now["phase"]) \
+            == ("replica-b", token_b, run_id, "FailedOver")
+
+        # --- a late status write, believing it still leads (a long pause), is refused ------
+        # as the old code did: it finishes its step, records it and mirrors it into status
+        a.halt()
+        late = a.journal.step(run_id, "redirect-traffic")
+        late.status, late.finished_at = StepStatus.SUCCEEDED, time.time()
+        a.journal.save_step(late)
+        elector = a.operator.elector
+        elector._stopping = False  # as if it had never stopped: it believes it leads
+        elector._renewed = time.monotonic()
+        with pytest.raises(LostLease, match="held by replica-b, not replica-a"):
+            a.operator._write_status(name, stale, generation=stale["metadata"]["generation"])
+        # the write as kube retries it: its stale copy gets 409, the re-read finds the newer
+        # token and nothing is written
+        conflicts = kube_a.conflicts
+        mine = {**stale["status"], "lastDecision": "replica-a finished redirect-traffic"}
+        with pytest.raises(StaleFencingToken, match=f"fencingToken is {token_b}"):
+            kube_a.update_status(GROUP, VERSION, ns, PLURAL, name,
+                                 lambda o: {**o, "status": mine}, current=stale,
+                                 fencing=Fencing(token_a, "replica-a"))
+        assert kube_a.conflicts == conflicts + 1
+        now = get()["status"]
+        assert (now["fencingHolder"], now["fencingToken"], now["run"]["id"], now["phase"]) \
+            == ("replica-b", token_b, run_id, "FailedOver")
     finally:
         proxy.stop()
         for r in replicas:

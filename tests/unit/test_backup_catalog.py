@@ -101,7 +101,8 @@ def test_payload_decrypts_to_the_tar_stream(store: FilesystemBackupStore,
 
     bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1,
                              actor="t")
-    with store.open_payload(bk) as reader, tarfile.open(fileobj=reader, mode="r|") as tar:
+    with store.open_payload(bk) as reader, \
+            tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
         names = [m.name for m in tar]
     assert "./PG_VERSION" in names and "./base/1" in names
 
@@ -146,3 +147,48 @@ def test_list_contract_fake_and_real(kind: str, store: FilesystemBackupStore,
     listed = backend.list(dataset="orders")
     assert [b.taken_at for b in listed] == [2000, 1000]
     assert all(b.verified is None and b.dataset == "orders" for b in listed)
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    (lambda o: o.update(size="12"), "has `size` '12', not a byte count"),
+    (lambda o: o.update(sha256="abc"), "a `sha256` that is not 64 hex digits"),
+    (lambda o: o.pop("key"), "objects[0] has no `key`"),
+])
+def test_an_entry_with_a_malformed_object_fails_checksums_naming_the_field(
+        store: FilesystemBackupStore, tmp_path: Path, change: Any, says: str) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    entry = store.entry(bk.id)
+    change(entry["objects"][0])
+    store._put_entry(entry)
+    [listed] = store.list(dataset="orders")
+    verifier = CatalogVerifier(CatalogVerifier.Options.model_validate(
+        {"store": {"kind": "filesystem", "options": {"path": "unused"}}}), store=store)
+    result = verifier.verify(backup=listed)
+    assert result["passed"] is False and not result.get("badInput")
+    assert result["checks"][0]["name"] == "checksums" and says in result["summary"]
+    assert "take a new backup" in result["summary"]
+    assert store.list(dataset="orders")[0].verified is False
+
+
+@pytest.mark.parametrize(("ref", "says"), [
+    ({"fromEnv": "NO_SUCH_BACKUP_KEY"}, "NO_SUCH_BACKUP_KEY is not set; set NO_SUCH_BACKUP_KEY"),
+    ({"fromEnv": "BK_NOT_BASE64"}, "is not valid base64; it must hold the base64"),
+])
+def test_an_unusable_key_is_bad_input_and_nothing_is_recorded(
+        store: FilesystemBackupStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        journal: Any, ref: dict[str, str], says: str) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    monkeypatch.setenv("BK_NOT_BASE64", "not base64 at all!")
+    broken = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+        {"path": str(tmp_path / "catalog"), "encryptionKey": ref}), secrets=Secrets(),
+        audit=journal.audit)
+    verifier = CatalogVerifier(CatalogVerifier.Options.model_validate(
+        {"store": {"kind": "filesystem", "options": {"path": "unused"}}}), store=broken)
+    [result] = verifier.verify_unverified(dataset="orders")
+    assert result["backup"] == bk.id and result["badInput"] is True
+    assert "`encryptionKey` is unusable" in result["summary"] and says in result["summary"]
+    assert "not base64 at all" not in result["summary"]
+    assert store.list(dataset="orders")[0].verified is None
+    assert "NOT VERIFIED (bad input)" in journal.audit_trail()[-1]["detail"]

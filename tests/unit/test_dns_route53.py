@@ -5,18 +5,24 @@
   waiting), and a change that stays PENDING times out naming the change id;
 - AWS's rejections (values changed, set already exists) become DnsConflict; other
   rejections, throttling and denied credentials each become a clear, typed error that
-  never quotes a secret.
+  never quotes a secret;
+- `verify` proves INSYNC with a no-op UPSERT of the sets exactly as read (PENDING until
+  INSYNC, or a timeout naming the change); `delete` sends DELETE of the exact set;
+- a cancelled step submits no change, and a step's change carries its fencing token.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import boto3
 import pytest
 from botocore.stub import Stubber
 
-from controller.dns import DnsConflict
+from controller import fencing
+from controller.dns import DnsConflict, DnsNotServed
 from controller.dns.route53 import DnsSyncTimeout, Route53Busy, Route53DnsProvider, Route53Options
 from controller.model import PermanentError, Record
 from controller.testing import FakeClock
@@ -48,13 +54,13 @@ class Harness:
                                 "MaxItems": "100"},
                                {"HostedZoneId": ZONE, "StartRecordName": name})
 
-    def change(self, changes: list[dict[str, Any]], status: str = "PENDING") -> None:
+    def change(self, changes: list[dict[str, Any]], status: str = "PENDING",
+               comment: str = "failover controller DNS cutover") -> None:
         self.stub.add_response(
             "change_resource_record_sets",
             {"ChangeInfo": {"Id": "/change/C1", "Status": status,
                             "SubmittedAt": "2026-01-01T00:00:00Z"}},
-            {"HostedZoneId": ZONE, "ChangeBatch": {"Comment": "failover controller DNS cutover",
-                                                   "Changes": changes}})
+            {"HostedZoneId": ZONE, "ChangeBatch": {"Comment": comment, "Changes": changes}})
 
     def get_change(self, status: str) -> None:
         self.stub.add_response("get_change", {"ChangeInfo": {
@@ -193,3 +199,113 @@ def test_empty_desired_is_refused_before_any_call() -> None:
     with pytest.raises(PermanentError, match=r"refusing to leave www\.example\.test\. A empty"), \
             h.stub:
         h.provider.apply(expected=[], desired=[Record(NAME, "A", 60, ())])
+
+
+# --- verify: INSYNC proof of a write that landed earlier ------------------------------------
+
+
+def test_verify_upserts_the_set_exactly_as_read_and_waits_for_insync() -> None:
+    h = Harness(setIdentifier="dc-b")
+    mine = new_set(ttl=60, SetIdentifier="dc-b", Weight=0,
+                   HealthCheckId="11111111-2222-3333-4444-555555555555")
+    h.listing(mine)
+    h.change([{"Action": "UPSERT", "ResourceRecordSet": mine}])  # no data changes
+    for status in ("PENDING", "INSYNC"):
+        h.get_change(status)
+    h.listing(mine)
+    with h.stub:
+        evidence = h.provider.verify(desired=[Record(NAME, "A", 60, ("198.51.100.1",))])
+    h.stub.assert_no_pending_responses()
+    assert evidence["changeId"] == "/change/C1" and evidence["status"] == "INSYNC"
+    assert evidence["polls"] == 2 and "went INSYNC" in evidence["proof"]
+
+
+def test_verify_that_never_goes_insync_fails_naming_the_change() -> None:
+    h = Harness(syncTimeout="5s")
+    h.listing(new_set())
+    h.change([{"Action": "UPSERT", "ResourceRecordSet": new_set()}])
+    for _ in range(20):
+        h.get_change("PENDING")
+    with pytest.raises(DnsNotServed, match=r"change /change/C1 .* still not INSYNC after 5 s"), \
+            h.stub:
+        h.provider.verify(desired=[Record(NAME, "A", 60, ("198.51.100.1",))])
+
+
+def test_verify_of_other_values_submits_nothing() -> None:
+    h = Harness()
+    h.listing(OLD)
+    with pytest.raises(DnsConflict, match=r"is \['192\.0\.2\.1'\], expected "
+                                          r"\['198\.51\.100\.1'\]"), h.stub:
+        h.provider.verify(desired=[Record(NAME, "A", 60, ("198.51.100.1",))])
+    h.stub.assert_no_pending_responses()
+
+
+def test_delete_sends_the_exact_set_and_waits_for_insync() -> None:
+    h = Harness()
+    h.listing(OLD)
+    h.change([{"Action": "DELETE", "ResourceRecordSet": OLD}])
+    h.get_change("INSYNC")
+    h.listing()
+    with h.stub:
+        evidence = h.provider.delete(expected=[Record(NAME, "A", 300, ("192.0.2.1",))])
+    h.stub.assert_no_pending_responses()
+    assert evidence["deleted"] == [{"name": NAME, "type": "A", "ttl": 300,
+                                    "values": ["192.0.2.1"]}]
+    assert evidence["status"] == "INSYNC"
+
+
+def test_aws_refusing_a_delete_whose_values_changed_is_a_conflict() -> None:
+    h = Harness()
+    h.listing(OLD)
+    h.reject("InvalidChangeBatch", "[Tried to delete resource record set [name='www.example"
+             ".test.', type='A'] but the values provided do not match the current values]")
+    with pytest.raises(DnsConflict, match="nothing changed"), h.stub:
+        h.provider.delete(expected=[Record(NAME, "A", 300, ("192.0.2.1",))])
+
+
+# --- fencing -------------------------------------------------------------------------------
+
+
+def test_a_cancelled_step_submits_no_change() -> None:
+    h = Harness()
+    h.listing(OLD)  # the read happens; the write must not
+    fence = fencing.Fence(3, "controller-a")
+    fence.cancel("lease lost")
+    with fencing.scope(fence), pytest.raises(fencing.Cancelled, match="lease lost"):
+        swap(h)
+    h.stub.assert_no_pending_responses()
+
+
+def test_a_steps_change_carries_its_fencing_token() -> None:
+    h = Harness()
+    h.listing(OLD)
+    h.change([{"Action": "DELETE", "ResourceRecordSet": OLD},
+              {"Action": "CREATE", "ResourceRecordSet": new_set()}], status="INSYNC",
+             comment="failover controller DNS cutover (fencing token 42, controller-b)")
+    h.listing(new_set())
+    with fencing.scope(fencing.Fence(42, "controller-b")):
+        evidence = swap(h)
+    h.stub.assert_no_pending_responses()
+    assert evidence["status"] == "INSYNC"
+
+
+def test_the_insync_wait_stops_when_the_step_is_cancelled() -> None:
+    """The poll's pause is the step's (fencing.pause): a cancel ends the wait at once
+    instead of polling until syncTimeout for a step that already failed."""
+    client = boto3.client("route53", region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    stub = Stubber(client)
+    opts = Route53Options.model_validate({"hostedZoneId": ZONE, "pollInterval": "1s",
+                                          "syncTimeout": "300s"})
+    provider = Route53DnsProvider(opts, client=client)  # the default sleep: fencing.pause
+    stub.add_response("list_resource_record_sets", {"ResourceRecordSets": [OLD],
+                                                    "IsTruncated": False, "MaxItems": "100"})
+    stub.add_response("change_resource_record_sets", {"ChangeInfo": {
+        "Id": "/change/C1", "Status": "PENDING", "SubmittedAt": "2026-01-01T00:00:00Z"}})
+    fence = fencing.Fence(1, "controller-a")
+    threading.Timer(0.2, fence.cancel, args=("step timeout passed",)).start()
+    started = time.monotonic()
+    with stub, fencing.scope(fence), pytest.raises(fencing.Cancelled):
+        provider.apply(expected=[Record(NAME, "A", 300, ("192.0.2.1",))],
+                       desired=[Record(NAME, "A", 60, ("198.51.100.1",))])
+    assert time.monotonic() - started < 2.0

@@ -14,9 +14,12 @@ def docs(name: str) -> list[dict]:
     return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
 
 
-def test_rbac_has_no_wildcards_and_no_cluster_roles() -> None:
-    for doc in docs("rbac.yaml"):
-        assert doc["kind"] not in ("ClusterRole", "ClusterRoleBinding")
+def test_rbac_has_no_wildcards_and_no_cluster_wide_grant() -> None:
+    """Roles and the target ClusterRole name every verb; nothing is bound cluster-wide:
+    the ClusterRole is bound per application namespace by a RoleBinding only."""
+    rbac, target = docs("rbac.yaml"), docs("target-namespace.yaml")
+    for doc in rbac + target:
+        assert doc["kind"] != "ClusterRoleBinding", "a cluster-wide grant"
         for rule in doc.get("rules", []):
             for key in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[key], f"wildcard in {key}: {rule}"
@@ -24,6 +27,26 @@ def test_rbac_has_no_wildcards_and_no_cluster_roles() -> None:
                 rule["verbs"])
         if doc["kind"] == "RoleBinding":
             assert doc["roleRef"]["name"] != "cluster-admin"
+    [cluster_role] = [d for d in rbac if d["kind"] == "ClusterRole"]
+    assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {
+        "virtualservices", "httproutes", "trafficsplits"}  # the mesh objects, nothing more
+    [binding] = target
+    assert binding["kind"] == "RoleBinding" and binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"]}
+    [sa] = [d for d in rbac if d["kind"] == "ServiceAccount"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+
+
+def test_two_replicas_on_different_nodes_with_a_disruption_budget() -> None:
+    [deployment], [pdb] = docs("deployment.yaml"), docs("pdb.yaml")
+    spec = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    keys = {c["topologyKey"]: c["whenUnsatisfiable"] for c in spec["topologySpreadConstraints"]}
+    assert keys["kubernetes.io/hostname"] == "DoNotSchedule"
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 def test_pod_is_non_root_read_only_with_probes() -> None:

@@ -216,7 +216,8 @@ def test_one_template_for_every_channel() -> None:
         "run": {"id": "memory-drill-failover-1", "link": NOTICE.link},
         "recipients": ["@all", "department-heads"]}
     assert doc["text"] == text
-    assert len(doc["message"]) <= common.SMS_LENGTH and doc["message"].startswith("L1 ")
+    assert len(doc["message"]) <= common.SMS_LENGTH
+    assert doc["message"].startswith("memory-drill-failover-1 L1 ")
     quiet = Notice(plan="p", level=None, subject="s", status="ok")
     assert "Affected services:  none down now" in common.render(quiet)
     assert "Estimated recovery: unknown" in common.render(quiet)
@@ -270,3 +271,79 @@ def test_options_take_camel_case_aliases() -> None:
     assert isinstance(opts, smtp.SmtpOptions)
     assert (opts.sender, opts.ca_file, opts.deadline) == (
         "failover@example.test", "/etc/ssl/ca.pem", 20.0)
+
+
+# --- SMS: one GSM-7 part, the run id first ----------------------------------------------------
+
+# GSM 03.38, the default alphabet in code order (0x00-0x7F); 0x0A LF, 0x0D CR and 0x1B
+# ESC (the escape to the extension table) are no characters an SMS should carry.
+GSM_03_38 = ("@\u00a3$\u00a5\u00e8\u00e9\u00f9\u00ec\u00f2\u00c7\n\u00d8\u00f8\r\u00c5\u00e5"
+             "\u0394_\u03a6\u0393\u039b\u03a9\u03a0\u03a8\u03a3\u0398\u039e\x1b\u00c6\u00e6"
+             "\u00df\u00c9 !\"#\u00a4%&'()*+,-./0123456789:;<=>?\u00a1ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+             "\u00c4\u00d6\u00d1\u00dc\u00a7\u00bfabcdefghijklmnopqrstuvwxyz\u00e4\u00f6\u00f1"
+             "\u00fc\u00e0")
+SMS_SAFE = set(GSM_03_38) - {"\n", "\r", "\x1b"}
+HOSTILE = [
+    "failover started: availability 0 % < 70 % \u2014 \u00abhotline\u00bb down \u2026",
+    "step restore-db FAILED: pgbackrest exited 82:\nERROR: [082]: unable to restore\r\n"
+    "\tHINT: is {the cluster} running? ~/data|^x \\ \u20ac",
+    "escalated to level 1 \U0001f6a8\U0001f525 \u2192 department heads \u2264 5 min",
+    "\u6545\u969c: \u6570\u636e\u4e2d\u5fc3 \u4e0d\u53ef\u7528 " * 30,
+    "x" * 1000,
+    "\x00\x07\x1b[31mred\x1b[0m \u2028 \u2029 \u200b zero-width \ufeff",
+    "caf\u00e9 na\u00efve \u00e7a \u00f0 \u00fe \u0142\u00f3d\u017a \u0131 "
+    "\uff26\uff55\uff4c\uff4c\uff57",
+    "",
+]
+
+
+@pytest.mark.parametrize("status", HOSTILE, ids=range(len(HOSTILE)))
+@pytest.mark.parametrize(("run_id", "level", "affected", "estimate"), [
+    ("memory-drill-failover-20231114-221300-6ab15c", 1, ("web", "api", "hotline"),
+     "by 2023-11-14 23:13 UTC (in 1h 59m; 4 steps left)"),
+    ("r", None, (), ""),
+    ("notify-drill-failover-1", 2, ("web",), "unknown: the run failed \u2014 see the runbook"),
+])
+def test_every_sms_is_one_gsm7_part_starting_with_the_run_id(
+        status: str, run_id: str, level: int | None, affected: tuple[str, ...],
+        estimate: str) -> None:
+    n = Notice(plan="memory-drill", level=level, subject="s", status=status,
+               affected=affected, estimated_recovery=estimate, run_id=run_id)
+    text = common.document(n)["message"]  # what the webhook notifier sends a gateway
+    assert set(text) <= SMS_SAFE, sorted(set(text) - SMS_SAFE)
+    assert len(text) <= 160
+    assert text.startswith(f"{run_id} L{level if level is not None else '-'} memory-drill: ")
+    assert text == common.sms(n)
+
+
+def test_sms_keeps_what_it_can_and_says_it_was_cut() -> None:
+    n = Notice(plan="memory-drill", level=1, subject="s", run_id="memory-drill-failover-1",
+               status="step dns-cutover FAILED: \u00abns1\u00bb refused \u2014 retry\u2026 "
+                      + "y" * 300)
+    text = common.sms(n)
+    assert text.startswith('memory-drill-failover-1 L1 memory-drill: step dns-cutover FAILED: '
+                           '"ns1" refused - retry... yyy')
+    assert len(text) == 160 and text.endswith("...")
+    assert common.gsm7("Gr\u00fc\u00dfe \u00e0 \u00c9milie, \u00e7a va? \u0141\u00f3d\u017a") == (
+        "Gr\u00fc\u00dfe \u00e0 \u00c9milie, ca va? Lodz")
+    assert common.gsm7("\u6545\u969c \u6545\u969c") == "? ?"
+
+
+def test_email_subject_is_one_line_and_the_body_has_every_line() -> None:
+    status = ("failover FAILED: step restore-db failed: pgbackrest exited 82:\nERROR: [082]\r\n"
+              "\tHINT: is the cluster running?\u2028done")
+    n = Notice(plan="p", level=3, subject="[p] level 3 failover", status=status,
+               run_id="p-failover-1\nX-Injected: yes")
+    msg = smtp.message(n, sender="failover@example.test", to=["lead@example.test"])
+    assert msg["Subject"] == ("[p] level 3 failover: failover FAILED: step restore-db failed: "
+                              "pgbackrest exited 82: ERROR: [082] HINT: is the cluster "
+                              "running? done")
+    assert msg["X-Failover-Run"] == "p-failover-1 X-Injected: yes"  # no header smuggled in
+    assert "X-Injected" not in msg
+    body = msg.get_content()
+    assert "Status:             failover FAILED: step restore-db failed: pgbackrest exited 82:\n"\
+           "                    ERROR: [082]\n" in body
+    long = smtp.message(Notice(plan="p", level=3, subject="s", status="z\n" * 500),
+                        sender="failover@example.test", to=["lead@example.test"])
+    assert len(long["Subject"]) == smtp.SUBJECT_LENGTH and long["Subject"].endswith("\u2026")
+    assert long.as_bytes()  # the library accepts every header as it is

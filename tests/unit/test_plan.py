@@ -93,6 +93,44 @@ CASES = [
      "spec.services[0]", "quorum 3 is more than the 1 probes"),
     ("same site twice", _set(["spec", "sites", "backup", "name"], "dc-a"), "spec.sites",
      "different names"),
+    ("stepped shift longer than its timeout",
+     _set(["spec", "steps", 1], {"name": "shift", "action": "traffic", "backend": "edge",
+                                 "timeout": "1500ms", "onFailure": "revert",
+                                 "params": {"steps": [10, 50, 100], "pause": "1s"}}),
+     "steps[1] (shift).timeout", "cannot finish within its timeout of 1.5s"),
+    # plans that validated field by field yet could not run (issue 21, item 20)
+    ("more approvals required than approvers",
+     _set(["spec", "approval"], {"required": 3, "approvers": ["alice", "bob", "bob"]}),
+     "spec.approval", "required 3 is more than the 2 approvers listed (alice, bob, bob)"),
+    ("zero probe interval", _set(["spec", "services", 0, "interval"], "0s"),
+     "spec.services[0].interval", "must be more than 0"),
+    ("zero probe timeout", _set(["spec", "services", 1, "timeout"], "0ms"),
+     "spec.services[1].timeout", "use a positive duration"),
+    ("zero signal interval",
+     _set(["spec", "signals"], [{"name": "complaints", "baseline": 10, "interval": 0,
+                                 "probe": {"kind": "memory", "options": {"key": "c"}}}]),
+     "spec.signals[0].interval", "must be more than 0"),
+    ("zero step timeout", _set(["spec", "steps", 3, "timeout"], "0m0s"),
+     "spec.steps[3].timeout", "must be more than 0"),
+    ("zero timeout in a probe's options",
+     _set(["spec", "services", 2, "probes"], [{"kind": "http", "options": {
+         "url": "http://127.0.0.1:8080/health", "timeout": "0s"}}]),
+     "services[2].probes[0].options.timeout", "must be more than 0"),
+    ("all traffic weights zero",
+     _set(["spec", "steps", 1, "params"], {"to": "dc-b", "weights": {"dc-a": 0, "dc-b": 0}}),
+     "steps[1] (redirect-traffic).params.weights", "sends the traffic nowhere"),
+    ("negative traffic weight",
+     _set(["spec", "steps", 1, "params"], {"weights": {"dc-a": -1, "dc-b": 100}}),
+     "steps[1] (redirect-traffic).params.weights", "dc-a: below 0"),
+    ("traffic weight for an unknown site",
+     _set(["spec", "steps", 1, "params"], {"weights": {"dc-c/web1": 100, "dc-a": 0}}),
+     "steps[1] (redirect-traffic).params.weights", "'dc-c/web1' is not a site of this plan"),
+    ("traffic to an unknown site", _set(["spec", "steps", 1, "params"], {"to": "dc-c"}),
+     "steps[1] (redirect-traffic).params.to", "use dc-a or dc-b"),
+    ("signal named like a service",
+     _set(["spec", "signals"], [{"name": "api", "baseline": 10,
+                                 "probe": {"kind": "memory", "options": {"key": "c"}}}]),
+     "signals[0].name", "'api' is also a service; "),
 ]
 
 
@@ -114,6 +152,10 @@ def test_not_a_mapping_and_bad_yaml(tmp_path: Path) -> None:
         load_plan(bad)
     with pytest.raises(PlanError, match="cannot read"):
         load_plan(tmp_path / "missing.yaml")
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"apiVersion: x\nmetadata:\n  name: caf\xe9\n")
+    with pytest.raises(PlanError, match=r"not UTF-8 text \(byte 0xe9 on line 3\); save the"):
+        load_plan(latin1)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

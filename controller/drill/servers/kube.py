@@ -3,8 +3,8 @@
 Owns a small, real Kubernetes control plane (no nodes, no controllers) for the
 `controller/kube.py` and mesh traffic contract tests, the benchmark and drills:
 
-- `etcd` (Debian package etcd-server) with its data in a fresh temp directory, client and
-  peer ports picked free at run time;
+- `etcd` (Debian package etcd-server, started by `etcd.py`) with its data in a fresh temp
+  directory, client and peer ports picked free at run time;
 - `kube-apiserver` built by `scripts/build-kube-apiserver.sh` and cached outside the
   repository (no package ships it), serving TLS on a free loopback port with a serving
   certificate signed by a throw-away CA (made with `cryptography`), a service-account
@@ -44,13 +44,12 @@ import yaml
 
 from controller.drill.processes import terminate
 from controller.drill.servers.certs import write_ca_and_cert
+from controller.drill.servers.etcd import EtcdServer, etcd_binary
 from controller.drill.servers.postgres import ServerError, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.36.3")
 BUILD_HINT = "build it with scripts/build-kube-apiserver.sh (needs Go; cached outside the repo)"
-ETCD = Path("/usr/bin/etcd")
-ETCD_HINT = "apt-get install -y --no-install-recommends etcd-server"
 PROJECT_CRDS = (ROOT / "manifests/crd",)
 DEPLOY = ROOT / "manifests/deploy"
 
@@ -208,9 +207,7 @@ class KubeServers:
         if not apiserver.is_file():
             raise ServerError(f"kube-apiserver {KUBE_VERSION} not found at {apiserver}: "
                               f"{BUILD_HINT}")
-        etcd = str(ETCD) if ETCD.exists() else shutil.which("etcd")
-        if not etcd:
-            raise ServerError(f"{ETCD} not found: {ETCD_HINT}")
+        etcd_binary()  # fail before any work when etcd is missing
         if self.base is None:
             self.base = Path(tempfile.mkdtemp(prefix="kube-"))
             self._own_base = True
@@ -241,16 +238,10 @@ class KubeServers:
             (base / "tokens.csv").write_text("\n".join(lines) + "\n")
             (base / "tokens.csv").chmod(0o600)
 
-            client_port, peer_port = free_port(), free_port()
-            self.etcd_url = f"http://127.0.0.1:{client_port}"
-            peer = f"http://127.0.0.1:{peer_port}"
-            self._spawn("etcd", [
-                etcd, "--name", "default", "--data-dir", str(base / "etcd"),
-                "--listen-client-urls", self.etcd_url, "--advertise-client-urls",
-                self.etcd_url, "--listen-peer-urls", peer, "--initial-advertise-peer-urls",
-                peer, "--initial-cluster", f"default={peer}", "--logger", "zap",
-                "--log-outputs", "stderr", "--log-level", "warn"])
-            self._wait("etcd", self._etcd_healthy, timeout)
+            etcd = EtcdServer(base=base).start(timeout=timeout)  # base/etcd, base/etcd.log
+            if etcd.process is not None:  # stopped by PID below, with kube-apiserver
+                self._procs["etcd"] = etcd.process
+            self.etcd_url = etcd.url
 
             port = free_port()
             self.url = f"https://127.0.0.1:{port}"
@@ -338,10 +329,6 @@ class KubeServers:
                 raise ServerError(f"{what}: not ready within {timeout:g} s\n{logs}")
             time.sleep(delay)
             delay = min(delay * 1.5, 0.25)
-
-    def _etcd_healthy(self) -> bool:
-        with urllib.request.urlopen(f"{self.etcd_url}/health", timeout=1) as reply:
-            return bool(json.loads(reply.read()).get("health") == "true")
 
     def _api_ready(self) -> bool:
         status, body = self.request("GET", "/readyz", timeout=2)

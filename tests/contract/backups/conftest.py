@@ -99,17 +99,26 @@ def backup_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def store_options(s3_endpoint: str, backup_key: str, request: pytest.FixtureRequest
-                  ) -> dict[str, Any]:
+                  ) -> Iterator[dict[str, Any]]:
+    """A fresh bucket per test, emptied and removed after it: moto keeps every object in
+    this process's memory, shared by every moto server the session starts."""
     bucket = "bk-" + request.node.name.lower().replace("_", "-")[:40]
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
-                 aws_access_key_id="testing", aws_secret_access_key="testing"
-                 ).create_bucket(Bucket=bucket)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client.create_bucket(Bucket=bucket)
     os.environ["FAILOVER_TEST_AWS_ID"] = "AKIDBACKUPTEST01"
     os.environ["FAILOVER_TEST_AWS_SECRET"] = "backup-test-secret-value"
-    return {"bucket": bucket, "prefix": "dc-a/orders", "endpointUrl": s3_endpoint,
-            "accessKeyId": {"fromEnv": "FAILOVER_TEST_AWS_ID"},
-            "secretAccessKey": {"fromEnv": "FAILOVER_TEST_AWS_SECRET"},
-            "encryptionKey": {"fromEnv": KEY_ENV}}
+    yield {"bucket": bucket, "prefix": "dc-a/orders", "endpointUrl": s3_endpoint,
+           "accessKeyId": {"fromEnv": "FAILOVER_TEST_AWS_ID"},
+           "secretAccessKey": {"fromEnv": "FAILOVER_TEST_AWS_SECRET"},
+           "encryptionKey": {"fromEnv": KEY_ENV}}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=bucket, Key=obj["Key"])
+    for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+        client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"],
+                                      UploadId=upload["UploadId"])
+    client.delete_bucket(Bucket=bucket)
 
 
 @pytest.fixture

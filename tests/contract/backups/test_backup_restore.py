@@ -194,17 +194,21 @@ def test_pgbackrest_verify_output_is_parsed_and_restore_promotes(
     label = backup.meta["pgbackrest"]["label"]
     repo = pgbackrest_conf.parent / "repo" / "backup" / stanza / label / "pg_data"
     victim = next(p for p in sorted(repo.rglob("*")) if p.is_file() and p.stat().st_size > 8192)
-    data = bytearray(victim.read_bytes())
+    original = victim.read_bytes()
+    data = bytearray(original)
     data[100] ^= 0x01
     victim.write_bytes(bytes(data))
-    raw = subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest",
-                          f"--config={pgbackrest_conf}", f"--stanza={stanza}", "verify"],
-                         capture_output=True, text=True, check=False)
-    assert raw.returncode == 0  # the trap: pgBackRest says "ok" by exit code
-    result = verifier.verify(backup=backup)
-    assert not result["passed"]
-    assert "checksum_invalid" in result["summary"] and label in result["summary"]
-    assert s3_store.list(dataset="orders")[0].verified is False
+    try:
+        raw = subprocess.run(["runuser", "-u", "postgres", "--", "pgbackrest",
+                              f"--config={pgbackrest_conf}", f"--stanza={stanza}", "verify"],
+                             capture_output=True, text=True, check=False)
+        assert raw.returncode == 0  # the trap: pgBackRest says "ok" by exit code
+        result = verifier.verify(backup=backup)
+        assert not result["passed"]
+        assert "checksum_invalid" in result["summary"] and label in result["summary"]
+        assert s3_store.list(dataset="orders")[0].verified is False
+    finally:  # the repository is shared by the session's later tests
+        victim.write_bytes(original)
 
 
 def test_unpinned_or_wrong_host_key_is_refused(
@@ -345,7 +349,8 @@ def test_an_interrupted_stream_is_cleaned_up_and_the_interrupt_still_raised(
         raise _Interrupted()
 
     target = places / "interrupted" / "data"
-    node = Node(LocalHost(), str(target), TargetOptions(socketDir=str(places / "sock")))
+    node = Node(LocalHost(), str(target),
+                TargetOptions.model_validate({"socketDir": str(places / "sock")}))
     with pytest.raises(_Interrupted):
         node.receive([*UNTAR_STREAM, "-C", str(target)], stream())
     assert target.is_dir() and not any(target.iterdir())

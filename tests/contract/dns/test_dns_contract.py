@@ -132,3 +132,107 @@ def test_other_record_types(world: Any) -> None:
     before = world.provider.records(names=[name])
     world.provider.apply(expected=before, desired=[Record(name, "TXT", 300, ('"site=dc-b"',))])
     assert one(world, name, "TXT") == Record(name, "TXT", 300, ('"site=dc-b"',))
+
+
+# --- compare-and-delete: a record a step created is removed on revert -------------------
+
+
+def test_delete_removes_a_set_that_still_holds_the_expected_values(world: Any) -> None:
+    name, keep = world.name("delete"), world.name("delete-keep")
+    world.seed(A(keep, "192.0.2.9"))
+    world.provider.apply(expected=[], desired=[A(name, "198.51.100.5", "198.51.100.6")])
+    evidence = world.provider.delete(expected=[A(name, "198.51.100.6", "198.51.100.5")])
+    assert world.provider.records(names=[name]) == []
+    assert [set(r["values"]) for r in evidence["deleted"]] == [{"198.51.100.5",
+                                                               "198.51.100.6"}]
+    assert evidence["alreadyAbsent"] == []
+    assert one(world, keep) == A(keep, "192.0.2.9")  # another name is never touched
+
+
+def test_delete_of_a_set_someone_changed_is_refused_and_changes_nothing(world: Any) -> None:
+    name = world.name("delete-changed")
+    world.provider.apply(expected=[], desired=[A(name, "198.51.100.5")])
+    world.seed(A(name, "203.0.113.5"))  # an operator re-pointed it during the incident
+    with pytest.raises(DnsConflict, match=r"is \['203\.0\.113\.5'\], expected "
+                                          r"\['198\.51\.100\.5'\]; nothing deleted"):
+        world.provider.delete(expected=[A(name, "198.51.100.5")])
+    assert one(world, name) == A(name, "203.0.113.5")
+
+
+def test_delete_is_all_or_nothing(world: Any) -> None:
+    ours, theirs = world.name("delete-ours"), world.name("delete-theirs")
+    world.provider.apply(expected=[], desired=[A(ours, "198.51.100.7"),
+                                               A(theirs, "198.51.100.8")])
+    world.seed(A(theirs, "203.0.113.8"))
+    with pytest.raises(DnsConflict, match=theirs.replace(".", r"\.")):
+        world.provider.delete(expected=[A(ours, "198.51.100.7"), A(theirs, "198.51.100.8")])
+    assert one(world, ours) == A(ours, "198.51.100.7")
+    assert one(world, theirs) == A(theirs, "203.0.113.8")
+
+
+def test_delete_again_after_a_crash_reports_the_set_already_absent(world: Any) -> None:
+    name = world.name("delete-twice")
+    created = A(name, "198.51.100.9")
+    world.provider.apply(expected=[], desired=[created])
+    world.provider.delete(expected=[created])
+    again = world.provider.delete(expected=[created])
+    assert again["deleted"] == [] and again["alreadyAbsent"] == [created.to_json()]
+    assert world.provider.records(names=[name]) == []
+
+
+def test_delete_needs_the_values_it_must_still_hold(world: Any) -> None:
+    name = world.name("delete-blind")
+    world.seed(A(name, "192.0.2.1"))
+    with pytest.raises(PermanentError, match="give the values it must still hold"):
+        world.provider.delete(expected=[Record(name, "A", 300, ())])
+    assert one(world, name) == A(name, "192.0.2.1")
+
+
+# --- verify: proof that records written earlier are served ------------------------------
+
+
+def test_verify_proves_records_in_place(world: Any) -> None:
+    name = world.name("verify")
+    rec = A(name, "198.51.100.11", ttl=60)
+    world.provider.apply(expected=[], desired=[rec])
+    evidence = world.provider.verify(desired=[rec])
+    assert evidence["verified"] == [rec.to_json()]
+
+
+def test_verify_of_other_values_is_a_conflict_and_writes_nothing(world: Any) -> None:
+    name = world.name("verify-other")
+    world.seed(A(name, "203.0.113.11"))
+    with pytest.raises(DnsConflict, match=r"is \['203\.0\.113\.11'\], expected "
+                                          r"\['198\.51\.100\.11'\]"):
+        world.provider.verify(desired=[A(name, "198.51.100.11")])
+    assert one(world, name) == A(name, "203.0.113.11")
+
+
+def test_verify_of_a_record_without_values_proves_it_absent(world: Any) -> None:
+    name = world.name("verify-absent")
+    gone = Record(name, "A", 0, ())
+    assert world.provider.verify(desired=[gone])["verified"] == [gone.to_json()]
+    world.seed(A(name, "192.0.2.12"))
+    with pytest.raises(DnsConflict, match=r"is \['192\.0\.2\.12'\], expected \[\]"):
+        world.provider.verify(desired=[gone])
+
+
+# --- fencing: a step that must stop writes nothing ------------------------------------------
+
+
+def test_a_cancelled_step_neither_swaps_nor_deletes(world: Any) -> None:
+    from controller import fencing
+
+    name, created = world.name("fenced"), world.name("fenced-created")
+    world.seed(A(name, "192.0.2.13"))
+    world.provider.apply(expected=[], desired=[A(created, "198.51.100.13")])
+    fence = fencing.Fence(7, "controller-a")
+    fence.cancel("step timeout passed")
+    with fencing.scope(fence):
+        with pytest.raises(fencing.Cancelled, match="step timeout passed"):
+            world.provider.apply(expected=[A(name, "192.0.2.13")],
+                                 desired=[A(name, "198.51.100.14")])
+        with pytest.raises(fencing.Cancelled):
+            world.provider.delete(expected=[A(created, "198.51.100.13")])
+    assert one(world, name) == A(name, "192.0.2.13")
+    assert one(world, created) == A(created, "198.51.100.13")

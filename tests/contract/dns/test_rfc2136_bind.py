@@ -4,7 +4,10 @@ Proves what only real servers can: the cutover is verified on every authoritativ
 with per-server evidence (serial, answer, attempts); a lagging secondary is waited for; a
 secondary that stops serving makes verification time out naming it; a wrong TSIG secret
 or key name is reported by key name (never the secret); the engine's DNS step fails with
-a clear reason when the record changed between its read and its write.
+a clear reason when the record changed between its read and its write. An update that
+lands on the primary but is not served by a stopped secondary within `verifyTimeout`
+fails the step, and the step's revert (from the `before` saved by prepare) puts every
+server back once the secondary is resumed; a deletion is verified on every server too.
 """
 
 from __future__ import annotations
@@ -187,6 +190,71 @@ def test_engine_step_fails_clearly_when_dns_changed_between_read_and_write(
     assert served(bind, "ns1", name) == ["203.0.113.5"]
 
 
+def dns_step(name: str, value: str, ttl: int = 60) -> Step:
+    return Step.model_validate({"name": "dns-cutover", "action": "dns", "backend": "dns",
+                                "params": {"records": [{"name": name, "type": "A",
+                                                        "ttl": ttl, "values": [value]}]}})
+
+
+def context(p: Any) -> StepContext:
+    return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
+                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       lookup_evidence=lambda *_: {})
+
+
+def test_an_update_not_served_in_time_fails_and_its_revert_restores_every_server(
+        bind: BindServers) -> None:
+    """Issue 14 item 6: the update lands on the primary, a stopped secondary does not
+    serve it within verifyTimeout, the step fails; its revert needs only what prepare
+    saved, and restores the original on every server once the secondary is back."""
+    p, name = provider(bind, verifyTimeout="1s", timeout="200ms"), fresh("landed")
+    p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.40",))])
+    step, ctx = dns_step(name, "198.51.100.40"), context(p)
+    prepared = {"prepared": True, **Dns().prepare(step, ctx)}  # saved before any write
+    bind.pause("ns2")
+    try:
+        with pytest.raises(DnsVerificationTimeout, match=r"not served within 1 s by: ns2"):
+            Dns().perform(step, ctx, prepared)
+        assert served(bind, "ns1", name) == ["198.51.100.40"]  # the update landed
+    finally:
+        bind.resume("ns2")
+    result = Dns().revert(step, ctx, prepared)  # the failed step's evidence: prepare's
+    assert result["reverted"] == [{"record": f"{name} A", "action": "restored",
+                                   "stepWrote": ["198.51.100.40"], "original": ["192.0.2.40"]}]
+    assert [(s["name"], s["answer"]) for s in result["restore"]["servers"]] == [
+        (ns, {f"{name} A": ["192.0.2.40"]}) for ns in ("ns1", "ns2", "ns3")]
+    for ns in ("ns1", "ns2", "ns3"):  # independently of the provider's own check
+        assert served(bind, ns, name) == ["192.0.2.40"]
+
+
+def test_a_created_record_is_deleted_everywhere_even_when_the_revert_is_run_again(
+        bind: BindServers) -> None:
+    """The step created the record and failed (ns3 stopped); the revert deletes it on the
+    primary but cannot prove it while ns3 is stopped, so it fails; run again once ns3 is
+    back, it finds the record gone and proves every server no longer serves it."""
+    p, name = provider(bind, verifyTimeout="1s", timeout="200ms"), fresh("created")
+    step, ctx = dns_step(name, "198.51.100.41"), context(p)
+    prepared = {"prepared": True, **Dns().prepare(step, ctx)}
+    assert prepared["before"] == []
+    bind.pause("ns3")
+    try:
+        with pytest.raises(DnsVerificationTimeout, match="by: ns3"):
+            Dns().perform(step, ctx, prepared)
+        with pytest.raises(DnsVerificationTimeout, match="by: ns3"):
+            Dns().revert(step, ctx, prepared)
+        assert served(bind, "ns1", name) == []  # the delete itself went through
+    finally:
+        bind.resume("ns3")
+    again = Dns().revert(step, ctx, prepared)
+    assert again["reverted"] == [] and again["left"] == []
+    assert again["unchanged"] == [{"record": f"{name} A", "now": [],
+                                   "why": "already the original"}]
+    assert [(s["name"], s["answer"]) for s in again["verify"]["servers"]] == [
+        (ns, {f"{name} A": []}) for ns in ("ns1", "ns2", "ns3")]
+    for ns in ("ns1", "ns2", "ns3"):
+        assert served(bind, ns, name) == []
+
+
 def test_a_name_outside_the_zone_is_refused_before_sending(bind: BindServers) -> None:
     with pytest.raises(PermanentError, match=r"outside zone example\.test\."):
         provider(bind).apply(expected=[], desired=[Record("www.other.test.", "A", 300,
@@ -209,7 +277,8 @@ def test_a_port_taken_between_check_and_start_is_replaced(
     busy = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     busy.bind(("127.0.0.1", 0))
     taken = busy.getsockname()[1]
-    real, handed = launcher.free_dns_port, []
+    real = launcher.free_dns_port
+    handed: list[int] = []
 
     def racing(used: set[int], **kw: Any) -> int:
         port = taken if not handed else real(used, **kw)
@@ -224,3 +293,54 @@ def test_a_port_taken_between_check_and_start_is_replaced(
     finally:
         busy.close()
     assert handed[0] == taken and len(handed) == 4  # 2 ports, then 2 new ones
+
+
+def test_failback_reverts_a_dns_step_that_failed_after_writing(bind: BindServers,
+                                                                tmp_path: Path) -> None:
+    """Issue 14 item 6 through the engine: the DNS update lands on the primary but a
+    stopped secondary does not serve it in time, the step fails (onFailure: abort) and the
+    run is Failed with traffic on dc-b; the failback reverts both steps — the failed DNS
+    step too — and every server serves the original again, as the status says."""
+    import yaml
+
+    from controller import testing
+    from controller.journal import Journal
+    from controller.loop import Engine
+    from controller.model import Phase
+    from controller.plan import parse_plan
+
+    name = fresh("failback")
+    provider(bind).apply(expected=[], desired=[Record(name, "A", 60, ("192.0.2.50",))])
+    data = yaml.safe_load((Path(__file__).resolve().parents[3]
+                           / "manifests/examples/memory-drill.yaml").read_text())
+    spec = data["spec"]
+    spec["backends"][1] = {"name": "zone", "role": "dns", "kind": "rfc2136",
+                           "options": options(bind, verifyTimeout="1s", timeout="500ms")}
+    spec["steps"] = [s for s in spec["steps"] if s["name"] in ("redirect-traffic",
+                                                              "dns-cutover")]
+    spec["steps"][1].update(onFailure="abort", retries=0,
+                            params={"records": [{"name": name, "type": "A", "ttl": 60,
+                                                 "values": ["198.51.100.50"]}]})
+    plan = parse_plan(data)
+    journal = Journal(tmp_path / "journal.db")
+    engine = Engine(plan, journal, holder="it")
+    engine.request("failover", actor="oncall", reason="drill")
+    bind.pause("ns2")
+    try:
+        assert engine.reconcile().phase is Phase.FAILED
+        assert served(bind, "ns1", name) == ["198.51.100.50"]  # it landed, then failed
+    finally:
+        bind.resume("ns2")
+    edge = testing.FakeTrafficBackend(testing.FakeTrafficOptions(key="edge"))
+    assert edge.current() == {"dc-a": 0, "dc-b": 100}
+    engine.request("failback", actor="oncall", reason="back")
+    state = engine.reconcile()
+    back = journal.runs(plan.name, limit=1)[0]
+    assert back.kind == "failback" and back.phase is Phase.HEALTHY, back.outcome
+    assert [s.name for s in journal.steps(back.id)] == ["revert-dns-cutover",
+                                                       "revert-redirect-traffic"]
+    assert state.active_site == "dc-a"
+    assert edge.current() == {"dc-a": 100, "dc-b": 0}
+    for ns in ("ns1", "ns2", "ns3"):
+        assert served(bind, ns, name) == ["192.0.2.50"]
+    journal.close()

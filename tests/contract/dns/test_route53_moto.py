@@ -2,7 +2,10 @@
 
 The provider manages only its own set (one backend per SetIdentifier), keeps the set's
 routing attributes (Weight, Failover) when swapping its values, never touches the sibling
-sets, and creates a missing set with the weight or failover role from its options. (The
+sets, and creates a missing set with the weight or failover role from its options. A DNS
+step resumed after its write landed proves INSYNC by a no-op UPSERT of the identical sets
+(and fails when that change never goes INSYNC: moto always answers INSYNC, so those tests
+rewrite the status botocore parses from moto's real answer to PENDING). (The
 PENDING->INSYNC wait and AWS's rejections, which moto does not model, are covered with
 botocore's Stubber in tests/unit/test_dns_route53.py.)
 """
@@ -10,13 +13,18 @@ botocore's Stubber in tests/unit/test_dns_route53.py.)
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from controller import registry
+from controller.actions import Dns, StepContext
+from controller.dns import DnsNotServed
+from controller.dns.route53 import DnsSyncTimeout
 from controller.drill.servers.moto import MotoServer
 from controller.model import PermanentError, Record
+from controller.plan import Step
 from controller.secrets import Secrets
 
 _N = itertools.count()
@@ -82,3 +90,97 @@ def test_ready_reads_the_zone(moto: MotoServer, hosted_zone: str) -> None:
 def test_an_unknown_hosted_zone_is_a_clear_error(moto: MotoServer) -> None:
     with pytest.raises(PermanentError, match="check hostedZoneId"):
         build(moto, "ZNOSUCHZONE").records(names=["www.example.test."])
+
+
+# --- a resumed DNS step proves INSYNC ------------------------------------------------------
+
+
+def dns_step(name: str, value: str, ttl: int = 60) -> Step:
+    return Step.model_validate({"name": "dns-cutover", "action": "dns", "backend": "zone",
+                                "params": {"records": [{"name": name, "type": "A",
+                                                        "ttl": ttl, "values": [value]}]}})
+
+
+def context(p: Any) -> StepContext:
+    return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
+                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       lookup_evidence=lambda *_: {})
+
+
+def submitted(p: Any) -> list[dict[str, Any]]:
+    """Every change batch the provider's client sends from now on (botocore's event hook)."""
+    sent: list[dict[str, Any]] = []
+    p.client.meta.events.register(
+        "before-call.route53.ChangeResourceRecordSets",
+        lambda params, **_: sent.append(params["body"]))
+    return sent
+
+
+def never_insync(p: Any) -> None:
+    """Route 53 accepts the change but never propagates it: the status botocore parsed
+    from moto's answer is rewritten to PENDING for every change and every poll."""
+    def pending(parsed: dict[str, Any], **_: Any) -> None:
+        if "ChangeInfo" in parsed:
+            parsed["ChangeInfo"]["Status"] = "PENDING"
+
+    for operation in ("ChangeResourceRecordSets", "GetChange"):
+        p.client.meta.events.register(f"after-call.route53.{operation}", pending)
+
+
+def test_a_resumed_step_whose_write_landed_proves_insync(moto: MotoServer,
+                                                         hosted_zone: str) -> None:
+    name = f"resumed-{next(_N)}.example.test."
+    p = build(moto, hosted_zone)
+    step = dns_step(name, "198.51.100.20")
+    prepared = Dns().prepare(step, context(p))  # the first attempt read: nothing there
+    p.apply(expected=[], desired=[Record(name, "A", 60, ("198.51.100.20",))])  # then crashed
+    sent = submitted(p)
+    evidence = Dns().perform(step, context(p), prepared)  # the resumed attempt
+    assert evidence["alreadyApplied"] is True
+    assert evidence["status"] == "INSYNC" and evidence["changeId"]
+    assert "went INSYNC" in evidence["proof"]
+    assert len(sent) == 1 and b"<Action>UPSERT</Action>" in sent[0]
+    assert b"<Value>198.51.100.20</Value>" in sent[0] and b"<TTL>60</TTL>" in sent[0]
+    assert raw_sets(moto, hosted_zone, name) == [{
+        "Name": name, "Type": "A", "TTL": 60,
+        "ResourceRecords": [{"Value": "198.51.100.20"}]}]  # the proof changed no data
+
+
+def test_a_resumed_step_fails_when_its_proof_never_goes_insync(moto: MotoServer,
+                                                               hosted_zone: str) -> None:
+    name = f"unproven-{next(_N)}.example.test."
+    p = build(moto, hosted_zone, syncTimeout="300ms")
+    step = dns_step(name, "198.51.100.21")
+    prepared = Dns().prepare(step, context(p))
+    p.apply(expected=[], desired=[Record(name, "A", 60, ("198.51.100.21",))])
+    never_insync(p)
+    with pytest.raises(DnsSyncTimeout, match=r"still not INSYNC after 0\.3 s") as caught:
+        Dns().perform(step, context(p), prepared)
+    assert isinstance(caught.value, DnsNotServed)
+    assert not isinstance(caught.value, PermanentError)  # the executor may retry it
+
+
+def test_verify_of_a_weighted_set_keeps_its_routing(moto: MotoServer,
+                                                    hosted_zone: str) -> None:
+    name = f"weighted-verify-{next(_N)}.example.test."
+    weighted(moto, hosted_zone, name)
+    p = build(moto, hosted_zone, setIdentifier="dc-b")
+    sent = submitted(p)
+    evidence = p.verify(desired=[Record(name, "A", 60, ("198.51.100.1",))])
+    assert evidence["status"] == "INSYNC" and evidence["setIdentifier"] == "dc-b"
+    assert b"<SetIdentifier>dc-b</SetIdentifier>" in sent[0] and b"<Weight>0</Weight>" in sent[0]
+    sets = {s["SetIdentifier"]: s for s in raw_sets(moto, hosted_zone, name)}
+    assert (sets["dc-a"]["Weight"], sets["dc-b"]["Weight"]) == (100, 0)
+    assert sets["dc-b"]["ResourceRecords"] == [{"Value": "198.51.100.1"}]
+
+
+def test_a_deletion_is_proven_by_a_no_op_on_the_zone_soa(moto: MotoServer,
+                                                         hosted_zone: str) -> None:
+    name = f"gone-{next(_N)}.example.test."
+    p = build(moto, hosted_zone)
+    sent = submitted(p)
+    evidence = p.delete(expected=[Record(name, "A", 60, ("198.51.100.23",))])
+    assert evidence["deleted"] == [] and evidence["status"] == "INSYNC"
+    assert "the zone's SOA, unchanged" in evidence["proof"]
+    assert len(sent) == 1 and b"<Type>SOA</Type>" in sent[0]
+    assert b"<Action>UPSERT</Action>" in sent[0]

@@ -9,6 +9,11 @@
   one normalized shape, and a twin whose destination is down. The contract suite runs
   all four through the same tests, so the fake cannot drift from the real notifiers.
 
+- `DripServer`: a real TCP server that answers one byte a second (an HTTP answer after
+  reading the request, or an SMTP greeting at once), so no per-operation socket timeout
+  ever trips: only a deadline enforced as a whole ends the attempt. It records when each
+  connection came and when the client hung up. Stopped through its handle.
+
 Secrets (webhook tokens in URL paths, the bearer token, the SMTP password) are read from
 files like a plan reads them, and are the strings no error or log may contain.
 """
@@ -17,7 +22,10 @@ from __future__ import annotations
 
 import html
 import itertools
+import select
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +53,116 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n" \
+          b"Connection: close\r\n\r\nok"
+SMTP_GREETING = b"220 relay.example.test ESMTP ready\r\n"
+
+
+@dataclass
+class Dripped:
+    """One connection to a DripServer: when it came, what it sent, when it hung up."""
+
+    accepted: float
+    request: bytes = b""
+    closed: float | None = None
+
+
+class DripServer:
+    """A real server that answers `answer` one byte every `every` seconds.
+
+    With `greet` it starts at once (an SMTP server's greeting); otherwise it first reads
+    an HTTP request (headers and `Content-Length` body). The first `slow` connections
+    drip (None: all); later ones get the whole answer at once. `connections` says when
+    each came and when the client hung up (monotonic seconds).
+    """
+
+    def __init__(self, answer: bytes, *, every: float = 1.0, greet: bool = False,
+                 slow: int | None = None):
+        self.answer, self.every, self.greet, self.slow = answer, every, greet, slow
+        self.connections: list[Dripped] = []
+        self._stop = threading.Event()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._threads: list[threading.Thread] = []
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def __enter__(self) -> DripServer:
+        accept = threading.Thread(target=self._accept, name=f"drip-{self.port}", daemon=True)
+        accept.start()
+        self._threads.append(accept)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._listener.close()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        self._listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            record = Dripped(time.monotonic())
+            slow = self.slow is None or len(self.connections) < self.slow
+            self.connections.append(record)
+            worker = threading.Thread(target=self._serve, args=(conn, record, slow),
+                                      daemon=True)
+            worker.start()
+            self._threads.append(worker)
+
+    def _serve(self, conn: socket.socket, record: Dripped, slow: bool) -> None:
+        with conn:
+            conn.settimeout(5)
+            if not self.greet:
+                record.request = _read_http(conn)
+            if not slow:
+                conn.sendall(self.answer)
+                record.closed = time.monotonic()
+                return
+            for byte in self.answer:
+                if self._stop.is_set():
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    break
+                readable, _, _ = select.select([conn], [], [], self.every)
+                if readable and not _drain(conn):  # the client hung up
+                    break
+            record.closed = time.monotonic()
+
+
+def _read_http(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def _drain(conn: socket.socket) -> bool:
+    """Read what the client sent meanwhile; False once it hung up."""
+    try:
+        return bool(conn.recv(65536))
+    except OSError:
+        return False
 
 
 @pytest.fixture

@@ -1,16 +1,20 @@
 """The SMTP notifier against a real local SMTP server (aiosmtpd): STARTTLS and login, the
-message (recipients, subject, template body, run headers), retries bounded on 451 then
-250, permanent refusals not retried, and the password never in an error or a log."""
+message (recipients, subject, template body, run headers), a status of several lines (a
+FAILED step's stderr) delivered with a one-line subject and every line in the body,
+retries bounded on 451 then 250, permanent refusals not retried, and the password never
+in an error or a log."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
 from controller.drill.servers.mail import MailServer
 from controller.model import Notice
 from controller.notify.common import NotifyError, render
+from controller.notify.smtp import SUBJECT_LENGTH
 from tests.contract.notify.conftest import SMTP_PASSWORD, SMTP_USER, build, smtp_options
 
 NOTICE = Notice(plan="notify-drill", level=3, subject="[notify-drill] level 3 failover",
@@ -35,6 +39,39 @@ def test_mails_the_template_over_starttls_after_login(mail: MailServer,
     assert m.message["References"] == "<notify-drill-failover-3@failoverctl>"
     assert m.message["X-Failover-Run"] == "notify-drill-failover-3"
     assert m.text == render(NOTICE)
+
+
+FAILED_STATUS = (
+    "failover FAILED: step restore-db failed: pgbackrest restore exited 82:\n"
+    "ERROR: [082]: unable to restore to path '/var/lib/postgresql/16/main'\r\n"
+    "       HINT: is the cluster still running?\n"
+    "\tstanza: main\u2028archive: 16-1")
+
+
+def test_a_status_of_several_lines_is_mailed_with_a_one_line_subject(
+        mail: MailServer, secret_file: SecretFile) -> None:
+    failed = replace(NOTICE, status=FAILED_STATUS)
+    build("smtp", smtp_options(mail, secret_file)).send(notice=failed)
+    [m] = mail.messages()
+    assert m.subject.startswith("[notify-drill] level 3 failover: failover FAILED: step "
+                                "restore-db failed: pgbackrest restore exited 82: ERROR: "
+                                "[082]: unable to restore to path '/var/lib/postgresql/16/"
+                                "main' HINT: is the cluster")
+    assert len(m.subject) == SUBJECT_LENGTH and m.subject.endswith("\u2026")
+    assert m.text == render(failed)  # the full text, every line, in the body
+    for line in FAILED_STATUS.replace("\u2028", "\n").splitlines():
+        assert line.strip() in m.text
+    assert m.message["X-Failover-Run"] == "notify-drill-failover-3"
+
+
+def test_a_long_status_of_two_lines_is_cut_in_the_subject_only(mail: MailServer,
+                                                  secret_file: SecretFile) -> None:
+    long = replace(NOTICE, status="failover FAILED: step link-test failed:\n"
+                   + "unreachable; " * 40)
+    build("smtp", smtp_options(mail, secret_file)).send(notice=long)
+    [m] = mail.messages()
+    assert len(m.subject) == SUBJECT_LENGTH and m.subject.endswith("\u2026")
+    assert ("unreachable; " * 40).strip() in m.text
 
 
 def test_routes_without_addresses_use_the_default_to(mail: MailServer,

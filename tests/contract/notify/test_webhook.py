@@ -5,6 +5,7 @@ permanent one, and a final failure that raises with every secret redacted."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -48,9 +49,23 @@ def test_posts_the_notice_as_json_with_the_bearer_token(hooks: WebhookServer,
         "run": {"id": "notify-drill-failover-1", "link": NOTICE.link},
         "recipients": ["broadcast"], "at": 1_700_000_000.0}
     assert doc["time"] == "2023-11-14 22:13 UTC"
-    # what an SMS gateway forwards: one message, at most 160 characters, status first
-    assert doc["message"].startswith("L1 notify-drill: failover started: tripped. Down: web")
+    # what an SMS gateway forwards: one GSM-7 message of at most 160 characters, run first
+    assert doc["message"].startswith("notify-drill-failover-1 L1 notify-drill: failover "
+                                     "started: tripped. Down: web")
     assert len(doc["message"]) <= 160
+
+
+def test_the_sms_text_is_one_gsm7_part_with_the_run_id_first(
+        hooks: WebhookServer, secret_file: SecretFile) -> None:
+    hostile = replace(NOTICE, status="failover FAILED: \u00abns1\u00bb refused \u2014 "
+                                     "retry\u2026\n" + "x" * 300)
+    build("webhook", webhook_options(hooks.url(PATH), secret_file)).send(notice=hostile)
+    [doc] = hooks.received(PATH)
+    assert doc["message"].startswith('notify-drill-failover-1 L1 notify-drill: failover '
+                                     'FAILED: "ns1" refused - retry... xxx')
+    assert len(doc["message"]) == 160 and doc["message"].endswith("...")
+    assert doc["message"].isascii()  # here: every character one GSM-7 septet
+    assert doc["status"] == hostile.status  # the full text is still in the document
 
 
 @pytest.mark.parametrize("transient", [500, 502, 503, 429, 408])

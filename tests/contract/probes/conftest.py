@@ -187,15 +187,22 @@ class GarbageServer:
 
 
 class DnsServer:
-    """Authoritative answers from `records` {(name, type): [values]}; mode ok|servfail|silent."""
+    """Authoritative answers from `records` {(name, type): [values]}; mode ok|servfail|silent.
 
-    def __init__(self, records: dict[tuple[str, str], list[str]]):
+    Queries for a name in `drop` are read and never answered (a nameserver whose upstream
+    is dead), whatever the mode; `dropped` counts them.
+    """
+
+    def __init__(self, records: dict[tuple[str, str], list[str]], *,
+                 host: str = "127.0.0.1", port: int = 0, drop: tuple[str, ...] = ()):
         self.records = {(n.lower().rstrip(".") + ".", t.upper()): v for (n, t), v in
                         records.items()}
+        self.drop = {n.lower().rstrip(".") + "." for n in drop}
+        self.host = host
         self.mode = "ok"
-        self.queries = 0
+        self.queries = self.dropped = 0
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, port))
         self._sock.settimeout(0.1)
         self._stopped = threading.Event()
         self.port = int(self._sock.getsockname()[1])
@@ -218,6 +225,9 @@ class DnsServer:
             question = query.question[0]
             name = question.name.to_text().lower()
             rdtype = dns.rdatatype.to_text(question.rdtype)
+            if name in self.drop:
+                self.dropped += 1
+                continue
             if self.mode == "servfail":
                 response.set_rcode(dns.rcode.SERVFAIL)
             elif (name, rdtype) in self.records:

@@ -4,7 +4,8 @@ The must-show test: a steady stream of requests (kept-alive and new connections)
 haproxy while the backend shifts; every request sent after the shift returned is
 answered by the backup and not one request fails. Then: maintenance and drain, the
 target-first rule when the target is down, sites whose servers disagree, the observed
-split, and the errors an operator meets (unknown backend or server, a socket that is
+split, servers in drain or maintenance that a revert puts back exactly as they were, and
+the errors an operator meets (unknown backend or server, a socket that is
 wrong, not admin, or whose haproxy is gone, a missing haproxy binary, bad options).
 """
 
@@ -28,6 +29,7 @@ from controller.drill.servers.postgres import ServerError, free_port
 from controller.model import PermanentError
 from controller.secrets import Secrets
 from controller.traffic.haproxy import HaproxyOptions, HaproxyStateError
+from tests.contract.traffic.steps import TrafficStep
 
 ORIGINAL = {"primary": 100, "backup": 0}
 CUTOVER = {"backup": 100, "primary": 0}
@@ -308,3 +310,52 @@ def test_options_name_the_field_and_the_fix(options: dict[str, Any], message: st
             "servers": {"dc-a": ["web1"], "dc-b": ["web2"]}}
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         HaproxyOptions.model_validate({**base, **options})
+
+
+def test_servers_in_drain_and_maint_are_back_in_drain_and_maint_after_a_revert(
+        tmp_path: Path) -> None:
+    """A standby kept in maintenance and one in drain come back as they were, each with
+    its own weight — not `ready` with weight 0."""
+    with HaproxyServers(base=tmp_path / "edge") as edge:
+        be = edge.backend
+        port = edge.sites["backup"].port
+        assert "New server registered" in edge.command(  # a dynamic server starts in maint
+            f"add server {be}/web3 127.0.0.1:{port} weight 50")
+        edge.command(f"set server {be}/web2 weight 100; set server {be}/web2 state drain")
+        backend = build(edge, servers={"primary": ["web1"], "backup": ["web2", "web3"]})
+        step = TrafficStep.over(backend, primary="primary", backup="backup",
+                                weights=CUTOVER)
+
+        prepared = step.prepare()
+        assert prepared["before"] == ORIGINAL
+        servers = prepared["snapshot"]["servers"]
+        assert {n: (s["admin"], s["weight"]) for n, s in servers.items()} == {
+            "web1": ("ready", 100), "web2": ("drain", 100), "web3": ("maint", 50)}
+
+        evidence = step.perform(prepared)
+        assert backend.current() == {"primary": 0, "backup": 100}
+        assert {n: (server_row(edge, n)["srv_admin_state"], server_row(edge, n)["srv_uweight"])
+                for n in ("web2", "web3")} == {"web2": ("0", "100"), "web3": ("0", "100")}
+
+        back = step.revert(evidence)
+
+        rows = {n: server_row(edge, n) for n in ("web1", "web2", "web3")}
+        assert {n: (r["srv_admin_state"], r["srv_uweight"]) for n, r in rows.items()} == {
+            "web1": ("0", "100"), "web2": ("8", "100"), "web3": ("1", "50")}
+        assert backend.current() == ORIGINAL
+        assert back["commands"] == [  # primary back first; the standbys held, then weighted
+            f"set server {be}/web1 weight 100", f"set server {be}/web2 state drain",
+            f"set server {be}/web3 state maint", f"set server {be}/web3 weight 50"]
+        again = backend.revert(to=prepared["before"], snapshot=prepared["snapshot"])
+        assert again["commands"] == []  # idempotent
+
+
+def test_a_snapshot_that_was_edited_is_refused_before_any_write(
+        edge_haproxy: HaproxyServers) -> None:
+    backend = build(edge_haproxy)
+    backend.shift(to="backup", weights=CUTOVER)
+    with pytest.raises(PermanentError, match=r"saved HAProxy state of server 'web2' is not "
+                                             r"\{admin: ready\|drain\|maint"):
+        backend.revert(to=ORIGINAL, snapshot={"weights": ORIGINAL, "servers": {
+            "web2": {"admin": "offline", "weight": 0}}})
+    assert backend.current() == {"primary": 0, "backup": 100}

@@ -6,7 +6,11 @@ namespace with the CRDs of tests/crds. They show: shift then revert gives back t
 original spec byte for byte; the target is enabled before the source is drained (seen
 through a watch); shifts and reverts are idempotent; an edit made by someone else
 between our read and our write is retried, not lost; objects, routes and destinations
-that do not match the plan are clear permanent errors that change nothing.
+that do not match the plan are clear permanent errors that change nothing. Fencing: a
+write inside a step stamps its token on the object, one with an older token than the
+object carries is refused (also when the newer write lands between our read and our
+write), a cancelled step writes nothing; and a step's revert restores what the step set
+but leaves, and reports, what a person set.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from typing import Any
 
 import pytest
 
-from controller import registry
+from controller import fencing, registry
 from controller.drill.servers.kube import KubeServers
 from controller.kube import Kube
 from controller.model import PermanentError
 from controller.secrets import Secrets
+from controller.traffic.mesh import TOKEN_ANNOTATION
+from tests.contract.traffic.steps import TrafficStep
 
 _N = itertools.count()
 ORIGINAL = {"dc-a": 100, "dc-b": 0}
@@ -302,3 +308,91 @@ def test_istio_routes_that_disagree_are_refused_not_guessed() -> None:
     spec["http"].append(second)
     with pytest.raises(PermanentError, match="carry different weights"):
         backend._weights_of({"spec": spec})
+
+
+# --- fencing: a cancelled step writes nothing, an older token is refused -----------------
+
+
+def token_of(mesh: Mesh) -> str | None:
+    return (mesh.get()["metadata"].get("annotations") or {}).get(TOKEN_ANNOTATION)
+
+
+def test_each_write_in_a_step_carries_its_fencing_token(mesh: Mesh) -> None:
+    backend = mesh.backend()
+    with fencing.scope(fencing.Fence(5, "replica-1")):
+        evidence = backend.shift(to="dc-b", weights=CUTOVER)
+    assert token_of(mesh) == "5" and evidence["fencingToken"] == 5
+    backend.revert(to=ORIGINAL)  # outside any step: no token to stamp or compare
+    assert token_of(mesh) == "5" and backend.current() == ORIGINAL
+
+
+def test_a_write_with_an_older_token_is_refused_and_changes_nothing(mesh: Mesh) -> None:
+    backend = mesh.backend()
+    with fencing.scope(fencing.Fence(5, "new-leader")):
+        backend.shift(to="dc-b", weights=CUTOVER)
+    rv, spec = mesh.get()["metadata"]["resourceVersion"], mesh.spec_json()
+    with fencing.scope(fencing.Fence(4, "deposed")), pytest.raises(
+            fencing.StaleToken, match=rf"{mesh.kind.kind} {mesh.ns}/{mesh.name} was written "
+                                      r"with fencing token 5, newer than this step's 4 "
+                                      r"\(holder deposed\)"):
+        backend.revert(to=ORIGINAL)
+    assert mesh.get()["metadata"]["resourceVersion"] == rv and mesh.spec_json() == spec
+    with fencing.scope(fencing.Fence(6, "newer-leader")):
+        backend.revert(to=ORIGINAL)
+    assert token_of(mesh) == "6" and backend.current() == ORIGINAL
+
+
+def test_a_newer_holders_write_between_our_read_and_write_is_not_overwritten(
+        mesh: Mesh) -> None:
+    """The token rides in the resourceVersion-checked update: our stale PUT is refused
+    (409), the re-read finds the newer token and we stop."""
+    def newer_holder() -> None:
+        def edit(obj: dict[str, Any]) -> None:
+            obj["metadata"].setdefault("annotations", {})[TOKEN_ANNOTATION] = "9"
+            mesh.kind.foreign_edit(obj["spec"])
+        mesh.admin.update(mesh.kind.group, mesh.kind.version, mesh.ns, mesh.kind.plural,
+                          mesh.name, edit)
+
+    racing = RacingKube.from_token(mesh.kube.url, mesh.kube.token("controller"),
+                                   ca_file=str(mesh.kube.ca_file))
+    assert isinstance(racing, RacingKube)
+    racing.race, racing.nth = newer_holder, 1
+    backend = registry.load("traffic", mesh.kind.name)(
+        registry.parse_options("traffic", mesh.kind.name, mesh.options()), kube=racing)
+    with fencing.scope(fencing.Fence(5, "deposed")), pytest.raises(fencing.StaleToken):
+        backend.shift(to="dc-b", weights=CUTOVER)
+    assert racing.conflicts == 1
+    assert token_of(mesh) == "9" and mesh.backend().current() == ORIGINAL
+
+
+def test_a_cancelled_step_writes_nothing(mesh: Mesh) -> None:
+    rv = mesh.get()["metadata"]["resourceVersion"]
+    fence = fencing.Fence(5, "replica-1")
+    fence.cancel("the step's timeout passed")
+    with fencing.scope(fence), pytest.raises(fencing.Cancelled):
+        mesh.backend().shift(to="dc-b", weights=CUTOVER)
+    assert mesh.get()["metadata"]["resourceVersion"] == rv
+
+
+# --- a step's revert compares before it writes ----------------------------------------
+
+
+def test_a_step_revert_restores_what_the_step_set_and_leaves_what_a_person_set(
+        mesh: Mesh) -> None:
+    backend = mesh.backend()
+    step = TrafficStep.over(backend, primary="dc-a", backup="dc-b", weights=CUTOVER,
+                            steps=[10, 50, 100], pause="1ms")
+    prepared = step.prepare()
+    assert prepared == {"before": ORIGINAL, "snapshot": {"weights": ORIGINAL}}
+    original = mesh.spec_json()
+    backend.shift(to="dc-b", weights={"dc-b": 50, "dc-a": 50})  # a stopped attempt
+    step.revert(prepared)  # from `before` alone: the 50 % step is the step's own
+    assert mesh.spec_json() == original
+
+    evidence = step.perform(prepared)
+    backend.revert(to={"dc-a": 20})  # a person sends 20 back to dc-a by hand
+    rv = mesh.get()["metadata"]["resourceVersion"]
+    back = step.revert(evidence)
+    assert mesh.get()["metadata"]["resourceVersion"] == rv  # not written
+    assert back["left"] == [{"destination": "dc-a", "now": 20, "stepSet": 0,
+                             "original": 100}]

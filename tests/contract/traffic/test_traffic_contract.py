@@ -2,7 +2,9 @@
 
 Every test runs twice (edge = memory | haproxy), so the fake cannot drift from the real
 backend: per-site weights, shift and revert round trips that restore the exact original,
-idempotent shifts and reverts, and clear permanent errors that change nothing.
+idempotent shifts and reverts, and clear permanent errors that change nothing; through
+the real `Traffic` handler, a revert that restores only what the step set (any step of a
+stepped shift included) and reports, never overwrites, a change made by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 import pytest
 
 from controller.model import PermanentError
+from tests.contract.traffic.steps import TrafficStep
 
 ORIGINAL = {"primary": 100, "backup": 0}  # where the `edge` fixture starts every test
 CUTOVER = {"backup": 100, "primary": 0}
@@ -79,4 +82,50 @@ def test_unknown_destination_is_a_clear_permanent_error_and_changes_nothing(
 def test_a_target_given_no_weight_is_refused_and_changes_nothing(edge: Edge) -> None:
     with pytest.raises(PermanentError, match="give the target 'backup' no weight"):
         edge.backend.shift(to="backup", weights={"primary": 0})
+    assert edge.backend.current() == ORIGINAL
+
+
+# --- a step's revert compares before it writes (through the real Traffic handler) ---------
+
+
+def over(edge: Edge, **params: Any) -> TrafficStep:
+    return TrafficStep.over(edge.backend, primary="primary", backup="backup",
+                            weights=CUTOVER, **params)
+
+
+def test_snapshot_holds_the_weights(edge: Edge) -> None:
+    assert edge.backend.snapshot()["weights"] == ORIGINAL
+
+
+def test_a_step_revert_restores_the_original(edge: Edge) -> None:
+    step = over(edge)
+    evidence = step.perform(step.prepare())
+    assert edge.backend.current() == CUTOVER
+    back = step.revert(evidence)
+    assert "left" not in back and back["after"] == ORIGINAL
+    assert edge.backend.current() == ORIGINAL
+    again = step.revert(evidence)  # idempotent: re-run after a crash writes nothing
+    assert again["writes"] == 0 and "nothing to write" in again["note"]
+    assert edge.backend.current() == ORIGINAL
+
+
+def test_a_step_revert_reports_and_keeps_a_change_made_during_the_incident(
+        edge: Edge) -> None:
+    step = over(edge)
+    evidence = step.perform(step.prepare())
+    edge.backend.revert(to={"backup": 30})  # a person lowers the backup by hand
+    back = step.revert(evidence)
+    assert edge.backend.current() == {"primary": 0, "backup": 30}
+    assert back["writes"] == 0
+    assert back["left"] == [{"destination": "backup", "now": 30, "stepSet": 100,
+                             "original": 0}]
+    assert "left as it is, not reverted to {'primary': 100, 'backup': 0}" in back["note"]
+
+
+def test_a_stepped_shift_stopped_half_way_is_reverted_from_before_alone(edge: Edge) -> None:
+    step = over(edge, steps=[10, 50, 100], pause="1ms")
+    prepared = step.prepare()
+    edge.backend.shift(to="backup", weights={"backup": 50, "primary": 50})  # it got here
+    back = step.revert(prepared)  # a failed or unknown step: no `after` recorded
+    assert "left" not in back
     assert edge.backend.current() == ORIGINAL

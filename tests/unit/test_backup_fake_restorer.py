@@ -1,0 +1,53 @@
+"""The in-memory restorer is a fenced target like the real ones: a cancelled step writes
+nothing, each restore is recorded with the fencing token and holder of the step attempt
+that made it, and a deposed holder (an older token) cannot restore over the new one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller import fencing
+from controller.model import Backup, Target
+from controller.testing import FakeRestorer
+
+BACKUP = Backup(id="b1", dataset="orders", kind="daily", taken_at=0.0, location="x",
+                verified=True)
+INTO = Target(host=None, path="/srv/pg/data")
+
+
+@pytest.fixture(params=["memory", "stateFile"])
+def restorer(request: pytest.FixtureRequest, tmp_path: Path) -> FakeRestorer:
+    extra = {"stateFile": str(tmp_path / "world.json")} if request.param == "stateFile" else {}
+    return FakeRestorer(FakeRestorer.Options.model_validate({"key": "db", **extra}))
+
+
+def test_a_cancelled_step_restores_nothing(restorer: FakeRestorer) -> None:
+    fence = fencing.Fence(4, "controller-a")
+    fence.cancel("step restore-db timed out after 30 s")
+    with fencing.scope(fence), pytest.raises(fencing.Cancelled, match="timed out"):
+        restorer.restore(backup=BACKUP, into=INTO)
+    assert restorer.restored() == []
+
+
+def test_each_restore_carries_its_token_and_holder(restorer: FakeRestorer) -> None:
+    restorer.restore(backup=BACKUP, into=INTO)  # outside any step: no token
+    with fencing.scope(fencing.Fence(5, "controller-a")):
+        restorer.restore(backup=BACKUP, into=INTO)
+    assert restorer.restored() == [
+        {"backup": "b1", "into": "/srv/pg/data", "token": None, "holder": None},
+        {"backup": "b1", "into": "/srv/pg/data", "token": 5, "holder": "controller-a"}]
+
+
+def test_a_restore_with_an_older_token_is_refused(restorer: FakeRestorer) -> None:
+    with fencing.scope(fencing.Fence(8, "controller-b")):
+        restorer.restore(backup=BACKUP, into=INTO)
+    with fencing.scope(fencing.Fence(7, "controller-a")), \
+            pytest.raises(fencing.StaleToken, match=r"token 7 .*older than token 8"):
+        restorer.restore(backup=BACKUP, into=INTO)
+    with fencing.scope(fencing.Fence(8, "controller-b")):
+        restorer.restore(backup=BACKUP, into=INTO)  # the same holder's retry: accepted
+    restorer.restore(backup=BACKUP, into=INTO)  # a person's, outside any step: accepted
+    assert [(r["token"], r["holder"]) for r in restorer.restored()] == [
+        (8, "controller-b"), (8, "controller-b"), (None, None)]
