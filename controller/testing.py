@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller import fencing
 from controller.dns import DnsConflict
 from controller.model import (
     Backup,
@@ -72,6 +73,23 @@ def _state(opts: FakeOptions, namespace: str) -> Iterator[dict[str, Any]]:
             with os.fdopen(fd, "w") as fh:
                 fh.write(after)
             os.replace(tmp, path)
+
+
+def _fenced(st: dict[str, Any], what: str) -> tuple[int | None, str | None]:
+    """Before a fake writes (under its state lock): check the step's fence, and refuse a
+    token older than one this target accepted (`fencing.StaleToken`), as a fencing-aware
+    target does. Returns (token, holder) to record with the write; outside a step (no
+    token) the write is accepted."""
+    fencing.check()
+    token, holder = fencing.token(), fencing.holder()
+    highest = st.get("maxToken")
+    if token is not None and highest is not None and token < highest:
+        raise fencing.StaleToken(f"{what}: fencing token {token} ({holder}) is older than "
+                                 f"token {highest} already accepted; another controller "
+                                 "holds the plan now")
+    if token is not None:
+        st["maxToken"] = token if highest is None else max(token, highest)
+    return token, holder
 
 
 def reset() -> None:
@@ -178,18 +196,8 @@ class FakeTrafficBackend:
         return {"weights": self.current()}
 
     def _set(self, weights: Weights) -> None:
-        from controller import fencing
-
         with _state(self.options, "traffic") as st:
-            fencing.check()
-            token, holder = fencing.token(), fencing.holder()
-            newest = st.get("newestToken")
-            if token is not None and newest is not None and token < newest:
-                raise fencing.StaleToken(
-                    f"memory traffic {self.options.key}: fencing token {token} (holder "
-                    f"{holder}) is older than {newest}, already written; not writing")
-            if token is not None:
-                st["newestToken"] = token if newest is None else max(newest, token)
+            token, holder = _fenced(st, f"memory traffic {self.options.key}")
             st["weights"] = dict(weights)
             st["calls"] = st.get("calls", 0) + 1
             st.setdefault("writes", []).append(
@@ -207,8 +215,6 @@ class FakeTrafficBackend:
                                  f"add {to!r} to them")
         self._known(before, weights)
         if self.options.delay:
-            from controller import fencing
-
             fencing.pause(self.options.delay)
         with _state(self.options, "traffic") as st:
             if st.get("failed", 0) < self.options.fail_shifts:
@@ -276,19 +282,9 @@ class FakeDnsProvider:
     @staticmethod
     def _fenced_write(st: dict[str, Any], action: str, records: list[Record]) -> None:
         """Refuse a stale token, then record the write (called under the state lock)."""
-        from controller import fencing
-
-        token = fencing.token()
-        if token is not None:
-            highest = st.get("maxToken")
-            if highest is not None and token < highest:
-                raise fencing.StaleToken(
-                    f"DNS write refused: fencing token {token} ({fencing.holder()}) is older "
-                    f"than token {highest} already accepted; another controller holds the "
-                    "plan now")
-            st["maxToken"] = token if highest is None else max(token, highest)
+        token, holder = _fenced(st, "DNS write refused")
         st.setdefault("writes", []).append({
-            "token": token, "holder": fencing.holder(), "action": action,
+            "token": token, "holder": holder, "action": action,
             "records": [r.to_json() for r in records]})
 
     def records(self, *, names: list[str] | None = None) -> list[Record]:
@@ -298,8 +294,6 @@ class FakeDnsProvider:
         return [r for k, r in sorted(recs.items()) if wanted is None or k[0] in wanted]
 
     def apply(self, *, expected: list[Record], desired: list[Record]) -> Evidence:
-        from controller import fencing
-
         if self.options.fail:
             raise ConnectionError("injected DNS server failure")
         for rec in desired:
@@ -329,8 +323,6 @@ class FakeDnsProvider:
 
     def delete(self, *, expected: list[Record]) -> Evidence:
         """Delete each set only if it holds exactly `expected`'s values; absent: reported."""
-        from controller import fencing
-
         if self.options.fail:
             raise ConnectionError("injected DNS server failure")
         for rec in expected:
@@ -432,20 +424,11 @@ class FakeRestorer:
             raise PermanentError(f"backup {backup.id} is not verified "
                                  f"({backup.verification or 'never verified'}); only a "
                                  "backup whose verification passed may be restored")
-        from controller import fencing
-
         if self.options.fail:
             raise ConnectionError("injected restore failure")
         started = time.time()
         with _state(self.options, "restorer") as st:
-            fencing.check()
-            token, holder = fencing.token(), fencing.holder()
-            highest = st.get("maxToken")
-            if token is not None and highest is not None and token < highest:
-                raise fencing.StaleToken(
-                    f"restore of {backup.id} onto {into.path} refused: fencing token {token} "
-                    f"({holder}) is older than token {highest} already accepted; another "
-                    "controller holds the plan now")
+            token, holder = _fenced(st, f"restore of {backup.id} onto {into.path} refused")
             fence = fencing.current()
             filled = f"{fence.label if fence else ''}|{into.host or ''}:{into.path}"
             if fence is not None and fence.label and filled in st.get("filled", []):
@@ -455,8 +438,6 @@ class FakeRestorer:
                     f"target {into.host or 'localhost'}:{into.path} is not empty: this step "
                     f"({fence.label}) restored into it already; a restore never writes over "
                     "data, so it is not repeated")
-            if token is not None:
-                st["maxToken"] = token if highest is None else max(token, highest)
             st.setdefault("filled", []).append(filled)
             st.setdefault("restored", []).append({"backup": backup.id, "into": into.path,
                                                   "token": token, "holder": holder})

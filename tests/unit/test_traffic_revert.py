@@ -156,7 +156,7 @@ def test_the_memory_edge_records_each_write_and_refuses_an_older_token() -> None
     with fencing.scope(fencing.Fence(5, "new-leader")):
         edge.shift(to="dc-b", weights=CUTOVER)
     with fencing.scope(fencing.Fence(4, "deposed")), pytest.raises(
-            fencing.StaleToken, match=r"fencing token 4 \(holder deposed\) is older than 5"):
+            fencing.StaleToken, match=r"fencing token 4 \(deposed\) is older than token 5"):
         edge.revert(to=ORIGINAL)
     assert edge.current() == CUTOVER  # the deposed holder changed nothing
     with fencing.scope(fencing.Fence(5, "new-leader")):
