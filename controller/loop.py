@@ -68,7 +68,7 @@ class Engine:
         self.as_holder = (self.lease_name, self.holder)  # fenced journal writes
         self._stored = False  # the plan's state row exists in the journal
         self._shown: tuple[Any, ...] = ()  # what the phase/level/readiness gauges show
-        every = renew_every or max(lease_ttl / 3, 0.001)  # renew the lease during a step
+        every = renew_every or max(lease_ttl / 4, 0.001)  # renew the lease during a step
         self.executor = Executor(journal, guard=self.guard, token=self.token,
                                  holder=self.holder, clock=self.clock,
                                  save=partial(journal.save_step, holder=self.as_holder),

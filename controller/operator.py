@@ -122,7 +122,7 @@ class LeaderConfig:
 
     @property
     def guard_every(self) -> float:
-        """How often a running step re-checks the Lease (the engine's `lease_ttl / 3`):
+        """How often a running step re-checks the Lease (the engine's `renew_every`):
         every retry period, and often enough that a leader past its renew deadline is
         stopped before its Lease can expire (renew deadline + this < lease duration)."""
         return max(min(self.retry_period,

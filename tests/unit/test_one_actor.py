@@ -133,13 +133,13 @@ def test_a_slow_step_that_times_out_makes_no_write_after_it_is_recorded(
 
 def test_a_second_process_never_performs_a_running_step(tmp_path: Path) -> None:
     def slow(spec: dict[str, Any]) -> None:
-        only_traffic("5s")(spec)
-        spec["backends"][0]["options"]["delay"] = 1.5
+        only_traffic("10s")(spec)
+        spec["backends"][0]["options"]["delay"] = 3.0  # longer than the lease's TTL
 
     plan = make_plan(slow)
     path = tmp_path / "journal.db"
-    a = engine(plan, Journal(path), "cli-1", ttl=0.6)  # renews every 0.2 s during the step
-    b = engine(plan, Journal(path), "cli-2", ttl=0.6)
+    a = engine(plan, Journal(path), "cli-1", ttl=2.0)  # renews every 0.5 s during the step
+    b = engine(plan, Journal(path), "cli-2", ttl=2.0)
     a.request("failover", actor="oncall", reason="drill")
     assert a.holds_lease()
     worker = threading.Thread(target=a.reconcile)
