@@ -1,8 +1,9 @@
 """The controller's own HTTP endpoints: /healthz, /readyz and /metrics.
 
 /healthz says the reconcile loop is alive (it ticked recently); /readyz says it can act
-(its journal answers); /metrics is Prometheus text. A plain threaded http.server is
-enough for three read-only endpoints and keeps the loop's thread free.
+(its journal answers); /metrics is Prometheus text, with the time of the last beat so an
+alert sees a loop that stopped (`ControllerNotReconciling`). A plain threaded http.server
+is enough for three read-only endpoints and keeps the loop's thread free.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from controller import metrics
+
 
 class Health:
     """Shared between the loop (which beats) and the HTTP handlers (which read)."""
@@ -24,6 +27,7 @@ class Health:
 
     def beat(self) -> None:
         self.last_beat = time.monotonic()
+        metrics.RECONCILED.set(time.time())  # what alerts read: 0 until the first cycle
 
     def alive(self) -> tuple[bool, str]:
         age = time.monotonic() - self.last_beat

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
                           description="SQLite journal of runs, steps, decisions and audit")
     actor: str = Field(default_factory=_default_actor,
                        description="who this process acts as in the audit trail")
-    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
+    log_level: str = Field("WARNING", pattern="^(DEBUG|INFO|WARNING|ERROR)$",
+                           description="level of the controller's own logs (-v: DEBUG); "
+                                       "libraries log at WARNING unless -v")
     tick: float = Field(1.0, gt=0, description="seconds between reconcile cycles")
     lease_ttl: float = Field(30.0, gt=0, description="seconds a lease is held without renewal")

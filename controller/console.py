@@ -17,8 +17,10 @@ from typing import Any
 import click
 
 from controller.plan import FailoverPlan, Step, format_duration
+from controller.registry import step_kind
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_JOURNAL, EXIT_WAITING = 0, 1, 2, 3, 4
+NO_DECISION = "no decision yet (the loop has not run)"  # lastDecision null in JSON
 
 
 class CliError(Exception):
@@ -56,28 +58,14 @@ class Progress:
 
 def does(plan: FailoverPlan, s: Step) -> str:
     """One line saying what a step would do, for the dry run."""
-    if s.action == "traffic":
-        return f"shift traffic to {s.params.get('to', plan.spec.sites.backup.name)} via {s.backend}"
-    if s.action == "dns":
-        records = ", ".join(f"{r.get('name')} {r.get('type')} -> "
-                            f"{','.join(map(str, r.get('values', [])))}"
-                            for r in s.params.get("records", []))
-        return f"set {records} via {s.backend}"
-    if s.action == "restore":
-        return (f"restore {s.params.get('dataset')} from {s.params.get('store')} "
-                f"(newest verified; continuous first) via {s.backend}")
-    if s.action == "verify":
-        names = s.params.get("services") or [x.name for x in plan.spec.services if x.core]
-        return "verify " + ", ".join(names)
-    if s.action == "notify":
-        return f"notify via {s.backend}"
-    return f"human step: {s.params.get('instructions', s.description)}"
+    return step_kind(s.action).describe(s, plan)
 
 
 def preview(plan: FailoverPlan) -> list[dict[str, Any]]:
     return [{"order": i, "name": s.name, "action": s.action, "does": does(plan, s),
              "target": s.target, "timeout": s.timeout, "retries": s.retries,
-             "approval": s.approval or s.action == "manual", "onFailure": s.on_failure}
+             "approval": s.approval or step_kind(s.action).waits_for_person,
+             "onFailure": s.on_failure}
             for i, s in enumerate(plan.spec.steps, 1)]
 
 
@@ -142,7 +130,8 @@ def status_text(entries: list[dict[str, Any]]) -> str:
     for d in entries:
         where = f" [{d['namespace']}]" if d.get("namespace") else ""
         lines.append(f"{d['plan']}{where}: {d['phase']} (level {d['level'] or '-'}, active "
-                     f"site {d['activeSite']})\n  {d['lastDecision'] or ''}")
+                     f"site {d['activeSite']})")
+        lines.append(f"  {d['lastDecision'] or NO_DECISION}")
         if d.get("conditions"):
             lines.append("  conditions: " + ", ".join(
                 f"{c['type']}={c['status']}" + (f" ({c['reason']})" if c["status"] == "True"
@@ -153,6 +142,8 @@ def status_text(entries: list[dict[str, Any]]) -> str:
             lines.append(f"  backup site readiness {d['readiness']['score']:g} %"
                          + (f" — not ready: {failed}" if failed else ""))
         if d.get("run"):
-            lines.append(f"  run {d['run']['id']} ({d['run']['kind']}): {d['run']['phase']}")
+            run = d["run"]
+            cause = f" — {run['cause']}" if run.get("cause") else ""
+            lines.append(f"  run {run['id']} ({run['kind']}): {run['phase']}{cause}")
             lines += [step_line(s) for s in d["run"]["steps"]]
     return "\n".join(lines)

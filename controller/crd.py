@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from controller.plan import format_duration, json_schema
+from controller.steps.traffic import TrafficParams
 
 GROUP, VERSION, KIND, PLURAL = "failover.example.io", "v1alpha1", "FailoverPlan", "failoverplans"
 _DROP = {"title", "$defs", "description_", "discriminator"}
@@ -37,7 +38,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     for key, value in node.items():
         if key in _DROP:
             continue
-        if key == "const":
+        if key == "x-kubernetes-validations":
+            out[key] = value  # CEL rules, not a schema
+        elif key == "const":
             out["enum"] = [value]
         elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
             # JSON Schema 2020-12 gives the bound; OpenAPI v3.0 (Kubernetes) wants a flag
@@ -77,7 +80,8 @@ def _cannot_run(spec: dict[str, Any]) -> None:
     validations`), so a plan that validates field by field yet cannot run is refused on
     `kubectl apply`, not only by the operator later: more approvals required than
     approvers, traffic weights that send nothing anywhere, below 0 or for an unknown site,
-    a signal named like a service. `plan.py` says the same in the same words."""
+    a signal named like a service. `plan.py` says the same in the same words; the traffic
+    params' own rules are declared once, on `TrafficParams` (`_traffic_params`)."""
     props = spec["properties"]
     # the API server prices every rule before it accepts the CRD: bounded lists and maps
     # keep the rules below its budget (far more than any plan needs)
@@ -90,16 +94,7 @@ def _cannot_run(spec: dict[str, Any]) -> None:
         "message": "more approvals are required than there are approvers, so a run would "
                    "wait forever; lower required or add approvers (empty = anyone)"}]
     params = props["steps"]["items"]["properties"]["params"]
-    params["properties"] = {
-        "to": {"type": "string", "description": "traffic: the site traffic goes to"},
-        "weights": {
-            "type": "object", "description": "traffic: weight per site (or site/server)",
-            "maxProperties": 64,
-            "additionalProperties": {"type": "integer", "minimum": 0},
-            "x-kubernetes-validations": [{
-                "rule": "self.exists(k, self[k] > 0)",
-                "message": "all weights are 0, which sends the traffic nowhere; give the "
-                           "target site a weight above 0"}]}}
+    params["properties"] = _traffic_params()
     spec.setdefault("x-kubernetes-validations", []).extend([
         {"rule": "!has(self.signals) || self.signals.all(g, "
                  "self.services.all(s, s.name != g.name))",
@@ -113,6 +108,20 @@ def _cannot_run(spec: dict[str, Any]) -> None:
          "message": "a traffic step's `to` or `weights` names a site the plan does not "
                     "have; use spec.sites.primary.name or spec.sites.backup.name"},
     ])
+
+
+def _traffic_params() -> dict[str, Any]:
+    """A traffic step's `to` and `weights` with the rules `TrafficParams` declares for the
+    API server (no other kind's params use these names). Not nullable: a plan leaves them
+    out rather than setting them to null."""
+    schema = TrafficParams.model_json_schema(by_alias=True)
+    out = {}
+    for name in ("to", "weights"):
+        field = _structural(schema["properties"][name], schema.get("$defs", {}))
+        field.pop("nullable", None)
+        field.pop("default", None)
+        out[name] = field
+    return out
 
 
 def crd() -> dict[str, Any]:
@@ -146,6 +155,15 @@ def crd() -> dict[str, Any]:
                     {"name": "Active", "type": "string", "jsonPath": ".status.activeSite"},
                     {"name": "Decided", "type": "date",
                      "jsonPath": ".status.lastDecisionTime"},
+                    # -o wide: what was decided and how far the run has got
+                    {"name": "Decision", "type": "string", "priority": 1,
+                     "jsonPath": ".status.lastDecision",
+                     "description": "the last decision, as a sentence"},
+                    {"name": "Run", "type": "string", "priority": 1,
+                     "jsonPath": ".status.run.id"},
+                    {"name": "Progress", "type": "string", "priority": 1,
+                     "jsonPath": ".status.run.progress",
+                     "description": "steps finished / steps, and the step under way"},
                     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                 ],
                 "schema": {"openAPIV3Schema": {

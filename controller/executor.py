@@ -11,9 +11,9 @@ Why each rule:
   has returned. Work still running `grace` seconds after the cancel leaves the step
   `unknown`: the engine neither reverts nor proceeds (and keeps the lease) until `settle`
   finds the work stopped and records how it ended.
-- **The original first.** `prepare` (read-only) runs once and its evidence is written
-  before `perform` runs, so a revert after a crash still restores the true original; a
-  resumed step (running or unknown after a crash) keeps that first original.
+- **The original first.** The step kind's `plan` (read-only) runs once and its evidence
+  is written before `apply` runs, so a revert after a crash still restores the true
+  original; a resumed step (running or unknown after a crash) keeps that first original.
 - **Every attempt is counted before it starts**, with the fencing token and holder it ran
   under (`evidence.fencing`), so the record says who could have written and when (a
   failed read of the original counts as an attempt too).
@@ -32,14 +32,15 @@ from functools import partial
 from typing import Any, Protocol
 
 from controller import failpoints
-from controller.actions import HANDLERS, StepContext
 from controller.clock import Clock
 from controller.failback import left_behind
 from controller.fencing import Cancelled, Fence, LostLease, StaleToken, scope
 from controller.journal import Journal
 from controller.model import PermanentError, StepRecord, StepStatus
 from controller.plan import Step
+from controller.registry import step_kind
 from controller.secrets import redact
+from controller.steps import StepContext
 
 __all__ = ["Executor", "LostLease", "StepTimeout"]
 
@@ -122,7 +123,7 @@ class Executor:
 
     def execute(self, step: Step, rec: StepRecord, ctx: StepContext, *,
                 detected_at: float) -> StepRecord:
-        handler = HANDLERS[step.action]
+        kind = step_kind(step.action)
         label = f"{rec.run_id}/{rec.name}"
         self._renew()
         failpoints.hit(step.name, "before")
@@ -139,10 +140,10 @@ class Executor:
                 self._count(rec)
             try:
                 if reading:  # read-only: the original state, saved before anything changes
-                    value = self._run(lambda: handler.prepare(step, ctx), deadline, label,
+                    value = self._run(lambda: kind.prepare(step, ctx), deadline, label,
                                       f"{step.name} (reading the original state)")
                 else:
-                    value = self._run(partial(handler.perform, step, ctx, dict(rec.evidence)),
+                    value = self._run(partial(kind.apply, step, ctx, dict(rec.evidence)),
                                       deadline, label, step.name)
             except LostLease:
                 raise  # the record stays running; the next holder resumes it
@@ -207,7 +208,7 @@ class Executor:
         self._renew()
         label = f"{rec.run_id}/{rec.name}/revert"
         try:
-            result = self._run(lambda: HANDLERS[step.action].revert(step, ctx, rec.evidence),
+            result = self._run(lambda: step_kind(step.action).revert(step, ctx, rec.evidence),
                                self.clock.monotonic() + step.timeout, label,
                                f"revert of {step.name}")
             rec.evidence = {**rec.evidence, "reverted": result}

@@ -7,7 +7,8 @@ Why each rule:
   each run's steps in reverse order. Each revert compares before it writes, so reverting
   the newest run returns the world to what the older run left, and reverting that one
   returns it to what it was before the *first* failover of the incident.
-- **Every step that may have written**: a traffic or DNS step whose original was saved
+- **Every step that may have written**: a step of a revertible kind (traffic, DNS:
+  `StepKind.revertible`) whose original was saved
   (`prepared`) and that did not stay pending — succeeded, failed after writing, unknown,
   running when a controller died, or already reverted (reverting again is a no-op that
   says "unchanged").
@@ -24,14 +25,15 @@ from typing import Any
 
 from controller.journal import Journal, Run
 from controller.model import Phase, StepRecord, StepStatus
+from controller.registry import find_step_kind
 
-REVERTIBLE = ("traffic", "dns")
 _WROTE = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.UNKNOWN, StepStatus.RUNNING,
           StepStatus.REVERTED)
 
 
 def may_have_written(action: str, status: str, evidence: dict[str, Any]) -> bool:
-    return (action in REVERTIBLE and StepStatus(status) in _WROTE
+    known = find_step_kind(action)  # a kind no longer known cannot be reverted
+    return (known is not None and known.revertible and StepStatus(status) in _WROTE
             and bool(evidence.get("prepared") or evidence.get("before") is not None))
 
 

@@ -56,12 +56,12 @@ from pathlib import Path
 from typing import Any
 
 from controller.fencing import LostLease, next_token
-from controller.model import Decision, Phase, StepRecord, StepStatus
+from controller.model import Decision, Origin, Phase, StepRecord, StepStatus, Trigger
 from controller.secrets import redact
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS runs (
   level INTEGER, reason TEXT NOT NULL, requested_by TEXT NOT NULL,
   detected_at REAL NOT NULL, started_at REAL NOT NULL, finished_at REAL,
   approved INTEGER NOT NULL DEFAULT 0, outcome TEXT, steps_json TEXT NOT NULL,
-  archived_at REAL
+  archived_at REAL, origin TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS runs_plan ON runs(plan, started_at);
 CREATE TABLE IF NOT EXISTS steps (
@@ -135,7 +135,28 @@ def _migrate_1(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1}
+def _migrate_2(db: sqlite3.Connection) -> None:
+    """2 -> 3: `runs.origin`, what started a run (`model.Trigger`). Runs recorded before
+    it was kept: a run requested by "controller" came from the policy (a trip, or a clear
+    for a failback), any other from a person's request."""
+    if "origin" not in _columns(db, "runs"):
+        db.execute("ALTER TABLE runs ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
+    db.execute("UPDATE runs SET origin = CASE WHEN requested_by <> 'controller' THEN 'request' "
+               "WHEN kind = 'failback' THEN 'clear' ELSE 'trip' END WHERE origin = ''")
+
+
+def _trigger(stored: str, kind: str, requested_by: str) -> Trigger:
+    """A run's trigger; one written by a controller of version 2 still running on a
+    migrated file has none stored, and gets the rule of `_migrate_2` ("controller": the
+    policy; anyone else: a request)."""
+    if stored:
+        return Trigger(stored)
+    if requested_by != "controller":
+        return Trigger.REQUEST
+    return Trigger.CLEAR if kind == "failback" else Trigger.TRIP
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
 """version -> the migration to version + 1; each runs inside the opening transaction."""
 
 _MESSAGE_KEYS = frozenset({"detail", "last_detail", "error", "errors", "revertError", "why",
@@ -171,11 +192,18 @@ class Run:
     approved: bool
     outcome: str | None
     steps: list[dict[str, Any]]  # the step definitions this run executes, frozen at start
+    trigger: Trigger  # what started it: a threshold trip, a clear, or a person's request
+
+    @property
+    def origin(self) -> Origin:
+        """Why the run started: trigger, requester ("controller" for the policy), reason."""
+        return Origin(self.trigger, self.requested_by, self.reason)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "plan": self.plan, "kind": self.kind, "phase": self.phase.value,
             "level": self.level, "reason": self.reason, "requestedBy": self.requested_by,
+            "origin": self.trigger.value, "cause": self.origin.text(),
             "detectedAt": self.detected_at, "startedAt": self.started_at,
             "finishedAt": self.finished_at, "approved": self.approved, "outcome": self.outcome,
         }
@@ -497,7 +525,8 @@ class Journal:
             return None
         r = rows[0]
         return PlanState(r["plan"], Phase(r["phase"]), r["level"], r["active_site"],
-                         r["last_decision"], json.loads(r["policy"]), r["updated_at"],
+                         r["last_decision"] or None,  # stored as '' before any decision
+                         json.loads(r["policy"]), r["updated_at"],
                          json.loads(r["readiness"]))
 
     def plan_states(self) -> list[PlanState]:
@@ -567,15 +596,20 @@ class Journal:
     def start_run(self, *, plan: str, kind: str, phase: Phase, level: int | None, reason: str,
                   requested_by: str, detected_at: float, now: float,
                   steps: list[dict[str, Any]], approved: bool,
-                  request_id: int | None = None, holder: Holder | None = None) -> Run:
+                  request_id: int | None = None, holder: Holder | None = None,
+                  trigger: Trigger | None = None) -> Run:
+        """Record a run, its steps pending. `trigger` None: by the rule of runs recorded
+        before triggers were (`_trigger`): "controller" is the policy, anyone else a request."""
+        trigger = trigger or _trigger("", kind, requested_by)
         run_id = f"{plan}-{kind}-{int(now)}-{uuid.uuid4().hex[:6]}"
         with self._tx() as db:
             self._check_holder(db, holder)
             db.execute(
                 "INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
-                "detected_at, started_at, approved, steps_json) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                "detected_at, started_at, approved, steps_json, origin) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, plan, kind, phase.value, level, redact(reason), requested_by,
-                 detected_at, now, int(approved), _dumps_exact(steps)))
+                 detected_at, now, int(approved), _dumps_exact(steps), trigger.value))
             for i, step in enumerate(steps):
                 db.execute("INSERT INTO steps (run_id, idx, name, action, status, target_s) "
                            "VALUES (?,?,?,?,?,?)", (run_id, i, step["name"], step["action"],
@@ -612,13 +646,13 @@ class Journal:
             if db.execute("SELECT 1 FROM runs WHERE id=?", (run["id"],)).fetchone() is None:
                 db.execute(
                     "INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
-                    "detected_at, started_at, finished_at, approved, outcome, steps_json) "
-                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "detected_at, started_at, finished_at, approved, outcome, steps_json, "
+                    "origin) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (run["id"], run["plan"], run["kind"], run["phase"], run.get("level"),
                      redact(run.get("reason") or ""), run.get("requestedBy", ""),
                      run["detectedAt"], run["startedAt"], run.get("finishedAt"),
                      int(bool(run.get("approved"))), _redact_opt(run.get("outcome")),
-                     _dumps_exact(run.get("definition", []))))
+                     _dumps_exact(run.get("definition", [])), run.get("origin", "")))
                 for s in steps:
                     db.execute("INSERT INTO steps (run_id, idx, name, action, status, "
                                "target_s) VALUES (?,?,?,?,?,?)",
@@ -656,7 +690,8 @@ class Journal:
     def _run_from(self, r: sqlite3.Row) -> Run:
         return Run(r["id"], r["plan"], r["kind"], Phase(r["phase"]), r["level"], r["reason"],
                    r["requested_by"], r["detected_at"], r["started_at"], r["finished_at"],
-                   bool(r["approved"]), r["outcome"], json.loads(r["steps_json"]))
+                   bool(r["approved"]), r["outcome"], json.loads(r["steps_json"]),
+                   _trigger(r["origin"], r["kind"], r["requested_by"]))
 
     def run(self, run_id: str) -> Run | None:
         rows = self._all("SELECT * FROM runs WHERE id=?", (run_id,))

@@ -1,12 +1,18 @@
 """Prometheus metrics of the controller, recorded by the engine as it observes and acts.
 
 One registry per process (prometheus-client's default), exposed by `api.py` at /metrics.
-Labels are plan, service and step names only — never values that could carry secrets.
+Labels are plan, service, step and data-set names only — never values that could carry
+secrets. A drill is a batch job, not a server: its metrics live in `DRILLS`, a registry of
+their own that the drill writes as a file (`drill.prom`) for a Pushgateway or node
+exporter's textfile collector. The alert rules and the dashboard in `manifests/monitoring/`
+query only the metrics defined here (a test checks it).
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.plan import FailoverPlan
 
 PROBE_LATENCY = Histogram(
     "failover_probe_latency_seconds", "Probe round-trip time", ["plan", "service"],
@@ -27,3 +33,63 @@ TARGETS_MISSED = Counter("failover_step_targets_missed_total", "Steps that misse
                          ["plan", "step"])
 READINESS = Gauge("failover_backup_site_readiness_percent", "Share of readiness checks passing",
                   ["plan"])
+STEP_TARGET = Gauge("failover_step_target_seconds", "Each step's time target, from detection",
+                    ["plan", "step"])
+RECONCILED = Gauge("failover_controller_last_reconcile_timestamp_seconds",
+                   "When the controller last completed a reconcile cycle (Unix time)")
+BACKUP_TAKEN = Gauge(
+    "failover_backup_newest_verified_timestamp_seconds",
+    "When the newest verified backup of a restored data set was taken (0: none verified)",
+    ["plan", "step", "dataset"])
+RPO_BUDGET = Gauge("failover_backup_rpo_budget_seconds",
+                   "The oldest data a restore step may restore (its RPO budget)",
+                   ["plan", "step", "dataset"])
+
+DRILLS = CollectorRegistry()
+DRILL_ENDED = Gauge("failover_drill_last_timestamp_seconds", "When the last drill ended",
+                    ["plan", "scenario"], registry=DRILLS)
+DRILL_PASSED = Gauge("failover_drill_passed", "1 when the last drill passed, else 0",
+                     ["plan", "scenario"], registry=DRILLS)
+DRILL_LAST_PASSED = Gauge("failover_drill_last_passed_timestamp_seconds",
+                          "When the last passing drill ended (written by passing drills only)",
+                          ["plan", "scenario"], registry=DRILLS)
+
+
+def declare(plan: FailoverPlan) -> None:
+    """Create the plan's series before anything happens: step targets to compare durations
+    against, and counters at 0 — a counter that first appears at 1 shows no `increase()`,
+    so its first miss or failure would never alert."""
+    for step in plan.spec.steps:
+        TARGETS_MISSED.labels(plan.name, step.name)
+        if step.target is not None:
+            STEP_TARGET.labels(plan.name, step.name).set(step.target)
+    for service in plan.spec.services:
+        PROBE_FAILURES.labels(plan.name, service.name)
+
+
+def forget(plan: str) -> None:
+    """Drop the plan's series: a replica that no longer leads (or a deleted plan) must not
+    go on exporting the last phase it saw, or alerts would fire on it for ever."""
+    for metric in (PROBE_LATENCY, PROBE_FAILURES, AVAILABILITY, SERVICE_DOWN, PHASE, LEVEL,
+                   STEP_SECONDS, TARGETS_MISSED, READINESS, STEP_TARGET, BACKUP_TAKEN,
+                   RPO_BUDGET):
+        metric.remove_by_labels({"plan": plan})
+
+
+def backup_checked(plan: str, step: str, dataset: str, *, taken_at: float | None,
+                   rpo: float) -> None:
+    """What the readiness check of a restore step found: when the newest verified backup
+    was taken (None: none is verified) and the step's RPO budget."""
+    BACKUP_TAKEN.labels(plan, step, dataset).set(taken_at or 0.0)
+    RPO_BUDGET.labels(plan, step, dataset).set(rpo)
+
+
+def drill_ended(plan: str, scenario: str, *, passed: bool, at: float) -> None:
+    """Record a drill's outcome in `DRILLS` (this drill only: a process may run several).
+    A failed drill writes no last-passed time, so a Pushgateway POST keeps the last one."""
+    for gauge in (DRILL_ENDED, DRILL_PASSED, DRILL_LAST_PASSED):
+        gauge.clear()
+    DRILL_ENDED.labels(plan, scenario).set(at)
+    DRILL_PASSED.labels(plan, scenario).set(int(passed))
+    if passed:
+        DRILL_LAST_PASSED.labels(plan, scenario).set(at)

@@ -42,6 +42,41 @@ class StepStatus(enum.StrEnum):
     UNKNOWN = "unknown"  # cancelled, but its work had not stopped: may still be writing
 
 
+# the statuses a step ends in (never left again, except a revert of a finished step)
+TERMINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED,
+                      StepStatus.REVERTED})
+
+
+class Trigger(enum.StrEnum):
+    """What started a run: the policy tripped on a threshold (a failover), the policy
+    cleared and the plan fails back automatically, or a person requested it."""
+
+    TRIP = "trip"
+    CLEAR = "clear"
+    REQUEST = "request"
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Why a run started, as data: its trigger, who (the requester, or "controller") and
+    why (the request's reason, or the decision's sentence)."""
+
+    trigger: Trigger
+    by: str
+    reason: str
+
+    @property
+    def requested(self) -> bool:
+        return self.trigger is Trigger.REQUEST
+
+    def text(self) -> str:
+        """For people: "requested by alice: dc-a power work", or the policy's sentence."""
+        return f"requested by {self.by}: {self.reason}" if self.requested else self.reason
+
+    def to_json(self) -> dict[str, str]:
+        return {"trigger": self.trigger.value, "by": self.by, "reason": self.reason}
+
+
 class PermanentError(Exception):
     """A step failure that retrying cannot fix (bad credentials, rejected precondition)."""
 
@@ -58,14 +93,45 @@ class Sample:
     value: float | None = None  # business signals (e.g. complaints per hour) carry a number
 
 
+class DecisionState(enum.StrEnum):
+    """What the policy concluded about the primary, as data (the sentence is for people)."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"  # failing, but not (yet) for the dwell
+    HELD = "held"  # would trip, but the cooldown holds automatic failover
+    TRIPPED = "tripped"  # trips now: a failover starts
+    STILL_TRIPPED = "still-tripped"  # tripped earlier and not recovered
+    CLEARED = "cleared"  # recovered after a trip: a failback may start
+
+
+class DecisionAction(enum.StrEnum):
+    """What a decision asks the engine to do (stored in the journal's decisions)."""
+
+    NONE = "none"
+    TRIP = "trip"
+    CLEAR = "clear"
+    HOLD = "hold"
+
+
+_ACTIONS = {DecisionState.TRIPPED: DecisionAction.TRIP,
+            DecisionState.CLEARED: DecisionAction.CLEAR, DecisionState.HELD: DecisionAction.HOLD}
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """What the policy concluded, with one sentence a human can read in a status line."""
+    """What the policy concluded, with one sentence a human can read in a status line.
+    `changed`: the first decision in this state since one in another state (worth a
+    journal row and a log line; the same state again is not news)."""
 
-    action: str  # "none" | "trip" | "clear" | "hold"
+    state: DecisionState
     level: int | None
     sentence: str
     at: float
+    changed: bool = True
+
+    @property
+    def action(self) -> DecisionAction:
+        return _ACTIONS.get(self.state, DecisionAction.NONE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """What a notice says and to whom: content, routing and de-duplication, without I/O.
 
 The loop decides *when* people are told (a run starts, each step finishes, the level
-rises, the run ends) and `notify.outbox` does the sending; this module decides *what*
+rises, the run ends) and `outbox` does the sending; this module decides *what*
 each notice says and *where* it goes, as pure functions, so that every rule of the
 emergency plans' "notification by level" is unit-tested on its own:
 
@@ -36,6 +36,7 @@ from urllib.parse import quote
 from controller.journal import Run
 from controller.model import Notice, Phase, StepRecord, StepStatus
 from controller.plan import FailoverPlan, Notification
+from controller.registry import find_step_kind
 
 FINISHED = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.REVERTED)
 _KEY = re.compile(r"\[notice ([0-9a-f]{16})\]")
@@ -47,9 +48,16 @@ _PENDING = re.compile(r"(?P<route>.*?) queued \[notice (?P<key>[0-9a-f]{16})\]: 
 _ESCALATED = re.compile(r"level \S+ -> (\d+)\Z")
 
 
-def routes(plan: FailoverPlan, level: int | None) -> list[Notification]:
-    """The rules that apply to a run at `level`: exact match; no level -> every rule."""
-    return [r for r in plan.spec.notifications if level is None or r.level == level]
+def routes(plan: FailoverPlan, level: int | None, *,
+           notifier: str | None = None) -> list[Notification]:
+    """The rules that apply to a run at `level` (of one `notifier`, if given): exact match.
+    A run without a level (a planned failover requested without `--level`) is told
+    calmly: the rules of the least severe level configured (the highest number), never
+    every route at once."""
+    rules = [r for r in plan.spec.notifications if notifier in (None, r.notifier)]
+    if level is None:
+        level = max((r.level for r in rules), default=None)
+    return [r for r in rules if r.level == level]
 
 
 def affected(plan: FailoverPlan, down: Iterable[str]) -> tuple[str, ...]:
@@ -139,7 +147,9 @@ def run_link(base: str | None, run_id: str) -> str:
 def step_status(rec: StepRecord) -> str:
     """One sentence about a finished step; it only depends on the stored record, so the
     same step gives the same text after a restart (and is de-duplicated)."""
-    who = f" by {rec.approved_by}" if rec.action == "manual" and rec.approved_by else ""
+    known = find_step_kind(rec.action)
+    by_person = known is not None and known.waits_for_person
+    who = f" by {rec.approved_by}" if by_person and rec.approved_by else ""
     if rec.status is StepStatus.SUCCEEDED:
         when = ""
         if rec.since_detection_s is not None:
@@ -147,7 +157,7 @@ def step_status(rec: StepRecord) -> str:
             if rec.target_s is not None:
                 verdict = "met" if rec.met else "MISSED"
                 when += f" (target {span(rec.target_s)} {verdict})"
-        verb = "done" if rec.action == "manual" else "succeeded"
+        verb = "done" if by_person else "succeeded"
         return f"step {rec.name} {verb}{who}{when}"
     if rec.status is StepStatus.FAILED:
         return f"step {rec.name} FAILED: {rec.error or 'no detail'}"
@@ -197,8 +207,10 @@ def within(rule: Notification, run: Run, now: float) -> str:
 # --- the updates of a run, and the outbox rows ------------------------------------------------
 
 
-def started(kind: str, reason: str) -> str:
-    return f"{kind} started: {reason}"
+def started(run: Run) -> str:
+    """"failover started: requested by alice: dc-a power work" for a requested run, the
+    policy's sentence ("failover started: tripped: ...") for one the policy started."""
+    return f"{run.kind} started: {run.origin.text()}"
 
 
 def escalated(level: int) -> str:
@@ -221,7 +233,7 @@ def lifecycle(plan: FailoverPlan, run: Run, trail: Iterable[Mapping[str, Any]]) 
     superseded or closed by someone else announced nothing of the kind."""
     if not run.steps:
         return []
-    out = [started(run.kind, run.reason)]
+    out = [started(run)]
     for row in trail:
         if row.get("action") == "escalate" and row.get("run_id") == run.id:
             match = _ESCALATED.search(str(row.get("detail", "")))

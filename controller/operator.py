@@ -54,6 +54,13 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   and one DeletionDeferred Event, counted, says what the run waits for. A run never
   approved, with no step run, is withdrawn instead of waited for.
 
+Seams. The operator talks to the API server through `kube.KubeAPI` and builds each
+plan's engine from `Parts` (clock, how a step's work runs, backends, where samples come
+from: `Probing`); its election and watch loops wait on a `Stop`. In a process these are
+`Kube`, the wall clock, threads, `SharedProbes` and a `threading.Event`; the safety
+simulation (`tests/reliability/sim/operators.py`) runs real replicas over
+`controller.testing_kube.FakeKube` with its own, on its scheduler.
+
 Partitions. A replica that loses the API server stops acting before its Lease can
 expire: it stops believing it leads `renew_deadline` after its last renewal, its running
 step's fence check fails within `guard_every` after that (renew deadline + guard_every <
@@ -80,28 +87,39 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from controller import kube as k8s
+from controller import metrics
 from controller import status as status_mod
+from controller.annotations import (
+    A_APPROVE,
+    A_APPROVED_BY,
+    A_BY,
+    A_DONE,
+    A_DONE_BY,
+    A_LEVEL,
+    A_REASON,
+    A_REQUEST,
+    request_problem,
+)
 from controller.backends import Backends
+from controller.clock import Clock
 from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.executor import Spawn, spawn_thread
 from controller.failback import revert_steps
 from controller.fencing import LostLease
 from controller.journal import Journal, Run
-from controller.loop import Engine, observe
-from controller.model import Phase, StepStatus
+from controller.loop import Engine
+from controller.model import Phase, Sample, StepStatus
 from controller.plan import FailoverPlan, PlanError, parse_plan
 from controller.probes.scheduler import ProbeScheduler, SharedLoop
+from controller.probing import observe
 from controller.secrets import KubeSecretKey, Secrets, redact
 
 log = logging.getLogger(__name__)
 
 FINALIZER = f"{GROUP}/finalizer"
-A_REQUEST, A_REASON, A_BY, A_LEVEL = (f"{GROUP}/{k}" for k in
-                                      ("request", "reason", "requested-by", "level"))
-A_APPROVE, A_APPROVED_BY = f"{GROUP}/approve", f"{GROUP}/approved-by"
-A_DONE, A_DONE_BY = f"{GROUP}/done", f"{GROUP}/done-by"
 _REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
 QUIET_TICKS = 5
 WATCH_SECONDS = 5
@@ -109,7 +127,6 @@ RECOUNT = 10.0  # seconds between updates of a repeated Event's count
 SHUTDOWN_SECONDS = 20.0  # within the pod's 30 s grace: steps cancelled, Lease released
 EXTRA_WORKERS = 64  # added while every worker is busy (each long step holds one)
 IDLE_SECONDS = 30.0  # an extra worker idle this long ends
-LEVELS = ("1", "2", "3", "4")  # the response levels a failover request may name
 T = TypeVar("T")
 
 
@@ -145,7 +162,8 @@ class Elector:
     Renewals write the configured duration.
     """
 
-    def __init__(self, kube: k8s.Kube, namespace: str, identity: str, config: LeaderConfig):
+    def __init__(self, kube: k8s.KubeAPI, namespace: str, identity: str,
+                 config: LeaderConfig):
         self.kube, self.namespace, self.identity, self.config = kube, namespace, identity, config
         self._renewed: float | None = None  # time.monotonic() when the last renewal was sent
         self._token: int | None = None
@@ -358,6 +376,74 @@ class WorkQueue:
             return len(self._queue)
 
 
+class Stop(Protocol):
+    """What the election and watch loops wait on: a `threading.Event` (the simulation
+    gives one on its own clock)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+class Samples(Protocol):
+    """A plan's probe results as they come in (`ProbeScheduler`)."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def drain(self) -> list[Sample]: ...
+
+
+class Probing(Protocol):
+    """Where each watched plan's samples come from: probes started for a plan (with the
+    backends its engine uses), stopped when the plan is forgotten, all closed on exit."""
+
+    def start(self, plan: FailoverPlan, backends: Backends) -> Samples: ...
+
+    def stop(self, samples: Samples) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SharedProbes:
+    """The default `Probing`: every plan's probe scheduler on one shared loop and thread."""
+
+    def __init__(self) -> None:
+        self._loop = SharedLoop()
+        self._started: dict[int, ProbeScheduler] = {}
+
+    def start(self, plan: FailoverPlan, backends: Backends) -> Samples:
+        scheduler = observe(plan, backends)
+        self._loop.start(scheduler)
+        self._started[id(scheduler)] = scheduler
+        return scheduler
+
+    def stop(self, samples: Samples) -> None:
+        scheduler = self._started.pop(id(samples), None)
+        if scheduler is not None:
+            self._loop.stop(scheduler)
+
+    def close(self) -> None:
+        self._started.clear()
+        self._loop.close()
+
+
+Audit = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """How a replica builds each plan's engine: its clock, how a step's work runs, the
+    backends (given the plan and its audit) and where samples come from. None: the
+    process's own (wall clock, threads, `Backends` with the operator's Secrets, probes on
+    a shared loop); the safety simulation gives its simulated ones."""
+
+    clock: Clock | None = None
+    spawn: Spawn = spawn_thread
+    backends: Callable[[FailoverPlan, Audit], Backends] | None = None
+    probing: Probing | None = None
+
+
 @dataclass
 class PlanRuntime:
     """What the leader keeps per plan between reconciles."""
@@ -366,7 +452,7 @@ class PlanRuntime:
     uid: str | None  # the object this runtime is for: a plan created again is another
     generation: int | None
     engine: Engine
-    scheduler: ProbeScheduler
+    scheduler: Samples
     status: dict[str, Any] = field(default_factory=dict)
     obj: dict[str, Any] = field(default_factory=dict)
     reconciled: float = 0.0  # time.monotonic() of the last reconcile
@@ -388,10 +474,10 @@ class _Said:
 
 
 class Operator:
-    def __init__(self, kube: k8s.Kube, *, namespace: str, journal: Journal, identity: str,
+    def __init__(self, kube: k8s.KubeAPI, *, namespace: str, journal: Journal, identity: str,
                  leader: LeaderConfig | None = None, tick: float = 1.0, resync: float = 300.0,
                  workers: int = 4, beat: Callable[[], None] = lambda: None,
-                 stuck_after: float | None = None):
+                 stuck_after: float | None = None, parts: Parts | None = None):
         self.kube, self.namespace, self.journal = kube, namespace, journal
         self.identity, self.tick, self.resync, self.workers = identity, tick, resync, workers
         # a plan queued this long without a worker means the controller is stuck
@@ -410,7 +496,8 @@ class Operator:
         self._said: dict[str, dict[Any, _Said]] = {}  # plan name -> Events said once
         self._lock = threading.Lock()
         self._synced = False
-        self._probes = SharedLoop()  # every plan's probes on one loop and thread
+        self.parts = parts or Parts()
+        self._probes: Probing = self.parts.probing or SharedProbes()
         journal.listeners.append(self._mirror)
 
     def require_synced(self) -> None:
@@ -449,7 +536,7 @@ class Operator:
             self._probes.close()
             self.elector.release()
 
-    def _elect(self, stop: threading.Event) -> None:
+    def _elect(self, stop: Stop) -> None:
         while not stop.is_set():
             if not self.elector.round():
                 self._stand_down()
@@ -499,7 +586,7 @@ class Operator:
         return (rt is None or rt.active or rt.dirty or rt.scheduler.pending
                 or time.monotonic() - rt.reconciled >= QUIET_TICKS * self.tick)
 
-    def _watch(self, stop: threading.Event) -> None:
+    def _watch(self, stop: Stop) -> None:
         while not stop.is_set():
             try:
                 listed = self.kube.list(GROUP, VERSION, self.namespace, PLURAL)
@@ -670,13 +757,14 @@ class Operator:
             log.warning("%s %s: %s", KIND, name, held)
         if rt is not None:
             self._probes.stop(rt.scheduler)
+        audit = _audit(self.journal, plan.name)
         engine = Engine(plan, self.journal, holder=self.identity, fence=self.elector.fence,
                         token=self.elector.token,
                         renew_every=self.elector.config.guard_every,
-                        backends=Backends(plan, secrets=self.secrets,
-                                          audit=_audit(self.journal, plan.name)))
-        scheduler = observe(plan, engine.backends)
-        self._probes.start(scheduler)
+                        clock=self.parts.clock, spawn=self.parts.spawn,
+                        backends=self.parts.backends(plan, audit) if self.parts.backends
+                        else Backends(plan, secrets=self.secrets, audit=audit))
+        scheduler = self._probes.start(plan, engine.backends)
         rt = PlanRuntime(plan, uid, generation, engine, scheduler, status=status, obj=obj,
                          spec=spec, held=held,
                          held_for=meta.get("generation") if held is not None else None)
@@ -864,6 +952,7 @@ class Operator:
         rt = self._runtimes.pop(name, None)
         if rt is not None:
             self._probes.stop(rt.scheduler)
+            metrics.forget(name)  # a replica that stops leading exports none of it
 
     def _stand_down(self) -> None:
         """No longer the leader: stop probing; the journal and status keep everything."""
@@ -1018,22 +1107,6 @@ def _runs_note(journal: Journal, plan: str, run_id: str | None) -> tuple[Any, st
     active = journal.active_run(plan)
     has = f"the active run is {active.id}" if active else "no run of this plan is active"
     return run, has
-
-
-def request_problem(notes: dict[str, str]) -> tuple[str, str, str] | None:
-    """(annotation, value, what is wrong and allowed) when the request annotations cannot
-    be acted on; None when they can. Checked before the request is claimed, so nothing
-    raises between the claim and the answer."""
-    kind = notes.get(A_REQUEST, "").strip()
-    if kind not in ("failover", "failback"):
-        return (A_REQUEST, notes.get(A_REQUEST, ""),
-                f"{A_REQUEST} takes failover or failback")
-    level = notes.get(A_LEVEL)
-    if level is not None and level.strip() not in ("", *LEVELS):
-        return (A_LEVEL, level, f"{A_LEVEL} takes {', '.join(LEVELS[:-1])} or {LEVELS[-1]} "
-                                f"(the response level of the failover, 1 the most severe; "
-                                f"leave it out for the level the plan's rules give)")
-    return None
 
 
 def approve_problem(journal: Journal, plan: str, value: str) -> str | None:

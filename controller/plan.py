@@ -23,11 +23,14 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from controller import registry
 
 API_VERSION = "failover.example.io/v1alpha1"
 
@@ -236,13 +239,11 @@ class Backend(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-Action = Literal["traffic", "dns", "restore", "verify", "notify", "manual", "revert"]
-_ACTION_ROLE = {"traffic": "traffic", "dns": "dns", "restore": "restorer", "notify": "notifier"}
-
-
 class Step(Strict):
+    # `action` names a step kind (controller.steps), which validation looks up: the schema
+    # lists the kinds (json_schema); the kind parses `params` and the result is kept (args)
     name: Name
-    action: Action
+    action: str
     backend: str | None = Field(None, description="name of a backend in spec.backends")
     target: Duration | None = Field(None, description="time target, measured from detection")
     timeout: PositiveDuration = 600.0
@@ -253,6 +254,16 @@ class Step(Strict):
                            "starts and let the automatic steps go on while people work")
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
+    _args: BaseModel | None = PrivateAttr(None)
+
+    @property
+    def args(self) -> BaseModel | None:
+        """`params` as parsed by the step's kind (`StepKind.args` sets and reads it)."""
+        return self._args
+
+    @args.setter
+    def args(self, parsed: BaseModel) -> None:
+        self._args = parsed
 
 
 class RecordSpec(Strict):
@@ -260,58 +271,6 @@ class RecordSpec(Strict):
     type: str = Field(pattern=r"^[A-Za-z0-9]+$")
     ttl: int = Field(300, ge=0)
     values: list[str] = Field(min_length=1, description="never empty: a name keeps an answer")
-
-
-STEP_PAUSE = 2.0  # seconds at each step of a stepped shift when the plan gives no pause
-
-
-class TrafficParams(Strict):
-    """Instant cutover by default; with `steps`, a stepped shift checked between steps."""
-
-    to: str | None = None
-    weights: dict[str, int] | None = None
-    steps: list[int] | None = Field(
-        None, description="stepped shift: percent of the traffic sent to `to` at each step, "
-        "rising and ending at 100, e.g. [10, 50, 100]; default: one instant cutover")
-    pause: Duration | None = Field(None, description="stepped shift: wait this long at each "
-                                   "step before the check (default 2s)")
-    check: ProbeSpec | None = Field(None, description="stepped shift: probe of the backup run "
-                                    "after each step; a failure shifts traffic back to the "
-                                    "original weights and fails the step")
-
-    @field_validator("steps")
-    @classmethod
-    def _steps(cls, s: list[int] | None) -> list[int] | None:
-        if s is None:
-            return s
-        if not s or any(not 0 < p <= 100 for p in s):
-            raise ValueError(f"{s} must list percentages from 1 to 100, e.g. [10, 50, 100]")
-        if s != sorted(set(s)) or s[-1] != 100:
-            raise ValueError(f"{s} must rise and end at 100, e.g. [10, 50, 100]")
-        return s
-
-    @field_validator("weights")
-    @classmethod
-    def _weights(cls, w: dict[str, int] | None) -> dict[str, int] | None:
-        if w is None:
-            return w
-        negative = sorted(k for k, v in w.items() if v < 0)
-        if negative:
-            raise ValueError(f"{', '.join(negative)}: below 0; a weight is a share of the "
-                             "traffic from 0 (none) up, e.g. {dc-b: 100, dc-a: 0}")
-        if not any(w.values()):
-            raise ValueError(f"{w or '{}'} sends the traffic nowhere (on HAProxy it drains "
-                             "every server); give the target site a weight above 0, e.g. "
-                             "{dc-b: 100, dc-a: 0}, or remove weights to send all to `to`")
-        return w
-
-    @field_validator("pause", "check")
-    @classmethod
-    def _only_stepped(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is not None and "steps" in info.data and info.data["steps"] is None:
-            raise ValueError("only used by a stepped shift; add steps such as [10, 50, 100] "
-                             f"or remove {info.field_name}")
-        return value
 
 
 class LinkTest(Strict):
@@ -388,40 +347,6 @@ def link_record(params: DnsParams) -> RecordSpec | None:
     return None
 
 
-class RestoreInto(Strict):
-    host: str | None = None
-    path: str
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class RestoreParams(Strict):
-    store: str
-    dataset: str = Field(min_length=1)
-    into: RestoreInto
-    rpo: Duration | None = None
-
-
-class VerifyParams(Strict):
-    services: list[str] = Field(default_factory=list)
-
-
-class NotifyParams(Strict):
-    recipients: list[str] = Field(default_factory=list)
-    subject: str | None = None
-    status: str | None = None
-    estimated_recovery: str | None = Field(None, alias="estimatedRecovery")
-
-
-class ManualParams(Strict):
-    instructions: str = ""
-
-
-PARAMS: dict[str, type[BaseModel]] = {
-    "traffic": TrafficParams, "dns": DnsParams, "restore": RestoreParams,
-    "verify": VerifyParams, "notify": NotifyParams, "manual": ManualParams,
-}
-
-
 class Notification(Strict):
     """A route: runs at exactly this level are told of every update via this notifier."""
 
@@ -462,10 +387,18 @@ class Coordination(Strict):
 
     @model_validator(mode="after")
     def _options(self) -> Coordination:
-        from controller import coordination
-
-        coordination.parse_options(self.kind, self.options)  # ValueError names the field
+        registry.parse_coordination(self.kind, self.options)  # ValueError names the field
         return self
+
+
+class Validation(Strict):
+    """What the plan demands beyond what is required: refuse what is otherwise warned of."""
+
+    require_data_check: bool = Field(
+        False, alias="requireDataCheck",
+        description="refuse the plan when a restore step has no validation query "
+                    "(params.into.options.validation): a restore that proves no data "
+                    "counts as done; when false, `failoverctl validate` warns instead")
 
 
 class PlanSpec(Strict):
@@ -489,6 +422,7 @@ class PlanSpec(Strict):
     coordination: Coordination = Field(
         default_factory=Coordination,
         description="who may act on the plan across processes and hosts (default: host)")
+    validation: Validation = Field(default_factory=Validation)
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
@@ -503,13 +437,17 @@ class PlanSpec(Strict):
                 "over core services)"
             )
         by_name = {b.name: b for b in self.backends}
-        services = {s.name for s in self.services}
         for i, step in enumerate(self.steps):
             where = f"steps[{i}] ({step.name})"
-            if step.action == "revert":
-                raise ValueError(f"{where}.action: revert steps are generated by failback; "
-                                 "use onFailure: revert or `failoverctl failback` instead")
-            role = _ACTION_ROLE.get(step.action)
+            try:
+                kind = registry.step_kind(step.action)
+            except registry.UnknownAction as exc:
+                raise ValueError(f"{where}.action: {exc}") from None
+            if not kind.planned:
+                raise ValueError(f"{where}.action: {step.action} steps are generated by the "
+                                 "controller (a revert by failback); use onFailure: revert or "
+                                 "`failoverctl failback` instead")
+            role = kind.role
             if role is not None:
                 if step.backend is None:
                     raise ValueError(f"{where}: a {step.action} step needs `backend:`")
@@ -525,38 +463,23 @@ class PlanSpec(Strict):
                         f"a {step.action} step needs a {role} backend"
                     )
             try:
-                params = PARAMS[step.action].model_validate(step.params)
+                kind.args(step)
             except ValidationError as err:
                 raise ValueError("; ".join(
                     f"{where}.params.{p}" for p in _explain(err))) from None
-            if isinstance(params, TrafficParams) and params.steps:
-                pause = STEP_PAUSE if params.pause is None else params.pause
-                needed = pause * len(params.steps)
-                if needed >= step.timeout:
-                    raise ValueError(
-                        f"{where}.timeout: the stepped shift pauses {format_duration(pause)} "
-                        f"at each of its {len(params.steps)} steps ({format_duration(needed)}"
-                        f" in all) and cannot finish within its timeout of "
-                        f"{format_duration(step.timeout)}; raise timeout above "
-                        f"{format_duration(needed)} (plus the checks) or shorten params.pause")
-            if isinstance(params, RestoreParams) and (
-                    params.store not in by_name or by_name[params.store].role != "store"):
-                raise ValueError(f"{where}.params.store: no store backend named "
-                                 f"{params.store!r} in spec.backends")
-            for svc in params.services if isinstance(params, VerifyParams) else []:
-                if svc not in services:
-                    raise ValueError(
-                        f"{where}.params.services: no service named {svc!r} "
-                        f"(have: {', '.join(sorted(services))})"
-                    )
-            if step.parallel and step.action != "manual":
+            try:
+                kind.check(step, self)
+            except ValueError as exc:
+                raise ValueError(f"{where}.{exc}") from None
+            if step.parallel and not kind.waits_for_person:
                 raise ValueError(f"{where}.parallel: only manual (human) steps run in parallel; "
                                  "remove `parallel` or make the step `action: manual`")
             if step.target is not None and step.target <= 0:
                 raise ValueError(f"{where}.target: must be positive, e.g. '1h'")
-            if step.on_failure == "revert" and step.action not in ("traffic", "dns"):
+            if step.on_failure == "revert" and not kind.revertible:
+                can = [a for a in registry.step_actions() if registry.step_kind(a).revertible]
                 raise ValueError(
-                    f"{where}.onFailure: only traffic and dns steps can be reverted; "
+                    f"{where}.onFailure: only {' and '.join(can)} steps can be reverted; "
                     "use abort or continue"
                 )
         for i, note in enumerate(self.notifications):
@@ -570,8 +493,7 @@ class PlanSpec(Strict):
     @model_validator(mode="after")
     def _runnable(self) -> PlanSpec:
         """What validates field by field yet cannot run: samples of a signal and a service
-        of one name mix; weights for a site the plan does not have; a probe that times out
-        at once."""
+        of one name mix; a probe that times out at once."""
         services = {s.name for s in self.services}
         for i, sig in enumerate(self.signals):
             if sig.name in services:
@@ -580,29 +502,11 @@ class PlanSpec(Strict):
                     "and the service's probe results would be read as one, so the service "
                     "would never count as down; rename the signal, e.g. "
                     f"'{sig.name}-complaints'")
-        sites = (self.sites.primary.name, self.sites.backup.name)
         probes = [(f"services[{i}].probes[{j}]", p) for i, s in enumerate(self.services)
                   for j, p in enumerate(s.probes)]
         probes += [(f"signals[{i}].probe", s.probe) for i, s in enumerate(self.signals)]
-        for i, step in enumerate(self.steps):
-            if step.action != "traffic":
-                continue
-            where = f"steps[{i}] ({step.name}).params"
-            try:
-                params = TrafficParams.model_validate(step.params)
-            except ValidationError:
-                continue  # _consistent names what is wrong with the params
-            if params.check is not None:
-                probes.append((f"{where}.check", params.check))
-            if params.to is not None and params.to.partition("/")[0] not in sites:
-                raise ValueError(f"{where}.to: {params.to!r} is not a site of this plan; use "
-                                 f"{' or '.join(sites)} (spec.sites)")
-            unknown = sorted(k for k in params.weights or {} if k.partition("/")[0] not in sites)
-            if unknown:
-                raise ValueError(
-                    f"{where}.weights: {', '.join(map(repr, unknown))} is not a site of this "
-                    f"plan; key weights by site ({' or '.join(sites)}) or site/server, e.g. "
-                    f"{{{sites[1]}: 100, {sites[0]}: 0}}")
+        probes += [(f"steps[{i}] ({step.name}).{path}", probe) for i, step in enumerate(self.steps)
+                   for path, probe in registry.step_kind(step.action).probes(step)]
         for where, probe in probes:
             value = probe.options.get("timeout")
             if value is None:
@@ -694,8 +598,6 @@ def parse_plan(data: Any, source: str = "<plan>", *, check_backends: bool = True
 
 def check_kinds(plan: FailoverPlan) -> list[str]:
     """Validate every backend's and probe's `options` against its kind's own model."""
-    from controller import registry
-
     problems: list[str] = []
 
     def check(path: str, role: str, kind: str, options: dict[str, Any]) -> None:
@@ -717,10 +619,8 @@ def check_kinds(plan: FailoverPlan) -> list[str]:
     for i, sig in enumerate(plan.spec.signals):
         check(f"spec.signals[{i}].probe", "probe", sig.probe.kind, sig.probe.options)
     for i, step in enumerate(plan.spec.steps):
-        probe = step.params.get("check") if step.action == "traffic" else None
-        if isinstance(probe, dict):  # a stepped shift's check (TrafficParams validated it)
-            check(f"spec.steps[{i}].params.check", "probe", str(probe.get("kind")),
-                  dict(probe.get("options") or {}))
+        for path, probe in registry.step_kind(step.action).probes(step):
+            check(f"spec.steps[{i}].{path}", "probe", probe.kind, probe.options)
     return problems
 
 
@@ -744,9 +644,17 @@ def load_plan(path: str | Path, *, check_backends: bool = True) -> FailoverPlan:
     return parse_plan(data, source, check_backends=check_backends)
 
 
+def plan_warnings(plan: FailoverPlan) -> list[str]:
+    """What `failoverctl validate` warns of but accepts, each naming its step's field."""
+    return [f"steps[{i}] ({step.name}).{warning}"
+            for i, step in enumerate(plan.spec.steps)
+            for warning in registry.step_kind(step.action).warnings(step)]
+
+
 def json_schema() -> dict[str, Any]:
     schema = FailoverPlan.model_json_schema(by_alias=True)
     # a service's timeout defaults to min(5s, interval): no fixed default in the schema, or
     # the API server would fill 5s into a plan probing every 200ms and make it invalid
     schema["$defs"]["Service"]["properties"]["timeout"].pop("default", None)
+    schema["$defs"]["Step"]["properties"]["action"]["enum"] = registry.step_actions()
     return schema

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.model import Decision, Sample
+from controller.model import Decision, DecisionState, Sample
 from controller.plan import FailoverPlan, LevelRule
 
 
@@ -41,6 +41,7 @@ class PolicyState:
     detected_at: float | None = None
     level: int | None = None
     cooldown_until: float | None = None
+    decided: DecisionState | None = None  # the state of the last decision
 
     def to_json(self) -> dict[str, Any]:
         return {  # by hand: dataclasses.asdict deep-copies every sample of every tick
@@ -52,6 +53,7 @@ class PolicyState:
             "surge_since": self.surge_since, "tripped": self.tripped,
             "detected_at": self.detected_at, "level": self.level,
             "cooldown_until": self.cooldown_until,
+            "decided": None if self.decided is None else self.decided.value,
         }
 
     @classmethod
@@ -64,8 +66,10 @@ class PolicyState:
                                s.get("last_detail", ""))
             for name, s in data.get("services", {}).items()
         }
-        fields = {k: v for k, v in data.items() if k != "services"}
-        return cls(services=services, **fields)
+        fields = {k: v for k, v in data.items() if k not in ("services", "decided")}
+        decided = data.get("decided")
+        return cls(services=services, decided=DecisionState(decided) if decided else None,
+                   **fields)
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,15 @@ def evaluate(plan: FailoverPlan, prior: PolicyState, samples: list[Sample], now:
              ) -> tuple[Decision, PolicyState]:
     state = PolicyState.from_json(prior.to_json())  # never mutate the caller's state
     _fold(plan, state, samples, now)
+    decided, level, sentence = _decide(plan, state, now)
+    changed = decided is not state.decided
+    state.decided = decided
+    return Decision(decided, level, sentence, now, changed), state
+
+
+def _decide(plan: FailoverPlan, state: PolicyState, now: float
+            ) -> tuple[DecisionState, int | None, str]:
+    """The decision on the folded `state` (updated in place): its state, level, sentence."""
     trig = plan.spec.trigger
     a = assess(plan, state, now)
     below = a.availability < trig.availability_floor
@@ -182,29 +195,27 @@ def evaluate(plan: FailoverPlan, prior: PolicyState, samples: list[Sample], now:
                         for n in core)
         if recovered and not below and not a.surging:
             state.tripped, state.detected_at = False, None
-            return Decision("clear", state.level,
-                            f"cleared: core services {trig.clear_after}+ probes ok in a row; "
-                            f"{facts}", now), state
-        return Decision("none", state.level, f"still tripped: {facts}; level {state.level}",
-                        now), state
+            return (DecisionState.CLEARED, state.level,
+                    f"cleared: core services {trig.clear_after}+ probes ok in a row; {facts}")
+        return (DecisionState.STILL_TRIPPED, state.level,
+                f"still tripped: {facts}; level {state.level}")
 
     since = [t for t in (state.below_floor_since, state.surge_since) if t is not None]
     held = min(since) if since else None
     if held is not None and now - held >= trig.dwell:
         if state.cooldown_until is not None and now < state.cooldown_until:
-            return Decision("hold", None,
-                            f"thresholds exceeded ({facts}) but the cooldown holds automatic "
-                            f"failover for {state.cooldown_until - now:.0f} s more", now), state
+            return (DecisionState.HELD, None,
+                    f"thresholds exceeded ({facts}) but the cooldown holds automatic "
+                    f"failover for {state.cooldown_until - now:.0f} s more")
         state.tripped, state.detected_at = True, held
         state.level = level_for(plan.spec.levels, plan, a)
-        return Decision("trip", state.level,
-                        f"tripped: {facts} for {now - held:.1f} s; level {state.level}",
-                        now), state
+        return (DecisionState.TRIPPED, state.level,
+                f"tripped: {facts} for {now - held:.1f} s; level {state.level}")
     if a.degraded:
         waiting = (f"; trips if it lasts {trig.dwell:g} s (now {now - held:.1f} s)"
                    if held is not None else "")
-        return Decision("none", None, f"degraded: {facts}{waiting}", now), state
-    return Decision("none", None, f"healthy: {facts}", now), state
+        return DecisionState.DEGRADED, None, f"degraded: {facts}{waiting}"
+    return DecisionState.HEALTHY, None, f"healthy: {facts}"
 
 
 def start_cooldown(state: PolicyState, plan: FailoverPlan, now: float) -> PolicyState:
@@ -220,8 +231,9 @@ def rearm(state: PolicyState) -> PolicyState:
     failing is then detected afresh (failed probes in a row, then the dwell) and trips
     again once the cooldown has passed, instead of staying "still tripped" with no run;
     samples from before the run (another site served them, or the outage that is over)
-    can neither trip it again at once nor hold it tripped."""
-    return PolicyState(cooldown_until=state.cooldown_until)
+    can neither trip it again at once nor hold it tripped. The last decision's state stays:
+    only a change of state is news."""
+    return PolicyState(cooldown_until=state.cooldown_until, decided=state.decided)
 
 
 def shift(state: PolicyState, seconds: float) -> PolicyState:

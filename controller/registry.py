@@ -1,38 +1,50 @@
-"""Lazy registry of backend kinds: role + kind name -> "module:Class", imported on first use.
+"""Lazy registry of plug-ins: backend and probe kinds by role, step kinds by action.
 
-Each provider package (`probes`, `traffic`, `dns`, `backups`, `notify`) lists its kinds in
-its `__init__.py`; only the kinds a plan configures are ever imported, so a plan using
-Route 53 never imports the kubernetes client. A backend class declares `Options` (a
-pydantic model that validates the plan's `options:` block) and is built as
-`Class(options, secrets=...)`.
+Owns finding a plug-in by the name a plan gives it, importing its module on first use.
+Why each rule:
+
+- **Imported by name, on first use.** Each provider package (`probes`, `traffic`, `dns`,
+  `backups`, `notify`) lists its kinds in its `__init__.py` as "module:Class"; step kinds
+  are the modules of `controller.steps` (`<action>.py` defining `KIND`). Only what a plan
+  configures is ever imported, so a plan using Route 53 never imports the kubernetes
+  client.
+- **At the bottom.** This module imports no controller module: the plan schema
+  (`controller.plan`) asks it for the kinds that validate a plan's options and step
+  params, and the kinds themselves build on the schema, so every static import points
+  down (plan -> registry; steps and providers -> plan).
+
+A backend class declares `Options` (a pydantic model that validates the plan's `options:`
+block) and is built as `Class(options, secrets=...)`. A step kind defined outside
+`controller.steps` (a test's toy kind) is added with `register_step`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+import pkgutil
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+if TYPE_CHECKING:
+    from controller.steps import StepKind
+
 ROLES = ("probe", "traffic", "dns", "store", "restorer", "verifier", "notifier")
+_PACKAGES = {"probe": "controller.probes", "traffic": "controller.traffic",
+             "dns": "controller.dns", "store": "controller.backups",
+             "restorer": "controller.backups", "verifier": "controller.backups",
+             "notifier": "controller.notify"}
+STEPS = "controller.steps"
+COORDINATION = "controller.coordination"
 
 
 def _kinds(role: str) -> dict[str, str]:
-    if role == "probe":
-        from controller.probes import KINDS
-    elif role == "traffic":
-        from controller.traffic import KINDS
-    elif role == "dns":
-        from controller.dns import KINDS
-    elif role in ("store", "restorer", "verifier"):
-        from controller.backups import KINDS_BY_ROLE
-
-        return KINDS_BY_ROLE[role]
-    elif role == "notifier":
-        from controller.notify import KINDS
-    else:
-        raise KeyError(role)
-    return KINDS
+    package = importlib.import_module(_PACKAGES[role])
+    if role in ("store", "restorer", "verifier"):
+        by_role: dict[str, dict[str, str]] = package.KINDS_BY_ROLE
+        return by_role[role]
+    kinds: dict[str, str] = package.KINDS
+    return kinds
 
 
 def known_kinds(role: str) -> list[str]:
@@ -60,7 +72,69 @@ def parse_options(role: str, kind: str, options: dict[str, Any]) -> BaseModel:
     return model.model_validate(options)
 
 
+def parse_coordination(kind: str, options: dict[str, Any]) -> BaseModel:
+    """`spec.coordination.options` validated by `controller.coordination`, imported by name
+    like every plug-in (ValueError names the field and the fix)."""
+    parsed: BaseModel = importlib.import_module(COORDINATION).parse_options(kind, options)
+    return parsed
+
+
 def build(role: str, kind: str, options: dict[str, Any], *, secrets: Any, **extra: Any) -> Any:
     """Instantiate a backend; probes also get `service=` (the service or signal name)."""
     cls = load(role, kind)
     return cls(parse_options(role, kind, options), secrets=secrets, **extra)
+
+
+# --- step kinds -------------------------------------------------------------------------------
+
+
+class UnknownAction(ValueError):
+    pass
+
+
+def _step_modules() -> list[str]:
+    package = importlib.import_module(STEPS)
+    return [m.name for m in pkgutil.iter_modules(package.__path__)
+            if not m.name.startswith("_")]
+
+
+class _StepKinds(dict[str, "StepKind[Any]"]):
+    """Step kinds by action, each module imported on first use."""
+
+    def __missing__(self, action: str) -> StepKind[Any]:
+        if action not in _step_modules():
+            raise UnknownAction(f"unknown action {action!r}; choose one of: "
+                                f"{', '.join(step_actions())}")
+        found: StepKind[Any] = importlib.import_module(f"{STEPS}.{action}").KIND
+        self[action] = found
+        return found
+
+
+STEP_KINDS = _StepKinds()
+
+
+def step_actions() -> list[str]:
+    """Every action a plan may name (the modules of controller.steps, registered kinds)."""
+    return sorted(set(_step_modules()) | set(STEP_KINDS))
+
+
+def step_kind(action: str) -> StepKind[Any]:
+    """The kind of `action`; UnknownAction names the choices."""
+    return STEP_KINDS[action]
+
+
+def find_step_kind(action: str) -> StepKind[Any] | None:
+    """The kind of `action`, or None for one not known (a journal from another version)."""
+    try:
+        return STEP_KINDS[action]
+    except UnknownAction:
+        return None
+
+
+def register_step(kind: StepKind[Any]) -> None:
+    """Add a kind defined outside controller.steps (e.g. a test's)."""
+    STEP_KINDS[kind.action] = kind
+
+
+def unregister_step(action: str) -> None:
+    STEP_KINDS.pop(action, None)

@@ -43,11 +43,7 @@ import click
 
 from controller import console
 from controller import kube as k8s
-from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_WAITING, CliError
-from controller.crd import GROUP, KIND, PLURAL, VERSION
-from controller.failback import may_have_written
-from controller.model import PermanentError
-from controller.operator import (
+from controller.annotations import (
     A_APPROVE,
     A_APPROVED_BY,
     A_BY,
@@ -57,7 +53,12 @@ from controller.operator import (
     A_REASON,
     A_REQUEST,
 )
+from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK, EXIT_WAITING, CliError
+from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.failback import may_have_written
+from controller.model import PermanentError
 from controller.plan import FailoverPlan, PlanError, parse_plan
+from controller.registry import find_step_kind
 from controller.report import summarize
 
 Obj = dict[str, Any]
@@ -433,7 +434,8 @@ def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str
     if run.get("id") != run_id:
         raise CliError(f"no run {run_id!r} in the status of {res} (its run: "
                        f"{run.get('id') or 'none'})")
-    manual = [d["name"] for d in run.get("definition", []) if d.get("action") == "manual"]
+    manual = [d["name"] for d in run.get("definition", [])
+              if (kind := find_step_kind(d.get("action", ""))) and kind.waits_for_person]
     if step not in manual:
         raise CliError(f"run {run_id} has no human step {step!r} "
                        f"(human steps: {', '.join(manual) or 'none'})")

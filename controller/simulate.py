@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller import policy
-from controller.model import Decision
+from controller.model import Decision, DecisionAction
 from controller.plan import FailoverPlan
 from controller.probes.trace import Trace, ticks
 
@@ -30,8 +30,9 @@ class Replay:
             "trace": self.trace, "label": self.label, "passed": not self.problems,
             "problems": self.problems,
             "trips": [{"atSeconds": t, "level": lvl} for t, lvl in self.trips],
-            "decisions": [{"atSeconds": t, "action": d.action, "level": d.level,
-                           "sentence": d.sentence} for t, d in self.decisions],
+            "decisions": [{"atSeconds": t, "state": d.state.value, "action": d.action.value,
+                           "level": d.level, "sentence": d.sentence}
+                          for t, d in self.decisions],
         }
 
 
@@ -39,14 +40,11 @@ def replay(plan: FailoverPlan, trace: Trace, *, every: float = 1.0) -> Replay:
     """Feed the trace tick by tick; record each change of decision (not every tick)."""
     out = Replay(trace.name, label=trace.expect.describe() if trace.expect else None)
     state = policy.PolicyState()
-    previous = ""
     for now, batch in ticks(trace, every, tail=plan.spec.trigger.dwell + every):
         decision, state = policy.evaluate(plan, state, batch, now)
-        kind = decision.sentence.split(":", 1)[0]
-        if decision.action != "none" or kind != previous:
+        if decision.action is not DecisionAction.NONE or decision.changed:
             out.decisions.append((now - trace.start, decision))
-            previous = kind
-        if decision.action == "trip":
+        if decision.action is DecisionAction.TRIP:
             out.trips.append((now - trace.start, decision.level))
             # a real run starts here; the cooldown keeps a replay as honest as a live loop
             state = policy.start_cooldown(state, plan, now)

@@ -20,9 +20,9 @@ changed, on whichever replica.
 
 `events` compares two statuses and says what happened in between (phase changes, new
 decisions, step transitions), one Event each. A change is worth a write and an Event when
-its meaning changes, not its counters: the decision sentence is compared by what it says
-(`tripped`, `still tripped`, `degraded` ... the part before its first colon), as the
-engine records decisions, so an outage that goes on costs no write per reconcile.
+its meaning changes, not its counters: a decision is compared by its typed state
+(`tripped`, `still-tripped`, `degraded` ..., kept in the policy state), never by its
+sentence, so an outage that goes on costs no write per reconcile.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from controller.journal import Journal, PlanState
-from controller.model import Phase
+from controller.journal import Journal, PlanState, Run
+from controller.model import TERMINAL, Phase, StepStatus, Trigger
 
-CONDITIONS = ("Ready", "Tripped", "FailingOver", "FailedOver", "Degraded", "SpecApplied")
+CONDITIONS = ("Ready", "Tripped", "Requested", "FailingOver", "FailedOver", "Degraded",
+              "SpecApplied")
 _TRIPPED = {Phase.TRIPPED, Phase.AWAITING_APPROVAL, Phase.FAILING_OVER, Phase.FAILED_OVER,
             Phase.FAILING_BACK}
 
@@ -45,15 +46,23 @@ def rfc3339(at: float | None) -> str | None:
 
 
 def _conditions(phase: Phase, problems: list[str], readiness: dict[str, Any],
-                outcome: str | None, deleting: str | None,
+                run: Run | None, deleting: str | None,
                 held: str | None) -> dict[str, tuple[bool, str, str]]:
+    """Tripped is a threshold trip only: a failover a person requested (a planned one)
+    says Requested, with who asked and why, and never ThresholdExceeded."""
     failing = [c.get("name", "") for c in readiness.get("failed", [])]
+    incident = phase in _TRIPPED
+    requested = incident and run is not None and run.trigger is Trigger.REQUEST
+    outcome = run.outcome if run else None
     return {
         "Ready": (False, "InvalidPlan", "; ".join(problems)) if problems else
                  (False, "Deleting", deleting) if deleting else
                  (True, "Reconciling", "the controller is watching this plan"),
-        "Tripped": (phase in _TRIPPED, "ThresholdExceeded" if phase in _TRIPPED else "Healthy",
-                    phase.value),
+        "Tripped": (incident and not requested,
+                    "Requested" if requested else "ThresholdExceeded" if incident
+                    else "Healthy", run.origin.text() if requested and run else phase.value),
+        "Requested": (requested, "Requested" if requested else "NotRequested",
+                      run.origin.text() if requested and run else ""),
         "FailingOver": (phase is Phase.FAILING_OVER, "StepsRunning"
                         if phase is Phase.FAILING_OVER else "NotRunning", phase.value),
         "FailedOver": (phase is Phase.FAILED_OVER, "ServingFromBackup"
@@ -67,6 +76,16 @@ def _conditions(phase: Phase, problems: list[str], readiness: dict[str, Any],
                        (False, "InvalidPlan", "; ".join(problems)) if problems else
                        (True, "Applied", "the plan runs with its current spec"),
     }
+
+
+def progress(steps: list[dict[str, Any]]) -> str:
+    """How far a run has got, for `kubectl get fop -o wide`: '3/5 steps, dns-cutover
+    running' (what the step under way is doing, or waiting for, by its status)."""
+    done = sum(s["status"] in TERMINAL for s in steps)
+    now = next((s for s in steps
+                if s["status"] not in TERMINAL and s["status"] != StepStatus.PENDING), None)
+    under_way = f", {now['name']} {now['status']}" if now else ""
+    return f"{done}/{len(steps)} steps{under_way}"
 
 
 def build(journal: Journal, plan: str, *, generation: int | None, previous: dict[str, Any],
@@ -110,13 +129,13 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
     if token is not None:
         status["fencingToken"], status["fencingHolder"] = token, holder
     if run is not None:
-        status["run"] = {**run.to_json(), "definition": run.steps,
-                         "steps": [s.to_json() for s in journal.steps(run.id)]}
+        steps = [s.to_json() for s in journal.steps(run.id)]
+        status["run"] = {**run.to_json(), "definition": run.steps, "steps": steps,
+                         "progress": progress(steps)}
     old = {c["type"]: c for c in previous.get("conditions", [])}
     status["conditions"] = []
     for kind, (true, reason, message) in _conditions(
-            phase, problems, readiness, run.outcome if run else None, deleting,
-            held).items():
+            phase, problems, readiness, run, deleting, held).items():
         value = "True" if true else "False"
         before = old.get(kind)
         since = (before["lastTransitionTime"] if before and before.get("status") == value
@@ -130,16 +149,17 @@ _VOLATILE = ("updatedAt", "policyState")  # move every tick; written along, neve
 _SAID = ("lastDecision", "lastDecisionTime")  # compared by what the decision says
 
 
-def meaning(decision: Any) -> str:
-    """What a decision sentence says, without its counters: the part before its first
-    colon (`still tripped`, `degraded` ...), as the engine records decisions."""
-    return str(decision or "").split(":", 1)[0]
+def meaning(status: dict[str, Any]) -> str | None:
+    """What the last decision says, without its counters: its typed state (`tripped`,
+    `still-tripped`, `degraded` ...), kept in the policy state; the sentence is for people."""
+    decided = (status.get("policyState") or {}).get("decided")
+    return None if decided is None else str(decided)
 
 
 def changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
     """Worth a write: anything but the per-tick bookkeeping differs, or the decision says
     something else (a sentence whose counters moved is written along, never alone)."""
-    if meaning(before.get("lastDecision")) != meaning(after.get("lastDecision")):
+    if meaning(before) != meaning(after):
         return True
     return any(before.get(k) != after.get(k)
                for k in {*before, *after} - {*_VOLATILE, *_SAID})
@@ -163,7 +183,9 @@ def _step_line(s: dict[str, Any]) -> str:
     took = s.get("sinceDetectionSeconds")
     timing = "" if took is None else f" at {took:.1f} s after detection"
     if target is not None:
-        timing += f" (target {target:g} s, {'met' if s.get('met') else 'MISSED'})"
+        met = s.get("met")  # None: still running, nothing to say yet
+        verdict = "" if met is None else ", met" if met else ", MISSED"
+        timing += f" (target {target:g} s{verdict})"
     error = f": {s['error']}" if s.get("error") else ""
     return f"step {s['name']} {s['status']}{timing}, {s.get('attempts', 0)} attempt(s){error}"
 
@@ -189,8 +211,7 @@ def events(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str
         elif spec_after.get("reason") == "Applied" and spec_before.get("reason"):
             out.append(("Normal", "SpecApplied", f"generation "
                         f"{after.get('appliedGeneration')} applied"))
-    if after.get("lastDecision") and meaning(after["lastDecision"]) != meaning(
-            before.get("lastDecision")):
+    if after.get("lastDecision") and meaning(after) != meaning(before):
         out.append(("Normal", "Decision", str(after["lastDecision"])))
     if after.get("phase") != before.get("phase"):
         kind = "Warning" if after.get("phase") in ("Failed", "Degraded") else "Normal"

@@ -8,6 +8,8 @@ from one process and a controller in another process sees it.
 
 from __future__ import annotations
 
+import asyncio
+import enum
 import fcntl
 import json
 import logging
@@ -23,7 +25,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.dns import DnsConflict
+from controller.backups import BackupStore, Restorer
+from controller.dns import DnsConflict, DnsProvider
 from controller.model import (
     Backup,
     Evidence,
@@ -34,6 +37,9 @@ from controller.model import (
     Target,
     Weights,
 )
+from controller.notify import Notifier
+from controller.probes import Probe
+from controller.traffic import TrafficBackend
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +100,8 @@ def _fenced(st: dict[str, Any], what: str) -> tuple[int | None, str | None]:
 
 def reset() -> None:
     """Forget all in-memory fake state (call between tests); first let the notices still
-    going out (controller.notify.outbox) land, so none lands in the next test's fakes."""
-    from controller.notify.outbox import settle
+    going out (controller.outbox) land, so none lands in the next test's fakes."""
+    from controller.outbox import settle
 
     settle()
     with _LOCK:
@@ -128,10 +134,21 @@ class FakeProbeOptions(FakeOptions):
     up: bool = True
     value: float | None = None
     traffic: str | None = Field(None, description="key of a FakeTrafficBackend to follow")
+    timeout: float = Field(5.0, description="seconds a check waits for a service that "
+                                            "does not answer (`ProbeFault.HANG`)")
 
 
-class FakeProbe:
-    """Answers from shared state: `set_health(key, False)` makes every probe on `key` fail.
+class ProbeFault(enum.Enum):
+    """How a service the fake probes fails, beyond answering "down" (`set_health`)."""
+
+    HANG = "hang"  # accepts the check and never answers: the check times out
+    UNREACHABLE = "unreachable"  # cannot be reached at all
+
+
+class FakeProbe(Probe):
+    """Answers from shared state: `set_health(key, False)` makes every probe on `key` fail,
+    `set_fault(key, ProbeFault.HANG)` makes it time out after its `timeout`, like a real
+    probe of a service that never answers, and `ProbeFault.UNREACHABLE` fail at once.
 
     With `traffic:` it models a service behind an edge: it is up when the destination
     receiving the most traffic weight (a site name) is up, so a fault injected into the
@@ -154,8 +171,16 @@ class FakeProbe:
         with _state(self.options.model_copy(update={"key": key}), "probe") as st:
             up = bool(st.get("up", self.options.up))
             value = st.get("value", self.options.value)
+            fault = st.get("fault")
+        at = time.time()
+        if fault == ProbeFault.HANG.value:
+            await asyncio.sleep(self.options.timeout)
+            return Sample(self.service, False, at, latency=self.options.timeout,
+                          detail=f"{key}: timed out after {self.options.timeout:g} s")
+        if fault == ProbeFault.UNREACHABLE.value:
+            return Sample(self.service, False, at, detail=f"{key}: unreachable (injected)")
         detail = f"via {key}" if up else f"{key}: fault injected"
-        return Sample(self.service, up, time.time(), latency=0.0, detail=detail, value=value)
+        return Sample(self.service, up, at, latency=0.0, detail=detail, value=value)
 
 
 def set_health(key: str, up: bool, *, state_file: str | None = None,
@@ -165,6 +190,15 @@ def set_health(key: str, up: bool, *, state_file: str | None = None,
         st["up"] = up
         if value is not None:
             st["value"] = value
+
+
+def set_fault(key: str, fault: ProbeFault | None, *, state_file: str | None = None) -> None:
+    """Make every FakeProbe sharing `key` hang or be unreachable; None clears the fault."""
+    with _state(FakeOptions(key=key, state_file=state_file), "probe") as st:
+        if fault is None:
+            st.pop("fault", None)
+        else:
+            st["fault"] = fault.value
 
 
 # --- traffic -------------------------------------------------------------------------------
@@ -177,7 +211,7 @@ class FakeTrafficOptions(FakeOptions):
                          "(a `fencing.pause`: cancellable, simulated under a simulated clock)")
 
 
-class FakeTrafficBackend:
+class FakeTrafficBackend(TrafficBackend):
     """Weights in shared state, with the real backends' rules (target first, idempotent
     revert) and a fenced target's: every write checks the step's fence first and is
     recorded with its fencing token and holder (`writes()`); a write whose token is
@@ -220,9 +254,13 @@ class FakeTrafficBackend:
             if st.get("failed", 0) < self.options.fail_shifts:
                 st["failed"] = st.get("failed", 0) + 1
                 raise ConnectionError("injected traffic backend failure")
-        # enable the target first, then drain the others (two writes, like the real ones)
-        self._set({**before, to: weights[to]})
-        self._set({**before, **weights})
+        # enable the target first, then drain the others (two writes, like the real ones),
+        # writing nothing that is already so (a re-run shift writes nothing)
+        now = before
+        for state in ({**before, to: weights[to]}, {**before, **weights}):
+            if state != now:
+                self._set(state)
+                now = state
         return {"before": before, "after": self.current(), "to": to}
 
     def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
@@ -259,7 +297,7 @@ def _same_values(a: Record | None, b: Record | None) -> bool:
     return set(a.values if a else ()) == set(b.values if b else ())
 
 
-class FakeDnsProvider:
+class FakeDnsProvider(DnsProvider):
     """Compare-and-swap semantics of RFC 2136 prerequisites, in memory.
 
     A fencing-aware target: each write is recorded with the step attempt's fencing token
@@ -379,7 +417,7 @@ class FakeStoreOptions(FakeOptions):
     backups: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class FakeBackupStore:
+class FakeBackupStore(BackupStore):
     Options = FakeStoreOptions
 
     def __init__(self, options: FakeStoreOptions, *, secrets: Any = None, audit: Any = None):
@@ -403,7 +441,7 @@ class FakeRestorerOptions(FakeOptions):
     fail: bool = False
 
 
-class FakeRestorer:
+class FakeRestorer(Restorer):
     """Restores in memory with the real restorers' contract (only a verified backup,
     evidence with the same keys) and a fenced target's: the step's fence is checked before
     anything is written (`fencing.Cancelled`), each restore is recorded with its fencing
@@ -467,7 +505,7 @@ class FakeNotifierOptions(FakeOptions):
     fail: bool = False
 
 
-class FakeNotifier:
+class FakeNotifier(Notifier):
     """Keeps every notice it is given; with `fail`, raises like a real notifier whose
     destination stays down after its retries (nothing is kept)."""
 
@@ -493,8 +531,8 @@ class FakeNotifier:
 
     def sent(self) -> list[dict[str, Any]]:
         """What was delivered, once this process's engines have finished sending: their
-        notices go out off the step path (`controller.notify.outbox`)."""
-        from controller.notify.outbox import settle
+        notices go out off the step path (`controller.outbox`)."""
+        from controller.outbox import settle
 
         settle()
         with _state(self.options, "notifier") as st:

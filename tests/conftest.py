@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from controller import testing
+from controller.drill.servers.base import ServerError
 from controller.drill.servers.kube import KubeServers
-from controller.drill.servers.postgres import ServerError
 from controller.journal import Journal
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.backups import crypto, naming
+from controller.backups import BackupStore, crypto, naming
 from controller.model import Backup, PermanentError
 from controller.secrets import SecretError, SecretRef, Secrets, redact
 
@@ -86,7 +86,7 @@ def _key_fix(ref: SecretRef, problem: str) -> str:
     return "make it readable by the controller and hold the base64 of the 32-byte key"
 
 
-class CatalogStore:
+class CatalogStore(BackupStore):
     """A BackupStore: list / add / open / record verification, over `Objects`."""
 
     Options: type[StoreOptions] = StoreOptions

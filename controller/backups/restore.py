@@ -35,6 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
+from controller.backups import Restorer
 from controller.backups.catalog import AuditSink, CatalogStore
 from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
 from controller.backups.naming import iso
@@ -82,7 +83,7 @@ class PgBackRestRestorerOptions(RestorerOptions):
     pgbackrest: str = "pgbackrest"
 
 
-class _Restorer:
+class _Restorer(Restorer):
     """Shared flow: host, node, timings, audit, evidence."""
 
     format = ""

@@ -28,7 +28,6 @@ import contextlib
 import logging
 import re
 import shutil
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
+from controller.backups import Verifier
 from controller.backups.catalog import AuditSink, CatalogError, CatalogStore, sha256_stream
 from controller.backups.hosts import CommandError, LocalHost
 from controller.backups.node import RestoreFailed, ValidationQuery
@@ -49,6 +49,7 @@ from controller.backups.restore import (
     build_store,
 )
 from controller.model import Backup, Evidence, PermanentError, Target
+from controller.netutil import free_port
 from controller.secrets import Secrets, redact
 
 log = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class VerifierOptions(BaseModel):
     actor: str = "verifier"
 
 
-class CatalogVerifier:
+class CatalogVerifier(Verifier):
     """The `verifier` backend: `verify(backup=...)` runs the checks and records them."""
 
     Options = VerifierOptions
@@ -334,12 +335,6 @@ def _objects(backup: Backup) -> list[dict[str, Any]]:
             raise PermanentError(f"{field} ({obj['key']}) has {what}, the checksum taken when "
                                  f"it was stored; {damaged}")
     return objects
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _check(name: str, passed: bool, seconds: float, detail: str, **extra: Any

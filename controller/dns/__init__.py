@@ -13,7 +13,7 @@ each server asked directly; Route 53: INSYNC). Every write is preceded by
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import dns.exception
 import dns.name
@@ -57,6 +57,7 @@ def absent(rec: Record) -> Record:
     return Record(rec.key()[0], rec.type.upper(), 0, ())
 
 
+@runtime_checkable
 class DnsProvider(Protocol):
     def records(self, *, names: list[str] | None = None) -> list[Record]:
         """The record sets at `names` (every name when None) as the source serves them."""
@@ -84,3 +85,9 @@ class DnsProvider(Protocol):
         deadline; the evidence names the proof (RFC 2136: each server's answer and
         serial; Route 53: the change id that went INSYNC)."""
         ...
+
+    def ready(self) -> str | None:
+        """For `failoverctl ready`: a read-only, harmless check that this backend can act
+        now; returns what it found, raises when it cannot. Default None: nothing to check
+        beyond building the backend."""
+        return None

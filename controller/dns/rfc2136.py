@@ -54,7 +54,7 @@ import dns.update
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller import fencing
-from controller.dns import DnsConflict, DnsNotServed
+from controller.dns import DnsConflict, DnsNotServed, DnsProvider
 from controller.model import Evidence, PermanentError, Record
 from controller.plan import Duration
 from controller.secrets import SecretError, SecretRef, Secrets, remember
@@ -202,7 +202,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-class Rfc2136DnsProvider:
+class Rfc2136DnsProvider(DnsProvider):
     """DnsProvider for one zone: reads from and signs updates to the primary `server`."""
 
     Options = Rfc2136Options

@@ -49,7 +49,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tenacity import RetryCallState, RetryError, Retrying, retry_if_result
 
 from controller import fencing
-from controller.dns import DnsConflict, DnsNotServed, absent, canonical_values
+from controller.dns import (
+    DnsConflict,
+    DnsNotServed,
+    DnsProvider,
+    absent,
+    canonical_values,
+)
 from controller.model import Evidence, PermanentError, Record
 from controller.plan import Duration
 from controller.secrets import SecretRef, Secrets
@@ -131,7 +137,7 @@ def _error(exc: ClientError) -> tuple[str, str]:
     return str(err.get("Code", "")), str(err.get("Message", ""))
 
 
-class Route53DnsProvider:
+class Route53DnsProvider(DnsProvider):
     """DnsProvider for one hosted zone (and optionally one weighted/failover set)."""
 
     Options = Route53Options

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from controller.dns import DnsConflict
+from controller.dns import DnsConflict, DnsProvider
 from controller.model import Evidence, PermanentError, Record
 from controller.plan import DnsParams, FailoverPlan, Step
 
@@ -46,23 +45,29 @@ class TtlState:
         return f"{self.name} {self.type} ttl {self.current.ttl} {mark} {self.wanted}"
 
 
+def _params(step: Step) -> DnsParams:
+    if not isinstance(step.args, DnsParams):
+        raise PermanentError(f"step {step.name}: a {step.action} step has no DNS records")
+    return step.args
+
+
 def wanted_ttl(step: Step, override: int | None = None) -> int | None:
     """The pre-failover TTL for a DNS step: `override`, else `params.prepareTtl`."""
     if override is not None:
         return override
-    return DnsParams.model_validate(step.params).prepare_ttl
+    return _params(step).prepare_ttl
 
 
-def states(step: Step, provider: Any, wanted: int) -> list[TtlState]:
+def states(step: Step, provider: DnsProvider, wanted: int) -> list[TtlState]:
     """Read the current TTL of every record the step will change."""
-    params = DnsParams.model_validate(step.params)
+    params = _params(step)
     keys = [Record(r.name, r.type, r.ttl, tuple(r.values)).key() for r in params.records]
     found = {r.key(): r for r in provider.records(names=sorted({k[0] for k in keys}))}
     return [TtlState(step.name, str(step.backend), found.get(k), k[0], k[1], wanted)
             for k in keys]
 
 
-def check(step: Step, provider: Any) -> str:
+def check(step: Step, provider: DnsProvider) -> str:
     """Readiness: every record at or below the step's prepareTtl (raises when not)."""
     wanted = wanted_ttl(step)
     assert wanted is not None
@@ -74,7 +79,7 @@ def check(step: Step, provider: Any) -> str:
     return "TTL ready: " + "; ".join(s.describe() for s in seen)
 
 
-def prepare(plan: FailoverPlan, get: Callable[[str], Any], *, ttl: int | None = None,
+def prepare(plan: FailoverPlan, get: Callable[[str], DnsProvider], *, ttl: int | None = None,
             dry_run: bool = False,
             audit: Callable[[str], None] | None = None) -> list[Evidence]:
     """Lower the TTL of every DNS step's records to its wanted TTL (see module doc).
@@ -84,7 +89,7 @@ def prepare(plan: FailoverPlan, get: Callable[[str], Any], *, ttl: int | None = 
     """
     out: list[Evidence] = []
     for step in plan.spec.steps:
-        if step.action != "dns" or not step.backend:
+        if not isinstance(step.args, DnsParams) or not step.backend:
             continue
         wanted = wanted_ttl(step, ttl)
         if wanted is None:

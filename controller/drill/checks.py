@@ -37,9 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.drill.runner import Check
 from controller.drill.sandbox import ADDRESSES, NAME, Sandbox, validation
-from controller.drill.servers.postgres import PostgresServer, ServerError
+from controller.drill.servers.base import ServerError
+from controller.drill.servers.postgres import PostgresServer
 from controller.notify.slack import mention
 from controller.plan import Duration, FailoverPlan
+from controller.steps.restore import KIND as RESTORE
 
 Site = Literal["dc-a", "dc-b"]
 CHANNELS = ("web", "api", "hotline")
@@ -182,8 +184,8 @@ class WorldChecks:
     def restore(self, report: dict[str, Any] | None, want: RestoreExpect) -> Check:
         name = "restored data passes validation" + (", from an older verified backup"
                                                     if want.fallback else "")
-        step = next((s for s in (report or {}).get("steps", []) if s["action"] == "restore"),
-                    None)
+        step = next((s for s in (report or {}).get("steps", [])
+                     if s["action"] == RESTORE.action), None)
         if step is None or step["status"] != "succeeded":
             why = "no restore step ran" if step is None else \
                 f"{step['name']} {step['status']}: {step['error']}"

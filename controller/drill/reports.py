@@ -14,7 +14,9 @@ built from the journal, whose text is already scrubbed of secrets):
   against the plan, detection and trip, every step against its target with the timeline
   chart, the checks, each step's key evidence (which backup and why, every DNS server's
   answer, the traffic split observed), the decision sentences and what ran where. The
-  HTML inlines the SVG charts, so it is one self-contained file.
+  HTML inlines the SVG charts, so it is one self-contained file;
+- `drill.prom`: the outcome as Prometheus metrics (`controller.metrics.DRILLS`) for a
+  Pushgateway or a textfile collector, which the `NoPassingDrill` alert reads.
 """
 
 from __future__ import annotations
@@ -26,19 +28,13 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from prometheus_client import write_to_textfile
+
+from controller import metrics
 from controller import report as reports
 from controller.chart import timeline_svg
-from controller.plan import format_duration
-
-PHASES = ["prepare", "fetch", "extract", "verify", "start", "promote", "validate"]
-
-
-def _fmt(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.2f} s"
-    return format_duration(round(seconds))
+from controller.registry import find_step_kind
+from controller.steps import seconds
 
 
 def _clock(at: float | None) -> str:
@@ -61,6 +57,9 @@ def write_reports(out: Path, verdict: dict[str, Any]) -> None:
     text = to_markdown(verdict)
     (out / "report.md").write_text(text)
     (out / "report.html").write_text(to_html(text, out, title=_title(verdict)))
+    metrics.drill_ended(verdict["plan"], (verdict.get("scenario") or {}).get("name", ""),
+                        passed=verdict["passed"], at=time.time())
+    write_to_textfile(str(out / "drill.prom"), metrics.DRILLS)
 
 
 # --- JUnit ---------------------------------------------------------------------------------
@@ -108,8 +107,8 @@ def _objective(label: str, obj: dict[str, Any] | None, what: str) -> str:
         return f"- **{label}**: not measured ({what})"
     target = obj["targetSeconds"]
     met = {True: "met", False: "**MISSED**", None: "no target"}[obj["met"]]
-    plan = f"plan {_fmt(target)} ({obj['source']})" if target is not None else "no plan target"
-    return f"- **{label}**: {_fmt(obj['achievedSeconds'])} achieved ({what}) — {plan} — {met}"
+    plan = f"plan {seconds(target)} ({obj['source']})" if target is not None else "no plan target"
+    return f"- **{label}**: {seconds(obj['achievedSeconds'])} achieved ({what}) — {plan} — {met}"
 
 
 def _steps_table(rep: dict[str, Any]) -> list[str]:
@@ -118,55 +117,16 @@ def _steps_table(rep: dict[str, Any]) -> list[str]:
     for s in rep["steps"]:
         met = {True: "yes", False: "**no**", None: "-"}[s["met"]]
         lines.append(f"| {s['index'] + 1} | {s['name']} | {s['action']} | {s['status']} | "
-                     f"{_fmt(s['elapsedSeconds'])} | {_fmt(s['sinceDetectionSeconds'])} | "
-                     f"{_fmt(s['targetSeconds'])} | {met} |")
+                     f"{seconds(s['elapsedSeconds'])} | {seconds(s['sinceDetectionSeconds'])} | "
+                     f"{seconds(s['targetSeconds'])} | {met} |")
     return lines
 
 
 def evidence_lines(step: dict[str, Any]) -> list[str]:
-    """The facts of one step a reviewer looks for, from its evidence."""
-    ev, out = step["evidence"] or {}, []
-    if step["error"]:
-        out.append(f"error: {step['error']}")
-    if step["action"] == "traffic" and "after" in ev:
-        out.append(f"weights {ev.get('before')} → {ev.get('after')}")
-        obs = ev.get("observed")
-        if obs:
-            out.append(f"observed through the edge: {obs['requests']} requests, share "
-                       f"{obs['share']}, errors {obs['errors']}")
-    if step["action"] == "dns" and "servers" in ev:
-        out.append(f"zone {ev.get('zone')} serial {ev.get('serial')}, written in "
-                   f"{_fmt(ev.get('writeSeconds'))}, served everywhere after "
-                   f"{_fmt(ev.get('verifySeconds'))}")
-        for srv in ev["servers"]:
-            out.append(f"{srv['name']} ({srv['address']}:{srv['port']}) answers "
-                       f"{'; '.join(f'{k} {v}' for k, v in srv['answer'].items())} at serial "
-                       f"{srv['serial']} after {srv['attempts']} attempt(s)")
-        if ev.get("note"):
-            out.append(str(ev["note"]))
-    if step["action"] == "restore" and "chosen" in ev:
-        out.append(f"backup chosen: `{ev['chosen']}` — {ev.get('why')}")
-        if "phases" in ev:
-            phases = sorted(ev["phases"].items(), key=lambda kv: (
-                PHASES.index(kv[0]) if kv[0] in PHASES else len(PHASES), kv[0]))
-            out.append("phases: " + ", ".join(f"{k} {_fmt(v)}" for k, v in phases)
-                       + f"; {ev.get('bytes', '-')} bytes onto {ev.get('host')}:{ev.get('path')}")
-        for q in ev.get("validation", []):
-            out.append(f"validation {q['name']}: {q['value']} "
-                       f"({'passed' if q['passed'] else 'FAILED ' + q['detail']})")
-        if "rpoSeconds" in ev:
-            out.append(f"data as of {ev.get('dataAsOf')}: RPO {_fmt(ev['rpoSeconds'])}, "
-                       f"budget {_fmt(ev.get('rpoBudgetSeconds'))}")
-    if step["action"] == "verify" and "checked" in ev:
-        out += [f"{c['service']}: {'ok' if c['ok'] else 'FAILED'} {c['detail']}"
-                for c in ev["checked"]]
-    if step["action"] == "notify" and "recipients" in ev:
-        out.append(f"level {ev.get('level')} to {', '.join(ev['recipients']) or '-'}")
-    if step["action"] == "revert":
-        inner = ev.get("after") or ev.get("servers")
-        if inner:
-            out.append(f"restored: {inner if not isinstance(inner, list) else len(inner)}")
-    return out
+    """The facts of one step a reviewer looks for, from its evidence (its kind says which)."""
+    out = [f"error: {step['error']}"] if step["error"] else []
+    kind = find_step_kind(step["action"])
+    return out + (kind.facts(step["evidence"] or {}) if kind is not None else [])
 
 
 def _run_section(title: str, rep: dict[str, Any], chart: str) -> list[str]:
@@ -209,7 +169,7 @@ def to_markdown(verdict: dict[str, Any]) -> str:
     if "injectedAt" in timeline and "detectedAt" in timeline:
         inj, det, trip = timeline["injectedAt"], timeline["detectedAt"], timeline["trippedAt"]
         lines.append(f"- Detection: fault injected at {_clock(inj)}, detected "
-                     f"{_fmt(det - inj)} later, tripped {_fmt(trip - det)} after detection")
+                     f"{seconds(det - inj)} later, tripped {seconds(trip - det)} after detection")
     if verdict.get("failover"):
         lines += _run_section("Failover", verdict["failover"], "failover.svg")
     lines += ["", "## Checks", "", "| stage | check | result | detail |",
@@ -233,7 +193,7 @@ def to_markdown(verdict: dict[str, Any]) -> str:
         if down:
             state = "nothing left running or listening" if down.get("clean") else \
                 f"NOT clean: {_cell(down)}"
-            lines += ["", f"Teardown in {_fmt(down.get('seconds'))}: "
+            lines += ["", f"Teardown in {seconds(down.get('seconds'))}: "
                       f"{len(down.get('stoppedPids', []))} processes stopped by PID, "
                       f"{len(down.get('orphansStopped', []))} leftovers swept, {state}."]
             if down.get("leftAlone"):

@@ -29,10 +29,11 @@ from typing import Any, Protocol
 from controller import report as reports
 from controller.failback import left_behind
 from controller.journal import Journal
-from controller.loop import Engine, observe
-from controller.model import PermanentError, Phase
+from controller.loop import Engine
+from controller.model import DecisionState, PermanentError, Phase
 from controller.plan import FailoverPlan, format_duration
 from controller.probes.scheduler import ProbeScheduler
+from controller.probing import observe
 
 Echo = Callable[[str], None] | None
 Check = tuple[str, bool, str]
@@ -147,17 +148,18 @@ def _ticks(engine: Engine, scheduler: ProbeScheduler, until: tuple[Phase, ...], 
            stop: Stop = None) -> Phase:
     started = time.monotonic()
     deadline = started + timeout
-    last = ""
+    last: tuple[Phase, DecisionState] | None = None
     while True:
         time.sleep(interval)
         state = engine.tick(scheduler.drain())
         signame = stop() if stop else None
         if signame:
             raise Interrupted(signame)
-        said = f"{state.phase.value} {(state.last_decision or '').split(':', 1)[0]}"
-        if echo and state.last_decision and said != last:  # a new kind of decision
+        decision = state.decision
+        said = None if decision is None else (state.phase, decision.state)
+        if echo and decision and said != last:  # a new kind of decision
             last = said
-            echo(f"  {state.phase.value:<16} {state.last_decision}")
+            echo(f"  {state.phase.value:<16} {decision.sentence}")
         now = time.monotonic()
         if (state.phase in until and now - started >= at_least) or now > deadline:
             return state.phase
@@ -189,7 +191,7 @@ def objectives(rep: dict[str, Any] | None, expect: Expectations | None) -> dict[
                       else "largest step target of the plan"}
     for s in steps:
         ev = s["evidence"] or {}
-        if s["action"] == "restore" and "rpoSeconds" in ev:
+        if "rpoSeconds" in ev:  # a restore: the data it brought back is this old
             budget = expect.rpo if expect and expect.rpo is not None else ev.get(
                 "rpoBudgetSeconds")
             out["rpo"] = {"achievedSeconds": ev["rpoSeconds"], "targetSeconds": budget,

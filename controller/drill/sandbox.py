@@ -53,11 +53,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.drill import processes
 from controller.drill.runner import Interrupted
+from controller.drill.servers.base import ServerError, free_port
 from controller.drill.servers.bind import BindServers
 from controller.drill.servers.haproxy import HaproxyServers
 from controller.drill.servers.mail import MailServer
 from controller.drill.servers.moto import MotoServer
-from controller.drill.servers.postgres import PostgresServer, ServerError, free_port, give_to
+from controller.drill.servers.postgres import PostgresServer, give_to
 from controller.drill.servers.sshd import SshServer
 from controller.drill.servers.webhook import WebhookServer
 from controller.model import Backup

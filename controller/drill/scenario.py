@@ -266,7 +266,7 @@ def run_for_cli(path: Path, journal: Journal, out: Path, *, echo: Echo,
     or template, 1: the sandbox or the drill broke, 130/143: interrupted by a signal),
     each with one line saying why; the sandbox is always torn down first."""
     from controller.drill.runner import Interrupted
-    from controller.drill.servers.postgres import ServerError
+    from controller.drill.servers.base import ServerError
 
     def fail(message: str, code: int) -> None:
         print(f"error: {message}", file=sys.stderr)

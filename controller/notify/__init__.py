@@ -11,7 +11,7 @@ journal and hands it to `outbox`, whose threads send it and audit `notify` or
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from controller.model import Notice
 
@@ -23,5 +23,14 @@ KINDS: dict[str, str] = {
 }
 
 
+@runtime_checkable
 class Notifier(Protocol):
-    def send(self, *, notice: Notice) -> None: ...
+    def send(self, *, notice: Notice) -> None:
+        """Deliver `notice` within the notifier's deadline, or raise `NotifyError`."""
+        ...
+
+    def ready(self) -> str | None:
+        """For `failoverctl ready`: a read-only, harmless check that this backend can act
+        now; returns what it found, raises when it cannot. Default None: nothing to check
+        beyond building the backend."""
+        return None

@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from controller.model import Notice
+from controller.notify import Notifier
 from controller.notify.common import (
     DeliveryOptions,
     affected_text,
@@ -76,7 +77,7 @@ def payload(notice: Notice, mentions: dict[str, str] | None = None) -> dict[str,
     return {"text": text, "blocks": blocks}
 
 
-class SlackNotifier:
+class SlackNotifier(Notifier):
     """`send(notice=...)` posts the message to the incoming webhook, retried."""
 
     Options = SlackOptions

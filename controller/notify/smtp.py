@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from controller.model import Notice
+from controller.notify import Notifier
 from controller.notify.common import (
     Attempt,
     DeliveryOptions,
@@ -104,7 +105,7 @@ class _Client(smtplib.SMTP):
         self._host = host
 
 
-class SmtpNotifier:
+class SmtpNotifier(Notifier):
     """`send(notice=...)` e-mails the notice, retried on transient failures."""
 
     Options = SmtpOptions

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import Field
 
 from controller.model import Notice
+from controller.notify import Notifier
 from controller.notify.common import (
     DeliveryOptions,
     NotifyError,
@@ -32,7 +33,7 @@ class WebhookOptions(DeliveryOptions):
     token: SecretRef | None = Field(None, description="sent as `Authorization: Bearer`")
 
 
-class WebhookNotifier:
+class WebhookNotifier(Notifier):
     """`send(notice=...)` POSTs the notice as JSON, retried within the deadline."""
 
     Options = WebhookOptions

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
+from controller.probes import Probe
 from controller.probes.tcp import describe_error, failed
 
 
@@ -53,7 +54,7 @@ def normalise(value: str) -> str:
     return value.strip().lower().rstrip(".")
 
 
-class DnsProbe:
+class DnsProbe(Probe):
     """Resolve `name`/`type` at the given nameservers and compare with `expect`."""
 
     Options = DnsOptions
@@ -72,6 +73,8 @@ class DnsProbe:
         self._resolver = resolver
         self._expect = {normalise(v) for v in options.expect}
         self._label = f"dns {options.name} {options.type}"
+        self._asked = (", ".join(f"{ns}:{options.port}" for ns in options.nameservers)
+                       or "the system resolver's nameservers")
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
         return failed(self.service, at, start, f"{self._label}: {why}")
@@ -89,7 +92,8 @@ class DnsProbe:
         except dns.resolver.NoNameservers as exc:
             return self._fail(at, start, f"no nameserver answered ({_servfail(exc)})")
         except dns.exception.Timeout:
-            return self._fail(at, start, f"timed out after {opts.timeout:g} s")
+            return self._fail(at, start, f"timed out after {opts.timeout:g} s asking "
+                                         f"{self._asked}")
         except Exception as exc:
             return self._fail(at, start, describe_error(exc, timeout=opts.timeout))
         latency = time.monotonic() - start

@@ -154,6 +154,7 @@ class SessionUser(ResolverUser):
     """A probe that talks HTTP: uses the scheduler's pooled session when given one
     (`use_session`), or opens a small one of its own that `aclose` closes."""
 
+    uses_session = True
     _session: aiohttp.ClientSession | None = None
     _own_session = False
 

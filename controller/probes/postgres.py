@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.model import Sample
 from controller.plan import Duration
+from controller.probes import Probe
 from controller.probes.tcp import describe_error, failed, short
 from controller.secrets import SecretRef, Secrets
 
@@ -67,7 +68,7 @@ class PostgresOptions(BaseModel):
     psql: str | None = Field(None, description="path to psql; default: found on PATH")
 
 
-class PostgresProbe:
+class PostgresProbe(Probe):
     """Run a query (and a replication-lag check) against PostgreSQL through psql."""
 
     Options = PostgresOptions

@@ -42,6 +42,8 @@ import dns.rdatatype
 import dns.resolver
 from aiohttp.abc import AbstractResolver
 
+from controller.probes import Probe
+
 if TYPE_CHECKING:
     from aiohttp.abc import ResolveResult
 
@@ -256,7 +258,7 @@ def default_resolver() -> ProbeResolver:
         return _default
 
 
-class ResolverUser:
+class ResolverUser(Probe):
     """A probe that looks host names up: the process-wide resolver unless given one."""
 
     _resolver: ProbeResolver | None = None

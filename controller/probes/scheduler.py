@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from controller.model import Sample
+from controller.probes import Probe
 from controller.probes.tcp import describe_error, short
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class Target:
     """One service (or signal): its probes, how often they run and how long they may take."""
 
     service: str
-    probes: Sequence[Any]
+    probes: Sequence[Probe]
     interval: float
     timeout: float
     quorum: int = 0  # failed probes that make the round fail; 0 = majority of the probes
@@ -75,7 +76,7 @@ class Target:
             raise ValueError(f"{self.service}: quorum {self.quorum} > {n} probes")
 
 
-def targets_from_plan(plan: Any, build: Callable[[str, Any], Any], *,
+def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
                       quorum: dict[str, int] | None = None,
                       signal_timeout: float = 5.0) -> list[Target]:
     """Targets for a FailoverPlan's services and signals; `build(owner, ProbeSpec)` makes
@@ -114,7 +115,7 @@ def combine(service: str, samples: Sequence[Sample], quorum: int, at: float) -> 
                   detail=short(detail), value=value)
 
 
-async def guarded(probe: Any, service: str, timeout: float) -> Sample:
+async def guarded(probe: Probe, service: str, timeout: float) -> Sample:
     """Run one check bounded by `timeout`; any failure is a failed sample, never an error."""
     at, start = time.time(), time.monotonic()
     try:
@@ -249,11 +250,10 @@ class ProbeScheduler:
         `aclose`)."""
         for target in self.targets:
             for probe in target.probes:
-                if hasattr(probe, "limit_timeout"):
-                    probe.limit_timeout(target.timeout)
-                if self._resolver is not None and hasattr(probe, "use_resolver"):
+                probe.limit_timeout(target.timeout)
+                if self._resolver is not None:
                     probe.use_resolver(self._resolver)
-        users = [p for t in self.targets for p in t.probes if hasattr(p, "use_session")]
+        users = [p for t in self.targets for p in t.probes if p.uses_session]
         if not users:
             return None
         if self._session is None or self._session.closed:
@@ -267,10 +267,8 @@ class ProbeScheduler:
     async def aclose(self) -> None:
         """Close what the probes opened and the shared session."""
         for probe in (p for t in self.targets for p in t.probes):
-            closer = getattr(probe, "aclose", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    await closer()
+            with contextlib.suppress(Exception):
+                await probe.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -11,7 +11,7 @@ cancelled (timeout, lost lease) stops before its next change.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from controller.model import Evidence, Weights
 
@@ -24,6 +24,7 @@ KINDS: dict[str, str] = {
 }
 
 
+@runtime_checkable
 class TrafficBackend(Protocol):
     def current(self) -> Weights:
         """The weight each destination (site) carries now. Read-only."""
@@ -39,7 +40,10 @@ class TrafficBackend(Protocol):
         ...
 
     def shift(self, *, to: str, weights: Weights) -> Evidence:
-        """Apply `weights` (enable `to` first, then drain the others). Idempotent."""
+        """Apply `weights` (enable `to` first, then drain the others; a destination not
+        named keeps its weight). `weights` must give `to` a weight, and name only known
+        destinations (PermanentError, nothing written). Idempotent: nothing is written
+        when the backend is already there."""
         ...
 
     def revert(self, *, to: Weights, snapshot: Evidence | None = None) -> Evidence:
@@ -52,3 +56,9 @@ class TrafficBackend(Protocol):
         nothing is written when the backend is already there.
         """
         ...
+
+    def ready(self) -> str | None:
+        """For `failoverctl ready`: a read-only, harmless check that this backend can act
+        now; returns what it found, raises when it cannot. Default None: nothing to check
+        beyond building the backend."""
+        return None

@@ -55,6 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from controller import fencing
 from controller.model import Evidence, PermanentError, Weights
 from controller.plan import Duration
+from controller.traffic import TrafficBackend
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class ServerState:
         return f"{admin} weight {self.weight}{health}"
 
 
-class HaproxyTrafficBackend:
+class HaproxyTrafficBackend(TrafficBackend):
     """Shifts traffic between sites by setting HAProxy server weights (see the module doc)."""
 
     Options = HaproxyOptions

@@ -43,6 +43,7 @@ from controller import fencing
 from controller.kube import Kube, KubeConnection, NotFound
 from controller.model import Evidence, PermanentError, Weights
 from controller.secrets import Secrets
+from controller.traffic import TrafficBackend
 
 Obj = dict[str, Any]
 TOKEN_ANNOTATION = "failover.example.io/fencing-token"
@@ -64,7 +65,7 @@ class Group:
     sites: dict[str, Obj] = field(default_factory=dict)  # site -> its entry
 
 
-class MeshTrafficBackend:
+class MeshTrafficBackend(TrafficBackend):
     """TrafficBackend over one custom object; subclasses set the resource and `_groups`."""
 
     GROUP: ClassVar[str]
@@ -221,9 +222,10 @@ class MeshTrafficBackend:
         if to not in self.sites():
             raise self._mismatch(f"no destination for target site {to!r}; the backend maps "
                                  f"{sorted(self.sites())}")
-        target = dict(weights)
-        target.setdefault(to, 100)
-        return {**self._apply(target), "to": to}
+        if to not in weights:
+            raise self._mismatch(f"weights {dict(weights)} give the target {to!r} no "
+                                 f"weight; add {to!r} to them")
+        return {**self._apply(dict(weights)), "to": to}
 
     def snapshot(self) -> Evidence:
         """The weights are the whole state this backend changes."""

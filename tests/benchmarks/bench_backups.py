@@ -18,6 +18,11 @@
     - pgBackRest: PgBackRestRestorer (--type=immediate) versus by hand `pgbackrest
       restore --type=immediate --target-action=promote --archive-mode=off` + the same
       start, poll and query. Goal <= 1.1x.
+(c) cancel latency: a basebackup restore cancelled (as a step's timeout cancels it, from
+    another thread) while the restored PostgreSQL runs a slow validation query, locally
+    and over SSH: the seconds from the cancel to the restore raising, having stopped the
+    server and emptied the directory (tests/contract/backups/test_restore_cancel.py
+    asserts that it does; the figure is here, so a busy host fails no test).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,17 +42,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from controller import fencing  # noqa: E402
 from controller.backups.catalog import sha256_stream  # noqa: E402
 from controller.backups.crypto import DecryptingReader  # noqa: E402
 from controller.backups.filesystem import FilesystemBackupStore  # noqa: E402
 from controller.backups.restore import BaseBackupRestorer, PgBackRestRestorer  # noqa: E402
 from controller.backups.take import register_pgbackrest, take_basebackup  # noqa: E402
+from controller.drill.servers.base import free_port  # noqa: E402
 from controller.drill.servers.postgres import (  # noqa: E402
     PG_BIN,
     PostgresServer,
     archive_to_pgbackrest,
     as_user,
-    free_port,
     give_to,
 )
 from controller.model import Backup, Target  # noqa: E402
@@ -150,6 +157,38 @@ class Ssh:
                         "knownHosts": {"fromFile": str(self.known)}}}
 
 
+SLOW_QUERY = {"name": "slow check", "sql": "SELECT 1 FROM pg_sleep(120)", "expect": "1"}
+
+
+def _cancel_latency(restorer: Any, backup: Backup, into: Target) -> float:
+    """Seconds from a cancel, sent once the restored server runs `SLOW_QUERY`, to the
+    restore raising `fencing.Cancelled`."""
+    psql = as_user([str(PG_BIN / "psql"), "-X", "-A", "-t", "-h", into.options["socketDir"],
+                    "-p", str(into.options["port"]), "-U", "postgres", "-c",
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                    "'SELECT 1 FROM pg_sleep%' AND pid <> pg_backend_pid()"])
+    fence, at = fencing.Fence(1, "bench"), []
+
+    def cancel() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and subprocess.run(
+                psql, capture_output=True, text=True, check=False).stdout.strip() != "1":
+            time.sleep(0.02)
+        at.append(time.perf_counter())
+        fence.cancel("bench: the step timed out")
+
+    thread = threading.Thread(target=cancel, daemon=True)
+    thread.start()
+    try:
+        with fencing.scope(fence):
+            restorer.restore(backup=backup, into=into)
+    except fencing.Cancelled:
+        return time.perf_counter() - at[0]
+    finally:
+        thread.join(5)
+    raise RuntimeError("the restore finished before it was cancelled")
+
+
 def restores(base: Path, rows: int, repeat: int) -> None:
     give_to(base, mode=0o755)
     source = PostgresServer(base / "source")
@@ -195,12 +234,15 @@ def restores(base: Path, rows: int, repeat: int) -> None:
         return PgBackRestRestorer(PgBackRestRestorer.Options.model_validate(
             {"config": str(conf), "stanza": "main", **extra}), secrets=Secrets())
 
+    def target(data: Path, sock: Path, remote: bool, queries: list[Any]) -> Target:
+        return Target(host="127.0.0.1" if remote else None, path=str(data), options={
+            "port": free_port(), "socketDir": str(sock), "validation": queries,
+            **({"sshPort": ssh.server.port} if remote else {})})
+
     def ours(kind: str, remote: bool) -> tuple[float, dict[str, float]]:
         r, b = restorer(kind, remote), bk_ok if kind == "basebackup" else pbk_ok
         data, sock = place()
-        into = Target(host="127.0.0.1" if remote else None, path=str(data), options={
-            "port": free_port(), "socketDir": str(sock), "validation": validation,
-            **({"sshPort": ssh.server.port} if remote else {})})
+        into = target(data, sock, remote, validation)
         os.sync()  # start from written-back pages, as the runs by hand do
         t = time.perf_counter()
         ev = r.restore(backup=b, into=into)
@@ -256,6 +298,18 @@ def restores(base: Path, rows: int, repeat: int) -> None:
                       f"{checks:5.2f} s   restorer {mine:5.2f} s   ratio {mine / bare:.2f}x "
                       f"(vs +checks {mine / checks:.2f}x)")
                 print(f"          phases {phases}")
+        print(f"(c) cancel latency (best and worst of {repeat}): a basebackup restore "
+              "cancelled while the restored server runs a slow validation query; seconds "
+              "until it raised, the server stopped and the directory emptied:")
+        for remote in (False, True):
+            took = []
+            for _ in range(repeat):
+                data, sock = place()
+                into = target(data, sock, remote, [*validation, SLOW_QUERY])
+                took.append(_cancel_latency(restorer("basebackup", remote), bk_ok, into))
+                shutil.rmtree(data.parent)
+            print(f"    {'ssh  ' if remote else 'local'} cancel -> raised  best "
+                  f"{min(took):5.2f} s   worst {max(took):5.2f} s")
     finally:
         ssh.server.stop()
 

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.model import Sample  # noqa: E402
+from controller.probes import Probe  # noqa: E402
 from controller.probes.http import HttpOptions, HttpProbe  # noqa: E402
 from controller.probes.scheduler import ProbeScheduler, Target  # noqa: E402
 
@@ -115,7 +116,7 @@ def throughput(url: str, n: int, rounds: int) -> dict[str, float]:
             "ratio": rate / seq, "failed": failed}
 
 
-class Noop:
+class Noop(Probe):
     def __init__(self, service: str):
         self.service = service
 

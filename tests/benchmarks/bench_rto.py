@@ -49,7 +49,8 @@ from controller.drill.reports import PHASES  # noqa: E402
 from controller.drill.runner import Expectations, run_drill  # noqa: E402
 from controller.drill.sandbox import ZONE, Sandbox  # noqa: E402
 from controller.drill.scenario import DEFAULT, SCENARIOS, build_plan, load_scenario  # noqa: E402
-from controller.drill.servers.postgres import PostgresServer, as_user, free_port, give_to  # noqa: E402
+from controller.drill.servers.base import free_port  # noqa: E402
+from controller.drill.servers.postgres import PostgresServer, as_user, give_to  # noqa: E402
 from controller.journal import Journal  # noqa: E402
 from controller.model import Phase  # noqa: E402
 

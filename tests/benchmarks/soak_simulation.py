@@ -8,10 +8,13 @@ random moments, checking the invariants after every event. Prints schedules per 
 events, world writes, runs, faults injected, how often each invariant had work to do,
 violations by kind and the seeds that failed (each replays with
 `FAILOVER_SIM_SEED=<seed> .venv/bin/python -m pytest tests/reliability/test_simulation.py`).
+With `--operator` it soaks the operator simulation instead (issue 22: real `Operator`
+replicas over the in-memory API server, with leader changes, plans deleted and created
+again, failing status writes; replay with `tests/reliability/test_simulation_operator.py`).
 Exit status 1 when any schedule broke an invariant.
 
     .venv/bin/python tests/benchmarks/soak_simulation.py [--schedules N] [--start SEED]
-        [--workers N] [--report FILE]
+        [--workers N] [--report FILE] [--operator]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds between progress lines (default 30)")
     parser.add_argument("--report", type=Path,
                         help="write every failing schedule's full report to this file")
+    parser.add_argument("--operator", action="store_true",
+                        help="the operator simulation (tests/reliability/sim/operators.py)")
     args = parser.parse_args(argv)
     if args.schedules < 1:
         parser.error("--schedules must be at least 1")
@@ -53,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     seeds = range(args.start, args.start + args.schedules)
     load = os.getloadavg()[0]
-    print(f"soaking seeds {seeds.start}..{seeds.stop - 1} "
+    print(f"soaking {'operator ' if args.operator else ''}seeds {seeds.start}.."
+          f"{seeds.stop - 1} "
           f"({args.workers or os.cpu_count()} worker processes; load average {load:.1f} "
           "before)", flush=True)
-    summary = run_many(seeds, workers=args.workers, progress=progress)
+    summary = run_many(seeds, workers=args.workers, progress=progress,
+                       operator=args.operator, chunk=10 if args.operator else 50)
     print(f"done: {summary.figures()}; load average {load:.1f} before, "
           f"{os.getloadavg()[0]:.1f} at the end (this run's workers included)")
     rate = summary.schedules / summary.wall_seconds if summary.wall_seconds else 0.0

@@ -134,7 +134,8 @@ def test_killed_between_steps_resumes_without_repeating_a_finished_step(tmp_path
     env = {"FAILOVER_LEASE_TTL": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller", "--journal", str(journal), "failover", str(plan),
-         "--yes", "--reason", "kill test"], cwd=ROOT, env={**os.environ, **env},
+         "--yes", "--reason", "kill test", "--level", "3"], cwd=ROOT,
+        env={**os.environ, **env},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     first = None
@@ -218,3 +219,28 @@ def test_simulate_reports_trips_and_judges_labels(tmp_path: Path) -> None:
     missing = cli("simulate", str(traces / "plan.yaml"), "--trace", str(tmp_path / "nope"),
                   journal=tmp_path / "j.db")
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
+
+
+def test_a_requested_failover_reads_as_requested_not_tripped(tmp_path: Path) -> None:
+    """No loop has run (no decision) and a person asked for the failover without a level:
+    `status` and the report say who asked and why, no level, and no decision yet."""
+    plan, journal = file_plan(tmp_path), tmp_path / "j.db"
+    res = cli("failover", str(plan), "--yes", "--reason", "dc-a power work", "--as", "alice",
+              journal=journal)
+    assert res.returncode == 0, res.stdout + res.stderr
+    status = cli("status", str(plan), journal=journal)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[:2] == ["memory-drill: FailedOver (level -, active site dc-b)",
+                         "  no decision yet (the loop has not run)"]
+    assert "" not in lines
+    run_id = res.stdout.split("run ", 1)[1].split()[0].rstrip(":")
+    assert f"  run {run_id} (failover): FailedOver — requested by alice: dc-a power work" in lines
+    [entry] = json.loads(cli("status", "-o", "json", journal=journal).stdout)
+    assert entry["lastDecision"] is None and entry["level"] is None
+    assert (entry["run"]["origin"], entry["run"]["requestedBy"], entry["run"]["level"]) == (
+        "request", "alice", None)
+    assert entry["run"]["cause"] == "requested by alice: dc-a power work"
+    report = cli("report", run_id, "-o", "markdown", journal=journal).stdout
+    assert "- Started: requested by alice: dc-a power work\n" in report
+    assert "phase **FailedOver**, level -\n" in report

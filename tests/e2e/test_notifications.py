@@ -171,7 +171,8 @@ def updates(journal: Journal, run: Run) -> list[str]:
     final = journal.run(run.id)
     assert final is not None
     steps = [notices.step_status(s) for s in journal.steps(run.id)]
-    return [f"failover started: {run.reason}", *steps,
+    asked = f"requested by {run.requested_by}: " if run.requested_by != "controller" else ""
+    return [f"failover started: {asked}{run.reason}", *steps,
             f"failover complete: {final.outcome}; active site dc-b"]
 
 
@@ -362,7 +363,7 @@ def test_a_dripping_sms_gateway_holds_no_step_and_is_given_up_at_its_deadline(
     trail = journal.audit_trail(run_id=run.id)
     decided = [(notices.parse_pending(a["detail"]), a["at"]) for a in trail
                if a["action"] == notices.PENDING]
-    start = notices.started("failover", "drill")
+    start = notices.started(run)
     [sms_start] = [at for parsed, at in decided
                    if parsed is not None and parsed[0] == "sms -> broadcast"
                    and parsed[2] == start]
@@ -454,7 +455,7 @@ def test_a_failed_run_and_statuses_of_several_lines_are_e_mailed(
     decided = [p[2] for p in (notices.parse_pending(a["detail"]) for a in trail
                               if a["action"] == notices.PENDING) if p is not None]
     assert run.outcome is not None
-    assert decided[0] == notices.started("failover", reason)
+    assert decided[0] == notices.started(run)
     assert decided[-1] == notices.failed("failover", run.outcome)
     mails = servers.mails()
     assert len(mails) == len(decided)  # every update e-mailed, the FAILED one too
@@ -465,7 +466,8 @@ def test_a_failed_run_and_statuses_of_several_lines_are_e_mailed(
         body = m.text
         for line in status.splitlines():  # the full text, every line, in the body
             assert line.strip() in body
-    assert mails[0].subject == ("[notify-drill] level 3 failover: failover started: drill by "
+    assert mails[0].subject == ("[notify-drill] level 3 failover: failover started: "
+                                "requested by oncall: drill by "
                                 "the shift lead: web: HTTP 503 api: timed out see the "
                                 "runbook, section 4.2")
     assert "FAILED: step dns-cutover failed" in mails[-1].subject

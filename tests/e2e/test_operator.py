@@ -29,8 +29,8 @@ import yaml
 from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
-from controller.drill.servers.postgres import free_port
 from controller.kube import Invalid, Kube, KubeError
+from controller.netutil import free_port
 from tests.e2e.test_cli import EXAMPLE, ROOT
 
 LEASE = "failover-controller"
@@ -175,8 +175,9 @@ def test_operator_fails_over_with_status_events_and_requests(
         "redirect-traffic"]["met"] is True
     assert steps["redirect-traffic"]["evidence"]["before"] == {"dc-a": 100, "dc-b": 0}
     conditions = {c["type"]: c["status"] for c in st["conditions"]}
-    assert conditions == {"Ready": "True", "Tripped": "True", "FailingOver": "False",
-                          "FailedOver": "True", "Degraded": "False", "SpecApplied": "True"}
+    assert conditions == {"Ready": "True", "Tripped": "True", "Requested": "False",
+                          "FailingOver": "False", "FailedOver": "True", "Degraded": "False",
+                          "SpecApplied": "True"}
     reasons = [e["reason"] for e in events_of(kube, name)]
     assert "Decision" in reasons and reasons.count("StepSucceeded") == 4, reasons
     assert all(e["source"]["component"] == "failover-controller"

@@ -21,11 +21,12 @@ import pytest
 import yaml
 
 from controller import fencing, registry
-from controller.actions import StepContext, Traffic
 from controller.backends import Backends
 from controller.drill.servers.haproxy import HaproxyServers
 from controller.plan import load_plan
 from controller.secrets import Secrets
+from controller.steps import StepContext
+from controller.steps.traffic import Traffic
 from tests.e2e.test_cli import cli
 
 ORIGINAL = {"primary": 100, "backup": 0}
@@ -136,7 +137,7 @@ def test_a_stepped_shift_cancelled_in_its_pause_stays_at_the_step_reached(
     def work() -> None:  # as the executor runs a step: in a worker, under its fence
         with fencing.scope(fence):
             try:
-                box["value"] = Traffic().perform(step, ctx, prepared)
+                box["value"] = Traffic().apply(step, ctx, prepared)
             except BaseException as exc:
                 box["error"] = exc
 

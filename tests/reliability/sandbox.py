@@ -19,8 +19,9 @@ import pytest
 
 from controller.backups.s3 import S3BackupStore, S3StoreOptions
 from controller.backups.take import take_basebackup
+from controller.drill.servers.base import free_port
 from controller.drill.servers.moto import MotoServer
-from controller.drill.servers.postgres import PostgresServer, free_port
+from controller.drill.servers.postgres import PostgresServer
 from controller.drill.servers.sshd import SshServer
 from controller.plan import API_VERSION, FailoverPlan, parse_plan
 from controller.secrets import Secrets

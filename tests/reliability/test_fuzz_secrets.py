@@ -39,9 +39,10 @@ from pydantic import BaseModel, ConfigDict
 from controller import notices, testing, traffic
 from controller.backends import Backends
 from controller.journal import _MESSAGE_KEYS, Journal
-from controller.loop import Clock, Engine, observe
+from controller.loop import Clock, Engine
 from controller.model import Evidence, PermanentError, Phase, Sample, Weights
 from controller.plan import FailoverPlan, parse_plan
+from controller.probing import observe
 from controller.secrets import MIN_LENGTH, SAFE_LENGTH, SecretError, SecretRef, Secrets, forget
 from tests.reliability.conftest import TALLY
 from tests.reliability.test_fuzz import BASE
@@ -56,7 +57,7 @@ class VaultOptions(BaseModel):
     token: SecretRef
 
 
-class LeakyVault:
+class LeakyVault(traffic.TrafficBackend):
     """A traffic backend whose library puts its credential into every error and note."""
 
     Options = VaultOptions

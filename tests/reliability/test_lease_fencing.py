@@ -25,12 +25,13 @@ from typing import Any
 
 import pytest
 
+from controller.annotations import A_REQUEST
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
 from controller.fencing import LostLease
 from controller.journal import Journal
 from controller.kube import Fencing, Kube, StaleFencingToken
-from controller.operator import A_REQUEST, LeaderConfig, Operator
+from controller.operator import LeaderConfig, Operator
 from tests.e2e.test_operator import plan_body
 from tests.reliability.conftest import TALLY
 from tests.reliability.faults import TcpProxy

@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 from controller import report, testing, traffic
 from controller.backends import Backends
 from controller.journal import Journal
-from controller.loop import Clock, Engine, observe, probe_once
+from controller.loop import Clock, Engine
 from controller.model import Phase, Sample, StepStatus
 from controller.plan import FailoverPlan, parse_plan
+from controller.probing import observe, probe_once
 from controller.secrets import (
     MASK,
     RedactingFilter,
@@ -42,7 +43,7 @@ class LeakyOptions(BaseModel):
     token: SecretRef
 
 
-class LeakyTrafficBackend:
+class LeakyTrafficBackend(traffic.TrafficBackend):
     """Behaves like a client library that puts the credential into its error messages."""
 
     Options = LeakyOptions

@@ -320,7 +320,7 @@ def test_a_failback_that_leaves_an_object_changed_unnamed_is_a_violation(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # invariant 3 still bites: a traffic revert that silently writes nothing leaves the
     # weights on dc-b after a failback that says it completed
-    from controller.actions import HANDLERS
+    from controller.registry import STEP_KINDS as HANDLERS
 
     def revert(step: Any, ctx: Any, evidence: dict[str, Any]) -> dict[str, Any]:
         return {"writes": 0}

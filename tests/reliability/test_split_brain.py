@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 
 from controller import testing
-from controller.actions import StepContext
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
 from controller.fencing import LostLease
@@ -39,6 +38,7 @@ from controller.loop import Engine
 from controller.model import StepRecord, StepStatus
 from controller.operator import LeaderConfig, Operator
 from controller.plan import Step, parse_plan
+from controller.steps import StepContext
 from tests.e2e.test_operator import events_of, plan_body
 from tests.reliability.conftest import TALLY
 from tests.reliability.faults import TcpProxy

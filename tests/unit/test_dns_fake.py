@@ -16,11 +16,12 @@ from typing import Any
 import pytest
 
 from controller import fencing, registry
-from controller.actions import Dns, StepContext
 from controller.dns import DnsNotServed
 from controller.model import Record
 from controller.plan import Step
 from controller.secrets import Secrets
+from controller.steps import StepContext
+from controller.steps.dns import Dns
 
 NAME = "www.example.test."
 
@@ -92,7 +93,7 @@ def step() -> Step:
 
 def context(p: Any) -> StepContext:
     return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       backends=SimpleNamespace(dns=lambda _: p),  # type: ignore[arg-type]
                        lookup_evidence=lambda *_: {})
 
 
@@ -101,7 +102,7 @@ def test_a_resumed_step_fails_when_its_records_cannot_be_proven_served() -> None
     prepared = {"prepared": True, **Dns().prepare(step(), context(p))}
     p.apply(expected=[], desired=[A("198.51.100.1", ttl=60)])  # landed, then a crash
     with pytest.raises(DnsNotServed, match="did not serve them within verifyTimeout"):
-        Dns().perform(step(), context(p), prepared)
+        Dns().apply(step(), context(p), prepared)
 
 
 def test_revert_of_a_step_whose_prepare_failed_writes_nothing() -> None:
@@ -116,7 +117,7 @@ def test_a_revert_whose_write_meets_a_concurrent_change_reads_again_and_leaves_i
     refused, the revert reads again, and now reports the record as left."""
     p = fake(records=[A("192.0.2.1").to_json()])
     prepared = {"prepared": True, **Dns().prepare(step(), context(p))}
-    Dns().perform(step(), context(p), prepared)
+    Dns().apply(step(), context(p), prepared)
     real_apply = p.apply
 
     def racing_apply(**kw: Any) -> Any:

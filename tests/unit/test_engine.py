@@ -12,6 +12,7 @@ import yaml
 
 from controller import testing
 from controller.backends import Backends
+from controller.executor import Executor
 from controller.journal import Journal
 from controller.loop import Clock, Engine
 from controller.model import Phase, Sample, StepStatus
@@ -32,9 +33,10 @@ def make_plan(mutate: Any = None) -> FailoverPlan:
 class World:
     """An engine on a fake clock, plus handles on the fake backends it drives."""
 
-    def __init__(self, plan: FailoverPlan, journal: Journal, holder: str = "test-1"):
+    def __init__(self, plan: FailoverPlan, journal: Journal, holder: str = "test-1",
+                 clock: testing.FakeClock | None = None):
         self.plan, self.journal = plan, journal
-        self.clock = testing.FakeClock()
+        self.clock = clock or testing.FakeClock()
         self.backends = Backends(plan)
         self.engine = Engine(plan, journal, backends=self.backends, holder=holder,
                              clock=Clock(now=self.clock.now, sleep=self.clock.sleep),
@@ -67,7 +69,7 @@ def test_complete_failover_records_every_step_against_its_target(journal: Journa
     assert w.tick(True).phase is Phase.HEALTHY
     state = w.outage()
     assert state.phase is Phase.FAILED_OVER
-    assert state.active_site == "dc-b"
+    assert w.engine.state().active_site == "dc-b"
     run = w.run()
     assert run.kind == "failover" and run.level == 1 and run.requested_by == "controller"
     assert run.reason.startswith("tripped: ")
@@ -152,6 +154,47 @@ def test_failed_dns_step_reverts_traffic_exactly(journal: Journal) -> None:
     assert w.journal.step(run.id, "dns-cutover").attempts == 3  # 1 + 2 retries
 
 
+class Died(BaseException):
+    """The process died here (nothing in the engine catches it)."""
+
+
+def test_a_holder_that_dies_mid_revert_is_finished_by_the_next_and_the_run_fails(
+        journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
+    # found by the operator simulation (seed 736): the next leader saw `reverted` as done
+    # and ended the run FailedOver with traffic still on dc-b
+    plan = make_plan(lambda s: s["backends"][1]["options"].update(fail=True))
+    w = World(plan, journal, holder="a")
+    w.tick(True)
+    real = Executor.revert
+    calls = []
+
+    def dies_after_the_first(self: Executor, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0].name)
+        if len(calls) > 1:
+            raise Died
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Executor, "revert", dies_after_the_first)
+    with pytest.raises(Died):
+        w.outage()
+    monkeypatch.setattr(Executor, "revert", real)
+    status = {s.name: s.status for s in w.steps()}
+    assert status["dns-cutover"] is StepStatus.REVERTED
+    assert status["redirect-traffic"] is StepStatus.SUCCEEDED  # its revert never ran
+    assert w.backends.get("edge").current() == {"dc-a": 0, "dc-b": 100}
+
+    w.clock.advance(60)  # "a"'s lease expires; "b" takes over the plan
+    successor = World(plan, journal, holder="b", clock=w.clock)
+    assert successor.tick(False).phase is Phase.FAILED
+    run = successor.run()
+    assert "step dns-cutover failed: ConnectionError: injected DNS server failure" in (
+        run.outcome or "")
+    assert "redirect-traffic" in (run.outcome or "").split("reverted: ")[1]
+    assert successor.backends.get("edge").current() == {"dc-a": 100, "dc-b": 0}
+    assert {s.name: s.status for s in successor.steps()}["redirect-traffic"] is \
+        StepStatus.REVERTED
+
+
 def test_retries_are_bounded(journal: Journal) -> None:
     def flaky(n: int):
         def mutate(spec: dict[str, Any]) -> None:
@@ -191,7 +234,7 @@ def test_failback_restores_what_was_there_before(journal: Journal) -> None:
     w.engine.request("failback", actor="oncall", reason="primary repaired")
     state = w.engine.reconcile()
     # back on dc-a; the last samples still show dc-a failing: the plan does not claim health
-    assert state.phase is Phase.DEGRADED and state.active_site == "dc-a"
+    assert state.phase is Phase.DEGRADED and w.engine.state().active_site == "dc-a"
     for _ in range(60):
         if (state := w.tick(True)).phase is Phase.HEALTHY:
             break
@@ -216,9 +259,7 @@ def test_manual_failover_request_runs_without_a_trip(journal: Journal) -> None:
 def test_only_the_lease_holder_acts(journal: Journal) -> None:
     plan = make_plan()
     a = World(plan, journal, holder="a")
-    b = World(plan, Journal(journal.path), holder="b")
-    b.clock = a.clock
-    b.engine.clock = a.engine.clock
+    b = World(plan, Journal(journal.path), holder="b", clock=a.clock)
     a.tick(True)
     b.engine.request("failover", actor="oncall", reason="test")
     assert b.engine.reconcile().phase is Phase.HEALTHY  # a holds the lease; b stands by
@@ -317,7 +358,7 @@ def test_failback_after_an_aborted_failover_reverts_what_stayed_and_watches_agai
     testing.set_health("dc-a", True)
     w.engine.request("failback", actor="oncall", reason="back to dc-a after the abort")
     state = w.engine.reconcile()
-    assert state.phase is Phase.HEALTHY and state.active_site == "dc-a"
+    assert state.phase is Phase.HEALTHY and w.engine.state().active_site == "dc-a"
     assert w.backends.get("edge").current() == {"dc-a": 100, "dc-b": 0}
     # the failed DNS step may have written, so it is reverted too: it finds the original
     # in place and writes nothing (the DNS backend still fails every write)

@@ -15,7 +15,7 @@ import pytest
 
 from controller import secrets
 from controller.journal import Journal, PlanState
-from controller.model import Decision, Phase, StepStatus
+from controller.model import Decision, DecisionState, Phase, StepStatus
 from controller.secrets import MASK, SecretError, SecretRef, Secrets, forget, redact, remember
 
 LONG = "k8s-T0KEN-a1b2c3"  # 16 characters: scrubbed wherever it appears
@@ -123,8 +123,8 @@ def test_the_journal_redacts_messages_and_keeps_the_record(journal: Journal) -> 
                                "revertError": f"refused {MASK}",
                                "checked": [{"name": "test", "ok": False,
                                             "detail": f"key {MASK}"}]}
-    journal.record_decision("test-plan", Decision("trip", 1, f"tripped: {SHORT} down",
-                                                  1_797_000_007.0))
+    journal.record_decision("test-plan", Decision(DecisionState.TRIPPED, 1,
+                                                  f"tripped: {SHORT} down", 1_797_000_007.0))
     assert journal.decisions("test-plan")[0]["sentence"] == f"tripped: {MASK} down"
     assert journal.decisions("test-plan")[0]["at"] == 1_797_000_007.0
     policy = {"services": {"test": {"failures": 7000, "successes": 0,

@@ -237,9 +237,9 @@ def test_prune_in_batches_never_holds_the_write_lock_for_long(journal: Journal) 
 
 
 def _decision(at: float) -> Any:
-    from controller.model import Decision
+    from controller.model import Decision, DecisionState
 
-    return Decision("none", None, f"healthy: tick {at}", at)
+    return Decision(DecisionState.HEALTHY, None, f"healthy: tick {at}", at)
 
 
 def test_a_migrated_journal_has_the_indexes(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from controller import journal as journal_module
 from controller.journal import SCHEMA_VERSION, Journal, JournalError
-from controller.model import Phase, StepStatus
+from controller.model import Phase, StepStatus, Trigger
 from tests.unit.test_engine import World, make_plan
 
 # Schema version 1 as released in 327a905 (git show 327a905:controller/journal.py), and
@@ -133,6 +133,7 @@ def test_a_released_journal_is_migrated_and_runs_a_failover(tmp_path: Path,
         runs = journal.runs(PLAN)
         assert [r.id for r in runs] == [OLD_BACK, OLD_RUN]
         assert runs[1].steps == [{"action": "notify", "name": "notify-incident"}]
+        assert [r.trigger for r in runs] == [Trigger.CLEAR, Trigger.TRIP]  # by "controller"
         assert journal.steps(OLD_RUN)[0].evidence == {"recipients": ["@all"]}
         assert journal.approvals(OLD_RUN, "") == ["alice"]
         assert journal.request(1)["run_id"] == OLD_BACK  # type: ignore[index]
@@ -205,3 +206,32 @@ def test_a_database_that_is_not_a_journal_is_refused_untouched(tmp_path: Path) -
     tables = [r[0] for r in sqlite3.connect(path).execute(
         "SELECT name FROM sqlite_master WHERE type='table'")]
     assert tables == ["invoices"]
+
+
+def test_a_version_2_journal_gets_each_runs_origin(tmp_path: Path) -> None:
+    """Version 2 kept no trigger: a run "controller" started came from the policy (a trip,
+    or a clear for a failback), any other from a person's request."""
+    path = tmp_path / "journal.db"
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE runs DROP COLUMN origin")  # as version 2 created it
+    db.execute("UPDATE meta SET value='2' WHERE key='schema'")
+    for run_id, kind, by in ((OLD_RUN, "failover", "controller"),
+                             (OLD_BACK, "failback", "controller"),
+                             (f"{PLAN}-failover-1690001000-aaa111", "failover", "alice")):
+        db.execute("INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
+                   "detected_at, started_at, approved, steps_json) "
+                   "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                   (run_id, PLAN, kind, "FailedOver", None, "why", by, 1.0, 2.0, 1, "[]"))
+    db.commit()
+    db.close()
+    journal = Journal(path)
+    try:
+        assert {r.requested_by + "/" + r.kind: r.trigger for r in journal.runs(PLAN)} == {
+            "controller/failover": Trigger.TRIP, "controller/failback": Trigger.CLEAR,
+            "alice/failover": Trigger.REQUEST}
+    finally:
+        journal.close()
+    fresh = tmp_path / "fresh.db"
+    Journal(fresh).close()
+    assert schema_of(path) == schema_of(fresh)

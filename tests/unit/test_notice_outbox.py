@@ -60,19 +60,19 @@ class Controller:
 
     def never_sends(self) -> None:
         """It dies before its outbox sends anything (its notices stay decided only)."""
-        self.engine._may_send_notices = lambda: False  # type: ignore[method-assign]
+        self.engine.lease.current = lambda: False  # type: ignore[method-assign]
 
     def dies_deciding(self, prefix: str) -> None:
         """It is killed when it decides the notice whose status starts with `prefix`,
         after the run was written and before the notice is."""
-        decide = self.engine._notify
+        decide = self.engine.notices.notify
 
         def notify(run: Run, status: str, **kwargs: Any) -> None:
             if status.startswith(prefix):
                 raise Killed(status)
             decide(run, status, **kwargs)
 
-        self.engine._notify = notify  # type: ignore[method-assign]
+        self.engine.notices.notify = notify  # type: ignore[method-assign]
 
     def outage(self) -> None:
         testing.set_health("dc-a", False)
@@ -107,7 +107,7 @@ def updates(journal: Journal, plan: FailoverPlan) -> list[str]:
     assert run.outcome is not None
     end = (notices.completed(run.kind, run.outcome, "dc-b") if run.phase is Phase.FAILED_OVER
            else notices.failed(run.kind, run.outcome))
-    assert statuses[0] == notices.started(run.kind, run.reason) and statuses[-1] == end
+    assert statuses[0] == notices.started(run) and statuses[-1] == end
     steps = [notices.step_status(s) for s in journal.steps(run.id)
              if s.status in notices.FINISHED]
     assert set(steps) <= set(statuses)  # every finished step as it finally stands, too
@@ -204,12 +204,12 @@ def test_only_the_lease_holder_sends(journal: Journal) -> None:
     clock = testing.FakeClock()
     first = Controller(plan, journal, clock, "ctl-1")
     first.engine.reconcile()
-    assert first.engine._may_send_notices()
+    assert first.engine.lease.current()
     clock.advance(60)  # it stopped renewing: the lease is no longer its own
-    assert not first.engine._may_send_notices()
+    assert not first.engine.lease.current()
     second = Controller(plan, Journal(journal.path), clock, "ctl-2")
     second.engine.reconcile()
-    assert second.engine._may_send_notices() and not first.engine._may_send_notices()
+    assert second.engine.lease.current() and not first.engine.lease.current()
 
 
 def test_notices_of_a_run_long_over_are_given_up_not_sent_late(journal: Journal) -> None:
@@ -243,8 +243,7 @@ def test_a_pending_notice_names_its_route_key_and_full_status(journal: Journal) 
     parsed = notices.parse_pending(rows[0]["detail"])
     assert parsed is not None
     where, key, status = parsed
-    assert where == "im -> @all, sms:broadcast" and status == notices.started(run.kind,
-                                                                               run.reason)
+    assert where == "im -> @all, sms:broadcast" and status == notices.started(run)
     assert key == notices.dedup_key(run.id, status, plan.spec.notifications[0])
     # straight in the journal file, as an operator reading it after an incident would
     with closing(sqlite3.connect(journal.path)) as db:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from controller import notices, registry
 from controller.journal import Run
-from controller.model import Notice, Phase, StepRecord, StepStatus
+from controller.model import Notice, Phase, StepRecord, StepStatus, Trigger
 from controller.notify import common, slack, smtp
 from controller.plan import Notification, PlanError, parse_plan
 
@@ -41,7 +41,7 @@ def run(phase: Phase = Phase.FAILING_OVER, finished_at: float | None = None,
     return Run(id="memory-drill-failover-1", plan="memory-drill", kind="failover",
                phase=phase, level=level, reason="tripped", requested_by="controller",
                detected_at=DETECTED, started_at=DETECTED + 5, finished_at=finished_at,
-               approved=True, outcome=None, steps=[])
+               approved=True, outcome=None, steps=[], trigger=Trigger.TRIP)
 
 
 PLAN_STEPS = [step("notify-incident", 600), step("redirect-traffic", 3600),
@@ -60,7 +60,8 @@ def test_routes_are_the_rules_of_exactly_that_level() -> None:
     assert [(r.notifier, r.recipients) for r in notices.routes(p, 3)] == [
         ("mail", ["shift-lead@example.test"])]
     assert notices.routes(p, 4) == []  # no rule for level 4: nobody is told
-    assert len(notices.routes(p, None)) == 3  # a run without a level: every rule
+    # a run without a level (a planned failover): the least severe level's rules only
+    assert notices.routes(p, None) == notices.routes(p, 3)
 
 
 def test_affected_are_the_services_down_in_plan_order() -> None:

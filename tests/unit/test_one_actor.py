@@ -17,12 +17,14 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import actions, testing
+from controller import registry, testing
 from controller.backends import Backends
 from controller.journal import Journal
 from controller.loop import Clock, Engine
 from controller.model import Evidence, Phase, Sample, StepStatus
 from controller.plan import FailoverPlan, Step, parse_plan
+from controller.steps import Change, StepContext
+from controller.steps.traffic import Traffic
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = yaml.safe_load((ROOT / "manifests/examples/memory-drill.yaml").read_text())
@@ -64,21 +66,21 @@ def outage(e: Engine, clock: testing.FakeClock, ticks: int = 12) -> Phase:
     return phase
 
 
-class Stubborn:
-    """A traffic handler whose work ignores cancellation for `seconds` (a hung call)."""
+class Stubborn(Traffic):
+    """A traffic kind whose work ignores cancellation for `seconds` (a hung call)."""
 
     def __init__(self, seconds: float):
         self.seconds, self.finished = seconds, threading.Event()
 
-    def prepare(self, step: Step, ctx: actions.StepContext) -> Evidence:
-        return {"before": ctx.backends.get("edge").current()}
+    def plan(self, step: Step, ctx: StepContext) -> Change:
+        return Change({"before": ctx.backends.get("edge").current()})
 
-    def perform(self, step: Step, ctx: actions.StepContext, prepared: Evidence) -> Evidence:
+    def apply(self, step: Step, ctx: StepContext, change: Evidence) -> Evidence:
         time.sleep(self.seconds)  # not fencing.pause: this work cannot be stopped
         self.finished.set()
         return {"after": {"dc-a": 0, "dc-b": 100}}
 
-    def revert(self, step: Step, ctx: actions.StepContext, evidence: Evidence) -> Evidence:
+    def revert(self, step: Step, ctx: StepContext, evidence: Evidence) -> Evidence:
         return {}
 
 
@@ -94,7 +96,7 @@ def only_traffic(timeout: str, on_failure: str = "abort", params: Any = None) ->
 def test_a_step_whose_work_cannot_stop_stays_unknown_until_it_does(
         journal: Journal, monkeypatch: pytest.MonkeyPatch) -> None:
     stubborn = Stubborn(1.0)
-    monkeypatch.setitem(actions.HANDLERS, "traffic", stubborn)
+    monkeypatch.setitem(registry.STEP_KINDS, "traffic", stubborn)
     plan = make_plan(only_traffic("200ms"))
     e = engine(plan, journal, ttl=0.6)  # grace = ttl / 3 = 0.2 s
     e.request("failover", actor="oncall", reason="drill")
@@ -167,7 +169,7 @@ def test_an_older_unfinished_run_is_superseded_not_resumed(journal: Journal) -> 
     old = journal.start_run(plan=plan.name, kind="failover", phase=Phase.FAILING_OVER,
                             level=1, reason="an old trip", requested_by="controller",
                             detected_at=clock.now(), now=clock.now(), approved=True,
-                            steps=e._failover_steps())
+                            steps=e.starter.failover_steps())
     clock.advance(10)
     newer = journal.start_run(plan=plan.name, kind="failback", phase=Phase.FAILING_BACK,
                               level=None, reason="done", requested_by="oncall",

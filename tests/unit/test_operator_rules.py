@@ -10,21 +10,28 @@ from typing import Any
 import pytest
 
 from controller import status
+from controller.annotations import A_LEVEL, A_REQUEST, request_problem
+from controller.crd import crd
+from controller.journal import Journal
 from controller.model import Phase
-from controller.operator import A_LEVEL, A_REQUEST, _asks, request_problem
+from controller.operator import _asks
 
 
-def st(decision: str, **more: Any) -> dict[str, Any]:
-    return {"phase": "Degraded", "lastDecision": decision, "updatedAt": 1.0, **more}
+def st(decision: str, decided: str, **more: Any) -> dict[str, Any]:
+    return {"phase": "Degraded", "lastDecision": decision, "updatedAt": 1.0,
+            "policyState": {"decided": decided, "samples": more.pop("samples", 1)}, **more}
 
 
 def test_a_decision_whose_counters_moved_is_no_change_of_meaning() -> None:
-    before = st("degraded: hotline down: 3 failed probes in a row for 0.6 s")
-    after = st("degraded: hotline down: 9 failed probes in a row for 1.8 s",
-               updatedAt=2.0, lastDecisionTime="2026-01-01T00:00:01Z")
+    before = st("degraded: hotline down: 3 failed probes in a row for 0.6 s", "degraded")
+    after = st("degraded: hotline down: 9 failed probes in a row for 1.8 s", "degraded",
+               updatedAt=2.0, lastDecisionTime="2026-01-01T00:00:01Z", samples=9)
     assert not status.changed(before, after)
     assert not [e for e in status.events(before, after) if e[1] == "Decision"]
-    tripped = st("tripped: hotline down for 5.0 s; level 2")
+    # the meaning is the typed state, never the sentence's wording
+    reworded = st("thresholds: hotline down", "degraded", updatedAt=3.0)
+    assert not status.changed(before, reworded)
+    tripped = st("tripped: hotline down for 5.0 s; level 2", "tripped")
     assert status.changed(before, tripped)
     assert ("Normal", "Decision", tripped["lastDecision"]) in status.events(before, tripped)
 
@@ -70,3 +77,61 @@ def test_only_a_change_that_asks_for_something_requeues_a_plan() -> None:
                                            "deletionTimestamp": "2026-01-01T00:00:00Z"}})
     assert _asks(obj, {**obj, "spec": {"a": 2}})
     assert _asks(None, obj)
+
+
+def _conditions(journal: Journal, request: bool) -> dict[str, dict[str, Any]]:
+    from tests.unit.test_engine import World, make_plan
+
+    w = World(make_plan(), journal)
+    w.tick(True)
+    if request:
+        w.engine.request("failover", actor="alice", reason="dc-a power work")
+        w.engine.reconcile()
+    else:
+        w.outage()
+    built = status.build(journal, w.plan.name, generation=1, previous={}, now=w.clock.now())
+    return {c["type"]: c for c in built["conditions"]}
+
+
+def test_a_requested_failover_says_requested_not_tripped(journal: Journal) -> None:
+    conditions = _conditions(journal, request=True)
+    assert conditions["Tripped"]["status"] == "False"
+    assert conditions["Tripped"]["reason"] == "Requested"
+    assert conditions["Requested"]["status"] == "True"
+    assert conditions["Requested"]["message"] == "requested by alice: dc-a power work"
+
+
+def test_a_threshold_trip_says_tripped_and_not_requested(journal: Journal) -> None:
+    conditions = _conditions(journal, request=False)
+    assert conditions["Tripped"] | {"lastTransitionTime": None} == {
+        "type": "Tripped", "status": "True", "reason": "ThresholdExceeded",
+        "message": "FailedOver", "lastTransitionTime": None}
+    assert conditions["Requested"]["status"] == "False"
+
+
+@pytest.mark.parametrize(("step", "says", "kind"), [
+    ({"status": "running", "met": None, "sinceDetectionSeconds": 12.0}, "(target 600 s)",
+     "Normal"),
+    ({"status": "succeeded", "met": True, "sinceDetectionSeconds": 90.0},
+     "(target 600 s, met)", "Normal"),
+    ({"status": "succeeded", "met": False, "sinceDetectionSeconds": 700.0},
+     "(target 600 s, MISSED)", "Warning"),
+])
+def test_a_step_event_says_missed_only_for_a_step_that_missed(
+        step: dict[str, Any], says: str, kind: str) -> None:
+    after = {"run": {"id": "r1", "steps": [{"name": "restore-db", "targetSeconds": 600,
+                                            "attempts": 1, **step}]}}
+    [(event_kind, _, message)] = [e for e in status.events({}, after) if e[1].startswith("Step")]
+    assert says in message and event_kind == kind
+    assert ("MISSED" in message) is (step["met"] is False)
+
+
+def test_the_run_progress_says_how_far_it_got_for_get_wide() -> None:
+    steps = [{"name": "notify", "status": "succeeded"}, {"name": "redirect", "status": "failed"},
+             {"name": "dns-cutover", "status": "running"}, {"name": "verify",
+                                                            "status": "pending"}]
+    assert status.progress(steps) == "2/4 steps, dns-cutover running"
+    assert status.progress([{"name": "a", "status": "succeeded"}]) == "1/1 steps"
+    columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert columns["Progress"]["jsonPath"] == ".status.run.progress"
+    assert columns["Decision"]["priority"] == 1  # -o wide only

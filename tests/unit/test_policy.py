@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from controller.model import Sample
+from controller.model import DecisionAction, DecisionState, Sample
 from controller.plan import FailoverPlan, parse_plan
 from controller.policy import PolicyState, evaluate, start_cooldown
 
@@ -138,3 +138,22 @@ def test_evaluate_is_pure() -> None:
     evaluate(plan, state, [Sample("web", False, T0)], T0)
     assert state.to_json() == before
     assert PolicyState.from_json(before).to_json() == before
+
+
+def test_each_decision_says_its_state_as_data_and_only_a_change_of_state_is_news() -> None:
+    """The engine, `simulate` and the drill read a decision's state, never its sentence:
+    healthy, degraded, tripped, still-tripped, cleared, then held by the cooldown."""
+    plan = make_plan(cooldown="10m", window="3s")
+    decisions, state = feed(plan, [ALL_UP] * 2 + [ALL_DOWN] * 7 + [ALL_UP] * 4)
+    seen = [(d.state, d.action, d.changed) for d in decisions]
+    H, D, T, S, C = (DecisionState.HEALTHY, DecisionState.DEGRADED, DecisionState.TRIPPED,
+                     DecisionState.STILL_TRIPPED, DecisionState.CLEARED)
+    none, trip, clear = DecisionAction.NONE, DecisionAction.TRIP, DecisionAction.CLEAR
+    assert seen == [(H, none, True), (H, none, False), (D, none, True), (D, none, False),
+                    (T, trip, True), (S, none, True)] + [(S, none, False)] * 5 + [
+                    (C, clear, True), (H, none, True)]
+    state = start_cooldown(state, plan, T0 + 13)
+    held, state = feed(plan, [ALL_DOWN] * 6, start=T0 + 20, state=state)
+    assert (held[-1].state, held[-1].action) == (DecisionState.HELD, DecisionAction.HOLD)
+    # the state of the last decision survives the journal (it decides what is news)
+    assert PolicyState.from_json(state.to_json()).decided is DecisionState.HELD

@@ -14,6 +14,7 @@ import pytest
 from controller.backends import Backends
 from controller.model import Sample
 from controller.plan import load_plan
+from controller.probes import Probe as ProbeProtocol
 from controller.probes.scheduler import (
     ProbeScheduler,
     SharedLoop,
@@ -25,7 +26,7 @@ from controller.probes.scheduler import (
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class Probe:
+class Probe(ProbeProtocol):
     """Answers ok/failed, or hangs until cancelled, or raises; counts overlaps."""
 
     def __init__(self, service: str, mode: str = "ok", delay: float = 0.0):
@@ -83,7 +84,7 @@ def test_raising_probe_is_a_failed_sample() -> None:
 
 
 def test_non_sample_result_is_a_failed_sample() -> None:
-    class Bad:
+    class Bad(ProbeProtocol):
         service = "x"
 
         async def check(self) -> object:
@@ -169,11 +170,13 @@ def test_stop_cancels_hung_probes_and_is_idempotent() -> None:
 
 def test_http_probes_share_one_session_and_it_is_closed() -> None:
     class SessionUser(Probe):
+        uses_session = True
+
         def __init__(self) -> None:
             super().__init__("w")
             self.session: object = None
 
-        def use_session(self, session: object) -> None:
+        def use_session(self, session: object) -> None:  # type: ignore[override]
             self.session = session
 
     a, b = SessionUser(), SessionUser()

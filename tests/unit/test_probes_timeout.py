@@ -24,6 +24,7 @@ from controller.backends import Backends
 from controller.cli import main
 from controller.model import Sample
 from controller.plan import PlanError, parse_plan
+from controller.probes import Probe
 from controller.probes.scheduler import ProbeScheduler, targets_from_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +71,7 @@ def test_the_timeout_written_is_the_timeout_applied() -> None:
     """A hung probe of a service with interval 1 s and timeout 600 ms gives up at 0.6 s."""
     plan = parse_plan(plan_with(interval="1s", timeout="600ms"))
 
-    class Hung:
+    class Hung(Probe):
         service = plan.spec.services[1].name
 
         async def check(self) -> Sample:

@@ -22,11 +22,12 @@ from typing import Any
 import pytest
 
 from controller import fencing, registry
-from controller.actions import StepContext, Traffic, _merge, _same
 from controller.backends import Backends
 from controller.model import Evidence
 from controller.plan import FailoverPlan
 from controller.secrets import Secrets
+from controller.steps import StepContext
+from controller.steps.traffic import Traffic, _merge, _same
 from controller.testing import FakeClock, FakeTrafficBackend
 from tests.unit.test_engine import make_plan
 
@@ -56,7 +57,7 @@ class TrafficStep:
         return Traffic().prepare(self.step, self.ctx)
 
     def perform(self, prepared: Evidence) -> Evidence:
-        return {**Traffic().perform(self.step, self.ctx, prepared), **prepared}
+        return {**Traffic().apply(self.step, self.ctx, prepared), **prepared}
 
     def revert(self, evidence: Evidence) -> Evidence:
         return Traffic().revert(self.step, self.ctx, evidence)

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from controller import testing
-from controller.actions import StepContext, Traffic, _step_weights
 from controller.backends import Backends
 from controller.journal import Journal
 from controller.model import PermanentError, Phase, StepStatus
 from controller.plan import PlanError
+from controller.steps import StepContext
+from controller.steps.traffic import Traffic, _step_weights
 from tests.unit.test_engine import World, make_plan
 
 STEPPED = {"steps": [10, 50, 100], "pause": "1ms",
@@ -98,7 +99,7 @@ def test_a_retried_stepped_shift_resumes_at_the_step_already_reached() -> None:
     ctx = StepContext(plan=plan, run_id="r", level=1, backends=backends,
                       lookup_evidence=lambda run, step: {})
     step = plan.spec.steps[1]
-    evidence = Traffic().perform(step, ctx, {"before": original})
+    evidence = Traffic().apply(step, ctx, {"before": original})
     assert [s["percent"] for s in evidence["steps"]] == [50, 100]
     assert edge.current() == {"dc-a": 0, "dc-b": 100}
 
@@ -108,7 +109,7 @@ def test_instant_cutover_stays_the_default() -> None:
     backends = Backends(plan)
     ctx = StepContext(plan=plan, run_id="r", level=1, backends=backends,
                       lookup_evidence=lambda run, step: {})
-    evidence = Traffic().perform(plan.spec.steps[1], ctx, {"before": {}})
+    evidence = Traffic().apply(plan.spec.steps[1], ctx, {"before": {}})
     assert "steps" not in evidence
     assert evidence["before"] == {"dc-a": 100, "dc-b": 0}
     assert backends.get("edge").current() == {"dc-a": 0, "dc-b": 100}
@@ -123,4 +124,4 @@ def test_a_failed_shift_back_is_reported_too() -> None:
     with pytest.raises(PermanentError, match=r"failed at 10% to dc-b: dc-b: fault injected; "
                                              r"shifting back to \{'nowhere': 1\} also failed: "
                                              r"unknown destinations \['nowhere'\]"):
-        Traffic().perform(plan.spec.steps[1], ctx, {"before": {"nowhere": 1}})
+        Traffic().apply(plan.spec.steps[1], ctx, {"before": {"nowhere": 1}})

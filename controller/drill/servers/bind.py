@@ -18,14 +18,12 @@ default 20), which would make every secondary after the first look slow for no r
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import dns.rcode
 import dns.rdatatype
 
 from controller.drill.processes import terminate
-from controller.drill.servers.postgres import ServerError
+from controller.drill.servers.base import Launcher, ServerError, wait_ready
 
 NAMED = Path("/usr/sbin/named")
 TSIG_KEYGEN = Path("/usr/sbin/tsig-keygen")
@@ -92,7 +90,7 @@ class NamedProcess:
 
 
 @dataclass
-class BindServers:
+class BindServers(Launcher):
     """A primary and `secondaries` secondaries serving `zone`, signed updates with `key_name`.
 
     Use as a context manager, or call `start()`/`stop()`. `records` are extra zone-file
@@ -212,12 +210,6 @@ class BindServers:
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> BindServers:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # --- configuration --------------------------------------------------------------------
 
     def _zone_text(self) -> str:
@@ -269,17 +261,12 @@ class BindServers:
     def _wait_ready(self, s: NamedProcess, timeout: float) -> None:
         """Ready = the server answers the zone's SOA authoritatively."""
         query = dns.message.make_query(self.zone, dns.rdatatype.SOA)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert s.proc is not None
-            if s.proc.poll() is not None:
-                raise ServerError(f"named {s.name} exited ({s.proc.returncode}): "
-                                  f"{s.log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError, dns.exception.DNSException):
-                answer = dns.query.udp(query, s.address, timeout=0.2, port=s.port)
-                if answer.rcode() == dns.rcode.NOERROR and answer.answer:
-                    return
-            time.sleep(0.02)
-        raise ServerError(f"named {s.name} did not serve {self.zone} on "
-                          f"{s.address}:{s.port} within {timeout:g} s: "
-                          f"{s.log.read_text()[-2000:]}")
+
+        def serving() -> bool:
+            answer = dns.query.udp(query, s.address, timeout=0.2, port=s.port)
+            return bool(answer.rcode() == dns.rcode.NOERROR and answer.answer)
+
+        assert s.proc is not None
+        wait_ready(f"named {s.name} serving {self.zone} on {s.address}:{s.port}", serving,
+                   timeout=timeout, watch=[(f"named {s.name}", s.proc, s.log)],
+                   not_yet=(OSError, dns.exception.DNSException))

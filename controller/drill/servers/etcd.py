@@ -29,7 +29,6 @@ import signal
 import ssl
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -37,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from controller.drill.processes import terminate
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 from controller.drill.servers.certs import write_ca_and_cert
-from controller.drill.servers.postgres import ServerError, free_port
 
 ETCD = Path("/usr/bin/etcd")
 ETCD_HINT = "apt-get install -y --no-install-recommends etcd-server"
@@ -52,7 +51,7 @@ def etcd_binary() -> str:
 
 
 @dataclass
-class EtcdServer:
+class EtcdServer(Launcher):
     """`with EtcdServer() as etcd: etcd.url ...` — one member; `base` holds its data
     directory (`etcd/`) and log (`etcd.log`); a base it made itself is removed on stop."""
 
@@ -113,18 +112,7 @@ class EtcdServer:
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> EtcdServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # --- readiness and administration ----------------------------------------------------
-
-    def tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-3000:]
-        return ""
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/health", timeout=1,
@@ -134,19 +122,8 @@ class EtcdServer:
     def wait_ready(self, timeout: float) -> None:
         """Until /health says true; raises ServerError with the log if etcd exits or
         does not answer in time."""
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerError(f"etcd exited ({self.process.returncode}) while starting: "
-                                  f"{self.tail()}")
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError):
-                if self.healthy():
-                    return
-            if time.monotonic() > deadline:
-                raise ServerError(f"etcd: not ready within {timeout:g} s\n{self.tail()}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        watch = [("etcd", self.process, self.log)] if self.process is not None else []
+        wait_ready(f"etcd at {self.url}", self.healthy, timeout=timeout, watch=watch)
 
     def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """One JSON gateway call (`/v3/...`), as root once auth is enabled."""

@@ -17,21 +17,19 @@ the backup's health check fail at a chosen moment without timing.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller.drill.processes import terminate
-from controller.drill.servers.postgres import ServerError, free_port
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 
 HAPROXY = Path("/usr/sbin/haproxy")
 APT_HINT = "apt-get install -y --no-install-recommends haproxy"
@@ -61,7 +59,7 @@ class SiteServer:
 
 
 @dataclass
-class HaproxyServers:
+class HaproxyServers(Launcher):
     """`with HaproxyServers() as edge:` haproxy at `edge.url()`, admin at `edge.socket`.
 
     `options()` gives the `haproxy` traffic backend's plan options for this edge;
@@ -190,12 +188,6 @@ class HaproxyServers:
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> HaproxyServers:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # --- internals ------------------------------------------------------------------------
 
     def _start_site(self, site: str, server: str, timeout: float) -> SiteServer:
@@ -238,17 +230,12 @@ class HaproxyServers:
 
     def _wait_ready(self, timeout: float) -> None:
         """Ready = the admin socket lists the backend and the frontend answers."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise ServerError(f"haproxy exited ({self.proc.returncode}): "
-                                  f"{self.log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                if self.backend in self.command(f"show servers state {self.backend}"):
-                    with urllib.request.urlopen(self.url("/"), timeout=1) as response:
-                        if response.headers.get(HEADER) == "primary":
-                            return
-            time.sleep(0.02)
-        raise ServerError(f"haproxy did not serve 127.0.0.1:{self.port} (admin socket "
-                          f"{self.socket}) within {timeout:g} s: {self.log.read_text()[-2000:]}")
+        def serving() -> bool:
+            if self.backend not in self.command(f"show servers state {self.backend}"):
+                return False
+            with urllib.request.urlopen(self.url("/"), timeout=1) as response:
+                return bool(response.headers.get(HEADER) == "primary")
+
+        assert self.proc is not None
+        wait_ready(f"haproxy on 127.0.0.1:{self.port} (admin socket {self.socket})", serving,
+                   timeout=timeout, watch=[("haproxy", self.proc, self.log)])

@@ -25,7 +25,6 @@ Both processes run in the foreground and are stopped by their own PIDs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -36,16 +35,18 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from controller.drill.processes import terminate
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 from controller.drill.servers.certs import write_ca_and_cert
 from controller.drill.servers.etcd import EtcdServer, etcd_binary
-from controller.drill.servers.postgres import ServerError, free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.36.3")
@@ -107,7 +108,7 @@ class Identity:
 
 
 @dataclass
-class KubeServers:
+class KubeServers(Launcher):
     """etcd + kube-apiserver with the project's RBAC and CRDs installed.
 
     `with KubeServers(crds=[ROOT / "tests/crds"]) as kube: kube.kube("controller")...`
@@ -267,7 +268,7 @@ class KubeServers:
             self.apply(crds)
             for crd in crds:
                 name = crd["metadata"]["name"]
-                self._wait(f"CRD {name} Established", lambda n=name: self._established(n),
+                self._wait(f"CRD {name} Established", partial(self._established, name),
                            timeout)
             self._wait("the controller's RBAC Role", lambda: self._role_effective(rbac),
                        timeout)
@@ -286,12 +287,6 @@ class KubeServers:
         if self._own_base and self.base is not None:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> KubeServers:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     def pid(self, name: str) -> int | None:
         proc = self._procs.get(name)
         return proc.pid if proc else None
@@ -308,27 +303,10 @@ class KubeServers:
             self._procs[name] = subprocess.Popen(argv, cwd=self.base, stdout=log,
                                                  stderr=subprocess.STDOUT)
 
-    def _tail(self, name: str) -> str:
-        with contextlib.suppress(OSError):
-            return self._log(name).read_text(errors="replace")[-3000:]
-        return ""
-
-    def _wait(self, what: str, ready: Any, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.02
-        while True:
-            for name, proc in self._procs.items():
-                if proc.poll() is not None:
-                    raise ServerError(f"{name} exited ({proc.returncode}) while waiting for "
-                                      f"{what}: {self._tail(name)}")
-            with contextlib.suppress(OSError, urllib.error.URLError, ValueError, KeyError):
-                if ready():
-                    return
-            if time.monotonic() > deadline:
-                logs = "\n".join(f"--- {n}:\n{self._tail(n)}" for n in self._procs)
-                raise ServerError(f"{what}: not ready within {timeout:g} s\n{logs}")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+        wait_ready(what, ready, timeout=timeout,
+                   watch=[(name, proc, self._log(name)) for name, proc in self._procs.items()],
+                   not_yet=(OSError, ValueError, KeyError))
 
     def _api_ready(self) -> bool:
         status, body = self.request("GET", "/readyz", timeout=2)

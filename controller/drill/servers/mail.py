@@ -25,8 +25,8 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
+from controller.drill.servers.base import Launcher, ServerError, free_port
 from controller.drill.servers.certs import write_ca_and_cert
-from controller.drill.servers.postgres import ServerError, free_port
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Mail:
         return str(self.message.get_content()).replace("\r\n", "\n")
 
 
-class MailServer:
+class MailServer(Launcher):
     """`with MailServer(starttls=True, users={"bot": pw}) as mail: ...; mail.messages()`."""
 
     def __init__(self, *, port: int | None = None, starttls: bool = False,
@@ -141,8 +141,3 @@ class MailServer:
         if tmp is not None:
             tmp.cleanup()
 
-    def __enter__(self) -> MailServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -12,19 +12,17 @@ so swapping back to a value that was itself CREATEd fails on moto only.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import time
 import urllib.error
 import urllib.request
 from typing import Any
 
-from controller.drill.servers.postgres import ServerError, free_port
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
 
-class MotoServer:
+class MotoServer(Launcher):
     """`with MotoServer() as moto: boto3.client("route53", endpoint_url=moto.endpoint, ...)`."""
 
     def __init__(self, *, port: int | None = None):
@@ -42,16 +40,22 @@ class MotoServer:
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port,
                                           verbose=False)
         self._server.start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, urllib.error.URLError), \
-                    urllib.request.urlopen(f"{self.endpoint}/moto-api/data.json",
-                                           timeout=1) as reply:
-                if reply.status == 200:
-                    return self
-            time.sleep(0.01)
-        self.stop()
-        raise ServerError(f"moto server did not answer on {self.endpoint} within {timeout:g} s")
+        try:
+            wait_ready(f"moto server on {self.endpoint}", self._answers, timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        # any HTTP answer means it serves. Not /moto-api/data.json: the server runs in this
+        # process, so that page serializes every backend's state, which earlier tests'
+        # objects can make fail with 500.
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/", timeout=1):
+                return True
+        except urllib.error.HTTPError:
+            return True
 
     def client(self, service: str) -> Any:
         """A boto3 client for `service` pointed at this server with dummy credentials."""
@@ -64,9 +68,3 @@ class MotoServer:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -14,24 +14,14 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 from controller.drill.processes import stop_pid
+from controller.drill.servers.base import Launcher, ServerError, free_port
 
 PG_BIN = Path(os.environ.get("FAILOVER_PG_BIN", "/usr/lib/postgresql/15/bin"))
 OS_USER = "postgres"
-
-
-class ServerError(RuntimeError):
-    """A sandbox server could not be started or answered wrongly."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def pg_tool(name: str) -> str:
@@ -76,7 +66,7 @@ def archive_to_pgbackrest(server: PostgresServer, base: Path, *,
     return conf
 
 
-class PostgresServer:
+class PostgresServer(Launcher):
     """One PostgreSQL cluster in `base` (data/, sock/, log) on its own port."""
 
     def __init__(self, base: Path, *, port: int | None = None,
@@ -128,9 +118,6 @@ class PostgresServer:
 
     def __enter__(self) -> PostgresServer:
         return self.init().start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # --- SQL ---------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.drill.processes import terminate
-from controller.drill.servers.postgres import ServerError, free_port
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 
 PROMETHEUS = Path("/usr/bin/prometheus")
 APT_HINT = "apt-get install -y --no-install-recommends prometheus"
@@ -55,7 +55,7 @@ class _ExporterHandler(BaseHTTPRequestHandler):
         pass
 
 
-class PrometheusServer:
+class PrometheusServer(Launcher):
     """`with PrometheusServer() as prom: prom.set({"tickets{q=\\"a\\"}": 100})`."""
 
     def __init__(self, *, scrape: float = 0.2):
@@ -93,21 +93,17 @@ class PrometheusServer:
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.base)
         log.close()
-        deadline = time.monotonic() + timeout
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                tail = (self.base / "prometheus.log").read_text(errors="replace")[-1500:]
-                self.stop()
-                raise ServerError(f"prometheus did not become ready on {self.url}:\n{tail}")
-            time.sleep(0.05)
+        try:
+            wait_ready(f"prometheus on {self.url}", self._ready, timeout=timeout,
+                       watch=[("prometheus", self.proc, self.base / "prometheus.log")])
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
-                return bool(reply.status == 200)
-        except OSError:
-            return False
+        with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as reply:
+            return bool(reply.status == 200)
 
     def query(self, promql: str) -> Any:
         url = f"{self.url}/api/v1/query?{urllib.parse.urlencode({'query': promql})}"
@@ -132,8 +128,3 @@ class PrometheusServer:
         self.exporter.server_close()
         shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> PrometheusServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

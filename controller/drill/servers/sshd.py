@@ -9,16 +9,14 @@ callers never accept an unknown key, and it is stopped by its own PID.
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from controller.drill.processes import terminate
-from controller.drill.servers.postgres import ServerError, free_port
+from controller.drill.servers.base import Launcher, ServerError, free_port, wait_ready
 
 SSHD = Path("/usr/sbin/sshd")
 SSH_KEYGEN = "ssh-keygen"
@@ -32,7 +30,7 @@ def _keygen(path: Path) -> None:
                           "(apt-get install -y --no-install-recommends openssh-client)")
 
 
-class SshServer:
+class SshServer(Launcher):
     """sshd on 127.0.0.1:port accepting exactly `client_key` for the current user."""
 
     def __init__(self, base: Path, *, port: int | None = None):
@@ -75,27 +73,20 @@ class SshServer:
         self.proc = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(self.config)],
                                      stdout=subprocess.DEVNULL,
                                      stderr=self.log.open("wb"))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise ServerError(f"sshd exited ({self.proc.returncode}): "
-                                  f"{self.log.read_text()[-1000:]}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                    ("127.0.0.1", self.port), timeout=0.5) as s:
-                if s.recv(4).startswith(b"SSH-"):
-                    return self
-            time.sleep(0.02)
-        self.stop()
-        raise ServerError(f"sshd did not answer on port {self.port} within {timeout:g} s")
+        try:
+            wait_ready(f"sshd on port {self.port}", self._answers, timeout=timeout,
+                       watch=[("sshd", self.proc, self.log)])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _answers(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+            return s.recv(4).startswith(b"SSH-")
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
         terminate(proc)
-
-    def __enter__(self) -> SshServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from controller.drill.servers.postgres import ServerError, free_port
+from controller.drill.servers.base import Launcher, ServerError, free_port
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Request:
         return json.loads(self.body)
 
 
-class WebhookServer:
+class WebhookServer(Launcher):
     """`with WebhookServer() as hooks: post to hooks.url("/sms"); hooks.received("/sms")`."""
 
     def __init__(self, *, port: int | None = None):
@@ -112,8 +112,3 @@ class WebhookServer:
         if thread is not None:
             thread.join()
 
-    def __enter__(self) -> WebhookServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

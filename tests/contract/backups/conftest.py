@@ -6,7 +6,9 @@ a pgBackRest repository), and an sshd on loopback that the remote restore goes t
 from __future__ import annotations
 
 import base64
+import itertools
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,17 +19,13 @@ import boto3
 import pytest
 
 from controller.backups.s3 import S3BackupStore, S3StoreOptions
-from controller.drill.servers.postgres import (
-    PostgresServer,
-    archive_to_pgbackrest,
-    as_user,
-    free_port,
-)
+from controller.drill.servers.moto import MotoServer
+from controller.drill.servers.postgres import PostgresServer, archive_to_pgbackrest, as_user
 from controller.drill.servers.sshd import SshServer
 from controller.secrets import Secrets
 
 ROWS = 20000
-_COUNTER = __import__("itertools").count()
+_COUNTER = itertools.count()
 KEY_ENV = "FAILOVER_TEST_BACKUP_KEY"
 VALIDATION = [
     {"name": "orders row count", "sql": "SELECT count(*) FROM orders", "expect": str(ROWS)},
@@ -45,13 +43,8 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+    with MotoServer() as moto:
+        yield moto.endpoint
 
 
 @pytest.fixture(scope="session")
@@ -102,7 +95,8 @@ def store_options(s3_endpoint: str, backup_key: str, request: pytest.FixtureRequ
                   ) -> Iterator[dict[str, Any]]:
     """A fresh bucket per test, emptied and removed after it: moto keeps every object in
     this process's memory, shared by every moto server the session starts."""
-    bucket = "bk-" + request.node.name.lower().replace("_", "-")[:40]
+    name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"bk-{next(_COUNTER)}-{name}"
     client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                           aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=bucket)

@@ -17,7 +17,8 @@ from controller.backups.s3 import S3BackupStore
 from controller.backups.selection import choose
 from controller.backups.take import register_pgbackrest, take_basebackup
 from controller.backups.verify import CatalogVerifier
-from controller.drill.servers.postgres import PostgresServer, free_port
+from controller.drill.servers.base import free_port
+from controller.drill.servers.postgres import PostgresServer
 from controller.drill.servers.sshd import SshServer
 from controller.model import PermanentError, Target
 from controller.secrets import Secrets

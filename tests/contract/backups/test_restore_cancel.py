@@ -4,10 +4,11 @@ against real PostgreSQL 15, pgBackRest, moto's S3 server and sshd, locally and o
 The executor runs a step's work inside `fencing.scope(fence)` and calls `fence.cancel`
 from another thread; here a thread does the same. Whatever the phase (the payload
 streaming into `tar`, PostgreSQL already started and being validated, `pgbackrest
-restore` running), the restore raises `fencing.Cancelled` within about two seconds,
-no PostgreSQL runs on the target afterwards, and the target is left as an interrupted
-stream leaves it: the directory the restore made ready is empty (nothing counts as
-restored), the cancel flag it used on the host is gone.
+restore` running), the restore stops and raises `fencing.Cancelled`, no PostgreSQL runs
+on the target afterwards, and the target is left as an interrupted stream leaves it: the
+directory the restore made ready is empty (nothing counts as restored), the cancel flag
+it used on the host is gone. How fast it stops is a figure, not an assertion (a busy
+host is slower): `tests/benchmarks/bench_backups.py` (c) measures it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from controller import fencing
 from controller.backups.restore import BaseBackupRestorer, PgBackRestRestorer
 from controller.backups.s3 import S3BackupStore
 from controller.backups.take import register_pgbackrest, take_basebackup
-from controller.drill.servers.postgres import PostgresServer, as_user, free_port
+from controller.drill.servers.base import free_port
+from controller.drill.servers.postgres import PostgresServer, as_user
 from controller.drill.servers.sshd import SshServer
 from controller.model import Backup, Target
 from controller.secrets import Secrets
@@ -45,12 +47,12 @@ class _SlowReader:
     cancel lands mid-stream (a thousand-fold larger backup on a slow link, in short)."""
 
     def __init__(self, inner: Any, owner: _SlowStore):
-        self.inner, self.owner, self.read_bytes = inner, owner, 0
+        self.inner, self.owner = inner, owner
 
     def read(self, n: int = -1) -> bytes:
         data: bytes = self.inner.read(n)
-        self.read_bytes += len(data)
-        if self.read_bytes >= self.owner.after:
+        self.owner.read_bytes += len(data)
+        if self.owner.read_bytes >= self.owner.after:
             self.owner.reached.set()
             time.sleep(self.owner.pace)
         return data
@@ -59,6 +61,7 @@ class _SlowReader:
 class _SlowStore:
     def __init__(self, store: S3BackupStore, *, after: int = 3 * MiB, pace: float = 0.1):
         self.store, self.after, self.pace = store, after, pace
+        self.read_bytes = 0  # of the plain payload, by every reader
         self.reached = threading.Event()
 
     @contextlib.contextmanager
@@ -89,13 +92,13 @@ def _flags() -> set[str]:
     return {p.name for p in Path("/tmp").glob(".failover-restore-*.cancel")}
 
 
-def _cancel_when(ready: Callable[[], bool], fence: fencing.Fence, at: list[float],
+def _cancel_when(ready: Callable[[], bool], fence: fencing.Fence, cancelled: threading.Event,
                  reason: str) -> threading.Thread:
     def run() -> None:
         deadline = time.monotonic() + 120
         while not ready() and time.monotonic() < deadline:
             time.sleep(0.02)
-        at.append(time.monotonic())
+        cancelled.set()
         fence.cancel(reason)
 
     thread = threading.Thread(target=run, daemon=True)
@@ -104,18 +107,16 @@ def _cancel_when(ready: Callable[[], bool], fence: fencing.Fence, at: list[float
 
 
 def _restore_cancelled(restorer: Any, backup: Backup, into: Target,
-                       ready: Callable[[], bool]) -> tuple[fencing.Cancelled, float]:
-    """Run the restore as the executor would, cancel it once `ready()`; return the error
-    and the seconds from the cancel to the raise."""
+                       ready: Callable[[], bool]) -> fencing.Cancelled:
+    """Run the restore as the executor would, cancel it once `ready()`; return the error."""
     fence = fencing.Fence(7, "controller-a")
-    at: list[float] = []
-    canceller = _cancel_when(ready, fence, at, "step restore-db timed out after 1.5 s")
+    cancelled = threading.Event()
+    canceller = _cancel_when(ready, fence, cancelled, "step restore-db timed out after 1.5 s")
     with fencing.scope(fence), pytest.raises(fencing.Cancelled) as err:
         restorer.restore(backup=backup, into=into)
-    raised = time.monotonic()
     canceller.join(5)
-    assert at, "the restore ended before it was cancelled"
-    return err.value, raised - at[0]
+    assert cancelled.is_set(), "the restore ended before it was cancelled"
+    return err.value
 
 
 def _ssh(sshd: SshServer, tmp: Path) -> dict[str, Any]:
@@ -144,7 +145,7 @@ def _verified_backup(store: S3BackupStore, pg: PostgresServer) -> Backup:
 
 
 @pytest.mark.parametrize("over_ssh", [False, True], ids=["local", "ssh"])
-def test_a_cancel_mid_stream_stops_it_within_two_seconds_and_leaves_nothing(
+def test_a_cancel_mid_stream_stops_the_stream_and_leaves_nothing(
         over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
         source_pg: PostgresServer, sshd: SshServer, journal: Any, tmp_path: Path,
         places: Path) -> None:
@@ -157,13 +158,10 @@ def test_a_cancel_mid_stream_stops_it_within_two_seconds_and_leaves_nothing(
         audit=journal.audit, store=slow)  # type: ignore[arg-type]
     target = places / f"cancel-stream-{over_ssh}" / "data"
     flags = _flags()
-    started = time.monotonic()
-    err, seconds = _restore_cancelled(restorer, backup, _target(target, over_ssh, sshd,
-                                                                VALIDATION),
-                                      slow.reached.is_set)
-    assert seconds < 2.0, f"the stream went on for {seconds:.2f} s after the cancel"
-    assert time.monotonic() - started < 10  # the whole payload would take over 30 s
+    err = _restore_cancelled(restorer, backup, _target(target, over_ssh, sshd, VALIDATION),
+                             slow.reached.is_set)
     assert "timed out after 1.5 s" in str(err)
+    assert slow.read_bytes < backup.meta["plainSize"]  # the stream stopped, not finished
     assert target.is_dir() and not any(target.iterdir())  # what was extracted is gone
     assert _postgres_on(target) == []
     assert _flags() == flags
@@ -194,8 +192,7 @@ def test_a_cancel_after_postgres_started_stops_it_and_leaves_nothing(
         return got.stdout.strip() == "1"
 
     flags = _flags()
-    err, seconds = _restore_cancelled(restorer, backup, into, in_the_slow_query)
-    assert seconds < 2.0, f"the restore went on for {seconds:.2f} s after the cancel"
+    err = _restore_cancelled(restorer, backup, into, in_the_slow_query)
     assert "stopped at validate" in str(err) and "was stopped" in str(err)
     assert _postgres_on(target) == []  # the server the restore started is stopped
     assert target.is_dir() and not any(target.iterdir())
@@ -225,10 +222,8 @@ exec pgbackrest "$@"
         secrets=Secrets())
     target = places / "cancel-pgbr" / "data"
     flags = _flags()
-    err, seconds = _restore_cancelled(restorer, backup,
-                                      _target(target, False, None, VALIDATION),
-                                      (marks / "pid").exists)
-    assert seconds < 2.0, f"pgbackrest restore went on for {seconds:.2f} s after the cancel"
+    err = _restore_cancelled(restorer, backup, _target(target, False, None, VALIDATION),
+                             (marks / "pid").exists)
     assert "stopped at fetch" in str(err)
     fetch_pid = int((marks / "pid").read_text())
     with pytest.raises(ProcessLookupError):

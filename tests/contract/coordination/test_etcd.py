@@ -16,8 +16,8 @@ from collections.abc import Callable
 import pytest
 
 from controller.coordination.etcd import EtcdCoordinator
+from controller.drill.servers.base import free_port
 from controller.drill.servers.etcd import EtcdServer
-from controller.drill.servers.postgres import free_port
 
 EtcdFactory = Callable[..., EtcdCoordinator]  # the `etcd_coordinator` fixture
 

@@ -27,9 +27,10 @@ from controller.backends import Backends
 from controller.coordination.etcd import EtcdCoordinator
 from controller.drill.servers.etcd import EtcdServer
 from controller.journal import Journal
-from controller.loop import Engine, probe_once
+from controller.loop import Engine
 from controller.model import Phase, StepRecord, StepStatus
 from controller.plan import FailoverPlan, parse_plan
+from controller.probing import probe_once
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "manifests/examples/memory-drill.yaml"

@@ -1,6 +1,6 @@
 """The DNS step's link test, against real BIND and a real local HTTP(S) server.
 
-The step (controller.actions.Dns) writes the record on the BIND primary, verifies it on
+The step (controller.steps.dns.Dns) writes the record on the BIND primary, verifies it on
 all three authoritative servers, then reaches the service through the record's NEW
 address (127.0.0.1) with the record's name as Host header and TLS SNI. Shown: a passing
 HTTP and HTTPS test (the server saw the name, the certificate was checked against it),
@@ -11,7 +11,6 @@ a clear, retryable reason after the records were written, then pass on the retry
 from __future__ import annotations
 
 import datetime
-import socket
 import ssl
 import threading
 from collections.abc import Iterator
@@ -23,19 +22,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.actions import Dns, StepContext
 from controller.dns.linktest import LinkTestFailed
+from controller.drill.servers.base import free_port
 from controller.drill.servers.bind import BindServers
 from controller.executor import _retryable
 from controller.model import PermanentError, Record
 from controller.plan import DnsParams, Step
+from controller.steps import StepContext
+from controller.steps.dns import Dns
 from tests.contract.dns.test_rfc2136_bind import fresh, provider, served
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Site:
@@ -114,7 +109,7 @@ def dns_step(name: str, link: dict[str, Any], address: str = "127.0.0.1") -> Ste
 
 def context(p: Any) -> StepContext:
     return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       backends=SimpleNamespace(dns=lambda _: p),  # type: ignore[arg-type]
                        lookup_evidence=lambda *_: {})
 
 
@@ -123,7 +118,7 @@ def cut_over(bind: BindServers, step: Step) -> dict[str, Any]:
     name = step.params["records"][0]["name"]
     p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.1",))])  # the old site
     ctx = context(p)
-    return Dns().perform(step, ctx, Dns().prepare(step, ctx))
+    return Dns().apply(step, ctx, Dns().prepare(step, ctx))
 
 
 def test_http_link_test_goes_to_the_new_address_with_the_names_host(
@@ -171,7 +166,7 @@ def test_a_dead_new_address_fails_the_step_clearly_and_the_retry_passes(
     ctx = context(p)
     prepared = Dns().prepare(step, ctx)
     with pytest.raises(LinkTestFailed) as caught:
-        Dns().perform(step, ctx, prepared)
+        Dns().apply(step, ctx, prepared)
     message = str(caught.value)
     assert message.startswith("link test through the new address failed")
     assert f"127.0.0.1: GET http://{name.rstrip('.')}:{port}/health: connection refused" \
@@ -180,7 +175,7 @@ def test_a_dead_new_address_fails_the_step_clearly_and_the_retry_passes(
     assert all(served(bind, ns, name) == ["127.0.0.1"] for ns in ("ns1", "ns2", "ns3"))
     late = Site(port=port)  # the service comes up: the executor's retry passes
     try:
-        evidence = Dns().perform(step, ctx, prepared)
+        evidence = Dns().apply(step, ctx, prepared)
     finally:
         late.close()
     assert evidence["alreadyApplied"] and evidence["linkTest"]["results"][0]["ok"]

@@ -1,6 +1,6 @@
 """Exact, honest revert of a DNS step, against the in-memory fake, real BIND and moto.
 
-The DNS step (`controller.actions.Dns`) runs over each provider (world = memory | rfc2136 |
+The DNS step (`controller.steps.dns.Dns`) runs over each provider (world = memory | rfc2136 |
 route53): revert reads the records first and, per record, puts back what the step changed
 (deleting a record it created), says when a record is already the original, and leaves
 and reports, never overwrites, a record someone changed during the incident. A re-run
@@ -13,9 +13,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from controller.actions import Dns, StepContext
 from controller.model import Record
 from controller.plan import Step
+from controller.steps import StepContext
+from controller.steps.dns import Dns
 
 
 def A(name: str, *values: str, ttl: int = 300) -> Record:
@@ -29,14 +30,14 @@ def step(*records: Record) -> Step:
 
 def context(world: Any) -> StepContext:
     return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                       backends=SimpleNamespace(get=lambda _: world.provider),  # type: ignore[arg-type]
+                       backends=SimpleNamespace(dns=lambda _: world.provider),  # type: ignore[arg-type]
                        lookup_evidence=lambda *_: {})
 
 
 def cut_over(world: Any, s: Step) -> dict[str, Any]:
     """prepare (saved first, as the executor does), then perform: the evidence revert gets."""
     prepared = {"prepared": True, **Dns().prepare(s, context(world))}
-    return {**Dns().perform(s, context(world), prepared), **prepared}
+    return {**Dns().apply(s, context(world), prepared), **prepared}
 
 
 def now(world: Any, name: str) -> list[Record]:
@@ -130,6 +131,6 @@ def test_a_step_resumed_after_its_write_landed_proves_it_is_served(world: Any) -
     s = step(A(name, "198.51.100.38", ttl=60))
     prepared = {"prepared": True, **Dns().prepare(s, context(world))}
     world.provider.apply(expected=[], desired=[A(name, "198.51.100.38", ttl=60)])  # crashed
-    evidence = Dns().perform(s, context(world), prepared)
+    evidence = Dns().apply(s, context(world), prepared)
     assert evidence["alreadyApplied"] is True
     assert evidence["verified"] == [A(name, "198.51.100.38", ttl=60).to_json()]

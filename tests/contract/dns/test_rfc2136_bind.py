@@ -25,12 +25,13 @@ import dns.query
 import pytest
 
 from controller import registry
-from controller.actions import Dns, StepContext
 from controller.dns.rfc2136 import DnsVerificationTimeout
 from controller.drill.servers.bind import BindServers
 from controller.model import PermanentError, Record
 from controller.plan import Step
 from controller.secrets import Secrets
+from controller.steps import StepContext
+from controller.steps.dns import Dns
 from tests.contract.dns.conftest import ZONE, rfc2136_options
 
 _N = iter(range(10_000))
@@ -170,7 +171,7 @@ def test_whole_zone_is_read_by_signed_transfer(bind: BindServers) -> None:
 
 def test_engine_step_fails_clearly_when_dns_changed_between_read_and_write(
         bind: BindServers) -> None:
-    """The DNS step (controller.actions.Dns) over the real provider: prepare reads, someone
+    """The DNS step (controller.steps.dns.Dns) over the real provider: prepare reads, someone
     changes the record, perform's compare-and-swap is rejected and nothing is overwritten."""
     p, name = provider(bind), fresh("step")
     p.apply(expected=[], desired=[Record(name, "A", 300, ("192.0.2.1",))])
@@ -179,14 +180,14 @@ def test_engine_step_fails_clearly_when_dns_changed_between_read_and_write(
                                                         "ttl": 60,
                                                         "values": ["198.51.100.1"]}]}})
     ctx = StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                      backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                      backends=SimpleNamespace(dns=lambda _: p),  # type: ignore[arg-type]
                       lookup_evidence=lambda *_: {})
     prepared = Dns().prepare(step, ctx)
     p.apply(expected=p.records(names=[name]),
             desired=[Record(name, "A", 300, ("203.0.113.5",))])  # a concurrent operator
     with pytest.raises(PermanentError, match=r"DNS changed under us: .* is "
                                              r"\['203\.0\.113\.5'\], expected \['192\.0\.2\.1'\]"):
-        Dns().perform(step, ctx, prepared)
+        Dns().apply(step, ctx, prepared)
     assert served(bind, "ns1", name) == ["203.0.113.5"]
 
 
@@ -198,7 +199,7 @@ def dns_step(name: str, value: str, ttl: int = 60) -> Step:
 
 def context(p: Any) -> StepContext:
     return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       backends=SimpleNamespace(dns=lambda _: p),  # type: ignore[arg-type]
                        lookup_evidence=lambda *_: {})
 
 
@@ -214,7 +215,7 @@ def test_an_update_not_served_in_time_fails_and_its_revert_restores_every_server
     bind.pause("ns2")
     try:
         with pytest.raises(DnsVerificationTimeout, match=r"not served within 1 s by: ns2"):
-            Dns().perform(step, ctx, prepared)
+            Dns().apply(step, ctx, prepared)
         assert served(bind, "ns1", name) == ["198.51.100.40"]  # the update landed
     finally:
         bind.resume("ns2")
@@ -239,7 +240,7 @@ def test_a_created_record_is_deleted_everywhere_even_when_the_revert_is_run_agai
     bind.pause("ns3")
     try:
         with pytest.raises(DnsVerificationTimeout, match="by: ns3"):
-            Dns().perform(step, ctx, prepared)
+            Dns().apply(step, ctx, prepared)
         with pytest.raises(DnsVerificationTimeout, match="by: ns3"):
             Dns().revert(step, ctx, prepared)
         assert served(bind, "ns1", name) == []  # the delete itself went through
@@ -334,12 +335,12 @@ def test_failback_reverts_a_dns_step_that_failed_after_writing(bind: BindServers
     edge = testing.FakeTrafficBackend(testing.FakeTrafficOptions(key="edge"))
     assert edge.current() == {"dc-a": 0, "dc-b": 100}
     engine.request("failback", actor="oncall", reason="back")
-    state = engine.reconcile()
+    cycle = engine.reconcile()
     back = journal.runs(plan.name, limit=1)[0]
     assert back.kind == "failback" and back.phase is Phase.HEALTHY, back.outcome
     assert [s.name for s in journal.steps(back.id)] == ["revert-dns-cutover",
                                                        "revert-redirect-traffic"]
-    assert state.active_site == "dc-a"
+    assert cycle.state.active_site == "dc-a"
     assert edge.current() == {"dc-a": 100, "dc-b": 0}
     for ns in ("ns1", "ns2", "ns3"):
         assert served(bind, ns, name) == ["192.0.2.50"]

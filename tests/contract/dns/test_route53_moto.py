@@ -19,13 +19,14 @@ from typing import Any
 import pytest
 
 from controller import registry
-from controller.actions import Dns, StepContext
 from controller.dns import DnsNotServed
 from controller.dns.route53 import DnsSyncTimeout
 from controller.drill.servers.moto import MotoServer
 from controller.model import PermanentError, Record
 from controller.plan import Step
 from controller.secrets import Secrets
+from controller.steps import StepContext
+from controller.steps.dns import Dns
 
 _N = itertools.count()
 
@@ -103,7 +104,7 @@ def dns_step(name: str, value: str, ttl: int = 60) -> Step:
 
 def context(p: Any) -> StepContext:
     return StepContext(plan=None, run_id="run-1", level=1,  # type: ignore[arg-type]
-                       backends=SimpleNamespace(get=lambda _: p),  # type: ignore[arg-type]
+                       backends=SimpleNamespace(dns=lambda _: p),  # type: ignore[arg-type]
                        lookup_evidence=lambda *_: {})
 
 
@@ -135,7 +136,7 @@ def test_a_resumed_step_whose_write_landed_proves_insync(moto: MotoServer,
     prepared = Dns().prepare(step, context(p))  # the first attempt read: nothing there
     p.apply(expected=[], desired=[Record(name, "A", 60, ("198.51.100.20",))])  # then crashed
     sent = submitted(p)
-    evidence = Dns().perform(step, context(p), prepared)  # the resumed attempt
+    evidence = Dns().apply(step, context(p), prepared)  # the resumed attempt
     assert evidence["alreadyApplied"] is True
     assert evidence["status"] == "INSYNC" and evidence["changeId"]
     assert "went INSYNC" in evidence["proof"]
@@ -155,7 +156,7 @@ def test_a_resumed_step_fails_when_its_proof_never_goes_insync(moto: MotoServer,
     p.apply(expected=[], desired=[Record(name, "A", 60, ("198.51.100.21",))])
     never_insync(p)
     with pytest.raises(DnsSyncTimeout, match=r"still not INSYNC after 0\.3 s") as caught:
-        Dns().perform(step, context(p), prepared)
+        Dns().apply(step, context(p), prepared)
     assert isinstance(caught.value, DnsNotServed)
     assert not isinstance(caught.value, PermanentError)  # the executor may retry it
 

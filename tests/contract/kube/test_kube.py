@@ -236,7 +236,7 @@ def test_a_rejected_token_is_unauthorized_and_never_shown(kube: KubeServers) -> 
 
 
 def test_no_answer_is_unavailable_and_retryable() -> None:
-    from controller.drill.servers.postgres import free_port
+    from controller.netutil import free_port
 
     with Kube.from_token(f"https://127.0.0.1:{free_port()}", "tok", timeout=2) as k, \
             pytest.raises(Unavailable, match=r"no answer from https://127\.0\.0\.1") as err:

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from controller import registry
+from controller.drill.servers.base import free_port as closed_port  # a dead port
 from controller.drill.servers.mail import Mail, MailServer
 from controller.drill.servers.webhook import WebhookServer
 from controller.secrets import Secrets
@@ -46,13 +47,6 @@ SECRETS = (URL_TOKEN, BEARER, SMTP_PASSWORD)
 FAST = {"attempts": 3, "backoff": "10ms", "timeout": "5s", "deadline": "20s"}
 KINDS = ("memory", "webhook", "slack", "smtp")
 _COUNTER = itertools.count()
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (a dead destination)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n" \

@@ -1,13 +1,14 @@
 """Real loopback servers for the probe contract tests, each on a free port in a thread,
 exposed as fixtures (`http_backend`, `tls_backend`, `garbage_port`, `dead_port`,
-`dns_server`, `make_backend`).
+`dns_server`, `make_backend`, `mute_port`).
 
 - `HttpBackend`: an aiohttp web server that can answer ok, any status, slowly, never
   (hang), flapping, or over TLS with a self-signed certificate;
 - `GarbageServer`: accepts TCP and answers bytes that are not HTTP;
 - `DnsServer`: a small authoritative UDP DNS server built on dnspython's message API,
   which can also answer SERVFAIL or stay silent;
-- `closed_port()`: a port nothing listens on.
+- `closed_port()`: a port nothing listens on; `mute_port`: one that accepts and never
+  speaks.
 """
 
 from __future__ import annotations
@@ -30,11 +31,7 @@ import dns.rrset
 import pytest
 from aiohttp import web
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from controller.drill.servers.base import free_port as closed_port  # a dead port
 
 
 class LoopThread:
@@ -282,6 +279,15 @@ def garbage_port() -> Iterator[int]:
 @pytest.fixture
 def dead_port() -> int:
     return closed_port()
+
+
+@pytest.fixture
+def mute_port() -> Iterator[int]:
+    """A listener that completes the TCP handshake (backlog) but never speaks."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        yield int(s.getsockname()[1])
 
 
 @pytest.fixture

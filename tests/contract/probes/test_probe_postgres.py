@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +23,6 @@ def check(**options: Any) -> Sample:
     probe = registry.build("probe", "postgres", {"host": "127.0.0.1", **options},
                            secrets=Secrets(), service="orders-db")
     return asyncio.run(probe.check())
-
-
-@pytest.fixture
-def mute_port() -> Iterator[int]:
-    """A listener that completes the TCP handshake (backlog) but never speaks."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen(8)
-        yield int(s.getsockname()[1])
 
 
 def psql_children() -> list[int]:

@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-from controller.actions import StepContext, Traffic
 from controller.model import Evidence
 from controller.plan import Step
+from controller.steps import StepContext
+from controller.steps.traffic import Traffic
+from controller.traffic import TrafficBackend
 
 
 class _OneBackend:
-    def __init__(self, backend: Any):
+    def __init__(self, backend: TrafficBackend):
         self.backend = backend
 
-    def get(self, name: str) -> Any:
+    def traffic(self, name: str) -> TrafficBackend:
         return self.backend
 
     def probe(self, owner: str, spec: Any) -> Any:
@@ -33,7 +35,8 @@ class TrafficStep:
     ctx: StepContext
 
     @classmethod
-    def over(cls, backend: Any, *, primary: str, backup: str, **params: Any) -> TrafficStep:
+    def over(cls, backend: TrafficBackend, *, primary: str, backup: str,
+             **params: Any) -> TrafficStep:
         step = Step.model_validate({"name": "shift", "action": "traffic", "backend": "edge",
                                     "params": {"to": backup, **params}})
         sites = SimpleNamespace(primary=SimpleNamespace(name=primary),
@@ -48,7 +51,7 @@ class TrafficStep:
 
     def perform(self, prepared: Evidence) -> Evidence:
         """As the executor records it: the result, with what prepare saved on top."""
-        return {**Traffic().perform(self.step, self.ctx, prepared), **prepared}
+        return {**Traffic().apply(self.step, self.ctx, prepared), **prepared}
 
     def revert(self, evidence: Evidence) -> Evidence:
         return Traffic().revert(self.step, self.ctx, evidence)

@@ -24,8 +24,8 @@ from pydantic import ValidationError
 
 from controller import registry
 from controller.drill.servers import haproxy as launcher
+from controller.drill.servers.base import ServerError, free_port
 from controller.drill.servers.haproxy import HEADER, HaproxyServers
-from controller.drill.servers.postgres import ServerError, free_port
 from controller.model import PermanentError
 from controller.secrets import Secrets
 from controller.traffic.haproxy import HaproxyOptions, HaproxyStateError

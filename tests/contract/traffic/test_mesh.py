@@ -1,25 +1,22 @@
-"""The mesh traffic backends (Istio, Gateway API, SMI) against a real kube-apiserver.
+"""The mesh traffic backends (Istio, Gateway API, SMI) against a real kube-apiserver:
+what the shared contract (test_traffic_contract.py, which runs them too) cannot say.
 
 Every test runs once per kind, as the `controller` identity (exactly the Role of
 manifests/deploy/rbac.yaml), on an object that `admin` created in the controller's
-namespace with the CRDs of tests/crds. They show: shift then revert gives back the
-original spec byte for byte; the target is enabled before the source is drained (seen
-through a watch); shifts and reverts are idempotent; an edit made by someone else
-between our read and our write is retried, not lost; objects, routes and destinations
-that do not match the plan are clear permanent errors that change nothing. Fencing: a
-write inside a step stamps its token on the object, one with an older token than the
-object carries is refused (also when the newer write lands between our read and our
-write), a cancelled step writes nothing; and a step's revert restores what the step set
-but leaves, and reports, what a person set.
+namespace with the CRDs of tests/crds (see `meshes`). They show: shift then revert gives
+back the original spec byte for byte, parts the backend does not manage included; an
+edit made by someone else between our read and our write is retried, not lost; objects,
+routes and destinations that do not match the plan are clear permanent errors that
+change nothing; RBAC and kubeconfig. Fencing: a write inside a step stamps its token on
+the object, one with an older token than the object carries is refused (also when the
+newer write lands between our read and our write).
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,72 +27,10 @@ from controller.kube import Kube
 from controller.model import PermanentError
 from controller.secrets import Secrets
 from controller.traffic.mesh import TOKEN_ANNOTATION
-from tests.contract.traffic.steps import TrafficStep
+from tests.contract.traffic.meshes import ISTIO, KINDS, Mesh, make_mesh
 
-_N = itertools.count()
 ORIGINAL = {"dc-a": 100, "dc-b": 0}
 CUTOVER = {"dc-b": 100, "dc-a": 0}
-
-
-@dataclass(frozen=True)
-class Kind:
-    name: str  # the registry's traffic kind
-    group: str
-    version: str
-    plural: str
-    kind: str
-    spec: dict[str, Any]  # the object as created (dc-a 100, dc-b 0, plus unmanaged parts)
-    options: dict[str, Any]  # the backend's own options (destinations, routes)
-    weights: Callable[[dict[str, Any]], list[int]]  # every weight in the spec, in order
-    foreign_edit: Callable[[dict[str, Any]], None]  # someone else's edit of the spec
-    missing: dict[str, Any]  # options naming a route/destination the object lacks
-    missing_error: str  # what the error says exists
-
-
-HOST = "reviews.prod.svc.cluster.local"
-ISTIO = Kind(
-    "istio", "networking.istio.io", "v1", "virtualservices", "VirtualService",
-    spec={"hosts": ["reviews"], "http": [
-        {"name": "main", "match": [{"uri": {"prefix": "/"}}], "retries": {"attempts": 3},
-         "route": [{"destination": {"host": HOST, "subset": "dc-a"}, "weight": 100},
-                   {"destination": {"host": HOST, "subset": "dc-b"}, "weight": 0}]},
-        {"name": "static", "route": [{"destination": {"host": "static"}}]}]},
-    options={"routes": ["main"], "destinations": {
-        "dc-a": {"host": HOST, "subset": "dc-a"}, "dc-b": {"host": HOST, "subset": "dc-b"}}},
-    weights=lambda spec: [d.get("weight") for r in spec["http"] for d in r["route"]],
-    foreign_edit=lambda spec: spec["http"][1].update(timeout="5s"),
-    missing={"routes": ["checkout"]},
-    missing_error='no http route named checkout; it has http route "main", '
-                  'http route "static"',
-)
-GATEWAY = Kind(
-    "gateway", "gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute",
-    spec={"parentRefs": [{"name": "edge"}], "hostnames": ["shop.example.test"], "rules": [
-        {"name": "shop", "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-         "backendRefs": [{"name": "shop-dc-a", "port": 8080, "weight": 100},
-                         {"name": "shop-dc-b", "port": 8080, "weight": 0}]},
-        {"name": "static", "backendRefs": [{"name": "static", "port": 80}]}]},
-    options={"rules": ["shop"], "destinations": {
-        "dc-a": {"name": "shop-dc-a", "port": 8080}, "dc-b": {"name": "shop-dc-b"}}},
-    weights=lambda spec: [b.get("weight") for r in spec["rules"] for b in r["backendRefs"]],
-    foreign_edit=lambda spec: spec["rules"][1].update(timeouts={"request": "5s"}),
-    missing={"destinations": {"dc-a": {"name": "shop-dc-a"}, "dc-b": {"name": "shop-dc-c"}}},
-    missing_error='rule "shop" has no backendRef Service shop-dc-c for site dc-b; it '
-                  "references: Service shop-dc-a port 8080; Service shop-dc-b port 8080",
-)
-SMI = Kind(
-    "smi", "split.smi-spec.io", "v1alpha2", "trafficsplits", "TrafficSplit",
-    spec={"service": "shop", "backends": [{"service": "shop-dc-a", "weight": 100},
-                                          {"service": "shop-dc-b", "weight": 0},
-                                          {"service": "shop-canary", "weight": 0}]},
-    options={"destinations": {"dc-a": "shop-dc-a", "dc-b": "shop-dc-b"}},
-    weights=lambda spec: [b["weight"] for b in spec["backends"]],
-    foreign_edit=lambda spec: spec["backends"][2].update(weight=5),
-    missing={"destinations": {"dc-a": "shop-dc-a", "dc-b": "shop-dc-x"}},
-    missing_error="split of service shop has no backend shop-dc-x for site dc-b; its "
-                  "backends are: shop-dc-a, shop-dc-b, shop-canary",
-)
-KINDS = {k.name: k for k in (ISTIO, GATEWAY, SMI)}
 
 
 class RacingKube(Kube):
@@ -113,54 +48,9 @@ class RacingKube(Kube):
         return super().replace(*args, **kwargs)
 
 
-@dataclass
-class Mesh:
-    kind: Kind
-    kube: KubeServers
-    name: str
-    admin: Kube
-
-    @property
-    def ns(self) -> str:
-        return self.kube.namespace
-
-    def get(self) -> dict[str, Any]:
-        return self.admin.get(self.kind.group, self.kind.version, self.ns, self.kind.plural,
-                              self.name)
-
-    def spec_json(self) -> str:
-        return json.dumps(self.get()["spec"])
-
-    def options(self, **extra: Any) -> dict[str, Any]:
-        return {**self.kube.connection("controller"), "namespace": self.ns,
-                "name": self.name, **copy.deepcopy(self.kind.options), **extra}
-
-    def backend(self, **extra: Any) -> Any:
-        return registry.build("traffic", self.kind.name, self.options(**extra),
-                              secrets=Secrets())
-
-    def foreign_edit(self) -> None:
-        """Someone else (admin) edits an unmanaged part of the spec."""
-        def edit(obj: dict[str, Any]) -> None:
-            self.kind.foreign_edit(obj["spec"])
-        self.admin.update(self.kind.group, self.kind.version, self.ns, self.kind.plural,
-                          self.name, edit)
-
-
 @pytest.fixture(params=sorted(KINDS))
 def mesh(request: pytest.FixtureRequest, kube: KubeServers) -> Mesh:
-    kind = KINDS[request.param]
-    name = f"{kind.name}-{next(_N)}"
-    admin = kube.kube("admin")
-    admin.create(kind.group, kind.version, kube.namespace, kind.plural, {
-        "apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind,
-        "metadata": {"name": name, "namespace": kube.namespace},
-        "spec": copy.deepcopy(kind.spec)})
-    return Mesh(kind, kube, name, admin)
-
-
-def test_current_reads_one_weight_per_site(mesh: Mesh) -> None:
-    assert mesh.backend().current() == ORIGINAL
+    return make_mesh(KINDS[request.param], kube)
 
 
 def test_shift_then_revert_restores_the_spec_byte_for_byte(mesh: Mesh) -> None:
@@ -184,32 +74,6 @@ def test_shift_then_revert_restores_the_spec_byte_for_byte(mesh: Mesh) -> None:
 
     assert back["before"] == CUTOVER and back["after"] == ORIGINAL
     assert mesh.spec_json() == original  # exactly the object we started from
-
-
-def test_shift_enables_the_target_before_draining_the_source(mesh: Mesh) -> None:
-    rv = mesh.get()["metadata"]["resourceVersion"]
-    mesh.backend().shift(to="dc-b", weights=CUTOVER)
-    seen = []
-    for event in mesh.admin.watch(mesh.kind.group, mesh.kind.version, mesh.ns,
-                                  mesh.kind.plural, resource_version=rv, timeout_seconds=30,
-                                  field_selector=f"metadata.name={mesh.name}"):
-        if event.type == "MODIFIED":
-            seen.append(mesh.kind.weights(event.object["spec"])[:2])
-        if len(seen) == 2:
-            break
-    assert seen == [[100, 100], [0, 100]]  # dc-b enabled while dc-a still serves
-
-
-def test_shift_and_revert_are_idempotent(mesh: Mesh) -> None:
-    backend = mesh.backend()
-    first = backend.shift(to="dc-b", weights=CUTOVER)
-    again = backend.shift(to="dc-b", weights=CUTOVER)
-    assert again["writes"] == 0 and again["before"] == again["after"] == CUTOVER
-    assert again["resourceVersion"]["after"] == first["resourceVersion"]["after"]
-    backend.revert(to=ORIGINAL)
-    rv = mesh.get()["metadata"]["resourceVersion"]
-    assert backend.revert(to=ORIGINAL)["writes"] == 0
-    assert mesh.get()["metadata"]["resourceVersion"] == rv
 
 
 def test_a_split_is_reverted_exactly(mesh: Mesh) -> None:
@@ -310,7 +174,7 @@ def test_istio_routes_that_disagree_are_refused_not_guessed() -> None:
         backend._weights_of({"spec": spec})
 
 
-# --- fencing: a cancelled step writes nothing, an older token is refused -----------------
+# --- fencing: each write carries its token, an older token is refused ---------------------
 
 
 def token_of(mesh: Mesh) -> str | None:
@@ -363,36 +227,3 @@ def test_a_newer_holders_write_between_our_read_and_write_is_not_overwritten(
         backend.shift(to="dc-b", weights=CUTOVER)
     assert racing.conflicts == 1
     assert token_of(mesh) == "9" and mesh.backend().current() == ORIGINAL
-
-
-def test_a_cancelled_step_writes_nothing(mesh: Mesh) -> None:
-    rv = mesh.get()["metadata"]["resourceVersion"]
-    fence = fencing.Fence(5, "replica-1")
-    fence.cancel("the step's timeout passed")
-    with fencing.scope(fence), pytest.raises(fencing.Cancelled):
-        mesh.backend().shift(to="dc-b", weights=CUTOVER)
-    assert mesh.get()["metadata"]["resourceVersion"] == rv
-
-
-# --- a step's revert compares before it writes ----------------------------------------
-
-
-def test_a_step_revert_restores_what_the_step_set_and_leaves_what_a_person_set(
-        mesh: Mesh) -> None:
-    backend = mesh.backend()
-    step = TrafficStep.over(backend, primary="dc-a", backup="dc-b", weights=CUTOVER,
-                            steps=[10, 50, 100], pause="1ms")
-    prepared = step.prepare()
-    assert prepared == {"before": ORIGINAL, "snapshot": {"weights": ORIGINAL}}
-    original = mesh.spec_json()
-    backend.shift(to="dc-b", weights={"dc-b": 50, "dc-a": 50})  # a stopped attempt
-    step.revert(prepared)  # from `before` alone: the 50 % step is the step's own
-    assert mesh.spec_json() == original
-
-    evidence = step.perform(prepared)
-    backend.revert(to={"dc-a": 20})  # a person sends 20 back to dc-a by hand
-    rv = mesh.get()["metadata"]["resourceVersion"]
-    back = step.revert(evidence)
-    assert mesh.get()["metadata"]["resourceVersion"] == rv  # not written
-    assert back["left"] == [{"destination": "dc-a", "now": 20, "stepSet": 0,
-                             "original": 100}]

@@ -5,4 +5,8 @@ simulated clock and scheduler (`scheduler`), in a simulated world of replicas, C
 processes and faulty backends (`world`, `harness`), checked after every event against
 the invariants of `invariants`. `run_schedule(seed)` runs one schedule; `runner` runs many
 in worker processes. A schedule is a pure function of its seed.
+
+`operators` runs real `Operator` replicas the same way, over an in-memory API server
+(`controller.testing_kube`), with leader changes, plans deleted and created again and
+failing status writes (issue 22), checked against `op_checks`.
 """

@@ -53,11 +53,12 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import controller.actions
 import controller.fencing
 import controller.journal
 import controller.notices
 import controller.readiness
+import controller.steps.restore
+import controller.steps.traffic
 import controller.testing
 from controller import testing
 from controller.clock import Clock
@@ -291,8 +292,8 @@ def patched(sim: Sim) -> Iterator[None]:
     ids = random.Random(f"uuid:{sim.schedule.seed}")
     fake_uuid = SimpleNamespace(uuid4=lambda: uuid.UUID(int=ids.getrandbits(128), version=4))
     saved = []
-    for module in (controller.actions, controller.testing, controller.fencing,
-                   controller.notices, controller.readiness):
+    for module in (controller.steps.traffic, controller.steps.restore, controller.testing,
+                   controller.fencing, controller.notices, controller.readiness):
         saved.append((module, "time", module.time))
         setattr(module, "time", fake)  # noqa: B010 (a module's global, for this schedule)
     saved.append((controller.journal, "uuid", controller.journal.uuid))

@@ -46,6 +46,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from controller import model
 from controller.model import Phase, StepStatus
 from tests.reliability.sim import plans
 from tests.reliability.sim.harness import Violation
@@ -55,8 +56,7 @@ if TYPE_CHECKING:
     from tests.reliability.sim.harness import Sim
     from tests.reliability.sim.world import WorldWrite
 
-TERMINAL = {StepStatus.SUCCEEDED.value, StepStatus.FAILED.value, StepStatus.SKIPPED.value,
-            StepStatus.REVERTED.value}
+TERMINAL = {s.value for s in model.TERMINAL}
 UNDONE = {StepStatus.SUCCEEDED.value, StepStatus.FAILED.value}  # may become reverted
 IDEMPOTENT = {"traffic", "dns", "revert"}
 WATCHING = {Phase.HEALTHY.value, Phase.DEGRADED.value}

@@ -1,5 +1,8 @@
 """Run many simulated schedules in worker processes and sum up what they found.
 
+The schedules are the plan-file simulation's (`harness`) or, with `operator=True`, the
+operator simulation's (`operators`).
+
 Each worker (forked, so it shares the parsed plans) runs chunks of consecutive seeds and
 returns counts and, for each violating seed, its kind and full report; a harness failure
 (the simulation itself broke) is reported the same way under the kind "harness". The
@@ -17,6 +20,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 CHUNK = 50
 
@@ -58,8 +62,11 @@ class Summary:
                 f"({kinds})")
 
 
-def run_chunk(seeds: list[int]) -> Summary:
-    from tests.reliability.sim.harness import run_schedule
+def run_chunk(seeds: list[int], operator: bool = False) -> Summary:
+    if operator:
+        from tests.reliability.sim.operators import run_operator_schedule as run_schedule
+    else:
+        from tests.reliability.sim.harness import run_schedule
 
     out = Summary()
     for seed in seeds:
@@ -101,21 +108,23 @@ def _chunks(seeds: Iterable[int], size: int) -> Iterator[list[int]]:
 
 
 def run_many(seeds: Iterable[int], *, workers: int | None = None, chunk: int = CHUNK,
-             progress: Callable[[Summary], None] | None = None) -> Summary:
+             progress: Callable[[Summary], None] | None = None,
+             operator: bool = False) -> Summary:
     """Run every seed; `workers` processes (default: one per CPU)."""
     workers = workers or os.cpu_count() or 1
+    run = partial(run_chunk, operator=operator)
     total = Summary()
     started = time.perf_counter()
     if workers == 1:
         for part in _chunks(seeds, chunk):
-            total.add(run_chunk(part))
+            total.add(run(part))
             total.wall_seconds = time.perf_counter() - started
             if progress is not None:
                 progress(total)
         return total
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker) as pool:
-        for done in pool.imap_unordered(run_chunk, _chunks(seeds, chunk)):
+        for done in pool.imap_unordered(run, _chunks(seeds, chunk)):
             total.add(done)
             total.wall_seconds = time.perf_counter() - started
             if progress is not None:

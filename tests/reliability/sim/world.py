@@ -208,7 +208,7 @@ class SimBackends(Backends):
 def preparing() -> Iterator[None]:
     """While a schedule runs: the reads each traffic and DNS step makes in `prepare` are
     noted (`PREPARING`), so the checker knows what the step saw before it wrote."""
-    from controller.actions import HANDLERS
+    from controller.registry import STEP_KINDS as HANDLERS
 
     saved = []
     for action in ("traffic", "dns"):

@@ -1,9 +1,5 @@
-"""`failoverctl` commands that work beside the run loop: the operator, backup
-verification, DNS TTL preparation and drills.
-
-They live apart from `cli.py` (plans, runs, requests, status) to keep each module small;
-importing `controller.cli` registers them on the same `main` group.
-"""
+"""`failoverctl dns-prepare | verify | operator | drill`: the commands that work beside the
+run loop — DNS TTL preparation, backup verification, the Kubernetes operator and drills."""
 
 from __future__ import annotations
 
@@ -17,12 +13,14 @@ import click
 
 from controller import remote
 from controller.api import Health, serve
-from controller.cli import OUTPUT, Ctx, _emit, _fail, _load, _with_journal, main
+from controller.cli.base import OUTPUT, Ctx, emit, fail, load, main, with_journal
 from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from controller.crd import PLURAL
 from controller.loop import Engine, default_holder
 from controller.model import PermanentError
+from controller.plan import DnsParams
 from controller.secrets import SecretError, redact
+from controller.steps.restore import RestoreParams
 
 
 @main.command("dns-prepare")
@@ -33,17 +31,17 @@ from controller.secrets import SecretError, redact
 @click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
 @OUTPUT
 @click.pass_obj
-@_with_journal
+@with_journal
 def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor: str | None,
                 output: str) -> None:
     """Lower the TTL of the plan's DNS records ahead of a failover (values unchanged;
     compare-and-swap; never raises a TTL; audited). Exit 1 if a write failed."""
     from controller.dns import ttl as ttls
 
-    plan = _load(plan_file)
-    steps = [s for s in plan.spec.steps if s.action == "dns"]
+    plan = load(plan_file)
+    steps = [s for s in plan.spec.steps if isinstance(s.args, DnsParams)]
     if not any(ttls.wanted_ttl(s, ttl) is not None for s in steps):
-        _fail(f"{plan_file}: no DNS step sets params.prepareTtl; pass --ttl SECONDS",
+        fail(f"{plan_file}: no DNS step sets params.prepareTtl; pass --ttl SECONDS",
               EXIT_INPUT)
     journal = obj.journal()
     engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
@@ -57,12 +55,12 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
                       detail=detail)
 
     try:
-        results = ttls.prepare(plan, engine.backends.get, ttl=ttl, dry_run=dry_run,
+        results = ttls.prepare(plan, engine.backends.dns, ttl=ttl, dry_run=dry_run,
                                audit=audit)
     except Exception as exc:
         journal.audit(at=time.time(), actor=who, action="dns-prepare-failed",
                       plan=plan.name, detail=str(exc))
-        _fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError)
+        fail(f"{type(exc).__name__}: {exc}" if not isinstance(exc, PermanentError)
               else str(exc), EXIT_FAILED)
 
     def text() -> str:
@@ -77,7 +75,7 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
             lines.append(f"{r['step']}: {r['name']} {r['type']}: {what}")
         return "\n".join(lines) or "no DNS records to prepare"
 
-    _emit(output, results, text)
+    emit(output, results, text)
 
 
 @main.command("verify")
@@ -87,7 +85,7 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
 @click.option("--as", "actor", help="who runs it, for the audit (default: the verifier's actor)")
 @OUTPUT
 @click.pass_obj
-@_with_journal
+@with_journal
 def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
                output: str) -> None:
     """Verify every backup not verified yet (checksums, decrypt, manifest, test restore).
@@ -95,27 +93,27 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
     Exit 1 if a verification failed (or a backup could not be checked: the store failed),
     2 on bad input: no verifier, or a backup that this configuration cannot verify (e.g. an
     unreadable encryption key; nothing is recorded for it). Every backup is tried."""
-    plan = _load(plan_file)
+    plan = load(plan_file)
     verifiers = [b.name for b in plan.spec.backends if b.role == "verifier"]
     if not verifiers:
-        _fail(f"{plan_file}: spec.backends has no backend with role: verifier; add one "
+        fail(f"{plan_file}: spec.backends has no backend with role: verifier; add one "
               "(kind: catalog) naming the backup store", EXIT_INPUT)
-    wanted = list(datasets) or sorted({str(s.params["dataset"]) for s in plan.spec.steps
-                                       if s.action == "restore"})
+    wanted = list(datasets) or sorted({s.args.dataset for s in plan.spec.steps
+                                       if isinstance(s.args, RestoreParams)})
     if not wanted:
-        _fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
+        fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
     engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
     results: list[dict[str, Any]] = []
     for name in verifiers:
         try:
-            verifier = engine.backends.get(name)
+            verifier = engine.backends.verifier(name)
         except (PermanentError, SecretError) as exc:  # e.g. the store's credentials
-            _fail(f"backend {name}: {redact(str(exc))}", EXIT_INPUT)
+            fail(f"backend {name}: {redact(str(exc))}", EXIT_INPUT)
         for ds in wanted:
             try:
                 found = verifier.verify_unverified(dataset=ds, actor=actor)
             except Exception as exc:  # listing the store failed: say so, no traceback
-                _fail(f"backend {name}: cannot list the backups of {ds}: "
+                fail(f"backend {name}: cannot list the backups of {ds}: "
                       f"{redact(f'{type(exc).__name__}: {exc}')}", EXIT_FAILED)
             results += [{"verifier": name, "dataset": ds, **r} for r in found]
 
@@ -127,7 +125,7 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
             f"{r['dataset']} {r['backup']}: {r['summary']} ({r['durationS']:g} s)"
             for r in results)
 
-    _emit(output, results, text)
+    emit(output, results, text)
     sys.exit(EXIT_INPUT if any(r.get("badInput") for r in results) else
              EXIT_OK if all(r["passed"] for r in results) else EXIT_FAILED)
 
@@ -148,7 +146,7 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="plans reconciled at once (one plan never by two workers)")
 @click.pass_obj
-@_with_journal
+@with_journal
 def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str | None,
                  listen: str | None, lease_duration: float, renew_deadline: float,
                  retry_period: float, resync: float, workers: int) -> None:
@@ -160,12 +158,12 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
     from controller.operator import LeaderConfig, Operator
 
     if not 0 < retry_period < renew_deadline < lease_duration:
-        _fail("leader election needs 0 < --retry-period < --renew-deadline < "
+        fail("leader election needs 0 < --retry-period < --renew-deadline < "
               "--lease-duration (defaults 2 < 10 < 15)", EXIT_INPUT)
     try:
         kube = connect(KubeConnection(kubeconfig=kubeconfig))
     except (KubeError, PermanentError) as exc:
-        _fail(str(exc), EXIT_INPUT)
+        fail(str(exc), EXIT_INPUT)
     every = obj.settings.tick
     health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: op.require_synced())
     op = Operator(kube, namespace=namespace, journal=obj.journal(),
@@ -197,7 +195,7 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 @remote.options
 @OUTPUT
 @click.pass_obj
-@_with_journal
+@with_journal
 def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,
           wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """A whole drill: inject a fault, let the loop fail over, verify, fail back, report.
@@ -223,7 +221,7 @@ def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor
         verdict = scenarios.run_for_cli(path, obj.journal(), Path(out_dir), echo=echo,
                                         sandbox_dir=Path(sandbox_dir) if sandbox_dir else None)
     else:
-        verdict = run_plan_for_cli(_load(plan_file), obj.journal(), Path(out_dir), echo=echo,
+        verdict = run_plan_for_cli(load(plan_file), obj.journal(), Path(out_dir), echo=echo,
                                    actor=actor or "drill")
     if output == "json":
         click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))

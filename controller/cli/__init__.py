@@ -1,0 +1,19 @@
+"""`failoverctl`: validate and preview plans, run the loop, request and follow failovers.
+
+One module per group of commands, each registering on the `main` group of `base`:
+`plans` (validate, plan, simulate, schema), `runs` (failover, failback, ready, approve,
+done, status, report), `loop` (run) and `ops` (dns-prepare, verify, operator, drill).
+
+Exit codes (also in the README):
+  0  success
+  1  the operation ran and failed (a run ended Failed, a drill missed its verdict)
+  2  bad input: an invalid plan, an unknown option, an unknown run
+  3  the journal cannot be used (corrupt or unreadable); it is never replaced silently
+  4  waiting: the run needs an approval (`failoverctl approve RUN`) or is still going
+`-o json` prints machine-readable output on every command a script would parse.
+"""
+
+from controller.cli import loop, ops, plans, runs  # noqa: F401  (each registers its commands)
+from controller.cli.base import main
+
+__all__ = ["main"]

@@ -1,0 +1,335 @@
+"""`failoverctl failover | failback | ready | approve | done | status | report`: request a
+run, follow it, answer what it waits for, and read the record."""
+
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from controller import console, remote
+from controller import report as reports
+from controller.cli.base import (
+    OUTPUT,
+    PLAN_ARG,
+    Ctx,
+    emit,
+    engine_for,
+    fail,
+    load,
+    main,
+    via_cluster,
+    with_journal,
+)
+from controller.console import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_WAITING,
+)
+from controller.failback import revert_steps
+from controller.journal import Journal, Run
+from controller.loop import Engine
+from controller.model import Phase
+from controller.registry import step_kind
+from controller.steps import StepContext
+
+
+def _follow(journal: Journal, run_id: str, *, engine: Engine, output: str,
+            timeout: float, plan_file: str) -> int:
+    """Watch a run until it ends or waits for approval, driving it whenever this process
+    can hold the plan's lease (it stands by while a running controller holds it)."""
+    progress = console.Progress()
+    deadline = time.monotonic() + timeout
+    while True:
+        engine.reconcile()
+        run = journal.run(run_id)
+        assert run is not None
+        if output == "text":
+            progress.show(rec.to_json() for rec in journal.steps(run_id))
+        if run.finished_at is not None or run.phase is Phase.AWAITING_APPROVAL:
+            break
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return _finish_run(journal, run, output, plan_file)
+
+
+def _finish_run(journal: Journal, run: Run, output: str, plan_file: str) -> int:
+    rep = reports.build(journal, run.id)
+    click.echo(reports.to_json(rep) if output == "json"
+               else console.summary(rep["run"], rep["steps"], f"--plan {plan_file}"))
+    return console.exit_code(rep["run"])
+
+
+def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
+    """What each step would change, read from the live backends (read-only)."""
+    ctx = StepContext(plan=engine.plan, run_id="dry-run", level=None, backends=engine.backends,
+                      lookup_evidence=lambda r, s: engine.journal.step(r, s).evidence)
+    steps = engine.plan.spec.steps
+    if kind == "failback":
+        changes = []
+        for d in revert_steps(engine.journal, engine.plan.name):
+            of = d["params"]["of"]
+            before = engine.journal.step(of["run"], of["step"]).evidence.get("before")
+            changes.append({"name": d["name"], "action": "revert",
+                            "change": f"restore the original saved before {of['step']}: "
+                                      f"{before}"})
+        return changes
+    out = []
+    for step in steps:
+        try:
+            change = step_kind(step.action).plan(step, ctx).summary
+        except Exception as exc:
+            change = f"cannot read the current state: {exc}"
+        out.append({"name": step.name, "action": step.action,
+                    "target": step.target, "change": change,
+                    "does": console.does(engine.plan, step)})
+    return out
+
+
+def _preflight(engine: Engine, kind: str, output: str) -> dict[str, Any]:
+    changes = _changes(engine, kind)
+    ready = engine.check_readiness() if kind == "failover" else None
+    if output == "text":
+        sites = engine.plan.spec.sites
+        console.show_preflight(f"{kind} of plan {engine.plan.name}: {sites.primary.name} -> "
+                               f"{sites.backup.name}" if kind == "failover"
+                               else f"failback of plan {engine.plan.name}", changes, ready)
+    return {"steps": changes, "readiness": ready}
+
+
+def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None,
+             output: str, wait: float, level: int | None = None, *, yes: bool = False,
+             dry_run: bool = False, namespace: str | None = None,
+             kubeconfig: str | None = None) -> None:
+    who = actor or obj.settings.actor
+    plan_file, namespace = via_cluster(plan_file, namespace)
+    if remote.is_resource(plan_file):
+        sys.exit(remote.request(plan_file, namespace, kubeconfig, kind=kind, reason=reason,
+                                actor=who, level=level, yes=yes, dry_run=dry_run,
+                                output=output, wait=wait))
+    plan = load(plan_file)
+    journal = obj.journal()
+    engine = engine_for(obj, plan)
+    refusal = engine.refusal(kind)
+    if refusal is not None:
+        fail(f"{kind} of {plan.name} refused: {refusal}", EXIT_INPUT)
+    preview = _preflight(engine, kind, output)
+    if dry_run:
+        if output == "json":
+            click.echo(json.dumps({"dryRun": True, **preview}, indent=2, default=str))
+        else:
+            click.echo("dry run: nothing was changed")
+        sys.exit(EXIT_OK)
+    console.confirm(kind, plan.name, yes)
+    request_id = engine.request(kind, actor=who, reason=reason, level=level)
+    if not engine.holds_lease() and output == "text":
+        click.echo(f"a running controller holds plan {plan.name}; following its progress")
+    deadline = time.monotonic() + wait
+    try:
+        run_id = None
+        while run_id is None:
+            engine.reconcile()
+            run_id = (journal.request(request_id) or {}).get("run_id")
+            if run_id is None:
+                if time.monotonic() > deadline:
+                    fail(f"request {request_id} not picked up within {wait:.0f} s",
+                          EXIT_WAITING)
+                time.sleep(0.2)
+        if output == "text":
+            click.echo(f"{kind} of {plan.name} requested by {who}: run {run_id}")
+        code = _follow(journal, run_id, engine=engine, output=output,
+                       timeout=max(deadline - time.monotonic(), 0), plan_file=plan_file)
+    finally:
+        engine.release()
+    sys.exit(code)
+
+
+@main.command()
+@PLAN_ARG
+@click.option("--reason", required=True, help="why, for the audit trail and notices")
+@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@click.option("--level", type=click.IntRange(1, 4), default=None,
+              help="response level for notices (1 most severe); default none: a planned "
+                   "failover is no incident, and its notices go to every rule")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
+@remote.options
+@OUTPUT
+@click.pass_obj
+@with_journal
+def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
+             level: int | None, yes: bool, dry_run: bool, namespace: str | None,
+             kubeconfig: str | None, output: str) -> None:
+    """Preview, confirm, then request a controlled failover and follow it live.
+
+    A plan file: drives the run itself when no controller is running, otherwise follows
+    its progress. fop/NAME: asks the operator in the cluster and follows the status."""
+    _request(obj, plan_file, "failover", reason, actor, output, wait, level, yes=yes,
+             dry_run=dry_run, namespace=namespace, kubeconfig=kubeconfig)
+
+
+@main.command()
+@PLAN_ARG
+@click.option("--reason", required=True, help="why, for the audit trail and notices")
+@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
+@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
+@remote.options
+@OUTPUT
+@click.pass_obj
+@with_journal
+def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
+             yes: bool, dry_run: bool, namespace: str | None, kubeconfig: str | None,
+             output: str) -> None:
+    """Revert traffic and DNS to exactly what they were before the failover (reverse order)."""
+    _request(obj, plan_file, "failback", reason, actor, output, wait, yes=yes, dry_run=dry_run,
+             namespace=namespace, kubeconfig=kubeconfig)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path())
+@OUTPUT
+@click.pass_obj
+@with_journal
+def ready(obj: Ctx, plan_file: str, output: str) -> None:
+    """Pre-flight: is the backup site ready to take over? (exit 1 if any check fails)"""
+    engine = Engine(load(plan_file), obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    result = engine.check_readiness()
+
+    def text() -> str:
+        lines = [f"backup site readiness of {engine.plan.name}: {result['score']:g} %"]
+        lines += [f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']}: {c['detail']}"
+                  for c in result["checks"]]
+        return "\n".join(lines)
+
+    emit(output, result, text)
+    sys.exit(EXIT_OK if not result["failed"] else EXIT_FAILED)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--plan", "plan_file", required=True, type=click.Path(),
+              help="the plan file of the run, or fop/NAME (checks the approver list)")
+@click.option("--step", default="", help="approve one gated step instead of the whole run")
+@click.option("--as", "actor", help="who approves (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@remote.options
+@OUTPUT
+@click.pass_obj
+@with_journal
+def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
+            wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
+    """Approve a run (or one gated step) and follow it as it continues."""
+    plan_file, namespace = via_cluster(plan_file, namespace)
+    if remote.is_resource(plan_file):
+        sys.exit(remote.approve(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
+                                actor=actor or obj.settings.actor, wait=wait, output=output))
+    plan = load(plan_file)
+    journal = obj.journal()
+    run = journal.run(run_id)
+    if run is None or run.plan != plan.name:
+        fail(f"no run {run_id!r} of plan {plan.name} in {journal.path}", EXIT_INPUT)
+    engine = engine_for(obj, plan)
+    who = actor or obj.settings.actor
+    try:
+        engine.approve(run_id, actor=who, step=step)
+    except PermissionError as exc:
+        fail(str(exc), EXIT_INPUT)
+    if output == "text":
+        click.echo(f"approved {'step ' + step if step else 'run'} of {run_id} as {who}")
+    try:  # continue the run here unless a running controller holds the plan
+        code = _follow(journal, run_id, engine=engine, output=output, timeout=wait,
+                       plan_file=plan_file)
+    finally:
+        engine.release()
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("run_id")
+@click.argument("step")
+@click.option("--plan", "plan_file", required=True, type=click.Path(),
+              help="the plan file of the run, or fop/NAME")
+@click.option("--as", "actor", help="who finished it (default $FAILOVER_ACTOR or $USER)")
+@click.option("--wait", default=120.0, show_default=True,
+              help="with fop/NAME: seconds to wait for the operator to record it")
+@remote.options
+@OUTPUT
+@click.pass_obj
+@with_journal
+def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wait: float,
+         namespace: str | None, kubeconfig: str | None, output: str) -> None:
+    """Record that a person finished a human step (acknowledged, escalated, analysed...)."""
+    plan_file, namespace = via_cluster(plan_file, namespace)
+    if remote.is_resource(plan_file):
+        sys.exit(remote.done(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
+                             actor=actor or obj.settings.actor, wait=wait, output=output))
+    plan = load(plan_file)
+    engine = engine_for(obj, plan)
+    who = actor or obj.settings.actor
+    try:
+        rec = engine.done(run_id, step, actor=who)
+    except LookupError as exc:
+        fail(str(exc), EXIT_INPUT)
+    engine.reconcile()  # a blocking human step lets the run go on at once
+    engine.release()
+    emit(output, rec.to_json(), lambda: console.step_line(rec.to_json()) + f"  by {who}")
+
+
+@main.command()
+@click.argument("plan_file", metavar="[PLAN|fop/NAME]", required=False, type=click.Path())
+@remote.options
+@OUTPUT
+@click.pass_obj
+@with_journal
+def status(obj: Ctx, plan_file: str | None, namespace: str | None, kubeconfig: str | None,
+           output: str) -> None:
+    """Show each plan's phase, level, active site, last decision and current run.
+
+    fop/NAME (or -n NS alone: every FailoverPlan there) reads the resources' status,
+    with conditions and readiness."""
+    if remote.is_resource(plan_file) or (plan_file is None and namespace):
+        sys.exit(remote.status(plan_file, namespace, kubeconfig, output))
+    journal = obj.journal()
+    states = journal.plan_states()
+    if plan_file:
+        name = load(plan_file).name
+        states = [s for s in states if s.plan == name]
+    data: list[dict[str, Any]] = []
+    for st in states:
+        run = journal.runs(st.plan, limit=1)
+        data.append({
+            "plan": st.plan, "phase": st.phase.value, "level": st.level,
+            "activeSite": st.active_site, "lastDecision": st.last_decision,
+            "readiness": st.readiness or None,
+            "run": ({**run[0].to_json(), "steps": [s.to_json() for s in journal.steps(run[0].id)]}
+                    if run else None),
+        })
+
+    emit(output, data, lambda: console.status_text(data)
+          or f"no plans recorded in {journal.path}")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("-o", "--output", type=click.Choice(["text", "json", "junit", "markdown"]),
+              default="text", show_default=True)
+@click.pass_obj
+@with_journal
+def report(obj: Ctx, run_id: str, output: str) -> None:
+    """A run's steps against their time targets (JSON, JUnit XML for CI, Markdown)."""
+    try:
+        rep = reports.build(obj.journal(), run_id)
+    except reports.UnknownRun as exc:
+        fail(str(exc), EXIT_INPUT)
+    render = {"json": reports.to_json, "junit": reports.to_junit,
+              "markdown": reports.to_markdown, "text": reports.to_markdown}[output]
+    click.echo(render(rep))

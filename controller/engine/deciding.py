@@ -1,0 +1,61 @@
+"""Deciding: fold a cycle's samples into the pure policy (`controller.policy`), keep the
+decision, and raise a running run's response level when the decision says it is worse.
+
+A wall-clock jump moves the policy's times with it, so durations stay measured. A
+decision is written to the journal's decisions when it asks for something or its state
+changed (the same state again is not news); the plan's state always shows the newest.
+The level only rises during a run; each rise is audited and notified.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from controller import notices, policy
+from controller.engine.core import Core
+from controller.engine.cycle import Decided
+from controller.engine.noticing import Notices
+from controller.engine.observing import Observer
+from controller.engine.store import Store
+from controller.journal import PlanState, Run
+from controller.model import Decision, DecisionAction, Sample
+
+log = logging.getLogger(__name__)
+
+
+class Decider:
+    def __init__(self, core: Core, store: Store, observer: Observer, notices: Notices):
+        self.core, self.store, self.observer, self.notices = core, store, observer, notices
+
+    def decide(self, samples: list[Sample]) -> tuple[Decision, PlanState]:
+        core = self.core
+        st = self.store.state()
+        prior = policy.PolicyState.from_json(st.policy)
+        if jump := core.clock.stepped():  # durations are measured, not read off the clock
+            prior = policy.shift(prior, jump)
+            log.warning("%s: the wall clock jumped by %+.1f s; the policy's times moved with "
+                        "it", core.name, jump)
+            core.journal.audit(at=core.clock.now(), actor="controller", action="clock-step",
+                               plan=core.name, detail=f"wall clock jumped {jump:+.1f} s")
+        decision, new_policy = policy.evaluate(core.plan, prior, samples, core.clock.now())
+        self.observer.measure(samples, new_policy)
+        if decision.action is not DecisionAction.NONE or decision.changed:
+            core.journal.record_decision(core.name, decision)
+            log.info("%s: %s", core.name, decision.sentence)
+        core.did.append(Decided(decision))
+        st = self.store.save(st, policy=new_policy.to_json(), last_decision=decision.sentence)
+        return decision, st
+
+    def escalate(self, run: Run, level: int | None) -> None:
+        """Raise the run's level to `level` if that is more severe (a smaller number)."""
+        if level is None or (run.level is not None and level >= run.level):
+            return
+        core = self.core
+        core.journal.update_run(run.id, phase=run.phase, level=level, holder=core.as_holder)
+        core.journal.audit(at=core.clock.now(), actor="controller", action="escalate",
+                           plan=core.name, run_id=run.id,
+                           detail=f"level {run.level} -> {level}",
+                           keep=(f"level {run.level} -> {level}",))  # read back on replay
+        escalated = core.journal.run(run.id)
+        assert escalated is not None
+        self.notices.notify(escalated, notices.escalated(level))

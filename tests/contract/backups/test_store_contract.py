@@ -1,0 +1,98 @@
+"""The `BackupStore` contract, run through the same tests for the in-memory fake and the
+catalog stores (a directory, and S3 on moto's real server).
+
+What a restore step relies on from `list`: a data set's backups, newest first, only that
+data set's, each with its kind, time and latest verification state (never verified,
+passed, or failed with the reason), so that `choose` picks the newest verified backup;
+a data set with no backups lists none.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.backups import BackupStore
+from controller.backups.filesystem import FilesystemBackupStore
+from controller.backups.s3 import S3BackupStore
+from controller.backups.selection import choose
+from controller.secrets import Secrets
+from controller.testing import FakeBackupStore
+
+KINDS = ("memory", "filesystem", "s3")
+_N = itertools.count()
+
+# (dataset, kind, takenAt, verification: None = never, else (passed, summary))
+CATALOG: list[tuple[str, str, float, tuple[bool, str] | None]] = [
+    ("orders", "daily", 1_700_000_500.0, (False, "checksum mismatch in object 1")),
+    ("orders", "daily", 1_700_001_000.0, (True, "all 4 checks passed")),
+    ("orders", "continuous", 1_700_002_000.0, None),
+    ("users", "daily", 1_700_003_000.0, (True, "all 4 checks passed")),
+]
+
+Store = Callable[[], BackupStore]  # the store, holding CATALOG
+
+
+def fill_catalog(store: S3BackupStore | FilesystemBackupStore) -> None:
+    for dataset, kind, taken_at, result in CATALOG:
+        backup = store.register(dataset=dataset, kind=kind, taken_at=taken_at,
+                                actor="cron:nightly", format="pgbackrest",
+                                location=f"pgbackrest:main/{taken_at:.0f}", size=1024,
+                                details={"label": f"{taken_at:.0f}F"})
+        if result is not None:
+            store.record_verification(backup.id, {"passed": result[0], "summary": result[1],
+                                                  "at": taken_at + 60}, actor="verifier")
+
+
+def fake_catalog() -> dict[str, Any]:
+    return {"key": f"contract-{next(_N)}", "backups": [
+        {"id": f"{dataset}-{kind}-{taken_at:.0f}", "dataset": dataset, "kind": kind,
+         "takenAt": taken_at, **({} if result is None else
+                                 {"verified": result[0], "verification": result[1]})}
+        for dataset, kind, taken_at, result in CATALOG]}
+
+
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> BackupStore:
+    kind: str = request.param
+    if kind == "memory":
+        return FakeBackupStore(FakeBackupStore.Options.model_validate(fake_catalog()))
+    real: S3BackupStore | FilesystemBackupStore
+    if kind == "filesystem":
+        real = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+            {"path": str(tmp_path / "catalog")}), secrets=Secrets())
+    else:
+        options = request.getfixturevalue("store_options")
+        real = S3BackupStore(S3BackupStore.Options.model_validate(options), secrets=Secrets())
+    fill_catalog(real)
+    return real
+
+
+def test_a_data_sets_backups_are_listed_newest_first_and_only_its_own(
+        store: BackupStore) -> None:
+    listed = store.list(dataset="orders")
+    assert [(b.dataset, b.kind, b.taken_at) for b in listed] == [
+        ("orders", "continuous", 1_700_002_000.0), ("orders", "daily", 1_700_001_000.0),
+        ("orders", "daily", 1_700_000_500.0)]
+    assert len({b.id for b in listed}) == 3
+
+
+def test_each_backup_carries_its_latest_verification_state(store: BackupStore) -> None:
+    never, passed, failed = store.list(dataset="orders")
+    assert never.verified is None and never.verification == ""
+    assert passed.verified is True
+    assert failed.verified is False and "checksum mismatch" in failed.verification
+
+
+def test_the_list_lets_choose_pick_the_newest_verified_backup(store: BackupStore) -> None:
+    chosen, why = choose(store.list(dataset="orders"))
+    assert (chosen.kind, chosen.taken_at) == ("daily", 1_700_001_000.0)
+    assert "daily" in why
+
+
+def test_a_data_set_with_no_backups_lists_none(store: BackupStore) -> None:
+    assert store.list(dataset="invoices") == []

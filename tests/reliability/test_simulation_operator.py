@@ -1,0 +1,216 @@
+"""The operator in the deterministic simulation (issue 22): leader changes, a plan deleted
+and created again, status writes that fail, under every schedule.
+
+Two or three real `Operator` replicas, each with its own journal, over one in-memory API
+server (`controller.testing_kube.FakeKube`, held to the real kube-apiserver by
+`tests/contract/kube/test_kube_contract.py`), with the simulation's backends, samples and
+clock (`tests/reliability/sim/operators.py`). Leaders are killed (mid-step too), cut off
+the API server, paused, told to stop; the plan is deleted at once, mid-run or while failed
+over, and created again, sometimes without a step; status writes are answered 503 (any,
+a run's final record, a failed step's); requests come as annotations. The invariants of
+`sim/op_checks.py` are checked after every event. A violation prints the seed, the
+schedule, the last events and the replay line:
+
+    FAILOVER_SIM_SEED=<seed> .venv/bin/python -m pytest \
+        tests/reliability/test_simulation_operator.py
+
+`FAILOVER_SIM_OP_SCHEDULES` sets how many seeded schedules the sweep runs (default 300,
+about a minute on two cores); `tests/benchmarks/soak_simulation.py --operator` runs more.
+
+The scenario tests reproduce the three lifecycle items of issue 22 the simulation covers,
+each over a few scheduling seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.model import Phase, StepStatus
+from tests.reliability.conftest import TALLY
+from tests.reliability.sim.harness import Result
+from tests.reliability.sim.operators import (
+    KEY,
+    OperatorSim,
+    OpSchedule,
+    draw_operator,
+    run_operator_schedule,
+)
+from tests.reliability.sim.runner import run_many
+from tests.reliability.sim.world import Faults
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEDULES = int(os.environ.get("FAILOVER_SIM_OP_SCHEDULES", "300"))
+REPLAY = os.environ.get("FAILOVER_SIM_SEED")
+SHOWN = 3
+
+
+@pytest.mark.timeout(900)
+def test_every_simulated_operator_schedule_keeps_the_invariants(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    if REPLAY is not None:
+        result = run_operator_schedule(int(REPLAY))
+        print("\n".join([f"schedule: {result.schedule}", *result.trace]))
+        TALLY["sim_schedules"] += 1
+        TALLY["sim_violations"] += int(result.violation is not None)
+        assert result.violation is None, result.report()
+        return
+    load = os.getloadavg()[0]
+    summary = run_many(range(SCHEDULES), operator=True, chunk=10)
+    TALLY["sim_schedules"] += summary.schedules
+    TALLY["sim_violations"] += summary.violations
+    with capsys.disabled():
+        print(f"\noperator simulation: {summary.figures()}; {os.cpu_count()} CPUs, load "
+              f"average {load:.1f} before the run")
+    assert summary.schedules == SCHEDULES
+    for event in ("crashes", "deletes", "recreates", "standdowns", "status_503", "requests",
+                  "checked released", "checked mirrored"):
+        assert summary.counts[event] > 0, f"no schedule had any {event}: {summary.counts}"
+    if summary.failed:
+        seeds = sorted(summary.failed)
+        listing = "\n".join(f"  seed {seed}: {summary.failed[seed][0]}" for seed in seeds[:50])
+        reports = "\n\n".join(summary.failed[seed][1] for seed in seeds[:SHOWN])
+        pytest.fail(f"{summary.violations} of {summary.schedules} simulated operator "
+                    f"schedules broke an invariant ({dict(summary.kinds())}):\n{listing}\n\n"
+                    f"{reports}", pytrace=False)
+
+
+def test_an_operator_schedule_is_a_pure_function_of_its_seed() -> None:
+    for seed in (3, 1234):
+        first, second = run_operator_schedule(seed), run_operator_schedule(seed)
+        assert first.trace == second.trace, f"seed {seed} ran differently twice"
+        assert (first.slices, first.writes, first.runs) == (
+            second.slices, second.writes, second.runs)
+    # and in another process, with another string hash seed (a replay runs in a new one)
+    code = ("import hashlib; from tests.reliability.sim.operators import "
+            "run_operator_schedule; r = run_operator_schedule(1234); "
+            "print(hashlib.sha256('\\n'.join(r.trace).encode()).hexdigest(), r.slices)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, check=True,
+                         env={**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)})
+    digest = hashlib.sha256("\n".join(second.trace).encode()).hexdigest()
+    assert out.stdout.split() == [digest, str(second.slices)], out.stderr[-2000:]
+
+
+# --- scenarios: the lifecycle items of issue 22 -------------------------------------------
+
+
+def quiet(seed: int, **changes: Any) -> OpSchedule:
+    """Nothing going wrong but what `changes` adds: two replicas, the primary failing at
+    t=1 s for good, a 6 s Lease, restarts 0.5-2 s after a crash."""
+    base = draw_operator(seed)
+    base = replace(base, plan_key=("basic", False, False, False), replicas=2,
+                   outages=[(1.0, 1e9)], crashes=[], restart=(0.5, 2.0), same_name=0.0,
+                   stalls=[], partitions=[], faults=Faults(), clear_after=1,
+                   leader=(6.0, 4.0, 1.0), active=30.0, standdowns=[], deletes=[],
+                   recreate=None, status_faults=[], requests=[])
+    changed = replace(base, **changes)
+    return replace(changed, horizon=changed.active + changed.leader[0] + 10.0)
+
+
+def simulate(schedule: OpSchedule) -> tuple[OperatorSim, Result]:
+    test = os.environ.get("PYTEST_CURRENT_TEST", "").split("::")[-1].split(" ")[0]
+    sim = OperatorSim(replace(schedule, name=f"{test} (seed {schedule.seed})"), capture=True)
+    result = sim.run()
+    TALLY["sim_schedules"] += 1
+    TALLY["sim_violations"] += int(result.violation is not None)
+    assert result.violation is None, result.report()
+    return sim, result
+
+
+def changes_of_the_plan(sim: OperatorSim) -> list[tuple[str, dict[str, Any], str]]:
+    """Every change of the plan object: (ADDED|MODIFIED|DELETED, object, who made it)."""
+    return [(kind, obj, by) for _, kind, key, obj, by in sim.cluster.log if key == KEY]
+
+
+def test_a_deleted_plan_keeps_its_finalizer_across_a_leader_change() -> None:
+    # item 1: deleted while its human step waits, traffic already on dc-b; then the leader
+    # is killed. The next leader adopts the run from the status and keeps the finalizer
+    # until `done` finishes the run.
+    for seed in range(4):
+        sim, _ = simulate(quiet(
+            seed, plan_key=("manual", False, False, False),
+            requests=[(t, "approve") for t in (3.0, 5.0, 7.0, 9.0)] + [(24.0, "done"),
+                                                                        (27.0, "done")],
+            deletes=[(11.0, "mid-run")], crashes=[(13.0, None, "holder")]))
+        changes = changes_of_the_plan(sim)
+        deleting = next(i for i, (_, obj, _) in enumerate(changes)
+                        if obj["metadata"].get("deletionTimestamp"))
+        marked = changes[deleting][1]["status"]["run"]
+        assert [s["status"] for s in marked["steps"]][-1] == StepStatus.AWAITING_PERSON.value
+        kind, gone, remover = changes[-1]
+        assert kind == "DELETED", "the plan was never released"
+        holders = {proc.group: proc.holder for proc in sim.processes}
+        assert holders[remover] != changes[deleting][1]["status"]["fencingHolder"], \
+            "released by the leader it was deleted under: no leader change in between"
+        run = gone["status"]["run"]
+        assert run["id"] == marked["id"] and run["finishedAt"] is not None
+        assert run["phase"] == Phase.FAILED_OVER.value
+        assert sim.counts["crashes"] == 1 and sim.counts["restarts"] >= 1
+
+
+def test_a_503_on_a_failed_abort_steps_status_write_still_ends_the_run_failed() -> None:
+    # item 2: dns-cutover (onFailure: abort) fails; the status write saying so is answered
+    # 503 (once, or six times in a row): the run still ends Failed, and the status says so
+    for seed in range(6):
+        sim, _ = simulate(quiet(
+            seed, faults=Faults(down=[("zone", 0.0, 1e9)]),
+            status_faults=[(0.0, "failed-step", 1 if seed % 2 else 6)],
+            crashes=[(9.0, None, "holder")] if seed >= 4 else []))
+        assert sum(fault.hits for fault in sim.injected) >= 1
+        status = sim.status()
+        assert status["run"]["kind"] == "failover"
+        assert status["run"]["phase"] == Phase.FAILED.value, status["run"]["outcome"]
+        assert status["phase"] == Phase.FAILED.value
+        dns = next(s for s in status["run"]["steps"] if s["name"] == "dns-cutover")
+        assert dns["status"] == StepStatus.FAILED.value
+
+
+def test_a_503_on_a_runs_final_status_write_is_written_again() -> None:
+    # item 2: the write of the run's final record is answered 503 twice; the status still
+    # comes to say FailedOver, with the run finished
+    for seed in range(4):
+        sim, _ = simulate(quiet(seed, status_faults=[(0.0, "final", 2)]))
+        assert sum(fault.hits for fault in sim.injected) == 2
+        status = sim.status()
+        assert status["phase"] == Phase.FAILED_OVER.value
+        assert status["run"]["finishedAt"] is not None
+        assert status["run"]["phase"] == Phase.FAILED_OVER.value
+
+
+def test_a_plan_recreated_without_a_step_starts_afresh_and_never_runs_it() -> None:
+    # item 3: the first plan's run fails (dns-cutover down, onFailure: revert); the plan is
+    # deleted and created again without dns-cutover: the new object shows none of the old
+    # run, trips on the outage that goes on, and runs only the steps it has
+    ran = 0
+    for seed in range(6):
+        sim, result = simulate(quiet(
+            seed, plan_key=("basic", False, True, False),
+            faults=Faults(down=[("zone", 0.0, 14.0)]),
+            deletes=[(14.0, "now")], recreate=(1.0, True)))
+        changes = changes_of_the_plan(sim)
+        added = [i for i, (kind, _, _) in enumerate(changes) if kind == "ADDED"]
+        assert len(added) == 2, "the plan was not created again"
+        old = {obj["status"]["run"]["id"] for _, obj, _ in changes[:added[1]]
+               if (obj.get("status") or {}).get("run")}
+        new = [obj for _, obj, _ in changes[added[1]:] if obj.get("status")]
+        assert old and new
+        assert all((obj["status"].get("run") or {}).get("id") not in old for obj in new)
+        assert new[0]["status"]["phase"] != Phase.FAILED.value
+        run = sim.status().get("run") or {}
+        if run:  # (none when the old plan's last run had failed over before it went)
+            ran += 1
+            assert [s["name"] for s in run["steps"]] == [
+                "notify-incident", "redirect-traffic", "link-test"], f"the new plan ran {run}"
+            assert run["phase"] == Phase.FAILED_OVER.value
+        dns_writes = [w for w in result.writes_log if w.backend == "zone"
+                      and not (w.label or "").startswith(tuple(old))]
+        assert not dns_writes, dns_writes
+    assert ran >= 3, f"the recreated plan ran in only {ran} of 6 schedules"
