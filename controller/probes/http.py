@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.resolve import ProbeResolver, ResolverUser, default_resolver
+from controller.probes.resolve import ProbeResolver, default_resolver
+from controller.probes.resolving import ResolverUser
 from controller.probes.tcp import describe_error, failed
 from controller.secrets import SecretRef, Secrets
 

@@ -42,8 +42,6 @@ import dns.rdatatype
 import dns.resolver
 from aiohttp.abc import AbstractResolver
 
-from controller.probes import Probe
-
 if TYPE_CHECKING:
     from aiohttp.abc import ResolveResult
 
@@ -258,17 +256,4 @@ def default_resolver() -> ProbeResolver:
         return _default
 
 
-class ResolverUser(Probe):
-    """A probe that looks host names up: the process-wide resolver unless given one."""
-
-    _resolver: ProbeResolver | None = None
-
-    def use_resolver(self, resolver: ProbeResolver) -> None:
-        self._resolver = resolver
-
-    @property
-    def resolver(self) -> ProbeResolver:
-        return self._resolver or default_resolver()
-
-
-__all__: list[Any] = ["HostsFile", "ProbeResolver", "ResolverUser", "default_resolver"]
+__all__: list[Any] = ["HostsFile", "ProbeResolver", "default_resolver"]

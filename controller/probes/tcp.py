@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller.model import Sample
 from controller.plan import Duration
-from controller.probes.resolve import ResolverUser
+from controller.probes.resolving import ResolverUser
 from controller.secrets import redact
 
 DETAIL_MAX = 200
