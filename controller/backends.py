@@ -3,9 +3,9 @@
 Only the kinds a plan names are imported (see `registry`). Building a backend may read
 secrets; those values never leave the backend object. Callers ask by role
 (`backends.traffic(name) -> TrafficBackend`, `.dns`, `.store`, `.restorer`, `.verifier`,
-`.notifier`, `.probe`): the accessor checks that the plan configures `name` in that role
-and that the built object implements the role's protocol, so a step handed a backend of
-another role fails with a message naming both, before it calls anything.
+`.notifier`, `.database`, `.probe`): the accessor checks that the plan configures `name`
+in that role and that the built object implements the role's protocol, so a step handed a
+backend of another role fails with a message naming both, before it calls anything.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from controller import registry
 from controller.backups import BackupStore, Restorer, Verifier
+from controller.db import Database
 from controller.dns import DnsProvider
 from controller.model import PermanentError
 from controller.notify import Notifier
@@ -84,6 +85,11 @@ class Backends:
         if isinstance(built := self._of_role(name, "notifier"), Notifier):
             return built
         raise self._wrong(name, "Notifier")
+
+    def database(self, name: str) -> Database:
+        if isinstance(built := self._of_role(name, "database"), Database):
+            return built
+        raise self._wrong(name, "Database")
 
     def probe(self, owner: str, spec: ProbeSpec) -> Probe:
         """A new probe of `spec` for `owner` (the service or signal it checks)."""

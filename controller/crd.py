@@ -1,4 +1,6 @@
-"""Generates the FailoverPlan CustomResourceDefinition from the plan's JSON Schema.
+"""Generates the FailoverPlan CustomResourceDefinition from the plan's JSON Schema, and
+describes the status the operator writes (`status.build`), so `kubectl explain
+fop.status.policy` says what each field means and the API server keeps what it knows.
 
 Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, `nullable` instead of
 `anyOf: [X, null]`, and free-form maps marked `x-kubernetes-preserve-unknown-fields`.
@@ -9,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.model import DecisionState, Phase
 from controller.plan import format_duration, json_schema
+from controller.status import CONDITIONS
 from controller.steps.traffic import TrafficParams
 
 GROUP, VERSION, KIND, PLURAL = "failover.example.io", "v1alpha1", "FailoverPlan", "failoverplans"
@@ -124,6 +128,91 @@ def _traffic_params() -> dict[str, Any]:
     return out
 
 
+_PHASES = ", ".join(p.value for p in Phase)
+
+
+def _field(kind: str, description: str, **more: Any) -> dict[str, Any]:
+    return {"type": kind, "description": description, **more}
+
+
+def _time(description: str) -> dict[str, Any]:
+    return _field("string", description, format="date-time", nullable=True)
+
+
+def _free(description: str) -> dict[str, Any]:
+    return {"type": "object", "description": description, "nullable": True,
+            "x-kubernetes-preserve-unknown-fields": True}
+
+
+def _policy() -> dict[str, Any]:
+    """`status.policy` as `PolicyState.observed` writes it: observations, never samples."""
+    service = _field("object", "what the probes of one service show", properties={
+        "available": _field("boolean", "not down: fewer failed probes in a row than the "
+                            "trigger's consecutiveFailures"),
+        "availability": _field("number", "percent of the probes in the window that "
+                               "passed (null before the first)", nullable=True),
+        "probes": _field("integer", "probes of this service in the window"),
+        "consecutiveFailures": _field("integer", "failed probes in a row, up to now"),
+        "consecutiveSuccesses": _field("integer", "passed probes in a row, up to now"),
+        "failingSince": _time("the first failed probe of the failures in a row"),
+    })
+    return _field("object", "what the policy observes and decided; the probe samples "
+                  "themselves stay in the controller's journal", nullable=True, properties={
+        "decided": _field("string", "the state of the last decision: "
+                          + ", ".join(d.value for d in DecisionState), nullable=True),
+        "tripped": _field("boolean", "the thresholds tripped and have not cleared since"),
+        "level": _field("integer", "the response level of the trip", nullable=True),
+        "detectedAt": _time("when the trip's condition began"),
+        "cooldownUntil": _time("no automatic failover before this time"),
+        "belowFloorSince": _time("core availability below the trigger's floor since"),
+        "surgeSince": _time("a business signal above its surge since"),
+        "availability": _field("number", "percent: the core services' mean availability "
+                               "over the window, a service down counting 0"),
+        "servicesDown": _field("array", "services with consecutiveFailures failed probes "
+                               "in a row", items={"type": "string"}),
+        "services": _field("object", "per service, by name",
+                           additionalProperties=service),
+        "signals": _field("object", "the last value of each business signal, by name",
+                          additionalProperties={"type": "number"}),
+    })
+
+
+def _status() -> dict[str, Any]:
+    """The status the operator writes (`status.build`), described for `kubectl explain`;
+    the controller's own records (the run, the spec it runs with) stay free-form."""
+    condition = _field("object", "a condition with its reason", properties={
+        "type": _field("string", ", ".join(CONDITIONS)),
+        "status": _field("string", "True or False"),
+        "reason": _field("string", "why, in one word"),
+        "message": _field("string", "why, for people"),
+        "lastTransitionTime": _time("when status last changed"),
+    })
+    return _field("object", "what the controller observed and did", properties={
+        "observedGeneration": _field("integer", "the generation of the spec last reconciled",
+                                     nullable=True),
+        "phase": _field("string", f"the plan's phase: {_PHASES}; Invalid when its spec "
+                        "cannot run (the plan is not watched)"),
+        "planPhase": _field("string", "an invalid plan's own phase"),
+        "problems": _field("array", "why the spec cannot run", items={"type": "string"}),
+        "level": _field("integer", "the response level (1 most severe)", nullable=True),
+        "activeSite": _field("string", "the site serving now", nullable=True),
+        "lastDecision": _field("string", "the last decision, as a sentence", nullable=True),
+        "lastDecisionTime": _time("when the last decision was made"),
+        "updatedAt": _field("number", "when the plan's record last changed (epoch seconds)",
+                            nullable=True),
+        "policy": _policy(),
+        "readiness": _free("the backup site's readiness: score (percent) and failing checks"),
+        "appliedGeneration": _field("integer", "the generation the plan runs with",
+                                    nullable=True),
+        "appliedSpec": _free("the spec the plan runs with (held during an incident)"),
+        "fencingToken": _field("integer", "the writing leader's fencing token",
+                               nullable=True),
+        "fencingHolder": _field("string", "the writing leader", nullable=True),
+        "run": _free("the current or last run: its steps, their status and evidence"),
+        "conditions": _field("array", ", ".join(CONDITIONS), items=condition),
+    })
+
+
 def crd() -> dict[str, Any]:
     schema = json_schema()
     defs = schema.get("$defs", {})
@@ -174,8 +263,7 @@ def crd() -> dict[str, Any]:
                         "kind": {"type": "string"},
                         "metadata": {"type": "object"},
                         "spec": spec,
-                        "status": {"type": "object",
-                                   "x-kubernetes-preserve-unknown-fields": True},
+                        "status": _status(),
                     },
                 }},
             }],

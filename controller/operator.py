@@ -28,10 +28,13 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   the run's course: the change is in the journal, the status is written again with the
   next change or tick, and only a step about to start waits until the status holds it
   (`_mirror`). A replica that takes over adopts the run from the status and continues it
-  without repeating finished steps. Every status carries the writer's `fencingToken` and
-  `fencingHolder`; each write (each conflict retry too, after its re-read) is refused
-  when the stored token is larger, so a deposed leader never overwrites its successor's
-  status. Annotation claims and finalizer changes are fenced the same way.
+  without repeating finished steps, and the policy's decision, trip and probe counts
+  from `status.policy` (the samples stay in the writer's journal; the new leader's own
+  probes refill the window). Every status carries the
+  writer's `fencingToken` and `fencingHolder`; each write (each conflict retry too,
+  after its re-read) is refused when the stored token is larger, so a deposed leader
+  never overwrites its successor's status. Annotation claims and finalizer changes are
+  fenced the same way.
 - **One object, one record**: the journal's record of a plan name is bound to the
   object's uid (`_bind`); a plan deleted and created again starts afresh and the old
   record is kept as `NAME@UID` (`Journal.retire_plan`). A runtime is rebuilt when the
@@ -801,7 +804,8 @@ class Operator:
         return st.phase is not Phase.FAILED or bool(revert_steps(self.journal, name))
 
     def _adopt(self, name: str, status: dict[str, Any]) -> None:
-        """Take over the run and state another replica recorded in the status."""
+        """Take over the run and state another replica recorded in the status (the policy's
+        without its samples: `status.plan_state`)."""
         run = status.get("run")
         if run and run.get("id") and self.journal.import_run(
                 {**run, "plan": name}, run.get("steps", [])):
@@ -1023,6 +1027,7 @@ class Operator:
                                deleting=rt.deleting if rt is not None else None,
                                applied=(rt.generation, rt.spec) if rt is not None else None,
                                held=rt.held if rt is not None else None,
+                               watched=rt.plan if rt is not None else None,
                                token=self.elector.token(), holder=self.identity)
         if not status_mod.changed(previous, new):
             return

@@ -1,7 +1,13 @@
 """Pure trip / clear / level logic: (plan, prior state, new samples, now) -> decision, state.
 
 No I/O and no clock of its own, so every decision can be unit-tested and replayed from a
-recorded trace. The state is plain JSON (persisted in the journal between ticks).
+recorded trace. The state is plain JSON, persisted in the journal between ticks with the
+window's sample history (`to_json`). What the FailoverPlan's status shows is another
+view (`observed`): observations in the API's camelCase, never the samples, so its size
+depends on the number of services, not on the window or the probe interval. A replica
+that takes over from the status (`from_observed`) keeps the decision, a trip in progress,
+its level, the cooldown and each service's count of passed and failed probes in the
+window, which its own probes then replace.
 
 Rules (defaults from the emergency plans):
 - a service is DOWN after `consecutiveFailures` failed samples in a row;
@@ -15,6 +21,7 @@ Rules (defaults from the emergency plans):
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +77,78 @@ class PolicyState:
         decided = data.get("decided")
         return cls(services=services, decided=DecisionState(decided) if decided else None,
                    **fields)
+
+    def observed(self, plan: FailoverPlan | None, now: float) -> dict[str, Any]:
+        """The status's view (`status.policy`): the last decision's state, the trip and its
+        level, times as RFC 3339, and per service whether it is available, its availability
+        over the window (None before a probe), the probes that measured it and its run of
+        failures or successes. With `plan` (the plan as it runs) also what the trigger
+        compares: the availability of the core services and the services down; an invalid
+        plan has no trigger, so its view leaves them out."""
+        a = assess(plan, self, now) if plan is not None else None
+        services: dict[str, dict[str, Any]] = {}
+        for name, s in self.services.items():
+            seen = {"available": name not in a.down} if a is not None else {}
+            services[name] = {
+                **seen,
+                "availability": (round(100.0 * sum(ok for _, ok in s.history)
+                                       / len(s.history), 1) if s.history else None),
+                "probes": len(s.history), "consecutiveFailures": s.failures,
+                "consecutiveSuccesses": s.successes, "failingSince": _stamp(s.failing_since)}
+        out: dict[str, Any] = {
+            "decided": None if self.decided is None else self.decided.value,
+            "tripped": self.tripped, "level": self.level,
+            "detectedAt": _stamp(self.detected_at), "cooldownUntil": _stamp(self.cooldown_until),
+            "belowFloorSince": _stamp(self.below_floor_since),
+            "surgeSince": _stamp(self.surge_since),
+            "services": services, "signals": dict(self.signals)}
+        if a is not None:
+            out["availability"] = round(a.availability, 1)
+            out["servicesDown"] = sorted(a.down)
+        return out
+
+    @classmethod
+    def from_observed(cls, data: dict[str, Any] | None, at: float) -> PolicyState:
+        """The state a replica takes over from the status (`observed`, as of `at`): the
+        decision, a trip in progress (so it is neither forgotten nor tripped again), its
+        level and detection time, the cooldown, the dwell under way and each service's run
+        of failures or successes. The samples are not there, what they measured is: each
+        service's probes and availability over the window come back as that many results
+        at `at`, which leave the window together while the new leader's own probes fill
+        it — so a leader change neither judges a service by its first probe or two (one
+        failure is not 0 % availability) nor forgets a window of failures."""
+        if not data:
+            return cls()
+        services = {}
+        for name, s in (data.get("services") or {}).items():
+            probes = int(s.get("probes") or 0)
+            ok = round(probes * (s.get("availability") or 0.0) / 100.0)
+            services[name] = ServiceState(
+                int(s.get("consecutiveFailures") or 0), int(s.get("consecutiveSuccesses") or 0),
+                _unstamp(s.get("failingSince")),
+                [(at, True)] * ok + [(at, False)] * (probes - ok))
+        decided = data.get("decided")
+        return cls(services=services,
+                   signals={k: float(v) for k, v in (data.get("signals") or {}).items()},
+                   below_floor_since=_unstamp(data.get("belowFloorSince")),
+                   surge_since=_unstamp(data.get("surgeSince")),
+                   tripped=bool(data.get("tripped")),
+                   detected_at=_unstamp(data.get("detectedAt")), level=data.get("level"),
+                   cooldown_until=_unstamp(data.get("cooldownUntil")),
+                   decided=DecisionState(decided) if decided else None)
+
+
+def _stamp(at: float | None) -> str | None:
+    """RFC 3339 to the millisecond: a replica that reads it back keeps the dwell and the
+    cooldown to the millisecond."""
+    if at is None:
+        return None
+    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def _unstamp(text: str | None) -> float | None:
+    return None if text is None else dt.datetime.fromisoformat(text).timestamp()
 
 
 @dataclass(frozen=True)

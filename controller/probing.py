@@ -9,12 +9,15 @@ import asyncio
 from controller.backends import Backends
 from controller.model import Sample
 from controller.plan import FailoverPlan
-from controller.probes.scheduler import ProbeScheduler, targets_from_plan
+from controller.probes.scheduler import News, ProbeScheduler, targets_from_plan
 
 
-def observe(plan: FailoverPlan, backends: Backends) -> ProbeScheduler:
-    """A probe scheduler for every service and signal of the plan (start it, drain it)."""
-    return ProbeScheduler(targets_from_plan(plan, backends.probe))
+def observe(plan: FailoverPlan, backends: Backends, *, news: News | None = None
+            ) -> ProbeScheduler:
+    """A probe scheduler for every service and signal of the plan (start it, drain it);
+    it tells `news` (its own unless given) of every round that may change a decision, so
+    the loop can run a cycle at once (`scheduler.news.wait(tick)` between cycles)."""
+    return ProbeScheduler(targets_from_plan(plan, backends.probe), news=news)
 
 
 def probe_once(plan: FailoverPlan, backends: Backends,

@@ -6,8 +6,10 @@ sends a signed no-op update, HAProxy answers on its admin socket); the default, 
 means nothing to check beyond building it, and adds no check. On top, each step's kind
 checks the world its steps need (`StepKind.readiness`): the traffic destinations exist,
 the DNS names are readable and their TTL prepared, the newest verified backup is within
-the RPO budget and the restore target answers. Every check runs in a worker, bounded by
-`timeout`, its detail redacted.
+the RPO budget and the restore target answers. Each data set of `spec.backups` adds three:
+its newest verified backup within the set's RPO budget, a verified off-site copy within
+it too, and a test restore passed within `testRestoreEvery`. Every check runs in a
+worker, bounded by `timeout`, its detail redacted.
 """
 
 from __future__ import annotations
@@ -16,24 +18,30 @@ import concurrent.futures
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from controller.backends import Backends
 from controller.backups import BackupStore, Restorer, Verifier
+from controller.backups.naming import iso
+from controller.backups.schedule import last_test_restore, newest_verified
+from controller.db import Database
 from controller.dns import DnsProvider
+from controller.model import PermanentError
 from controller.notify import Notifier
-from controller.plan import FailoverPlan
+from controller.plan import BackupSet, FailoverPlan, format_duration
 from controller.registry import step_kind
 from controller.secrets import redact
 from controller.steps import CheckContext
 from controller.traffic import TrafficBackend
 
-Backend = TrafficBackend | DnsProvider | BackupStore | Restorer | Verifier | Notifier
+Backend = (TrafficBackend | DnsProvider | BackupStore | Restorer | Verifier | Notifier
+           | Database)
 
 _BY_ROLE: dict[str, Callable[[Backends, str], Backend]] = {
     "traffic": Backends.traffic, "dns": Backends.dns, "store": Backends.store,
     "restorer": Backends.restorer, "verifier": Backends.verifier,
-    "notifier": Backends.notifier}
+    "notifier": Backends.notifier, "database": Backends.database}
 """Each role's typed accessor: a backend is checked as the protocol of its role."""
 
 
@@ -81,7 +89,51 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
             continue
         out += [check for name, fn in found
                 if (check := _run(f"step {step.name}: {name}", fn, timeout)) is not None]
+    for bs in plan.spec.backups:
+        found = [("backup within RPO", partial(_fresh, backends, bs, bs.store, now)),
+                 ("off-site copy within RPO", partial(_fresh, backends, bs, bs.offsite, now)),
+                 ("test restore", partial(_tested, backends, bs, now))]
+        out += [check for name, fn in found
+                if (check := _run(f"backups {bs.dataset}: {name}", fn, timeout)) is not None]
     return out
+
+
+class BackupsNotReady(PermanentError):
+    pass
+
+
+def _age(seconds: float) -> str:
+    return format_duration(max(0, round(seconds)))
+
+
+def _fresh(backends: Backends, bs: BackupSet, store: str, now: float) -> str:
+    """The newest verified backup of the set in `store` is within the RPO budget."""
+    where = "off-site copy" if store == bs.offsite else "backup"
+    newest = newest_verified(backends.store(store).list(dataset=bs.dataset))
+    if newest is None:
+        raise BackupsNotReady(f"no verified {where} of {bs.dataset} in store {store}: run "
+                              f"`failoverctl backup PLAN --dataset {bs.dataset}`")
+    age = now - newest.taken_at
+    if age > bs.rpo_budget:
+        raise BackupsNotReady(
+            f"the newest verified {where} of {bs.dataset} in store {store}, {newest.id}, is "
+            f"{_age(age)} old, over the RPO budget of {_age(bs.rpo_budget)}: is the backup "
+            "CronJob running? (`failoverctl backup PLAN --due`)")
+    return f"{newest.id} in {store}, {_age(age)} old (budget {_age(bs.rpo_budget)})"
+
+
+def _tested(backends: Backends, bs: BackupSet, now: float) -> str:
+    """A test restore of the set passed within `testRestoreEvery`."""
+    at = last_test_restore(backends.store(bs.store).list(dataset=bs.dataset))
+    every = _age(bs.test_restore_every)
+    if at is None:
+        raise BackupsNotReady(f"no test restore of {bs.dataset} ever passed (wanted every "
+                              f"{every}): set `testRestore: true` on verifier {bs.verifier} "
+                              "and take a backup, or `failoverctl verify`")
+    if now - at > bs.test_restore_every:
+        raise BackupsNotReady(f"the last passed test restore of {bs.dataset} was at {iso(at)}, "
+                              f"{_age(now - at)} ago, longer than testRestoreEvery {every}")
+    return f"last passed {iso(at)}, {_age(now - at)} ago (every {every})"
 
 
 def summary(results: list[Check]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Owns finding a plug-in by the name a plan gives it, importing its module on firs
 Why each rule:
 
 - **Imported by name, on first use.** Each provider package (`probes`, `traffic`, `dns`,
-  `backups`, `notify`) lists its kinds in its `__init__.py` as "module:Class"; step kinds
+  `backups`, `notify`, `db`) lists its kinds in its `__init__.py` as "module:Class"; step kinds
   are the modules of `controller.steps` (`<action>.py` defining `KIND`). Only what a plan
   configures is ever imported, so a plan using Route 53 never imports the kubernetes
   client.
@@ -29,11 +29,12 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from controller.steps import StepKind
 
-ROLES = ("probe", "traffic", "dns", "store", "restorer", "verifier", "notifier")
+ROLES = ("probe", "traffic", "dns", "store", "restorer", "verifier", "notifier",
+         "database")
 _PACKAGES = {"probe": "controller.probes", "traffic": "controller.traffic",
              "dns": "controller.dns", "store": "controller.backups",
              "restorer": "controller.backups", "verifier": "controller.backups",
-             "notifier": "controller.notify"}
+             "notifier": "controller.notify", "database": "controller.db"}
 STEPS = "controller.steps"
 COORDINATION = "controller.coordination"
 

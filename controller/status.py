@@ -3,9 +3,15 @@
 Owns one translation, so the journal (everywhere) and the status (in the cluster) carry the
 same record: phase, level, active site, the last decision sentence and when it was made,
 readiness, conditions with reasons, and the current (or last) run with every step's
-elapsed time against its target, attempts and evidence. The run's step definitions and
-the policy state ride along, so another replica that takes over can adopt the run
-(`Journal.import_run`) and continue it without repeating a finished step. The writing
+elapsed time against its target, attempts and evidence. The run's step definitions ride
+along, so another replica that takes over can adopt the run (`Journal.import_run`) and
+continue it without repeating a finished step. What the policy observes is in `policy`
+(`PolicyState.observed`): per service its availability over the window and its run of
+failures, the services down, the typed decision and a trip in progress, in camelCase and
+never the samples themselves, which stay in the journal — so the status's size depends on
+the number of services, never on the window or the probe interval, and stays far below
+what etcd accepts. A replica that takes over reads the trip and each service's probe
+counts back from it (`plan_state`), and its own probes refill the window. The writing
 leader's fencing token and identity (`fencingToken`, `fencingHolder`) ride along too: a
 status write by a leader whose token is older is refused (`kube.Fencing`).
 
@@ -21,7 +27,7 @@ changed, on whichever replica.
 `events` compares two statuses and says what happened in between (phase changes, new
 decisions, step transitions), one Event each. A change is worth a write and an Event when
 its meaning changes, not its counters: a decision is compared by its typed state
-(`tripped`, `still-tripped`, `degraded` ..., kept in the policy state), never by its
+(`tripped`, `still-tripped`, `degraded` ..., `policy.decided`), never by its
 sentence, so an outage that goes on costs no write per reconcile.
 """
 
@@ -32,6 +38,8 @@ from typing import Any
 
 from controller.journal import Journal, PlanState, Run
 from controller.model import TERMINAL, Phase, StepStatus, Trigger
+from controller.plan import FailoverPlan
+from controller.policy import PolicyState
 
 CONDITIONS = ("Ready", "Tripped", "Requested", "FailingOver", "FailedOver", "Degraded",
               "SpecApplied")
@@ -92,13 +100,15 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
           problems: list[str] | None = None, now: float, deleting: str | None = None,
           token: int | None = None, holder: str | None = None,
           applied: tuple[int | None, dict[str, Any]] | None = None,
-          held: str | None = None) -> dict[str, Any]:
+          held: str | None = None, watched: FailoverPlan | None = None) -> dict[str, Any]:
     """The status for `plan` as the journal holds it (or the reasons it is invalid), with
     the writing leader's fencing `token` and `holder` when given. `deleting` (what the
     deletion of a plan being deleted waits for) makes Ready False. `applied` is the
     (generation, spec) the plan runs with — kept in `appliedGeneration`/`appliedSpec`
     (carried over from `previous` when not given), so any replica goes on with the spec
-    a run started with; `held` says why a newer spec is not applied yet."""
+    a run started with; `held` says why a newer spec is not applied yet. `watched` is the
+    plan as it runs, for what the policy measures against its trigger (the availability
+    of the core services, the services down); None for an invalid plan."""
     problems = problems or []
     st: PlanState | None = journal.plan_state(plan)
     phase = st.phase if st else Phase.HEALTHY
@@ -114,7 +124,7 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
         "lastDecision": st.last_decision if st else None,
         "lastDecisionTime": rfc3339(decisions[-1]["at"]) if decisions else None,
         "updatedAt": st.updated_at if st else None,
-        "policyState": st.policy if st else {},
+        "policy": PolicyState.from_json(st.policy).observed(watched, now) if st else {},
         "readiness": {"score": readiness.get("score"),
                       "failing": [f"{c['name']}: {c['detail']}"
                                   for c in readiness.get("failed", [])]} if readiness else {},
@@ -145,14 +155,14 @@ def build(journal: Journal, plan: str, *, generation: int | None, previous: dict
     return status
 
 
-_VOLATILE = ("updatedAt", "policyState")  # move every tick; written along, never alone
+_VOLATILE = ("updatedAt", "policy")  # move every tick; written along, never alone
 _SAID = ("lastDecision", "lastDecisionTime")  # compared by what the decision says
 
 
 def meaning(status: dict[str, Any]) -> str | None:
     """What the last decision says, without its counters: its typed state (`tripped`,
-    `still-tripped`, `degraded` ...), kept in the policy state; the sentence is for people."""
-    decided = (status.get("policyState") or {}).get("decided")
+    `still-tripped`, `degraded` ...), in `policy`; the sentence is for people."""
+    decided = (status.get("policy") or {}).get("decided")
     return None if decided is None else str(decided)
 
 
@@ -167,15 +177,18 @@ def changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
 
 def plan_state(status: dict[str, Any], plan: str) -> PlanState | None:
     """The journal's plan state as another replica last wrote it into the status (an
-    invalid plan's is in `planPhase`)."""
+    invalid plan's is in `planPhase`), its policy state read back from the observations
+    (`PolicyState.from_observed`): the trip, the decision and what the window measured,
+    without the samples."""
     phase = status.get("phase")
     if phase == Phase.INVALID.value:
         phase = status.get("planPhase")
     if not phase or status.get("updatedAt") is None:
         return None
+    at = float(status["updatedAt"])
     return PlanState(plan, Phase(phase), status.get("level"),
                      status.get("activeSite"), status.get("lastDecision"),
-                     dict(status.get("policyState") or {}), float(status["updatedAt"]), {})
+                     PolicyState.from_observed(status.get("policy"), at).to_json(), at, {})
 
 
 def _step_line(s: dict[str, Any]) -> str:

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups import BackupStore, Restorer
+from controller.backups import BackupStore, DamagedBackup, Restorer
 from controller.dns import DnsConflict, DnsProvider
 from controller.model import (
     Backup,
@@ -413,8 +413,19 @@ class FakeDnsProvider(DnsProvider):
 # --- backups -------------------------------------------------------------------------------
 
 
+class Damage(enum.Enum):
+    """How a fake backup is damaged (`"damaged"` in its entry): `missing`, its payload is
+    gone and the integrity pass before a restore says so; `corrupt`, its payload looks
+    whole (same size) and only the restorer's stream finds it does not authenticate."""
+
+    MISSING = "missing"
+    CORRUPT = "corrupt"
+
+
 class FakeStoreOptions(FakeOptions):
-    backups: list[dict[str, Any]] = Field(default_factory=list)
+    backups: list[dict[str, Any]] = Field(
+        default_factory=list, description="catalog entries: id, dataset, kind, takenAt, "
+        "verified, verification, size, meta; `damaged`: a `Damage` value")
 
 
 class FakeBackupStore(BackupStore):
@@ -429,12 +440,21 @@ class FakeBackupStore(BackupStore):
                 id=b["id"], dataset=b["dataset"], kind=b.get("kind", "daily"),
                 taken_at=float(b.get("takenAt", 0)), location=b.get("location", f"mem:{b['id']}"),
                 verified=b.get("verified"), verification=b.get("verification", ""),
-                size=b.get("size"), meta=dict(b.get("meta", {})),
+                size=b.get("size"), meta={**b.get("meta", {}), **(
+                    {"damaged": Damage(b["damaged"]).value} if "damaged" in b else {})},
             )
             for b in self.options.backups
             if b["dataset"] == dataset
         ]
         return sorted(found, key=lambda b: b.taken_at, reverse=True)
+
+    def check_integrity(self, backup: Backup) -> str:
+        """A `missing` payload fails (DamagedBackup); a `corrupt` one passes, as a flipped
+        byte passes a real store's size check."""
+        if backup.meta.get("damaged") == Damage.MISSING.value:
+            raise DamagedBackup(f"{backup.id}: its payload {backup.location} is missing from "
+                                "the store")
+        return f"{backup.id}: {backup.location} as cataloged"
 
 
 class FakeRestorerOptions(FakeOptions):
@@ -448,7 +468,9 @@ class FakeRestorer(Restorer):
     token and holder (`restored()`), a restore whose token is smaller than the largest
     one accepted before is refused with `fencing.StaleToken`, and a step that restores into
     the target it filled already is refused (the real restorers refuse a target holding
-    data). A restore outside any step (token None) is accepted."""
+    data). A restore outside any step (token None) is accepted. A `corrupt` backup (see
+    `Damage`) fails like a payload that does not authenticate (`DamagedBackup`), once the
+    fence was checked and before anything is recorded: the target is left as it was."""
 
     Options = FakeRestorerOptions
 
@@ -464,6 +486,10 @@ class FakeRestorer(Restorer):
                                  "backup whose verification passed may be restored")
         if self.options.fail:
             raise ConnectionError("injected restore failure")
+        if backup.meta.get("damaged") == Damage.CORRUPT.value:
+            fencing.check()  # as the real stream does before its first chunk
+            raise DamagedBackup(f"{backup.id}: authentication failed at chunk 3: the stored "
+                                "backup was modified, corrupted or truncated")
         started = time.time()
         with _state(self.options, "restorer") as st:
             token, holder = _fenced(st, f"restore of {backup.id} onto {into.path} refused")

@@ -2,13 +2,16 @@
 
 Only a backup whose verification passed is restorable; `choose` (in `selection`) prefers
 continuous, falls back to daily, then to an older verified one, and says which and why.
+A backup found damaged at restore time (`DamagedBackup`: its integrity pass failed, its
+payload does not authenticate, is another backup's, or is not the one cataloged) is
+replaced by the next one in that order; no other failure is (see `steps.restore`).
 """
 
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from controller.model import Backup, Evidence, Target
+from controller.model import Backup, Evidence, PermanentError, Target
 
 KINDS_BY_ROLE: dict[str, dict[str, str]] = {
     "store": {
@@ -25,10 +28,24 @@ KINDS_BY_ROLE: dict[str, dict[str, str]] = {
 }
 
 
+class DamagedBackup(PermanentError):
+    """This backup cannot be restored as it is stored (missing, changed since it was
+    cataloged, unauthenticated, another backup's payload): the restore step falls back to
+    the next verified backup on this error, and only on it. A problem of configuration
+    (a wrong key), of the target host or of validation is never one."""
+
+
 @runtime_checkable
 class BackupStore(Protocol):
     def list(self, *, dataset: str) -> list[Backup]:
         """Newest first, each with its verification state."""
+        ...
+
+    def check_integrity(self, backup: Backup) -> str:
+        """Right before a restore, the cheap pass (a payload's first bytes at most): the
+        stored objects exist with the size (and ETag, where the store has them) last
+        verified, and a payload is bound to its entry; returns what it found, raises
+        DamagedBackup otherwise."""
         ...
 
     def ready(self) -> str | None:
@@ -41,9 +58,12 @@ class BackupStore(Protocol):
 @runtime_checkable
 class Restorer(Protocol):
     def restore(self, *, backup: Backup, into: Target) -> Evidence:
-        """Restore a verified backup (refused otherwise, nothing written) into an empty
-        target (refused when it holds data) and return the evidence: which backup, where,
-        the RPO met, each phase, the validation queries' results."""
+        """Restore a verified backup (refused otherwise, nothing written) into the target and
+        return the evidence: which backup, where, the RPO met, each phase, the validation
+        queries' results. A target holding data is refused unless its options allow
+        `overwrite`; the old data is then replaced only once the restored node passed
+        validation. A retry of the same backup into the same target answers
+        `alreadyRestored` instead of restoring twice."""
         ...
 
     def ready(self) -> str | None:

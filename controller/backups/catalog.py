@@ -4,8 +4,20 @@ Owns what a stored backup *is*, independent of where it is stored. A backup name
 `<date>_<dataset>_<kind>` (see `naming`) is a directory-like prefix holding the
 encrypted payload `<name>.bak` (a tar of a plain-format base backup, AES-256-GCM in
 chunks, see `crypto`) and `catalog.json`: dataset, kind, time, sizes, the SHA-256 of
-every stored object, encryption info and every verification result. A pgBackRest set
-is registered as a catalog entry without a payload (pgBackRest keeps its own files).
+every stored object (and its ETag where the store has one), encryption info and every
+verification result. A pgBackRest set is registered as a catalog entry without a payload
+(pgBackRest keeps its own files).
+
+A payload is bound to its entry: its chunks authenticate only as the backup (id, data
+set, takenAt) it was written for (`crypto`, format 2), and `open_payload` checks its
+binding before the first byte and its SHA-256 and size against the entry before the last
+(an entry written before binding, format 1, is read on the checksum alone and says
+"unbound (format 1)"). `check_integrity` is the cheap pass right before a restore: the
+object exists with the size, ETag and binding cataloged, read from its first bytes only.
+Failures of the backup itself raise `DamagedBackup` subclasses (`IntegrityFailed`,
+`crypto.AuthenticationFailed`, `crypto.SwappedPayload`, `crypto.ChecksumMismatch`). The
+catalog is not signed: what an entry may claim is held in check by the key (a payload
+authenticates only as its own backup) and by the checksums.
 
 `CatalogStore` implements the `BackupStore` protocol for the S3 and filesystem stores,
 which only supply the `Objects` primitives. Every backup and verification is written to
@@ -19,15 +31,16 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tarfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.backups import BackupStore, crypto, naming
+from controller.backups import BackupStore, DamagedBackup, crypto, naming
 from controller.model import Backup, PermanentError
 from controller.secrets import SecretError, SecretRef, Secrets, redact
 
@@ -37,6 +50,19 @@ AuditSink = Callable[..., None]
 """Called as `audit(at=..., actor=..., action=..., detail=...)`, like `Journal.audit`."""
 
 READ_CHUNK = 1 << 20
+FORMATS = ("basebackup", "pgbackrest")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_DAMAGED = ("this backup can never be proven intact: take a new backup (the entry's "
+            "catalog.json was damaged or edited)")
+
+
+class Peek(NamedTuple):
+    """The first bytes of a stored object, its whole size and its ETag (None: the store
+    has none, e.g. a directory)."""
+
+    head: bytes
+    size: int
+    etag: str | None
 
 
 class Objects(Protocol):
@@ -46,8 +72,12 @@ class Objects(Protocol):
     def reader(self, key: str) -> BinaryIO: ...
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def peek(self, key: str, n: int) -> Peek: ...
     def names(self) -> list[str]: ...
     def location(self, key: str) -> str: ...
+    def delete(self, key: str) -> None:
+        """Remove one object; a missing one is no error (pruning is idempotent)."""
+        ...
 
 
 class StoreOptions(BaseModel):
@@ -62,6 +92,11 @@ class StoreOptions(BaseModel):
 
 class CatalogError(PermanentError):
     pass
+
+
+class IntegrityFailed(CatalogError, DamagedBackup):
+    """A stored object is missing or not as cataloged, or the entry lacks what would
+    prove it intact."""
 
 
 class EncryptionKeyError(CatalogError):
@@ -103,7 +138,9 @@ class CatalogStore(BackupStore):
 
     # --- key ---------------------------------------------------------------------------------
 
-    def _key(self) -> bytes:
+    def data_key(self) -> bytes:
+        """The 32-byte key backups in this store are encrypted with (for code that writes
+        into it: taking a backup, the off-site copy). Never logged."""
         ref = self.options.encryption_key
         if ref is None:
             raise CatalogError("this store has no `encryptionKey` configured; backups are "
@@ -124,7 +161,7 @@ class CatalogStore(BackupStore):
 
     def check_key(self) -> None:
         """Raise EncryptionKeyError (or CatalogError) unless the key can be used."""
-        self._key()
+        self.data_key()
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -185,14 +222,59 @@ class CatalogStore(BackupStore):
 
     @contextlib.contextmanager
     def open_payload(self, backup: Backup | str) -> Iterator[crypto.DecryptingReader]:
-        """The authenticated plaintext (a tar stream) of a base-backup payload."""
-        name = backup if isinstance(backup, str) else backup.id
-        key = self._key()
-        raw = self.objects.reader(naming.payload_key(name))
+        """The authenticated plaintext (a tar stream) of a base-backup payload, checked
+        against its catalog entry while it streams: its binding before the first byte
+        (`crypto.SwappedPayload`), every chunk (`crypto.AuthenticationFailed`), and the
+        stored SHA-256 and size before the last chunk is released
+        (`crypto.ChecksumMismatch`), so a reader that got to the end got the backup the
+        catalog describes."""
+        if isinstance(backup, str):
+            backup = self.to_backup(self.entry(backup))
+        expected = expected_payload(backup)
+        key = self.data_key()
         try:
-            yield crypto.DecryptingReader(raw, key, name=name)
+            raw = self.objects.reader(naming.payload_key(backup.id))
+        except FileNotFoundError:
+            raise IntegrityFailed(f"{backup.id}: its payload "
+                                  f"{self.objects.location(naming.payload_key(backup.id))} is "
+                                  "missing from the store") from None
+        try:
+            yield crypto.DecryptingReader(raw, key, name=backup.id, expected=expected)
         finally:
             raw.close()
+
+    def check_integrity(self, backup: Backup) -> str:
+        """The cheap pass right before a restore (`BackupStore.check_integrity`): every
+        stored object exists with the size and ETag cataloged, and a payload's header is
+        bound to this entry; reads a payload's first bytes only."""
+        objects = stored_objects(backup)
+        if not objects:
+            return (f"{backup.id}: no stored object in the catalog to check (a "
+                    f"{backup.meta.get('format')} set; its tool checks its files as it "
+                    "restores)")
+        said = []
+        for obj in objects:
+            key = obj["key"]
+            try:
+                got = self.objects.peek(key, crypto.MAX_HEADER)
+            except FileNotFoundError:
+                raise IntegrityFailed(f"{backup.id}: {self.objects.location(key)} is missing "
+                                      "from the store") from None
+            # whose payload it is, said first (a swapped payload differs in size, too)
+            bound = (f"; payload {payload_binding(backup, got.head)}"
+                     if key == naming.payload_key(backup.id) else "")
+            if got.size != obj["size"]:
+                raise IntegrityFailed(f"{backup.id}: {self.objects.location(key)} holds "
+                                      f"{got.size} bytes, the catalog says {obj['size']}")
+            if obj.get("etag") and got.etag != obj["etag"]:
+                raise IntegrityFailed(
+                    f"{backup.id}: {self.objects.location(key)} was rewritten since it was "
+                    f"verified (ETag {got.etag}, cataloged {obj['etag']}); if it was copied "
+                    "on purpose, verify it again (`failoverctl verify`), which records the "
+                    "new ETag")
+            said.append(f"{key}: {got.size} bytes" + (", ETag" if obj.get("etag") else "")
+                        + " as cataloged" + bound)
+        return f"{backup.id}: " + "; ".join(said)
 
     # --- writing -----------------------------------------------------------------------------
 
@@ -204,10 +286,12 @@ class CatalogStore(BackupStore):
                       actor: str, source_info: dict[str, Any] | None = None) -> Backup:
         """Tar `source` (a plain base backup) through encryption into the store, streamed."""
         name = naming.backup_name(taken_at=taken_at, dataset=dataset, kind=kind)
-        key, started = self._key(), time.monotonic()
+        key, started = self.data_key(), time.monotonic()
         pkey = naming.payload_key(name)
+        binding = crypto.Binding(id=name, dataset=dataset, taken_at=taken_at)
         with self.objects.writer(pkey) as sink:
-            enc = crypto.EncryptingWriter(sink, key, chunk_size=self.options.chunk_size)
+            enc = crypto.EncryptingWriter(sink, key, binding=binding,
+                                          chunk_size=self.options.chunk_size)
             with tarfile.open(fileobj=enc, mode="w|", bufsize=READ_CHUNK) as tar:  # type: ignore[call-overload]
                 tar.add(str(source), arcname=".")
             enc.close()
@@ -215,9 +299,10 @@ class CatalogStore(BackupStore):
             "id": name, "dataset": dataset, "kind": kind, "takenAt": taken_at,
             "format": "basebackup", "size": enc.stored_size, "plainSize": enc.plain_size,
             "objects": [{"key": pkey, "size": enc.stored_size,
-                         "sha256": enc.sha256.hexdigest()}],
+                         "sha256": enc.sha256.hexdigest(),
+                         "etag": self.objects.peek(pkey, 0).etag}],
             "encryption": {"algorithm": crypto.ALGORITHM, "chunkSize": self.options.chunk_size,
-                           "keyId": crypto.key_id(key)},
+                           "keyId": crypto.key_id(key), "payloadFormat": crypto.FORMAT_BOUND},
             "source": source_info or {}, "createdBy": actor, "createdAt": time.time(),
             "verifications": [],
         }
@@ -241,10 +326,17 @@ class CatalogStore(BackupStore):
                                                          f"at {location}")
         return self.to_backup(entry)
 
-    def record_verification(self, name: str, result: dict[str, Any], *, actor: str) -> Backup:
-        """Append a verification result (passed, at, durationS, summary, checks)."""
+    def record_verification(self, name: str, result: dict[str, Any], *, actor: str,
+                            etags: dict[str, str | None] | None = None) -> Backup:
+        """Append a verification result (passed, at, durationS, summary, checks); a passed
+        one records the `etags` (object key -> ETag) of the bytes it proved, which the
+        integrity pass before a restore compares."""
         entry = self.entry(name)
         entry.setdefault("verifications", []).append({**result, "by": actor})
+        if result["passed"] and etags:
+            for obj in entry.get("objects") or []:
+                if obj.get("key") in etags:
+                    obj["etag"] = etags[obj["key"]]
         self._put_entry(entry)
         self.audit(actor=actor, action="verify",
                    detail=f"{name}: {'passed' if result['passed'] else 'FAILED'}: "
@@ -273,3 +365,61 @@ def sha256_stream(src: BinaryIO, *, chunk: int = READ_CHUNK) -> tuple[str, int]:
             size += len(data)
     return h.hexdigest(), size
 
+
+def payload_binding(backup: Backup, head: bytes) -> str:
+    """Whom the payload whose first bytes are `head` says it is ("bound to ... (format 2)"
+    or "unbound (format 1) ..."); crypto.SwappedPayload when it is another backup's."""
+    header = crypto.parse_header(head, name=backup.id)
+    crypto.check_binding(header, expected_payload(backup), name=backup.id)
+    return header.describe()
+
+
+def expected_payload(backup: Backup) -> crypto.Expected:
+    """What the catalog says the backup's payload is, for the checks while it streams."""
+    key = naming.payload_key(backup.id)
+    obj = next((o for o in stored_objects(backup) if o["key"] == key), None)
+    if obj is None:
+        raise IntegrityFailed(f"catalog entry {backup.id}: no payload object {key} in "
+                              f"`objects`; {_DAMAGED}")
+    encryption = backup.meta.get("encryption") or {}
+    return crypto.Expected(
+        binding=crypto.Binding(id=backup.id, dataset=backup.dataset, taken_at=backup.taken_at),
+        bound=encryption.get("payloadFormat", 1) >= crypto.FORMAT_BOUND,
+        sha256=obj["sha256"], size=obj["size"])
+
+
+def stored_objects(backup: Backup) -> list[dict[str, Any]]:
+    """The catalog entry's stored objects, each with a key, a size and a SHA-256; an
+    entry that lacks them cannot be proven intact and fails (IntegrityFailed), naming the
+    field."""
+    where = f"catalog entry {backup.id}"
+    fmt = backup.meta.get("format")
+    if fmt not in FORMATS:
+        raise IntegrityFailed(f"{where}: `format` is {fmt!r}, expected one of "
+                              f"{', '.join(FORMATS)}; {_DAMAGED}")
+    objects = backup.meta.get("objects")
+    if objects is None:
+        objects = []
+    if not isinstance(objects, list):
+        raise IntegrityFailed(f"{where}: `objects` is not a list; {_DAMAGED}")
+    if fmt == "basebackup" and not objects:
+        raise IntegrityFailed(f"{where}: `objects` is empty, a base backup stores its "
+                              f"payload there; {_DAMAGED}")
+    for i, obj in enumerate(objects):
+        field = f"{where}: objects[{i}]"
+        if not isinstance(obj, dict):
+            raise IntegrityFailed(f"{field} is not an object; {_DAMAGED}")
+        if not isinstance(obj.get("key"), str) or not obj["key"]:
+            raise IntegrityFailed(f"{field} has no `key` (the stored object's name); "
+                                  f"{_DAMAGED}")
+        size = obj.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            what = "no `size`" if size is None else f"`size` {size!r}, not a byte count"
+            raise IntegrityFailed(f"{field} ({obj['key']}) has {what}, the stored size to "
+                                  f"check against; {_DAMAGED}")
+        digest = obj.get("sha256")
+        if not isinstance(digest, str) or not _SHA256.match(digest):
+            what = "no `sha256`" if digest is None else "a `sha256` that is not 64 hex digits"
+            raise IntegrityFailed(f"{field} ({obj['key']}) has {what}, the checksum taken "
+                                  f"when it was stored; {_DAMAGED}")
+    return objects

@@ -1,4 +1,5 @@
-"""AES-256-GCM encryption at rest for backups, streamed in authenticated chunks.
+"""AES-256-GCM encryption at rest for backups, streamed in authenticated chunks, each
+bound to the backup it belongs to.
 
 Owns the on-disk format of an encrypted backup object. One GCM tag over a whole
 multi-gigabyte stream could only be checked after every byte was already handed to
@@ -8,7 +9,18 @@ flag, the header as associated data. Reordering, truncation, a flipped byte or a
 key fail on the first bad chunk, before its plaintext is released, and memory stays at
 one chunk whatever the backup size.
 
-Header: b"FOBKGCM1" | chunk size (u32) | nonce prefix (7) | key id (8) -- 27 bytes.
+Format 2 (written since payloads are bound to their catalog entry):
+  b"FOBKGCM2" | chunk size (u32) | nonce prefix (7) | key id (8) | binding length (u16) |
+  binding: canonical JSON {"dataset", "id", "takenAt"} of the backup.
+The whole header, binding included, is the associated data of every chunk, so a payload
+authenticates only as the backup it was written for: a payload swapped with another
+backup's (same key) or copied under the wrong name is refused before any plaintext, the
+message naming the backup expected and the one the payload is.
+Format 1 (b"FOBKGCM1", the same header without the binding; 27 bytes) is still read: such
+an "unbound" payload is accepted only when its stored SHA-256 and size match the catalog's
+(checked by `decrypt_chunks` when the caller gives them, as `CatalogStore.open_payload`
+always does), and refused when the catalog says the backup was written bound.
+
 The key id is HMAC-SHA256(key, "failover-backup-key-id")[:8]: it names the key without
 revealing it, so a wrong key gets a clear error instead of "invalid tag".
 """
@@ -17,29 +29,99 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import struct
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from controller.backups import DamagedBackup
+from controller.backups.naming import iso
 from controller.model import PermanentError
 
 MAGIC = b"FOBKGCM1"
+MAGIC_BOUND = b"FOBKGCM2"
 HEADER = struct.Struct(">8sI7s8s")
+BINDING_LENGTH = struct.Struct(">H")
+MAX_BINDING = 1024
+MAX_HEADER = HEADER.size + BINDING_LENGTH.size + MAX_BINDING
 TAG = 16
 DEFAULT_CHUNK = 1 << 20
 ALGORITHM = "AES-256-GCM"
+FORMAT_BOUND = 2
 
 
 class DecryptionError(PermanentError):
-    """The stored bytes cannot be authenticated: wrong key, tampering or truncation."""
+    """The stored bytes cannot be decrypted (see the subclasses for whose problem)."""
 
 
 class WrongKeyError(DecryptionError):
-    pass
+    """The payload was written with another key: a problem of configuration, not of the
+    backup (every backup of the store would fail the same way)."""
+
+
+class AuthenticationFailed(DecryptionError, DamagedBackup):
+    """The stored bytes do not authenticate: tampering, corruption or truncation."""
+
+
+class SwappedPayload(DecryptionError, DamagedBackup):
+    """The payload is another backup's (swapped or copied under the wrong name), or an
+    unbound one where the catalog says a bound one was written."""
+
+
+class ChecksumMismatch(DamagedBackup):
+    """The stored object's SHA-256 or size is not the catalog's."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Who a payload is: the catalog identity authenticated with every chunk."""
+
+    id: str
+    dataset: str
+    taken_at: float
+
+    def encode(self) -> bytes:
+        return json.dumps({"dataset": self.dataset, "id": self.id, "takenAt": self.taken_at},
+                          sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Binding:
+        e = json.loads(data)
+        return cls(id=str(e["id"]), dataset=str(e["dataset"]), taken_at=float(e["takenAt"]))
+
+    def __str__(self) -> str:
+        return f"{self.id} (data set {self.dataset}, taken {iso(self.taken_at)})"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the catalog says a payload is: checked while it streams."""
+
+    binding: Binding
+    bound: bool  # written in format 2: an unbound (format 1) payload is refused
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Header:
+    format: int
+    chunk: int
+    prefix: bytes
+    key_id: str
+    binding: Binding | None
+    raw: bytes  # the associated data of every chunk
+
+    def describe(self) -> str:
+        if self.binding is None:
+            return ("unbound (format 1): accepted only when its SHA-256 and size match the "
+                    "catalog's")
+        return f"bound to {self.binding} (format {self.format})"
 
 
 def key_id(key: bytes) -> str:
@@ -57,19 +139,76 @@ def _nonce(prefix: bytes, counter: int, final: bool) -> bytes:
     return prefix + struct.pack(">IB", counter, 1 if final else 0)
 
 
+def pack_header(chunk: int, prefix: bytes, kid: str, binding: Binding | None) -> bytes:
+    if binding is None:
+        return HEADER.pack(MAGIC, chunk, prefix, bytes.fromhex(kid))
+    ident = binding.encode()
+    if len(ident) > MAX_BINDING:
+        raise PermanentError(f"backup id {binding.id!r} too long to bind ({len(ident)} bytes "
+                             f"of identity, at most {MAX_BINDING})")
+    return (HEADER.pack(MAGIC_BOUND, chunk, prefix, bytes.fromhex(kid))
+            + BINDING_LENGTH.pack(len(ident)) + ident)
+
+
+def parse_header(data: bytes, *, name: str = "backup") -> Header:
+    """The header at the start of `data` (which may hold more); AuthenticationFailed when
+    it is not one (too short, bad magic, unreadable binding)."""
+    if len(data) < HEADER.size:
+        raise AuthenticationFailed(f"{name}: too short to be an encrypted backup")
+    magic, chunk, prefix, kid = HEADER.unpack_from(data)
+    if magic == MAGIC:
+        return Header(1, chunk, prefix, kid.hex(), None, data[:HEADER.size])
+    if magic != MAGIC_BOUND:
+        raise AuthenticationFailed(f"{name}: not an encrypted backup (bad magic header)")
+    end = HEADER.size + BINDING_LENGTH.size
+    if len(data) < end:
+        raise AuthenticationFailed(f"{name}: its header is truncated")
+    (length,) = BINDING_LENGTH.unpack_from(data, HEADER.size)
+    damaged = "the stored backup was modified, corrupted or truncated"
+    if length > MAX_BINDING or len(data) < end + length:
+        raise AuthenticationFailed(f"{name}: its header's binding is truncated or too long: "
+                                   f"{damaged}")
+    try:
+        binding = Binding.decode(data[end:end + length])
+    except (ValueError, KeyError, TypeError):
+        raise AuthenticationFailed(f"{name}: its header's binding is unreadable: {damaged}") \
+            from None
+    return Header(FORMAT_BOUND, chunk, prefix, kid.hex(), binding, data[:end + length])
+
+
+def check_binding(header: Header, expected: Expected, *, name: str) -> None:
+    """Refuse a payload that is not the cataloged backup's (SwappedPayload)."""
+    if header.binding is None:
+        if expected.bound:
+            raise SwappedPayload(
+                f"{name}: the catalog entry says its payload was written bound to "
+                f"{expected.binding} (format {FORMAT_BOUND}), but the stored payload is "
+                "unbound (format 1): it was replaced by an older or foreign payload; restore "
+                "another backup")
+        return
+    if header.binding != expected.binding:
+        raise SwappedPayload(
+            f"{name}: the payload stored for backup {expected.binding} is the payload of "
+            f"backup {header.binding}: swapped or copied under the wrong name; it is not "
+            "restored (put the right payload back, or restore another backup)")
+
+
 class EncryptingWriter:
     """A write-only binary stream: plaintext in, header + sealed chunks out to `sink`.
 
+    `binding` names the backup the payload belongs to (format 2); None writes an unbound
+    format 1 payload (what older controllers wrote; kept for tests of compatibility).
     Tracks the SHA-256 and size of what it wrote (the stored object's checksum) and the
     plaintext size. `close()` seals the final chunk; it does not close `sink`.
     """
 
-    def __init__(self, sink: BinaryIO, key: bytes, *, chunk_size: int = DEFAULT_CHUNK):
+    def __init__(self, sink: BinaryIO, key: bytes, *, binding: Binding | None,
+                 chunk_size: int = DEFAULT_CHUNK):
         self._sink = sink
         self._aead = AESGCM(check_key(key))
         self._chunk = chunk_size
         self._prefix = os.urandom(7)
-        self.header = HEADER.pack(MAGIC, chunk_size, self._prefix, bytes.fromhex(key_id(key)))
+        self.header = pack_header(chunk_size, self._prefix, key_id(key), binding)
         self._buf = bytearray()
         self._counter = 0
         self.sha256 = hashlib.sha256()
@@ -112,54 +251,89 @@ class EncryptingWriter:
             self._buf.clear()
 
 
-def _read_exact(src: BinaryIO, n: int) -> bytes:
-    parts, got = [], 0
-    while got < n:
-        part = src.read(n - got)
-        if not part:
-            break
-        parts.append(part)
-        got += len(part)
-    return b"".join(parts)
+class _Counted:
+    """Reads from `src`, hashing and counting every byte read (the stored object's)."""
+
+    def __init__(self, src: BinaryIO):
+        self.src, self.sha256, self.size = src, hashlib.sha256(), 0
+
+    def read_exact(self, n: int) -> bytes:
+        parts, got = [], 0
+        while got < n:
+            part = self.src.read(n - got)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        data = b"".join(parts)
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
 
 
-def decrypt_chunks(src: BinaryIO, key: bytes, *, name: str = "backup") -> Iterator[bytes]:
-    """Yield authenticated plaintext chunks; raise DecryptionError on the first bad one."""
+def _read_header(src: _Counted, name: str) -> Header:
+    data = src.read_exact(HEADER.size)
+    if data[:8] == MAGIC_BOUND and len(data) == HEADER.size:
+        data += src.read_exact(BINDING_LENGTH.size)
+        if len(data) == HEADER.size + BINDING_LENGTH.size:
+            (length,) = BINDING_LENGTH.unpack_from(data, HEADER.size)
+            data += src.read_exact(min(length, MAX_BINDING + 1))
+    return parse_header(data, name=name)
+
+
+def decrypt_chunks(src: BinaryIO, key: bytes, *, name: str = "backup",
+                   expected: Expected | None = None) -> Iterator[bytes]:
+    """Yield authenticated plaintext chunks; raise on the first bad one, before its
+    plaintext is released: AuthenticationFailed (modified, corrupted, truncated),
+    WrongKeyError, and with `expected` (the catalog's word) SwappedPayload (another
+    backup's payload, checked before anything is decrypted) and ChecksumMismatch (the
+    stored SHA-256 or size is not the catalog's, checked before the final chunk)."""
     aead = AESGCM(check_key(key))
-    header = _read_exact(src, HEADER.size)
-    if len(header) != HEADER.size:
-        raise DecryptionError(f"{name}: too short to be an encrypted backup")
-    magic, chunk, prefix, kid = HEADER.unpack(header)
-    if magic != MAGIC:
-        raise DecryptionError(f"{name}: not an encrypted backup (bad magic header)")
-    if kid.hex() != key_id(key):
+    counted = _Counted(src)
+    header = _read_header(counted, name)
+    if expected is not None:
+        check_binding(header, expected, name=name)
+    if header.key_id != key_id(key):
         raise WrongKeyError(
-            f"{name}: wrong encryption key: the backup was encrypted with key id {kid.hex()}, "
-            f"the configured key has id {key_id(key)}; configure the key it was written with")
-    record = chunk + TAG
+            f"{name}: wrong encryption key: the backup was encrypted with key id "
+            f"{header.key_id}, the configured key has id {key_id(key)}; configure the key it "
+            "was written with")
+    record = header.chunk + TAG
     counter = 0
-    pending = _read_exact(src, record)
+    pending = counted.read_exact(record)
     while True:
-        following = _read_exact(src, record) if len(pending) == record else b""
+        following = counted.read_exact(record) if len(pending) == record else b""
         final = not following
         try:
-            plain = aead.decrypt(_nonce(prefix, counter, final), pending, header)
+            plain = aead.decrypt(_nonce(header.prefix, counter, final), pending, header.raw)
         except InvalidTag:
             where = "final chunk" if final else f"chunk {counter}"
-            raise DecryptionError(
+            raise AuthenticationFailed(
                 f"{name}: authentication failed at {where} (offset ~{counter * record} bytes): "
                 "the stored backup was modified, corrupted or truncated") from None
+        if final and expected is not None:
+            _check_stored(counted, expected, name)
         yield plain
         if final:
             return
         pending, counter = following, counter + 1
 
 
+def _check_stored(counted: _Counted, expected: Expected, name: str) -> None:
+    digest = counted.sha256.hexdigest()
+    if counted.size != expected.size or digest != expected.sha256:
+        raise ChecksumMismatch(
+            f"{name}: the stored payload is not the one cataloged: {counted.size} bytes, "
+            f"sha256 {digest[:16]}…, the catalog says {expected.size} bytes, sha256 "
+            f"{expected.sha256[:16]}…; it is not restored (restore another backup)")
+
+
 class DecryptingReader:
     """A read-only binary stream over `decrypt_chunks`, for `tarfile` and uploads."""
 
-    def __init__(self, src: BinaryIO, key: bytes, *, name: str = "backup"):
-        self._chunks = decrypt_chunks(src, key, name=name)
+    def __init__(self, src: BinaryIO, key: bytes, *, name: str = "backup",
+                 expected: Expected | None = None):
+        self._chunks = decrypt_chunks(src, key, name=name, expected=expected)
         self._buf = b""
         self._done = False
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from pydantic import Field
 
-from controller.backups.catalog import CatalogStore, StoreOptions
+from controller.backups.catalog import CatalogStore, Peek, StoreOptions
 
 
 class FilesystemStoreOptions(StoreOptions):
@@ -59,6 +59,12 @@ class FileObjects:
     def get_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
 
+    def peek(self, key: str, n: int) -> Peek:
+        """A file has no ETag: the integrity pass checks its size (and a payload's
+        binding); its SHA-256 is checked as it streams."""
+        with self._path(key).open("rb", buffering=0) as fh:
+            return Peek(fh.read(n), os.fstat(fh.fileno()).st_size, None)
+
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
@@ -66,6 +72,13 @@ class FileObjects:
 
     def location(self, key: str) -> str:
         return (self.root / key).as_uri() if self.root.is_absolute() else str(self.root / key)
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        path.unlink(missing_ok=True)
+        if path.parent != self.root.resolve() and path.parent.is_dir() \
+                and not any(path.parent.iterdir()):
+            path.parent.rmdir()  # a backup's directory goes with its last object
 
 
 class FilesystemBackupStore(CatalogStore):

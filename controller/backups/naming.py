@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from controller.plan import DATASET_PATTERN
+
 KINDS = ("continuous", "daily", "full", "incremental")
-DATASET = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+DATASET = re.compile(DATASET_PATTERN)
 _NAME = re.compile(r"^(\d{8}T\d{6}Z)_([a-z0-9][a-z0-9-]*)_([a-z]+)$")
 _FMT = "%Y%m%dT%H%M%SZ"
 

@@ -9,13 +9,19 @@ archive), its port and socket directory are set, and after start it is polled ev
 moment). The plan's validation queries then decide whether the restore counts. It is
 stopped by the postmaster's PID from `postmaster.pid`, never by name.
 
+A restore never writes into the target directly: the data arrives beside it and is
+swapped in once proven, an earlier attempt's unfinished work is recognised by its marker
+and undone, and a failure puts the target back as it was (`swap` owns those rules and the
+shell that moves directories; this module runs it).
+
 A restore is two sessions on the host, not one per command: `receive` (the prepare
-script, then the data stream into `tar` in the same session; pgBackRest restores run
-`prepare` alone) and `finish` (one script: extract, pg_verifybackup, configure, start,
-promote, archiving check, validation queries, with phase markers timed on the host's
-clock). Over SSH each session costs round trips and the login shell's startup. Scripts
-are built with `shlex.quote`/`shlex.join`, and paths are still refused if they hold
-shell-active characters (PostgreSQL's own tools pass them through a shell).
+script -- inspect the target, make the side directory -- then the data stream into `tar`
+in the same session; pgBackRest restores run `prepare` alone) and `finish` (one script:
+extract, pg_verifybackup, configure, swap, start, promote, archiving check, validation
+queries judged on the host, commit, with phase markers timed on the host's clock). Over
+SSH each session costs round trips and the login shell's startup. Scripts are built with
+`shlex.quote`/`shlex.join`, and paths are still refused if they hold shell-active
+characters (PostgreSQL's own tools pass them through a shell).
 
 A restore stops when its step is cancelled (the step's timeout passed, or the controller
 lost its lease; see `controller.fencing`), and nothing is started after that: the fence is
@@ -26,8 +32,8 @@ every phase and in the promote poll loop, and long commands (pgbackrest restore,
 pg_verifybackup, validation queries) are terminated when it appears; `pg_ctl start -w`
 is let finish (killing it could leave a postmaster that has no PID file yet) and the
 server it started is then stopped by its PID. A cancelled restore cleans up like a
-failed stream: the server it started is stopped and the directory it made ready is
-emptied, so nothing counts as restored, and `fencing.Cancelled` is raised.
+failed one: the server it started is stopped, the swap undone and the side directory
+removed, so the target is as it was, and `fencing.Cancelled` is raised.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
+from controller.backups import swap
 from controller.backups.hosts import CommandError, Host, Result, is_root_on
 from controller.model import PermanentError
 from controller.secrets import redact
@@ -57,6 +64,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9 ._+@:,=/-]")
 SEP = "\x1f"  # between the columns of the settings query (never in a setting's value)
 PSQL_TIMEOUT = 300  # seconds one psql (a poll, a validation query) may take
 CANCEL_POLL = 0.1  # seconds between the finish script's looks at its cancel flag
+# a validation query's value: its first non-blank line, trimmed; a number for `min` is
+# what both the host's awk and Python's float read alike
+_FIRST_LINE = "/[^[:space:]]/{s/^[[:space:]]*//;s/[[:space:]]*$//;p;q;}"
+NUMBER = r"^[-+]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][-+]?[0-9]+)?$"
 
 
 class RestoreFailed(PermanentError):
@@ -75,7 +86,7 @@ class ValidationQuery(BaseModel):
     sql: str
     database: str | None = None
     expect: str | None = None
-    min: float | None = None
+    min: float | None = Field(None, allow_inf_nan=False)
 
 
 class TargetOptions(BaseModel):
@@ -89,12 +100,18 @@ class TargetOptions(BaseModel):
     database: str = "postgres"
     db_user: str = Field("postgres", alias="dbUser")
     validation: list[ValidationQuery] = Field(default_factory=list)
-    overwrite: bool = Field(False, description="empty a non-empty data directory first")
+    overwrite: bool = Field(False, description="a non-empty data directory may be replaced: "
+                            "it is kept aside until the restored node passed validation")
     settings: dict[str, str] = Field(default_factory=dict,
                                      description="extra postgresql.conf settings")
     ssh_port: int | None = Field(None, alias="sshPort")
-    recovery_target: str = Field("immediate", alias="recoveryTarget",
-                                 description="pgBackRest: immediate, latest or a timestamp")
+    recovery_target: str | None = Field(
+        None, alias="recoveryTarget", description="pgBackRest: immediate, latest or a "
+        "timestamp; default latest (end of the WAL archive) for a continuous backup, "
+        "immediate (end of the base backup) otherwise")
+    fault_at: float | None = Field(None, alias="faultAt", description="when the failure "
+                                   "happened (epoch seconds): the RPO is measured against it; "
+                                   "default when the restore started")
     promote_timeout: float = Field(120.0, alias="promoteTimeout", gt=0)
     start_timeout: int = Field(300, alias="startTimeout", gt=0)
     rpo: float | None = Field(None, description="RPO budget in seconds, for `rpoMet`")
@@ -110,7 +127,7 @@ class Node:
     """
 
     def __init__(self, host: Host, path: str, opts: TargetOptions, *,
-                 root: bool | None = None):
+                 root: bool | None = None, backup: str = "", run: str = ""):
         if not posixpath.isabs(path) or posixpath.normpath(path) in ("/", "/var", "/tmp"):
             raise PermanentError(f"restore target path {path!r} must be an absolute, "
                                  "dedicated data directory")
@@ -124,7 +141,9 @@ class Node:
             raise PermanentError(f"socketDir {opts.socket_dir!r} is too long for a unix "
                                  "socket path (107 bytes at most with the file name)")
         self.host, self.path, self.opts = host, posixpath.normpath(path), opts
+        self.layout = swap.Layout(self.path, backup, run)
         self._root = root
+        self.cleared: str | None = None  # "STATE BACKUP": an earlier attempt's work undone
 
     @property
     def root(self) -> bool:
@@ -158,49 +177,51 @@ class Node:
         return int(got) if alive else None
 
     def _prepare_script(self, then: str = "") -> str:
-        """Check and create the data directory; `then` runs only once it is ready."""
+        """Inspect the target (see `swap.INSPECT`), then make the side directory the data
+        arrives in; `then` runs only once it is ready."""
         q = shlex.quote
         return f"""cd / || exit 1
-P={q(self.path)}; S={q(self.opts.socket_dir)}; U={q(self.opts.os_user)}
-uid=$(id -u) || exit 1
+{self.layout.variables()}; D={q(self.opts.socket_dir)}; U={q(self.opts.os_user)}
+{swap.FUNCTIONS}uid=$(id -u) || exit 1
 echo "uid=$uid"
-pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)
-case "$pid" in ''|*[!0-9]*) ;; *) if kill -0 "$pid" 2>/dev/null; then
-  echo "running=$pid"; exit 0; fi ;; esac
-if [ -n "$(ls -A "$P" 2>/dev/null | head -1)" ]; then
+{swap.INSPECT}if [ -n "$(ls -A "$P" 2>/dev/null | head -1)" ]; then
   ls -A "$P" | head -3 | sed 's/^/entry=/'
+  if [ "$st" = done ]; then echo "holds=$(mfield backup)"; fi
   [ {1 if self.opts.overwrite else 0} = 1 ] || exit 0
-  find "$P" -mindepth 1 -delete || exit 1
 fi
+mkdir -p -- "${{P%/*}}/" || exit 1
+marker receiving "" || {{ echo "parent=unwritable"; exit 0; }}
 if [ "$uid" = 0 ]; then
-  install -d -m 0700 -o "$U" "$P" && install -d -m 0775 -o "$U" "$S" || exit 1
+  install -d -m 0700 -o "$U" "$S" && install -d -m 0775 -o "$U" "$D" || exit 1
 else
-  mkdir -p "$P" "$S" && chmod 0700 "$P" || exit 1
+  mkdir -p "$S" "$D" && chmod 0700 "$S" || exit 1
 fi
-if [ "$uid" = 0 ] && [ "$U" != root ]; then runuser -u "$U" -- test -w "$P"
-else test -w "$P"; fi || {{ echo "writable=no"; exit 0; }}
+if [ "$uid" = 0 ] && [ "$U" != root ]; then runuser -u "$U" -- test -w "$S"
+else test -w "$S"; fi || {{ echo "writable=no"; undo; exit 0; }}
 echo "ready=yes"
 {then}"""
 
     def prepare(self) -> None:
-        """Create an empty data directory owned by the OS user, mode 0700.
+        """Make the side directory a restore writes into, owned by the OS user, mode 0700.
 
-        One script: who we are, a server running on the directory (refused), what the
-        directory holds (refused unless `overwrite`), create it, and can the OS user write
-        it. It answers in `key=value` lines; the refusals are decided here.
+        One script: who we are, a server running on the target (refused, unless it is
+        ours for this backup: `swap.AlreadyThere`), work an earlier attempt left in flight
+        (undone), what the target holds (refused unless `overwrite`), create the side
+        directory, and can the OS user write it. It answers in `key=value` lines; the
+        refusals are decided here.
         """
         fencing.check()
         argv = ["sh", "-c", self._prepare_script()]
         self._prepared(argv, self.host.run(argv, check=False))
 
     def receive(self, argv: list[str], stdin: Iterable[bytes]) -> None:
-        """`prepare`, then `argv` as the OS user reading `stdin`, in ONE session (over SSH
-        a session costs round trips and the login shell's startup). A refusal ends the
-        session before it reads anything. If `argv` fails, or `stdin` raises, after the
-        directory was made ready, what was written is removed and nothing counts as
-        restored; a directory the script did not make ready is never touched. An interrupt
-        or a cancelled step (`fencing.Cancelled`, raised by `stdin` between chunks) is
-        raised after that cleanup, whatever the command said."""
+        """`prepare`, then `argv` as the OS user reading `stdin` (it writes into
+        `layout.side`), in ONE session (over SSH a session costs round trips and the login
+        shell's startup). A refusal ends the session before it reads anything. If `argv`
+        fails, or `stdin` raises, after the side directory was made, it is removed: the
+        target was never touched. An interrupt or a cancelled step (`fencing.Cancelled`,
+        raised by `stdin` between chunks) is raised after that cleanup, whatever the
+        command said."""
         fencing.check()
         j = shlex.join
         then = (f'if [ "$uid" = 0 ] && [ "$U" != root ]; then exec runuser -u "$U" -- '
@@ -210,7 +231,7 @@ echo "ready=yes"
         result = self.host.run(script, stdin=stream, timeout=24 * 3600, check=False)
         failed = stream.error is not None or result.rc != 0
         if failed and "ready=yes" in result.out.splitlines():
-            self.clear()  # only a directory this script made ready
+            self.undo()  # only the side directory this script made
         if stream.error is not None and (not isinstance(stream.error, Exception)
                                          or isinstance(stream.error, fencing.Cancelled)):
             raise stream.error  # an interrupt or a cancel outranks any verdict
@@ -221,8 +242,8 @@ echo "ready=yes"
             raise RestoreFailed("fetch", str(CommandError(self.host.name, argv, result)))
 
     def _prepared(self, argv: list[str], result: Result, *, streamed: bool = False) -> None:
-        """Judge the prepare script's `key=value` answers; return once the directory is
-        ready (with `streamed`, what ran after it is judged by the caller)."""
+        """Judge the prepare script's `key=value` answers; return once the side directory
+        is ready (with `streamed`, what ran after it is judged by the caller)."""
         got: dict[str, str] = {}
         entries: list[str] = []
         for line in result.out.splitlines():
@@ -233,25 +254,62 @@ echo "ready=yes"
                 got[key] = value
         if "uid" in got:
             self._root = got["uid"] == "0"
+        where, lay = f"{self.path} on {self.host.name}", self.layout
+        self.cleared = got.get("cleared")
+        if "ours" in got:
+            raise swap.AlreadyThere(swap.State(got["ours"]))
         if "running" in got:
             raise PermanentError(f"a PostgreSQL server (PID {got['running']}) is running on "
-                                 f"{self.path} at {self.host.name}; stop it before restoring "
-                                 "over it")
+                                 f"{where}; stop it before restoring over it")
+        if "undo" in got:
+            raise PermanentError(f"an unfinished restore onto {where} is recorded in "
+                                 f"{lay.marker} but could not be undone: "
+                                 f"{result.err.strip()[-800:]}; put {lay.aside} back "
+                                 f"(if present) and remove {lay.side} and the marker")
+        if "inway" in got:
+            raise PermanentError(f"{got['inway']} on {self.host.name} is in the way: a "
+                                 f"restore onto {self.path} builds the new data directory in "
+                                 f"{lay.side} and keeps the replaced one in {lay.aside}, but "
+                                 f"no restore of ours is in flight ({lay.marker} says none); "
+                                 "move it away")
+        if "mountpoint" in got:
+            raise PermanentError(f"restore target {where} is a mount point: a restore "
+                                 "builds the new data directory beside it and swaps them "
+                                 "by rename, which cannot move a mount point; restore into "
+                                 "a directory inside the mount")
+        if "parent" in got:
+            raise PermanentError(f"cannot write beside {where} "
+                                 f"({posixpath.dirname(self.path)} is not writable by the "
+                                 "login): a restore keeps its marker and the new data "
+                                 "directory next to the target and swaps them by rename; "
+                                 "make the parent directory writable for it")
         if entries and not self.opts.overwrite:
+            holds = (f"; it holds backup {got['holds']}, restored earlier and not running"
+                     if "holds" in got else "")
             raise PermanentError(f"restore target {self.path} on {self.host.name} is not empty "
-                                 f"({', '.join(entries)}…); set `overwrite: true` or pick an "
-                                 "empty directory")
+                                 f"({', '.join(entries)}…){holds}; set `overwrite: true` "
+                                 "(the data is kept aside until the restore passed "
+                                 "validation) or pick an empty directory")
         if got.get("ready") == "yes" and (streamed or result.rc == 0):
             return
         if result.rc != 0:
             raise CommandError(self.host.name, argv, result)
-        raise PermanentError(f"OS user {self.opts.os_user} cannot write {self.path} on "
+        raise PermanentError(f"OS user {self.opts.os_user} cannot write {lay.side} on "
                              f"{self.host.name}: a parent directory is not searchable "
                              "by it (e.g. mode 0700); pick a path it can reach")
 
-    def clear(self) -> None:
-        """Remove what a failed restore left (used when nothing may count as restored)."""
-        self.host.run(["find", self.path, "-mindepth", "1", "-delete"], check=False)
+    def undo(self) -> None:
+        """Put the target back as it was before the restore in flight (see `swap.undo`):
+        used when the restore failed and the script that did the work could not."""
+        try:
+            result = self.host.run(["sh", "-c", swap.undo_script(self.layout)], check=False)
+        except Exception as exc:  # the restore's own error is the one raised
+            log.error("could not undo the restore onto %s on %s: %s (a resumed restore "
+                      "will, from %s)", self.path, self.host.name, exc, self.layout.marker)
+            return
+        if result.rc != 0:
+            log.error("could not undo the restore onto %s on %s: %s", self.path,
+                      self.host.name, redact(result.err.strip()[-800:]))
 
     # --- after the data arrives: extract, verify, configure, start, promote, validate -------
 
@@ -263,48 +321,59 @@ echo "ready=yes"
                 **(extra or {}), **self.opts.settings}
 
     def finish(self, *, fetch: list[str] | None = None, extract_tars: bool = False,
-               verify: bool = False) -> dict[str, Any]:
-        """Bring the restored files up and prove them, in ONE remote session.
+               verify: bool = False, check_only: bool = False,
+               settings: dict[str, str] | None = None) -> dict[str, Any]:
+        """Bring the restored files up at the target and prove them, in ONE remote session.
 
-        In order, each step only if the previous one succeeded: `fetch` (a restore command,
-        e.g. `pgbackrest restore`), extract tar-format files, `pg_verifybackup` against the
-        manifest, configure (archiving off, port, socket), `pg_ctl start -w`, poll
+        In order, each step only if the previous one succeeded: `fetch` (a restore command
+        writing into `layout.side`, e.g. `pgbackrest restore`), extract tar-format files,
+        `pg_verifybackup` against the manifest, configure (archiving off, port, socket,
+        `settings`), swap the side directory in (`swap.SWAP`), `pg_ctl start -w`, poll
         `pg_is_in_recovery()` every 50 ms until false (or `promoteTimeout`), read
         archive_mode/archive_command and the last replayed transaction's time -- refusing
-        to go on unless archive_mode is off -- then each validation query in its own psql.
+        to go on unless archive_mode is off -- then each validation query in its own psql,
+        judged on the host, then commit (`swap.COMMIT`). A failure or a cancel stops the
+        server it started and undoes the swap, so the target is as it was. With
+        `check_only`, the node already running at the target is promoted-checked,
+        validated and committed, and nothing is started, stopped or undone.
         Phase timings come from the host's clock between markers. Raises RestoreFailed
         naming the phase, or `fencing.Cancelled` when the step is cancelled meanwhile
         (see the module docstring); returns phases, pid, polls, archiving, lastReplay,
-        validation.
+        validation, replaced.
         """
-        return self.begin_finish(fetch=fetch, extract_tars=extract_tars, verify=verify).go()
+        return self.begin_finish(fetch=fetch, extract_tars=extract_tars, verify=verify,
+                                 check_only=check_only, settings=settings).go()
 
     def begin_finish(self, *, fetch: list[str] | None = None, extract_tars: bool = False,
-                     verify: bool = False) -> PendingFinish:
+                     verify: bool = False, check_only: bool = False,
+                     settings: dict[str, str] | None = None) -> PendingFinish:
         """Open the `finish` session now; it runs nothing until `go()` (see PendingFinish)."""
         # the cancel flag: a name nobody can guess, in the login's /tmp on the host
         flag = f"/tmp/.failover-restore-{secrets.token_hex(12)}.cancel"
         script = self._finish_script(fetch=fetch, extract_tars=extract_tars, verify=verify,
-                                     flag=flag)
+                                     check_only=check_only, settings=settings, flag=flag)
         budget = (24 * 3600 + self.opts.start_timeout + self.opts.promote_timeout
                   + 330 * (len(self.opts.validation) + 2))
-        return PendingFinish(self, script, budget, flag)
+        return PendingFinish(self, script, budget, flag, own=not check_only)
 
     def _finish_script(self, *, fetch: list[str] | None, extract_tars: bool,
-                       verify: bool, flag: str) -> str:
+                       verify: bool, check_only: bool, settings: dict[str, str] | None,
+                       flag: str) -> str:
         q, j, o = shlex.quote, shlex.join, self.opts
-        p = self.path
+        p, side = self.path, self.layout.side
         psql = f"watch timeout {PSQL_TIMEOUT}"  # a hung query ends; its psql exits 124
         conf = "# set by the failover controller's restore\n" + "".join(
-            f"{k} = {v}\n" for k, v in self.settings().items())
-        append = self.as_user(["sh", "-c", f"cat >> {q(p)}/postgresql.auto.conf"])
+            f"{k} = {v}\n" for k, v in self.settings(settings).items())
+        append = self.as_user(["sh", "-c", f"cat >> {q(side)}/postgresql.auto.conf"])
         lines = [
             # wait for the word: nothing runs unless the caller says `go` (EOF: exit quietly)
             'read -r go || exit 0; [ "$go" = go ] || exit 0; exec </dev/null',
             "cd / || exit 1",  # the OS user may not enter the login's home (psql warns)
-            f"P={q(p)}; C={q(flag)}; started=",
-            # a cancelled step: stop the server this script started (by its PID), say so;
-            # immediate shutdown (no checkpoint): its directory is emptied right after
+            f"{self.layout.variables()}; C={q(flag)}; started=; bad=",
+            f"own={'' if check_only else 1}",  # the target's state is ours to undo
+            swap.FUNCTIONS.rstrip("\n"),
+            # a failure or a cancel: stop the server this script started (by its PID),
+            # immediate shutdown (no checkpoint: it is undone right after), then undo
             # (alive: a zombie is not; it waits for whoever reaps orphans)
             'alive() { kill -0 "$1" 2>/dev/null || return 1',
             "  case \"$(sed -n 's/^State:[[:space:]]*//p' \"/proc/$1/status\" 2>/dev/null)\" in",
@@ -317,8 +386,9 @@ echo "ready=yes"
             '    if [ "$n" -gt 1200 ]; then kill -KILL "$pid" 2>/dev/null; break; fi',
             "    sleep 0.05; done",
             "}",
-            'cancel() { if [ -n "$started" ]; then stop_server; fi; '
-            'echo "@@cancelled $1"; exit 4; }',
+            'abandon() { if [ -n "$started" ]; then stop_server; fi',
+            '  if [ -n "$own" ]; then undo || echo "@@undo failed"; fi; }',
+            'cancel() { abandon; echo "@@cancelled $1"; exit 4; }',
             'check() { if [ -e "$C" ]; then cancel "$1"; fi; }',
             # the command a wrapper (timeout, runuser) runs: runuser that gets a signal
             # waits 2 s before it kills its child, one whose child ends exits at once
@@ -336,7 +406,7 @@ echo "ready=yes"
             "}",
             "mark() { check \"$1\"; echo \"@@phase $1\" >&2; "
             "echo \"@@mark $1 $(date +%s.%N)\"; }",
-            'fail() { check "$1"; echo "@@fail $1"; exit 3; }',
+            'fail() { check "$1"; abandon; echo "@@fail $1"; exit 3; }',
         ]
         if fetch is not None:
             lines += ["mark fetch", f"watch {j(self.as_user(fetch))} >&2 || fail fetch"]
@@ -344,17 +414,17 @@ echo "ready=yes"
             untar = j(self.as_user(["tar", "-x", "-f"]))
             lines += [
                 "mark extract",
-                'for t in "$P"/base.tar*; do [ -e "$t" ] || continue',
-                f'  watch {untar} "$t" -C "$P" >&2 && rm -f "$t" || fail extract',
+                'for t in "$S"/base.tar*; do [ -e "$t" ] || continue',
+                f'  watch {untar} "$t" -C "$S" >&2 && rm -f "$t" || fail extract',
                 "done",
-                'if [ -f "$P/pg_wal.tar" ]; then',
-                f'  watch {untar} "$P/pg_wal.tar" -C "$P/pg_wal" >&2 && rm -f "$P/pg_wal.tar" '
+                'if [ -f "$S/pg_wal.tar" ]; then',
+                f'  watch {untar} "$S/pg_wal.tar" -C "$S/pg_wal" >&2 && rm -f "$S/pg_wal.tar" '
                 "|| fail extract",
                 "fi",
             ]
         if verify:
             lines += ["mark verify",
-                      f"watch {j(self.as_user([self.bin('pg_verifybackup'), '-q', p]))} >&2 "
+                      f"watch {j(self.as_user([self.bin('pg_verifybackup'), '-q', side]))} >&2 "
                       "|| fail verify"]
         pg_ctl = self.as_user([self.bin("pg_ctl"), "-D", p, "-l", f"{p}/restore-start.log",
                                "-w", "-t", str(o.start_timeout), "start"])
@@ -364,13 +434,18 @@ echo "ready=yes"
                     "current_setting('archive_command'), coalesce(extract(epoch FROM "
                     "pg_last_xact_replay_timestamp())::text, '')")
         poll = self.as_user(self.psql_argv(poll_sql, extra=("-F", SEP)))
+        if not check_only:
+            lines += [
+                "mark swap",
+                f"printf '%s' {q(conf)} | {j(append)} >&2 || fail swap",
+                'rm -f "$S/standby.signal" "$S/postmaster.pid" >&2 || fail swap',
+                swap.SWAP.rstrip("\n"),
+                "mark start",
+                "check start; started=1",  # from here a cancel also stops the server
+                f'{j(pg_ctl)} >&2 || {{ tail -20 "$P/restore-start.log" >&2; fail start; }}',
+                "check start",
+            ]
         lines += [
-            "mark start",
-            f"printf '%s' {q(conf)} | {j(append)} >&2 || fail start",
-            'rm -f "$P/standby.signal" "$P/postmaster.pid" >&2 || fail start',
-            "check start; started=1",  # from here a cancel also stops the server
-            f'{j(pg_ctl)} >&2 || {{ tail -20 "$P/restore-start.log" >&2; fail start; }}',
-            "check start",
             'pid=$(head -1 "$P/postmaster.pid" 2>/dev/null)',
             'case "$pid" in ""|*[!0-9]*) pid="";; esac',
             'if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then',
@@ -399,34 +474,51 @@ echo "ready=yes"
                 f"echo '@@query {i}' >&2",
                 "t=$(date +%s.%N)",
                 f"out=$({psql} {j(argv)}); rc=$?; check validate",
-                f"echo \"@@result {i} $rc $t $(date +%s.%N) "
-                "$(printf '%s' \"$out\" | head -c 65536 | base64 -w0)\"",
+                # judged here, so that a failed check is undone before anything is removed
+                f"first=$(printf '%s\\n' \"$out\" | sed -n {q(_FIRST_LINE)})",
+                'v=ok; if [ "$rc" != 0 ]; then v=error; else :',
+                *([f'  [ "$first" = {q(v.expect)} ] || v=expect'] if v.expect is not None
+                  else []),
+                *([f"  if printf '%s' \"$first\" | grep -Eq {q(NUMBER)}; then",
+                   f"    awk -v v=\"$first\" -v m={q(repr(v.min))} "
+                   "'BEGIN { exit !(v + 0 >= m + 0) }' || v=min",
+                   "  else v=nan; fi"] if v.min is not None else []),
+                'fi; [ "$v" = ok ] || bad=1',
+                f"echo \"@@result {i} $rc $t $(date +%s.%N) $v "
+                "$(printf '%s' \"$first\" | head -c 65536 | base64 -w0)\"",
             ]
-        lines.append("mark done")
+        lines += ['[ -z "$bad" ] || fail validate', "mark commit", swap.COMMIT.rstrip("\n"),
+                  "mark done"]
         return "\n".join(lines) + "\n"
 
-    def _parse_finish(self, result: Result, *, cancel: str | None = None) -> dict[str, Any]:
+    def _parse_finish(self, result: Result, *, cancel: str | None = None,
+                      own: bool = True) -> dict[str, Any]:
         """Judge the finish script's output. `cancel` is the reason the caller raised the
-        cancel flag for: if the script stopped on it, the directory is emptied and
-        `fencing.Cancelled` raised (the script already stopped a server it started)."""
+        cancel flag for: if the script stopped on it, `fencing.Cancelled` is raised (the
+        script already stopped a server it started and undid the swap). `own`: the script
+        restored (not `check_only`), so what it left is undone if it died."""
         marks: list[tuple[str, float]] = []
         failed: str | None = None
         got: dict[str, Any] = {"validation": {}}
         for line in result.out.splitlines():
             word, _, rest = line.partition(" ")
             if word == "@@cancelled":
-                self.clear()  # nothing a cancelled restore wrote may count as restored
                 where = rest.strip()
                 raise fencing.Cancelled(
                     f"restore onto {self.path} on {self.host.name} stopped "
                     + ("after validation" if where == "done" else f"at {where}")
                     + f": {cancel or 'cancelled'}; the server it started (if any) was "
-                    "stopped and the directory emptied")
+                    "stopped and the target left as it was"
+                    + (" (undo FAILED: see the log)" if "undo" in got else ""))
             if word == "@@mark":
                 name, _, at = rest.partition(" ")
                 marks.append((name, float(at)))
             elif word == "@@fail":
                 failed = rest.strip()
+            elif word == "@@undo":
+                got["undo"] = rest
+            elif word in ("@@aside", "@@kept"):
+                got[word[2:]] = rest.strip()
             elif word == "@@pid":
                 got["pid"] = int(rest)
             elif word == "@@polls":
@@ -434,21 +526,25 @@ echo "ready=yes"
             elif word == "@@settings":
                 got["settings"] = base64.b64decode(rest.strip()).decode(errors="replace")
             elif word == "@@result":
-                i, rc, t0, t1, *value = rest.split(" ")
+                i, rc, t0, t1, verdict, *value = rest.split(" ")
                 text = base64.b64decode(value[0] if value else "").decode(errors="replace")
-                lines = text.strip().splitlines()
-                got["validation"][int(i)] = (int(rc), float(t1) - float(t0),
-                                             lines[0] if lines else "")
+                got["validation"][int(i)] = (int(rc), float(t1) - float(t0), verdict, text)
         phases = {name: later - at for (name, at), (_, later) in itertools.pairwise(marks)}
-        if failed is None and marks and marks[-1][0] != "done":
-            failed = marks[-1][0]  # the script died inside this phase
+        died = failed is None and bool(marks) and marks[-1][0] != "done"
+        if died:  # the script died inside this phase: nothing undid its work
+            failed = marks[-1][0]
+            if own and "pid" in got:  # the server it started: stopped before the undo
+                self.stop()
+            if own:
+                self.undo()
         if (failed is None and result.rc != 0) or not marks:
             raise CommandError(self.host.name, ["sh", "-c", "<restore steps>"], result)
         errors = _segments(result.err)
         if failed is not None:
             detail = redact(errors.get(failed, "").strip()[-1500:] or f"exit {result.rc}")
-            if failed in ("fetch", "extract", "verify"):
-                self.clear()  # files that were not proven must not count as restored
+            if "undo" in got:
+                detail += (f"; putting the target back FAILED: see {self.layout.marker} "
+                           f"and {self.layout.aside}")
             if failed == "verify":
                 raise RestoreFailed("verify", "pg_verifybackup rejected the restored files: "
                                     f"{detail}")
@@ -456,33 +552,33 @@ echo "ready=yes"
                 mode = got.get("settings", "").split(SEP)[0]
                 raise RestoreFailed("start", f"archive_mode is {mode} on the restored node; it "
                                     "would archive into the source's repository")
+            if failed == "validate" and not died:
+                self._judge(got["validation"], errors)  # raises, naming each failed check
             raise RestoreFailed(failed, f"on {self.host.name}: {detail}")
         mode, command, replay = [*got["settings"].split(SEP), "", ""][:3]
+        aside = got.get("aside")
         return {"phases": phases, "pid": got["pid"], "polls": got["polls"],
                 "archiving": {"archive_mode": mode, "archive_command": command},
                 "lastReplay": float(replay) if replay else None,
-                "validation": self._judge(got["validation"], errors)}
+                "validation": self._judge(got["validation"], errors),
+                "replaced": None if aside is None else {"path": aside,
+                                                        "removed": "kept" not in got}}
 
-    def _judge(self, answers: dict[int, tuple[int, float, str]],
+    def _judge(self, answers: dict[int, tuple[int, float, str, str]],
                errors: dict[str | int | None, str]) -> list[dict[str, Any]]:
+        """The host's verdict on each validation query, as evidence; raises RestoreFailed
+        naming every failed one."""
         results: list[dict[str, Any]] = []
         for i, q in enumerate(self.opts.validation):
-            rc, seconds, first = answers.get(i, (-1, 0.0, ""))
-            ok, why = True, ""
-            if rc != 0:
+            rc, seconds, verdict, first = answers.get(i, (-1, 0.0, "error", ""))
+            why = {"ok": "", "expect": f"expected {q.expect!r}",
+                   "min": f"expected at least {q.min:g}" if q.min is not None else "",
+                   "nan": f"expected a number >= {q.min:g}" if q.min is not None else ""
+                   }.get(verdict)
+            if why is None:
                 tail = errors.get(i, "").strip()[-800:]
-                first, ok, why = "", False, redact(f"on {self.host.name}: psql exited {rc}: "
-                                                   f"{tail}")
-            else:
-                if q.expect is not None and first != q.expect:
-                    ok, why = False, f"expected {q.expect!r}"
-                if q.min is not None:
-                    try:
-                        if float(first) < q.min:
-                            ok, why = False, f"expected at least {q.min:g}"
-                    except ValueError:
-                        ok, why = False, f"expected a number >= {q.min:g}"
-            results.append({"name": q.name, "passed": ok, "value": first[:200],
+                first, why = "", redact(f"on {self.host.name}: psql exited {rc}: {tail}")
+            results.append({"name": q.name, "passed": verdict == "ok", "value": first[:200],
                             "detail": why, "seconds": round(seconds, 3)})
         failed = [r for r in results if not r["passed"]]
         if failed:
@@ -517,8 +613,8 @@ class PendingFinish:
     authenticated and extracted); `abort()` ends it having done nothing.
     """
 
-    def __init__(self, node: Node, script: str, budget: float, flag: str):
-        self.node, self.flag = node, flag
+    def __init__(self, node: Node, script: str, budget: float, flag: str, *, own: bool):
+        self.node, self.flag, self.own = node, flag, own
         self._gate: queue.Queue[bool] = queue.Queue()
         self._result: Result | None = None
         self._error: BaseException | None = None
@@ -546,7 +642,8 @@ class PendingFinish:
             fencing.check()
         except fencing.Cancelled:  # nothing starts; what the restore wrote is removed
             self.abort()
-            self.node.clear()
+            if self.own:
+                self.node.undo()
             raise
         self._gate.put(True)
         cancel: str | None = None
@@ -569,7 +666,7 @@ class PendingFinish:
         if self._error is not None:
             raise self._error
         assert self._result is not None
-        return self.node._parse_finish(self._result, cancel=cancel)
+        return self.node._parse_finish(self._result, cancel=cancel, own=self.own)
 
     def abort(self) -> None:
         self._gate.put(False)

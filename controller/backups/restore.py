@@ -8,26 +8,38 @@ Owns the restore step's two implementations of the `Restorer` protocol:
   `pg_verifybackup` against the backup's manifest (the session for these later steps is
   opened while the data streams, and waits: nothing runs before the stream was
   authenticated to its last chunk);
-- `PgBackRestRestorer` runs `pgbackrest restore` on the target (`--type=immediate`, a
-  time target, or `latest`), with `--archive-mode=off`.
-Both then switch the node's archiving off, start it, wait for promotion, run the plan's
+- `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:
+  a continuous (WAL-archived) set replays the archive to its end by default (`--type=
+  default`: the newest archived transaction, the seconds-level RPO it was chosen for), any
+  other set stops at the end of its base backup (`--type=immediate`); `recoveryTarget`
+  names `latest`, `immediate` or a time instead.
+Both restore beside the target and swap it in (see `swap`): the target's old data is kept
+until the restored node started there and passed validation, and any failure (a payload
+damaged since its verification, a cut stream, a failed start or check, a cancel) leaves
+the target as it was. A retried restore recognises its own unfinished work (undone, then
+restored again: evidence `resumed`) or its own finished one (a running node for the same
+backup that passes validation: `alreadyRestored`, nothing restored twice).
+Both switch the node's archiving off, start it, wait for promotion, run the plan's
 validation queries and return JSON evidence: which backup, each phase's duration, bytes
-and throughput, RPO (age of the restored data) against the budget, validation results,
+and throughput, RPO against the budget -- the data is as of the last replayed transaction
+(`pg_last_xact_replay_timestamp()`, or the backup's takenAt when none is newer), measured
+against `faultAt` or else the restore's start -- validation results, what was replaced,
 and who triggered it. Only a backup whose verification passed is accepted; a wrong key
-or a tampered payload fails before or during the stream, and the half-written directory
-is emptied, so nothing counts as restored. Progress is logged every 64 MiB.
+or a tampered payload fails before or during the stream, and nothing counts as restored.
+Progress is logged every 64 MiB.
 
 Inside a step, a restore stops when the step is cancelled (`controller.fencing`: its
 timeout passed or the lease was lost): the fence is checked before anything is touched,
 before every 256 KiB slice of the stream, before PostgreSQL is started and while the finish
-session runs (see `node`). It then cleans up as an interrupted stream does (a server it
-started is stopped, the directory it made ready is emptied), never starts PostgreSQL,
-and raises `fencing.Cancelled`.
+session runs (see `node`). It then cleans up as a failed restore does (a server it
+started is stopped, the target put back as it was), and raises `fencing.Cancelled`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import shlex
 import time
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -35,7 +47,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups import Restorer
+from controller.backups import Restorer, swap
 from controller.backups.catalog import AuditSink, CatalogStore
 from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
 from controller.backups.naming import iso
@@ -134,23 +146,38 @@ class _Restorer(Restorer):
         started_wall, started = time.time(), time.monotonic()
         phases: dict[str, float] = {}
         host = self.host(into, opts)
+        fence = fencing.current()
         try:
             # the login says whether commands run as root; the first session confirms it
-            node = Node(host, into.path, opts, root=runs_as_root(host))
-            evidence = self._run(backup, node, phases)
+            node = Node(host, into.path, opts, root=runs_as_root(host), backup=backup.id,
+                        run=fence.label if fence is not None else "")
+            try:
+                evidence = self._run(backup, node, phases)
+            except swap.AlreadyThere as there:
+                evidence = self._resume(backup, node, there.state, phases)
         except Exception as exc:
             what = "CANCELLED" if isinstance(exc, fencing.Cancelled) else "FAILED"
             self.audit(actor, f"{what} restoring {backup.id} onto {where}: {exc}")
             raise
         finally:
             host.close()
-        data_as_of = max(backup.taken_at, evidence.pop("lastReplay", None) or 0.0)
-        rpo = started_wall - data_as_of
+        # the data is at least as new as the backup; a replayed transaction says how much newer
+        replay = evidence.pop("lastReplay", None)
+        data_as_of = max(backup.taken_at, replay or 0.0)
+        rpo = (started_wall if opts.fault_at is None else opts.fault_at) - data_as_of
+        if node.cleared and "resumed" not in evidence:
+            evidence["resumed"] = (f"undid an unfinished restore ({node.cleared}) and "
+                                   "restored again")
         evidence.update({
             "backup": backup.id, "dataset": backup.dataset, "kind": backup.kind,
             "format": self.format, "location": backup.location,
             "host": into.host or "localhost", "path": into.path, "port": opts.port,
             "dataAsOf": iso(data_as_of), "rpoSeconds": round(rpo, 3),
+            "dataAsOfSource": "last replayed transaction" if (replay or 0.0) > backup.taken_at
+            else "backup's takenAt (no later transaction replayed)",
+            "rpoFrom": "faultAt" if opts.fault_at is not None else "restore start",
+            "alreadyRestored": evidence.get("alreadyRestored", False),
+            "resumed": evidence.get("resumed"),
             "rpoBudgetSeconds": opts.rpo,
             "rpoMet": None if opts.rpo is None else rpo <= opts.rpo,
             "phases": {k: round(v, 3) for k, v in phases.items()},
@@ -169,10 +196,12 @@ class _Restorer(Restorer):
             phases[name] = time.monotonic() - t
 
     def _finish(self, node: Node, phases: dict[str, float], ev: Evidence, *,
-                fetch: list[str] | None = None, pending: PendingFinish | None = None
+                fetch: list[str] | None = None, pending: PendingFinish | None = None,
+                check_only: bool = False, settings: dict[str, str] | None = None
                 ) -> Evidence:
         """The rest of the restore in one remote session (see `Node.finish`)."""
-        done = pending.go() if pending is not None else node.finish(fetch=fetch)
+        done = pending.go() if pending is not None else node.finish(
+            fetch=fetch, check_only=check_only, settings=settings)
         phases.update(done["phases"])
         if done["archiving"]["archive_mode"] != "off":  # the script refuses this too
             raise RestoreFailed("start", f"archive_mode is {done['archiving']['archive_mode']}"
@@ -180,11 +209,34 @@ class _Restorer(Restorer):
                                 "repository")
         ev.update({"archiving": done["archiving"], "validation": done["validation"],
                    "pid": done["pid"], "promotePolls": done["polls"],
-                   "lastReplay": done["lastReplay"]})
+                   "lastReplay": done["lastReplay"], "replaced": done["replaced"]})
         return ev
 
     def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
         raise NotImplementedError
+
+    def _resume(self, backup: Backup, node: Node, state: swap.State,
+                phases: dict[str, float]) -> Evidence:
+        """A node of ours for `backup` runs at the target: an earlier attempt restored it
+        (`done`: finished but not recorded; `swapped`: it died before its commit). It
+        counts once it passes validation now; one that died before its commit and fails
+        is stopped, undone and restored again; a finished one that fails is refused."""
+        try:
+            ev = self._finish(node, phases, {"alreadyRestored": True}, check_only=True)
+        except RestoreFailed as exc:
+            if state is not swap.State.SWAPPED:
+                raise PermanentError(
+                    f"backup {backup.id} was restored onto {node.path} on {node.host.name} "
+                    f"earlier ({node.layout.marker} says so) and its server runs, but it "
+                    f"no longer passes: {exc}; stop it and restore with `overwrite: true`"
+                ) from exc
+            fencing.check()
+            node.stop()
+            node.undo()
+            ev = self._run(backup, node, phases)
+            ev["resumed"] = (f"an unfinished restore of {backup.id} failed its checks "
+                             f"({exc}); undone and restored again")
+        return ev
 
     def stop(self, *, into: Target) -> None:
         """Stop the server a restore started on `into` (by its PID)."""
@@ -223,7 +275,8 @@ class BaseBackupRestorer(_Restorer):
             node.host.open()  # one connection (attempt) serves both sessions
             pending = node.begin_finish(extract_tars=True, verify=True)
             try:
-                node.receive([*UNTAR_STREAM, "-C", node.path], _prepend(first, chunks))
+                node.receive([*UNTAR_STREAM, "-C", node.layout.side],
+                             _prepend(first, chunks))
             except BaseException:
                 pending.abort()
                 raise
@@ -249,19 +302,40 @@ class PgBackRestRestorer(_Restorer):
         label = (backup.meta.get("pgbackrest") or {}).get("label")
         if not label:
             raise PermanentError(f"backup {backup.id} has no pgBackRest set label")
-        target = node.opts.recovery_target
-        argv = [self.options.pgbackrest, f"--config={self.options.config}",
-                f"--stanza={self.options.stanza}", f"--pg1-path={node.path}",
-                "--archive-mode=off", "--log-level-console=warn"]
+        # a continuous set replays the archive to its end: its point is the seconds-level RPO
+        target = node.opts.recovery_target or ("latest" if backup.kind == "continuous"
+                                               else "immediate")
+        common = [self.options.pgbackrest, f"--config={self.options.config}",
+                  f"--stanza={self.options.stanza}"]
+        argv = [*common, f"--pg1-path={node.layout.side}", "--archive-mode=off",
+                "--log-level-console=warn"]
         if target == "immediate":
             argv += [f"--set={label}", "--type=immediate", "--target-action=promote"]
         elif target == "latest":
             argv += [f"--set={label}", "--type=default"]
         else:
-            argv += ["--type=time", f"--target={target}", "--target-action=promote"]
+            argv += ["--type=time", f"--target={_pgbackrest_time(target)}",
+                     "--target-action=promote"]
         self._timed(phases, "prepare", node.prepare)
+        # pgBackRest's restore_command names the directory it restored into (the side
+        # one); the node recovers at the target, so the command must name that
+        fetch_wal = shlex.join([*common, f"--pg1-path={node.path}", "archive-get"])
+        restore_command = f'{fetch_wal} %f "%p"'.replace("'", "''")
         return self._finish(node, phases, {"set": label, "recoveryTarget": target},
-                            fetch=[*argv, "restore"])
+                            fetch=[*argv, "restore"],
+                            settings={"restore_command": f"'{restore_command}'"})
+
+
+def _pgbackrest_time(value: str) -> str:
+    """An ISO 8601 time with its zone, in the form pgBackRest takes (milliseconds, UTC)."""
+    try:
+        at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        raise PermanentError(f"recoveryTarget {value!r} is not `immediate`, `latest` or an "
+                             "ISO 8601 time with its zone (e.g. 2026-12-05T04:50:38+00:00)")
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
 
 
 def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None

@@ -2,10 +2,11 @@
 
 Owns the S3 primitives of `CatalogStore`. Payloads are streamed up as multipart uploads
 (8 MiB parts, aborted on error so no half object appears) and streamed down from
-`get_object`, never held whole in memory. Credentials come from SecretRefs (or boto3's
-default chain when none are given) and never reach messages. botocore retries each call
-a bounded number of times (standard mode); the small idempotent catalog calls are also
-wrapped in a bounded tenacity retry.
+`get_object`, never held whole in memory; `peek` reads an object's first bytes, size and
+ETag with one ranged GET (the integrity pass before a restore). Credentials come from
+SecretRefs (or boto3's default chain when none are given) and never reach messages.
+botocore retries each call a bounded number of times (standard mode); the small
+idempotent catalog calls are also wrapped in a bounded tenacity retry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from controller.backups.catalog import CatalogError, CatalogStore, StoreOptions
+from controller.backups.catalog import CatalogError, CatalogStore, Peek, StoreOptions
 from controller.secrets import SecretRef
 
 PART = 8 << 20
@@ -121,6 +122,23 @@ class S3Objects:
             raise
 
     @_retry
+    def peek(self, key: str, n: int) -> Peek:
+        try:
+            if n == 0:
+                head = self.client.head_object(Bucket=self.bucket, Key=self._k(key))
+                return Peek(b"", int(head["ContentLength"]), head.get("ETag"))
+            got = self.client.get_object(Bucket=self.bucket, Key=self._k(key),
+                                         Range=f"bytes=0-{n - 1}")
+        except ClientError as exc:
+            if _missing(exc):
+                raise FileNotFoundError(self.location(key)) from None
+            if exc.response.get("Error", {}).get("Code") == "InvalidRange":  # empty object
+                return self.peek(key, 0)
+            raise
+        total = got.get("ContentRange", "").rpartition("/")[2] or got["ContentLength"]
+        return Peek(bytes(got["Body"].read()), int(total), got.get("ETag"))
+
+    @_retry
     def names(self) -> list[str]:
         out: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(
@@ -132,6 +150,9 @@ class S3Objects:
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._k(key)}"
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._k(key))
 
 
 class S3BackupStore(CatalogStore):

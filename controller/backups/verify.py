@@ -2,7 +2,11 @@
 
 Owns the checks that decide `Backup.verified`, run by the `verify` command, after each
 backup, and by the scheduled readiness job (`verify_unverified`):
-1. `checksums`: every stored object's size and SHA-256 against the catalog (streamed);
+1. `checksums`: every stored object's size and SHA-256 against the catalog (streamed), and
+   a payload's binding to its entry (another backup's payload fails, naming both; an
+   unbound one says "unbound (format 1)"); a pass records each object's ETag, which the
+   integrity pass before a restore compares (so a deliberate copy is re-verified, not
+   refused forever);
 2. `decrypt`: every AES-256-GCM chunk authenticated while the payload streams out;
 3. `pg_verifybackup`: the files against the backup's manifest (tar backups extracted
    first: PG15 cannot verify tar format);
@@ -30,14 +34,23 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups import Verifier
-from controller.backups.catalog import AuditSink, CatalogError, CatalogStore, sha256_stream
+from controller.backups import Verifier, crypto, naming
+from controller.backups.catalog import (
+    AuditSink,
+    CatalogError,
+    CatalogStore,
+    payload_binding,
+    sha256_stream,
+    stored_objects,
+)
 from controller.backups.hosts import CommandError, LocalHost
 from controller.backups.node import RestoreFailed, ValidationQuery
 from controller.backups.restore import (
@@ -53,8 +66,6 @@ from controller.netutil import free_port
 from controller.secrets import Secrets, redact
 
 log = logging.getLogger(__name__)
-FORMATS = ("basebackup", "pgbackrest")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _BACKUP = re.compile(r"^\s*backup: (\S+), status: (\S+), total files checked: (\d+), "
                      r"total valid files: (\d+)")
 _ARCHIVE = re.compile(r"^\s*archiveId: (\S+), total WAL checked: (\d+), total valid WAL: (\d+)")
@@ -141,10 +152,14 @@ class CatalogVerifier(Verifier):
 
     # --- the checks --------------------------------------------------------------------------
 
-    def _checksums(self, backup: Backup) -> str:
-        objects = _objects(backup)
-        total = 0
+    def _checksums(self, backup: Backup, etags: dict[str, str | None]) -> str:
+        """Fills `etags` (key -> ETag of the bytes checked) for the catalog."""
+        objects = stored_objects(backup)
+        total, binding = 0, ""
         for obj in objects:
+            peek = self.store.objects.peek(obj["key"], crypto.MAX_HEADER)
+            if obj["key"] == naming.payload_key(backup.id):
+                binding = f"; payload {payload_binding(backup, peek.head)}"
             with contextlib.closing(self.store.open_raw(obj["key"])) as src:
                 digest, size = sha256_stream(src)
             if size != obj["size"]:
@@ -152,8 +167,9 @@ class CatalogVerifier(Verifier):
             if digest != obj["sha256"]:
                 raise PermanentError(f"{obj['key']}: checksum mismatch (sha256 {digest[:16]}… "
                                      f"!= catalog {obj['sha256'][:16]}…)")
+            etags[obj["key"]] = peek.etag
             total += size
-        return f"{len(objects)} objects, {total} bytes, sha256 match"
+        return f"{len(objects)} objects, {total} bytes, sha256 match{binding}"
 
     def _pgbackrest_verify(self, backup: Backup) -> str:
         spec = self.options.pgbackrest
@@ -256,7 +272,9 @@ class CatalogVerifier(Verifier):
                     "checks": []}
         checks: list[dict[str, Any]] = []
         fmt = backup.meta.get("format")
-        steps = [("checksums", self._checksums)]
+        etags: dict[str, str | None] = {}
+        steps: list[tuple[str, Callable[[Backup], str]]] = [
+            ("checksums", partial(self._checksums, etags=etags))]
         if fmt == "pgbackrest":
             steps.append(("pgbackrest verify", self._pgbackrest_verify))
         for name, fn in steps:
@@ -274,7 +292,7 @@ class CatalogVerifier(Verifier):
                    "passed: " + ", ".join(c["name"] for c in checks))
         result = {"passed": passed, "at": at, "durationS": round(time.monotonic() - started, 3),
                   "summary": redact(summary)[:1000], "checks": checks}
-        updated = self.store.record_verification(backup.id, result, actor=actor)
+        updated = self.store.record_verification(backup.id, result, actor=actor, etags=etags)
         return {"backup": updated.id, "verified": updated.verified, **result}
 
     def verify_unverified(self, *, dataset: str, actor: str | None = None) -> list[Evidence]:
@@ -298,43 +316,6 @@ class CatalogVerifier(Verifier):
                                 "durationS": 0.0, "checks": [],
                                 "summary": f"not verified: {detail}; nothing was recorded"})
         return results
-
-
-def _objects(backup: Backup) -> list[dict[str, Any]]:
-    """The catalog entry's stored objects, each with a key, a size and a SHA-256; an
-    entry that lacks them cannot be proven intact and fails, naming the field."""
-    where = f"catalog entry {backup.id}"
-    fmt = backup.meta.get("format")
-    damaged = ("this backup can never be proven intact: take a new backup (the entry's "
-               "catalog.json was damaged or edited)")
-    if fmt not in FORMATS:
-        raise PermanentError(f"{where}: `format` is {fmt!r}, expected one of "
-                             f"{', '.join(FORMATS)}; {damaged}")
-    objects = backup.meta.get("objects")
-    if objects is None:
-        objects = []
-    if not isinstance(objects, list):
-        raise PermanentError(f"{where}: `objects` is not a list; {damaged}")
-    if fmt == "basebackup" and not objects:
-        raise PermanentError(f"{where}: `objects` is empty, a base backup stores its "
-                             f"payload there; {damaged}")
-    for i, obj in enumerate(objects):
-        field = f"{where}: objects[{i}]"
-        if not isinstance(obj, dict):
-            raise PermanentError(f"{field} is not an object; {damaged}")
-        if not isinstance(obj.get("key"), str) or not obj["key"]:
-            raise PermanentError(f"{field} has no `key` (the stored object's name); {damaged}")
-        size = obj.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            what = "no `size`" if size is None else f"`size` {size!r}, not a byte count"
-            raise PermanentError(f"{field} ({obj['key']}) has {what}, the stored size to "
-                                 f"check against; {damaged}")
-        digest = obj.get("sha256")
-        if not isinstance(digest, str) or not _SHA256.match(digest):
-            what = "no `sha256`" if digest is None else "a `sha256` that is not 64 hex digits"
-            raise PermanentError(f"{field} ({obj['key']}) has {what}, the checksum taken when "
-                                 f"it was stored; {damaged}")
-    return objects
 
 
 def _check(name: str, passed: bool, seconds: float, detail: str, **extra: Any

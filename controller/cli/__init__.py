@@ -2,7 +2,8 @@
 
 One module per group of commands, each registering on the `main` group of `base`:
 `plans` (validate, plan, simulate, schema), `runs` (failover, failback, ready, approve,
-done, status, report), `loop` (run) and `ops` (dns-prepare, verify, operator, drill).
+done, status, report), `loop` (run), `ops` (dns-prepare, verify, operator, drill) and
+`backups` (backup).
 
 Exit codes (also in the README):
   0  success
@@ -13,7 +14,7 @@ Exit codes (also in the README):
 `-o json` prints machine-readable output on every command a script would parse.
 """
 
-from controller.cli import loop, ops, plans, runs  # noqa: F401  (each registers its commands)
+from controller.cli import backups, loop, ops, plans, runs  # noqa: F401  (each registers its commands)
 from controller.cli.base import main
 
 __all__ = ["main"]

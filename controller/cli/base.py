@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from controller import coordination, remote
+from controller.cli import completion  # noqa: F401  (registers the fish script fix)
 from controller.config import Settings
 from controller.console import (
     EXIT_INPUT,

@@ -9,7 +9,8 @@ from outside the controller, the way a user or an auditor would see it:
   service name; each must answer the expected site's address;
 - `restore`: the restore step succeeded with its validation passed, the validation
   queries run again on the restored node itself, and the backup chosen is the newest
-  (or, with `fallback: true`, an older verified one, the newer ones skipped and why);
+  (or, with `fallback: true`, an older verified one, the newer ones skipped and why),
+  from a location matching `location` when given (e.g. the off-site bucket);
 - `notices`: the SMTP server (and the webhook receiver for IM/SMS) received the run's
   notices at the expected level, addressed to exactly that level's recipients, over
   STARTTLS with a login; no other level's recipients heard of the run;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,8 @@ class RestoreExpect(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     fallback: bool = Field(False, description="the newest backup must be skipped for an "
                            "older verified one")
+    location: str | None = Field(None, description="regular expression the restored "
+                                 "backup's location must match, e.g. the off-site bucket")
 
 
 class NoticeExpect(BaseModel):
@@ -211,8 +215,12 @@ class WorldChecks:
                             f"restored {chosen}")
         if not want.fallback and chosen != newest:
             problems.append(f"restored {chosen}, not the newest verified backup {newest}")
-        detail = (f"restored {chosen} onto {ev.get('host')}:{ev.get('path')} (port "
-                  f"{self.sb.restore_port}); re-checked there: {'; '.join(seen)}; {why}")
+        if want.location is not None and not re.search(want.location, ev.get("location", "")):
+            problems.append(f"restored from {ev.get('location')}, not a location matching "
+                            f"/{want.location}/")
+        detail = (f"restored {chosen} from {ev.get('location')} onto {ev.get('host')}:"
+                  f"{ev.get('path')} (port {self.sb.restore_port}); re-checked there: "
+                  f"{'; '.join(seen)}; {why}")
         return name, not problems, ("; ".join(problems) + " — " if problems else "") + detail
 
     def notices(self, report: dict[str, Any] | None, level: int) -> Check:

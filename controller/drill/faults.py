@@ -13,6 +13,13 @@ for the log and the report) and their declarative form in a scenario (`FaultSpec
   re-verify it as the periodic verification would: it is marked failed (checksum
   mismatch), so a restore must fall back to an older verified backup; there is nothing
   to repair (the bad copy stays marked failed);
+- `swap-payloads`: exchange the stored payloads of the newest and the oldest backup in S3
+  after both were verified (a mis-copy, or someone's mistake): both stay marked verified,
+  so the restore must refuse the swapped one, naming both, and fall back to the next
+  verified backup; repair puts each payload back;
+- `lose-store`: dc-a's backup store is lost: every object of its bucket (payloads and
+  catalog) is deleted, so only the off-site copies are left to restore from; repair puts
+  each object back as it was (they were kept aside, in memory: sandbox backups are small);
 - `stop-dns-server`: SIGSTOP one authoritative server (it stops answering and taking
   NOTIFYs); repair SIGCONTs it, and it catches up by zone transfer;
 - `cut-ssh`: stop the dc-b database host's sshd (by PID); repair starts it again on its
@@ -27,12 +34,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.backups import naming
 from controller.drill.processes import stop_pid
 from controller.drill.sandbox import SITES, Sandbox
 from controller.plan import Duration
 
 Kind = Literal["kill-app", "slow-app", "flap-app", "channel-down", "kill-db",
-               "corrupt-backup", "stop-dns-server", "cut-ssh"]
+               "corrupt-backup", "swap-payloads", "lose-store", "stop-dns-server",
+               "cut-ssh"]
 
 
 class FaultSpec(BaseModel):
@@ -137,6 +146,65 @@ class CorruptBackup:
         return "nothing to repair: the corrupted backup stays marked failed"
 
 
+class SwapPayloads:
+    def __init__(self, sb: Sandbox, spec: FaultSpec):
+        self.sb = sb
+        self.swapped: list[str] = []
+
+    def _swap(self, names: list[str]) -> str:
+        store = self.sb.store()
+        client, bucket = store.objects.client, store.objects.bucket
+        keys = [f"{store.objects.prefix}{naming.payload_key(n)}" for n in names]
+        data = [client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys]
+        client.put_object(Bucket=bucket, Key=keys[0], Body=data[1])
+        client.put_object(Bucket=bucket, Key=keys[1], Body=data[0])
+        return f"s3://{bucket}/{keys[0]} and s3://{bucket}/{keys[1]}"
+
+    def inject(self) -> str:
+        from controller.drill.sandbox import DATASET
+
+        listed = self.sb.store().list(dataset=DATASET)
+        if len(listed) < 3:
+            raise ValueError(f"swap-payloads needs three backups (`sandbox: {{backups: 3}}`), "
+                             f"so one is left intact to fall back to; the sandbox took "
+                             f"{len(listed)}")
+        self.swapped = [listed[0].id, listed[-1].id]
+        where = self._swap(self.swapped)
+        return (f"payloads of the newest backup {self.swapped[0]} and the oldest "
+                f"{self.swapped[1]} exchanged ({where}); both stay marked verified")
+
+    def clear(self) -> str:
+        if not self.swapped:
+            return "nothing swapped"
+        self._swap(self.swapped)
+        return f"payloads of {self.swapped[0]} and {self.swapped[1]} put back"
+
+
+class LoseStore:
+    def __init__(self, sb: Sandbox, spec: FaultSpec):
+        self.sb = sb
+        self.kept: dict[str, bytes] = {}
+
+    def inject(self) -> str:
+        objects = self.sb.store().objects
+        client, bucket = objects.client, objects.bucket
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        keys = [o["Key"] for page in pages for o in page.get("Contents", [])]
+        for key in keys:
+            self.kept[key] = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            client.delete_object(Bucket=bucket, Key=key)
+        return f"dc-a's backup store lost: {len(keys)} objects deleted from s3://{bucket}"
+
+    def clear(self) -> str:
+        objects = self.sb.store().objects
+        for key, body in self.kept.items():
+            objects.client.put_object(Bucket=objects.bucket, Key=key, Body=body)
+        said = (f"dc-a's backup store back: {len(self.kept)} objects put back in "
+                f"s3://{objects.bucket}")
+        self.kept = {}
+        return said
+
+
 class StopDnsServer:
     def __init__(self, sb: Sandbox, spec: FaultSpec):
         self.sb, self.name = sb, spec.server
@@ -193,7 +261,9 @@ class Faults:
 
 _CLASSES: dict[str, Any] = {"kill-app": KillApp, "slow-app": AppFault, "flap-app": AppFault,
                             "channel-down": AppFault, "kill-db": KillDb,
-                            "corrupt-backup": CorruptBackup, "stop-dns-server": StopDnsServer,
+                            "corrupt-backup": CorruptBackup, "swap-payloads": SwapPayloads,
+                            "lose-store": LoseStore,
+                            "stop-dns-server": StopDnsServer,
                             "cut-ssh": CutSsh}
 
 

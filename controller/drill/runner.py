@@ -284,7 +284,8 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
     if write:
         write_reports(out, verdict)
         if echo:
-            echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/")
+            echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/ "
+                 f"(report.md, report.html; drill.prom for Prometheus)")
     return verdict
 
 

@@ -11,6 +11,10 @@ machine exercises the same backends as production and leaves nothing behind:
 - **databases** (`servers.postgres`): the primary PostgreSQL of dc-a with the `orders`
   data set; its base backups go encrypted into moto's S3 server (`servers.moto`) and are
   verified (checksums, decrypt, pg_verifybackup, test restore) before the drill starts;
+- **off-site store**: a second moto S3 endpoint (bucket `dc-b-offsite`, its own S3 keys
+  and encryption key) holding a re-encrypted, read-back copy of every verified backup
+  (`backups.offsite`), so a drill can lose dc-a's store and restore from the copy
+  (moto keeps one state per process: the endpoints differ, the buckets keep them apart);
 - **dc-b database host** (`servers.sshd`): reached over SSH with a pinned host key; the
   drill restores the chosen backup into a data directory there;
 - **notices**: an SMTP server with STARTTLS and AUTH (`servers.mail`) and a webhook
@@ -69,6 +73,7 @@ SITES = {"primary": "dc-a", "backup": "dc-b"}
 ADDRESSES = {"dc-a": "192.0.2.10", "dc-b": "198.51.100.10"}
 DATASET = "orders"
 BUCKET = "dc-a-backups"
+OFFSITE_BUCKET = "dc-b-offsite"
 SMTP_USER = "failover-bot"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -109,17 +114,20 @@ class Sandbox:
         self.bind: BindServers | None = None
         self.edge: HaproxyServers | None = None
         self.moto: MotoServer | None = None
+        self.offsite_moto: MotoServer | None = None
         self.db: PostgresServer | None = None
         self.sshd: SshServer | None = None
         self.mail: MailServer | None = None
         self.hooks: WebhookServer | None = None
         self.backups: list[Backup] = []  # newest first
+        self.offsite_copies: list[Backup] = []  # newest first
         self.files: dict[str, Path] = {}
         self.restore_port = 0
         self.timings: dict[str, float] = {}
         self.teardown: dict[str, Any] = {}
         self.tokens: dict[str, str] = {}
         self._store: Any = None
+        self._offsite_store: Any = None
         self._apps: set[str] = set()  # sites whose HAProxy server points at our app
         self._lock = threading.Lock()
         self._stopping = False
@@ -208,6 +216,9 @@ class Sandbox:
             "s3-access-key-id": "AKIA" + random.token_hex(8).upper(),
             "s3-secret-access-key": random.token_urlsafe(30),
             "backup-key": base64.b64encode(os.urandom(32)).decode(),
+            "offsite-s3-access-key-id": "AKIA" + random.token_hex(8).upper(),
+            "offsite-s3-secret-access-key": random.token_urlsafe(30),
+            "offsite-backup-key": base64.b64encode(os.urandom(32)).decode(),
             "smtp-password": random.token_urlsafe(18),
         }
         for name, value in values.items():
@@ -227,6 +238,9 @@ class Sandbox:
         self.moto = MotoServer()
         self.moto.start()
         self.moto.client("s3").create_bucket(Bucket=BUCKET)
+        self.offsite_moto = MotoServer()
+        self.offsite_moto.start()
+        self.offsite_moto.client("s3").create_bucket(Bucket=OFFSITE_BUCKET)
 
     def _start_dns(self) -> None:
         self.bind = BindServers(zone=ZONE, secondaries=self.options.secondaries,
@@ -323,14 +337,32 @@ class Sandbox:
                 "secretAccessKey": {"fromFile": str(self.files["s3-secret-access-key"])},
                 "encryptionKey": {"fromFile": str(self.files["backup-key"])}}
 
+    def offsite_store_options(self) -> dict[str, Any]:
+        """The off-site store: another endpoint and bucket, with keys of its own."""
+        assert self.offsite_moto is not None
+        return {"bucket": OFFSITE_BUCKET, "prefix": f"dc-b/{DATASET}",
+                "endpointUrl": self.offsite_moto.endpoint,
+                "accessKeyId": {"fromFile": str(self.files["offsite-s3-access-key-id"])},
+                "secretAccessKey": {"fromFile": str(
+                    self.files["offsite-s3-secret-access-key"])},
+                "encryptionKey": {"fromFile": str(self.files["offsite-backup-key"])}}
+
     def store(self) -> Any:
+        if self._store is None:
+            self._store = self._s3_store(self.store_options())
+        return self._store
+
+    def offsite_store(self) -> Any:
+        if self._offsite_store is None:
+            self._offsite_store = self._s3_store(self.offsite_store_options())
+        return self._offsite_store
+
+    def _s3_store(self, options: dict[str, Any]) -> Any:
         from controller.backups.s3 import S3BackupStore
         from controller.secrets import Secrets
 
-        if self._store is None:
-            self._store = S3BackupStore(S3BackupStore.Options.model_validate(
-                self.store_options()), secrets=Secrets(), audit=self.audit)
-        return self._store
+        return S3BackupStore(S3BackupStore.Options.model_validate(options), secrets=Secrets(),
+                             audit=self.audit)
 
     def verifier(self) -> Any:
         from controller.backups.verify import CatalogVerifier
@@ -369,6 +401,19 @@ class Sandbox:
             raise ServerError("a fresh backup failed verification: "
                               + "; ".join(r["summary"] for r in failed))
         self.backups = store.list(dataset=DATASET)
+        self._copy_offsite()
+
+    def _copy_offsite(self) -> None:
+        """Copy every verified backup to the off-site store and read it back there."""
+        from controller.backups.offsite import copy_offsite
+
+        store, offsite = self.store(), self.offsite_store()
+        for backup in self.backups:
+            copy = copy_offsite(store, offsite, backup, actor="sandbox:offsite")
+            if not copy.verified:
+                raise ServerError(f"the off-site copy of {backup.id} failed its check: "
+                                  f"{copy.verification}")
+        self.offsite_copies = offsite.list(dataset=DATASET)
 
     # --- what the plan and the checks see --------------------------------------------------
 
@@ -391,6 +436,8 @@ class Sandbox:
             "db.primary.host": str(self.db.sock), "db.primary.port": self.db.port,
             "backup.store": {"kind": "s3", "options": self.store_options()},
             "backup.storeOptions": self.store_options(),
+            "backup.offsiteStore": {"kind": "s3", "options": self.offsite_store_options()},
+            "backup.offsiteStoreOptions": self.offsite_store_options(),
             "backup.dataset": DATASET, "backup.scratch": str(self.scratch()),
             "backup.validation": validation(self.options.rows),
             "restore.host": "127.0.0.1", "restore.sshPort": sshd.port,
@@ -438,6 +485,10 @@ class Sandbox:
         if self.moto is not None:
             add("storage", "moto S3", None, [self.moto.port],
                 f"{self.moto.endpoint} bucket {BUCKET}, AES-256-GCM catalog")
+        if self.offsite_moto is not None:
+            add("storage", "moto S3 (off-site)", None, [self.offsite_moto.port],
+                f"{self.offsite_moto.endpoint} bucket {OFFSITE_BUCKET}, own key, copies "
+                "read back")
         if self.mail is not None:
             add("notices", "smtp", None, [self.mail.port],
                 f"{self.mail.host}:{self.mail.port} STARTTLS + AUTH")
@@ -454,6 +505,8 @@ class Sandbox:
             "udpPorts": sorted({p for r in rows for p in r["udp"]}),
             "backups": [{"id": b.id, "kind": b.kind, "verified": b.verified,
                          "verification": b.verification} for b in self.backups],
+            "offsiteCopies": [{"id": b.id, "location": b.location, "verified": b.verified}
+                              for b in self.offsite_copies],
             "startupSeconds": self.timings, "teardown": self.teardown,
         }
 
@@ -465,6 +518,9 @@ class Sandbox:
             yield f"  {r['site']:<8} {r['service']:<22} {pid:<11} {r['detail']}"
         for b in self.backups:
             yield f"  {'backups':<8} {b.id:<22} {'verified' if b.verified else 'NOT verified'}"
+        for b in self.offsite_copies:
+            yield f"  {'off-site':<8} {b.id:<22} {'verified' if b.verified else 'NOT verified'}" \
+                  f" {b.location}"
 
     # --- teardown --------------------------------------------------------------------------
 
@@ -529,7 +585,8 @@ class Sandbox:
             attempt("restored postgresql", functools.partial(
                 processes.stop_same, pid, when, signal.SIGINT))
         for what, obj in (("edge", self.edge), ("dns", self.bind), ("sshd", self.sshd),
-                          ("postgresql", self.db), ("s3", self.moto), ("smtp", self.mail),
+                          ("postgresql", self.db), ("s3", self.moto),
+                          ("s3 off-site", self.offsite_moto), ("smtp", self.mail),
                           ("webhook", self.hooks)):
             if obj is not None:
                 attempt(what, obj.stop)

@@ -19,6 +19,14 @@ that the synchronous engine empties with `drain()` each tick while `start()` run
 loop in a background thread; `stop()` cancels every round, kills what probes started and
 closes the shared HTTP session. `run_once()` probes every target once, concurrently.
 
+A round that may change a decision is news: a failed round, or a target's first good
+round after failed ones. The scheduler tells its `News` once the sample is queued, so a
+reconcile loop waiting on `news.wait(tick)` runs a cycle at once instead of at its next
+tick: detection then costs the probes' own `interval x consecutiveFailures`, not up to a
+tick more (tests/benchmarks/bench_rto.py --fast). Good rounds of a healthy target are no
+news and wake nothing, so a quiet plan is reconciled on its tick as before. One `News`
+may be shared by several schedulers (one loop over several plans).
+
 Host names are looked up on the loop by one `ProbeResolver` (the process-wide one unless
 given), handed to every probe that has `use_resolver` and to the shared HTTP session: a
 lookup is cancelled with its probe, so a name whose nameserver never answers cannot tie up
@@ -134,6 +142,25 @@ async def guarded(probe: Probe, service: str, timeout: float) -> Sample:
     return sample
 
 
+class News:
+    """Set when a round may change a decision (see the module docstring); the reconcile
+    loop waits on it between cycles. Thread-safe: told on the probe loop's thread, waited
+    on by the loop's."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def tell(self) -> None:
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Until news or `timeout` seconds; True on news. Cleared on return: a round queued
+        before this returns is in the next `drain()`, one after it wakes the next wait."""
+        told = self._event.wait(timeout)
+        self._event.clear()
+        return told
+
+
 @dataclass
 class Stats:
     """What the scheduler did; lag = how late a round started against its slot (seconds)."""
@@ -156,8 +183,10 @@ class ProbeScheduler:
 
     def __init__(self, targets: Iterable[Target], sink: SampleSink | None = None, *,
                  on_probe: SampleSink | None = None, spread: bool = True,
-                 session_limit: int = 100, resolver: ProbeResolver | None = None):
+                 session_limit: int = 100, resolver: ProbeResolver | None = None,
+                 news: News | None = None):
         self.targets = list(targets)
+        self.news = news or News()
         self._resolver = resolver
         self._sink = sink
         self._on_probe = on_probe
@@ -222,12 +251,17 @@ class ProbeScheduler:
     async def _drive(self, target: Target, phase: float, t0: float) -> None:
         loop = asyncio.get_running_loop()
         slot = t0 + phase
+        failing = False
         while True:
             delay = slot - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             self.stats.lags.append(max(0.0, loop.time() - slot))
-            self._emit(await self._round(target))
+            sample = await self._round(target)
+            self._emit(sample)
+            if failing or not sample.ok:  # queued first: the woken loop drains it
+                self.news.tell()
+            failing = not sample.ok
             slot += target.interval
             behind = loop.time() - slot
             if behind > 0:  # the round overran its interval: skip the missed slots

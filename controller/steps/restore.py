@@ -2,16 +2,26 @@
 
 Owns the restore step's params, its preview (the backup it would choose, how old it is, its
 verification and the RPO that would result against the step's budget: read-only, the same
-choice `apply` makes), its apply (choose the backup, hand it to the restorer) and its
-readiness checks: the newest verified backup is within the step's RPO budget
-(`params.rpo`, default 24h), and a remote target answers over SSH with its pinned host key
-and has the PostgreSQL binaries the restore runs. Not revertible: a restore writes a new
-database, and the restorers refuse a target that holds data, so an attempt that landed
-(its answer lost, or the controller died during it) is never restored twice.
+choice `apply` makes), its apply and its readiness checks. Apply chooses the backup
+(`selection.choose`), runs the store's cheap integrity pass on it (objects there, size,
+ETag and binding as cataloged) and hands it to the restorer; when that backup turns out
+damaged (`DamagedBackup`: the integrity pass failed, or the restore found its payload
+unauthenticated, another backup's or not the one cataloged) it restores the next
+verified backup in the plan's order (continuous, daily, older), each attempt fenced by
+the restorer, and the evidence says which failed, why, and the RPO that resulted. Any
+other failure (the host, validation, a cancel) is the step's failure: no fallback, since
+another backup would fail the same way or must not run at all. Readiness: the newest
+verified backup is within the step's RPO budget (`params.rpo`, default 24h), and a remote
+target answers over SSH with its pinned host key and has the PostgreSQL binaries the
+restore runs. Not revertible: a restore writes a new database. An attempt that landed (its
+answer lost, or the controller died during it) is never restored twice: the restorers
+recognise their own finished work at the target and answer `alreadyRestored`, and refuse
+a target holding other data unless the plan allows `overwrite`.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -19,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import Field
 
 from controller import metrics
+from controller.backups import DamagedBackup
+from controller.backups.naming import iso
 from controller.backups.selection import NoRestorableBackup, choose
 from controller.model import Evidence, Target
 from controller.plan import Duration, FailoverPlan, PlanSpec, Step, Strict, format_duration
@@ -36,11 +48,13 @@ if TYPE_CHECKING:
     from controller.backups.hosts import Host
     from controller.backups.node import TargetOptions
 
+log = logging.getLogger(__name__)
 DEFAULT_RPO = 24 * 3600.0
 
 
 # the phases of a restore, in the order a report lists them
-PHASES = ["prepare", "fetch", "extract", "verify", "start", "promote", "validate"]
+PHASES = ["prepare", "fetch", "extract", "verify", "swap", "start", "promote", "validate",
+          "commit"]
 
 
 class RestoreInto(Strict):
@@ -112,10 +126,26 @@ class Restore(StepKind[RestoreParams]):
 
     def apply(self, step: Step, ctx: StepContext, change: Evidence) -> Evidence:
         p = self.args(step)
-        backup, why = choose(ctx.backends.store(p.store).list(dataset=p.dataset))
+        store = ctx.backends.store(p.store)
         restorer = ctx.backends.restorer(backend_of(step))
-        evidence = dict(restorer.restore(backup=backup, into=p.into.target()))
-        return {"chosen": backup.id, "kind": backup.kind, "why": why, **evidence}
+        listed = store.list(dataset=p.dataset)
+        failed: list[Evidence] = []
+        while True:  # choose says which are left; none left ends the step (NoRestorableBackup)
+            backup, why = choose(listed, failed={f["backup"]: f["why"] for f in failed})
+            try:
+                integrity = store.check_integrity(backup)
+                evidence = dict(restorer.restore(backup=backup, into=p.into.target()))
+                break
+            except DamagedBackup as exc:
+                log.warning("restore of %s: backup %s is damaged, trying the next verified "
+                            "one: %s", p.dataset, backup.id, exc)
+                failed.append({"backup": backup.id, "kind": backup.kind,
+                               "takenAt": iso(backup.taken_at), "why": str(exc)})
+        out: Evidence = {"chosen": backup.id, "kind": backup.kind, "why": why,
+                         "integrity": integrity}
+        if failed:
+            out["fellBack"] = failed
+        return {**out, **evidence}
 
     def readiness(self, step: Step, ctx: CheckContext) -> list[Readiness]:
         p = self.args(step)
@@ -129,7 +159,11 @@ class Restore(StepKind[RestoreParams]):
     def facts(self, evidence: Evidence) -> list[str]:
         if "chosen" not in evidence:
             return []
-        out = [f"backup chosen: `{evidence['chosen']}` — {evidence.get('why')}"]
+        out = [f"backup `{f['backup']}` ({f['kind']}, taken {f['takenAt']}) is damaged, "
+               f"not restored: {f['why']}" for f in evidence.get("fellBack", [])]
+        out.append(f"backup chosen: `{evidence['chosen']}` — {evidence.get('why')}")
+        if "integrity" in evidence:
+            out.append(f"integrity before the restore: {evidence['integrity']}")
         if "phases" in evidence:
             phases = sorted(evidence["phases"].items(), key=lambda kv: (
                 PHASES.index(kv[0]) if kv[0] in PHASES else len(PHASES), kv[0]))
@@ -140,8 +174,9 @@ class Restore(StepKind[RestoreParams]):
                 f"({'passed' if q['passed'] else 'FAILED ' + q['detail']})"
                 for q in evidence.get("validation", [])]
         if "rpoSeconds" in evidence:
+            fell = " (after falling back)" if evidence.get("fellBack") else ""
             out.append(f"data as of {evidence.get('dataAsOf')}: RPO "
-                       f"{seconds(evidence['rpoSeconds'])}, budget "
+                       f"{seconds(evidence['rpoSeconds'])}{fell}, budget "
                        f"{seconds(evidence.get('rpoBudgetSeconds'))}")
         return out
 

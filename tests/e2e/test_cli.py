@@ -198,6 +198,11 @@ def test_drill_with_in_memory_backends_passes(tmp_path: Path) -> None:
     assert verdict["passed"] and {c["check"] for c in verdict["checks"]} == {
         "baseline healthy", "failed over", "time targets met", "failed back"}
     assert (tmp_path / "out/failover.junit.xml").exists()
+    # the closing line names the reports, the metrics file among them, and they exist
+    last = res.stdout.strip().splitlines()[-1]
+    assert last.startswith("drill PASSED") and "drill.prom" in last
+    prom = (tmp_path / "out/drill.prom").read_text()
+    assert "failover_drill_last_passed_timestamp_seconds" in prom
 
 
 def test_simulate_reports_trips_and_judges_labels(tmp_path: Path) -> None:

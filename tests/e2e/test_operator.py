@@ -30,8 +30,10 @@ from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
 from controller.kube import Invalid, Kube, KubeError
+from controller.model import DecisionState
 from controller.netutil import free_port
 from tests.e2e.test_cli import EXAMPLE, ROOT
+from tests.unit.test_status_policy import CAMEL, keys, sample_lists
 
 LEASE = "failover-controller"
 
@@ -129,6 +131,43 @@ def events_of(kube: KubeServers, name: str) -> list[dict[str, Any]]:
     return [e for e in reply["items"] if e["involvedObject"].get("name") == name]
 
 
+def kubectl(kube: KubeServers, *args: str) -> str:
+    """What `kubectl ARGS` prints as the admin (empty when it fails)."""
+    out = subprocess.run(["kubectl", "--kubeconfig", str(kube.kubeconfig("admin")),
+                          "-n", kube.namespace, *args], capture_output=True, text=True,
+                         timeout=30)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def status_reads_well(kube: KubeServers, name: str, st: dict[str, Any]) -> None:
+    """Issue 19 item 7: the status holds what the policy observes, in camelCase, never its
+    probe samples (they stay in the journal), and reads well in `kubectl explain`,
+    `kubectl describe` and `kubectl get -o wide`."""
+    assert not list(sample_lists(st)), json.dumps(st)
+    fields = [k for p, k in keys(st) if p in ("", ".conditions") or p.startswith(".policy")]
+    assert fields and [k for k in fields if not CAMEL.match(k)] == [], fields
+    seen = st["policy"]
+    assert seen["decided"] in {d.value for d in DecisionState} and seen["detectedAt"]
+    assert set(seen["services"]) == {"web", "api", "hotline"} and len(json.dumps(seen)) < 2048
+    for service in seen["services"].values():
+        assert {"available", "availability", "probes", "consecutiveFailures",
+                "failingSince"} <= set(service)
+    explained = until("kubectl explain fop.status.policy", lambda: kubectl(
+        kube, "explain", "fop.status.policy"))
+    assert "samples" in explained and all(
+        field in explained for field in ("servicesDown", "services", "decided")), explained
+    described = kubectl(kube, "describe", "fop", name).splitlines()
+    start = described.index("  Policy:")
+    end = next(i for i, line in enumerate(described[start + 1:], start + 1)
+               if len(line) - len(line.lstrip()) <= 2)
+    policy = "\n".join(described[start:end])
+    assert "Decided:" in policy and "Consecutive Failures:" in policy, policy
+    assert end - start < 40, policy  # a line per field, none per probe sample
+    header, row = kubectl(kube, "get", "fop", name, "-o", "wide").splitlines()
+    assert header.split()[-4:] == ["DECISION", "RUN", "PROGRESS", "AGE"], header
+    assert st["run"]["id"] in row and "4/4 steps" in row, row
+
+
 def test_operator_fails_over_with_status_events_and_requests(
         kube: KubeServers, replicas: Callable[..., Replica], tmp_path: Path) -> None:
     admin, ns, name = kube.kube("admin"), kube.namespace, "shop"
@@ -167,6 +206,7 @@ def test_operator_fails_over_with_status_events_and_requests(
 
     st = done["status"]
     assert st["activeSite"] == "dc-b" and st["level"] == 1
+    status_reads_well(kube, name, st)
     assert "tripped" in st["lastDecision"] and st["lastDecisionTime"]
     steps = {s["name"]: s for s in st["run"]["steps"]}
     assert [s["status"] for s in steps.values()] == ["succeeded"] * 4
@@ -245,6 +285,12 @@ def test_two_replicas_one_acts_and_the_other_finishes_after_the_leader_dies(
     steps = {s["name"]: s for s in done["status"]["run"]["steps"]}
     assert all(s["status"] == "succeeded" for s in steps.values()), steps
     assert steps["redirect-traffic"]["evidence"]["before"] == {"dc-a": 100, "dc-b": 0}
+
+    # the trip went on under the new leader, read back from the status (not from the
+    # dead leader's samples): the outage it still saw was no second trip
+    trips = [e["message"] for e in events_of(kube, name)
+             if e["reason"] == "Decision" and e["message"].startswith("tripped")]
+    assert len(trips) == 1, trips
 
     # the step the dead leader finished was not repeated: one incident notice, not two
     sent = testing.FakeNotifier(testing.FakeNotifier.Options(

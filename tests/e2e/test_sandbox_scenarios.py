@@ -39,6 +39,8 @@ def fake_variables() -> dict[str, Any]:
     store = {"bucket": "b", "prefix": "dc-a/orders", "endpointUrl": "http://127.0.0.1:9",
              "accessKeyId": {"fromFile": "/s/a"}, "secretAccessKey": {"fromFile": "/s/b"},
              "encryptionKey": {"fromFile": "/s/k"}}
+    offsite = {**store, "bucket": "o", "prefix": "dc-b/orders",
+               "endpointUrl": "http://127.0.0.1:10", "encryptionKey": {"fromFile": "/s/o"}}
     return {
         "sandbox.dir": "/s", "edge.url": "http://127.0.0.1:8", "edge.socket": "/s/admin.sock",
         "edge.backend": "be_app", "edge.servers": {"dc-a": ["web1"], "dc-b": ["web2"]},
@@ -49,6 +51,8 @@ def fake_variables() -> dict[str, Any]:
         "dns.primaryAddress": "192.0.2.10", "dns.backupAddress": "198.51.100.10",
         "db.primary.host": "/s/sock", "db.primary.port": 5432,
         "backup.store": {"kind": "s3", "options": store}, "backup.storeOptions": store,
+        "backup.offsiteStore": {"kind": "s3", "options": offsite},
+        "backup.offsiteStoreOptions": offsite,
         "backup.dataset": "orders", "backup.scratch": "/s/scratch",
         "backup.validation": [{"name": "rows", "sql": "SELECT 1", "expect": "1"}],
         "restore.host": "127.0.0.1", "restore.sshPort": 22,
@@ -125,7 +129,38 @@ def test_scenario_passes_in_the_sandbox(path: Path, tmp_path: Path) -> None:
     for step, pattern in expect.failed_steps.items():
         assert checks(verdict)[f"step {step} fails as expected (/{pattern}/)"]["ok"]
     assert ("failback" in verdict) == (expect.failback and expect.phase == "FailedOver")
+    if scenario.name == "swapped-payload":
+        assert_swapped_payload_refused_naming_both(verdict)
+    if scenario.name == "offsite-restore":
+        assert_restored_from_the_offsite_copy(verdict)
     assert_nothing_left(out)
+
+
+def assert_swapped_payload_refused_naming_both(verdict: dict[str, Any]) -> None:
+    """The newest backup's payload was the oldest's: refused, naming both; the middle one
+    restored."""
+    newest, middle, oldest = (b["id"] for b in verdict["sandbox"]["backups"])
+    [step] = [s for s in verdict["failover"]["steps"] if s["action"] == "restore"]
+    [failed] = step["evidence"]["fellBack"]
+    assert failed["backup"] == newest and step["evidence"]["chosen"] == middle
+    assert f"the payload stored for backup {newest} " in failed["why"]
+    assert f"is the payload of backup {oldest} " in failed["why"]
+
+
+def assert_restored_from_the_offsite_copy(verdict: dict[str, Any]) -> None:
+    """dc-a's store was emptied: the newest backup came back from its off-site copy, in
+    the off-site bucket, read back there before the drill, within the RPO budget."""
+    newest = verdict["sandbox"]["backups"][0]["id"]
+    copies = {c["id"]: c for c in verdict["sandbox"]["offsiteCopies"]}
+    assert copies[newest]["verified"] is True
+    [step] = [s for s in verdict["failover"]["steps"] if s["action"] == "restore"]
+    ev = step["evidence"]
+    assert ev["chosen"] == newest and "fellBack" not in ev
+    assert ev["location"] == copies[newest]["location"]
+    assert ev["location"].startswith("s3://dc-b-offsite/dc-b/orders/")
+    assert "objects deleted from s3://dc-a-backups" in json.dumps(verdict)
+    rpo = verdict["objectives"]["rpo"]
+    assert rpo["met"] is True and rpo["targetSeconds"] == 600 and rpo["backup"] == newest
 
 
 def test_the_ci_workflow_runs_shipped_scenarios_and_publishes_their_junit() -> None:

@@ -353,3 +353,69 @@ def test_the_draw_covers_every_fault() -> None:
     assert sum(s.coordinator for s in drawn) > 500
     assert sum(bool(s.person) for s in drawn) > 100
     assert sum(s.clear_after > 1 for s in drawn) > 500
+    assert sum(s.db_lost for s in drawn) > 100
+
+
+# --- the promote step (issue 16) -----------------------------------------------------------
+
+
+def promotion(result: Result) -> dict[str, Any]:
+    return step_of(runs_of(result, "failover")[0], "promote-db")
+
+
+def test_a_lost_database_host_is_fenced_by_the_stonith_command_before_the_promotion() -> None:
+    def check(result: Result) -> None:
+        step = promotion(result)
+        assert step["status"] == StepStatus.SUCCEEDED.value, step
+        assert step["evidence"]["fence"]["how"] == "command stonith", step["evidence"]
+        fences = [w for w in result.writes_log if w.backend == "pg" and w.method == "fence"]
+        promotes = [w for w in result.writes_log if w.method == "promote"]
+        assert len(promotes) == 1 and fences and fences[0].t <= promotes[0].t
+
+    over_seeds(lambda seed: quiet(seed, plan_key=("promote", False, False, False),
+                                  db_lost=True), check, range(6))
+
+
+def test_a_lost_database_host_without_a_command_waits_for_a_person() -> None:
+    # nobody says done until t=12 s: no promotion before; the person's fence comes first
+    def check(result: Result) -> None:
+        promotes = [w for w in result.writes_log if w.method == "promote"]
+        assert len(promotes) == 1 and promotes[0].t > 12.0, promotes
+        step = promotion(result)
+        assert step["evidence"]["fence"]["how"] == "a person (step fence-primary)", step
+        person = [w for w in result.writes_log if w.group == "person"]
+        assert person and person[0].t < promotes[0].t
+
+    over_seeds(lambda seed: quiet(seed, plan_key=("promote-person", False, False, False),
+                                  db_lost=True, clis=[(12.0, "done")]), check, range(6))
+
+
+def test_a_promotion_whose_answer_was_lost_is_recorded_done_not_repeated() -> None:
+    # half the writes' answers are lost (the fence's too): a retry or a later run finds
+    # the standby promoted; it is promoted once, and some attempt records it done
+    found = 0
+
+    def check(result: Result) -> None:
+        nonlocal found
+        assert len([w for w in result.writes_log if w.method == "promote"]) == 1
+        found += any(s["evidence"].get("alreadyPromoted") for run in
+                     runs_of(result, "failover") for s in run["steps"]
+                     if s["name"] == "promote-db")
+
+    over_seeds(lambda seed: quiet(seed, plan_key=("promote", False, False, False),
+                                  faults=Faults(lost_ack=0.5)), check)
+    assert found >= 3, f"only {found} of 12 schedules found the promotion landed"
+
+
+def test_a_promote_step_that_skips_the_fence_is_a_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # invariant 7 bites: a promote step that never fences leaves two writable primaries
+    # once the lost database host comes back
+    import controller.steps.promote as promote
+
+    monkeypatch.setattr(promote, "_fence", lambda db, p: {"how": "skipped"})
+    for seed in range(3):  # (not through `simulate`: an expected violation is not tallied)
+        result = Sim(quiet(seed, plan_key=("promote", False, False, False), db_lost=True,
+                           name="unfenced-promote")).run()
+        assert result.violation is not None, "a promotion without a fence went unnoticed"
+        assert result.violation.kind == "two writable primaries", result.report()

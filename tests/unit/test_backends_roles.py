@@ -13,6 +13,7 @@ import pytest
 from controller import registry
 from controller.backends import Backends
 from controller.backups import BackupStore, Restorer, Verifier
+from controller.db import Database
 from controller.dns import DnsProvider
 from controller.model import PermanentError
 from controller.notify import Notifier
@@ -31,7 +32,7 @@ from tests.unit.test_engine import make_plan
 
 PROTOCOLS: dict[str, type[Any]] = {
     "probe": Probe, "traffic": TrafficBackend, "dns": DnsProvider, "store": BackupStore,
-    "restorer": Restorer, "verifier": Verifier, "notifier": Notifier,
+    "restorer": Restorer, "verifier": Verifier, "notifier": Notifier, "database": Database,
 }
 
 

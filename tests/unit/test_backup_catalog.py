@@ -1,10 +1,13 @@
 """The catalog on the filesystem store (no servers): naming, layout, checksum
-verification, verification state written back, audit; pgBackRest verify parsing; and the
-same listing contract on the in-memory fake."""
+verification, verification state written back, audit; payloads bound to their entry (a
+swapped one refused naming both, an old unbound one read on its checksum), the integrity
+pass before a restore; pgBackRest verify parsing; and the same listing contract on the
+in-memory fake."""
 
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 from pathlib import Path
@@ -12,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from controller.backups import naming
+from controller.backups import crypto, naming
+from controller.backups.catalog import IntegrityFailed
 from controller.backups.filesystem import FilesystemBackupStore
 from controller.backups.verify import CatalogVerifier, judge_pgbackrest, parse_pgbackrest_verify
 from controller.model import PermanentError
@@ -192,3 +196,110 @@ def test_an_unusable_key_is_bad_input_and_nothing_is_recorded(
     assert "not base64 at all" not in result["summary"]
     assert store.list(dataset="orders")[0].verified is None
     assert "NOT VERIFIED (bad input)" in journal.audit_trail()[-1]["detail"]
+
+
+def _payload(tmp_path: Path, name: str) -> Path:
+    return tmp_path / "catalog" / name / f"{name}.bak"
+
+
+def _verifier(store: FilesystemBackupStore) -> CatalogVerifier:
+    return CatalogVerifier(CatalogVerifier.Options.model_validate(
+        {"store": {"kind": "filesystem", "options": {"path": "unused"}}}), store=store)
+
+
+def _drain(store: FilesystemBackupStore, backup: Any) -> bytes:
+    with store.open_payload(backup) as reader:
+        return reader.read()
+
+
+def test_a_payload_is_bound_to_its_entry_and_the_integrity_pass_says_so(
+        store: FilesystemBackupStore, tmp_path: Path) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    assert bk.meta["encryption"]["payloadFormat"] == 2
+    assert store.check_integrity(bk) == (
+        f"{bk.id}: {bk.id}/{bk.id}.bak: {bk.meta['objects'][0]['size']} bytes as cataloged; "
+        f"payload bound to {bk.id} (data set orders, taken 1970-01-01 00:16:40 UTC) "
+        "(format 2)")
+
+
+def test_swapped_payloads_are_refused_naming_both(store: FilesystemBackupStore,
+                                                  tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    a = store.add_directory(src, dataset="orders", kind="daily", taken_at=1000, actor="cron")
+    b = store.add_directory(src, dataset="orders", kind="daily", taken_at=2000, actor="cron")
+    pa, pb = _payload(tmp_path, a.id), _payload(tmp_path, b.id)
+    da, db = pa.read_bytes(), pb.read_bytes()
+    assert len(da) == len(db)  # the same size: only the binding tells them apart
+    pa.write_bytes(db)
+    pb.write_bytes(da)
+    both = (rf"payload stored for backup {a.id} \(data set orders, taken .*\) is the payload "
+            rf"of backup {b.id} \(data set orders")
+    with pytest.raises(crypto.SwappedPayload, match=both):
+        store.check_integrity(a)
+    with pytest.raises(crypto.SwappedPayload, match=both):
+        _drain(store, a)
+    result = _verifier(store).verify(backup=b)
+    assert result["passed"] is False and f"is the payload of backup {a.id}" in result["summary"]
+
+
+def test_a_missing_or_cut_payload_fails_the_integrity_pass(store: FilesystemBackupStore,
+                                                            tmp_path: Path) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    payload = _payload(tmp_path, bk.id)
+    payload.write_bytes(payload.read_bytes()[:-10])
+    with pytest.raises(IntegrityFailed, match=rf"holds {bk.size - 10} bytes, the catalog "
+                                              rf"says {bk.size}"):
+        store.check_integrity(bk)
+    payload.unlink()
+    with pytest.raises(IntegrityFailed, match="is missing from the store"):
+        store.check_integrity(bk)
+    with pytest.raises(IntegrityFailed, match="is missing from the store"):
+        _drain(store, bk)
+
+
+def test_a_payload_other_than_the_cataloged_one_fails_at_the_end_of_the_stream(
+        store: FilesystemBackupStore, tmp_path: Path) -> None:
+    bk = store.add_directory(_source(tmp_path), dataset="orders", kind="daily", taken_at=1000,
+                             actor="cron")
+    entry = store.entry(bk.id)
+    entry["objects"][0]["sha256"] = "f" * 64  # e.g. re-uploaded since it was cataloged
+    store._put_entry(entry)
+    [listed] = store.list(dataset="orders")
+    with pytest.raises(crypto.ChecksumMismatch, match=r"the catalog says .* sha256 ffffffff"):
+        _drain(store, listed)
+
+
+def _rewrite_unbound(store: FilesystemBackupStore, tmp_path: Path, bk: Any) -> Any:
+    """Make `bk` what the previous controller wrote: a format 1 (unbound) payload, and an
+    entry without `payloadFormat`."""
+    plain = _drain(store, bk)
+    sink = io.BytesIO()
+    enc = crypto.EncryptingWriter(sink, store.data_key(), chunk_size=4096, binding=None)
+    enc.write(plain)
+    enc.close()
+    _payload(tmp_path, bk.id).write_bytes(sink.getvalue())
+    entry = store.entry(bk.id)
+    entry["objects"][0].update(size=enc.stored_size, sha256=enc.sha256.hexdigest())
+    del entry["encryption"]["payloadFormat"]
+    store._put_entry(entry)
+    return next(b for b in store.list(dataset=bk.dataset) if b.id == bk.id)
+
+
+def test_an_old_unbound_payload_is_read_on_its_checksum_and_said_unbound(
+        store: FilesystemBackupStore, tmp_path: Path) -> None:
+    src = _source(tmp_path)
+    a = _rewrite_unbound(store, tmp_path, store.add_directory(
+        src, dataset="orders", kind="daily", taken_at=1000, actor="cron"))
+    b = _rewrite_unbound(store, tmp_path, store.add_directory(
+        src, dataset="orders", kind="daily", taken_at=2000, actor="cron"))
+    assert "payload unbound (format 1)" in store.check_integrity(a)
+    assert len(_drain(store, a)) > 20_000
+    # swapped, two unbound payloads authenticate: their checksums refuse them
+    pa, pb = _payload(tmp_path, a.id), _payload(tmp_path, b.id)
+    da = pa.read_bytes()
+    pa.write_bytes(pb.read_bytes())
+    pb.write_bytes(da)
+    with pytest.raises(crypto.ChecksumMismatch):
+        _drain(store, a)

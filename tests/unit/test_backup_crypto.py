@@ -1,22 +1,38 @@
-"""Streamed AES-256-GCM: round trip, tamper/truncation/reorder detection, wrong key."""
+"""Streamed AES-256-GCM: round trip, tamper/truncation/reorder detection, wrong key;
+payloads bound to their backup (a swapped one is refused naming both), the stored
+checksum checked before the last chunk, and old unbound payloads still read on it."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 
 import pytest
 
-from controller.backups import crypto
+from controller.backups import DamagedBackup, crypto
+
+A = crypto.Binding(id="20261201T010000Z_orders_daily", dataset="orders",
+                   taken_at=1_764_550_800.25)
+B = crypto.Binding(id="20261202T010000Z_orders_daily", dataset="orders",
+                   taken_at=1_764_637_200.5)
 
 
-def _seal(data: bytes, key: bytes, chunk: int = 4096) -> bytes:
+def _seal(data: bytes, key: bytes, chunk: int = 4096,
+          binding: crypto.Binding | None = A) -> bytes:
     sink = io.BytesIO()
-    w = crypto.EncryptingWriter(sink, key, chunk_size=chunk)
+    w = crypto.EncryptingWriter(sink, key, chunk_size=chunk, binding=binding)
     for i in range(0, len(data), 1000):
         w.write(data[i:i + 1000])
     w.close()
     return sink.getvalue()
+
+
+def _expect(sealed: bytes, binding: crypto.Binding = A, bound: bool = True
+            ) -> crypto.Expected:
+    """What a catalog entry holding exactly `sealed` says about it."""
+    return crypto.Expected(binding=binding, bound=bound,
+                           sha256=hashlib.sha256(sealed).hexdigest(), size=len(sealed))
 
 
 @pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 3 * 4096, 50_000])
@@ -25,14 +41,14 @@ def test_round_trip_any_size(size: int) -> None:
     sealed = _seal(data, key)
     assert crypto.DecryptingReader(io.BytesIO(sealed), key).read() == data
     assert b"".join(crypto.decrypt_chunks(io.BytesIO(sealed), key)) == data
+    reader = crypto.DecryptingReader(io.BytesIO(sealed), key, expected=_expect(sealed))
+    assert reader.read() == data
 
 
 def test_writer_reports_stored_checksum_and_sizes() -> None:
-    import hashlib
-
     key, data = os.urandom(32), os.urandom(10_000)
     sink = io.BytesIO()
-    w = crypto.EncryptingWriter(sink, key, chunk_size=4096)
+    w = crypto.EncryptingWriter(sink, key, chunk_size=4096, binding=A)
     w.write(data)
     w.close()
     assert w.sha256.hexdigest() == hashlib.sha256(sink.getvalue()).hexdigest()
@@ -51,7 +67,8 @@ def test_any_flipped_byte_is_detected(where: int) -> None:
 def test_truncation_at_a_chunk_boundary_is_detected() -> None:
     key = os.urandom(32)
     sealed = _seal(os.urandom(3 * 4096 + 10), key)
-    cut = crypto.HEADER.size + 2 * (4096 + crypto.TAG)  # drop the last two chunks whole
+    header = crypto.parse_header(sealed).raw
+    cut = len(header) + 2 * (4096 + crypto.TAG)  # drop the last two chunks whole
     with pytest.raises(crypto.DecryptionError):
         crypto.DecryptingReader(io.BytesIO(sealed[:cut]), key).read()
 
@@ -59,7 +76,7 @@ def test_truncation_at_a_chunk_boundary_is_detected() -> None:
 def test_reordered_chunks_are_detected() -> None:
     key = os.urandom(32)
     sealed = _seal(os.urandom(3 * 4096 + 10), key)
-    h, r = crypto.HEADER.size, 4096 + crypto.TAG
+    h, r = len(crypto.parse_header(sealed).raw), 4096 + crypto.TAG
     swapped = sealed[:h] + sealed[h + r:h + 2 * r] + sealed[h:h + r] + sealed[h + 2 * r:]
     with pytest.raises(crypto.DecryptionError):
         crypto.DecryptingReader(io.BytesIO(swapped), key).read()
@@ -77,4 +94,87 @@ def test_wrong_key_is_named_by_key_id_before_any_plaintext() -> None:
 
 def test_short_key_is_refused_with_a_fix() -> None:
     with pytest.raises(crypto.PermanentError, match="openssl rand -base64 32"):
-        crypto.EncryptingWriter(io.BytesIO(), b"short")
+        crypto.EncryptingWriter(io.BytesIO(), b"short", binding=A)
+
+
+def test_the_header_names_the_backup_the_payload_was_written_for() -> None:
+    header = crypto.parse_header(_seal(b"x", os.urandom(32)))
+    assert (header.format, header.binding) == (2, A)
+    assert header.describe() == ("bound to 20261201T010000Z_orders_daily (data set orders, "
+                                 "taken 2025-12-01 01:00:00 UTC) (format 2)")
+
+
+def test_a_swapped_payload_is_refused_naming_both_before_any_plaintext() -> None:
+    key = os.urandom(32)
+    b_payload = _seal(os.urandom(9000), key, binding=B)
+    chunks = crypto.decrypt_chunks(io.BytesIO(b_payload), key, name=A.id,
+                                   expected=_expect(b_payload, binding=A))
+    with pytest.raises(crypto.SwappedPayload) as err:
+        next(chunks)
+    text = str(err.value)
+    assert f"the payload stored for backup {A}" in text
+    assert f"is the payload of backup {B}" in text
+    assert isinstance(err.value, DamagedBackup)
+
+
+@pytest.mark.parametrize("field", ["id", "dataset", "takenAt"])
+def test_the_binding_is_authenticated_with_every_chunk(field: str) -> None:
+    # rewriting B's header to claim A's identity passes the binding check but not one chunk
+    key = os.urandom(32)
+    sealed = _seal(os.urandom(9000), key, binding=B)
+    claimed = crypto.Binding(id=A.id if field == "id" else B.id,
+                             dataset="orderz" if field == "dataset" else B.dataset,
+                             taken_at=A.taken_at if field == "takenAt" else B.taken_at)
+    header = crypto.parse_header(sealed)
+    forged = crypto.pack_header(header.chunk, header.prefix, header.key_id, claimed)
+    tampered = forged + sealed[len(header.raw):]
+    with pytest.raises(crypto.AuthenticationFailed, match="authentication failed at chunk 0"):
+        next(crypto.decrypt_chunks(io.BytesIO(tampered), key, name=claimed.id,
+                                   expected=_expect(tampered, binding=claimed)))
+
+
+def test_a_stored_checksum_other_than_the_catalogs_fails_before_the_last_chunk() -> None:
+    key, data = os.urandom(32), os.urandom(3 * 4096 + 10)
+    sealed = _seal(data, key)
+    wrong = crypto.Expected(binding=A, bound=True, sha256="0" * 64, size=len(sealed))
+    released = []
+    with pytest.raises(crypto.ChecksumMismatch) as err:
+        for chunk in crypto.decrypt_chunks(io.BytesIO(sealed), key, name=A.id, expected=wrong):
+            released.append(chunk)
+    assert b"".join(released) == data[:3 * 4096]  # never the final chunk
+    assert f"{len(sealed)} bytes, sha256 {hashlib.sha256(sealed).hexdigest()[:16]}" in \
+        str(err.value) and "the catalog says" in str(err.value)
+    short = crypto.Expected(binding=A, bound=True, sha256=_expect(sealed).sha256,
+                            size=len(sealed) - 1)
+    with pytest.raises(crypto.ChecksumMismatch):
+        crypto.DecryptingReader(io.BytesIO(sealed), key, expected=short).read()
+
+
+def test_an_unbound_format_1_payload_is_read_on_its_checksum_alone() -> None:
+    key, data = os.urandom(32), os.urandom(9000)
+    old = _seal(data, key, binding=None)
+    header = crypto.parse_header(old)
+    assert (header.format, header.binding, len(header.raw)) == (1, None, crypto.HEADER.size)
+    assert header.describe().startswith("unbound (format 1)")
+    # the catalog of an old backup (written unbound) matches: it is read
+    reader = crypto.DecryptingReader(io.BytesIO(old), key, expected=_expect(old, bound=False))
+    assert reader.read() == data
+    # another old backup's payload in its place authenticates, but not its checksum
+    other = _seal(data, key, binding=None)
+    with pytest.raises(crypto.ChecksumMismatch):
+        crypto.DecryptingReader(io.BytesIO(other), key, expected=_expect(old, bound=False)
+                                ).read()
+
+
+def test_an_unbound_payload_where_a_bound_one_was_written_is_refused() -> None:
+    key = os.urandom(32)
+    old = _seal(b"x" * 5000, key, binding=None)
+    with pytest.raises(crypto.SwappedPayload, match=r"unbound \(format 1\): it was replaced"):
+        next(crypto.decrypt_chunks(io.BytesIO(old), key, name=A.id,
+                                   expected=_expect(old, bound=True)))
+
+
+def test_a_wrong_key_is_configuration_not_a_damaged_backup() -> None:
+    assert not issubclass(crypto.WrongKeyError, DamagedBackup)
+    for damaged in (crypto.AuthenticationFailed, crypto.SwappedPayload, crypto.ChecksumMismatch):
+        assert issubclass(damaged, DamagedBackup)

@@ -1,6 +1,8 @@
 """The in-memory restorer is a fenced target like the real ones: a cancelled step writes
 nothing, each restore is recorded with the fencing token and holder of the step attempt
-that made it, and a deposed holder (an older token) cannot restore over the new one."""
+that made it, and a deposed holder (an older token) cannot restore over the new one. A
+backup marked damaged fails as a real damaged payload does (`DamagedBackup`, nothing
+written), after the fence was checked."""
 
 from __future__ import annotations
 
@@ -9,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from controller import fencing
+from controller.backups import DamagedBackup
 from controller.model import Backup, Target
-from controller.testing import FakeRestorer
+from controller.testing import FakeBackupStore, FakeRestorer
 
 BACKUP = Backup(id="b1", dataset="orders", kind="daily", taken_at=0.0, location="x",
                 verified=True)
@@ -51,3 +54,23 @@ def test_a_restore_with_an_older_token_is_refused(restorer: FakeRestorer) -> Non
     restorer.restore(backup=BACKUP, into=INTO)  # a person's, outside any step: accepted
     assert [(r["token"], r["holder"]) for r in restorer.restored()] == [
         (8, "controller-b"), (8, "controller-b"), (None, None)]
+
+
+def test_a_damaged_backup_fails_as_damaged_and_writes_nothing(restorer: FakeRestorer) -> None:
+    store = FakeBackupStore(FakeBackupStore.Options.model_validate({"backups": [
+        {"id": "d2", "dataset": "orders", "takenAt": 2, "verified": True, "damaged": "corrupt"},
+        {"id": "d1", "dataset": "orders", "takenAt": 1, "verified": True,
+         "damaged": "missing"}]}))
+    corrupt, missing = store.list(dataset="orders")
+    assert store.check_integrity(corrupt) == "d2: mem:d2 as cataloged"  # same size: passes
+    with pytest.raises(DamagedBackup, match="d1: its payload mem:d1 is missing"):
+        store.check_integrity(missing)
+    with pytest.raises(DamagedBackup, match="d2: authentication failed"):
+        restorer.restore(backup=corrupt, into=INTO)
+    fence = fencing.Fence(4, "controller-a")
+    fence.cancel("lease lost")
+    with fencing.scope(fence), pytest.raises(fencing.Cancelled):  # the fence comes first
+        restorer.restore(backup=corrupt, into=INTO)
+    assert restorer.restored() == []
+    restorer.restore(backup=BACKUP, into=INTO)  # the target is as it was: a good one lands
+    assert [r["backup"] for r in restorer.restored()] == ["b1"]

@@ -43,3 +43,23 @@ def test_nothing_verified_is_a_permanent_error_listing_each() -> None:
         choose([b("d1", "daily", 100, None), b("d2", "daily", 200, False, "bad")])
     with pytest.raises(NoRestorableBackup, match="the store lists none"):
         choose([])
+
+
+def test_backups_that_failed_at_restore_are_left_out_in_the_same_order() -> None:
+    listed = [b("c2", "continuous", 400, True), b("c1", "continuous", 300, True),
+              b("d2", "daily", 350, True), b("d1", "daily", 100, True)]
+    order = []
+    failed: dict[str, str] = {}
+    while True:
+        try:
+            chosen, why = choose(listed, failed=failed)
+        except NoRestorableBackup as exc:
+            assert str(exc) == ("no verified backup of orders left to restore: " + "; ".join(
+                f"{id} failed at restore (bad tag)" for id in ("c2", "d2", "c1", "d1")))
+            break
+        order.append(chosen.id)
+        failed[chosen.id] = "bad tag"
+    assert order == ["c2", "c1", "d2", "d1"]  # continuous first, then daily, newest first
+    chosen, why = choose(listed, failed={"c2": "bad tag", "c1": "missing"})
+    assert why.endswith("no continuous backup is verified and intact, so the newest verified "
+                        "and intact daily backup; skipped newer c2 failed at restore (bad tag)")

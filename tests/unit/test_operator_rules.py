@@ -19,7 +19,7 @@ from controller.operator import _asks
 
 def st(decision: str, decided: str, **more: Any) -> dict[str, Any]:
     return {"phase": "Degraded", "lastDecision": decision, "updatedAt": 1.0,
-            "policyState": {"decided": decided, "samples": more.pop("samples", 1)}, **more}
+            "policy": {"decided": decided, "samples": more.pop("samples", 1)}, **more}
 
 
 def test_a_decision_whose_counters_moved_is_no_change_of_meaning() -> None:
@@ -38,7 +38,7 @@ def test_a_decision_whose_counters_moved_is_no_change_of_meaning() -> None:
 
 def test_an_invalid_plans_record_keeps_its_own_phase() -> None:
     written = {"phase": "Invalid", "planPhase": "FailedOver", "updatedAt": 5.0,
-               "activeSite": "dc-b", "policyState": {}}
+               "activeSite": "dc-b", "policy": {}}
     state = status.plan_state(written, "shop")
     assert state is not None and state.phase is Phase.FAILED_OVER
     assert status.plan_state({"phase": "Invalid", "updatedAt": 5.0}, "shop") is None

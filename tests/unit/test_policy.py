@@ -157,3 +157,80 @@ def test_each_decision_says_its_state_as_data_and_only_a_change_of_state_is_news
     assert (held[-1].state, held[-1].action) == (DecisionState.HELD, DecisionAction.HOLD)
     # the state of the last decision survives the journal (it decides what is news)
     assert PolicyState.from_json(state.to_json()).decided is DecisionState.HELD
+
+
+def test_the_status_view_keeps_the_trip_and_what_the_window_measured() -> None:
+    """What a replica reads back from the status (`observed` -> `from_observed`) is the
+    state but for the samples: a trip in progress goes on `still tripped` (neither
+    forgotten nor tripped again), its level and detection time are kept, a service down
+    stays down, and each service's window comes back as its count of passed and failed
+    probes."""
+    plan = make_plan(window="30s")
+    _, state = feed(plan, [ALL_UP] * 3 + [ALL_DOWN] * 8)
+    assert state.tripped and state.decided is DecisionState.STILL_TRIPPED
+    seen = state.observed(plan, T0 + 10)
+    assert seen["servicesDown"] == ["api", "hotline", "web"] and seen["availability"] == 0
+    assert seen["services"]["web"] == {
+        "available": False, "availability": 27.3, "probes": 11,
+        "consecutiveFailures": 8, "consecutiveSuccesses": 0,
+        "failingSince": "1970-01-12T13:46:43.000Z"}
+    back = PolicyState.from_observed(seen, T0 + 10)
+    assert back.services["web"].history == [(T0 + 10, True)] * 3 + [(T0 + 10, False)] * 8
+    kept = {k: v for k, v in state.to_json().items() if k != "services"}
+    assert {k: v for k, v in back.to_json().items() if k != "services"} == kept
+    decisions, _ = feed(plan, [ALL_DOWN] * 3, start=T0 + 11, state=back)
+    assert [d.state for d in decisions] == [DecisionState.STILL_TRIPPED] * 3
+    assert decisions[-1].level == 1 and "web down: 11 failed probes in a row" in (
+        decisions[-1].sentence)
+
+
+def test_the_status_view_keeps_the_cooldown_of_a_failover() -> None:
+    plan = make_plan(cooldown="10m", window="3s")
+    _, state = feed(plan, [ALL_DOWN] * 6)
+    state = start_cooldown(state, plan, T0 + 6.25)
+    _, state = feed(plan, [ALL_UP] * 8, start=T0 + 6, state=state)
+    back = PolicyState.from_observed(state.observed(None, T0 + 14), T0 + 13)
+    assert back.cooldown_until == T0 + 606.25
+    held, _ = feed(plan, [ALL_DOWN] * 6, start=T0 + 20, state=back)
+    assert held[-1].action == "hold"
+
+
+def _trip_at(plan: FailoverPlan, cycle: tuple[bool, ...], outage: int,
+             takeover: int | None = None) -> float | None:
+    """When `plan` trips on its core services failing as `cycle` repeats from probe
+    `outage` on (probes every 0.5 s), with a new leader taking over from the status view
+    at probe `takeover`."""
+    state = PolicyState()
+    for i in range(outage + 240):
+        now = T0 + i * 0.5
+        if i == takeover:
+            state = PolicyState.from_observed(state.observed(plan, now), now - 0.5)
+        ok = i < outage or cycle[(i - outage) % len(cycle)]
+        decision, state = evaluate(plan, state, [Sample("web", ok, now),
+                                                 Sample("api", ok, now)], now)
+        if decision.state is DecisionState.TRIPPED:
+            return now
+    return None
+
+
+def test_a_new_leader_detects_an_outage_at_most_one_window_later_never_earlier() -> None:
+    """Two probes of three failing (never three in a row: the availability trips it, not
+    a service down). A leader change anywhere from before the outage to the trip costs
+    at most one window of detection: the window the status summed up leaves together."""
+    plan = make_plan(window="30s", dwell="2s")
+    base = _trip_at(plan, (False, False, True), outage=100)
+    assert base is not None
+    for takeover in range(40, int((base - T0) / 0.5) + 1):
+        later = _trip_at(plan, (False, False, True), 100, takeover)
+        assert later is not None and base <= later <= base + 30.0, (takeover, later)
+
+
+def test_a_new_leader_does_not_judge_a_service_by_its_first_probes() -> None:
+    """One probe of four failing: 75 %, above the 70 % floor, so it never trips. A new
+    leader that started from no samples would see 0 % after a failed first probe, and
+    trip after the 1 s dwell; the window's count from the status keeps it at 75 %."""
+    plan = make_plan(window="10s", dwell="1s")
+    cycle = (False, True, True, True)
+    assert _trip_at(plan, cycle, outage=40) is None
+    for takeover in range(40, 100):
+        assert _trip_at(plan, cycle, 40, takeover) is None, takeover

@@ -1,5 +1,6 @@
 """The probe scheduler with in-process probes: a hung or raising probe is a failed sample
-and never blocks others; k-of-n; spreading; no self-overlap; clean background shutdown."""
+and never blocks others; k-of-n; spreading; no self-overlap; clean background shutdown;
+the rounds that may change a decision wake the reconcile loop (news)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from controller.model import Sample
 from controller.plan import load_plan
 from controller.probes import Probe as ProbeProtocol
 from controller.probes.scheduler import (
+    News,
     ProbeScheduler,
     SharedLoop,
     Target,
@@ -220,3 +222,70 @@ def test_one_shared_loop_hosts_many_schedulers_each_with_its_own_samples() -> No
     finally:
         shared.close()
     assert all(p.active == 0 for p in probes.values())
+
+
+class Scripted(Probe):
+    """Answers as scripted round by round, then ok."""
+
+    def __init__(self, service: str, script: list[bool]):
+        super().__init__(service)
+        self.script = script
+
+    async def check(self) -> Sample:
+        ok = self.script[self.calls] if self.calls < len(self.script) else True
+        self.calls += 1
+        return Sample(self.service, ok, time.time(), latency=0.001)
+
+
+def test_failed_rounds_and_the_recovery_after_them_are_news_good_rounds_are_not() -> None:
+    seen: list[Sample] = []
+    told: list[int] = []  # how many samples were out when the scheduler told its news
+
+    class Counted(News):
+        def tell(self) -> None:
+            told.append(len(seen))
+            super().tell()
+
+    probe = Scripted("web", [True, True, False, False, True, True])
+    sched = ProbeScheduler([Target("web", [probe], 0.01, 1)], seen.append, news=Counted(),
+                           spread=False)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(sched.run(stop))
+        while len(seen) < 10:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+    # the two failed rounds and the first good one after them, each once it was out;
+    # never a good round of a healthy service
+    assert told == [3, 4, 5]
+
+
+def test_the_loop_woken_by_news_drains_the_round_that_woke_it() -> None:
+    sched = ProbeScheduler([Target("web", [Probe("web", "failed")], 600, 1)], spread=False)
+    with sched:
+        assert sched.news.wait(30)  # the first round fails: the loop need not wait a tick
+        [sample] = sched.drain()
+    assert not sample.ok
+    assert not sched.news.wait(0)  # told once, cleared by the wait that saw it
+
+
+def test_a_healthy_service_wakes_nothing() -> None:
+    sched = ProbeScheduler([Target("web", [Probe("web")], 600, 1)], spread=False)
+    with sched:
+        wait_for(lambda: sched.pending)
+        assert not sched.news.wait(0)  # its samples wait for the loop's own tick
+    assert [s.ok for s in sched.drain()] == [True]
+
+
+def test_one_news_wakes_a_loop_over_several_schedulers() -> None:
+    news = News()
+    quiet = ProbeScheduler([Target("a", [Probe("a")], 600, 1)], news=news, spread=False)
+    failing = ProbeScheduler([Target("b", [Probe("b", "failed")], 600, 1)], news=news,
+                             spread=False)
+    with quiet, failing:
+        assert news.wait(30)
+        assert [s.ok for s in failing.drain()] == [False]

@@ -4,7 +4,9 @@ Owns one throw-away cluster: `initdb` into a fresh directory owned by the `postg
 user (initdb refuses root, so every server command goes through `runuser -u postgres --`
 when we are root), its own unix-socket directory and a free TCP port on loopback, start
 with `pg_ctl -w`, SQL through `psql`, and stop by the postmaster's own PID (read from
-`postmaster.pid`), never by name. A missing binary raises at once with the package to
+`postmaster.pid`), never by name. `standby()` makes a streaming standby of a running
+cluster (`pg_basebackup -R`, named by `cluster_name`, the application_name its WAL
+receiver gives the primary). A missing binary raises at once with the package to
 install, so a test never silently skips.
 """
 
@@ -15,6 +17,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from controller.drill.processes import stop_pid
@@ -118,6 +121,30 @@ class PostgresServer(Launcher):
 
     def __enter__(self) -> PostgresServer:
         return self.init().start()
+
+    def standby(self, base: Path, *, name: str = "standby") -> PostgresServer:
+        """A streaming standby of this running cluster in `base`, started, on its own port
+        (`pg_basebackup -R -X stream`; its `cluster_name` is `name`)."""
+        standby = PostgresServer(base, settings={"cluster_name": f"'{name}'",
+                                                 "hot_standby": "on"})
+        give_to(standby.base, mode=0o755)
+        give_to(standby.data)
+        standby._run(as_user([pg_tool("pg_basebackup"), "-h", str(self.sock), "-p",
+                              str(self.port), "-U", "postgres", "-D", str(standby.data),
+                              "-R", "-X", "stream", "-c", "fast"]), "pg_basebackup")
+        return standby.init().start()
+
+    def wait_streaming(self, name: str = "standby", *, timeout: float = 30.0) -> None:
+        """Wait until the standby `name` streams from this primary and has replayed all
+        it was sent (raises ServerError after `timeout`)."""
+        deadline = time.monotonic() + timeout
+        query = ("SELECT count(*) FROM pg_stat_replication WHERE application_name = "
+                 f"'{name}' AND state = 'streaming' AND replay_lsn = pg_current_wal_lsn()")
+        while self.psql(query) != "1":
+            if time.monotonic() > deadline:
+                raise ServerError(f"standby {name} does not stream from port {self.port} "
+                                  f"after {timeout:g} s")
+            time.sleep(0.05)
 
     # --- SQL ---------------------------------------------------------------------------------
 

@@ -1,6 +1,8 @@
 """Real servers for the backup contract tests, started once per session and stopped by PID:
 moto's S3 server, a source PostgreSQL 15 with an `orders` table (and WAL archiving into
-a pgBackRest repository), and an sshd on loopback that the remote restore goes through.
+a pgBackRest repository), and an sshd on loopback that the remote restore goes through;
+and the data a restore with `overwrite` replaces: a stopped cluster planted at the target
+(`OldCluster`), fingerprinted, started again afterwards to read its row.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import itertools
 import os
 import re
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,12 @@ import pytest
 
 from controller.backups.s3 import S3BackupStore, S3StoreOptions
 from controller.drill.servers.moto import MotoServer
-from controller.drill.servers.postgres import PostgresServer, archive_to_pgbackrest, as_user
+from controller.drill.servers.postgres import (
+    PostgresServer,
+    archive_to_pgbackrest,
+    as_user,
+    give_to,
+)
 from controller.drill.servers.sshd import SshServer
 from controller.secrets import Secrets
 
@@ -129,3 +138,68 @@ def places(workdir: Path, request: pytest.FixtureRequest) -> Path:
     path.chmod(0o755)
     path.parent.chmod(0o755)
     return path
+
+
+OLD_NOTE = "the data before the restore"
+
+
+def fingerprint(path: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry under `path` (and `path` itself): mode, owner, size, mtime in ns, so
+    "left exactly as it was" is checked entry by entry."""
+    out = {}
+    for entry in [path, *sorted(path.rglob("*"))]:
+        st = entry.lstat()
+        out[str(entry.relative_to(path))] = (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns)
+    return out
+
+
+@dataclass
+class OldCluster:
+    """A stopped PostgreSQL 15 cluster at `path` holding one row (`OLD_NOTE`)."""
+
+    path: Path
+
+    def fingerprint(self) -> dict[str, tuple[int, int, int, int]]:
+        return fingerprint(self.path)
+
+    def read(self) -> str:
+        """Start the old node where it is, read its row, stop it (by PID)."""
+        server = PostgresServer(self.path.parent / f"old-run-{next(_COUNTER)}", data=self.path)
+        give_to(server.base, mode=0o755)
+        give_to(server.sock, mode=0o755)
+        server.start()
+        try:
+            return server.psql("SELECT note FROM old_data")
+        finally:
+            server.stop()
+
+    def leftovers(self) -> list[str]:
+        """What a restore onto this target may use beside it (none may remain after one
+        that failed): the side directory, the replaced directory, the marker."""
+        return [p.name for p in self.path.parent.iterdir()
+                if p.name.startswith(f"{self.path.name}.")]
+
+
+@pytest.fixture(scope="session")
+def old_template(workdir: Path) -> Path:
+    server = PostgresServer(workdir / "old-template")
+    server.init().start()
+    try:
+        server.psql(f"CREATE TABLE old_data (note text); INSERT INTO old_data VALUES "
+                    f"('{OLD_NOTE}')")
+    finally:
+        server.stop()
+    return server.data
+
+
+@pytest.fixture
+def old_cluster(old_template: Path) -> Callable[[Path], OldCluster]:
+    """Plants a copy of the old cluster at a target path (its parents made reachable)."""
+
+    def plant(path: Path) -> OldCluster:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o755)
+        subprocess.run(["cp", "-a", str(old_template), str(path)], check=True)
+        return OldCluster(path)
+
+    return plant

@@ -5,10 +5,12 @@ The executor runs a step's work inside `fencing.scope(fence)` and calls `fence.c
 from another thread; here a thread does the same. Whatever the phase (the payload
 streaming into `tar`, PostgreSQL already started and being validated, `pgbackrest
 restore` running), the restore stops and raises `fencing.Cancelled`, no PostgreSQL runs
-on the target afterwards, and the target is left as an interrupted stream leaves it: the
-directory the restore made ready is empty (nothing counts as restored), the cancel flag
-it used on the host is gone. How fast it stops is a figure, not an assertion (a busy
-host is slower): `tests/benchmarks/bench_backups.py` (c) measures it.
+on the target afterwards, and the target is left exactly as it was: each target holds an
+old cluster the restore was allowed to replace (`overwrite: true`), and after the cancel
+every entry of it is unchanged, nothing the restore used beside it remains, the old node
+starts and its row reads back; the cancel flag it used on the host is gone. How fast it
+stops is a figure, not an assertion (a busy host is slower):
+`tests/benchmarks/bench_backups.py` (c) measures it.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from controller.drill.servers.sshd import SshServer
 from controller.model import Backup, Target
 from controller.secrets import Secrets
 
-from .conftest import VALIDATION
+from .conftest import OLD_NOTE, VALIDATION, OldCluster
 
 MiB = 1 << 20
 SLOW_QUERY = {"name": "slow business check", "sql": "SELECT 1 FROM pg_sleep(120)",
@@ -70,9 +72,11 @@ class _SlowStore:
             yield _SlowReader(reader, self)
 
 
-def _postgres_on(target: Path) -> list[int]:
-    """PIDs of processes working in `target` (every PostgreSQL process chdirs into its
-    data directory) or naming it on their command line."""
+def _postgres_on(target: Path, *, anything: bool = False) -> list[int]:
+    """PIDs of PostgreSQL processes working in `target` (every one chdirs into its data
+    directory) or naming it on their command line; with `anything`, of any process (a
+    restore's shell scripts name the target too: a watcher of theirs may outlive them by
+    one poll, 0.1 s)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -80,10 +84,12 @@ def _postgres_on(target: Path) -> list[int]:
         try:
             cwd = os.readlink(proc / "cwd")
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            comm = (proc / "comm").read_text().strip()
         except OSError:
             continue
-        if cwd == str(target) or cwd.startswith(f"{target}/") or f"{target} " in \
-                f"{cmdline} " or f"{target}/" in cmdline:
+        if cwd == str(target) or cwd.startswith(f"{target}/") or (
+                (anything or comm == "postgres")
+                and (f"{target} " in f"{cmdline} " or f"{target}/" in cmdline)):
             found.append(int(proc.name))
     return found
 
@@ -129,12 +135,18 @@ def _ssh(sshd: SshServer, tmp: Path) -> dict[str, Any]:
 def _target(path: Path, over_ssh: bool, sshd: SshServer | None, validation: list[Any]
             ) -> Target:
     options = {"port": free_port(), "socketDir": str(path.parent / "sock"),
-               "validation": validation, "actor": "alice"}
+               "validation": validation, "actor": "alice", "overwrite": True}
     if over_ssh:
         assert sshd is not None
         return Target(host="127.0.0.1", path=str(path), options={**options,
                                                                  "sshPort": sshd.port})
     return Target(host=None, path=str(path), options=options)
+
+
+def _left_as_it_was(old: OldCluster, before: dict[str, Any]) -> None:
+    assert _postgres_on(old.path) == []
+    assert old.fingerprint() == before and old.leftovers() == []
+    assert old.read() == OLD_NOTE  # the old node starts and its data reads back
 
 
 def _verified_backup(store: S3BackupStore, pg: PostgresServer) -> Backup:
@@ -148,7 +160,7 @@ def _verified_backup(store: S3BackupStore, pg: PostgresServer) -> Backup:
 def test_a_cancel_mid_stream_stops_the_stream_and_leaves_nothing(
         over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
         source_pg: PostgresServer, sshd: SshServer, journal: Any, tmp_path: Path,
-        places: Path) -> None:
+        places: Path, old_cluster: Callable[[Path], OldCluster]) -> None:
     backup = _verified_backup(s3_store, source_pg)
     assert (backup.meta["plainSize"] or 0) > 12 * MiB  # seconds of streaming at the crawl
     slow = _SlowStore(s3_store)
@@ -156,14 +168,13 @@ def test_a_cancel_mid_stream_stops_the_stream_and_leaves_nothing(
         "store": {"kind": "s3", "options": store_options},
         **(_ssh(sshd, tmp_path) if over_ssh else {})}), secrets=Secrets(),
         audit=journal.audit, store=slow)  # type: ignore[arg-type]
-    target = places / f"cancel-stream-{over_ssh}" / "data"
-    flags = _flags()
-    err = _restore_cancelled(restorer, backup, _target(target, over_ssh, sshd, VALIDATION),
+    old = old_cluster(places / f"cancel-stream-{over_ssh}" / "data")
+    before, flags = old.fingerprint(), _flags()
+    err = _restore_cancelled(restorer, backup, _target(old.path, over_ssh, sshd, VALIDATION),
                              slow.reached.is_set)
     assert "timed out after 1.5 s" in str(err)
     assert slow.read_bytes < backup.meta["plainSize"]  # the stream stopped, not finished
-    assert target.is_dir() and not any(target.iterdir())  # what was extracted is gone
-    assert _postgres_on(target) == []
+    _left_as_it_was(old, before)
     assert _flags() == flags
     trail = [a["detail"] for a in journal.audit_trail() if a["action"] == "restore"]
     assert trail[-1].startswith(f"CANCELLED restoring {backup.id}")
@@ -172,12 +183,14 @@ def test_a_cancel_mid_stream_stops_the_stream_and_leaves_nothing(
 @pytest.mark.parametrize("over_ssh", [False, True], ids=["local", "ssh"])
 def test_a_cancel_after_postgres_started_stops_it_and_leaves_nothing(
         over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path) -> None:
+        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
+        old_cluster: Callable[[Path], OldCluster]) -> None:
     backup = _verified_backup(s3_store, source_pg)
     restorer = BaseBackupRestorer(BaseBackupRestorer.Options.model_validate({
         "store": {"kind": "s3", "options": store_options},
         **(_ssh(sshd, tmp_path) if over_ssh else {})}), secrets=Secrets(), store=s3_store)
-    target = places / f"cancel-validate-{over_ssh}" / "data"
+    old = old_cluster(places / f"cancel-validate-{over_ssh}" / "data")
+    target, before = old.path, old.fingerprint()
     into = _target(target, over_ssh, sshd, [*VALIDATION, SLOW_QUERY])
 
     def in_the_slow_query() -> bool:  # the restored server runs the last validation query
@@ -194,14 +207,13 @@ def test_a_cancel_after_postgres_started_stops_it_and_leaves_nothing(
     flags = _flags()
     err = _restore_cancelled(restorer, backup, into, in_the_slow_query)
     assert "stopped at validate" in str(err) and "was stopped" in str(err)
-    assert _postgres_on(target) == []  # the server the restore started is stopped
-    assert target.is_dir() and not any(target.iterdir())
+    _left_as_it_was(old, before)  # the server the restore started is stopped, undone
     assert _flags() == flags
 
 
 def test_a_pgbackrest_restore_cancelled_mid_fetch_never_starts_postgres(
         s3_store: S3BackupStore, source_pg: PostgresServer, pgbackrest_conf: Path,
-        stanza: str, places: Path) -> None:
+        stanza: str, places: Path, old_cluster: Callable[[Path], OldCluster]) -> None:
     backup = dataclasses.replace(register_pgbackrest(
         s3_store, dataset="orders", kind="continuous", actor="cron:hourly",
         config=str(pgbackrest_conf), stanza=stanza), verified=True)
@@ -220,16 +232,15 @@ exec pgbackrest "$@"
     restorer = PgBackRestRestorer(PgBackRestRestorer.Options.model_validate(
         {"config": str(pgbackrest_conf), "stanza": stanza, "pgbackrest": str(wrapper)}),
         secrets=Secrets())
-    target = places / "cancel-pgbr" / "data"
-    flags = _flags()
-    err = _restore_cancelled(restorer, backup, _target(target, False, None, VALIDATION),
+    old = old_cluster(places / "cancel-pgbr" / "data")
+    before, flags = old.fingerprint(), _flags()
+    err = _restore_cancelled(restorer, backup, _target(old.path, False, None, VALIDATION),
                              (marks / "pid").exists)
     assert "stopped at fetch" in str(err)
     fetch_pid = int((marks / "pid").read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(fetch_pid, 0)  # the fetch was terminated, not left running
-    assert _postgres_on(target) == []
-    assert target.is_dir() and not any(target.iterdir())
+    _left_as_it_was(old, before)
     assert _flags() == flags
 
 

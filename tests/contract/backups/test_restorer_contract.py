@@ -5,9 +5,10 @@ pinned), and a pgBackRest set, each from real PostgreSQL 15 backups.
 What a restore step relies on: only a verified backup is restored (a permanent error
 names it, before anything is touched); a verified one is restored and its evidence
 carries the keys the reports and the RPO check read, its validation queries passed; a
-target that already holds data (here: the first restore's, its server running) is
-refused, naming it, and left as it was, so a retried step never restores twice; a step
-cancelled before the restore touches nothing.
+target that already holds data (here: another backup's restore, its server running) is
+refused, naming it, and left as it was; a step cancelled before the restore touches
+nothing. (A retry of the same restore is recognised as done by the real restorers:
+test_restore_resume.py.)
 """
 
 from __future__ import annotations
@@ -156,8 +157,10 @@ def test_a_target_holding_data_is_refused_naming_it_and_left_as_it_was(
     with fencing.scope(fencing.Fence(1, "controller-a", label="run-1/restore")):
         into = restore.target("data")
         first = restore.restorer.restore(backup=backup, into=into)
-        with pytest.raises(PermanentError, match=re.escape(into.path)):  # a retried step
-            restore.restorer.restore(backup=backup, into=into)
+        time.sleep(1.05)  # backup names carry whole seconds: the next needs a later one
+        other = restore.backup()
+        with pytest.raises(PermanentError, match=re.escape(into.path)):
+            restore.restorer.restore(backup=other, into=into)
     assert restore.holds_data("data") and first["backup"] == backup.id
 
 

@@ -4,24 +4,30 @@ catalog stores (a directory, and S3 on moto's real server).
 What a restore step relies on from `list`: a data set's backups, newest first, only that
 data set's, each with its kind, time and latest verification state (never verified,
 passed, or failed with the reason), so that `choose` picks the newest verified backup;
-a data set with no backups lists none.
+a data set with no backups lists none. What it relies on from `check_integrity`, the
+cheap pass right before a restore: an intact backup passes, saying what it checked; one
+whose payload is gone fails with `DamagedBackup` naming it (so the step falls back).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.backups import BackupStore
+from controller.backups import BackupStore, DamagedBackup
 from controller.backups.filesystem import FilesystemBackupStore
 from controller.backups.s3 import S3BackupStore
 from controller.backups.selection import choose
+from controller.model import Backup
 from controller.secrets import Secrets
 from controller.testing import FakeBackupStore
+
+from .conftest import KEY_ENV
 
 KINDS = ("memory", "filesystem", "s3")
 _N = itertools.count()
@@ -96,3 +102,49 @@ def test_the_list_lets_choose_pick_the_newest_verified_backup(store: BackupStore
 
 def test_a_data_set_with_no_backups_lists_none(store: BackupStore) -> None:
     assert store.list(dataset="invoices") == []
+
+
+@pytest.fixture(params=KINDS)
+def intact_and_lost(request: pytest.FixtureRequest, tmp_path: Path
+                    ) -> tuple[BackupStore, Backup, Backup]:
+    """A store with two backups of `orders`: the newer one's payload is gone."""
+    kind: str = request.param
+    if kind == "memory":
+        store: BackupStore = FakeBackupStore(FakeBackupStore.Options.model_validate({
+            "key": f"contract-{next(_N)}", "backups": [
+                {"id": "lost", "dataset": "orders", "takenAt": 2000, "verified": True,
+                 "damaged": "missing"},
+                {"id": "intact", "dataset": "orders", "takenAt": 1000, "verified": True}]}))
+        lost, intact = store.list(dataset="orders")
+        return store, intact, lost
+    request.getfixturevalue("backup_key")
+    real: S3BackupStore | FilesystemBackupStore
+    if kind == "filesystem":
+        real = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+            {"path": str(tmp_path / "catalog"), "encryptionKey": {"fromEnv": KEY_ENV}}),
+            secrets=Secrets())
+    else:
+        options = request.getfixturevalue("store_options")
+        real = S3BackupStore(S3BackupStore.Options.model_validate(options), secrets=Secrets())
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "PG_VERSION").write_bytes(os.urandom(5000))
+    intact = real.add_directory(source, dataset="orders", kind="daily", taken_at=1000,
+                                actor="cron")
+    lost = real.add_directory(source, dataset="orders", kind="daily", taken_at=2000,
+                              actor="cron")
+    key = lost.meta["objects"][0]["key"]
+    if isinstance(real, S3BackupStore):
+        real.objects.client.delete_object(Bucket=real.objects.bucket,
+                                          Key=real.objects.prefix + key)
+    else:
+        (tmp_path / "catalog" / key).unlink()
+    return real, intact, lost
+
+
+def test_the_integrity_pass_passes_an_intact_backup_and_fails_a_lost_one(
+        intact_and_lost: tuple[BackupStore, Backup, Backup]) -> None:
+    store, intact, lost = intact_and_lost
+    assert store.check_integrity(intact).startswith(f"{intact.id}: ")
+    with pytest.raises(DamagedBackup, match=f"{lost.id}: .* is missing from the store"):
+        store.check_integrity(lost)

@@ -1,10 +1,11 @@
 """One simulated schedule: replicas, CLI processes, faults and requests, from one seed.
 
 `run_schedule(seed)` draws a `Schedule` from the seed (the plan variant, how many
-replicas, when the primary fails and recovers, crashes, restarts, stalls, partitions,
-slow/hanging/down backends, CLI requests, a person's edit during the incident), runs it
-under the simulated scheduler and returns a `Result`: the violations found by the
-invariants after every event (the run stops at the first), counts, and the last events.
+replicas, when the primary fails and recovers (sometimes with its database host),
+crashes, restarts, stalls, partitions, slow/hanging/down backends, CLI requests, a
+person's edit during the incident), runs it under the simulated scheduler and returns a
+`Result`: the violations found by the invariants after every event (the run stops at the
+first), counts, and the last events.
 
 The actors, as the real processes do them:
 - a **replica** (`failoverctl run` / the operator's loop): every tick, probe samples
@@ -18,7 +19,8 @@ The actors, as the real processes do them:
 - a **CLI process** (`failoverctl failover|failback|approve|done` on a plan file):
   the same calls as `controller.cli` makes — request, reconcile until picked up, follow
   by reconciling until the run ends or waits; approve the waiting run or step; say done
-  for the open human step — then `release`.
+  for the open human step (for `fence-primary`, the person first powers off the old
+  primary database: a write with no fence, like a person's edit) — then `release`.
 - **step work**: each attempt the executor spawns (`Engine(spawn=...)`).
 - the **coordinator** (`kind: etcd` in a multi-host deployment), when the schedule uses
   one: a lease with a TTL on the simulated clock and a token that only grows; a replica
@@ -57,6 +59,7 @@ import controller.fencing
 import controller.journal
 import controller.notices
 import controller.readiness
+import controller.steps.promote
 import controller.steps.restore
 import controller.steps.traffic
 import controller.testing
@@ -115,6 +118,7 @@ class Schedule:
     person: list[float]  # times a person edits the traffic weights by hand
     faults: Faults
     clear_after: int = 1  # the trigger's clearAfter
+    db_lost: bool = False  # the old primary database's host goes down with dc-a
     prepare: Callable[[Sim], None] | None = None  # before the replicas start (scenarios)
     name: str = ""  # a scenario test's name: replayed by running that test
 
@@ -127,7 +131,9 @@ class Schedule:
                 f"{', coordinator' if self.coordinator else ''}; horizon {self.horizon:g} s; "
                 f"outages {_fmt(self.outages)}; crashes {self.crashes}; restart "
                 f"{self.restart}; stalls {self.stalls}; partitions {self.partitions}; "
-                f"CLI {self.clis}; person {self.person}; faults slow {self.faults.slow:.2f} "
+                f"CLI {self.clis}; person {self.person}; "
+                f"{'database host lost with dc-a; ' if self.db_lost else ''}"
+                f"faults slow {self.faults.slow:.2f} "
                 f"lostAck {self.faults.lost_ack:.2f} down {self.faults.down} sluggish "
                 f"{self.faults.sluggish} hangs {self.faults.hangs}")
 
@@ -163,14 +169,17 @@ def draw(seed: int) -> Schedule:
                            rng.choice(["backends", "lease", "both"])))
     clis: list[tuple[float, str]] = []
     shape = key[0]
-    kinds = ["failover", "failback", "failback", "approve", "done"] if shape == "manual" \
+    human = shape in ("manual", "promote-person")
+    kinds = ["failover", "failback", "failback", "approve", "done"] if human \
         else ["failover", "failback", "failback"]
     for _ in range(rng.choice([0, 1, 1, 2, 3])):
         clis.append((rng.uniform(0, horizon), rng.choice(kinds)))
-    if shape == "manual":  # people answer the approvals, at random moments
-        clis += [(rng.uniform(start, horizon), rng.choice(["approve", "approve", "done"]))
+    if human:  # people answer the approvals and human steps, at random moments
+        answers = ["approve", "approve", "done"] if shape == "manual" else ["done"]
+        clis += [(rng.uniform(start, horizon), rng.choice(answers))
                  for _ in range(rng.choice([1, 2, 3]))]
-    backends = ["edge", "zone"] + (["db"] if shape == "restore" else [])
+    backends = ["edge", "zone"] + (["db"] if shape == "restore" else []) + (
+        ["pg"] if shape in plans.PROMOTING else [])
     faults = Faults(
         slow=rng.choice([0.0, 0.0, 0.05, 0.2]),
         lost_ack=rng.choice([0.0, 0.0, 0.0, 0.1]),
@@ -190,7 +199,8 @@ def draw(seed: int) -> Schedule:
         restart=(0.5, 8.0) if rng.random() < 0.85 else None, same_name=0.3, stalls=stalls,
         partitions=partitions, clis=sorted(clis),
         person=[rng.uniform(start, horizon)] if rng.random() < 0.1 else [], faults=faults,
-        clear_after=rng.choice([1, 1, 3]))
+        clear_after=rng.choice([1, 1, 3]),
+        db_lost=shape in plans.PROMOTING and rng.random() < 0.5)
 
 
 # --- the actors ----------------------------------------------------------------------------
@@ -292,7 +302,8 @@ def patched(sim: Sim) -> Iterator[None]:
     ids = random.Random(f"uuid:{sim.schedule.seed}")
     fake_uuid = SimpleNamespace(uuid4=lambda: uuid.UUID(int=ids.getrandbits(128), version=4))
     saved = []
-    for module in (controller.steps.traffic, controller.steps.restore, controller.testing,
+    for module in (controller.steps.traffic, controller.steps.restore,
+                   controller.steps.promote, controller.testing,
                    controller.fencing, controller.notices, controller.readiness):
         saved.append((module, "time", module.time))
         setattr(module, "time", fake)  # noqa: B010 (a module's global, for this schedule)
@@ -519,10 +530,25 @@ class Sim:
                 self.writes_log.append(self.writes[-1])
         self.trace("person edits edge by hand: %s -> %s", before, after)
 
+    def person_fence(self) -> None:
+        """Someone powers off the old primary database by hand (no fence token)."""
+        before = self.raw.state("pg")
+        self.raw.fakes["pg"].fence_by_person("dc-a")
+        after = self.raw.state("pg")
+        if after != before:
+            self.writes.append(WorldWrite(self.sched.t, self.sched.slices, "person", 0,
+                                          "person", "pg", "fence", None, "person", None,
+                                          before, after))
+            if self.capture:
+                self.writes_log.append(self.writes[-1])
+        self.trace("person powers off dc-a's database: %s -> %s", before, after)
+
     def set_primary(self, up: bool) -> None:
         self.primary_up = up
         testing.set_health("dc-a", up)
         self.trace("primary dc-a %s", "recovers" if up else "FAILS")
+        if self.schedule.db_lost:  # its database host goes (and comes back) with it
+            self.raw.fakes["pg"].set_node("dc-a", reachable=up)
 
     # --- journal mirror (the status) --------------------------------------------------------
 
@@ -666,6 +692,8 @@ class Sim:
                     if run is None or not human:
                         self.trace("%s: no human step is open", proc.name)
                         return
+                    if human[0].name == "fence-primary":  # they did it, then say so
+                        self.person_fence()
                     engine.done(run.id, human[0].name, actor="oncall")
                     self.trace("%s: done %s %s", proc.name, run.id, human[0].name)
                     engine.reconcile()

@@ -33,6 +33,11 @@ committed: `PRAGMA data_version`), and at the simulated world. A broken invarian
    mirrored last) equals what the journal says, after every event. No statement that
    wrote a run, a step or the plan's state since the last listener call: nothing to read;
    otherwise the status as it was then (a read transaction kept since) is compared.
+7. **One writable primary.** No write leaves two database nodes that would accept writes
+   (a node cut off from us counts: its own clients still write to it); a promotion finds
+   the old primary fenced already (stopped, read-only, or powered off by a command or by a
+   person, whose human step `fence-primary` the journal then records done); a standby is
+   promoted at most once in a schedule.
 
 Only what an event can have changed is read: the journal when another connection wrote
 one of its tables (noted per statement), the world when a backend changed.
@@ -51,6 +56,7 @@ from controller.model import Phase, StepStatus
 from tests.reliability.sim import plans
 from tests.reliability.sim.harness import Violation
 from tests.reliability.sim.scheduler import WALL_BASE
+from tests.reliability.sim.world import writable
 
 if TYPE_CHECKING:
     from tests.reliability.sim.harness import Sim
@@ -117,6 +123,7 @@ class Checker:
         self.max_token: int | None = None
         self.performers: dict[str, dict[int, tuple[int | None, str | None]]] = {}
         self.restores: Counter[str] = Counter()
+        self.promotions: list[str] = []  # the label of each promotion, in order
         self.world = sim.raw.world()
         self.incident: Incident | None = None
         self.bad_since: float | None = None
@@ -180,6 +187,11 @@ class Checker:
     # --- 1, 2, 5: writes -------------------------------------------------------------------
 
     def _write(self, w: WorldWrite) -> None:
+        database = self.sim.raw.roles.get(w.backend) == "database"
+        if database and len(writable(w.after)) > 1:
+            self.fail("two writable primaries", f"{w.actor} changed {w.backend} "
+                      f"({w.method}) {w.before} -> {w.after}: {writable(w.after)} all accept "
+                      "writes")
         if w.group == "person":
             incident = self.incident
             if incident is not None and w.backend in incident.expected \
@@ -231,6 +243,10 @@ class Checker:
                           "it in prepare first (the simulation cannot tell what it found)")
             incident.expected[w.backend] = seen
             incident.found_by[w.backend] = label
+        if action == "promote":
+            if w.method == "promote":
+                self._promotion(w, run, what)
+            return  # a fence is idempotent; the promotion is counted above
         if action == "restore":
             self.restores[label] += 1
             if self.restores[label] > 1:
@@ -257,6 +273,24 @@ class Checker:
                       f"{what}; {len(performers)} attempts wrote under {w.label} as "
                       f"(token, holder) {dict(seen)}, the step records attempts "
                       f"{dict(recorded)}")
+
+    def _promotion(self, w: WorldWrite, run: str, what: str) -> None:
+        self.checked["promotion"] += 1
+        self.promotions.append(w.label or "")
+        if len(self.promotions) > 1:
+            self.fail("a promote performed twice", f"{what}; promotions under "
+                      f"{self.promotions}")
+        for name, _, recovery, _, fenced in w.before:
+            if recovery:
+                continue  # the standby being promoted
+            if fenced is None:
+                self.fail("a promote without a fence", f"{what}: the old primary {name} "
+                          "was not fenced first")
+            done = self.steps.get((run, "fence-primary"), ("", ""))[1]
+            if fenced == "person" and done != StepStatus.SUCCEEDED.value:
+                self.fail("a promote without a fence", f"{what}: a person powered off "
+                          f"{name}, but the journal records step fence-primary as "
+                          f"{done or 'absent'}, not done")
 
     def _evidence(self, run: str, step: str) -> dict[str, Any]:
         assert self.conn is not None

@@ -4,8 +4,12 @@ Each variant keeps the engine's real paths reachable in a few simulated seconds:
 after two failed probes and a one-second dwell, a short cooldown, steps of each kind
 (notify, traffic instant or stepped, DNS, restore, verify, a human step, approvals), a
 short or long timeout, `onFailure: revert` or `abort`, automatic failback or not, and
-clearing after one probe that passes or three (a failback before the plan clears). Parsed
-once per process (`plan_for`), since schedules share them.
+clearing after one probe that passes or three (a failback before the plan clears). The
+`promote` shapes promote the in-memory standby first (`controller.testing_db`): fenced by
+SQL or, when the old primary cannot be reached, by the plan's STONITH command
+(`promote`) or by a person who says done in the human step `fence-primary` placed
+before it (`promote-person`). Parsed once per process (`plan_for`), since schedules
+share them.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ from typing import Any
 from controller.plan import FailoverPlan, parse_plan
 
 TICK = 2.0  # seconds between a replica's cycles (and the probes' interval)
-SHAPES = ("basic", "stepped", "manual", "restore")
+SHAPES = ("basic", "stepped", "manual", "restore", "promote", "promote-person")
+PROMOTING = ("promote", "promote-person")
 KEYS: list[tuple[str, bool, bool, bool]] = list(
     itertools.product(SHAPES, (False, True), (False, True), (False, True)))
 # (shape, short timeout, onFailure revert, automatic failback)
@@ -71,7 +76,10 @@ def document(shape: str, short: bool, revert: bool, failback: bool,
             {"name": "store", "role": "store", "kind": "memory",
              "options": {"key": "store", "backups": [
                  {"id": "b1", "dataset": "db", "kind": "daily", "verified": True,
-                  "takenAt": 1_699_999_000}]}},
+                  "takenAt": 1_699_999_000},
+                 # the preferred backup is damaged: every restore falls back to b1
+                 {"id": "b2", "dataset": "db", "kind": "continuous", "verified": True,
+                  "takenAt": 1_699_999_500, "damaged": "corrupt"}]}},
             {"name": "db", "role": "restorer", "kind": "memory", "options": {"key": "db"}},
         ]
         steps = [{"name": "restore-db", "action": "restore", "backend": "db",
@@ -79,6 +87,23 @@ def document(shape: str, short: bool, revert: bool, failback: bool,
                   "params": {"store": "store", "dataset": "db",
                              "into": {"path": "/srv/db"}}},
                  traffic, dns]
+    elif shape in PROMOTING:
+        backends.append({"name": "pg", "role": "database", "kind": "memory",
+                         "options": {"key": "pg"}})
+        fence: dict[str, Any] = {"method": "sql"}
+        steps = []
+        if shape == "promote":
+            fence["command"] = ["stonith", "dc-a"]
+        else:
+            steps.append({"name": "fence-primary", "action": "manual",
+                          "params": {"instructions": "power off dc-a's database host"}})
+        steps += [{"name": "promote-db", "action": "promote", "backend": "pg",
+                   "timeout": timeout, "retries": 2, "onFailure": "abort",
+                   "params": {"standby": {"host": "dc-b"}, "primary": {"host": "dc-a"},
+                              "fence": fence, "timeouts": {"catchUp": "1s"},
+                              "validation": [{"name": "one", "query": "SELECT 1",
+                                              "expect": "1"}]}},
+                  traffic, dns]
     return {
         "apiVersion": "failover.example.io/v1alpha1", "kind": "FailoverPlan",
         "metadata": {"name": "sim"},

@@ -51,7 +51,7 @@ from controller.model import Sample
 if TYPE_CHECKING:
     from tests.reliability.sim.harness import Replica, Sim
 
-WRITES = frozenset({"shift", "revert", "apply", "delete", "restore"})
+WRITES = frozenset({"shift", "revert", "apply", "delete", "restore", "fence", "promote"})
 INFLIGHT_MAX = 0.3  # seconds a write spends in the network after its fence check
 WRITE_YIELD = 0.5  # odds that another actor runs before a journal write transaction
 READ_YIELD = 0.15  # ... before any other journal call
@@ -111,7 +111,8 @@ class BackendProxy:
             return value
         return partial(self._call, attr, value)
 
-    def _call(self, attr: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _call(self, attr: str, method: Callable[..., Any], /, *args: Any,
+              **kwargs: Any) -> Any:
         sim, sched, rng = self._sim, self._sim.sched, self._sim.rng
         actor = sched.actor_or_none()  # (each call takes network time below: a yield point)
         if actor is None:  # a helper thread of an actor (readiness checks run in a pool)
@@ -149,14 +150,17 @@ class BackendProxy:
             return method(*args, **kwargs)
         fencing.check()  # a real backend checks right before it sends the write
         fence = fencing.current()
+        lost = bool(faults.lost_ack) and rng.random() < faults.lost_ack
+        # sent: neither a crash nor a pause stops it, on the wire nor while it lands (the
+        # backend's own bookkeeping, e.g. a restorer's audit, is part of the write and is
+        # seen with it, at the time the world changed)
         actor.inflight = True
         try:
             sched.sleep(rng.uniform(0.001, INFLIGHT_MAX))
+            result = sim.write(actor, self._name, attr, fence,
+                               lambda: self._land(fence, method, args, kwargs))
         finally:
             actor.inflight = False
-        lost = bool(faults.lost_ack) and rng.random() < faults.lost_ack
-        result = sim.write(actor, self._name, attr, fence,
-                           lambda: self._land(fence, method, args, kwargs))
         if lost:
             raise ConnectionError(f"{self._name}.{attr}: the answer was lost (the write "
                                   "landed)")
@@ -239,7 +243,17 @@ def fingerprint(target: Any, role: str) -> Any:
         return tuple((r.name, r.type, r.ttl, r.values) for r in target.records())
     if role == "restorer":
         return len(target.restored())
+    if role == "database":  # each node: (name, running, in recovery, read-only, fenced by)
+        return tuple((name, n["running"], n["recovery"], n["readOnly"], n["fenced"])
+                     for name, n in sorted(target.nodes().items()))
     return None
+
+
+def writable(database: Any) -> list[str]:
+    """The nodes of a database fingerprint that would accept writes (reachable or not:
+    a primary cut off from us still takes its own clients' writes)."""
+    return [name for name, running, recovery, read_only, _ in database
+            if running and not recovery and not read_only]
 
 
 class RawBackends:
@@ -249,7 +263,7 @@ class RawBackends:
         self.roles: dict[str, str] = {}
         self.fakes: dict[str, Any] = {}
         for spec in plan.spec.backends:
-            if spec.role in ("traffic", "dns", "restorer"):
+            if spec.role in ("traffic", "dns", "restorer", "database"):
                 self.roles[spec.name] = spec.role
                 self.fakes[spec.name] = registry.build(spec.role, spec.kind, spec.options,
                                                        secrets=None)
@@ -258,8 +272,10 @@ class RawBackends:
         return fingerprint(self.fakes[name], self.roles[name])
 
     def world(self) -> dict[str, Any]:
-        """Traffic and DNS as they are now (a restore is not undone by a failback)."""
-        return {n: self.state(n) for n, r in self.roles.items() if r != "restorer"}
+        """Traffic and DNS as they are now (a restore or a promotion is not undone by a
+        failback)."""
+        return {n: self.state(n) for n, r in self.roles.items()
+                if r not in ("restorer", "database")}
 
 
 # --- the journal ------------------------------------------------------------------------

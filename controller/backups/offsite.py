@@ -1,0 +1,157 @@
+"""The off-site copy of a backup: re-encrypted into a second store, then proven there.
+
+Owns copying one base-backup payload from the store it was taken into to the off-site
+store (another site, endpoint or bucket, with its own `encryptionKey`): the payload is
+decrypted with the source key and re-encrypted with the off-site key while it streams,
+chunk by chunk, so no plaintext ever touches a disk and memory stays at a few chunks. The
+copy is then read back from the off-site store and checked there: its binding, its
+stored SHA-256 and size against what was written, every chunk decrypted with the
+off-site key, and the plaintext's SHA-256 equal to the source's. Only then is the
+copy's catalog entry marked verified (a failed check is recorded as a failed
+verification: never restored). A copy cut mid-way leaves no entry (the stores' writers
+abort or remove partial objects). The emergency plans want every backup "kept locally
+and off-site": readiness fails without a verified copy here.
+
+A pgBackRest set keeps its files in pgBackRest's repositories, so its off-site copy is
+a backup into the off-site repository (`offsiteRepo`, its own `repoN-cipher-pass`),
+which `archive-push` fills with the WAL as well: `copy_pgbackrest` takes it, proves it
+with `pgbackrest verify --repo=N` and registers it in the set's off-site store, so the
+off-site catalog lists every data set's copies alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+from controller import fencing
+from controller.backups import crypto, naming
+from controller.backups.catalog import READ_CHUNK, CatalogStore
+from controller.backups.hosts import LocalHost
+from controller.backups.take import as_user, register_pgbackrest
+from controller.backups.verify import judge_pgbackrest, parse_pgbackrest_verify
+from controller.model import Backup, PermanentError
+from controller.plan import PgBackRestSource
+
+
+class OffsiteError(PermanentError):
+    pass
+
+
+def _encrypt_copy(source: CatalogStore, offsite: CatalogStore, backup: Backup, key: bytes
+                  ) -> tuple[crypto.EncryptingWriter, str]:
+    """Stream the source's authenticated plaintext into the off-site payload, encrypted
+    with the off-site `key` and bound to the same backup (id, data set, takenAt); return
+    the writer (stored SHA-256 and size) and the plaintext's SHA-256."""
+    binding = crypto.Binding(id=backup.id, dataset=backup.dataset, taken_at=backup.taken_at)
+    plain = hashlib.sha256()
+    with source.open_payload(backup) as reader, \
+            offsite.objects.writer(naming.payload_key(backup.id)) as sink:
+        enc = crypto.EncryptingWriter(sink, key, binding=binding,
+                                      chunk_size=offsite.options.chunk_size)
+        while chunk := reader.read(READ_CHUNK):
+            plain.update(chunk)
+            enc.write(chunk)
+        enc.close()
+    return enc, plain.hexdigest()
+
+
+def _check_copy(offsite: CatalogStore, name: str, plain_sha256: str) -> dict[str, Any]:
+    """Read the copy back through its catalog entry: binding, every chunk with the
+    off-site key, stored SHA-256 and size (`open_payload` checks them all), and the
+    plaintext equal to the source's."""
+    started = time.monotonic()
+    plain, size = hashlib.sha256(), 0
+    with offsite.open_payload(name) as reader:
+        while chunk := reader.read(READ_CHUNK):
+            plain.update(chunk)
+            size += len(chunk)
+    if plain.hexdigest() != plain_sha256:
+        raise OffsiteError(f"{name}: the off-site copy decrypts to other bytes than the "
+                           "source (plaintext SHA-256 differs)")
+    return {"name": "read back", "passed": True,
+            "seconds": round(time.monotonic() - started, 3),
+            "detail": f"stored SHA-256 and size as written, every chunk authenticated with "
+                      f"the off-site key, {size} plaintext bytes identical to the source's"}
+
+
+def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
+                 actor: str) -> Backup:
+    """Copy a verified base backup to `offsite`, check it there, return the copy (its
+    `verified` says whether the check passed). Refuses an unverified backup: only what
+    was proven usable is worth keeping twice."""
+    if backup.verified is not True:
+        raise OffsiteError(f"{backup.id} is not verified; only a verified backup is copied "
+                           "off-site")
+    if backup.meta.get("format") != "basebackup":
+        raise OffsiteError(f"{backup.id} is a {backup.meta.get('format')} set: its off-site "
+                           "copy is a backup into pgBackRest's off-site repository "
+                           "(`copy_pgbackrest`)")
+    fencing.check()
+    started = time.monotonic()
+    entry = source.entry(backup.id)
+    key = offsite.data_key()
+    enc, plain_sha256 = _encrypt_copy(source, offsite, backup, key)
+    pkey = naming.payload_key(backup.id)
+    obj = {"key": pkey, "size": enc.stored_size, "sha256": enc.sha256.hexdigest(),
+           "etag": offsite.objects.peek(pkey, 0).etag}
+    copy = {**entry, "size": enc.stored_size, "objects": [obj],
+            "encryption": {"algorithm": crypto.ALGORITHM,
+                           "chunkSize": offsite.options.chunk_size,
+                           "keyId": crypto.key_id(key),
+                           "payloadFormat": crypto.FORMAT_BOUND},
+            "copiedFrom": {"location": backup.location,
+                           "sha256": (entry.get("objects") or [{}])[0].get("sha256")},
+            "createdBy": actor, "createdAt": time.time(), "verifications": []}
+    offsite.objects.put_bytes(naming.catalog_key(backup.id),
+                              json.dumps(copy, indent=1, sort_keys=True).encode())
+    seconds = time.monotonic() - started
+    offsite.audit(actor=actor, action="backup-offsite",
+                  detail=f"copied {backup.id} ({enc.stored_size} bytes, {seconds:.2f} s) to "
+                         f"{offsite.objects.location(pkey)}")
+    at, started = time.time(), time.monotonic()
+    try:
+        check = _check_copy(offsite, backup.id, plain_sha256)
+        summary, passed = f"passed: read back (off-site copy of {backup.location})", True
+    except (PermanentError, OSError) as exc:
+        check = {"name": "read back", "passed": False,
+                 "seconds": round(time.monotonic() - started, 3), "detail": str(exc)[:1000]}
+        summary, passed = f"read back failed: {exc}"[:1000], False
+    return offsite.record_verification(
+        backup.id, {"passed": passed, "at": at,
+                    "durationS": round(time.monotonic() - started, 3),
+                    "summary": summary, "checks": [check]}, actor=actor)
+
+
+def copy_pgbackrest(offsite: CatalogStore, backup: Backup, source: PgBackRestSource, *,
+                    actor: str) -> Backup:
+    """Back the set up into `source.offsite_repo`, verify it there (`pgbackrest verify`,
+    whose text output is judged: it exits 0 on corruption) and register it, with the
+    result, in the off-site store."""
+    if backup.verified is not True:
+        raise OffsiteError(f"{backup.id} is not verified; only a verified backup is copied "
+                           "off-site")
+    fencing.check()
+    copy = register_pgbackrest(offsite, dataset=backup.dataset, kind=backup.kind,
+                               actor=actor, config=source.config, stanza=source.stanza,
+                               backup_type=source.type, os_user=source.os_user,
+                               pgbackrest=source.pgbackrest, repo=source.offsite_repo)
+    at, started = time.time(), time.monotonic()
+    result = LocalHost().run(as_user(source.os_user, [
+        source.pgbackrest, f"--config={source.config}", f"--stanza={source.stanza}",
+        f"--repo={source.offsite_repo}", "--output=text", "--verbose", "verify"]),
+        timeout=6 * 3600, check=False)
+    label = copy.meta["pgbackrest"]["label"]
+    passed, detail = (judge_pgbackrest(parse_pgbackrest_verify(result.out), label)
+                      if result.rc == 0 else
+                      (False, f"pgbackrest verify exited {result.rc}: "
+                              f"{result.err.strip()[-500:]}"))
+    seconds = round(time.monotonic() - started, 3)
+    return offsite.record_verification(copy.id, {
+        "passed": passed, "at": at, "durationS": seconds,
+        "summary": (f"passed: pgbackrest verify (repo{source.offsite_repo}, off-site copy "
+                    f"of {backup.id})" if passed else f"pgbackrest verify failed: {detail}"),
+        "checks": [{"name": "pgbackrest verify", "passed": passed, "seconds": seconds,
+                    "detail": detail[:1000]}]}, actor=actor)

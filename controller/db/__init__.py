@@ -1,0 +1,136 @@
+"""Databases: a PostgreSQL primary and its streaming standby, as a promotion sees them.
+
+Owns the `Database` protocol (role `database`) and the lazy registry of its kinds: what a
+`promote` step reads of a node (`state`: in recovery or not, timeline, LSN, streaming,
+lag), and the two world-changing calls it makes, in that order: `fence` the old primary
+(stop it over SSH, make it refuse writes over SQL, or run the plan's STONITH command),
+then `promote` the standby. Why the split: the step owns the order and the decisions (the
+RPO budget, which fence, never a promote before a fence), the backend owns how a node is
+reached, so the in-memory fake (`controller.testing_db`) and the real server
+(`controller.db.postgres`) answer the same calls and run through the same contract
+tests. Every world-changing call checks `fencing.check()` first.
+
+A node is named by how it is reached (`Node`): its SQL address, and for an `ssh-stop`
+fence the host to SSH to and its data directory (`postmaster.pid` there names the PID
+to stop). LSNs are byte positions (`lsn_text` writes them as PostgreSQL does).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from pydantic import Field
+
+from controller.model import Evidence
+from controller.plan import Strict
+
+KINDS: dict[str, str] = {
+    "memory": "controller.testing_db:FakeDatabase",
+    "postgres": "controller.db.postgres:PostgresDatabase",
+}
+
+
+class Node(Strict):
+    """How to reach one PostgreSQL server."""
+
+    host: str = Field(description="host name, address or unix-socket directory for SQL")
+    port: int = Field(5432, ge=1, le=65535)
+    ssh: str | None = Field(None, description="host to SSH to for an ssh-stop fence "
+                            "(default: run on this machine)")
+    ssh_port: int | None = Field(None, alias="sshPort", ge=1, le=65535,
+                                 description="default: the backend's ssh.port")
+    data: str | None = Field(None, description="its data directory (ssh-stop: the PID in "
+                             "postmaster.pid there is stopped)")
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class FenceMethod(enum.StrEnum):
+    SSH_STOP = "ssh-stop"  # stop the postmaster by its PID (fast shutdown), over SSH
+    SQL = "sql"  # default_transaction_read_only=on, reload, end every client session
+    COMMAND = "command"  # the plan's STONITH hook, run on the controller's host
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What one node says of itself now (read-only)."""
+
+    in_recovery: bool
+    timeline: int
+    lsn: int  # a primary: its current WAL position; a standby: what it has replayed
+    streaming: bool  # a standby: its WAL receiver streams from a primary
+    lag_seconds: float  # a standby: how far its replay is behind (0: replayed all received)
+    read_only: bool  # default_transaction_read_only (a primary fenced over SQL)
+
+    @property
+    def writable(self) -> bool:
+        return not self.in_recovery and not self.read_only
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    active: bool
+    retained_bytes: int  # WAL the slot keeps on the node
+
+
+def lsn_text(lsn: int) -> str:
+    """A byte position as PostgreSQL writes an LSN ('0/3000060')."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    high, _, low = text.strip().partition("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+class Unreachable(ConnectionError):
+    """The node (or its host) does not answer: it may be down, or cut off from us."""
+
+
+@runtime_checkable
+class Database(Protocol):
+    def state(self, node: Node) -> NodeState:
+        """Read the node's recovery state, timeline, LSN, streaming and lag; raises
+        `Unreachable` when it does not answer."""
+        ...
+
+    def fence(self, node: Node, *, method: FenceMethod,
+              command: list[str] | None = None) -> Evidence:
+        """Make `node` unable to accept writes (idempotent: a node fenced already is
+        reported so, nothing changed): `ssh-stop` stops its postmaster by PID and waits
+        for it to exit; `sql` makes it refuse writes and ends every client session;
+        `command` runs `command` (the STONITH hook, argv) on this machine. Raises
+        `Unreachable` when the method cannot reach the node. Evidence: how, and the
+        node's last LSN when it could still be read."""
+        ...
+
+    def check_fence(self, node: Node, *, method: FenceMethod,
+                    command: list[str] | None = None, dry_run: bool = False) -> str:
+        """Read-only: could `fence` work now? (SSH answers and the data directory holds a
+        postmaster.pid; SQL answers; the command exists, or with `dry_run` the command
+        with a `--dry-run` argument exits 0.)"""
+        ...
+
+    def promote(self, node: Node, *, timeout: float) -> Evidence:
+        """Promote the standby (`pg_promote(wait => true)`), waiting at most `timeout`
+        seconds for it to leave recovery; refused (PermanentError) when `node` is not in
+        recovery."""
+        ...
+
+    def query(self, node: Node, sql: str) -> str:
+        """Run one read-only query; its first column of the first row, as text."""
+        ...
+
+    def slots(self, node: Node) -> list[Slot]:
+        """The node's replication slots and the WAL each keeps."""
+        ...
+
+    def ready(self) -> str | None:
+        """For `failoverctl ready`: a read-only, harmless check that this backend can act
+        now; returns what it found, raises when it cannot. Default None: nothing to check
+        beyond building the backend."""
+        return None

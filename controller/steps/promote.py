@@ -1,0 +1,407 @@
+"""The `promote` step: promote the backup site's PostgreSQL streaming standby, after
+fencing the old primary, so there are never two writable primaries.
+
+Owns the promotion's order and decisions; the `database` backend (`controller.db`) owns
+how each node is reached. In order, each phase timed in the evidence:
+
+1. **check**: the standby is in recovery. With the old primary answering, the standby must
+   be streaming from it (`standby-not-streaming`) and its lag (bytes: the primary's LSN
+   minus the standby's replay LSN; seconds: the standby's replay lag, or the primary's
+   view of it from the plan's PostgreSQL probe, `lagProbe`, whichever is larger) within
+   the step's RPO budget (`lag-over-budget`); with the primary gone, the standby's replay
+   lag is what can be measured. Readiness checks the same. A refusal changes nothing and
+   names its state. A fallback to a restore is a second plan (a restore plan's
+   `failover`), started after the refusal: the engine has no step that runs only when an
+   earlier one failed, and `onFailure: continue` with a restore step after this one would
+   restore after a successful promotion too.
+2. **fence** the old primary first: `ssh-stop` (its postmaster stopped by PID) or `sql`
+   (read-only, sessions ended); when that cannot reach it, the plan's STONITH command
+   (`fence.command`); without a command, a person confirmed it in the human step
+   `fence.confirmStep` (default `fence-primary`, `failoverctl done RUN fence-primary`),
+   which `validate` makes the plan place before this step. How it was fenced is recorded.
+3. **catch up**: with the primary's last LSN known, wait (`timeouts.catchUp`) until the
+   standby has replayed it, so a fenced primary's last writes are not lost.
+4. **promote** (`pg_promote(wait => true)`), then confirm it: out of recovery, on the next
+   timeline.
+5. **validate**: the plan's queries on the promoted node.
+
+Evidence: the LSN reached, the primary's last known LSN and the data lost (`rpoBytes`,
+`rpoSeconds` against the budget), the fence, each phase's seconds. Not revertible (a
+promoted standby is not un-promoted): `prepare` journals the standby's timeline before
+anything changes, so a resumed or retried attempt that finds it out of recovery on a later
+timeline records the promotion as done (`alreadyPromoted`) instead of promoting twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from functools import partial
+
+from pydantic import Field
+
+from controller import fencing
+from controller.backends import Backends
+from controller.db import (
+    Database,
+    FenceMethod,
+    Node,
+    NodeState,
+    Unreachable,
+    lsn_text,
+    parse_lsn,
+)
+from controller.model import Evidence, PermanentError, Sample
+from controller.plan import (
+    Duration,
+    FailoverPlan,
+    PlanSpec,
+    PositiveDuration,
+    ProbeSpec,
+    Step,
+    Strict,
+)
+from controller.steps import (
+    Change,
+    CheckContext,
+    Readiness,
+    StepContext,
+    StepKind,
+    backend_of,
+    seconds,
+)
+
+PHASES = ["check", "fence", "catchUp", "promote", "validate"]
+POLL = 0.2  # seconds between the standby's readings while it catches up
+PROBE_TIMEOUT = 30.0  # the lag probe's own timeout ends it sooner
+
+
+class FenceParams(Strict):
+    method: FenceMethod = FenceMethod.SSH_STOP
+    command: list[str] | None = Field(None, min_length=1, description="STONITH hook (argv, "
+                                      "run on the controller's host) for a primary that "
+                                      "cannot be reached")
+    dry_run: bool = Field(False, alias="dryRun", description="readiness runs the command "
+                          "with a --dry-run argument")
+    confirm_step: str = Field("fence-primary", alias="confirmStep", description="without "
+                              "a command: the human step, before this one, in which a "
+                              "person confirms the old primary is stopped")
+
+
+class Validation(Strict):
+    name: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    expect: str | None = None
+
+
+class Timeouts(Strict):
+    promote: PositiveDuration = 60.0
+    catch_up: Duration = Field(10.0, alias="catchUp")
+
+
+class PromoteParams(Strict):
+    standby: Node
+    primary: Node
+    rpo: Duration = Field(30.0, description="the most replication lag (seconds) to promote "
+                          "with")
+    rpo_bytes: int | None = Field(None, alias="rpoBytes", ge=0, description="the most lag "
+                                  "in bytes, when the primary answers")
+    fence: FenceParams = Field(default_factory=FenceParams)
+    validation: list[Validation] = Field(default_factory=list)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    slot_limit: int = Field(1 << 30, alias="slotLimit", ge=0, description="readiness: the "
+                            "most WAL (bytes) a replication slot may keep on the primary")
+    lag_probe: ProbeSpec | None = Field(None, alias="lagProbe", description="a postgres "
+                                        "probe of the primary with `standby:`: its lag "
+                                        "reading joins the decision")
+
+
+class Refused(PermanentError):
+    """The standby may not be promoted now; `state` names why."""
+
+    def __init__(self, state: str, message: str):
+        super().__init__(f"{state}: {message}")
+        self.state = state
+
+
+class Promote(StepKind[PromoteParams]):
+    action = "promote"
+    Params = PromoteParams
+    role = "database"
+
+    def check(self, step: Step, spec: PlanSpec) -> None:
+        p = self.args(step)
+        if p.fence.method is FenceMethod.COMMAND and not p.fence.command:
+            raise ValueError("params.fence.command: method command needs the command (argv "
+                             "of the STONITH hook)")
+        if p.fence.command:
+            return
+        names = [s.name for s in spec.steps]
+        confirm = p.fence.confirm_step
+        before = names[:names.index(step.name)] if step.name in names else names
+        human = next((s for s in spec.steps if s.name == confirm), None)
+        if human is None or human.action != "manual" or confirm not in before \
+                or human.parallel:
+            raise ValueError(
+                f"params.fence: without a fencing command, a primary that cannot be reached "
+                f"is fenced by a person: add a manual step {confirm!r} (not parallel) before "
+                f"step {step.name!r}, or set params.fence.command to a STONITH hook")
+
+    def probes(self, step: Step) -> list[tuple[str, ProbeSpec]]:
+        spec = self.args(step).lag_probe
+        return [("params.lagProbe", spec)] if spec is not None else []
+
+    def warnings(self, step: Step) -> list[str]:
+        if self.args(step).validation:
+            return []
+        return ["params.validation: no validation query: the promoted data is never "
+                "checked; add a query"]
+
+    def describe(self, step: Step, plan: FailoverPlan) -> str:
+        p = self.args(step)
+        return (f"promote standby {p.standby.describe()} after fencing "
+                f"{p.primary.describe()} ({p.fence.method.value}"
+                f"{', else a command' if p.fence.command else ', else a person'}) "
+                f"via {step.backend}")
+
+    def plan(self, step: Step, ctx: StepContext) -> Change:
+        try:
+            return Change(evidence=self.prepare(step, ctx), summary=self._preview(step, ctx))
+        except Unreachable as exc:
+            return Change(summary=f"cannot read the standby: {exc}")
+
+    def _preview(self, step: Step, ctx: StepContext) -> str:
+        p = self.args(step)
+        db = _db(step, ctx)
+        standby = db.state(p.standby)
+        if not standby.in_recovery:
+            return f"{p.standby.describe()} is not in recovery (timeline {standby.timeline})"
+        return (f"{p.standby.describe()} timeline {standby.timeline} at "
+                f"{lsn_text(standby.lsn)}, lag {standby.lag_seconds:.1f} s (budget "
+                f"{p.rpo:g} s) -> primary on timeline {standby.timeline + 1}")
+
+    def prepare(self, step: Step, ctx: StepContext) -> Evidence:
+        """The standby as it is before anything changes (journaled): what tells a resumed
+        attempt that the promotion landed."""
+        standby = _db(step, ctx).state(self.args(step).standby)
+        return {"standbyBefore": {"inRecovery": standby.in_recovery,
+                                  "timeline": standby.timeline, "lsn": lsn_text(standby.lsn)}}
+
+    def apply(self, step: Step, ctx: StepContext, change: Evidence) -> Evidence:
+        p = self.args(step)
+        db = _db(step, ctx)
+        clock = _Phases()
+        standby = db.state(p.standby)
+        before = change.get("standbyBefore") or {}
+        if not standby.in_recovery:
+            if before.get("inRecovery") and standby.timeline > int(before["timeline"]):
+                return {"alreadyPromoted": True, "timeline": standby.timeline,
+                        "lsnReached": lsn_text(standby.lsn),
+                        "validation": _validate(db, p, clock), "phases": clock.spent}
+            raise Refused("not-a-standby", f"{p.standby.describe()} is not in recovery "
+                          f"(timeline {standby.timeline}) and this step did not promote it: "
+                          "it is a primary already; refusing to promote")
+        primary = _read(db, p.primary)
+        lag = _lag(p, standby, primary, _probed(ctx.backends, step, p, primary))
+        clock.done("check")
+        fence = _fence(db, p)
+        clock.done("fence")
+        last = parse_lsn(fence["lastLsn"]) if fence.get("lastLsn") else (
+            None if primary is None else primary.lsn)
+        standby = _catch_up(db, p, standby, last)
+        clock.done("catchUp")
+        fencing.check()
+        db.promote(p.standby, timeout=p.timeouts.promote)
+        after = db.state(p.standby)
+        if after.in_recovery or after.timeline <= standby.timeline:
+            raise PermanentError(f"promotion of {p.standby.describe()} did not land: in "
+                                 f"recovery {after.in_recovery}, timeline {after.timeline} "
+                                 f"(was {standby.timeline})")
+        clock.done("promote")
+        reached = standby.lsn
+        out: Evidence = {
+            "fence": fence, "timeline": after.timeline, "lsnReached": lsn_text(reached),
+            "primaryLastLsn": None if last is None else lsn_text(last),
+            "rpoBytes": None if last is None else max(0, last - reached),
+            "rpoSeconds": round(lag, 3), "rpoBudgetSeconds": p.rpo,
+        }
+        out["validation"] = _validate(db, p, clock)
+        out["phases"] = clock.spent
+        return out
+
+    def readiness(self, step: Step, ctx: CheckContext) -> list[Readiness]:
+        p = self.args(step)
+        db = _db(step, ctx)
+        checks: list[Readiness] = [
+            ("standby streaming within budget", partial(_ready_standby, ctx.backends, step)),
+            ("fence path", partial(db.check_fence, p.primary, method=p.fence.method,
+                                   command=p.fence.command, dry_run=p.fence.dry_run))]
+        if p.fence.command and p.fence.method is not FenceMethod.COMMAND:
+            checks.append(("fence command", partial(
+                db.check_fence, p.primary, method=FenceMethod.COMMAND,
+                command=p.fence.command, dry_run=p.fence.dry_run)))
+        return [*checks, ("replication slots", partial(_ready_slots, db, p))]
+
+    def facts(self, evidence: Evidence) -> list[str]:
+        if "timeline" not in evidence:
+            return []
+        if evidence.get("alreadyPromoted"):
+            out = [f"found promoted already (timeline {evidence['timeline']}): recorded "
+                   "done, not promoted again"]
+        else:
+            fence = evidence.get("fence", {})
+            out = [f"old primary fenced by {fence.get('how', '-')}; promoted to timeline "
+                   f"{evidence['timeline']} at {evidence.get('lsnReached')}",
+                   f"primary's last LSN {evidence.get('primaryLastLsn') or 'unknown'}: "
+                   f"{evidence.get('rpoBytes', '-')} bytes lost, lag "
+                   f"{seconds(evidence.get('rpoSeconds'))} (budget "
+                   f"{seconds(evidence.get('rpoBudgetSeconds'))})"]
+        phases = evidence.get("phases", {})
+        if phases:
+            out.append("phases: " + ", ".join(f"{k} {seconds(v)}" for k, v in phases.items()))
+        out += [f"validation {q['name']}: {q['value']} "
+                f"({'passed' if q['passed'] else 'FAILED'})"
+                for q in evidence.get("validation", [])]
+        return out
+
+
+KIND = Promote()
+
+
+class _Phases:
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._at = time.monotonic()
+
+    def done(self, phase: str) -> None:
+        now = time.monotonic()
+        self.spent[phase] = round(now - self._at, 3)
+        self._at = now
+
+
+def _db(step: Step, ctx: StepContext | CheckContext) -> Database:
+    return ctx.backends.database(backend_of(step))
+
+
+def _read(db: Database, node: Node) -> NodeState | None:
+    """The node's state, or None when it does not answer."""
+    try:
+        return db.state(node)
+    except Unreachable:
+        return None
+
+
+def _probed(backends: Backends, step: Step, p: PromoteParams,
+            primary: NodeState | None) -> Sample | None:
+    """The plan's lag probe, run once while the primary answers (None: no probe, or no
+    primary to ask)."""
+    if p.lag_probe is None or primary is None:
+        return None
+    probe = backends.probe(f"{step.name}-lag", p.lag_probe)
+
+    async def once() -> Sample:
+        try:
+            return await asyncio.wait_for(probe.check(), PROBE_TIMEOUT)
+        finally:
+            await probe.aclose()
+
+    return asyncio.run(once())
+
+
+def _lag(p: PromoteParams, standby: NodeState, primary: NodeState | None,
+         probed: Sample | None = None) -> float:
+    """The lag the decision goes by (seconds), refusing a standby that may not be
+    promoted: one not streaming from a primary that answers, one over the budget."""
+    where = p.standby.describe()
+    lag = standby.lag_seconds
+    if primary is not None:
+        if not standby.streaming or (probed is not None and probed.value is None
+                                     and not probed.ok):
+            seen = "" if probed is None or probed.ok else f" (lag probe: {probed.detail})"
+            raise Refused("standby-not-streaming", f"{where} does not stream from the "
+                          f"primary {p.primary.describe()}, which answers{seen}: its data is "
+                          "of unknown age; restore instead, or repair replication first")
+        if probed is not None and probed.value is not None:
+            lag = max(lag, probed.value)
+        behind = max(0, primary.lsn - standby.lsn)
+        if p.rpo_bytes is not None and behind > p.rpo_bytes:
+            raise Refused("lag-over-budget", f"{where} is {behind} bytes behind the primary "
+                          f"(budget {p.rpo_bytes} bytes, params.rpoBytes)")
+    if lag > p.rpo:
+        raise Refused("lag-over-budget", f"{where} lags {lag:.1f} s behind (budget "
+                      f"{p.rpo:g} s, params.rpo): promoting would lose more than the budget "
+                      "allows")
+    return lag
+
+
+def _fence(db: Database, p: PromoteParams) -> Evidence:
+    """Fence the old primary: the plan's method, else its command, else the person's
+    confirmation (a human step the plan places before this one)."""
+    f = p.fence
+    if f.method is not FenceMethod.COMMAND:
+        try:
+            fencing.check()
+            done = db.fence(p.primary, method=f.method)
+            return {**done, "how": f.method.value}
+        except Unreachable as exc:
+            unreachable = str(exc)
+    else:
+        unreachable = "the plan fences it by command"
+    if f.command:
+        fencing.check()
+        done = db.fence(p.primary, method=FenceMethod.COMMAND, command=f.command)
+        return {**done, "how": f"command {f.command[0]}", "unreachable": unreachable}
+    return {"how": f"a person (step {f.confirm_step})", "unreachable": unreachable}
+
+
+def _catch_up(db: Database, p: PromoteParams, standby: NodeState,
+              last: int | None) -> NodeState:
+    """Wait until the standby has replayed the fenced primary's last LSN (at most
+    `timeouts.catchUp`); the standby as it is then."""
+    if last is None:
+        return standby
+    deadline = time.monotonic() + p.timeouts.catch_up
+    while standby.lsn < last and time.monotonic() < deadline:
+        fencing.pause(POLL)
+        standby = db.state(p.standby)
+    return standby
+
+
+def _validate(db: Database, p: PromoteParams, clock: _Phases) -> list[Evidence]:
+    results: list[Evidence] = []
+    for q in p.validation:
+        value = db.query(p.standby, q.query)
+        results.append({"name": q.name, "value": value,
+                        "passed": q.expect is None or value == q.expect})
+    clock.done("validate")
+    failed = [r for r in results if not r["passed"]]
+    if failed:
+        raise AssertionError("validation failed on the promoted node: " + "; ".join(
+            f"{r['name']} returned {r['value']!r}" for r in failed))
+    return results
+
+
+def _ready_standby(backends: Backends, step: Step) -> str:
+    p = KIND.args(step)
+    db = backends.database(backend_of(step))
+    standby, primary = db.state(p.standby), db.state(p.primary)
+    if not standby.in_recovery:
+        raise RuntimeError(f"{p.standby.describe()} is not in recovery: not a standby")
+    if standby.timeline != primary.timeline:
+        raise RuntimeError(f"{p.standby.describe()} is on timeline {standby.timeline}, the "
+                           f"primary on {primary.timeline}: rebuild the standby")
+    probed = _probed(backends, step, p, primary)
+    lag = _lag(p, standby, primary, probed)
+    return (f"{p.standby.describe()} streaming on timeline {standby.timeline}, "
+            f"{max(0, primary.lsn - standby.lsn)} bytes and {lag:.1f} s behind "
+            f"(budget {p.rpo:g} s)" + ("" if probed is None else f"; {probed.detail}"))
+
+
+def _ready_slots(db: Database, p: PromoteParams) -> str:
+    slots = db.slots(p.primary)
+    bloated = [s for s in slots if s.retained_bytes > p.slot_limit]
+    if bloated:
+        raise RuntimeError("replication slots keep too much WAL: " + ", ".join(
+            f"{s.name} {s.retained_bytes} bytes{'' if s.active else ' (inactive)'}"
+            for s in bloated) + f" (limit {p.slot_limit}, params.slotLimit)")
+    return f"{len(slots)} slot(s), each within {p.slot_limit} bytes"

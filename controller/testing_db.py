@@ -1,0 +1,170 @@
+"""The in-memory database pair (`kind: memory`, role `database`): a primary and a
+streaming standby, for unit tests, the simulation and drills without PostgreSQL.
+
+Owns a fake with the real backend's contract (`controller.db.Database`, held to it by
+`tests/contract/db/`): nodes are named by `Node.host`; a node that is down or whose
+host is cut off raises `Unreachable`; a fence is idempotent and says so; a promotion of a
+node not in recovery is refused; a promotion moves the node to the next timeline. Like
+the other fakes, every write checks the step's fence and refuses a token older than one
+it accepted (`controller.testing._fenced`), and records its token and holder. Faults are
+set with `set_node` (outside any step: no fence), state is shared by `key` (or a
+`stateFile`, for a drill's processes) like the other fakes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from controller.backups.hosts import LocalHost
+from controller.db import Database, FenceMethod, Node, NodeState, Slot, Unreachable, lsn_text
+from controller.model import Evidence, PermanentError
+from controller.testing import FakeOptions, _fenced, _state
+
+START_LSN = 0x3000000
+
+
+class FakeDatabaseOptions(FakeOptions):
+    primary: str = "dc-a"
+    standby: str = "dc-b"
+    lag_bytes: int = Field(0, alias="lagBytes", ge=0)
+    lag_seconds: float = Field(0.0, alias="lagSeconds", ge=0)
+    streaming: bool = True
+    slot_bytes: int = Field(0, alias="slotBytes", ge=0, description="WAL the standby's "
+                            "slot keeps on the primary")
+    run_commands: bool = Field(False, alias="runCommands", description="run a fence "
+                               "command for real (tests of hooks); default: pretend")
+
+
+class FakeDatabase(Database):
+    Options = FakeDatabaseOptions
+
+    def __init__(self, options: FakeDatabaseOptions, *, secrets: Any = None):
+        self.options = options
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _nodes(self, st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        if "nodes" not in st:
+            o = self.options
+            node = {"running": True, "reachable": True, "readOnly": False, "fenced": None,
+                    "timeline": 1}
+            st["nodes"] = {
+                o.primary: {**node, "recovery": False, "lsn": START_LSN + o.lag_bytes,
+                            "streaming": False, "lagSeconds": 0.0},
+                o.standby: {**node, "recovery": True, "lsn": START_LSN,
+                            "streaming": o.streaming, "lagSeconds": o.lag_seconds},
+            }
+        nodes: dict[str, dict[str, Any]] = st["nodes"]
+        return nodes
+
+    def _node(self, st: dict[str, Any], node: Node, *, running: bool = True
+              ) -> dict[str, Any]:
+        nodes = self._nodes(st)
+        if node.host not in nodes:
+            raise PermanentError(f"memory database {self.options.key}: no node "
+                                 f"{node.host!r} (have: {', '.join(sorted(nodes))})")
+        found = nodes[node.host]
+        if not found["reachable"] or (running and not found["running"]):
+            raise Unreachable(f"{node.describe()} does not answer"
+                              + ("" if found["reachable"] else " (its host is cut off)"))
+        return found
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        """Every node as the fake holds it (for tests and the simulation)."""
+        with _state(self.options, "database") as st:
+            return {name: dict(n) for name, n in self._nodes(st).items()}
+
+    def set_node(self, name: str, **fields: Any) -> None:
+        """Inject a fault (outside any step): `running`, `reachable`, `streaming`,
+        `lagSeconds`, `lsn`..."""
+        with _state(self.options, "database") as st:
+            self._nodes(st)[name].update(fields)
+
+    def promotions(self) -> list[dict[str, Any]]:
+        with _state(self.options, "database") as st:
+            return list(st.get("promoted", []))
+
+    def state(self, node: Node) -> NodeState:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+            return NodeState(in_recovery=n["recovery"], timeline=n["timeline"], lsn=n["lsn"],
+                             streaming=n["recovery"] and n["streaming"],
+                             lag_seconds=n["lagSeconds"] if n["recovery"] else 0.0,
+                             read_only=n["readOnly"])
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def fence(self, node: Node, *, method: FenceMethod,
+              command: list[str] | None = None) -> Evidence:
+        if method is FenceMethod.COMMAND:
+            if not command:
+                raise PermanentError("a command fence needs the command (fence.command)")
+            if self.options.run_commands:
+                LocalHost().run(command, timeout=60)
+        with _state(self.options, "database") as st:
+            if method is FenceMethod.COMMAND:  # out of band (power, network): no answer needed
+                n = self._nodes(st)[node.host]
+            else:
+                n = self._node(st, node, running=method is FenceMethod.SQL)
+            # what the fence can read of the node: nothing, for a command out of band
+            seen = {} if method is FenceMethod.COMMAND else {"lastLsn": lsn_text(n["lsn"])}
+            if n["fenced"] is not None or (method is not FenceMethod.SQL
+                                           and not n["running"]):
+                return {"method": method.value, "already": True, **seen}
+            token, holder = _fenced(st, f"fence of {node.describe()} refused")
+            if method is FenceMethod.SQL:
+                n["readOnly"] = True
+            else:
+                n["running"] = False
+            n["fenced"] = method.value
+            st.setdefault("fences", []).append({"node": node.host, "method": method.value,
+                                                "token": token, "holder": holder})
+        return {"method": method.value, "already": False, **seen}
+
+    def fence_by_person(self, name: str) -> None:
+        """A person stops the node by hand (the simulation's `done fence-primary`)."""
+        with _state(self.options, "database") as st:
+            n = self._nodes(st)[name]
+            n["running"], n["fenced"] = False, n["fenced"] or "person"
+
+    def promote(self, node: Node, *, timeout: float) -> Evidence:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+            if not n["recovery"]:
+                raise PermanentError(f"{node.describe()} is not in recovery: there is "
+                                     "nothing to promote")
+            token, holder = _fenced(st, f"promotion of {node.describe()} refused")
+            n.update(recovery=False, streaming=False, lagSeconds=0.0,
+                     timeline=n["timeline"] + 1)
+            st.setdefault("promoted", []).append({"node": node.host, "token": token,
+                                                  "holder": holder})
+            return {"timeline": n["timeline"], "lsn": lsn_text(n["lsn"])}
+
+    # --- reads -------------------------------------------------------------------------------
+
+    def check_fence(self, node: Node, *, method: FenceMethod,
+                    command: list[str] | None = None, dry_run: bool = False) -> str:
+        if method is FenceMethod.COMMAND:
+            if not command:
+                raise PermanentError("a command fence needs the command (fence.command)")
+            if self.options.run_commands and dry_run:
+                LocalHost().run([*command, "--dry-run"], timeout=60)
+            return f"fence command {command[0]} " + ("answers --dry-run" if dry_run
+                                                     else "is configured")
+        with _state(self.options, "database") as st:
+            self._node(st, node, running=method is FenceMethod.SQL)
+        return f"{node.describe()} reachable for a {method.value} fence"
+
+    def query(self, node: Node, sql: str) -> str:
+        with _state(self.options, "database") as st:
+            self._node(st, node)
+        return "1"
+
+    def slots(self, node: Node) -> list[Slot]:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+        if n["recovery"]:
+            return []
+        return [Slot(self.options.standby, self.options.streaming, self.options.slot_bytes)]

@@ -1,0 +1,117 @@
+"""The off-site copy and retention on real S3 servers (two moto servers: dc-a's store and
+dc-b's off-site store, each with its own key): re-encrypted while streaming, checked
+there, nothing left behind by a copy that fails; pruning deletes the objects themselves
+and never the last verified backup."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from controller.backups import DamagedBackup, crypto, naming
+from controller.backups.offsite import OffsiteError, copy_offsite
+from controller.backups.retention import prune
+from controller.backups.s3 import S3BackupStore
+from controller.model import Backup
+from controller.plan import Retention
+
+from .offsite_store import offsite_endpoint, offsite_options, offsite_store  # noqa: F401
+
+DAY = 86400.0
+
+
+def _add(store: S3BackupStore, tmp_path: Path, *, taken_at: float,
+         verified: bool | None = True) -> Backup:
+    src = tmp_path / f"data-{taken_at}"
+    src.mkdir()
+    (src / "PG_VERSION").write_text("15\n")
+    (src / "base.dat").write_bytes(bytes(range(256)) * 20000)  # 5 MB: several chunks
+    backup = store.add_directory(src, dataset="orders", kind="daily", taken_at=taken_at,
+                                 actor="alice")
+    if verified is None:
+        return backup
+    return store.record_verification(backup.id, {
+        "passed": verified, "at": time.time(), "durationS": 0.1,
+        "summary": "passed: checksums" if verified else "checksums failed",
+        "checks": []}, actor="verifier")
+
+
+def _keys(endpoint: str, bucket: str) -> list[str]:
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    return [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket) for o in page.get("Contents", [])]
+
+
+def _plain(store: S3BackupStore, backup: Backup | str) -> bytes:
+    with store.open_payload(backup) as reader:
+        return reader.read()
+
+
+def test_copy_is_reencrypted_with_the_offsite_key_and_checked_there(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        tmp_path: Path, journal: Any) -> None:
+    backup = _add(s3_store, tmp_path, taken_at=time.time())
+    copy = copy_offsite(s3_store, offsite_store, backup, actor="alice")
+
+    assert copy.id == backup.id and copy.verified is True
+    assert "read back" in copy.verification
+    assert copy.meta["lastVerification"]["checks"][0]["passed"] is True
+    # stored under the off-site key (its id in the header), bound to the same backup
+    with offsite_store.open_raw(naming.payload_key(copy.id)) as raw:
+        header = crypto.parse_header(raw.read(crypto.MAX_HEADER), name=copy.id)
+    assert header.key_id == crypto.key_id(offsite_store.data_key()) != crypto.key_id(
+        s3_store.data_key())
+    assert _plain(offsite_store, copy.id) == _plain(s3_store, backup)
+    assert ("alice", "backup-offsite") in [(a["actor"], a["action"])
+                                           for a in journal.audit_trail()]
+
+
+def test_an_unverified_backup_is_not_copied(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        tmp_path: Path) -> None:
+    backup = _add(s3_store, tmp_path, taken_at=time.time(), verified=None)
+    with pytest.raises(OffsiteError, match="not verified"):
+        copy_offsite(s3_store, offsite_store, backup, actor="alice")
+    assert offsite_store.list(dataset="orders") == []
+
+
+def test_a_source_damaged_since_verification_leaves_nothing_offsite(
+        s3_store: S3BackupStore, store_options: dict[str, Any],
+        offsite_store: S3BackupStore, offsite_options: dict[str, Any],  # noqa: F811
+        s3_endpoint: str, offsite_endpoint: str, tmp_path: Path) -> None:  # noqa: F811
+    backup = _add(s3_store, tmp_path, taken_at=time.time())
+    key = f"{store_options['prefix']}/{naming.payload_key(backup.id)}"
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    data = bytearray(client.get_object(Bucket=store_options["bucket"], Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0xFF  # a flipped byte in the middle of the payload
+    client.put_object(Bucket=store_options["bucket"], Key=key, Body=bytes(data))
+
+    with pytest.raises(DamagedBackup):
+        copy_offsite(s3_store, offsite_store, backup, actor="alice")
+    assert offsite_store.list(dataset="orders") == []
+    assert _keys(offsite_endpoint, offsite_options["bucket"]) == []
+
+
+def test_retention_deletes_pruned_objects_and_keeps_the_last_verified_backup(
+        s3_store: S3BackupStore, store_options: dict[str, Any], s3_endpoint: str,
+        tmp_path: Path, journal: Any) -> None:
+    now = time.time()
+    old_verified = _add(s3_store, tmp_path, taken_at=now - 40 * DAY)
+    old_failed = _add(s3_store, tmp_path, taken_at=now - 35 * DAY, verified=False)
+    newer_failed = _add(s3_store, tmp_path, taken_at=now - 31 * DAY, verified=False)
+
+    removed = prune(s3_store, dataset="orders", rule=Retention(keep=3, maxAge=30 * DAY),
+                    actor="alice")
+
+    assert {p.backup.id for p in removed} == {old_failed.id, newer_failed.id}
+    assert [b.id for b in s3_store.list(dataset="orders")] == [old_verified.id]
+    left = _keys(s3_endpoint, store_options["bucket"])
+    assert left and all(old_verified.id in k for k in left)
+    assert [a["detail"] for a in journal.audit_trail()
+            if a["action"] == "backup-pruned" and old_failed.id in a["detail"]]
