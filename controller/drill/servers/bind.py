@@ -241,7 +241,11 @@ class BindServers(Launcher):
                     f"  primaries port {self.primary.port} {{ {self.primary.address} "
                     f'key "{self.key_name}"; }};\n'
                     f'  allow-transfer {{ key "{self.key_name}"; }};\n'
-                    "  notify no;\n")
+                    "  notify no;\n"
+                    # a NOTIFY lost on a loaded host would otherwise leave the secondary
+                    # behind for the SOA's hour: it also asks the primary every 2 s
+                    "  min-refresh-time 2; max-refresh-time 2;\n"
+                    "  min-retry-time 1; max-retry-time 1;\n")
         (s.directory / "named.conf").write_text(
             f'include "{s.directory / "tsig.key"}";\n'
             "controls { };\n"

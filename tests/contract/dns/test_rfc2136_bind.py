@@ -134,7 +134,7 @@ def test_a_listed_server_that_is_down_is_named(bind: BindServers) -> None:
     extra = [{"address": "127.0.0.1", "port": dead, "name": "ns9-decommissioned"}]
     p = provider(bind, verifyTimeout="500ms", timeout="100ms",
                  nameservers=options(bind)["nameservers"] + extra)
-    with pytest.raises(DnsVerificationTimeout, match="by: ns9-decommissioned"):
+    with pytest.raises(DnsVerificationTimeout, match=r"ns9-decommissioned \(no answer"):
         p.apply(expected=[], desired=[Record(fresh("dead"), "A", 300, ("192.0.2.9",))])
 
 
