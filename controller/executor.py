@@ -126,6 +126,7 @@ class Executor:
         kind = step_kind(step.action)
         label = f"{rec.run_id}/{rec.name}"
         self._renew()
+        held = self.token()
         failpoints.hit(step.name, "before")
         if rec.started_at is None:
             rec.started_at = self.clock.now()
@@ -165,7 +166,7 @@ class Executor:
                         rec.evidence = {**rec.evidence, "prepared": True}
                     rec.status, rec.error = StepStatus.FAILED, _describe(exc)
                     return self._finish(rec, step, detected_at)
-                self._back_off(step, tries, exc, deadline)
+                self._back_off(step, tries, exc, deadline, held)
                 continue
             if reading:
                 rec.evidence = {**rec.evidence, **dict(value or {}), "prepared": True}
@@ -223,9 +224,15 @@ class Executor:
 
     # --- the parts --------------------------------------------------------------------------
 
-    def _renew(self) -> None:
-        """Renew the lease; a fence made from now on is valid for `validity` seconds."""
+    def _renew(self, held: int | None = None) -> None:
+        """Renew the lease; a fence made from now on is valid for `validity` seconds. With
+        `held`, the token the step's work began under: a lease that lapsed and was taken
+        again since (another token) is lost — others may have acted on the step meanwhile,
+        and this holder's view of its record is stale."""
         self.guard()
+        if held is not None and self.token() != held:
+            raise LostLease(f"the lease lapsed and was taken again (token {held} -> "
+                            f"{self.token()})")
         self._valid_until = self.clock.monotonic() + self.validity
 
     def _count(self, rec: StepRecord) -> None:
@@ -256,10 +263,7 @@ class Executor:
                 fence.cancel(f"{what} did not finish within its timeout")
                 break
             try:
-                self._renew()
-                if self.token() != fence.token:  # it lapsed in between: others may have acted
-                    raise LostLease(f"the lease lapsed and was taken again (token "
-                                    f"{fence.token} -> {self.token()})")
+                self._renew(fence.token)
             except Exception as exc:  # not renewed (lost, or the lease store failed): stop
                 lost = exc if isinstance(exc, LostLease) else LostLease(
                     f"the lease could not be renewed: {_describe(exc)}")
@@ -267,6 +271,8 @@ class Executor:
                 break
             fence.valid_until = self._valid_until
         else:
+            if self.clock.monotonic() > self._valid_until:  # paused past the fence's validity
+                self._renew(fence.token)  # still ours, or LostLease: the record is not saved
             try:
                 return work.outcome()
             except StaleToken as exc:  # a target has seen a newer holder: we are deposed
@@ -288,16 +294,18 @@ class Executor:
             raise StepTimeout(f"{what} did not finish within its timeout; its work was "
                               "stopped") from None
 
-    def _back_off(self, step: Step, tries: int, exc: BaseException, deadline: float) -> None:
+    def _back_off(self, step: Step, tries: int, exc: BaseException, deadline: float,
+                  held: int) -> None:
         """Wait before the next attempt (exponential, capped by the deadline), keeping the
-        lease: a retry never starts after the step's deadline."""
+        lease (`held`: the token the step began under): a retry never starts after the
+        step's deadline, nor after the lease lapsed and was taken again."""
         log.warning("step %s attempt %d failed: %s; retrying", step.name, tries,
                     redact(str(exc)))
         until = min(self.clock.monotonic() + min(self.backoff * 2 ** (tries - 1), 30.0),
                     deadline)
         while (left := until - self.clock.monotonic()) > 0:
             self.clock.sleep(min(left, self.renew_every))
-            self._renew()
+            self._renew(held)
 
     def _finish(self, rec: StepRecord, step: Step, detected_at: float) -> StepRecord:
         rec.finished_at = self.clock.now()

@@ -17,6 +17,15 @@ Why each rule:
 - **Frozen definitions.** The revert step carries the definition the failover run froze
   at its start, so renaming a step or re-pointing it at another backend afterwards cannot
   make a failback revert the wrong thing.
+- **The database first.** When the incident may have promoted a standby (a `promote`
+  step that succeeded, found its promotion done (`alreadyPromoted`), or read the standby
+  and then failed or was cut short: a promotion may have landed before a validation
+  failed or a controller died), the failback starts with one `db-failback` step carrying
+  that step's frozen definition, before every revert, whatever order the failover ran
+  in: traffic and DNS move home only after the database has, or the writes they bring
+  home would land on a node that is not the primary. The step reads the nodes and
+  changes nothing when the standby was never promoted. It stops the failback when it
+  fails (`onFailure: abort`): the traffic stays where the database is.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from controller.journal import Journal, Run
 from controller.model import Phase, StepRecord, StepStatus
 from controller.registry import find_step_kind
 
+DATABASE_TIMEOUT = 4 * 3600  # rebuilding a standby may copy the whole database
 _WROTE = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.UNKNOWN, StepStatus.RUNNING,
           StepStatus.REVERTED)
 
@@ -48,11 +58,28 @@ def incident_runs(journal: Journal, plan: str) -> list[Run]:
     return runs
 
 
+def database_step(journal: Journal, runs: list[Run]) -> dict[str, Any] | None:
+    """The `db-failback` step for the newest promotion of the incident's runs, if any."""
+    for run in runs:  # newest first
+        frozen = {d["name"]: d for d in run.steps}
+        for rec in reversed(journal.steps(run.id)):
+            if rec.action == "promote" and rec.name in frozen and rec.status in _WROTE \
+                    and "standbyBefore" in rec.evidence:
+                return {"name": f"failback-{rec.name}", "action": "db-failback",
+                        "onFailure": "abort", "timeout": DATABASE_TIMEOUT, "retries": 2,
+                        "params": {"of": {"run": run.id, "step": rec.name},
+                                   "definition": frozen[rec.name]}}
+    return None
+
+
 def revert_steps(journal: Journal, plan: str) -> list[dict[str, Any]]:
-    """The failback run's step definitions: one revert per step that may have written."""
-    steps: list[dict[str, Any]] = []
-    names: set[str] = set()
-    for run in incident_runs(journal, plan):
+    """The failback run's step definitions: the database's failback first, when the
+    incident promoted a standby, then one revert per step that may have written."""
+    runs = incident_runs(journal, plan)
+    database = database_step(journal, runs)
+    steps: list[dict[str, Any]] = [] if database is None else [database]
+    names: set[str] = {s["name"] for s in steps}
+    for run in runs:
         frozen = {d["name"]: d for d in run.steps}
         for rec in reversed(journal.steps(run.id)):
             if rec.name not in frozen or not _wrote(rec):

@@ -14,140 +14,37 @@ silently replaced. Why each further rule:
   nor `7000` a timestamp into `179***000` (either made every later tick fail). Evidence
   outside its message fields is data a revert restores (records, weights, snapshots), so
   it is kept exactly; producers redact their own messages too (`executor._describe`).
-- **The schema is versioned** (`meta.schema`) and an older journal is migrated forward
-  in one transaction when opened (`_MIGRATIONS`), so a crash mid-way leaves the old
-  version intact; a newer journal is refused. Version 1 was released twice (without, and
-  later with, `plan_state.readiness`); its migration handles both. Columns are added at
-  the end with a default and every INSERT names its columns, so a controller of the
-  previous version still running on the same file keeps working.
-- **Opening stays fast however large the journal grows**: the full `PRAGMA quick_check`
-  (2.2 s at 230 MiB) runs only when the journal was not closed cleanly — the first
-  process to open it finds no clean close recorded (a crash, a power cut, a file from an
-  older version), which is when damage is likely. Every `Journal` holds `<file>-open`
-  shared (flock) while open, so the first opener and the last closer know they are. A
-  journal damaged later is still reported: a corrupt page read or written at any time
-  raises JournalError saying to move it aside; `check()` runs the full check on demand.
 - **What every tick asks is indexed** (a run's audit trail, the plan's newest decision,
   its pending request, its unfinished run), so per-tick cost does not grow with history
   (tests/benchmarks/bench_journal.py), and `prune` removes finished runs older than a
   retention: only those marked archived unless forced (the archive is the record once
   they are gone), and never an active run nor one a failback still needs.
-- **A full disk says so** ("disk full", what is free, what to do) instead of SQLite's
-  follow-on "cannot rollback - no transaction is active"; the change is not recorded,
-  nothing recorded before is lost, and the next write succeeds once there is room.
+
+The file itself (opening, the integrity check, the schema and its migrations, what a
+full, damaged or unwritable file says) is `controller.journal_file`'s.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import logging
-import os
-import shutil
 import sqlite3
-import threading
 import uuid
-import weakref
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from controller.fencing import LostLease, next_token
+from controller.journal_file import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
+from controller.journal_file import JournalError as JournalError  # re-exported
+from controller.journal_file import JournalFile
 from controller.model import Decision, Origin, Phase, StepRecord, StepStatus, Trigger
 from controller.secrets import redact
-
-log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 3
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-  id TEXT PRIMARY KEY, plan TEXT NOT NULL, kind TEXT NOT NULL, phase TEXT NOT NULL,
-  level INTEGER, reason TEXT NOT NULL, requested_by TEXT NOT NULL,
-  detected_at REAL NOT NULL, started_at REAL NOT NULL, finished_at REAL,
-  approved INTEGER NOT NULL DEFAULT 0, outcome TEXT, steps_json TEXT NOT NULL,
-  archived_at REAL, origin TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS runs_plan ON runs(plan, started_at);
-CREATE TABLE IF NOT EXISTS steps (
-  run_id TEXT NOT NULL REFERENCES runs(id), idx INTEGER NOT NULL, name TEXT NOT NULL,
-  action TEXT NOT NULL, status TEXT NOT NULL, target_s REAL, started_at REAL,
-  finished_at REAL, elapsed_s REAL, since_detection_s REAL, met INTEGER,
-  attempts INTEGER NOT NULL DEFAULT 0, evidence TEXT NOT NULL DEFAULT '{}', error TEXT,
-  approved_by TEXT, PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS decisions (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, at REAL NOT NULL,
-  action TEXT NOT NULL, level INTEGER, sentence TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS plan_state (
-  plan TEXT PRIMARY KEY, phase TEXT NOT NULL, level INTEGER, active_site TEXT,
-  last_decision TEXT, policy TEXT NOT NULL DEFAULT '{}', updated_at REAL NOT NULL,
-  readiness TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS requests (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, kind TEXT NOT NULL,
-  actor TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL, level INTEGER, run_id TEXT
-);
-CREATE TABLE IF NOT EXISTS approvals (
-  run_id TEXT NOT NULL, step TEXT NOT NULL, actor TEXT NOT NULL, at REAL NOT NULL,
-  PRIMARY KEY (run_id, step, actor)
-);
-CREATE TABLE IF NOT EXISTS audit (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
-  action TEXT NOT NULL, plan TEXT, run_id TEXT, detail TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS leases (
-  name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
-);
-""" + """
-CREATE INDEX IF NOT EXISTS runs_open ON runs(plan, finished_at, started_at);
-CREATE INDEX IF NOT EXISTS runs_kind ON runs(plan, kind, finished_at);
-CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan, id);
-CREATE INDEX IF NOT EXISTS requests_plan ON requests(plan, run_id);
-CREATE INDEX IF NOT EXISTS requests_run ON requests(run_id);
-CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id);
-CREATE INDEX IF NOT EXISTS audit_plan ON audit(plan, id);
-"""
-_V2_INDEXES = _SCHEMA[_SCHEMA.index("CREATE INDEX IF NOT EXISTS runs_open"):]
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
-
-
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
-
-
-def _migrate_1(db: sqlite3.Connection) -> None:
-    """1 -> 2: `plan_state.readiness` (missing in the first release of version 1, which
-    the second release added without a new version), `runs.archived_at` for `prune`, and
-    the indexes every tick's queries need."""
-    if "readiness" not in _columns(db, "plan_state"):
-        db.execute("ALTER TABLE plan_state ADD COLUMN readiness TEXT NOT NULL DEFAULT '{}'")
-    if "archived_at" not in _columns(db, "runs"):
-        db.execute("ALTER TABLE runs ADD COLUMN archived_at REAL")
-    for statement in _statements(_V2_INDEXES):
-        db.execute(statement)
-
-
-def _migrate_2(db: sqlite3.Connection) -> None:
-    """2 -> 3: `runs.origin`, what started a run (`model.Trigger`). Runs recorded before
-    it was kept: a run requested by "controller" came from the policy (a trip, or a clear
-    for a failback), any other from a person's request."""
-    if "origin" not in _columns(db, "runs"):
-        db.execute("ALTER TABLE runs ADD COLUMN origin TEXT NOT NULL DEFAULT ''")
-    db.execute("UPDATE runs SET origin = CASE WHEN requested_by <> 'controller' THEN 'request' "
-               "WHEN kind = 'failback' THEN 'clear' ELSE 'trip' END WHERE origin = ''")
 
 
 def _trigger(stored: str, kind: str, requested_by: str) -> Trigger:
     """A run's trigger; one written by a controller of version 2 still running on a
-    migrated file has none stored, and gets the rule of `_migrate_2` ("controller": the
+    migrated file has none stored, and gets the rule of `journal_file._migrate_2` ("controller": the
     policy; anyone else: a request)."""
     if stored:
         return Trigger(stored)
@@ -156,25 +53,14 @@ def _trigger(stored: str, kind: str, requested_by: str) -> Trigger:
     return Trigger.CLEAR if kind == "failback" else Trigger.TRIP
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
-"""version -> the migration to version + 1; each runs inside the opening transaction."""
-
 _MESSAGE_KEYS = frozenset({"detail", "last_detail", "error", "errors", "revertError", "why",
                            "note", "summary", "message", "reason", "stderr", "output"})
 """Keys whose values (at any depth of evidence, policy or readiness) are messages."""
-
-_CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
-_UNWRITABLE = {sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN}
 
 
 Holder = tuple[str, str]
 """(lease name, holder): a write made "as" this holder is refused (LostLease) in the same
 transaction unless the lease is still theirs — the journal is a fenced target too."""
-
-
-class JournalError(Exception):
-    """The journal file is missing, unreadable, corrupt or cannot be written (a full disk);
-    the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -257,215 +143,16 @@ def _redact_opt(text: str | None) -> str | None:
     return redact(text) if text else text
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+class Journal(JournalFile):
+    """The record of every plan's runs, steps, decisions, requests, approvals, audit and
+    leases, on the SQLite file that `JournalFile` opens (module docstring: the rules)."""
 
-
-class Journal:
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._lock = threading.RLock()
         # called with a plan name after each committed change of its runs, steps or state
         # (the operator mirrors them into the FailoverPlan's status); a listener that
         # raises fails the write's caller, so a step cannot go on unrecorded
         self.listeners: list[Callable[[str], None]] = []
-        self._open_fd: int | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                       timeout=30)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            first = self._hold_open()
-            try:
-                self._prepare(first=first)
-            finally:
-                if first:  # let the others in (they waited while this one checked/migrated)
-                    fcntl.flock(self._open_fd, fcntl.LOCK_SH)  # type: ignore[arg-type]
-        except (sqlite3.DatabaseError, OSError) as exc:
-            if hasattr(self, "_db"):
-                self._db.close()
-            self._release_open()
-            if self._is_full(exc):
-                raise self._full("it could not be opened") from None
-            raise JournalError(
-                f"journal {self.path} cannot be used ({exc}). It was left untouched: move it "
-                "aside (keep it for the incident record) or point --journal at another file."
-            ) from None
-
-    # --- opening: clean close, integrity, schema --------------------------------------------
-
-    def _hold_open(self) -> bool:
-        """Hold `<journal>-open` while open: exclusively (True) when no other Journal has
-        the file open, then shared. The descriptor closes with this object at the latest."""
-        fd = os.open(f"{self.path}-open", os.O_RDWR | os.O_CREAT, 0o600)
-        self._open_fd = fd
-        self._finalizer = weakref.finalize(self, os.close, fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while a first opener checks or migrates
-            return False
-
-    def _release_open(self) -> None:
-        if self._open_fd is not None:
-            self._finalizer()  # closes the descriptor, which releases the lock
-            self._open_fd = None
-
-    def _prepare(self, *, first: bool) -> None:
-        """Check (after an unclean close), create or migrate, all before the first use."""
-        db = self._db
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not first and "meta" in tables:
-            row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-            if row is not None and row[0] == str(SCHEMA_VERSION):
-                return  # open elsewhere, so checked, and current: nothing to write
-        if first and tables:
-            closed = None
-            if "meta" in tables:
-                row = db.execute("SELECT value FROM meta WHERE key='closed'").fetchone()
-                closed = row[0] if row else None
-            if closed != "clean":  # a crash, a power cut, or a file from an older version
-                self._quick_check()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            self._create_or_migrate(db)
-            if first:
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('closed', 'no')")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-
-    def _quick_check(self) -> None:
-        check = self._db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(check)
-
-    def _create_or_migrate(self, db: sqlite3.Connection) -> None:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        tables.discard("sqlite_sequence")
-        if not tables:
-            for statement in _statements(_SCHEMA):
-                db.execute(statement)
-            db.execute("INSERT INTO meta (key, value) VALUES ('schema', ?)",
-                       (str(SCHEMA_VERSION),))
-            return
-        if "meta" not in tables or "runs" not in tables:
-            raise sqlite3.DatabaseError("this file is an SQLite database but not a failover "
-                                        "journal (it has no meta or runs table)")
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        version = int(row[0]) if row else 1  # version 1 wrote its row just after its tables
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"schema version {version} is newer than this failoverctl understands "
-                f"({SCHEMA_VERSION}); use the failoverctl that wrote it"
-            )
-        if version < SCHEMA_VERSION:
-            log.warning("journal %s: migrating its schema from version %d to %d",
-                        self.path, version, SCHEMA_VERSION)
-        while version < SCHEMA_VERSION:
-            _MIGRATIONS[version](db)
-            version += 1
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema', ?)",
-                   (str(SCHEMA_VERSION),))
-
-    def check(self) -> None:
-        """The full integrity check (O(size): seconds for a large journal); JournalError
-        if it finds damage."""
-        try:
-            with self._lock:
-                self._quick_check()
-        except sqlite3.DatabaseError as exc:
-            raise self._failure(exc) from None
-
-    def close(self) -> None:
-        """Close; the last process to close a journal records that it closed cleanly, so the
-        next first opener skips the full check."""
-        with self._lock:
-            if self._open_fd is not None:
-                try:
-                    fcntl.flock(self._open_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    last = True
-                except BlockingIOError:
-                    last = False
-                if last:
-                    try:
-                        self._db.execute("INSERT OR REPLACE INTO meta (key, value) "
-                                         "VALUES ('closed', 'clean')")
-                    except sqlite3.Error as exc:  # e.g. a full disk: the next open checks
-                        log.warning("journal %s: could not record a clean close (%s); the "
-                                    "next start runs the full integrity check", self.path, exc)
-            self._db.close()
-            self._release_open()
-
-    # --- errors -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _is_full(exc: BaseException) -> bool:
-        code = getattr(exc, "sqlite_errorcode", None)
-        return ((isinstance(code, int) and code & 0xFF == sqlite3.SQLITE_FULL)
-                or getattr(exc, "errno", None) == errno.ENOSPC)
-
-    def _full(self, what: str) -> JournalError:
-        try:
-            free = f"{_size(shutil.disk_usage(self.path.parent).free)} free"
-        except OSError:
-            free = "free space unknown"
-        return JournalError(
-            f"journal {self.path}: disk full ({free} on {self.path.parent}); {what}. Free "
-            "space on that filesystem, or stop the controller, move the journal file (with "
-            "its -wal file) to a larger volume and point --journal at it; recording resumes "
-            "with the next change once there is room."
-        )
-
-    def _failure(self, exc: sqlite3.Error) -> Exception:
-        """The error to raise for a failed statement: a JournalError saying what to do when
-        the journal is full, damaged or unwritable; anything else (a busy database, a
-        constraint) as it was."""
-        if self._is_full(exc):
-            return self._full("this change was not recorded, and nothing recorded before it "
-                              "was lost")
-        code = getattr(exc, "sqlite_errorcode", None)
-        primary = code & 0xFF if isinstance(code, int) else None
-        if primary in _CORRUPT:
-            return JournalError(
-                f"journal {self.path} is damaged ({exc}). Stop the controller, move the file "
-                "aside (keep it for the incident record) and start on a new --journal file.")
-        if primary in _UNWRITABLE:
-            return JournalError(
-                f"journal {self.path} cannot be written ({exc}); check the disk and the "
-                "file's permissions, or point --journal at another file.")
-        return exc
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise self._failure(exc) from None
-            try:
-                yield self._db
-                self._db.execute("COMMIT")
-            except BaseException as exc:
-                # SQLite has already rolled back after some errors (a full disk among them):
-                # rolling back again would hide the cause behind "no transaction is active"
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    failure = self._failure(exc)
-                    if failure is not exc:
-                        raise failure from None
-                raise
+        super().__init__(path)
 
     @staticmethod
     def _check_holder(db: sqlite3.Connection, holder: Holder | None) -> None:
@@ -475,16 +162,6 @@ class Journal:
         if row is None or row["holder"] != holder[1]:
             raise LostLease(f"{holder[1]} no longer holds {holder[0]} (now "
                             f"{row['holder'] if row else 'nobody'}); the write was refused")
-
-    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return list(self._db.execute(sql, args).fetchall())
-            except sqlite3.Error as exc:
-                failure = self._failure(exc)
-                if failure is not exc:
-                    raise failure from None
-                raise
 
     # --- audit and decisions ---------------------------------------------------------------
 

@@ -2,15 +2,18 @@
 
 Owns the translation of an HTTP status + Status body into one named exception whose
 message says which object (resource, namespace/name) and what to do — e.g. the verb and
-resource to grant in manifests/deploy/rbac.yaml. Kept apart from `kube.py` (the client)
-so callers and tests can name the errors without the Kubernetes client; `kube.py`
-re-exports them. Errors that retrying cannot fix are also `PermanentError`s; `Unavailable`
-is a `ConnectionError`, which the executor retries.
+resource to grant in manifests/deploy/rbac.yaml; a 403 from a ValidatingAdmissionPolicy
+(manifests/deploy/admission-policy.yaml: a `*-by` annotation that is not the user) says
+the policy's own message instead, since no grant fixes a rule the request broke. Kept
+apart from `kube.py` (the client) so callers and tests can name the errors without the
+Kubernetes client; `kube.py` re-exports them. Errors that retrying cannot fix are also
+`PermanentError`s; `Unavailable` is a `ConnectionError`, which the executor retries.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from controller.fencing import StaleToken
@@ -18,6 +21,9 @@ from controller.model import PermanentError
 from controller.secrets import redact
 
 RBAC_FILE = "manifests/deploy/rbac.yaml"
+# kube-apiserver's wording of a denial by a ValidatingAdmissionPolicy (Kubernetes 1.30+)
+_VAP_DENIAL = re.compile(r"ValidatingAdmissionPolicy '(?P<policy>[^']+)' with binding "
+                         r"'[^']*' denied request: (?P<why>.*)", re.DOTALL)
 TARGET_FILE = "manifests/deploy/target-namespace.yaml"
 
 
@@ -110,6 +116,14 @@ def _status_body(body: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
+def _admission_denial(message: str) -> tuple[str, str] | None:
+    """(policy, its message) when a 403's message is a ValidatingAdmissionPolicy's denial
+    (`... is forbidden: ValidatingAdmissionPolicy 'P' with binding 'B' denied request:
+    WHY`); None for any other 403."""
+    match = _VAP_DENIAL.search(message)
+    return None if match is None else (match["policy"], match["why"])
+
+
 def error_from_status(status: int, body: Any, *, verb: str, group: str, plural: str,
                       namespace: str | None, name: str | None = None,
                       host: str = "") -> KubeError:
@@ -128,6 +142,11 @@ def error_from_status(status: int, body: Any, *, verb: str, group: str, plural: 
                             "kubeconfig or in-cluster ServiceAccount", status=401,
                             reason=reason)
     if code == 403:
+        denied = _admission_denial(message)
+        if denied is not None:  # the user's request broke a rule, not the RBAC
+            policy, why = denied
+            return Forbidden(f"{head} was refused by the ValidatingAdmissionPolicy {policy} "
+                             f"(403): {why}", status=403, reason=reason)
         scope = f" in namespace {namespace}" if namespace else " cluster-wide"
         return Forbidden(f"{head} is forbidden (403){api}. Fix: grant verb \"{verb}\" on "
                          f"resource \"{plural}\" in apiGroup \"{group}\"{scope} to the "

@@ -5,13 +5,20 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
 - **Watch**: list, then watch from the list's resourceVersion with bookmarks; a 410 Gone
   (or any broken watch) relists; every `resync` seconds the watch ends and a full relist
   re-queues every plan, so a missed event costs at most one resync.
-- **Work queue**: one key per plan, deduplicated; one plan is never processed by two
-  workers at once. A plan in a long step (a restore taking an hour) holds one worker;
-  while every worker is busy and a plan waits, the ticker adds one (up to
-  `EXTRA_WORKERS`; idle extras end), so no plan waits behind another's step.
+- **Work queue** (`controller/workqueue.py`): one key per plan, deduplicated; one plan is
+  never processed by two workers at once. A plan in a long step (a restore taking an
+  hour) holds one worker; while every worker is busy and a plan waits, the ticker adds
+  one (up to `EXTRA_WORKERS`; idle extras end), so no plan waits behind another's
+  step. A plan is queued by the watch (a change asks for it), by the ticker when due
+  (`_due`), and at once by its own probes when a round may change its decision
+  (`News`): a failing service costs its probes' interval x consecutiveFailures, never
+  a tick more, and a thousand quiet plans queue nothing between their ticks.
 - **Liveness** (`healthy`, the ticker's beat for /healthz): the election, watch and
   ticker threads run and no plan has waited `stuck_after` for a worker — the health of
   the controller, never the length of a step.
+- **Shards** (`controller/sharding.py`, optional): a replica given a shard watches and
+  reconciles only that shard's plans and elects its leader on that shard's own Lease, so
+  each plan has exactly one leader and a shard's failover never moves another shard.
 - **Leader election**: a coordination.k8s.io/v1 Lease (15 s / 10 s / 2 s by default). Only
   the leader probes and acts. Another holder's Lease has expired when this replica has
   seen it unchanged for its duration on its own monotonic clock (client-go's rule), so
@@ -44,12 +51,13 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
 - **Requests from outside**: annotations `failover.example.io/request` (failover or
   failback, with `reason`, `requested-by`, `level` 1-4), `/approve` (a run id, optionally
   `RUN:STEP`, with `approved-by`) and `/done` (`RUN:STEP`, with `done-by`) — so kubectl
-  and the CLI both work. An annotation is validated, then claimed (removed with a
-  compare-and-swap write) before it is acted on, so two replicas or two cycles never act
-  on it twice. One that cannot be acted on (a malformed kind or level, an unknown run or
-  step, a step that is not a human step or does not wait for an approval, a failover on a
-  plan being deleted) is removed all the same and answered with a Warning Event that
-  names the annotation, its value and what is allowed.
+  and the CLI both work. An annotation is validated (`controller/operator_requests.py`),
+  then claimed (removed with a compare-and-swap write) before it is acted on, so two
+  replicas or two cycles never act on it twice. One that cannot be acted on (a
+  malformed kind or level, an unknown run or step, a step that is not a human step or
+  does not wait for an approval, a failover on a plan being deleted) is removed all the
+  same and answered with a Warning Event that names the annotation, its value and what
+  is allowed.
 - **Deletion**: a finalizer holds a plan being deleted while a run is active, on
   whichever replica leads (the run is adopted from the status like any other); `done`
   and `approve` are still taken, the run finishes (the world is never left
@@ -57,12 +65,12 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   and one DeletionDeferred Event, counted, says what the run waits for. A run never
   approved, with no step run, is withdrawn instead of waited for.
 
-Seams. The operator talks to the API server through `kube.KubeAPI` and builds each
-plan's engine from `Parts` (clock, how a step's work runs, backends, where samples come
-from: `Probing`); its election and watch loops wait on a `Stop`. In a process these are
-`Kube`, the wall clock, threads, `SharedProbes` and a `threading.Event`; the safety
-simulation (`tests/reliability/sim/operators.py`) runs real replicas over
-`controller.testing_kube.FakeKube` with its own, on its scheduler.
+Seams (`controller/operator_parts.py`). The operator talks to the API server through
+`kube.KubeAPI` and builds each plan's engine from `Parts` (clock, how a step's work
+runs, backends, where samples come from: `Probing`); its election and watch loops wait
+on a `Stop`. In a process these are `Kube`, the wall clock, threads, `SharedProbes` and
+a `threading.Event`; the safety simulation (`tests/reliability/sim/operators.py`) runs
+real replicas over `controller.testing_kube.FakeKube` with its own, on its scheduler.
 
 Partitions. A replica that loses the API server stops acting before its Lease can
 expire: it stops believing it leads `renew_deadline` after its last renewal, its running
@@ -81,8 +89,8 @@ replica in a site cut off from the cluster never acts on its own.
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -90,7 +98,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from controller import kube as k8s
 from controller import metrics
@@ -107,18 +115,18 @@ from controller.annotations import (
     request_problem,
 )
 from controller.backends import Backends
-from controller.clock import Clock
 from controller.crd import GROUP, KIND, PLURAL, VERSION
-from controller.executor import Spawn, spawn_thread
 from controller.failback import revert_steps
 from controller.fencing import LostLease
 from controller.journal import Journal, Run
 from controller.loop import Engine
-from controller.model import Phase, Sample, StepStatus
+from controller.model import Phase, StepStatus
+from controller.operator_parts import Parts, Probing, Samples, SharedProbes, Stop
+from controller.operator_requests import approve_problem, done_problem
 from controller.plan import FailoverPlan, PlanError, parse_plan
-from controller.probes.scheduler import ProbeScheduler, SharedLoop
-from controller.probing import observe
 from controller.secrets import KubeSecretKey, Secrets, redact
+from controller.sharding import Shard, lease_name
+from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +318,8 @@ class Elector:
             raise LostLease(f"could not raise the fencing token of lease "
                             f"{self.config.lease_name} to {at_least}: {exc}") from None
         log.warning("lease %s: fencing token raised from %s to %d (the Lease was created "
-                    "again after larger tokens had been written)", self.config.lease_name,
-                    self._token, lease.transitions)
+                    "again after larger tokens had been written, or a plan came from "
+                    "another shard)", self.config.lease_name, self._token, lease.transitions)
         self._token = lease.transitions
         return lease.transitions
 
@@ -327,124 +335,6 @@ class Elector:
                 self.kube.release_lease(lease)
         except (k8s.KubeError, ConnectionError) as exc:
             log.warning("could not release lease %s: %s", self.config.lease_name, exc)
-
-
-class WorkQueue:
-    """Deduplicating keys; a key being processed is never handed to a second worker."""
-
-    def __init__(self) -> None:
-        self._queue: collections.deque[str] = collections.deque()
-        self._dirty: set[str] = set()
-        self._busy: set[str] = set()
-        self._since: dict[str, float] = {}  # key -> time.monotonic() it was queued
-        self._cond = threading.Condition()
-
-    def add(self, key: str) -> None:
-        with self._cond:
-            if key in self._dirty:
-                return
-            self._dirty.add(key)
-            if key not in self._busy:
-                self._queue.append(key)
-                self._since[key] = time.monotonic()
-                self._cond.notify()
-
-    def get(self, timeout: float) -> str | None:
-        with self._cond:
-            if not self._queue:
-                self._cond.wait(timeout)
-            if not self._queue:
-                return None
-            key = self._queue.popleft()
-            self._since.pop(key, None)
-            self._dirty.discard(key)
-            self._busy.add(key)
-            return key
-
-    def done(self, key: str) -> None:
-        with self._cond:
-            self._busy.discard(key)
-            if key in self._dirty:  # changed while we worked on it: once more
-                self._queue.append(key)
-                self._since[key] = time.monotonic()
-                self._cond.notify()
-
-    def waited(self) -> float:
-        """How long the key queued longest has waited for a worker (0 when none waits)."""
-        with self._cond:
-            return time.monotonic() - min(self._since.values()) if self._since else 0.0
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._queue)
-
-
-class Stop(Protocol):
-    """What the election and watch loops wait on: a `threading.Event` (the simulation
-    gives one on its own clock)."""
-
-    def is_set(self) -> bool: ...
-
-    def wait(self, timeout: float | None = None) -> bool: ...
-
-
-class Samples(Protocol):
-    """A plan's probe results as they come in (`ProbeScheduler`)."""
-
-    @property
-    def pending(self) -> bool: ...
-
-    def drain(self) -> list[Sample]: ...
-
-
-class Probing(Protocol):
-    """Where each watched plan's samples come from: probes started for a plan (with the
-    backends its engine uses), stopped when the plan is forgotten, all closed on exit."""
-
-    def start(self, plan: FailoverPlan, backends: Backends) -> Samples: ...
-
-    def stop(self, samples: Samples) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class SharedProbes:
-    """The default `Probing`: every plan's probe scheduler on one shared loop and thread."""
-
-    def __init__(self) -> None:
-        self._loop = SharedLoop()
-        self._started: dict[int, ProbeScheduler] = {}
-
-    def start(self, plan: FailoverPlan, backends: Backends) -> Samples:
-        scheduler = observe(plan, backends)
-        self._loop.start(scheduler)
-        self._started[id(scheduler)] = scheduler
-        return scheduler
-
-    def stop(self, samples: Samples) -> None:
-        scheduler = self._started.pop(id(samples), None)
-        if scheduler is not None:
-            self._loop.stop(scheduler)
-
-    def close(self) -> None:
-        self._started.clear()
-        self._loop.close()
-
-
-Audit = Callable[..., None]
-
-
-@dataclass(frozen=True)
-class Parts:
-    """How a replica builds each plan's engine: its clock, how a step's work runs, the
-    backends (given the plan and its audit) and where samples come from. None: the
-    process's own (wall clock, threads, `Backends` with the operator's Secrets, probes on
-    a shared loop); the safety simulation gives its simulated ones."""
-
-    clock: Clock | None = None
-    spawn: Spawn = spawn_thread
-    backends: Callable[[FailoverPlan, Audit], Backends] | None = None
-    probing: Probing | None = None
 
 
 @dataclass
@@ -480,8 +370,10 @@ class Operator:
     def __init__(self, kube: k8s.KubeAPI, *, namespace: str, journal: Journal, identity: str,
                  leader: LeaderConfig | None = None, tick: float = 1.0, resync: float = 300.0,
                  workers: int = 4, beat: Callable[[], None] = lambda: None,
-                 stuck_after: float | None = None, parts: Parts | None = None):
+                 stuck_after: float | None = None, parts: Parts | None = None,
+                 shard: Shard | None = None):
         self.kube, self.namespace, self.journal = kube, namespace, journal
+        self.shard = shard  # None: every plan of the namespace
         self.identity, self.tick, self.resync, self.workers = identity, tick, resync, workers
         # a plan queued this long without a worker means the controller is stuck
         self.stuck_after = stuck_after if stuck_after is not None else max(30.0, 10 * tick)
@@ -489,7 +381,9 @@ class Operator:
         self._threads: list[threading.Thread] = []  # elector, watch, ticker
         self._pool_threads: list[threading.Thread] = []  # workers, extra ones included
         self._busy = 0  # workers in a reconcile
-        self.elector = Elector(kube, namespace, identity, leader or LeaderConfig())
+        leader = leader or LeaderConfig()
+        self.elector = Elector(kube, namespace, identity, dataclasses.replace(
+            leader, lease_name=lease_name(leader.lease_name, shard)))
         self.queue = WorkQueue()
         self.beat = beat
         self.secrets = Secrets(kube_reader=self._read_secret)
@@ -500,7 +394,8 @@ class Operator:
         self._lock = threading.Lock()
         self._synced = False
         self.parts = parts or Parts()
-        self._probes: Probing = self.parts.probing or SharedProbes()
+        # a plan whose probes bring news is queued at once, not on its next tick
+        self._probes: Probing = self.parts.probing or SharedProbes(on_news=self.queue.add)
         journal.listeners.append(self._mirror)
 
     def require_synced(self) -> None:
@@ -590,12 +485,19 @@ class Operator:
                 or time.monotonic() - rt.reconciled >= QUIET_TICKS * self.tick)
 
     def _watch(self, stop: Stop) -> None:
+        """Keep `_objects`, the plans of our shard, as the API server has them, and queue
+        each that asks for a reconcile. A plan that leaves our shard (relabelled) is
+        gone for us, as if deleted: its probes stop, its record stays; the leader of its
+        new shard adopts it from its status."""
+        selector = self.shard.label_selector if self.shard is not None else None
         while not stop.is_set():
             try:
-                listed = self.kube.list(GROUP, VERSION, self.namespace, PLURAL)
+                listed = self.kube.list(GROUP, VERSION, self.namespace, PLURAL,
+                                        label_selector=selector)
+                mine = {o["metadata"]["name"]: o for o in listed.items if self._owns(o)}
                 with self._lock:
-                    gone = set(self._objects) - {o["metadata"]["name"] for o in listed.items}
-                    self._objects = {o["metadata"]["name"]: o for o in listed.items}
+                    gone = set(self._objects) - set(mine)
+                    self._objects = mine
                 self._synced = True
                 for key in [*self._objects, *gone]:
                     self.queue.add(key)
@@ -605,14 +507,15 @@ class Operator:
                     # each watch goes on from the last resourceVersion seen (or bookmarked)
                     for event in self.kube.watch(GROUP, VERSION, self.namespace, PLURAL,
                                                  resource_version=rv,
-                                                 timeout_seconds=WATCH_SECONDS):
+                                                 timeout_seconds=WATCH_SECONDS,
+                                                 label_selector=selector):
                         rv = event.resource_version or rv
                         if event.type == "BOOKMARK":
                             continue
                         name = event.object["metadata"]["name"]
                         with self._lock:
                             before = self._objects.get(name)
-                            if event.type == "DELETED":
+                            if event.type == "DELETED" or not self._owns(event.object):
                                 self._objects.pop(name, None)
                             else:
                                 self._objects[name] = event.object
@@ -623,6 +526,11 @@ class Operator:
             except (k8s.KubeError, ConnectionError) as exc:
                 log.warning("watch of %s: %s; relisting in 1 s", PLURAL, exc)
                 stop.wait(1.0)
+
+    def _owns(self, obj: dict[str, Any]) -> bool:
+        meta = obj["metadata"]
+        return self.shard is None or self.shard.owns(self.namespace, meta["name"],
+                                                     meta.get("labels") or {})
 
     def _work(self, stop: threading.Event, extra: bool = False) -> None:
         """Reconcile queued plans; an extra worker ends after `IDLE_SECONDS` idle."""
@@ -1102,60 +1010,6 @@ class Operator:
 
     def _read_secret(self, ref: KubeSecretKey) -> bytes:
         return self.kube.read_secret(ref.namespace or self.namespace, ref.name, ref.key)
-
-
-def _runs_note(journal: Journal, plan: str, run_id: str | None) -> tuple[Any, str]:
-    """The run an annotation names (when it is this plan's) and what the plan has."""
-    run = journal.run(run_id) if run_id else None
-    if run is not None and run.plan != plan:
-        run = None
-    active = journal.active_run(plan)
-    has = f"the active run is {active.id}" if active else "no run of this plan is active"
-    return run, has
-
-
-def approve_problem(journal: Journal, plan: str, value: str) -> str | None:
-    """Why `/approve: value` cannot be acted on, with what is allowed; None when it can."""
-    run_id, _, step = value.strip().partition(":")
-    run, has = _runs_note(journal, plan, run_id)
-    form = f"{A_APPROVE} takes RUN (approve the run) or RUN:STEP (a step that waits for " \
-           f"an approval); {has}"
-    if not run_id or ":" in step:
-        return f"malformed: {form}"
-    if run is None:
-        return f"plan {plan} has no run {run_id!r}; {form}"
-    if run.finished_at is not None:
-        return f"run {run_id} has finished ({run.outcome or run.phase.value}): an approval " \
-               f"changes nothing; {has}"
-    if step:
-        gated = [d["name"] for d in run.steps if d.get("approval")]
-        allowed = f"steps of run {run_id} that wait for an approval: " \
-                  f"{', '.join(gated) or 'none'} (or approve the run itself: {run_id})"
-        if step not in {d["name"] for d in run.steps}:
-            return f"run {run_id} has no step {step!r}; {allowed}"
-        if step not in gated:
-            return f"step {step} of run {run_id} does not wait for an approval; {allowed}"
-    return None
-
-
-def done_problem(journal: Journal, plan: str, value: str) -> str | None:
-    """Why `/done: value` cannot be acted on, with what is allowed; None when it can."""
-    run_id, sep, step = value.strip().partition(":")
-    run, has = _runs_note(journal, plan, run_id)
-    if not (sep and run_id and step) or ":" in step:
-        return f"malformed: {A_DONE} takes RUN:STEP, a human (manual) step of the run; {has}"
-    if run is None:
-        return f"plan {plan} has no run {run_id!r}; {A_DONE} takes RUN:STEP, a human " \
-               f"(manual) step of the run; {has}"
-    human = [d["name"] for d in run.steps if d.get("action") == "manual"]
-    allowed = f"human steps of run {run_id}: {', '.join(human) or 'none'}"
-    actions = {d["name"]: d.get("action") for d in run.steps}
-    if step not in actions:
-        return f"run {run_id} has no step {step!r}; {allowed}"
-    if step not in human:
-        return f"step {step} of run {run_id} is not a human step (it is a {actions[step]} " \
-               f"step, which the controller runs); {allowed}"
-    return None
 
 
 def _pinned(spec: dict[str, Any]) -> tuple[Any, Any]:

@@ -6,23 +6,22 @@ emergency plans (`shared/context/emergency-plans.md`): trip below 70 % core avai
 or on a complaint surge above 50 % of baseline; levels 1-3; targets measured from
 detection. `load_plan` turns every validation problem into `PlanError` lines that name
 the field path and the fix.
+
+The field types (`controller.schema`) and the `spec.backups` models
+(`controller.plan_backups`) are defined below the plan, so that the modules using them need
+not import the plan (and through the registry, every step kind); the plan re-exports those
+that modules still import from here.
 """
 
 from __future__ import annotations
 
-import math
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     PrivateAttr,
     ValidationError,
     ValidationInfo,
@@ -31,94 +30,23 @@ from pydantic import (
 )
 
 from controller import registry
+from controller.plan_backups import DATASET_PATTERN as DATASET_PATTERN
+from controller.plan_backups import BackupSet, backup_warnings, check_backup_sets
+from controller.plan_backups import PgBackRestSource as PgBackRestSource
+from controller.plan_backups import Retention as Retention
+from controller.plan_backups import pgbackrest_ciphers as pgbackrest_ciphers
+from controller.schema import (
+    Duration,
+    Name,
+    Percent,
+    PositiveDuration,
+    Strict,
+    format_duration,
+    parse_duration,
+    unique,
+)
 
 API_VERSION = "failover.example.io/v1alpha1"
-
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-
-
-def parse_duration(value: Any) -> float:
-    """'90s', '1h', '1h30m', '250ms' or a number of seconds -> seconds (float, >= 0)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as '90s' or '1h', not a boolean")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if text.startswith("-"):
-            raise ValueError(f"duration {value!r} is negative; use a positive value like '30s'")
-        pos, seconds = 0, 0.0
-        for m in _DURATION.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNITS[m.group(2)]
-            pos = m.end()
-        if pos != len(text) or not text:
-            raise ValueError(
-                f"cannot read duration {value!r}; write a number with a unit: "
-                "'250ms', '90s', '5m', '1h', '1h30m'"
-            )
-    else:
-        raise ValueError(f"expected a duration such as '90s' or '1h', got {type(value).__name__}")
-    if not math.isfinite(seconds):
-        raise ValueError(f"duration {value!r} is not a number of seconds; use e.g. '30s'")
-    if seconds < 0:
-        raise ValueError(f"duration {value!r} is negative; use a positive value like '30s'")
-    if seconds > MAX_DURATION:
-        raise ValueError(f"duration {value!r} is longer than 10 years; use at most '3650d'")
-    if 0 < seconds < 0.001:
-        raise ValueError(f"duration {value!r} is shorter than a millisecond; use 0 or at "
-                         "least '1ms'")
-    return seconds
-
-
-MAX_DURATION = 3650 * 86400.0  # longer is a typo, and would overflow dates built from it
-
-
-def format_duration(seconds: float) -> str:
-    if seconds and seconds % 3600 == 0:
-        return f"{int(seconds // 3600)}h"
-    if seconds and seconds % 60 == 0:
-        return f"{int(seconds // 60)}m"
-    if seconds == int(seconds):
-        return f"{int(seconds)}s"
-    return f"{seconds:.6f}".rstrip("0").rstrip(".") + "s"  # never 1e-07s: it reads back
-
-
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$"}),
-]
-
-
-def _positive(seconds: float) -> float:
-    if seconds <= 0:
-        raise ValueError("must be more than 0 (a zero interval makes a loop spin, a zero "
-                         "timeout fails before anything is tried); use a positive duration "
-                         "such as '10s'")
-    return seconds
-
-
-# a duration of at least one non-zero number: the API server rejects "0s" with the same rule
-POSITIVE_DURATION_PATTERN = (r"^(\d+(\.\d+)?(ms|s|m|h|d))*(\d*[1-9]\d*(\.\d+)?|\d+\.\d*[1-9]\d*)"
-                             r"(ms|s|m|h|d)(\d+(\.\d+)?(ms|s|m|h|d))*$")
-PositiveDuration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    AfterValidator(_positive),
-    PlainSerializer(format_duration, return_type=str),
-    Field(json_schema_extra={"type": "string", "pattern": POSITIVE_DURATION_PATTERN}),
-]
-"""An interval or timeout: 0 would make a probe loop spin or a step fail unstarted."""
-Percent = Annotated[float, Field(ge=0, le=100)]
-Name = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", max_length=63)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class Metadata(Strict):
@@ -362,6 +290,14 @@ class Approval(Strict):
     required: int = Field(1, ge=1)
     approvers: list[str] = Field(default_factory=list, description="empty = anyone")
     expires: Duration | None = Field(None, description="an older approval no longer counts")
+    distinct: bool | None = Field(
+        None, description="four eyes: the person who requested a run may not approve it; "
+        "unset = true when the plan's mode is manual")
+    allowed_signers: str | None = Field(
+        None, alias="allowedSigners",
+        description="an OpenSSH allowed_signers file: `failoverctl approve` then takes only "
+        "approvals signed with `ssh-keygen -Y sign -n failover-approval` by a key in it "
+        "(controller/signing.py)")
 
     @model_validator(mode="after")
     def _reachable(self) -> Approval:
@@ -402,116 +338,6 @@ class Validation(Strict):
                     "counts as done; when false, `failoverctl validate` warns instead")
 
 
-DATASET_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-"""A data set's name: it sits between underscores in a backup's name (`naming`)."""
-
-
-class BaseBackupSource(Strict):
-    """`pg_basebackup` from a running PostgreSQL, run on the controller's host."""
-
-    host: str = Field(description="host name, address or unix-socket directory")
-    port: int = Field(5432, ge=1, le=65535)
-    user: str = "postgres"
-    format: Literal["plain", "tar"] = "plain"
-    os_user: str | None = Field("postgres", alias="osUser",
-                                description="OS user pg_basebackup runs as when root")
-    pg_bin: str = Field("/usr/lib/postgresql/15/bin", alias="pgBin")
-    scratch: str | None = Field(None, description="where the copy waits for encryption "
-                                "(default: the system's temporary directory)")
-
-
-class PgBackRestSource(Strict):
-    """`pgbackrest backup` of a stanza whose WAL PostgreSQL archives (`archive-push`)."""
-
-    config: str = Field(description="pgbackrest.conf on the controller's host")
-    stanza: str = Field(min_length=1)
-    type: Literal["full", "diff", "incr"] = "full"
-    offsite_repo: int = Field(
-        alias="offsiteRepo", ge=2, le=256,
-        description="the pgBackRest repository (repoN-*, its own cipher pass) at the "
-                    "off-site location: each set is backed up there too and registered "
-                    "in the set's off-site store")
-    os_user: str | None = Field("postgres", alias="osUser")
-    pgbackrest: str = "pgbackrest"
-
-
-class BackupSource(Strict):
-    """Exactly one of `basebackup` or `pgbackrest`."""
-
-    basebackup: BaseBackupSource | None = None
-    pgbackrest: PgBackRestSource | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> BackupSource:
-        if (self.basebackup is None) == (self.pgbackrest is None):
-            raise ValueError("give exactly one of `basebackup` (a pg_basebackup connection) "
-                             "or `pgbackrest` (config and stanza)")
-        return self
-
-
-class Retention(Strict):
-    """Prune beyond `keep` backups or older than `maxAge`; never the last verified one."""
-
-    keep: int = Field(7, ge=1, description="verified backups kept per data set and store")
-    max_age: PositiveDuration | None = Field(None, alias="maxAge",
-                                             description="older backups are pruned")
-
-
-class BackupSet(Strict):
-    """One data set's backups: how they are taken, where kept, how long, how proven."""
-
-    dataset: str = Field(json_schema_extra={"pattern": DATASET_PATTERN})
-    kind: Literal["continuous", "daily"] = Field(
-        description="continuous: WAL archived by pgBackRest plus a base backup every "
-                    "`every`; daily: a full (or incremental) backup every `every`")
-    source: BackupSource
-    store: str = Field(description="store backend the backups are written to")
-    offsite: str = Field(description="store backend of the off-site copy (another site, "
-                         "bucket or endpoint, with its own encryptionKey)")
-    verifier: str = Field(description="verifier backend that proves each backup "
-                          "right after it is taken")
-    every: PositiveDuration = Field(86400.0, description="a backup is due this long after "
-                                    "the newest verified one")
-    rpo: PositiveDuration | None = Field(
-        None, description="readiness fails when the newest verified backup (or off-site "
-                          "copy) is older; default: every + 2h")
-    retention: Retention = Field(default_factory=Retention)
-    test_restore_every: PositiveDuration = Field(
-        7 * 86400.0, alias="testRestoreEvery",
-        description="readiness fails when the last passed test restore is older")
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset(cls, value: str) -> str:
-        if not re.match(DATASET_PATTERN, value):
-            raise ValueError(f"{value!r} must be lower-case letters, digits and dashes, at "
-                             "most 63 (no underscores: they separate date, data set and kind "
-                             "in a backup's name), e.g. 'user-accounts'")
-        return value
-
-    @property
-    def rpo_budget(self) -> float:
-        return self.every + 7200.0 if self.rpo is None else self.rpo
-
-
-def pgbackrest_ciphers(config: str, stanza: str) -> dict[int, str]:
-    """The repositories `config` gives `stanza` ([global] and the stanza's sections), each
-    with its `repoN-cipher-type` ("none" when unset)."""
-    import configparser
-
-    parser = configparser.ConfigParser(interpolation=None, strict=False)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
-    with open(config, encoding="utf-8") as fh:
-        parser.read_file(fh)
-    options: dict[str, str] = {}
-    for section in parser.sections():
-        if section.split(":")[0] in ("global", stanza):
-            options.update(parser[section])
-    repos = {int(m.group(1)) for key in options
-             if (m := re.match(r"^repo(\d+)-(path|type|host)$", key))} or {1}
-    return {n: options.get(f"repo{n}-cipher-type", "none") for n in sorted(repos)}
-
-
 class PlanSpec(Strict):
     sites: Sites
     services: list[Service] = Field(min_length=1)
@@ -540,11 +366,11 @@ class PlanSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
-        _unique("services", [s.name for s in self.services])
-        _unique("signals", [s.name for s in self.signals])
-        _unique("backends", [b.name for b in self.backends])
-        _unique("steps", [s.name for s in self.steps])
-        _unique("levels", [str(r.level) for r in self.levels])
+        unique("services", [s.name for s in self.services])
+        unique("signals", [s.name for s in self.signals])
+        unique("backends", [b.name for b in self.backends])
+        unique("steps", [s.name for s in self.steps])
+        unique("levels", [str(r.level) for r in self.levels])
         if not any(s.core for s in self.services):
             raise ValueError(
                 "services: mark at least one service `core: true` (availability is measured "
@@ -606,41 +432,7 @@ class PlanSpec(Strict):
 
     @model_validator(mode="after")
     def _backup_sets(self) -> PlanSpec:
-        """Each set names backends of the right role; a continuous set is WAL-archived by
-        pgBackRest; its verifier proves the set's own store; a pgBackRest repository on
-        this host is encrypted."""
-        _unique("backups", [b.dataset for b in self.backups])
-        by_name = {b.name: b for b in self.backends}
-        for i, bs in enumerate(self.backups):
-            where = f"backups[{i}] ({bs.dataset})"
-            for field, role in (("store", "store"), ("offsite", "store"),
-                                ("verifier", "verifier")):
-                name = getattr(bs, field)
-                backend = by_name.get(name)
-                if backend is None or backend.role != role:
-                    have = sorted(b.name for b in self.backends if b.role == role)
-                    raise ValueError(f"{where}.{field}: no {role} backend named {name!r} in "
-                                     f"spec.backends (have: {', '.join(have) or 'none'})")
-            if bs.offsite == bs.store:
-                raise ValueError(f"{where}.offsite: the off-site copy must go to another "
-                                 f"store than {bs.store!r} (another site, bucket or endpoint)")
-            store, offsite = by_name[bs.store], by_name[bs.offsite]
-            if store.kind == offsite.kind and _same_place(store.options, offsite.options):
-                raise ValueError(f"{where}.offsite: {bs.offsite!r} and {bs.store!r} are the "
-                                 "same place; point the off-site store at another bucket, "
-                                 "endpoint or directory")
-            checked = by_name[bs.verifier].options.get("store")
-            if checked != {"kind": store.kind, "options": store.options}:
-                raise ValueError(f"{where}.verifier: {bs.verifier!r} verifies another store "
-                                 f"than {bs.store!r}; set its options.store to the store's "
-                                 "kind and options")
-            if bs.kind == "continuous" and bs.source.pgbackrest is None:
-                raise ValueError(f"{where}.source: a continuous set is WAL-archived by "
-                                 "pgBackRest; give `source.pgbackrest` (config, stanza), or "
-                                 "make it `kind: daily`")
-            pgb = bs.source.pgbackrest
-            if pgb is not None and Path(pgb.config).is_file():
-                _check_pgbackrest(f"{where}.source.pgbackrest", pgb)
+        check_backup_sets(self.backups, self.backends)
         return self
 
     @model_validator(mode="after")
@@ -678,40 +470,6 @@ class PlanSpec(Strict):
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
-
-
-def _check_pgbackrest(where: str, pgb: PgBackRestSource) -> None:
-    """Every repository of the stanza encrypted; the off-site one configured."""
-    try:
-        ciphers = pgbackrest_ciphers(pgb.config, pgb.stanza)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{where}.config: cannot read {pgb.config}: {exc}") from None
-    plain = [f"repo{n}" for n, cipher in ciphers.items() if cipher == "none"]
-    if plain:
-        raise ValueError(
-            f"{where}.config: {pgb.config} keeps backups unencrypted: {', '.join(plain)} "
-            f"without a cipher; add `{plain[0]}-cipher-type=aes-256-cbc` and a "
-            f"`{plain[0]}-cipher-pass` (or PGBACKREST_{plain[0].upper()}_CIPHER_PASS in the "
-            "job's environment) and create the stanza again: an existing repository cannot "
-            "be encrypted in place")
-    if pgb.offsite_repo not in ciphers:
-        raise ValueError(
-            f"{where}.offsiteRepo: {pgb.config} configures no repo{pgb.offsite_repo} "
-            f"(has {', '.join(f'repo{n}' for n in ciphers)}); add `repo{pgb.offsite_repo}-"
-            "path` (or -host) at the off-site location, with its own cipher pass")
-
-
-def _same_place(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    where = ("bucket", "prefix", "endpointUrl", "path")
-    return all(a.get(k) == b.get(k) for k in where)
-
-
-def _unique(field: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"{field}: duplicate name {name!r}; names must be unique")
-        seen.add(name)
 
 
 class FailoverPlan(Strict):
@@ -825,13 +583,10 @@ def load_plan(path: str | Path, *, check_backends: bool = True) -> FailoverPlan:
 
 def plan_warnings(plan: FailoverPlan) -> list[str]:
     """What `failoverctl validate` warns of but accepts, each naming its field."""
-    return [f"steps[{i}] ({step.name}).{warning}"
-            for i, step in enumerate(plan.spec.steps)
-            for warning in registry.step_kind(step.action).warnings(step)] + [
-        f"backups[{i}] ({bs.dataset}).source.pgbackrest.config: {pgb.config} is not on this "
-        "host, so its encryption (repo-cipher-type) is checked when the backup is taken"
-        for i, bs in enumerate(plan.spec.backups)
-        if (pgb := bs.source.pgbackrest) is not None and not Path(pgb.config).is_file()]
+    steps = [f"steps[{i}] ({step.name}).{warning}"
+             for i, step in enumerate(plan.spec.steps)
+             for warning in registry.step_kind(step.action).warnings(step)]
+    return steps + backup_warnings(plan.spec.backups)
 
 
 def json_schema() -> dict[str, Any]:

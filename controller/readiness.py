@@ -29,8 +29,10 @@ from controller.db import Database
 from controller.dns import DnsProvider
 from controller.model import PermanentError
 from controller.notify import Notifier
-from controller.plan import BackupSet, FailoverPlan, format_duration
+from controller.plan import FailoverPlan
+from controller.plan_backups import BackupSet
 from controller.registry import step_kind
+from controller.schema import format_duration
 from controller.secrets import redact
 from controller.steps import CheckContext
 from controller.traffic import TrafficBackend

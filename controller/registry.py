@@ -7,7 +7,8 @@ Why each rule:
   `backups`, `notify`, `db`) lists its kinds in its `__init__.py` as "module:Class"; step kinds
   are the modules of `controller.steps` (`<action>.py` defining `KIND`). Only what a plan
   configures is ever imported, so a plan using Route 53 never imports the kubernetes
-  client.
+  client. An action with a dash is the module with an underscore (`db-failback`:
+  `controller/steps/db_failback.py`).
 - **At the bottom.** This module imports no controller module: the plan schema
   (`controller.plan`) asks it for the kinds that validate a plan's options and step
   params, and the kinds themselves build on the schema, so every static import points
@@ -94,8 +95,9 @@ class UnknownAction(ValueError):
 
 
 def _step_modules() -> list[str]:
+    """The actions of the modules of controller.steps (`db_failback` -> `db-failback`)."""
     package = importlib.import_module(STEPS)
-    return [m.name for m in pkgutil.iter_modules(package.__path__)
+    return [m.name.replace("_", "-") for m in pkgutil.iter_modules(package.__path__)
             if not m.name.startswith("_")]
 
 
@@ -104,9 +106,11 @@ class _StepKinds(dict[str, "StepKind[Any]"]):
 
     def __missing__(self, action: str) -> StepKind[Any]:
         if action not in _step_modules():
+            planned = [a for a in step_actions() if self[a].planned]  # not a failback's own
             raise UnknownAction(f"unknown action {action!r}; choose one of: "
-                                f"{', '.join(step_actions())}")
-        found: StepKind[Any] = importlib.import_module(f"{STEPS}.{action}").KIND
+                                f"{', '.join(planned)}")
+        module = importlib.import_module(f"{STEPS}.{action.replace('-', '_')}")
+        found: StepKind[Any] = module.KIND
         self[action] = found
         return found
 

@@ -11,6 +11,13 @@ via kube.py. Why each rule:
   annotate` sets, see operator.py), written against the resourceVersion just read, and
   refused while an earlier annotation of the same kind is still unclaimed, so nobody's
   request is ever overwritten.
+- **Who asks is who the cluster authenticated**: the `*-by` annotations carry the name
+  the API server knows the user by (a SelfSubjectReview, Kubernetes 1.28+), which is
+  what the admission policy (manifests/deploy/admission-policy.yaml) requires. A `--as`
+  that differs is written as given, with a warning: where the policy is installed the API
+  server refuses it with its own message; this CLI cannot tell whether it is (people may
+  not read admission policies, and a binding may only warn). An API server that does
+  not say who you are (no SelfSubjectReview) gets `--as`, else the login, saying so.
 - **Progress is the status**: the operator mirrors every step into `.status` before it
   goes on; this module watches the one resource (a field-selected watch, relisting on
   410 Gone, backing off up to 2 s while watches end with no change, so a proxy that
@@ -201,6 +208,34 @@ class Resource:
         return obj
 
 
+AUTHN = "authentication.k8s.io"
+
+
+def identity(known: str | None, actor: str, *, claimed: bool, by: str) -> tuple[str, str]:
+    """(the name annotation `by` carries, a line that says why when it is not simply the
+    authenticated one, else ""). `known`: the name the cluster authenticated (None: it
+    did not say); `actor`: `--as` when `claimed`, else the login."""
+    if known is None:
+        return actor, (f"note: the API server does not say who you are (no "
+                       f"{AUTHN}/v1 selfsubjectreviews; Kubernetes 1.28+): {by} names "
+                       f"{actor} (from {'--as' if claimed else 'your login'})")
+    if not claimed or actor == known:
+        return known, ""
+    return actor, (f"warning: the cluster knows you as {known}, but --as says {actor}: {by} "
+                   f"names {actor}, which the admission policy (manifests/deploy/"
+                   "admission-policy.yaml) refuses where it is installed; leave out --as "
+                   "to be named as the cluster knows you")
+
+
+def _who(res: Resource, actor: str, claimed: bool, by: str) -> str:
+    """The name for annotation `by`, saying on stderr why when it is not the one the
+    cluster authenticated."""
+    who, why = identity(res.kube.whoami(), actor, claimed=claimed, by=by)
+    if why:
+        click.echo(why, err=True)
+    return who
+
+
 def connect(ref: str, namespace: str | None, kubeconfig: str | None) -> Resource:
     conn = k8s.KubeConnection(kubeconfig=kubeconfig)
     return Resource(k8s.connect(conn), namespace or k8s.default_namespace(conn),
@@ -222,11 +257,20 @@ def _changes(plan: FailoverPlan, status: Obj, kind: str) -> list[Obj]:
         last = status.get("run") or {}
         if last.get("kind") != "failover" or last.get("finishedAt") is None:
             return []
-        return [{"name": f"revert-{s['name']}", "action": "revert",
-                 "change": f"restore the original saved before {s['name']}: "
-                           f"{(s.get('evidence') or {}).get('before')}"}
-                for s in reversed(last.get("steps", []))
-                if may_have_written(s["action"], s["status"], s.get("evidence") or {})]
+        steps = last.get("steps", [])
+        promoted = [s for s in steps if s["action"] == "promote"
+                    and "standbyBefore" in (s.get("evidence") or {})]
+        database = [{"name": f"failback-{s['name']}", "action": "db-failback",
+                     "change": f"bring the database home first: rebuild "
+                               f"{plan.spec.sites.primary.name} as the standby of the node "
+                               f"{s['name']} promoted, catch up, switch over"}
+                    for s in promoted[-1:]]
+        return database + [
+            {"name": f"revert-{s['name']}", "action": "revert",
+             "change": f"restore the original saved before {s['name']}: "
+                       f"{(s.get('evidence') or {}).get('before')}"}
+            for s in reversed(steps)
+            if may_have_written(s["action"], s["status"], s.get("evidence") or {})]
     return [{"name": s.name, "action": s.action, "target": s.target, "change": "-",
              "does": console.does(plan, s)} for s in plan.spec.steps]
 
@@ -250,10 +294,11 @@ class Withdrawn(CliError):
 @_errors
 def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: str,
             reason: str, actor: str, level: int | None, yes: bool, dry_run: bool,
-            output: str, wait: float, withdraw: bool = False) -> int:
+            output: str, wait: float, withdraw: bool = False, claimed: bool = True) -> int:
     """Preview, confirm, annotate the request, then follow the operator's run. With
     `withdraw`, a request still unclaimed when following is interrupted or `--wait` runs
-    out is taken back (`Withdrawn`), so the operator never acts on it unattended later."""
+    out is taken back (`Withdrawn`), so the operator never acts on it unattended later.
+    `actor` is `--as` when `claimed`, else the login (see `identity`)."""
     res = connect(ref, namespace, kubeconfig)
     obj = res.get()
     plan = res.plan(obj)
@@ -269,6 +314,7 @@ def request(ref: str, namespace: str | None, kubeconfig: str | None, *, kind: st
                                "steps": changes, "readiness": ready}, indent=2, default=str)
                    if output == "json" else "dry run: nothing was changed")
         return EXIT_OK
+    actor = _who(res, actor, claimed, A_BY)  # said before the question
     console.confirm(kind, str(res), yes)
     before = (status.get("run") or {}).get("id")
     notes = {A_REQUEST: kind, A_REASON: reason, A_BY: actor}
@@ -335,7 +381,7 @@ def _withdraw(res: Resource, notes: dict[str, str], kind: str, exc: BaseExceptio
 
 
 def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str,
-          output: str, wait: float) -> int:
+          output: str, wait: float, claimed: bool = True) -> int:
     """A DR drill against a FailoverPlan in the cluster: a planned failover (no outage is
     caused), then a failback that runs whatever happened before it — a failed, refused or
     interrupted failover included — so the drill never leaves the world switched. A
@@ -353,7 +399,7 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
             code = request(ref, namespace, kubeconfig, kind="failover", level=3, yes=True,
                            reason="DR drill: planned failover to the backup site",
                            actor=actor, dry_run=False, output=output, wait=wait,
-                           withdraw=True)
+                           withdraw=True, claimed=claimed)
         except Withdrawn as exc:  # nothing was done: nothing to fail back
             cause = exc.__cause__
             if isinstance(cause, Interrupted):
@@ -366,7 +412,7 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
             stopped, code = exc, EXIT_FAILED
         back = request(ref, namespace, kubeconfig, kind="failback", level=None, yes=True,
                        reason="DR drill: back to the primary site", actor=actor,
-                       dry_run=False, output=output, wait=wait)
+                       dry_run=False, output=output, wait=wait, claimed=claimed)
     if isinstance(stopped, Interrupted):
         raise CliError(f"drill interrupted by {stopped.signame}; the operator had claimed "
                        "the failover, so it was failed back (exit "
@@ -381,7 +427,7 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
 
 @_errors
 def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str,
-            step: str, actor: str, wait: float, output: str) -> int:
+            step: str, actor: str, wait: float, output: str, claimed: bool = True) -> int:
     """Annotate an approval of the run (or one gated step), then follow the run."""
     res = connect(ref, namespace, kubeconfig)
     obj = res.get()
@@ -390,6 +436,7 @@ def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: 
     if current is None or current["id"] != run_id:
         raise CliError(f"no run {run_id!r} in the status of {res} (its run: "
                        f"{current['id'] if current else 'none'})")
+    actor = _who(res, actor, claimed, A_APPROVED_BY)
     allowed = plan.spec.approval.approvers
     if allowed and actor not in allowed:
         raise CliError(f"{actor} is not an approver of plan {plan.name} "
@@ -426,7 +473,7 @@ def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: 
 
 @_errors
 def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str, step: str,
-         actor: str, wait: float, output: str) -> int:
+         actor: str, wait: float, output: str, claimed: bool = True) -> int:
     """Annotate that a person finished a human step; return once the operator recorded it."""
     res = connect(ref, namespace, kubeconfig)
     obj = res.get()
@@ -439,6 +486,7 @@ def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str
     if step not in manual:
         raise CliError(f"run {run_id} has no human step {step!r} "
                        f"(human steps: {', '.join(manual) or 'none'})")
+    actor = _who(res, actor, claimed, A_DONE_BY)
     res.annotate({A_DONE: f"{run_id}:{step}", A_DONE_BY: actor}, pending=A_DONE)
 
     def record(o: Obj) -> Obj | None:

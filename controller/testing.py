@@ -463,14 +463,17 @@ class FakeRestorerOptions(FakeOptions):
 
 class FakeRestorer(Restorer):
     """Restores in memory with the real restorers' contract (only a verified backup,
-    evidence with the same keys) and a fenced target's: the step's fence is checked before
-    anything is written (`fencing.Cancelled`), each restore is recorded with its fencing
-    token and holder (`restored()`), a restore whose token is smaller than the largest
-    one accepted before is refused with `fencing.StaleToken`, and a step that restores into
-    the target it filled already is refused (the real restorers refuse a target holding
-    data). A restore outside any step (token None) is accepted. A `corrupt` backup (see
-    `Damage`) fails like a payload that does not authenticate (`DamagedBackup`), once the
-    fence was checked and before anything is recorded: the target is left as it was."""
+    evidence with the same keys, a target holding data refused) and a fenced target's: the
+    step's fence is checked before anything is written (`fencing.Cancelled`), each restore
+    is recorded with its fencing token and holder (`restored()`), a restore whose token is
+    smaller than the largest one accepted before is refused with `fencing.StaleToken`. A
+    target remembers the backup restored into it: a retry of that backup (its answer lost,
+    or the controller died before recording it) answers `alreadyRestored` and records
+    nothing, as the real restorers recognise their own finished restore; another backup is
+    refused, naming what the target holds, unless the target's options allow `overwrite`.
+    A `corrupt` backup (see `Damage`) fails like a payload that does not authenticate
+    (`DamagedBackup`), once the fence was checked and before anything is recorded: the
+    target is left as it was."""
 
     Options = FakeRestorerOptions
 
@@ -491,30 +494,33 @@ class FakeRestorer(Restorer):
             raise DamagedBackup(f"{backup.id}: authentication failed at chunk 3: the stored "
                                 "backup was modified, corrupted or truncated")
         started = time.time()
+        where = f"{into.host or 'localhost'}:{into.path}"
         with _state(self.options, "restorer") as st:
             token, holder = _fenced(st, f"restore of {backup.id} onto {into.path} refused")
-            fence = fencing.current()
-            filled = f"{fence.label if fence else ''}|{into.host or ''}:{into.path}"
-            if fence is not None and fence.label and filled in st.get("filled", []):
-                # like the real restorers, which refuse a target that holds data: a retry
-                # of a restore that landed (its answer lost) is refused, never restored twice
+            holds = st.setdefault("holds", {})
+            already = holds.get(where) == backup.id
+            if where in holds and not already and into.options.get("overwrite") is not True:
                 raise PermanentError(
-                    f"target {into.host or 'localhost'}:{into.path} is not empty: this step "
-                    f"({fence.label}) restored into it already; a restore never writes over "
-                    "data, so it is not repeated")
-            st.setdefault("filled", []).append(filled)
-            st.setdefault("restored", []).append({"backup": backup.id, "into": into.path,
-                                                  "token": token, "holder": holder})
+                    f"restore target {into.path} on {into.host or 'localhost'} is not empty; "
+                    f"it holds backup {holds[where]}, restored earlier; set `overwrite: true` "
+                    "(the data is kept aside until the restore passed validation) or pick "
+                    "an empty directory")
+            if not already:
+                holds[where] = backup.id
+                st.setdefault("restored", []).append({"backup": backup.id, "into": into.path,
+                                                      "token": token, "holder": holder})
         rpo_budget = into.options.get("rpo")
         rpo = started - backup.taken_at
         actor = str(into.options.get("actor", "controller"))
         if self._audit is not None:
             self._audit(at=started, actor=actor, action="restore",
-                        detail=f"restored {backup.id} onto {into.host or 'localhost'}:{into.path}")
+                        detail=f"restored {backup.id} onto {where}"
+                               + (" (already there: nothing restored)" if already else ""))
         return {"backup": backup.id, "dataset": backup.dataset, "kind": backup.kind,
                 "host": into.host or "localhost", "path": into.path,
                 "rpoSeconds": round(rpo, 3), "rpoBudgetSeconds": rpo_budget,
                 "rpoMet": None if rpo_budget is None else rpo <= float(rpo_budget),
+                "alreadyRestored": already, "resumed": None,
                 "phases": {}, "validation": [], "seconds": round(time.time() - started, 3),
                 "triggeredBy": actor}
 

@@ -4,7 +4,15 @@ streaming standby, for unit tests, the simulation and drills without PostgreSQL.
 Owns a fake with the real backend's contract (`controller.db.Database`, held to it by
 `tests/contract/db/`): nodes are named by `Node.host`; a node that is down or whose
 host is cut off raises `Unreachable`; a fence is idempotent and says so; a promotion of a
-node not in recovery is refused; a promotion moves the node to the next timeline. Like
+node not in recovery is refused; a promotion moves the node to the next timeline.
+
+Data, for the failback's "no committed write lost": each node holds the rows committed
+on it (`commit`, a client's write: accepted by a node that takes writes), and a standby
+streaming from its `upstream` on the same timeline has every row the upstream has (the
+stream is instant) unless it lags (`lagBytes`: its replay stays that far behind) or the
+two histories diverged. `rewind` and `basebackup` give a stopped node the source's rows
+and timeline (`rewindable: false` makes a rewind fail), `follow` starts it as the
+source's standby, `unfence` undoes a fence. Like
 the other fakes, every write checks the step's fence and refuses a token older than one
 it accepted (`controller.testing._fenced`), and records its token and holder. Faults are
 set with `set_node` (outside any step: no fence), state is shared by `key` (or a
@@ -13,12 +21,24 @@ set with `set_node` (outside any step: no fence), state is shared by `key` (or a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import Field
 
 from controller.backups.hosts import LocalHost
-from controller.db import Database, FenceMethod, Node, NodeState, Slot, Unreachable, lsn_text
+from controller.db import (
+    Database,
+    FenceMethod,
+    Node,
+    NodeState,
+    NotInRecovery,
+    Promoted,
+    RewindFailed,
+    Slot,
+    Unreachable,
+    lsn_text,
+)
 from controller.model import Evidence, PermanentError
 from controller.testing import FakeOptions, _fenced, _state
 
@@ -48,15 +68,26 @@ class FakeDatabase(Database):
     def _nodes(self, st: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if "nodes" not in st:
             o = self.options
-            node = {"running": True, "reachable": True, "readOnly": False, "fenced": None,
-                    "timeline": 1}
+            node: dict[str, Any] = {"running": True, "reachable": True, "readOnly": False,
+                                    "fenced": None, "timeline": 1, "rows": [],
+                                    "rewindable": True}
             st["nodes"] = {
                 o.primary: {**node, "recovery": False, "lsn": START_LSN + o.lag_bytes,
-                            "streaming": False, "lagSeconds": 0.0},
+                            "streaming": False, "lagSeconds": 0.0, "upstream": None,
+                            "lagBytes": 0},
                 o.standby: {**node, "recovery": True, "lsn": START_LSN,
-                            "streaming": o.streaming, "lagSeconds": o.lag_seconds},
+                            "streaming": o.streaming, "lagSeconds": o.lag_seconds,
+                            "upstream": o.primary, "lagBytes": o.lag_bytes},
             }
         nodes: dict[str, dict[str, Any]] = st["nodes"]
+        for n in nodes.values():  # the WAL streamed since the last call
+            up = nodes.get(n["upstream"] or "")
+            if up is None or not (n["recovery"] and n["streaming"] and n["running"]
+                                  and n["reachable"] and up["running"] and up["reachable"]
+                                  and not n["lagBytes"] and n["timeline"] == up["timeline"]
+                                  and up["rows"][:len(n["rows"])] == n["rows"]):
+                continue
+            n["rows"], n["lsn"] = list(up["rows"]), max(n["lsn"], up["lsn"])
         return nodes
 
     def _node(self, st: dict[str, Any], node: Node, *, running: bool = True
@@ -81,6 +112,27 @@ class FakeDatabase(Database):
         `lagSeconds`, `lsn`..."""
         with _state(self.options, "database") as st:
             self._nodes(st)[name].update(fields)
+
+    def commit(self, name: str) -> int | None:
+        """A client commits a row on node `name` (not a controller's write: no fence);
+        its id, or None when the node does not take writes (stopped, read-only, a
+        standby)."""
+        with _state(self.options, "database") as st:
+            n = self._nodes(st)[name]
+            if not n["running"] or n["recovery"] or n["readOnly"]:
+                return None
+            row: int = st.get("rowSeq", 0) + 1
+            st["rowSeq"] = row
+            n["rows"].append(row)
+            n["lsn"] += 0x100
+            st.setdefault("commits", []).append({"row": row, "node": name,
+                                                 "timeline": n["timeline"]})
+        return row
+
+    def commits(self) -> list[dict[str, Any]]:
+        """Every row a client committed: its node and that node's timeline then."""
+        with _state(self.options, "database") as st:
+            return list(st.get("commits", []))
 
     def promotions(self) -> list[dict[str, Any]]:
         with _state(self.options, "database") as st:
@@ -129,18 +181,77 @@ class FakeDatabase(Database):
             n = self._nodes(st)[name]
             n["running"], n["fenced"] = False, n["fenced"] or "person"
 
-    def promote(self, node: Node, *, timeout: float) -> Evidence:
+    def promote(self, node: Node, *, timeout: float,
+                queries: Sequence[str] = ()) -> Promoted:
         with _state(self.options, "database") as st:
             n = self._node(st, node)
             if not n["recovery"]:
-                raise PermanentError(f"{node.describe()} is not in recovery: there is "
-                                     "nothing to promote")
+                raise NotInRecovery(f"{node.describe()} is not in recovery: there is "
+                                    "nothing to promote")
             token, holder = _fenced(st, f"promotion of {node.describe()} refused")
-            n.update(recovery=False, streaming=False, lagSeconds=0.0,
+            n.update(recovery=False, streaming=False, lagSeconds=0.0, upstream=None,
                      timeline=n["timeline"] + 1)
             st.setdefault("promoted", []).append({"node": node.host, "token": token,
                                                   "holder": holder})
-            return {"timeline": n["timeline"], "lsn": lsn_text(n["lsn"])}
+        return Promoted(self.state(node), ["1" for _ in queries])
+
+    def stop(self, node: Node) -> Evidence:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node, running=False)
+            seen = {"lastLsn": lsn_text(n["lsn"])}
+            if not n["running"]:
+                return {"already": True, **seen}
+            _fenced(st, f"stop of {node.describe()} refused")
+            n["running"] = False
+        return {"already": False, **seen}
+
+    def unfence(self, node: Node, *, method: FenceMethod) -> Evidence:
+        if method is FenceMethod.COMMAND:
+            raise PermanentError(f"a {method.value} fence is undone by a person, not here")
+        with _state(self.options, "database") as st:
+            n = self._node(st, node, running=method is FenceMethod.SQL)
+            if n["running"] and not n["readOnly"]:
+                return {"already": True}
+            _fenced(st, f"unfence of {node.describe()} refused")
+            n.update(running=True, readOnly=False, fenced=None)
+        return {"already": False}
+
+    def _rebuilt(self, node: Node, source: Node, what: str, *, rewind: bool = False
+                 ) -> bool:
+        """Give the stopped `node` the source's data and timeline (a rewind or a base
+        backup); whether that changed them."""
+        with _state(self.options, "database") as st:
+            n, src = self._node(st, node, running=False), self._node(st, source)
+            if n["running"]:
+                raise PermanentError(f"{node.describe()} is running: stop it before {what}")
+            if rewind and not n["rewindable"]:
+                raise RewindFailed(f"pg_rewind of {node.describe()} exited 1: could not "
+                                   "find previous WAL record (injected)")
+            changed = (n["rows"], n["timeline"]) != (src["rows"], src["timeline"])
+            _fenced(st, f"{what} of {node.describe()} refused")
+            n.update(rows=list(src["rows"]), lsn=src["lsn"] - n["lagBytes"],
+                     timeline=src["timeline"])
+        return changed
+
+    def rewind(self, node: Node, *, source: Node) -> Evidence:
+        return {"rewound": self._rebuilt(node, source, "rewinding it", rewind=True)}
+
+    def basebackup(self, node: Node, *, source: Node, aside: str) -> Evidence:
+        self._rebuilt(node, source, "replacing its data")
+        return {"aside": f"{node.host}.{aside}"}
+
+    def follow(self, node: Node, *, source: Node) -> Evidence:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node, running=False)
+            if n["running"] and n["recovery"]:
+                return {"already": True}
+            if n["running"]:
+                raise PermanentError(f"{node.describe()} is running: stop it before "
+                                     "starting it as a standby")
+            _fenced(st, f"start of {node.describe()} refused")
+            n.update(running=True, recovery=True, streaming=True, upstream=source.host,
+                     readOnly=False, fenced=None, lagSeconds=0.0)
+        return {"already": False}
 
     # --- reads -------------------------------------------------------------------------------
 

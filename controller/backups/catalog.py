@@ -343,6 +343,21 @@ class CatalogStore(BackupStore):
                           f"{result['summary']}")
         return self.to_backup(entry)
 
+    def record_damage(self, backup: Backup, *, reason: str, actor: str) -> str:
+        """Write a backup found damaged at restore time back to its entry, as a failed
+        verification (check `restore`) with the reason and the time: selection, readiness,
+        the verifier and the next restore then see it as not verified. Returns what was
+        recorded, for the restore's evidence."""
+        at = time.time()
+        detail = redact(reason)[:1000]
+        self.record_verification(backup.id, {
+            "passed": False, "at": at, "durationS": 0.0,
+            "summary": f"restore failed: {detail}"[:1000],
+            "checks": [{"name": "restore", "passed": False, "seconds": 0.0,
+                        "detail": detail}]}, actor=actor)
+        return (f"marked not verified at {naming.iso(at)} in "
+                f"{self.objects.location(naming.catalog_key(backup.id))}")
+
 
 def sha256_stream(src: BinaryIO, *, chunk: int = READ_CHUNK) -> tuple[str, int]:
     """(hex digest, size) of a stream, read in chunks."""

@@ -14,6 +14,12 @@ runs it (by hand, or from the plan's CronJob with `--due`):
 5. `prune`: the retention rule on both stores (`retention.prune`), only after a verified
    backup and its checked copy exist, so a failing job never shrinks what is kept.
 A phase that fails stops the later ones; `Outcome` says which phase, why, and what exists.
+
+`run_test_restore` is the schedule's other job (`backup --due`, when
+`schedule.due_test_restore` says so): the set's verifier verifies the newest verified
+backup again, its `test-restore` check included, and records the result on the entry,
+which is where readiness reads the last passed test restore; a backup that fails it is
+marked failed, like any verification.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from controller.backups.catalog import CatalogError, CatalogStore
 from controller.backups.offsite import copy_offsite, copy_pgbackrest
 from controller.backups.take import check_pgbackrest, register_pgbackrest, take_basebackup
 from controller.model import Backup, PermanentError
-from controller.plan import BackupSet
+from controller.plan import BackupSet, format_duration
 from controller.secrets import redact
 
 
@@ -73,6 +79,59 @@ class Outcome:
                 "pruned": self.pruned, "ok": self.ok,
                 "failedPhase": None if self.failed is None else self.failed.value,
                 "error": self.error, "seconds": self.seconds}
+
+
+@dataclass
+class ScheduledTestRestore:
+    """What a scheduled test restore of `backup` found (`error` empty: it passed)."""
+
+    dataset: str
+    backup: str
+    why: str  # why it was due
+    summary: str = ""
+    error: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def sentence(self) -> str:
+        if self.ok:
+            return f"test restore of {self.backup} passed ({self.summary})"
+        return f"test restore of {self.backup} FAILED: {self.error}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "backup": self.backup, "due": self.why,
+                "ok": self.ok, "summary": self.summary, "error": self.error,
+                "seconds": self.seconds}
+
+
+def run_test_restore(spec: BackupSet, backup: Backup, why: str, *, verifier: Verifier,
+                     actor: str) -> ScheduledTestRestore:
+    """Verify `backup` again with its test restore; a verifier that ran none (its
+    `testRestore: false`) fails the job, since readiness would stay red."""
+    out = ScheduledTestRestore(spec.dataset, backup.id, why)
+    started = time.monotonic()
+    try:
+        ev = verifier.verify(backup=backup, actor=actor)
+    except (fencing.Cancelled, fencing.LostLease, fencing.StaleToken):
+        raise
+    except Exception as exc:
+        out.error = redact(f"the verification could not complete: {type(exc).__name__}: "
+                           f"{exc}")[:1000]
+    else:
+        out.summary = str(ev["summary"])
+        tested = any(c.get("name") == "test-restore" and c.get("passed") is True
+                     for c in ev.get("checks") or [])
+        if ev["passed"] is not True:
+            out.error = out.summary
+        elif not tested:
+            out.error = (f"verifier {spec.verifier} ran no test restore: set `testRestore: "
+                         "true` on it (readiness wants one every "
+                         f"{format_duration(spec.test_restore_every)})")
+    out.seconds = round(time.monotonic() - started, 3)
+    return out
 
 
 class BackupJob:

@@ -64,6 +64,9 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9 ._+@:,=/-]")
 SEP = "\x1f"  # between the columns of the settings query (never in a setting's value)
 PSQL_TIMEOUT = 300  # seconds one psql (a poll, a validation query) may take
 CANCEL_POLL = 0.1  # seconds between the finish script's looks at its cancel flag
+# what `go` adds when every file's SHA-256 was checked against the manifest while it
+# streamed (see `manifest`): pg_verifybackup then skips its own checksum pass
+PROVEN = "checksums-proven"
 # a validation query's value: its first non-blank line, trimmed; a number for `min` is
 # what both the host's awk and Python's float read alike
 _FIRST_LINE = "/[^[:space:]]/{s/^[[:space:]]*//;s/[[:space:]]*$//;p;q;}"
@@ -367,7 +370,7 @@ echo "ready=yes"
         append = self.as_user(["sh", "-c", f"cat >> {q(side)}/postgresql.auto.conf"])
         lines = [
             # wait for the word: nothing runs unless the caller says `go` (EOF: exit quietly)
-            'read -r go || exit 0; [ "$go" = go ] || exit 0; exec </dev/null',
+            'read -r go how || exit 0; [ "$go" = go ] || exit 0; exec </dev/null',
             "cd / || exit 1",  # the OS user may not enter the login's home (psql warns)
             f"{self.layout.variables()}; C={q(flag)}; started=; bad=",
             f"own={'' if check_only else 1}",  # the target's state is ours to undo
@@ -422,10 +425,13 @@ echo "ready=yes"
                 "|| fail extract",
                 "fi",
             ]
-        if verify:
+        if verify:  # its checksum pass only when the stream did not prove every file's
+            full = j(self.as_user([self.bin("pg_verifybackup"), "-q", side]))
+            rest = j(self.as_user([self.bin("pg_verifybackup"), "-q", "--skip-checksums",
+                                   side]))
             lines += ["mark verify",
-                      f"watch {j(self.as_user([self.bin('pg_verifybackup'), '-q', side]))} >&2 "
-                      "|| fail verify"]
+                      f'if [ "$how" = {PROVEN} ]; then watch {rest} >&2; '
+                      f"else watch {full} >&2; fi || fail verify"]
         pg_ctl = self.as_user([self.bin("pg_ctl"), "-D", p, "-l", f"{p}/restore-start.log",
                                "-w", "-t", str(o.start_timeout), "start"])
         # one query per poll: in recovery?, then (read once it says f) the archiving
@@ -615,7 +621,7 @@ class PendingFinish:
 
     def __init__(self, node: Node, script: str, budget: float, flag: str, *, own: bool):
         self.node, self.flag, self.own = node, flag, own
-        self._gate: queue.Queue[bool] = queue.Queue()
+        self._gate: queue.Queue[bytes | None] = queue.Queue()
         self._result: Result | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(script, budget), daemon=True,
@@ -623,8 +629,9 @@ class PendingFinish:
         self._thread.start()
 
     def _words(self) -> Iterator[bytes]:
-        if self._gate.get():
-            yield b"go\n"
+        word = self._gate.get()
+        if word is not None:
+            yield word
 
     def _run(self, script: str, budget: float) -> None:
         try:
@@ -633,10 +640,13 @@ class PendingFinish:
         except BaseException as exc:  # handed to the caller by go()
             self._error = exc
 
-    def go(self) -> dict[str, Any]:
-        """Run the script and judge it. Inside a step, the step's fence is watched while
-        it runs: once cancelled, the cancel flag is raised on the host (a separate command)
-        and the script stops at its next check (see the module docstring)."""
+    def go(self, *, checksums_proven: bool = False) -> dict[str, Any]:
+        """Run the script and judge it. `checksums_proven`: every file's SHA-256 was
+        checked against the backup's manifest while it streamed (`manifest.StreamedFiles`),
+        so `pg_verifybackup` checks the rest only (`--skip-checksums`). Inside a step, the
+        step's fence is watched while it runs: once cancelled, the cancel flag is raised on
+        the host (a separate command) and the script stops at its next check (see the
+        module docstring)."""
         fence = fencing.current()
         try:
             fencing.check()
@@ -645,7 +655,7 @@ class PendingFinish:
             if self.own:
                 self.node.undo()
             raise
-        self._gate.put(True)
+        self._gate.put(f"go {PROVEN}\n".encode() if checksums_proven else b"go\n")
         cancel: str | None = None
         while self._thread.is_alive():
             self._thread.join(None if fence is None or cancel is not None else CANCEL_POLL)
@@ -669,7 +679,7 @@ class PendingFinish:
         return self.node._parse_finish(self._result, cancel=cancel, own=self.own)
 
     def abort(self) -> None:
-        self._gate.put(False)
+        self._gate.put(None)
         self._thread.join(60)
 
 

@@ -2,17 +2,21 @@
 
 Owns the restore step's two implementations of the `Restorer` protocol:
 - `BaseBackupRestorer` streams a catalog payload (an encrypted tar of a `pg_basebackup`
-  plain/tar backup) from its store, decrypting and authenticating chunk by chunk, into
+  plain/tar backup) from its store, decrypting and authenticating chunk by chunk (in a
+  thread of its own, a few chunks ahead, so that this work overlaps the host's), into
   `tar -x` on the target (locally, or over SSH with fabric, host key pinned; the
-  target directory is checked and created in the same session), then runs
-  `pg_verifybackup` against the backup's manifest (the session for these later steps is
-  opened while the data streams, and waits: nothing runs before the stream was
-  authenticated to its last chunk);
+  target directory is checked and created in the same session), hashing each file on
+  the way against the backup's manifest (`manifest`), then runs `pg_verifybackup`
+  (without its checksum pass when the stream proved every file's SHA-256; the session
+  for these later steps is opened while the data streams, and waits: nothing runs before
+  the stream was authenticated to its last chunk);
 - `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:
   a continuous (WAL-archived) set replays the archive to its end by default (`--type=
   default`: the newest archived transaction, the seconds-level RPO it was chosen for), any
   other set stops at the end of its base backup (`--type=immediate`); `recoveryTarget`
-  names `latest`, `immediate` or a time instead.
+  names `latest`, `immediate` or a time instead. A file of the set damaged or missing in
+  the repository fails it with `DamagedSet` (a `DamagedBackup`, naming the file), so
+  the restore step falls back to the next verified backup.
 Both restore beside the target and swap it in (see `swap`): the target's old data is kept
 until the restored node started there and passed validation, and any failure (a payload
 damaged since its verification, a cut stream, a failed start or check, a cancel) leaves
@@ -39,17 +43,21 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import re
 import shlex
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups import Restorer, swap
-from controller.backups.catalog import AuditSink, CatalogStore
+from controller.backups import DamagedBackup, Restorer, swap
+from controller.backups.catalog import READ_CHUNK, AuditSink, CatalogStore
 from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
+from controller.backups.manifest import StreamedFiles
 from controller.backups.naming import iso
 from controller.backups.node import Node, PendingFinish, RestoreFailed, TargetOptions
 from controller.model import Backup, Evidence, PermanentError, Target
@@ -63,6 +71,7 @@ STREAM_SLICE = 256 << 10
 # GNU tar reads the stream in 1 MiB records (-b 2048), whole ones even from a pipe (-B);
 # its default 10 KiB records cost a read and a wakeup per 10 KiB of the stream
 UNTAR_STREAM = ("tar", "-x", "-b", "2048", "-B", "-f", "-")
+AHEAD = 8  # chunks (of READ_CHUNK) decrypted ahead of the host
 
 
 class StoreSpec(BaseModel):
@@ -197,11 +206,13 @@ class _Restorer(Restorer):
 
     def _finish(self, node: Node, phases: dict[str, float], ev: Evidence, *,
                 fetch: list[str] | None = None, pending: PendingFinish | None = None,
-                check_only: bool = False, settings: dict[str, str] | None = None
-                ) -> Evidence:
+                check_only: bool = False, settings: dict[str, str] | None = None,
+                checksums_proven: bool = False) -> Evidence:
         """The rest of the restore in one remote session (see `Node.finish`)."""
-        done = pending.go() if pending is not None else node.finish(
-            fetch=fetch, check_only=check_only, settings=settings)
+        if pending is not None:
+            done = pending.go(checksums_proven=checksums_proven)
+        else:
+            done = node.finish(fetch=fetch, check_only=check_only, settings=settings)
         phases.update(done["phases"])
         if done["archiving"]["archive_mode"] != "off":  # the script refuses this too
             raise RestoreFailed("start", f"archive_mode is {done['archiving']['archive_mode']}"
@@ -262,8 +273,9 @@ class BaseBackupRestorer(_Restorer):
 
     def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
         moved = {"bytes": 0}
-        with self.store.open_payload(backup) as reader:
-            chunks = _progress(reader, backup.id, moved, backup.meta.get("plainSize"))
+        files = StreamedFiles()  # each file's SHA-256, checked against the manifest
+        with self.store.open_payload(backup) as reader, _ReadAhead(reader, files.feed) as ahead:
+            chunks = _progress(ahead, backup.id, moved, backup.meta.get("plainSize"))
             try:
                 first = next(chunks)  # a wrong key fails here, before anything is written
             except StopIteration:
@@ -285,10 +297,27 @@ class BaseBackupRestorer(_Restorer):
             pending.abort()
             pending = node.begin_finish(extract_tars=True, verify=True)
         seconds = phases["fetch"]
+        verdict = files.verdict()
+        proven = verdict.proven and ahead.inspect_error is None
         ev: Evidence = {"bytes": moved["bytes"],
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds
-                        else None, "pgVerifybackup": "passed"}
-        return self._finish(node, phases, ev, pending=pending)
+                        else None, "pgVerifybackup": "passed",
+                        "checksums": verdict.detail if proven
+                        else f"by pg_verifybackup: {verdict.detail}"}
+        return self._finish(node, phases, ev, pending=pending, checksums_proven=proven)
+
+
+class DamagedSet(RestoreFailed, DamagedBackup):
+    """`pgbackrest restore` found a file of the set damaged or missing in the repository
+    (its checksum, its format, its decryption, or the file itself): the set cannot be
+    restored as it is stored, so the restore step falls back to the next verified
+    backup. The target was left as it was (the restore wrote beside it)."""
+
+    def __init__(self, backup: str, file: str, error: str):
+        self.file = file
+        super().__init__("fetch", f"backup {backup}: {file} is damaged in the pgBackRest "
+                                  f"repository ({error}); it is not restored (restore "
+                                  "another backup, and repair or expire this set)")
 
 
 class PgBackRestRestorer(_Restorer):
@@ -321,9 +350,48 @@ class PgBackRestRestorer(_Restorer):
         # one); the node recovers at the target, so the command must name that
         fetch_wal = shlex.join([*common, f"--pg1-path={node.path}", "archive-get"])
         restore_command = f'{fetch_wal} %f "%p"'.replace("'", "''")
-        return self._finish(node, phases, {"set": label, "recoveryTarget": target},
-                            fetch=[*argv, "restore"],
-                            settings={"restore_command": f"'{restore_command}'"})
+        try:
+            return self._finish(node, phases, {"set": label, "recoveryTarget": target},
+                                fetch=[*argv, "restore"],
+                                settings={"restore_command": f"'{restore_command}'"})
+        except RestoreFailed as exc:
+            if exc.phase != "fetch":
+                raise
+            # a time target lets pgBackRest pick the set
+            damage = _set_damage(str(exc), stanza=self.options.stanza, side=node.layout.side,
+                                 label=label if target in ("immediate", "latest") else None)
+            if damage is None:
+                raise
+            raise DamagedSet(backup.id, *damage) from exc
+
+
+# pgBackRest's error codes (2.45, src/build/error/error.yaml) for a file it read from the
+# repository that is not as the set's manifest says
+_DAMAGE = {26: "ChecksumError", 29: "FormatError", 55: "FileMissingError", 95: "CryptoError"}
+_PGBACKREST_ERROR = re.compile(r"ERROR: \[(\d{3})\]: (.*)")
+
+
+def _set_damage(output: str, *, stanza: str, side: str, label: str | None
+                ) -> tuple[str, str] | None:
+    """(the file, the error) when `pgbackrest restore`'s error says a file of a backup set
+    is damaged in the repository (`label`: the set restored); None for any other failure.
+    A file counts only when it lies in a set's directory (`backup/STANZA/LABEL/`) or is a
+    file being restored from one: the same codes for pgbackrest.conf, a lock or an info
+    file (a wrong cipher pass fails on backup.info first) are configuration, and would
+    fail every set alike."""
+    found = _PGBACKREST_ERROR.search(output)
+    if found is None or int(found.group(1)) not in _DAMAGE:
+        return None
+    line = found.group(2).strip()
+    error = f"{_DAMAGE[int(found.group(1))]} [{found.group(1)}]: {line}"
+    for path in re.findall(r"'([^']+)'", line):
+        in_set = re.search(rf"/backup/{re.escape(stanza)}/([^/]+)/(.+)$", path)
+        if in_set is not None:
+            return f"{in_set.group(2)} of set {in_set.group(1)}", error
+        if path.startswith(f"{side}/"):
+            return (f"pg_data/{path[len(side) + 1:]} of "
+                    + (f"set {label}" if label else "the set restored")), error
+    return None
 
 
 def _pgbackrest_time(value: str) -> str:
@@ -338,12 +406,89 @@ def _pgbackrest_time(value: str) -> str:
     return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
 
 
+class _ReadAhead:
+    """`reader` read (decrypted and authenticated) in a thread of its own, up to `AHEAD`
+    chunks ahead of the host, and each chunk shown to `inspect`, in order, in a third
+    thread: the controller's work on the stream overlaps the host's `tar`. An error
+    reading is raised to the caller in place of the chunk it was reading, so nothing after
+    a bad chunk is released. Leaving the context normally waits until `inspect` saw every
+    chunk; leaving it on an error stops both threads."""
+
+    def __init__(self, reader: Any, inspect: Callable[[bytes], None]):
+        self._out: queue.Queue[bytes | BaseException] = queue.Queue(AHEAD)
+        self._seen: queue.Queue[bytes | None] = queue.Queue(AHEAD)
+        self._stop = threading.Event()
+        self._done = False
+        self.inspect_error: Exception | None = None  # `inspect` failed: it saw not all
+        self._threads = [
+            threading.Thread(target=self._read, args=(reader,), daemon=True,
+                             name="restore-read-ahead"),
+            threading.Thread(target=self._inspect, args=(inspect,), daemon=True,
+                             name="restore-inspect")]
+
+    def __enter__(self) -> _ReadAhead:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        if failed is not None:
+            self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    def _read(self, reader: Any) -> None:
+        try:
+            while not self._stop.is_set():
+                chunk = reader.read(READ_CHUNK)
+                self._put(self._seen, chunk)
+                self._put(self._out, chunk)
+                if not chunk:
+                    return
+        except BaseException as exc:  # handed to the reader in place of the chunk
+            self._put(self._seen, None)
+            self._put(self._out, exc)
+
+    def _inspect(self, inspect: Callable[[bytes], None]) -> None:
+        while not self._stop.is_set():
+            try:
+                chunk = self._seen.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not chunk:
+                return
+            if self.inspect_error is None:
+                try:
+                    inspect(chunk)
+                except Exception as exc:  # no proof, but the stream goes on
+                    log.exception("inspecting the restore stream failed")
+                    self.inspect_error = exc
+
+    def _put(self, to: queue.Queue[Any], item: object) -> None:
+        while not self._stop.is_set():
+            try:
+                to.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, _size: int = READ_CHUNK) -> bytes:
+        if self._done:
+            return b""
+        item = self._out.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = not item
+        return item
+
+
 def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None
               ) -> Iterator[bytes]:
     next_report = PROGRESS_EVERY
     started = time.monotonic()
     while True:
-        chunk = reader.read(1 << 20)
+        chunk = reader.read(READ_CHUNK)
         if not chunk:
             return
         moved["bytes"] += len(chunk)

@@ -3,6 +3,9 @@
 Owns the time rules of `spec.backups[]`, pure functions of the set, the catalog's
 listing and `now` (no I/O, so the CLI, readiness and tests share them):
 - `due`: a backup is due when no verified backup exists or the newest is `every` old;
+- `due_test_restore`: a test restore of the newest verified backup is due when none
+  passed within `testRestoreEvery` (`backup --due` runs it, so readiness's test-restore
+  check stays green without anyone remembering it);
 - `newest_verified`, `last_test_restore`: what readiness compares with the RPO budget and
   `testRestoreEvery`.
 And `cronjob`: the schedule in the cluster is a Kubernetes CronJob per plan (with the
@@ -23,6 +26,15 @@ from controller.model import Backup
 from controller.plan import BackupSet, FailoverPlan, format_duration
 
 
+def human_age(seconds: float) -> str:
+    """An age for people: whole hours and minutes ("2h", "2h 5m", "59m", "40s")."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    hours, minutes = divmod(whole // 60, 60)
+    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+
+
 def newest_verified(backups: list[Backup]) -> Backup | None:
     verified = [b for b in backups if b.verified is True]
     return max(verified, key=lambda b: (b.taken_at, b.id), default=None)
@@ -33,10 +45,27 @@ def due(spec: BackupSet, backups: list[Backup], now: float) -> str | None:
     newest = newest_verified(backups)
     if newest is None:
         return f"{spec.dataset}: no verified backup yet"
-    age = now - newest.taken_at
-    if age >= spec.every:
-        return (f"{spec.dataset}: newest verified backup {newest.id} is "
-                f"{format_duration(round(age))} old (every {format_duration(spec.every)})")
+    old = now - newest.taken_at
+    if old >= spec.every:
+        return (f"{spec.dataset}: newest verified backup {newest.id} is {human_age(old)} old "
+                f"(every {format_duration(spec.every)})")
+    return None
+
+
+def due_test_restore(spec: BackupSet, backups: list[Backup], now: float
+                     ) -> tuple[Backup, str] | None:
+    """The backup to test-restore now (the newest verified one) and why; None when a test
+    restore passed within `testRestoreEvery`, or no backup is verified to test."""
+    newest = newest_verified(backups)
+    if newest is None:
+        return None
+    at = last_test_restore(backups)
+    every = format_duration(spec.test_restore_every)
+    if at is None:
+        return newest, f"{spec.dataset}: no test restore passed yet (every {every})"
+    if now - at >= spec.test_restore_every:
+        return newest, (f"{spec.dataset}: the last passed test restore is {human_age(now - at)} "
+                        f"old (every {every})")
     return None
 
 

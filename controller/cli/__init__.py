@@ -12,9 +12,20 @@ Exit codes (also in the README):
   3  the journal cannot be used (corrupt or unreadable); it is never replaced silently
   4  waiting: the run needs an approval (`failoverctl approve RUN`) or is still going
 `-o json` prints machine-readable output on every command a script would parse.
+
+This package is the entry point (`failoverctl = controller.cli:main`, `python -m
+controller`): it alone imports the command modules and the completion fix, and none of them
+imports the package back (they import `base`, which imports no command module).
 """
 
-from controller.cli import backups, loop, ops, plans, runs  # noqa: F401  (each registers its commands)
+from controller.cli import (  # noqa: F401  (each registers its commands or completion)
+    backups,
+    completion,
+    loop,
+    ops,
+    plans,
+    runs,
+)
 from controller.cli.base import main
 
 __all__ = ["main"]

@@ -19,7 +19,6 @@ from typing import Any
 import click
 
 from controller import coordination, remote
-from controller.cli import completion  # noqa: F401  (registers the fish script fix)
 from controller.config import Settings
 from controller.console import (
     EXIT_INPUT,
@@ -32,9 +31,36 @@ from controller.loop import Engine
 from controller.plan import FailoverPlan, PlanError, load_plan
 from controller.secrets import RedactingFilter, Secrets
 
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def stacked(*decorators: Decorator) -> Decorator:
+    """Several command decorators as one, applied as if written one above the other."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+def actor_option(who: str) -> Decorator:
+    """`--as`: whom the audit names; `who` says what they do ("who approves")."""
+    return click.option("--as", "actor", help=f"{who} (default $FAILOVER_ACTOR or $USER)")
+
+
+def wait_option(default: float = 3600.0, help: str = "seconds to follow progress") -> Decorator:
+    return click.option("--wait", default=default, show_default=True, help=help)
+
+
 PLAN_ARG = click.argument("plan_file", metavar="PLAN|fop/NAME", type=click.Path())
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
                       show_default=True, help="output format")
+REASON = click.option("--reason", required=True, help="why, for the audit trail and notices")
+CONFIRM = stacked(
+    click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation"),
+    click.option("--dry-run", is_flag=True, help="show what would change; change nothing"))
 
 
 class Ctx:
@@ -129,3 +155,10 @@ def with_journal(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
     return wrapper
+
+
+JOURNAL = stacked(OUTPUT, click.pass_obj, with_journal)
+"""The end of a command on this host's journal: `-o`, the context, journal errors as exit
+codes."""
+JOURNAL_OR_CLUSTER = stacked(remote.options, JOURNAL)
+"""The same for a command whose PLAN may also be `fop/NAME` (`-n`, `--kubeconfig`)."""

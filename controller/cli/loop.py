@@ -1,6 +1,8 @@
 """`failoverctl run`: the reconcile loop in the foreground, one line per thing a cycle did
 (`controller.engine.cycle`): what it decided, which run it started, what it waits for and
-the command that answers it."""
+the command that answers it. A cycle runs every tick, and at once when a probe round may
+change a decision (`probes.scheduler.News`): detection costs the probes' own interval x
+consecutiveFailures, never a tick more."""
 
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from controller.engine.cycle import (
     Waiting,
 )
 from controller.model import DecisionAction, Phase
+from controller.probes.scheduler import News
 from controller.probing import observe
 
 
@@ -65,8 +68,12 @@ def _told(cycle: Cycle, where: str) -> list[str]:
 
 @main.command()
 @click.argument("plans", nargs=-1, required=True, type=click.Path())
-@click.option("--interval", type=float, help="seconds between cycles (default $FAILOVER_TICK)")
-@click.option("--ticks", type=int, help="stop after this many cycles (default: run forever)")
+@click.option("--interval", type=float,
+              help="seconds between cycles (default $FAILOVER_TICK); a failing probe round "
+                   "runs one at once")
+@click.option("--ticks", type=int,
+              help="stop after this many ticks (default: run forever); cycles run on news "
+                   "in between do not count")
 @click.option("--until", "until", type=click.Choice([p.value for p in Phase]),
               help="stop once every plan reaches this phase")
 @click.option("--listen", metavar="HOST:PORT",
@@ -90,17 +97,20 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
     if listen:
         host, _, port = listen.rpartition(":")
         serve(health, host or "0.0.0.0", int(port))
-    schedulers = [observe(e.plan, e.backends) for e in engines]
+    news = News()  # a failing round of any plan runs a cycle at once, not at the next tick
+    schedulers = [observe(e.plan, e.backends, news=news) for e in engines]
     for scheduler in schedulers:
         scheduler.start()
-    count = 0
+    count, due = 0, time.monotonic() + every
     try:
         while ticks is None or count < ticks:
-            count += 1
-            time.sleep(every)
+            news.wait(max(0.0, due - time.monotonic()))
+            ticked = time.monotonic() >= due  # else news: a cycle between ticks
             for path, engine, scheduler in zip(plans, engines, schedulers, strict=True):
                 for line in _told(engine.tick(scheduler.drain()), f"--plan {path}"):
                     click.echo(f"{engine.plan.name}: {line}")
+            if ticked:
+                count, due = count + 1, time.monotonic() + every
             health.beat()
             if until and all(e.state().phase.value == until for e in engines):
                 break

@@ -13,7 +13,18 @@ import click
 
 from controller import remote
 from controller.api import Health, serve
-from controller.cli.base import OUTPUT, Ctx, emit, fail, load, main, with_journal
+from controller.cli.base import (
+    JOURNAL,
+    JOURNAL_OR_CLUSTER,
+    Ctx,
+    actor_option,
+    emit,
+    fail,
+    load,
+    main,
+    wait_option,
+    with_journal,
+)
 from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from controller.crd import PLURAL
 from controller.loop import Engine, default_holder
@@ -29,9 +40,7 @@ from controller.steps.restore import RestoreParams
               "of each DNS step's params.prepareTtl")
 @click.option("--dry-run", is_flag=True, help="show which TTLs would be lowered; change nothing")
 @click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
-@OUTPUT
-@click.pass_obj
-@with_journal
+@JOURNAL
 def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor: str | None,
                 output: str) -> None:
     """Lower the TTL of the plan's DNS records ahead of a failover (values unchanged;
@@ -83,9 +92,7 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
 @click.option("--dataset", "datasets", multiple=True,
               help="data set to verify (default: every data set a restore step names)")
 @click.option("--as", "actor", help="who runs it, for the audit (default: the verifier's actor)")
-@OUTPUT
-@click.pass_obj
-@with_journal
+@JOURNAL
 def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
                output: str) -> None:
     """Verify every backup not verified yet (checksums, decrypt, manifest, test restore).
@@ -145,21 +152,38 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
               help="seconds between full relists of the FailoverPlans")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
               help="plans reconciled at once (one plan never by two workers)")
+@click.option("--shard", metavar="N/M",
+              help="reconcile only shard N of M (from 0), on that shard's own Lease: plans "
+                   "labelled failover.example.io/shard=N, the others by a hash of their "
+                   "name")
+@click.option("--shard-selector", metavar="KEY=VALUE|!KEY",
+              help="reconcile only the plans with this label (or, with !KEY, without it), "
+                   "on that shard's own Lease")
 @click.pass_obj
 @with_journal
 def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str | None,
                  listen: str | None, lease_duration: float, renew_deadline: float,
-                 retry_period: float, resync: float, workers: int) -> None:
+                 retry_period: float, resync: float, workers: int, shard: str | None,
+                 shard_selector: str | None) -> None:
     """Run in the cluster: watch FailoverPlans, elect a leader, reconcile, write status."""
     import signal
     import threading
 
     from controller.kube import KubeConnection, KubeError, connect
     from controller.operator import LeaderConfig, Operator
+    from controller.sharding import Shard, ShardError, parse_selector, parse_shard
 
     if not 0 < retry_period < renew_deadline < lease_duration:
         fail("leader election needs 0 < --retry-period < --renew-deadline < "
               "--lease-duration (defaults 2 < 10 < 15)", EXIT_INPUT)
+    if shard and shard_selector:
+        fail("--shard and --shard-selector both say which plans this replica takes: give "
+             "one", EXIT_INPUT)
+    try:
+        taken: Shard | None = (parse_shard(shard) if shard else
+                               parse_selector(shard_selector) if shard_selector else None)
+    except ShardError as exc:
+        fail(str(exc), EXIT_INPUT)
     try:
         kube = connect(KubeConnection(kubeconfig=kubeconfig))
     except (KubeError, PermanentError) as exc:
@@ -170,14 +194,16 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
                   identity=identity or default_holder(),
                   leader=LeaderConfig(lease_duration=lease_duration,
                                       renew_deadline=renew_deadline, retry_period=retry_period),
-                  tick=every, resync=resync, workers=workers, beat=health.beat)
+                  tick=every, resync=resync, workers=workers, beat=health.beat, shard=taken)
     if listen:
         host, _, port = listen.rpartition(":")
         serve(health, host or "0.0.0.0", int(port))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    click.echo(f"operator {op.identity}: watching {namespace}/{PLURAL}")
+    click.echo(f"operator {op.identity}: watching {namespace}/{PLURAL}"
+               + (f", shard {taken.name} (lease {op.elector.config.lease_name})" if taken
+                  else ""))
     op.run(stop)
     click.echo("operator stopped; the lease is released and the journal holds every step")
 
@@ -189,13 +215,9 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 @click.option("--sandbox-dir", type=click.Path(file_okay=False),
               help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
                    "its servers are stopped all the same")
-@click.option("--as", "actor", help="who runs it (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=3600.0, show_default=True,
-              help="fop/NAME: seconds to follow each run")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
+@actor_option("who runs it")
+@wait_option(help="fop/NAME: seconds to follow each run")
+@JOURNAL_OR_CLUSTER
 def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,
           wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """A whole drill: inject a fault, let the loop fail over, verify, fail back, report.
@@ -214,7 +236,8 @@ def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor
 
     if remote.is_resource(plan_file):
         sys.exit(remote.drill(plan_file, namespace, kubeconfig,
-                              actor=actor or obj.settings.actor, output=output, wait=wait))
+                              actor=actor or obj.settings.actor, claimed=actor is not None,
+                              output=output, wait=wait))
     echo = None if output == "json" else click.echo
     path = scenarios.find(plan_file)
     if scenarios.document_kind(path) == "DrillScenario":

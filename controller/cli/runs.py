@@ -5,24 +5,33 @@ run, follow it, answer what it waits for, and read the record."""
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import click
 
-from controller import console, remote
+from controller import console, remote, signing
 from controller import report as reports
 from controller.cli.base import (
-    OUTPUT,
+    CONFIRM,
+    JOURNAL,
+    JOURNAL_OR_CLUSTER,
     PLAN_ARG,
+    REASON,
     Ctx,
+    actor_option,
     emit,
     engine_for,
     fail,
     load,
     main,
+    stacked,
     via_cluster,
+    wait_option,
     with_journal,
 )
 from controller.console import (
@@ -35,6 +44,7 @@ from controller.failback import revert_steps
 from controller.journal import Journal, Run
 from controller.loop import Engine
 from controller.model import Phase
+from controller.plan import Step
 from controller.registry import step_kind
 from controller.steps import StepContext
 
@@ -75,10 +85,15 @@ def _changes(engine: Engine, kind: str) -> list[dict[str, Any]]:
         changes = []
         for d in revert_steps(engine.journal, engine.plan.name):
             of = d["params"]["of"]
-            before = engine.journal.step(of["run"], of["step"]).evidence.get("before")
-            changes.append({"name": d["name"], "action": "revert",
-                            "change": f"restore the original saved before {of['step']}: "
-                                      f"{before}"})
+            if d["action"] == "revert":
+                before = engine.journal.step(of["run"], of["step"]).evidence.get("before")
+                change = f"restore the original saved before {of['step']}: {before}"
+            else:  # the database's failback: its own read-only plan
+                try:
+                    change = step_kind(d["action"]).plan(Step.model_validate(d), ctx).summary
+                except Exception as exc:
+                    change = f"cannot read the current state: {exc}"
+            changes.append({"name": d["name"], "action": d["action"], "change": change})
         return changes
     out = []
     for step in steps:
@@ -111,8 +126,8 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
     plan_file, namespace = via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.request(plan_file, namespace, kubeconfig, kind=kind, reason=reason,
-                                actor=who, level=level, yes=yes, dry_run=dry_run,
-                                output=output, wait=wait))
+                                actor=who, claimed=actor is not None, level=level, yes=yes,
+                                dry_run=dry_run, output=output, wait=wait))
     plan = load(plan_file)
     journal = obj.journal()
     engine = engine_for(obj, plan)
@@ -150,20 +165,16 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
     sys.exit(code)
 
 
+REQUEST = stacked(PLAN_ARG, REASON, actor_option("who requests it"), wait_option())
+
+
 @main.command()
-@PLAN_ARG
-@click.option("--reason", required=True, help="why, for the audit trail and notices")
-@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
+@REQUEST
 @click.option("--level", type=click.IntRange(1, 4), default=None,
               help="response level for notices (1 most severe); default none: a planned "
                    "failover is no incident, and its notices go to every rule")
-@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
-@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
+@CONFIRM
+@JOURNAL_OR_CLUSTER
 def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
              level: int | None, yes: bool, dry_run: bool, namespace: str | None,
              kubeconfig: str | None, output: str) -> None:
@@ -176,16 +187,9 @@ def failover(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: flo
 
 
 @main.command()
-@PLAN_ARG
-@click.option("--reason", required=True, help="why, for the audit trail and notices")
-@click.option("--as", "actor", help="who requests it (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
-@click.option("--yes", "-y", is_flag=True, help="do not ask for confirmation")
-@click.option("--dry-run", is_flag=True, help="show what would change; change nothing")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
+@REQUEST
+@CONFIRM
+@JOURNAL_OR_CLUSTER
 def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: float,
              yes: bool, dry_run: bool, namespace: str | None, kubeconfig: str | None,
              output: str) -> None:
@@ -196,9 +200,7 @@ def failback(obj: Ctx, plan_file: str, reason: str, actor: str | None, wait: flo
 
 @main.command()
 @click.argument("plan_file", type=click.Path())
-@OUTPUT
-@click.pass_obj
-@with_journal
+@JOURNAL
 def ready(obj: Ctx, plan_file: str, output: str) -> None:
     """Pre-flight: is the backup site ready to take over? (exit 1 if any check fails)"""
     engine = Engine(load(plan_file), obj.journal(), lease_ttl=obj.settings.lease_ttl)
@@ -219,28 +221,42 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
               help="the plan file of the run, or fop/NAME (checks the approver list)")
 @click.option("--step", default="", help="approve one gated step instead of the whole run")
-@click.option("--as", "actor", help="who approves (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=3600.0, show_default=True, help="seconds to follow progress")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
-def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
-            wait: float, namespace: str | None, kubeconfig: str | None, output: str) -> None:
+@click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="plan file: your SSH signature of this approval (ssh-keygen -Y sign), "
+                   "checked against the plan's approval.allowedSigners")
+@click.option("--as", "actor",
+              help="plan file: with --signature, which signer of the key approves (without "
+                   "one you approve as your login); fop/NAME: the name the annotation "
+                   "claims (default: the one the cluster knows you by)")
+@wait_option()
+@JOURNAL_OR_CLUSTER
+def approve(obj: Ctx, run_id: str, plan_file: str, step: str, signature: Path | None,
+            actor: str | None, wait: float, namespace: str | None, kubeconfig: str | None,
+            output: str) -> None:
     """Approve a run (or one gated step) and follow it as it continues."""
     plan_file, namespace = via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
+        if signature is not None:
+            fail("--signature is for plans no operator acts on: in a cluster (fop/NAME, or "
+                 "spec.coordination.kind: kubernetes) the API server proves who you are; "
+                 "leave it out", EXIT_INPUT)
         sys.exit(remote.approve(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
-                                actor=actor or obj.settings.actor, wait=wait, output=output))
+                                actor=actor or obj.settings.actor, claimed=actor is not None,
+                                wait=wait, output=output))
     plan = load(plan_file)
     journal = obj.journal()
     run = journal.run(run_id)
     if run is None or run.plan != plan.name:
         fail(f"no run {run_id!r} of plan {plan.name} in {journal.path}", EXIT_INPUT)
     engine = engine_for(obj, plan)
-    who = actor or obj.settings.actor
     try:
-        engine.approve(run_id, actor=who, step=step)
+        if signature is not None:
+            who = engine.people.approve_signed(run_id, signature, step=step, claimed=actor)
+        else:
+            who = _login()
+            if actor is not None and actor != who:
+                _claimed_refused(engine, run_id, step, who, actor)
+            engine.approve(run_id, actor=who, step=step)
     except PermissionError as exc:
         fail(str(exc), EXIT_INPUT)
     if output == "text":
@@ -253,25 +269,46 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, actor: str | None,
     sys.exit(code)
 
 
+def _login() -> str:
+    """The operating system's name of the user running failoverctl (not $USER, which
+    anyone can set); `uid-N` for a uid with no passwd entry."""
+    uid = os.getuid()
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid-{uid}"
+
+
+def _claimed_refused(engine: Engine, run_id: str, step: str, login: str,
+                     claimed: str) -> NoReturn:
+    """Refuse (and audit) an unsigned approval in someone else's name."""
+    plan = engine.plan
+    how = (f"have {claimed} sign it ({signing.how_to_sign(plan.name, run_id, step)}) and "
+           "approve with --signature approval.sig" if plan.spec.approval.allowed_signers
+           else f"ask {claimed} to approve")
+    why = (f"--as {claimed} names the signer of a --signature; without one you approve as "
+           f"your login, {login}: leave out --as, or {how}")
+    engine.journal.audit(at=engine.clock.now(), actor=login, action="approval-refused",
+                         plan=plan.name, run_id=run_id, detail=why)
+    raise PermissionError(why)
+
+
 @main.command()
 @click.argument("run_id")
 @click.argument("step")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
               help="the plan file of the run, or fop/NAME")
-@click.option("--as", "actor", help="who finished it (default $FAILOVER_ACTOR or $USER)")
-@click.option("--wait", default=120.0, show_default=True,
-              help="with fop/NAME: seconds to wait for the operator to record it")
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
+@actor_option("who finished it")
+@wait_option(120.0, "with fop/NAME: seconds to wait for the operator to record it")
+@JOURNAL_OR_CLUSTER
 def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wait: float,
          namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Record that a person finished a human step (acknowledged, escalated, analysed...)."""
     plan_file, namespace = via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.done(plan_file, namespace, kubeconfig, run_id=run_id, step=step,
-                             actor=actor or obj.settings.actor, wait=wait, output=output))
+                             actor=actor or obj.settings.actor, claimed=actor is not None,
+                             wait=wait, output=output))
     plan = load(plan_file)
     engine = engine_for(obj, plan)
     who = actor or obj.settings.actor
@@ -286,10 +323,7 @@ def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wa
 
 @main.command()
 @click.argument("plan_file", metavar="[PLAN|fop/NAME]", required=False, type=click.Path())
-@remote.options
-@OUTPUT
-@click.pass_obj
-@with_journal
+@JOURNAL_OR_CLUSTER
 def status(obj: Ctx, plan_file: str | None, namespace: str | None, kubeconfig: str | None,
            output: str) -> None:
     """Show each plan's phase, level, active site, last decision and current run.

@@ -1,14 +1,19 @@
-"""Databases: a PostgreSQL primary and its streaming standby, as a promotion sees them.
+"""Databases: a PostgreSQL primary and its streaming standby, as a promotion and a failback
+see them.
 
 Owns the `Database` protocol (role `database`) and the lazy registry of its kinds: what a
 `promote` step reads of a node (`state`: in recovery or not, timeline, LSN, streaming,
 lag), and the two world-changing calls it makes, in that order: `fence` the old primary
 (stop it over SSH, make it refuse writes over SQL, or run the plan's STONITH command),
-then `promote` the standby. Why the split: the step owns the order and the decisions (the
+then `promote` the standby. A failback (`db-failback`) adds the calls that rebuild a node
+as a standby of another: `stop` it cleanly, `rewind` it onto the other's timeline (or,
+when that fails, replace its data with a `basebackup`), then `follow` (standby.signal,
+primary_conninfo, start). Why the split: the steps own the order and the decisions (the
 RPO budget, which fence, never a promote before a fence), the backend owns how a node is
 reached, so the in-memory fake (`controller.testing_db`) and the real server
 (`controller.db.postgres`) answer the same calls and run through the same contract
-tests. Every world-changing call checks `fencing.check()` first.
+tests. Every world-changing call checks `fencing.check()` first; the waits inside one are
+`fencing.pause`, so a cancelled step stops.
 
 A node is named by how it is reached (`Node`): its SQL address, and for an `ssh-stop`
 fence the host to SSH to and its data directory (`postmaster.pid` there names the PID
@@ -18,13 +23,14 @@ to stop). LSNs are byte positions (`lsn_text` writes them as PostgreSQL does).
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from pydantic import Field
 
-from controller.model import Evidence
-from controller.plan import Strict
+from controller.model import Evidence, PermanentError
+from controller.schema import Strict
 
 KINDS: dict[str, str] = {
     "memory": "controller.testing_db:FakeDatabase",
@@ -71,6 +77,14 @@ class NodeState:
 
 
 @dataclass(frozen=True)
+class Promoted:
+    """A promotion as the promoted node told it, in the session that promoted it."""
+
+    state: NodeState  # read once it left recovery (or when the wait for that ended)
+    values: list[str]  # each query's first row (columns joined by '|'; '' for no row)
+
+
+@dataclass(frozen=True)
 class Slot:
     name: str
     active: bool
@@ -89,6 +103,15 @@ def parse_lsn(text: str) -> int:
 
 class Unreachable(ConnectionError):
     """The node (or its host) does not answer: it may be down, or cut off from us."""
+
+
+class NotInRecovery(PermanentError):
+    """A promotion was asked of a node that is not in recovery (a primary already)."""
+
+
+class RewindFailed(PermanentError):
+    """`pg_rewind` could not bring the node onto the source's timeline (WAL gone, no
+    `wal_log_hints`/checksums...): a fresh base backup is what is left."""
 
 
 @runtime_checkable
@@ -115,10 +138,43 @@ class Database(Protocol):
         with a `--dry-run` argument exits 0.)"""
         ...
 
-    def promote(self, node: Node, *, timeout: float) -> Evidence:
-        """Promote the standby (`pg_promote(wait => true)`), waiting at most `timeout`
-        seconds for it to leave recovery; refused (PermanentError) when `node` is not in
-        recovery."""
+    def promote(self, node: Node, *, timeout: float,
+                queries: Sequence[str] = ()) -> Promoted:
+        """Promote the standby, waiting at most `timeout` seconds for it to leave recovery,
+        then, in the same session, read its state and run `queries` read-only (the
+        caller checks the state: a promotion that did not land in time is not raised
+        here). Raises `NotInRecovery` when `node` is not in recovery: nothing changed."""
+        ...
+
+    def stop(self, node: Node) -> Evidence:
+        """Stop the node's server cleanly (fast shutdown: its walsenders send what they have
+        first) and wait for it to exit; idempotent (a stopped node is reported `already`).
+        Evidence: its last checkpoint LSN (`lastLsn`) when it can be read; after a crash,
+        where its WAL ends (`walEnd`) when that can be read; `lastLsnFrom` says how."""
+        ...
+
+    def rewind(self, node: Node, *, source: Node) -> Evidence:
+        """`pg_rewind` the stopped `node` onto `source`'s timeline (`rewound`: false when no
+        rewind was needed). Raises `RewindFailed` when it cannot be rewound, PermanentError
+        when `node` is running."""
+        ...
+
+    def basebackup(self, node: Node, *, source: Node, aside: str) -> Evidence:
+        """Replace the stopped `node`'s data with a fresh base backup of `source`. The data
+        it had is moved aside (to `DATA.aside`), never deleted; a retry with the same
+        `aside` keeps what the first attempt moved there."""
+        ...
+
+    def follow(self, node: Node, *, source: Node) -> Evidence:
+        """Make the stopped `node` a streaming standby of `source` (standby.signal,
+        primary_conninfo, a SQL fence lifted: a standby refuses writes by being one) and
+        start it. Idempotent: a node in recovery already is reported `already`."""
+        ...
+
+    def unfence(self, node: Node, *, method: FenceMethod) -> Evidence:
+        """Undo a `sql` or `ssh-stop` fence of a primary: it takes writes again (read-only
+        lifted, or started as it was). Idempotent (`already`); for a failback that fenced
+        the promoted node and then could not switch."""
         ...
 
     def query(self, node: Node, sql: str) -> str:
@@ -133,4 +189,12 @@ class Database(Protocol):
         """For `failoverctl ready`: a read-only, harmless check that this backend can act
         now; returns what it found, raises when it cannot. Default None: nothing to check
         beyond building the backend."""
+        return None
+
+
+def state_or_none(db: Database, node: Node) -> NodeState | None:
+    """The node's state, or None when it does not answer (`Unreachable`)."""
+    try:
+        return db.state(node)
+    except Unreachable:
         return None

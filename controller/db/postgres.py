@@ -1,12 +1,18 @@
 """PostgreSQL primary and streaming standby (`kind: postgres`, role `database`).
 
-Owns how the promote step reaches real servers: SQL through `psql` on the controller's
-host (as the PostgreSQL probe does: every authentication method and TLS mode, the
-password only in psql's environment), and the `ssh-stop` fence over SSH with the host key
-pinned (`controller.backups.hosts.SshHost`; `LocalHost` for a node without `ssh`).
+Owns how the promote and db-failback steps reach real servers: SQL through `psql` on the
+controller's host (as the PostgreSQL probe does: every authentication method and TLS
+mode, the password only in psql's environment), and what needs the node's data directory
+(the `ssh-stop` fence, `stop`, `rewind`, `basebackup`, `follow`: `controller.db.pghost`)
+over SSH with the host key pinned (`controller.backups.hosts.SshHost`; `LocalHost` for a
+node without `ssh`).
 
-- **state**: one query: `pg_is_in_recovery()`, the timeline (the WAL receiver's, or the
-  current WAL file's on a primary: `pg_control_checkpoint()` lags a promotion), the LSN
+- **state**: one query: `pg_is_in_recovery()`, the timeline (a standby's: the newest of
+  its WAL receiver's, the newest history file in its pg_wal (the timeline it follows)
+  and its last restartpoint's, since a standby not streaming has no receiver and a
+  rewound one restarts at a checkpoint before the fork; a primary's: the current WAL
+  file's, as `pg_control_checkpoint()` lags a promotion; `pg_ls_waldir` needs a
+  superuser or `pg_monitor`), the LSN
   (`pg_last_wal_replay_lsn()` / `pg_current_wal_lsn()`), `pg_stat_wal_receiver.status`,
   the replay lag (0 when everything received is replayed, else the age of
   `pg_last_xact_replay_timestamp()`), `default_transaction_read_only`. A node whose
@@ -16,35 +22,64 @@ pinned (`controller.backups.hosts.SshHost`; `LocalHost` for a node without `ssh`
   to exit; then `pg_controldata` gives the shutdown checkpoint's LSN, the primary's last.
   A data directory without `postmaster.pid` is stopped already.
 - **fence sql**: `ALTER SYSTEM SET default_transaction_read_only = on`, reload, end every
-  other client session; the last LSN is read afterwards. Weaker than a stop (a client
+  other client session, then `pg_switch_wal()`, which writes out all WAL (a commit made
+  with `synchronous_commit = off` may still sit in the WAL buffers, past the write
+  position); the last LSN is read afterwards. Weaker than a stop (a client
   may still ask for a read-write transaction): prefer `ssh-stop` or a STONITH command.
 - **fence command**: the plan's argv on this host; its output is recorded.
-- **promote**: `pg_promote(wait => true, wait_seconds => N)`, refused on a node not in
-  recovery.
+- **promote**: one psql session: `pg_promote(wait => false)`, a wait that asks
+  `pg_is_in_recovery()` every 10 ms (`pg_promote`'s own wait, and `pg_ctl promote -w`'s,
+  look every 100 ms, which is most of what a promotion costs), the node's state, then
+  the caller's queries read-only: one process instead of one a call. PostgreSQL's
+  "recovery is not in progress" is `NotInRecovery` (nothing changed).
+- A **state** read of a node whose address refuses a connection (no socket file, or
+  nothing listening) is `Unreachable` without starting psql (the usual reading of a
+  crashed primary); any other connection fault is left to psql to describe.
+- **rewind**: the source is checkpointed first (a promoted node names its new timeline
+  in its control file only after one, and pg_rewind reads it there), then `pg_rewind`.
+- **follow** of a node that answers in recovery changes nothing.
+- **unfence**: `default_transaction_read_only = off` and a reload (sql), or a start
+  (ssh-stop).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import signal
+import secrets as tokens
+import socket
 import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups.hosts import CommandError, Host, LocalHost, SshHost, SshOptions
-from controller.db import Database, FenceMethod, Node, NodeState, Slot, Unreachable, lsn_text
+from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions
+from controller.db import (
+    Database,
+    FenceMethod,
+    Node,
+    NodeState,
+    NotInRecovery,
+    Promoted,
+    Slot,
+    Unreachable,
+    lsn_text,
+)
+from controller.db.pghost import ServerHost, conninfo
 from controller.model import Evidence, PermanentError
-from controller.plan import Duration
 from controller.probes.postgres import find_psql
+from controller.schema import Duration
 from controller.secrets import SecretRef, Secrets, redact
 
 SEP = "|"
 STATE_SQL = (
     "SELECT pg_is_in_recovery(), "
-    "CASE WHEN pg_is_in_recovery() THEN COALESCE((SELECT received_tli FROM "
-    "pg_stat_wal_receiver), (SELECT timeline_id FROM pg_control_checkpoint())) "
+    "CASE WHEN pg_is_in_recovery() THEN GREATEST((SELECT received_tli FROM "
+    "pg_stat_wal_receiver), (SELECT max(('x' || substr(name, 1, 8))::bit(32)::int) FROM "
+    "pg_ls_waldir() WHERE name ~ '^[0-9A-F]{8}[.]history$'), "
+    "(SELECT timeline_id FROM pg_control_checkpoint())) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
     "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
     "ELSE pg_current_wal_lsn() END - '0/0')::bigint, "
@@ -53,11 +88,13 @@ STATE_SQL = (
     "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
     "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, "
     "current_setting('default_transaction_read_only')")
+PROMOTE_POLL = 0.01  # seconds between pg_is_in_recovery() readings while promoting
+WAIT_SQL = ("DO $$BEGIN FOR i IN 1..{polls} LOOP EXIT WHEN NOT pg_is_in_recovery(); "
+            f"PERFORM pg_sleep({PROMOTE_POLL}); END LOOP; END$$")
 SLOTS_SQL = (
     "SELECT slot_name, active, COALESCE((CASE WHEN pg_is_in_recovery() THEN "
     "pg_last_wal_receive_lsn() ELSE pg_current_wal_lsn() END - restart_lsn)::bigint, 0) "
     "FROM pg_replication_slots ORDER BY slot_name")
-STOP_POLL = 0.1
 
 
 class PostgresDatabaseOptions(BaseModel):
@@ -68,7 +105,11 @@ class PostgresDatabaseOptions(BaseModel):
     sslmode: str | None = None
     psql: str | None = Field(None, description="path to psql; default: found on PATH")
     pg_bin: str = Field("/usr/lib/postgresql/15/bin", alias="pgBin",
-                        description="on the fenced host: where pg_controldata is")
+                        description="on a node's host: where pg_controldata, pg_rewind, "
+                        "pg_basebackup and pg_ctl are")
+    os_user: str = Field("postgres", alias="osUser", description="the OS user owning a "
+                         "node's data directory: server commands run as it (runuser, when "
+                         "the connection is root)")
     ssh: SshOptions | None = Field(None, description="how to reach nodes that name `ssh`")
     connect_timeout: Duration = Field(5.0, alias="connectTimeout")
     stop_timeout: Duration = Field(60.0, alias="stopTimeout", description="ssh-stop: how "
@@ -87,7 +128,22 @@ class PostgresDatabase(Database):
     # --- SQL ---------------------------------------------------------------------------------
 
     def _psql(self, node: Node, *statements: str, timeout: float = 60.0) -> list[list[str]]:
-        """Run each statement in one session; the rows of the last, split in columns."""
+        """Run each statement in one session; the rows they print, split in columns."""
+        return _rows(self._run(node, list(statements), timeout))
+
+    def _sections(self, node: Node, statements: list[str],
+                  timeout: float) -> list[list[list[str]]]:
+        """Run each statement in one session; the rows each printed, statement by
+        statement (a marker line is echoed before each)."""
+        mark = f"--failover-{tokens.token_hex(8)}--"
+        argv: list[str] = []
+        for sql in statements:
+            argv += [f"\\echo {mark}", sql]
+        out = self._run(node, argv, timeout).split(mark + "\n")[1:]
+        return [_rows(part) for part in out]
+
+    def _run(self, node: Node, statements: list[str], timeout: float) -> str:
+        """psql with each statement as a `-c`, in one session; what it printed."""
         o = self.options
         psql = o.psql or find_psql()
         if psql is None:
@@ -114,13 +170,13 @@ class PostgresDatabase(Database):
             raise Unreachable(f"{node.describe()} does not answer: {err}")
         if proc.returncode != 0:
             raise PermanentError(f"{node.describe()}: psql exited {proc.returncode}: {err}")
-        return [line.split(SEP) for line in proc.stdout.splitlines() if line]
+        return proc.stdout
 
     def state(self, node: Node) -> NodeState:
-        row = self._psql(node, STATE_SQL)[0]
-        return NodeState(in_recovery=row[0] == "t", timeline=int(row[1]), lsn=int(row[2]),
-                         streaming=row[3] == "streaming", lag_seconds=float(row[4]),
-                         read_only=row[5] == "on")
+        refused = _refused(node, self.options.connect_timeout)
+        if refused is not None:
+            raise Unreachable(f"{node.describe()} does not answer: {refused}")
+        return _state(self._psql(node, STATE_SQL)[0])
 
     def query(self, node: Node, sql: str) -> str:
         rows = self._psql(node, "SET default_transaction_read_only = on", sql)
@@ -129,7 +185,7 @@ class PostgresDatabase(Database):
     def slots(self, node: Node) -> list[Slot]:
         return [Slot(r[0], r[1] == "t", int(r[2])) for r in self._psql(node, SLOTS_SQL)]
 
-    # --- the fence ---------------------------------------------------------------------------
+    # --- the fence, and a node's server --------------------------------------------------
 
     def _host(self, node: Node) -> Host:
         if node.ssh is None:
@@ -140,19 +196,15 @@ class PostgresDatabase(Database):
                                  "knownHosts)")
         return SshHost(node.ssh, self.options.ssh, secrets=self.secrets, port=node.ssh_port)
 
-    def _data(self, node: Node) -> str:
-        if not node.data:
-            raise PermanentError(f"node {node.describe()}: an ssh-stop fence needs its data "
-                                 "directory (data: /var/lib/postgresql/15/main)")
-        return node.data
-
-    def _pid(self, host: Host, data: str) -> int | None:
+    @contextmanager
+    def _server(self, node: Node) -> Iterator[ServerHost]:
+        o = self.options
+        server = ServerHost(node, self._host(node), pg_bin=o.pg_bin, os_user=o.os_user,
+                            stop_timeout=o.stop_timeout)
         try:
-            found = host.run(["head", "-n", "1", f"{data}/postmaster.pid"], timeout=30,
-                             check=False)
-        except ConnectionError as exc:
-            raise Unreachable(str(exc)) from None
-        return int(found.out.strip()) if found.rc == 0 and found.out.strip() else None
+            yield server
+        finally:
+            server.close()
 
     def fence(self, node: Node, *, method: FenceMethod,
               command: list[str] | None = None) -> Evidence:
@@ -165,7 +217,7 @@ class PostgresDatabase(Database):
             done = LocalHost().run(command, timeout=self.options.stop_timeout)
             return {"method": method.value, "already": False,
                     "output": redact((done.out + done.err).strip()[-300:])}
-        return self._fence_stop(node)
+        return {"method": "ssh-stop", **self.stop(node)}
 
     def _fence_sql(self, node: Node) -> Evidence:
         before = self.state(node)
@@ -175,49 +227,50 @@ class PostgresDatabase(Database):
         self._psql(node, "ALTER SYSTEM SET default_transaction_read_only = on",
                    "SELECT pg_reload_conf()",
                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
-                   "backend_type = 'client backend' AND pid <> pg_backend_pid()")
+                   "backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                   "SELECT pg_switch_wal()")
         return {"method": "sql", "already": False, "lastLsn": lsn_text(self.state(node).lsn)}
 
-    def _fence_stop(self, node: Node) -> Evidence:
-        data = self._data(node)
-        host = self._host(node)
-        try:
-            pid = self._pid(host, data)
-            already = pid is None
-            if pid is not None:
-                fencing.check()
-                host.run(["kill", "-s", signal.SIGINT.name, str(pid)], timeout=30,
-                         check=False)
-                waited = 0.0
-                while host.run(["kill", "-0", str(pid)], timeout=30, check=False).rc == 0:
-                    if waited >= self.options.stop_timeout:
-                        raise RuntimeError(f"postmaster {pid} on {host.name} did not exit "
-                                           f"within {self.options.stop_timeout:g} s")
-                    fencing.pause(STOP_POLL)
-                    waited += STOP_POLL
-            last = self._last_checkpoint(host, data)
-        except ConnectionError as exc:
-            raise Unreachable(str(exc)) from None
-        finally:
-            host.close()
-        out: Evidence = {"method": "ssh-stop", "already": already, "host": host.name}
-        if pid is not None:
-            out["pid"] = pid
-        if last is not None:
-            out["lastLsn"] = last
-        return out
+    def stop(self, node: Node) -> Evidence:
+        with self._server(node) as server:
+            return server.stop()
 
-    def _last_checkpoint(self, host: Host, data: str) -> str | None:
-        """The stopped cluster's last checkpoint LSN (its shutdown checkpoint)."""
+    def unfence(self, node: Node, *, method: FenceMethod) -> Evidence:
+        if method is FenceMethod.SSH_STOP:
+            with self._server(node) as server:
+                return server.start()
+        if method is not FenceMethod.SQL:
+            raise PermanentError(f"a {method.value} fence is undone by a person, not here")
+        if not self.state(node).read_only:
+            return {"already": True}
+        fencing.check()
+        self._psql(node, "ALTER SYSTEM SET default_transaction_read_only = off",
+                   "SELECT pg_reload_conf()")
+        return {"already": False}
+
+    def _source(self, source: Node) -> str:
+        return conninfo(source, self.options.user, self.options.database)
+
+    def rewind(self, node: Node, *, source: Node) -> Evidence:
+        # a promoted source names its new timeline in its control file only after a
+        # checkpoint: without one pg_rewind sees one timeline and rewinds nothing
+        fencing.check()
+        self._psql(source, "CHECKPOINT")
+        with self._server(node) as server:
+            return server.rewind(self._source(source))
+
+    def basebackup(self, node: Node, *, source: Node, aside: str) -> Evidence:
+        with self._server(node) as server:
+            return server.basebackup(self._source(source), aside)
+
+    def follow(self, node: Node, *, source: Node) -> Evidence:
         try:
-            found = host.run([f"{self.options.pg_bin}/pg_controldata", "-D", data],
-                             timeout=60)
-        except (CommandError, PermanentError):
-            return None
-        for line in found.out.splitlines():
-            if line.startswith("Latest checkpoint location:"):
-                return line.split(":", 1)[1].strip()
-        return None
+            if self.state(node).in_recovery:
+                return {"already": True}
+        except Unreachable:
+            pass  # stopped: started below
+        with self._server(node) as server:
+            return server.follow(self._source(source))
 
     def check_fence(self, node: Node, *, method: FenceMethod,
                     command: list[str] | None = None, dry_run: bool = False) -> str:
@@ -233,30 +286,66 @@ class PostgresDatabase(Database):
             if not os.access(command[0], os.X_OK):
                 raise PermanentError(f"fence command {command[0]} is not an executable file")
             return f"{command[0]} is executable"
-        host = self._host(node)
-        try:
-            pid = self._pid(host, self._data(node))
-        finally:
-            host.close()
+        with self._server(node) as server:
+            pid = server.pid()
         if pid is None:
-            raise RuntimeError(f"no postmaster.pid in {node.data} on {host.name}: is "
+            raise RuntimeError(f"no postmaster.pid in {node.data} on {server.host.name}: is "
                                "PostgreSQL running there?")
-        return f"{host.name} answers over SSH; postmaster {pid} running"
+        return f"{server.host.name} answers over SSH; postmaster {pid} running"
 
-    def promote(self, node: Node, *, timeout: float) -> Evidence:
-        if not self.state(node).in_recovery:
-            raise PermanentError(f"{node.describe()} is not in recovery: there is nothing "
-                                 "to promote")
+    def promote(self, node: Node, *, timeout: float,
+                queries: Sequence[str] = ()) -> Promoted:
+        polls = max(1, math.ceil(timeout / PROMOTE_POLL))
+        statements = ["SELECT pg_promote(false)", WAIT_SQL.format(polls=polls), STATE_SQL]
+        if queries:
+            statements += ["SET default_transaction_read_only = on", *queries]
         fencing.check()
-        wait = max(1, math.ceil(timeout))
-        rows = self._psql(node, f"SELECT pg_promote(true, {wait})", timeout=wait + 30)
-        if not rows or rows[0][0] != "t":
-            raise RuntimeError(f"{node.describe()}: pg_promote did not finish within "
-                               f"{wait} s")
-        return {"promoted": True}
+        try:
+            said = self._sections(node, statements, timeout=timeout + 60)
+        except PermanentError as exc:
+            if "recovery is not in progress" in str(exc):
+                raise NotInRecovery(f"{node.describe()} is not in recovery: there is "
+                                    "nothing to promote") from None
+            raise
+        return Promoted(_state(said[2][0]),
+                        [SEP.join(rows[0]) if rows else "" for rows in said[4:]])
 
     def ready(self) -> str | None:
         if (self.options.psql or find_psql()) is None:
             raise PermanentError("psql not found; install the PostgreSQL client")
         return None
 
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [line.split(SEP) for line in out.splitlines() if line]
+
+
+def _state(row: list[str]) -> NodeState:
+    """A row of STATE_SQL."""
+    return NodeState(in_recovery=row[0] == "t", timeline=int(row[1]), lsn=int(row[2]),
+                     streaming=row[3] == "streaming", lag_seconds=float(row[4]),
+                     read_only=row[5] == "on")
+
+
+def _refused(node: Node, timeout: float) -> str | None:
+    """Why `node`'s address takes no connection now (refused, no socket file, no answer
+    within `timeout`); None when it accepts one or fails otherwise (psql then says how).
+    The connection is closed before a startup packet: the server forks a backend that
+    exits, and logs nothing of it (unless log_connections is on)."""
+    if "," in node.host:
+        return None  # a libpq host list: psql tries each
+    try:
+        if node.host.startswith("/"):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(timeout)
+                sock.connect(f"{node.host}/.s.PGSQL.{node.port}")
+        else:  # every address the name has, as libpq tries them
+            socket.create_connection((node.host, node.port), timeout).close()
+    except TimeoutError:  # psql would wait as long, again, then fail alike
+        return f"no connection within {timeout:g} s"
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        return exc.strerror or type(exc).__name__
+    except OSError:
+        pass  # a name that does not resolve, a route...: psql says which
+    return None

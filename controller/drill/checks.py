@@ -14,7 +14,17 @@ from outside the controller, the way a user or an auditor would see it:
 - `notices`: the SMTP server (and the webhook receiver for IM/SMS) received the run's
   notices at the expected level, addressed to exactly that level's recipients, over
   STARTTLS with a login; no other level's recipients heard of the run;
-- `database`: dc-a's primary PostgreSQL answers again (after a database fault).
+- `database`: dc-a's primary PostgreSQL answers again (after a database fault);
+- `promoted` (after the failover, with the sandbox's standby): the promote step fenced
+  dc-a and promoted dc-b (its timeline, LSN reached, the primary's last LSN, bytes lost),
+  measured on dc-b itself (writable, on the new timeline, dc-a not answering); then the
+  app writes `writes` orders at dc-b, one transaction each, and the checks keep their ids,
+  their sum and dc-b's LSN after the last commit;
+- `databaseHome` (after the failback): the failback's `db-failback` step brought the
+  database home before any traffic or DNS revert began; dc-a is the writable primary
+  again and holds every order written at dc-b during the incident (ids and sum); its LSN
+  is past dc-b's last incident commit; dc-b is in recovery, streaming from dc-a, and
+  holds them too.
 A condition that converges (a DNS server catching up after a repair) is polled until it
 holds or `settle` runs out. Details name what was seen, never a secret.
 """
@@ -57,6 +67,12 @@ class RestoreExpect(BaseModel):
                                  "backup's location must match, e.g. the off-site bucket")
 
 
+class PromotedExpect(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    writes: int = Field(100, ge=1, le=100_000, description="orders the app writes at the "
+                        "promoted dc-b during the incident, one transaction each")
+
+
 class NoticeExpect(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     level: int = Field(ge=1, le=4)
@@ -73,6 +89,11 @@ class WorldExpect(BaseModel):
     restore: RestoreExpect | None = None
     notices: NoticeExpect | None = None
     database: Site | None = Field(None, description="dc-a: the primary database answers")
+    promoted: PromotedExpect | None = Field(None, description="dc-b's standby promoted "
+                                            "after fencing dc-a; the app writes there")
+    database_home: bool = Field(False, alias="databaseHome", description="the failback "
+                                "brought the database and every incident-time order home "
+                                "to dc-a, before traffic and DNS")
     settle: Duration = Field(15.0, description="how long a converging condition may take")
 
 
@@ -102,6 +123,7 @@ class WorldChecks:
                  after_failback: WorldExpect):
         self.sb, self.plan = sb, plan
         self.expect = {"failover": after_failover, "failback": after_failback}
+        self.incident: dict[str, Any] = {}  # the orders written at dc-b, and its LSN then
 
     def after_failover(self, report: dict[str, Any] | None) -> list[Check]:
         return self._run(self.expect["failover"], report)
@@ -120,6 +142,11 @@ class WorldChecks:
         if want.database:
             ok, detail = _poll(want.settle, self.primary_database)
             out.append(("dc-a database answers", ok, detail))
+        if want.promoted:
+            out.append(self.promoted(report))
+            out.append(self.incident_writes(want.promoted.writes))
+        if want.database_home:
+            out.append(self.database_home(report, want.settle))
         if want.restore:
             out.append(self.restore(report, want.restore))
         if want.notices:
@@ -185,6 +212,117 @@ class WorldChecks:
             return False, f"dc-a PostgreSQL on port {db.port}: {exc}"
         return True, f"dc-a PostgreSQL on port {db.port} answers: {count} orders"
 
+    def _servers(self) -> tuple[PostgresServer, PostgresServer]:
+        dbs = self.sb.databases  # a scenario expecting a promotion has a standby
+        assert dbs is not None and dbs.primary is not None and dbs.standby is not None
+        return dbs.primary, dbs.standby
+
+    def promoted(self, report: dict[str, Any] | None) -> Check:
+        name = "dc-a fenced and dc-b's standby promoted"
+        step = _step(report, "promote")
+        if step is None or step["status"] != "succeeded":
+            return name, False, "no promote step ran" if step is None else \
+                f"{step['name']} {step['status']}: {step['error']}"
+        ev = step["evidence"]
+        primary, standby = self._servers()
+        problems = []
+        try:
+            recovery, timeline, lsn = standby.psql(  # the WAL file's timeline, not the
+                # last checkpoint's (which lags a promotion)
+                "SELECT pg_is_in_recovery(), ('x' || substr(pg_walfile_name("
+                "pg_current_wal_lsn()), 1, 8))::bit(32)::int, pg_current_wal_lsn()").split("|")
+        except ServerError as exc:
+            return name, False, f"dc-b PostgreSQL on port {standby.port}: {exc}"
+        if recovery != "f" or timeline != str(ev.get("timeline")):
+            problems.append(f"dc-b in recovery: {recovery}, on timeline {timeline}")
+        try:
+            primary.psql("SELECT 1")
+        except ServerError:
+            fenced = True  # what a fenced primary does: answer nothing
+        else:
+            fenced = False
+            problems.append(f"dc-a still answers SQL on port {primary.port}: two primaries")
+        fence = ev.get("fence", {})
+        how = "down already" if fence.get("already") else "stopped now"
+        detail = (f"dc-a fenced by {fence.get('how')} ({how}); dc-b promoted "
+                  f"to timeline {ev.get('timeline')} at LSN {ev.get('lsnReached')} "
+                  f"(dc-a's last LSN {ev.get('primaryLastLsn') or 'unknown'}, "
+                  f"{ev.get('rpoBytes', '-')} bytes lost); dc-b now writable on timeline "
+                  f"{timeline} at {lsn}" + ("; dc-a answers no SQL" if fenced else ""))
+        return name, not problems, ("; ".join(problems) + " — " if problems else "") + detail
+
+    def incident_writes(self, count: int) -> Check:
+        """The app's orders at dc-b during the incident, one commit each."""
+        name = f"the app writes {count} orders at dc-b during the incident"
+        _, standby = self._servers()
+        first = self.sb.options.rows + 1
+        last = first + count - 1
+        try:
+            standby.psql(f"DO $$ BEGIN FOR i IN {first}..{last} LOOP INSERT INTO orders "
+                         "(id, amount) VALUES (i, i % 97 + 1); COMMIT; END LOOP; END $$")
+            got, total, lsn = standby.psql(
+                f"SELECT count(*), COALESCE(sum(amount), 0)::bigint, pg_current_wal_lsn() "
+                f"FROM orders WHERE id BETWEEN {first} AND {last}").split("|")
+        except ServerError as exc:
+            return name, False, f"dc-b PostgreSQL on port {standby.port}: {exc}"
+        want = sum(i % 97 + 1 for i in range(first, last + 1))
+        self.incident = {"first": first, "last": last, "sum": want, "lsn": lsn}
+        ok = got == str(count) and total == str(want)
+        return name, ok, (f"{got} orders (ids {first}-{last}, amounts summing to {total}, "
+                          f"want {want}) committed at dc-b, its LSN then {lsn}")
+
+    def database_home(self, report: dict[str, Any] | None, settle: float) -> Check:
+        name = "every order written at dc-b during the incident is home at dc-a"
+        if not self.incident:
+            return name, False, "no orders were written at dc-b during the incident"
+        step = _step(report, "db-failback")
+        if step is None or step["status"] != "succeeded":
+            return name, False, ("the failback ran no db-failback step: dc-a was not "
+                                 "rebuilt" if step is None else
+                                 f"{step['name']} {step['status']}: {step['error']}")
+        early = [s["name"] for s in (report or {}).get("steps", [])
+                 if s["index"] != step["index"] and s["startedAt"] is not None
+                 and s["startedAt"] < (step["finishedAt"] or 0)]
+        ok, detail = _poll(settle, self._home)
+        if early:
+            ok, detail = False, f"{', '.join(early)} began before the database was home — " \
+                                f"{detail}"
+        return name, ok, detail
+
+    def _home(self) -> tuple[bool, str]:
+        primary, standby = self._servers()
+        first, last, lsn = self.incident["first"], self.incident["last"], self.incident["lsn"]
+        at = ("CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE "
+              "pg_current_wal_lsn() END")
+        sql = (f"SELECT pg_is_in_recovery(), count(*), COALESCE(sum(amount), 0)::bigint, {at}, "
+               f"{at} >= '{lsn}', COALESCE((SELECT status || ' from port ' || sender_port "
+               f"FROM pg_stat_wal_receiver), 'no WAL receiver') FROM orders "
+               f"WHERE id BETWEEN {first} AND {last}")
+        want = (str(last - first + 1), str(self.incident["sum"]))
+        problems, seen = [], []
+        for site, server, role in (("dc-a", primary, "f"), ("dc-b", standby, "t")):
+            try:
+                recovery, count, total, at_lsn, past, receiver = server.psql(sql).split("|")
+            except ServerError as exc:
+                problems.append(f"{site} on port {server.port}: {exc}")
+                continue
+            what = "primary" if recovery == "f" else f"standby ({receiver})"
+            seen.append(f"{site} {what} at LSN {at_lsn} holds {count} of them (sum {total})")
+            if recovery != role:
+                problems.append(f"{site} is {'not ' if role == 'f' else ''}the writable "
+                                "primary")
+            if (count, total) != want:
+                problems.append(f"{site} holds {count} of {want[0]} orders (sum {total}, "
+                                f"want {want[1]})")
+            if past != "t":
+                problems.append(f"{site} at {at_lsn} is behind dc-b's last incident commit")
+            if role == "t" and receiver != f"streaming from port {primary.port}":
+                problems.append(f"dc-b does not stream from dc-a (port {primary.port}): "
+                                f"{receiver}")
+        detail = (f"orders {first}-{last} (sum {want[1]}) were committed at dc-b up to LSN "
+                  f"{lsn}; " + "; ".join(seen))
+        return not problems, ("; ".join(problems) + " — " if problems else "") + detail
+
     def restore(self, report: dict[str, Any] | None, want: RestoreExpect) -> Check:
         name = "restored data passes validation" + (", from an older verified backup"
                                                     if want.fallback else "")
@@ -208,7 +346,8 @@ class WorldChecks:
             seen.append(f"{q['name'].split(': ')[-1]} = {value}")
             if value != q["expect"]:
                 problems.append(f"{q['name']}: {value} != {q['expect']}")
-        newest = self.sb.backups[0].id if self.sb.backups else None
+        backups = self.sb.stores.backups
+        newest = backups[0].id if backups else None
         chosen, why = ev.get("chosen"), str(ev.get("why", ""))
         if want.fallback and (chosen == newest or "skipped newer" not in why):
             problems.append(f"expected a fall back past the newest backup {newest}, "
@@ -297,3 +436,7 @@ class WorldChecks:
             return urlsplit(Path(url["fromFile"]).read_text().strip()).path
         return None
 
+
+def _step(report: dict[str, Any] | None, action: str) -> dict[str, Any] | None:
+    """The report's first step of `action`, if it ran."""
+    return next((s for s in (report or {}).get("steps", []) if s["action"] == action), None)

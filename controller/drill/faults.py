@@ -8,7 +8,9 @@ for the log and the report) and their declarative form in a scenario (`FaultSpec
 - `slow-app` / `flap-app` / `channel-down`: the primary app answers the given channels
   after `delay`, every other request with 503, or always 503 (see `drill.app`);
 - `kill-db`: immediate shutdown (SIGQUIT, like a crash) of dc-a's PostgreSQL by its
-  PID; repair starts it again (crash recovery);
+  PID; repair starts it again (crash recovery), unless dc-b's standby was promoted
+  meanwhile: dc-a then stays down (never two writable primaries), for the failback to
+  rebuild it as dc-b's standby;
 - `corrupt-backup`: flip one byte of the newest backup's stored payload in S3, then
   re-verify it as the periodic verification would: it is marked failed (checksum
   mismatch), so a restore must fall back to an older verified backup; there is nothing
@@ -116,8 +118,11 @@ class KillDb:
         return f"dc-a PostgreSQL (pid {pid}) crashed (immediate shutdown)"
 
     def clear(self) -> str:
-        db = self.sb.db
-        assert db is not None
+        db, dbs = self.sb.db, self.sb.databases
+        assert db is not None and dbs is not None
+        if dbs.promoted():
+            return ("dc-a's database host repaired; its PostgreSQL stays down: dc-b was "
+                    "promoted, and the failback rebuilds dc-a as dc-b's standby")
         db.start()
         return f"dc-a PostgreSQL started again after crash recovery (pid {db.pid})"
 
@@ -127,7 +132,7 @@ class CorruptBackup:
         self.sb = sb
 
     def inject(self) -> str:
-        from controller.drill.sandbox import DATASET
+        from controller.drill.stores import DATASET
 
         store = self.sb.store()
         newest = store.list(dataset=DATASET)[0]
@@ -137,7 +142,7 @@ class CorruptBackup:
         data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
         data[len(data) // 2] ^= 0x01
         client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
-        result = self.sb.verifier().verify(backup=newest, actor="verifier:periodic")
+        result = self.sb.stores.verifier().verify(backup=newest, actor="verifier:periodic")
         state = "failed" if not result["passed"] else "still PASSED (unexpected)"
         return (f"newest backup {newest.id}: one byte flipped in s3://{bucket}/{key}; "
                 f"re-verification {state}: {result['summary']}")
@@ -161,7 +166,7 @@ class SwapPayloads:
         return f"s3://{bucket}/{keys[0]} and s3://{bucket}/{keys[1]}"
 
     def inject(self) -> str:
-        from controller.drill.sandbox import DATASET
+        from controller.drill.stores import DATASET
 
         listed = self.sb.store().list(dataset=DATASET)
         if len(listed) < 3:

@@ -150,3 +150,12 @@ def naming(directory: Path) -> list[dict[str, Any]]:
             if any(needle in arg + "/" for arg in args) and alive(int(entry.name)):
                 found.append({"pid": int(entry.name), "command": " ".join(args)[:160]})
     return found
+
+
+def command(pid: int) -> str:
+    """The process's command line (first 160 characters; empty once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(
+            errors="replace").replace("\0", " ").strip()[:160]
+    except OSError:
+        return ""

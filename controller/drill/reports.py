@@ -164,8 +164,10 @@ def to_markdown(verdict: dict[str, Any]) -> str:
     obj = verdict.get("objectives") or {}
     lines.append(_objective("RTO", obj.get("rto"), "detection to the last failover step"
                             if obj.get("rto") else "the failover did not end FailedOver"))
-    lines.append(_objective("RPO", obj.get("rpo"), "age of the restored data"
-                            if obj.get("rpo") else "no database was restored"))
+    rpo = obj.get("rpo")
+    lines.append(_objective("RPO", rpo, "no database was restored or promoted" if not rpo
+                            else "age of the restored data" if rpo.get("backup")
+                            else "replication lag of the promoted standby"))
     if "injectedAt" in timeline and "detectedAt" in timeline:
         inj, det, trip = timeline["injectedAt"], timeline["detectedAt"], timeline["trippedAt"]
         lines.append(f"- Detection: fault injected at {_clock(inj)}, detected "

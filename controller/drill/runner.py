@@ -150,7 +150,7 @@ def _ticks(engine: Engine, scheduler: ProbeScheduler, until: tuple[Phase, ...], 
     deadline = started + timeout
     last: tuple[Phase, DecisionState] | None = None
     while True:
-        time.sleep(interval)
+        scheduler.news.wait(interval)  # a failing probe round runs a cycle at once
         state = engine.tick(scheduler.drain())
         signame = stop() if stop else None
         if signame:
@@ -174,7 +174,8 @@ def _fmt(seconds: float | None) -> str:
 def objectives(rep: dict[str, Any] | None, expect: Expectations | None) -> dict[str, Any]:
     """RTO and RPO achieved against the plan: RTO = detection to the last step done, for
     a failover that ended FailedOver (a failed one recovered nothing); RPO = the age of
-    the restored data (the restore step's evidence)."""
+    the restored data (the restore step's evidence), or the replication lag a promoted
+    standby had (the promote step's)."""
     out: dict[str, Any] = {"rto": None, "rpo": None}
     if rep is None:
         return out
@@ -191,15 +192,16 @@ def objectives(rep: dict[str, Any] | None, expect: Expectations | None) -> dict[
                       else "largest step target of the plan"}
     for s in steps:
         ev = s["evidence"] or {}
-        if "rpoSeconds" in ev:  # a restore: the data it brought back is this old
+        if "rpoSeconds" in ev:  # a restore, a promotion: the data it brought back is this old
             budget = expect.rpo if expect and expect.rpo is not None else ev.get(
                 "rpoBudgetSeconds")
             out["rpo"] = {"achievedSeconds": ev["rpoSeconds"], "targetSeconds": budget,
                           "met": None if budget is None else ev["rpoSeconds"] <= budget,
-                          "step": s["name"], "backup": ev.get("backup"),
-                          "dataAsOf": ev.get("dataAsOf"),
+                          "step": s["name"],
                           "source": "scenario" if expect and expect.rpo is not None
-                          else "restore target's rpo"}
+                          else "restore target's rpo" if s["action"] == "restore"
+                          else f"{s['action']} step's rpo"}
+            out["rpo"] |= {k: ev[k] for k in ("backup", "dataAsOf") if ev.get(k)}
     return out
 
 
@@ -445,7 +447,8 @@ def _run(engine: Engine, fault: Fault, verdict: dict[str, Any], *, echo: Echo, a
 
 class Signals:
     """`with Signals(echo) as stop:` SIGINT, SIGTERM and SIGHUP raise `Interrupted` once;
-    a later one is noted and ignored, so putting the world back is not cut short. `stop()`
+    a later one is noted and ignored — until the process exits, once one was taken — so
+    neither putting the world back nor the exit code it ends with is cut short. `stop()`
     names the signal (for `run_drill(stop=...)`). Only the main thread can take signals:
     elsewhere nothing is installed."""
 
@@ -464,14 +467,17 @@ class Signals:
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            # once a signal asked for a stop, the process is on its way out with that
+            # signal's exit code: a later one is ignored, never fatal — SIG_IGN, since the
+            # interpreter puts SIG_DFL back for a Python handler while it shuts down
+            signal.signal(sig, signal.SIG_IGN if self.signame else handler)
         self._previous = {}
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         name = signal.Signals(signum).name
         if self.signame:
-            print(f"drill: {name} again; still putting the world back, please wait",
-                  file=sys.stderr, flush=True)
+            print(f"drill: {name} again; still stopping (the world is put back first), "
+                  "please wait", file=sys.stderr, flush=True)
             return
         self.signame = name
         raise Interrupted(name)

@@ -8,13 +8,11 @@ machine exercises the same backends as production and leaves nothing behind:
   faults per channel;
 - **DNS** (`servers.bind`): a BIND primary taking TSIG-signed RFC 2136 updates and
   secondaries fed by NOTIFY + zone transfer, serving `www.example.test`;
-- **databases** (`servers.postgres`): the primary PostgreSQL of dc-a with the `orders`
-  data set; its base backups go encrypted into moto's S3 server (`servers.moto`) and are
-  verified (checksums, decrypt, pg_verifybackup, test restore) before the drill starts;
-- **off-site store**: a second moto S3 endpoint (bucket `dc-b-offsite`, its own S3 keys
-  and encryption key) holding a re-encrypted, read-back copy of every verified backup
-  (`backups.offsite`), so a drill can lose dc-a's store and restore from the copy
-  (moto keeps one state per process: the endpoints differ, the buckets keep them apart);
+- **databases** (`drill.databases`): the primary PostgreSQL of dc-a with the `orders`
+  data set and, with `standby: true`, its streaming standby at dc-b, dc-a's host
+  reached over SSH (its own sshd, pinned host key) for the fence, and a STONITH hook;
+- **backup stores** (`drill.stores`): dc-a's encrypted, verified base backups in moto's
+  S3 server and their read-back copies in a second, off-site S3 endpoint;
 - **dc-b database host** (`servers.sshd`): reached over SSH with a pinned host key; the
   drill restores the chosen backup into a data directory there;
 - **notices**: an SMTP server with STARTTLS and AUTH (`servers.mail`) and a webhook
@@ -24,21 +22,21 @@ Every secret (TSIG key, S3 keys, backup key, SSH key, SMTP password, webhook URL
 their tokens) is a file under the sandbox directory, referenced by `fromFile`. Startup
 runs the independent servers concurrently. `stop()` (also run on failure, on SIGINT,
 SIGTERM and SIGHUP, which raise `Interrupted`) stops only what the sandbox started, each
-by its PID: the restored PostgreSQL (the PID in the postmaster.pid of the sandbox's own
-data directory), each server (the in-process ones, moto, SMTP and webhook, through their
-handles), then whatever those servers started that outlived them (found below their PIDs
-before they were stopped, e.g. an SSH session's restore script), a PID only while it
-still names the same process (its start time). It then checks every recorded PID is gone
-and every recorded port refuses connections, and records what it found in `teardown`;
-other processes naming the directory are reported there (`leftAlone`), never signalled.
-A directory given with files in it is refused and then left exactly as it was. A second
-signal during teardown is noted and ignored, so cleanup finishes.
+by its PID: every PostgreSQL running in one of the sandbox's own data directories,
+whoever started it (the PID in its postmaster.pid: `drill.databases`), each server (the
+in-process ones, moto, SMTP and webhook, through their handles), then whatever those
+servers started that outlived them (found below their PIDs before they were stopped,
+e.g. an SSH session's restore script), a PID only while it still names the same process
+(its start time). It then checks every recorded PID is gone and every recorded port
+refuses connections, and records what it found in `teardown`; other processes naming
+the directory are reported there (`leftAlone`), never signalled. A directory given with
+files in it is refused and then left exactly as it was. A second signal during teardown
+is noted and ignored, so cleanup finishes.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import os
 import secrets as random
 import shutil
@@ -56,24 +54,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.drill import processes
+from controller.drill.databases import Databases
 from controller.drill.runner import Interrupted
 from controller.drill.servers.base import ServerError, free_port
 from controller.drill.servers.bind import BindServers
 from controller.drill.servers.haproxy import HaproxyServers
 from controller.drill.servers.mail import MailServer
-from controller.drill.servers.moto import MotoServer
 from controller.drill.servers.postgres import PostgresServer, give_to
 from controller.drill.servers.sshd import SshServer
 from controller.drill.servers.webhook import WebhookServer
-from controller.model import Backup
+from controller.drill.stores import DATASET, Stores, validation
 
 ZONE = "example.test."
 NAME = "www.example.test."
 SITES = {"primary": "dc-a", "backup": "dc-b"}
 ADDRESSES = {"dc-a": "192.0.2.10", "dc-b": "198.51.100.10"}
-DATASET = "orders"
-BUCKET = "dc-a-backups"
-OFFSITE_BUCKET = "dc-b-offsite"
 SMTP_USER = "failover-bot"
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -87,19 +82,8 @@ class SandboxOptions(BaseModel):
     backups: int = Field(1, ge=1, le=4, description="verified daily base backups to take")
     rows: int = Field(20000, ge=1, le=2_000_000, description="rows in the orders table")
     secondaries: int = Field(2, ge=1, le=4, description="secondary authoritative servers")
-
-
-def validation(rows: int) -> list[dict[str, Any]]:
-    """The checks a restored orders database must pass: consistency, integrity, business."""
-    revenue = sum(g % 97 + 1 for g in range(1, rows + 1))
-    return [
-        {"name": "consistency: orders row count", "sql": "SELECT count(*) FROM orders",
-         "expect": str(rows)},
-        {"name": "integrity: revenue matches the source",
-         "sql": "SELECT sum(amount)::bigint FROM orders", "expect": str(revenue)},
-        {"name": "business: newest order readable",
-         "sql": "SELECT id FROM orders ORDER BY id DESC LIMIT 1", "expect": str(rows)},
-    ]
+    standby: bool = Field(False, description="dc-b runs a streaming standby of dc-a's "
+                          "database, and dc-a's database host answers SSH (for the fence)")
 
 
 class Sandbox:
@@ -113,21 +97,16 @@ class Sandbox:
         self.echo, self.audit = echo, audit
         self.bind: BindServers | None = None
         self.edge: HaproxyServers | None = None
-        self.moto: MotoServer | None = None
-        self.offsite_moto: MotoServer | None = None
-        self.db: PostgresServer | None = None
         self.sshd: SshServer | None = None
         self.mail: MailServer | None = None
         self.hooks: WebhookServer | None = None
-        self.backups: list[Backup] = []  # newest first
-        self.offsite_copies: list[Backup] = []  # newest first
         self.files: dict[str, Path] = {}
+        self.stores = Stores(self.files, rows=self.options.rows, audit=audit)
+        self.databases: Databases | None = None
         self.restore_port = 0
         self.timings: dict[str, float] = {}
         self.teardown: dict[str, Any] = {}
         self.tokens: dict[str, str] = {}
-        self._store: Any = None
-        self._offsite_store: Any = None
         self._apps: set[str] = set()  # sites whose HAProxy server points at our app
         self._lock = threading.Lock()
         self._stopping = False
@@ -149,6 +128,11 @@ class Sandbox:
     @property
     def restore_socket(self) -> Path:
         return self.dir / "dc-b-host" / "db" / "sock"
+
+    @property
+    def db(self) -> PostgresServer | None:
+        """dc-a's primary PostgreSQL."""
+        return self.databases.primary if self.databases is not None else None
 
     @property
     def plan_file(self) -> Path:
@@ -180,6 +164,8 @@ class Sandbox:
                                   f"is mode {closed[0].stat().st_mode & 0o777:o}; pick a "
                                   "directory under /tmp or let others search that directory")
             self._secrets()
+            self.databases = Databases(self.dir, rows=self.options.rows,
+                                       standby=self.options.standby)
             self._start_all()
         except BaseException:
             self.stop()
@@ -189,7 +175,8 @@ class Sandbox:
 
     def _start_all(self) -> None:
         with ThreadPoolExecutor(max_workers=6, thread_name_prefix="sandbox") as pool:
-            moto = pool.submit(self._timed, "s3", self._start_moto)
+            moto = pool.submit(self._timed, "s3", self.stores.start,
+                               self.dir / "scratch")
             jobs: list[Future[None]] = [
                 moto,
                 pool.submit(self._timed, "dns", self._start_dns),
@@ -233,14 +220,6 @@ class Sandbox:
 
     def secret(self, name: str) -> str:
         return self.files[name].read_text().strip()
-
-    def _start_moto(self) -> None:
-        self.moto = MotoServer()
-        self.moto.start()
-        self.moto.client("s3").create_bucket(Bucket=BUCKET)
-        self.offsite_moto = MotoServer()
-        self.offsite_moto.start()
-        self.offsite_moto.client("s3").create_bucket(Bucket=OFFSITE_BUCKET)
 
     def _start_dns(self) -> None:
         self.bind = BindServers(zone=ZONE, secondaries=self.options.secondaries,
@@ -300,7 +279,9 @@ class Sandbox:
         self.sshd = SshServer(host / "ssh")
         self.sshd.start()
         self._secret_file("ssh-key", self.sshd.client_key.read_text())
-        self._secret_file("known_hosts", self.sshd.known_hosts)
+        dc_a = self.databases.start_host(self.sshd.client_key) if (
+            self.databases is not None and self.options.standby) else ""
+        self._secret_file("known_hosts", self.sshd.known_hosts + dc_a)
 
     def restart_sshd(self) -> int:
         """Start the dc-b host's sshd again on its port with its keys (after `cut-ssh`)."""
@@ -318,109 +299,25 @@ class Sandbox:
             self._secret_file(f"{kind}-webhook-url", self.hooks.url(f"/{kind}/{token}"))
 
     def _start_db(self, moto: Future[None]) -> None:
-        self.db = PostgresServer(self.dir / "dc-a-db")
-        self.db.init().start()
-        rows = self.options.rows
-        self.db.psql("CREATE TABLE orders (id int PRIMARY KEY, amount numeric NOT NULL, "
-                     "placed_at timestamptz NOT NULL DEFAULT now()); "
-                     f"INSERT INTO orders (id, amount) SELECT g, g % 97 + 1 "
-                     f"FROM generate_series(1, {rows}) g")
+        assert self.databases is not None
+        self.databases.start()
         moto.result()
-        self._take_backups()
-
-    # --- backups ---------------------------------------------------------------------------
-
-    def store_options(self) -> dict[str, Any]:
-        assert self.moto is not None
-        return {"bucket": BUCKET, "prefix": f"dc-a/{DATASET}", "endpointUrl": self.moto.endpoint,
-                "accessKeyId": {"fromFile": str(self.files["s3-access-key-id"])},
-                "secretAccessKey": {"fromFile": str(self.files["s3-secret-access-key"])},
-                "encryptionKey": {"fromFile": str(self.files["backup-key"])}}
-
-    def offsite_store_options(self) -> dict[str, Any]:
-        """The off-site store: another endpoint and bucket, with keys of its own."""
-        assert self.offsite_moto is not None
-        return {"bucket": OFFSITE_BUCKET, "prefix": f"dc-b/{DATASET}",
-                "endpointUrl": self.offsite_moto.endpoint,
-                "accessKeyId": {"fromFile": str(self.files["offsite-s3-access-key-id"])},
-                "secretAccessKey": {"fromFile": str(
-                    self.files["offsite-s3-secret-access-key"])},
-                "encryptionKey": {"fromFile": str(self.files["offsite-backup-key"])}}
+        assert self.db is not None
+        self.stores.take_backups(self.db, self.options.backups)
 
     def store(self) -> Any:
-        if self._store is None:
-            self._store = self._s3_store(self.store_options())
-        return self._store
-
-    def offsite_store(self) -> Any:
-        if self._offsite_store is None:
-            self._offsite_store = self._s3_store(self.offsite_store_options())
-        return self._offsite_store
-
-    def _s3_store(self, options: dict[str, Any]) -> Any:
-        from controller.backups.s3 import S3BackupStore
-        from controller.secrets import Secrets
-
-        return S3BackupStore(S3BackupStore.Options.model_validate(options), secrets=Secrets(),
-                             audit=self.audit)
-
-    def verifier(self) -> Any:
-        from controller.backups.verify import CatalogVerifier
-        from controller.secrets import Secrets
-
-        return CatalogVerifier(CatalogVerifier.Options.model_validate({
-            "store": {"kind": "s3", "options": self.store_options()},
-            "scratch": str(self.scratch()), "validation": validation(self.options.rows),
-            "actor": "sandbox:verify"}), secrets=Secrets(), audit=self.audit,
-            store=self.store())
+        """dc-a's backup store (`drill.stores`)."""
+        return self.stores.store()
 
     def scratch(self) -> Path:
-        path = self.dir / "scratch"
-        path.mkdir(exist_ok=True)
-        path.chmod(0o755)
-        return path
-
-    def _take_backups(self) -> None:
-        from controller.backups.take import take_basebackup
-
-        assert self.db is not None
-        store, verifier = self.store(), self.verifier()
-        taken: list[Backup] = []
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-verify") as pool:
-            checks = []
-            for _ in range(self.options.backups):
-                while taken and int(time.time()) <= int(taken[-1].taken_at):
-                    time.sleep(0.02)  # backup names carry whole seconds: one per second
-                taken.append(take_basebackup(
-                    store, dataset=DATASET, kind="daily", actor="sandbox:nightly",
-                    host=str(self.db.sock), port=self.db.port, scratch=str(self.scratch())))
-                checks.append(pool.submit(verifier.verify, backup=taken[-1]))
-            results = [c.result() for c in checks]
-        failed = [r for r in results if not r["passed"]]
-        if failed:
-            raise ServerError("a fresh backup failed verification: "
-                              + "; ".join(r["summary"] for r in failed))
-        self.backups = store.list(dataset=DATASET)
-        self._copy_offsite()
-
-    def _copy_offsite(self) -> None:
-        """Copy every verified backup to the off-site store and read it back there."""
-        from controller.backups.offsite import copy_offsite
-
-        store, offsite = self.store(), self.offsite_store()
-        for backup in self.backups:
-            copy = copy_offsite(store, offsite, backup, actor="sandbox:offsite")
-            if not copy.verified:
-                raise ServerError(f"the off-site copy of {backup.id} failed its check: "
-                                  f"{copy.verification}")
-        self.offsite_copies = offsite.list(dataset=DATASET)
+        return self.stores.scratch()
 
     # --- what the plan and the checks see --------------------------------------------------
 
     def variables(self) -> dict[str, Any]:
         """Everything a plan template may reference as `${name}`."""
-        edge, bind, sshd, mail = self.edge, self.bind, self.sshd, self.mail
-        assert edge and bind and sshd and mail and self.db
+        edge, bind, sshd, mail, stores = self.edge, self.bind, self.sshd, self.mail, self.stores
+        assert edge and bind and sshd and mail and self.databases
         return {
             "sandbox.dir": str(self.dir),
             "edge.url": edge.url(""), "edge.socket": str(edge.socket),
@@ -433,11 +330,11 @@ class Sandbox:
             "dns.nameservers": [{"address": s.address, "port": s.port, "name": s.name}
                                 for s in bind.servers],
             "dns.primaryAddress": ADDRESSES["dc-a"], "dns.backupAddress": ADDRESSES["dc-b"],
-            "db.primary.host": str(self.db.sock), "db.primary.port": self.db.port,
-            "backup.store": {"kind": "s3", "options": self.store_options()},
-            "backup.storeOptions": self.store_options(),
-            "backup.offsiteStore": {"kind": "s3", "options": self.offsite_store_options()},
-            "backup.offsiteStoreOptions": self.offsite_store_options(),
+            **self.databases.variables(),
+            "backup.store": {"kind": "s3", "options": stores.store_options()},
+            "backup.storeOptions": stores.store_options(),
+            "backup.offsiteStore": {"kind": "s3", "options": stores.offsite_store_options()},
+            "backup.offsiteStoreOptions": stores.offsite_store_options(),
             "backup.dataset": DATASET, "backup.scratch": str(self.scratch()),
             "backup.validation": validation(self.options.rows),
             "restore.host": "127.0.0.1", "restore.sshPort": sshd.port,
@@ -456,7 +353,7 @@ class Sandbox:
 
     def services(self) -> list[dict[str, Any]]:
         """What runs where: one row per server (pid None = a thread of this process)."""
-        edge, bind, sshd, db = self.edge, self.bind, self.sshd, self.db
+        edge, bind, sshd = self.edge, self.bind, self.sshd
         rows: list[dict[str, Any]] = []
 
         def add(where: str, what: str, pid: int | None, tcp: list[int], detail: str,
@@ -475,20 +372,15 @@ class Sandbox:
                 role = "primary, RFC 2136 + TSIG" if ns.primary else "secondary, NOTIFY + XFR"
                 add("dns", f"named {ns.name}", ns.pid, [ns.port], f"{ns.address}:{ns.port} "
                     f"{role}, zone {ZONE}", udp=[ns.port])
-        if db is not None and db.pid is not None:
-            add("dc-a", "postgresql (primary)", db.pid, [db.port],
-                f"127.0.0.1:{db.port} data {db.data}, table {DATASET}")
+        for site, service, pid, tcp, detail in (self.databases.services()
+                                                if self.databases is not None else []):
+            add(site, service, pid, tcp, detail)
         if sshd is not None and sshd.proc is not None:
             add("dc-b", "sshd (database host)", sshd.proc.pid, [sshd.port],
                 f"127.0.0.1:{sshd.port} host key pinned; restores into {self.restore_data} "
                 f"on port {self.restore_port}")
-        if self.moto is not None:
-            add("storage", "moto S3", None, [self.moto.port],
-                f"{self.moto.endpoint} bucket {BUCKET}, AES-256-GCM catalog")
-        if self.offsite_moto is not None:
-            add("storage", "moto S3 (off-site)", None, [self.offsite_moto.port],
-                f"{self.offsite_moto.endpoint} bucket {OFFSITE_BUCKET}, own key, copies "
-                "read back")
+        for service, port, detail in self.stores.services():
+            add("storage", service, None, [port], detail)
         if self.mail is not None:
             add("notices", "smtp", None, [self.mail.port],
                 f"{self.mail.host}:{self.mail.port} STARTTLS + AUTH")
@@ -501,13 +393,10 @@ class Sandbox:
         return {
             "dir": str(self.base), "kept": self.keep, "services": rows,
             "pids": sorted({r["pid"] for r in rows if r["pid"]}),
-            "tcpPorts": sorted({p for r in rows for p in r["tcp"]} | {self.restore_port} - {0}),
+            "tcpPorts": sorted({p for r in rows for p in r["tcp"]} | {self.restore_port}
+                               | (self.databases.ports() if self.databases else set()) - {0}),
             "udpPorts": sorted({p for r in rows for p in r["udp"]}),
-            "backups": [{"id": b.id, "kind": b.kind, "verified": b.verified,
-                         "verification": b.verification} for b in self.backups],
-            "offsiteCopies": [{"id": b.id, "location": b.location, "verified": b.verified}
-                              for b in self.offsite_copies],
-            "startupSeconds": self.timings, "teardown": self.teardown,
+            **self.stores.manifest(), "startupSeconds": self.timings, "teardown": self.teardown,
         }
 
     def describe(self) -> Iterator[str]:
@@ -516,11 +405,7 @@ class Sandbox:
         for r in self.services():
             pid = f"pid {r['pid']}" if r["pid"] else "in-process"
             yield f"  {r['site']:<8} {r['service']:<22} {pid:<11} {r['detail']}"
-        for b in self.backups:
-            yield f"  {'backups':<8} {b.id:<22} {'verified' if b.verified else 'NOT verified'}"
-        for b in self.offsite_copies:
-            yield f"  {'off-site':<8} {b.id:<22} {'verified' if b.verified else 'NOT verified'}" \
-                  f" {b.location}"
+        yield from self.stores.describe()
 
     # --- teardown --------------------------------------------------------------------------
 
@@ -531,8 +416,8 @@ class Sandbox:
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
     def _restore_signals(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        for sig, handler in self._previous.items():  # after a signal: a later one not fatal
+            signal.signal(sig, signal.SIG_IGN if self._interrupted else handler)
         self._previous = {}
 
     def interrupted(self) -> str | None:
@@ -553,7 +438,7 @@ class Sandbox:
 
         Only processes the sandbox started are signalled: its servers, whatever they
         started (found below their PIDs before they stop, e.g. an SSH session's restore
-        script) and the PostgreSQL a restore started in the sandbox's own data directory
+        script) and the PostgreSQL running in each of the sandbox's own data directories
         (the PID in its postmaster.pid, if that process still names the directory). A
         process that merely names the directory is reported (`leftAlone`), never stopped.
         A directory the sandbox refused (not empty) is not touched at all."""
@@ -578,21 +463,17 @@ class Sandbox:
                 errors.append(f"{what}: {exc}")
 
         below = processes.descendants([p for p in recorded["pids"] if p])
-        restored = self._restored_postmaster()
-        if restored is not None:
-            pid, when = restored
-            recorded["pids"].append(pid)
-            attempt("restored postgresql", functools.partial(
-                processes.stop_same, pid, when, signal.SIGINT))
+        dbs = self.databases
+        if dbs is not None:  # whoever started them: the sandbox, a rebuild, a restore
+            attempt("postgresql", lambda: recorded["pids"].extend(dbs.stop(self.restore_data)))
         for what, obj in (("edge", self.edge), ("dns", self.bind), ("sshd", self.sshd),
-                          ("postgresql", self.db), ("s3", self.moto),
-                          ("s3 off-site", self.offsite_moto), ("smtp", self.mail),
-                          ("webhook", self.hooks)):
+                          *self.stores.servers(),
+                          ("smtp", self.mail), ("webhook", self.hooks)):
             if obj is not None:
                 attempt(what, obj.stop)
         swept: list[dict[str, Any]] = []
         for pid, when in below.items():  # still there once their parents stopped
-            command = _command(pid)
+            command = processes.command(pid)
             try:
                 if processes.stop_same(pid, when):
                     swept.append({"pid": pid, "command": command})
@@ -615,20 +496,3 @@ class Sandbox:
             shutil.rmtree(self.dir, ignore_errors=True)
         self._restore_signals()
         return self.teardown
-
-    def _restored_postmaster(self) -> tuple[int, int] | None:
-        """The PostgreSQL a restore started in the sandbox's dc-b data directory: the PID
-        of its postmaster.pid, while that process still names the directory."""
-        pid = processes.postmaster(self.restore_data)
-        when = processes.started(pid) if pid is not None else None
-        if pid is None or when is None or str(self.restore_data) not in _command(pid):
-            return None
-        return pid, when
-
-
-def _command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(
-            errors="replace").replace("\0", " ").strip()[:160]
-    except OSError:
-        return ""

@@ -30,10 +30,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.drill import faults as fault_kinds
 from controller.drill.checks import WorldChecks, WorldExpect
+from controller.drill.databases import STANDBY_VARIABLES
 from controller.drill.reports import write_reports
 from controller.drill.runner import Echo, Expectations, run_drill
 from controller.drill.sandbox import ROOT, Sandbox, SandboxOptions
@@ -80,6 +81,15 @@ class ScenarioSpec(BaseModel):
     faults: list[fault_kinds.FaultSpec] = Field(min_length=1)
     warmup: Duration = Field(1.0, description="healthy probing before the fault")
     expect: ScenarioExpect = Field(default_factory=ScenarioExpect)
+
+    @model_validator(mode="after")
+    def _standby_checks_need_a_standby(self) -> ScenarioSpec:
+        e = self.expect
+        if (e.after_failover.promoted or e.after_failback.database_home) \
+                and not self.sandbox.standby:
+            raise ValueError("expect: `promoted` and `databaseHome` measure dc-b's standby: "
+                             "set `sandbox: {standby: true}`")
+        return self
 
 
 class DrillScenario(BaseModel):
@@ -163,8 +173,10 @@ def render(value: Any, variables: dict[str, Any], where: str = "") -> Any:
         return value
     for name in _PLACEHOLDER.findall(value):
         if name not in variables:
+            hint = ("; a standby's are there with `sandbox: {standby: true}` in the scenario"
+                    if name in STANDBY_VARIABLES else "")
             raise PlanError("template", [f"{where.lstrip('.')}: unknown placeholder "
-                                         f"${{{name}}}; the sandbox offers: "
+                                         f"${{{name}}}{hint}; the sandbox offers: "
                                          f"{', '.join(sorted(variables))}"])
     whole = _PLACEHOLDER.fullmatch(value)
     if whole:

@@ -2,6 +2,14 @@
 gated step, by an allowed approver, not older than `approval.expires`), and human
 (manual) steps, which open with their instructions and close when someone says done.
 
+Four eyes: with `approval.distinct` (unset: true when the plan's mode is manual) the
+person who requested a run may not approve it or its gated steps. An approval refused
+(not an approver, or the requester) is answered with a PermissionError naming why and
+what to do, and leaves an `approval-refused` audit row; an approval that does not count
+(one recorded before the plan changed, the requester's own request) is never counted.
+Who the person is, is proven elsewhere: the API server (manifests/deploy/admission-
+policy.yaml) or an SSH signature (controller/signing.py).
+
 Every input is a journal row; the lease holder acts on it on its next cycle. A human
 step that misses its target raises the run's level once.
 """
@@ -9,7 +17,10 @@ step that misses its target raises the run's level once.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
 
+from controller import signing
 from controller.engine.core import Core
 from controller.engine.deciding import Decider
 from controller.journal import Run
@@ -30,21 +41,88 @@ class People:
                                              level=level)
 
     def approve(self, run_id: str, *, actor: str, step: str = "") -> None:
-        if not self.may_approve(actor):
-            raise PermissionError(f"{actor} is not an approver of plan {self.core.name} "
-                                  f"(approvers: {', '.join(self._approvers())})")
+        """Record `actor`'s approval of the run (or of its gated `step`)."""
+        refused = self.refusal(run_id, actor, step=step)
+        if refused is not None:
+            self._refuse(run_id, actor, refused)
         self.core.journal.approve(run_id=run_id, step=step, actor=actor,
                                   at=self.core.clock.now())
+
+    def approve_signed(self, run_id: str, signature: Path, *, step: str = "",
+                       claimed: str | None = None) -> str:
+        """Record the approval signed in `signature` (controller.signing), by the key's
+        principal in `approval.allowedSigners`; returns who approved."""
+        core, unproven = self.core, claimed or "unknown signer"
+        allowed = core.plan.spec.approval.allowed_signers
+        if allowed is None:
+            self._refuse(run_id, unproven, f"plan {core.name} names no approval.allowedSigners "
+                         "to check a signature against: add one, or approve without "
+                         "--signature")
+        try:
+            signed = signing.verify(Path(allowed), signature, plan=core.name, run_id=run_id,
+                                    step=step, claimed=claimed)
+        except signing.SignatureRefused as exc:
+            self._refuse(run_id, unproven, str(exc))
+        refused = self.refusal(run_id, signed.signer, step=step, signed=True)
+        if refused is not None:
+            self._refuse(run_id, signed.signer, refused)
+        now = core.clock.now()
+        core.journal.approve(run_id=run_id, step=step, actor=signed.signer, at=now)
+        core.journal.audit(at=now, actor=signed.signer, action="approval-proven",
+                           plan=core.name, run_id=run_id, detail=signed.proof())
+        return signed.signer
+
+    def _refuse(self, run_id: str, actor: str, why: str) -> NoReturn:
+        core = self.core
+        core.journal.audit(at=core.clock.now(), actor=actor, action="approval-refused",
+                           plan=core.name, run_id=run_id, detail=why)
+        raise PermissionError(why)
 
     def may_approve(self, actor: str) -> bool:
         allowed = self._approvers()
         return not allowed or actor in allowed
 
+    def refusal(self, run_id: str, actor: str, *, step: str = "",
+                signed: bool = False) -> str | None:
+        """Why `actor` may not approve run `run_id` (None: they may); `signed`: their
+        approval is proven by a signature (controller.signing)."""
+        name = self.core.name
+        if not signed and self.core.plan.spec.approval.allowed_signers is not None:
+            return (f"plan {name} takes only signed approvals (approval.allowedSigners): "
+                    f"approve with failoverctl approve {run_id}"
+                    f"{' --step ' + step if step else ''} --signature FILE, made by: "
+                    f"{signing.how_to_sign(name, run_id, step)}")
+        if not self.may_approve(actor):
+            return (f"{actor} is not an approver of plan {name} (approvers: "
+                    f"{', '.join(self._approvers())}); ask one of them")
+        if actor == self._requester(run_id):
+            others = [a for a in self._approvers() if a != actor]
+            return (f"{actor} requested run {run_id} and may not also approve it: plan "
+                    f"{name} needs a second person (four eyes, approval.distinct); ask "
+                    f"{'one of ' + ', '.join(others) if others else 'another approver'}")
+        return None
+
+    def _requester(self, run_id: str) -> str | None:
+        """Who may not approve the run under four eyes (`approval.distinct`; unset: true
+        when the plan's mode is manual); None when anyone may."""
+        distinct = self.core.plan.spec.approval.distinct
+        if not (self.core.plan.spec.mode == "manual" if distinct is None else distinct):
+            return None
+        run = self.core.journal.run(run_id)
+        return None if run is None else run.requested_by
+
     def _approvers(self) -> list[str]:
         return self.core.plan.spec.approval.approvers
 
     def approvals(self, run_id: str, step: str) -> list[tuple[str, float]]:
-        """Approvals that count: by an allowed approver and not older than `expires`."""
+        """Approvals that count: by an allowed approver other than the requester (four
+        eyes), not older than `expires`."""
+        requester = self._requester(run_id)
+        return [(who, at) for who, at in self._fresh(run_id, step) if who != requester]
+
+    def _fresh(self, run_id: str, step: str) -> list[tuple[str, float]]:
+        """Inputs (approvals, or done for a human step) by an allowed approver, not older
+        than `expires`."""
         expires = self.core.plan.spec.approval.expires
         now = self.core.clock.now()
         return [(who, at) for who, at in self.core.journal.approvals_at(run_id, step)
@@ -82,7 +160,7 @@ class People:
             rec.status = StepStatus.AWAITING_PERSON
             rec.evidence = {"instructions": step_kind(step.action).instructions(step)}
             core.journal.save_step(rec, holder=core.as_holder)
-        done = self.approvals(run.id, step.name)
+        done = self._fresh(run.id, step.name)  # the requester may say done
         if done:
             who, at = done[0]
             return self._finish_human(run, step, rec, who, at)

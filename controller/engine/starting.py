@@ -90,8 +90,8 @@ class Starter:
             approved=not needs_approval, request_id=req["id"] if req else None,
             holder=core.as_holder)
         core.did.append(Started(run.id, kind, run.origin))
-        for who in approvals:
-            if needs_approval and self.people.may_approve(who):
+        for who in approvals:  # a request is its requester's approval, unless four eyes
+            if needs_approval and self.people.refusal(run.id, who) is None:
                 core.journal.approve(run_id=run.id, step="", actor=who, at=now)
         if kind == "failover":
             self.store.save(st, policy=policy.start_cooldown(pol, core.plan, now).to_json())

@@ -25,7 +25,8 @@ reconcile loop waiting on `news.wait(tick)` runs a cycle at once instead of at i
 tick: detection then costs the probes' own `interval x consecutiveFailures`, not up to a
 tick more (tests/benchmarks/bench_rto.py --fast). Good rounds of a healthy target are no
 news and wake nothing, so a quiet plan is reconciled on its tick as before. One `News`
-may be shared by several schedulers (one loop over several plans).
+may be shared by several schedulers (one loop over several plans); one with `on_tell`
+calls it on every news (the operator queues that plan, and only that plan, at once).
 
 Host names are looked up on the loop by one `ProbeResolver` (the process-wide one unless
 given), handed to every probe that has `use_resolver` and to the shared HTTP session: a
@@ -147,11 +148,17 @@ class News:
     loop waits on it between cycles. Thread-safe: told on the probe loop's thread, waited
     on by the loop's."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_tell: Callable[[], None] | None = None) -> None:
         self._event = threading.Event()
+        self._on_tell = on_tell  # e.g. the operator queues the plan at once
 
     def tell(self) -> None:
         self._event.set()
+        if self._on_tell is not None:
+            try:
+                self._on_tell()
+            except Exception:  # the probe round goes on; the plan's tick still comes
+                log.exception("news hook failed")
 
     def wait(self, timeout: float) -> bool:
         """Until news or `timeout` seconds; True on news. Cleared on return: a round queued

@@ -20,22 +20,35 @@ how each node is reached. In order, each phase timed in the evidence:
    `fence.confirmStep` (default `fence-primary`, `failoverctl done RUN fence-primary`),
    which `validate` makes the plan place before this step. How it was fenced is recorded.
 3. **catch up**: with the primary's last LSN known, wait (`timeouts.catchUp`) until the
-   standby has replayed it, so a fenced primary's last writes are not lost.
-4. **promote** (`pg_promote(wait => true)`), then confirm it: out of recovery, on the next
-   timeline.
-5. **validate**: the plan's queries on the promoted node.
+   standby has replayed it, so a fenced primary's last writes are not lost. A crashed
+   primary's last checkpoint is that LSN; the end of its WAL (`walEnd`, read by the
+   fence after a crash) counts in the data lost, not in the wait: the standby cannot
+   receive WAL from a dead primary.
+4. **promote**, then confirm it: out of recovery, on the next timeline; the state and
+   the plan's validation queries are read in the promotion's own session (one psql).
+5. **validate**: the plan's queries' answers against what they expect.
 
-Evidence: the LSN reached, the primary's last known LSN and the data lost (`rpoBytes`,
-`rpoSeconds` against the budget), the fence, each phase's seconds. Not revertible (a
-promoted standby is not un-promoted): `prepare` journals the standby's timeline before
-anything changes, so a resumed or retried attempt that finds it out of recovery on a later
-timeline records the promotion as done (`alreadyPromoted`) instead of promoting twice.
+The standby is read once an attempt: `prepare` hands its reading to the `apply` that
+follows it in the same attempt (same step context, at most `FRESH` seconds old, used
+once); a retried or resumed attempt reads it again. A standby that turns out not to be
+in recovery when promoted (`NotInRecovery`) is judged as one found so at the start.
+
+How the database comes home afterwards is `params.failback` (the `db-failback` step a
+failback starts with: `controller.steps.db_failback`).
+
+Evidence: the LSN reached, the primary's last known LSN, where it was read
+(`primaryLastLsnFrom`) and the data lost (`rpoBytes`, `rpoSeconds` against the budget),
+the fence, each phase's seconds. Not revertible (a promoted standby is not un-promoted):
+`prepare` journals the standby's timeline before anything changes, so a resumed or retried
+attempt that finds it out of recovery on a later timeline records the promotion as done
+(`alreadyPromoted`) instead of promoting twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from functools import partial
 
 from pydantic import Field
@@ -47,20 +60,15 @@ from controller.db import (
     FenceMethod,
     Node,
     NodeState,
+    NotInRecovery,
     Unreachable,
     lsn_text,
     parse_lsn,
+    state_or_none,
 )
 from controller.model import Evidence, PermanentError, Sample
-from controller.plan import (
-    Duration,
-    FailoverPlan,
-    PlanSpec,
-    PositiveDuration,
-    ProbeSpec,
-    Step,
-    Strict,
-)
+from controller.plan import FailoverPlan, PlanSpec, ProbeSpec, Step
+from controller.schema import Duration, PositiveDuration, Strict
 from controller.steps import (
     Change,
     CheckContext,
@@ -72,7 +80,8 @@ from controller.steps import (
 )
 
 PHASES = ["check", "fence", "catchUp", "promote", "validate"]
-POLL = 0.2  # seconds between the standby's readings while it catches up
+POLL = 0.05  # seconds between the standby's readings while it catches up
+FRESH = 2.0  # seconds prepare's reading of the standby may serve the apply after it
 PROBE_TIMEOUT = 30.0  # the lag probe's own timeout ends it sooner
 
 
@@ -99,6 +108,18 @@ class Timeouts(Strict):
     catch_up: Duration = Field(10.0, alias="catchUp")
 
 
+class FailbackSettings(Strict):
+    """How the failback (`db-failback`) brings the database home after this promotion."""
+
+    fence: FenceMethod = Field(FenceMethod.SSH_STOP, description="how the promoted node "
+                               "is fenced before the old primary is promoted again: "
+                               "ssh-stop (a clean stop: it then follows without a rewind) "
+                               "or sql")
+    catch_up: Duration = Field(300.0, alias="catchUp", description="how long the old "
+                               "primary may take to stream up to the promoted node (lag "
+                               "0), and to replay its last LSN once it is fenced")
+
+
 class PromoteParams(Strict):
     standby: Node
     primary: Node
@@ -114,6 +135,7 @@ class PromoteParams(Strict):
     lag_probe: ProbeSpec | None = Field(None, alias="lagProbe", description="a postgres "
                                         "probe of the primary with `standby:`: its lag "
                                         "reading joins the decision")
+    failback: FailbackSettings = Field(default_factory=FailbackSettings)
 
 
 class Refused(PermanentError):
@@ -134,6 +156,11 @@ class Promote(StepKind[PromoteParams]):
         if p.fence.method is FenceMethod.COMMAND and not p.fence.command:
             raise ValueError("params.fence.command: method command needs the command (argv "
                              "of the STONITH hook)")
+        if p.failback.fence is FenceMethod.COMMAND:
+            raise ValueError("params.failback.fence: the promoted node is fenced by ssh-stop "
+                             "or sql before the failback promotes the old primary (the "
+                             "failback reads its last LSN then; a STONITH command gives "
+                             "none); choose one of those")
         if p.fence.command:
             return
         names = [s.name for s in spec.steps]
@@ -172,7 +199,7 @@ class Promote(StepKind[PromoteParams]):
 
     def _preview(self, step: Step, ctx: StepContext) -> str:
         p = self.args(step)
-        db = _db(step, ctx)
+        db = database_of(step, ctx)
         standby = db.state(p.standby)
         if not standby.in_recovery:
             return f"{p.standby.describe()} is not in recovery (timeline {standby.timeline})"
@@ -183,25 +210,20 @@ class Promote(StepKind[PromoteParams]):
     def prepare(self, step: Step, ctx: StepContext) -> Evidence:
         """The standby as it is before anything changes (journaled): what tells a resumed
         attempt that the promotion landed."""
-        standby = _db(step, ctx).state(self.args(step).standby)
+        standby = database_of(step, ctx).state(self.args(step).standby)
+        _READINGS.keep(ctx, step, standby)
         return {"standbyBefore": {"inRecovery": standby.in_recovery,
                                   "timeline": standby.timeline, "lsn": lsn_text(standby.lsn)}}
 
     def apply(self, step: Step, ctx: StepContext, change: Evidence) -> Evidence:
         p = self.args(step)
-        db = _db(step, ctx)
+        db = database_of(step, ctx)
         clock = _Phases()
-        standby = db.state(p.standby)
+        standby = _READINGS.take(ctx, step) or db.state(p.standby)
         before = change.get("standbyBefore") or {}
         if not standby.in_recovery:
-            if before.get("inRecovery") and standby.timeline > int(before["timeline"]):
-                return {"alreadyPromoted": True, "timeline": standby.timeline,
-                        "lsnReached": lsn_text(standby.lsn),
-                        "validation": _validate(db, p, clock), "phases": clock.spent}
-            raise Refused("not-a-standby", f"{p.standby.describe()} is not in recovery "
-                          f"(timeline {standby.timeline}) and this step did not promote it: "
-                          "it is a primary already; refusing to promote")
-        primary = _read(db, p.primary)
+            return _found_promoted(db, p, standby, before, clock)
+        primary = state_or_none(db, p.primary)
         lag = _lag(p, standby, primary, _probed(ctx.backends, step, p, primary))
         clock.done("check")
         fence = _fence(db, p)
@@ -211,27 +233,33 @@ class Promote(StepKind[PromoteParams]):
         standby = _catch_up(db, p, standby, last)
         clock.done("catchUp")
         fencing.check()
-        db.promote(p.standby, timeout=p.timeouts.promote)
-        after = db.state(p.standby)
+        try:
+            promoted = db.promote(p.standby, timeout=p.timeouts.promote,
+                                  queries=[q.query for q in p.validation])
+        except NotInRecovery:
+            return _found_promoted(db, p, db.state(p.standby), before, clock)
+        after = promoted.state
         if after.in_recovery or after.timeline <= standby.timeline:
             raise PermanentError(f"promotion of {p.standby.describe()} did not land: in "
                                  f"recovery {after.in_recovery}, timeline {after.timeline} "
                                  f"(was {standby.timeline})")
         clock.done("promote")
         reached = standby.lsn
+        end = parse_lsn(fence["walEnd"]) if fence.get("walEnd") else last
         out: Evidence = {
             "fence": fence, "timeline": after.timeline, "lsnReached": lsn_text(reached),
-            "primaryLastLsn": None if last is None else lsn_text(last),
-            "rpoBytes": None if last is None else max(0, last - reached),
+            "primaryLastLsn": None if end is None else lsn_text(end),
+            "primaryLastLsnFrom": _last_from(fence, end),
+            "rpoBytes": None if end is None else max(0, end - reached),
             "rpoSeconds": round(lag, 3), "rpoBudgetSeconds": p.rpo,
         }
-        out["validation"] = _validate(db, p, clock)
+        out["validation"] = _judge(p, promoted.values, clock)
         out["phases"] = clock.spent
         return out
 
     def readiness(self, step: Step, ctx: CheckContext) -> list[Readiness]:
         p = self.args(step)
-        db = _db(step, ctx)
+        db = database_of(step, ctx)
         checks: list[Readiness] = [
             ("standby streaming within budget", partial(_ready_standby, ctx.backends, step)),
             ("fence path", partial(db.check_fence, p.primary, method=p.fence.method,
@@ -252,7 +280,8 @@ class Promote(StepKind[PromoteParams]):
             fence = evidence.get("fence", {})
             out = [f"old primary fenced by {fence.get('how', '-')}; promoted to timeline "
                    f"{evidence['timeline']} at {evidence.get('lsnReached')}",
-                   f"primary's last LSN {evidence.get('primaryLastLsn') or 'unknown'}: "
+                   f"primary's last LSN {evidence.get('primaryLastLsn') or 'unknown'} "
+                   f"({evidence.get('primaryLastLsnFrom', '-')}): "
                    f"{evidence.get('rpoBytes', '-')} bytes lost, lag "
                    f"{seconds(evidence.get('rpoSeconds'))} (budget "
                    f"{seconds(evidence.get('rpoBudgetSeconds'))})"]
@@ -268,6 +297,42 @@ class Promote(StepKind[PromoteParams]):
 KIND = Promote()
 
 
+class _Readings:
+    """prepare's reading of the standby, kept for the apply that follows it in the same
+    attempt: same step context (held weakly), same step, used once, at most `FRESH`
+    seconds old."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[int, str],
+                         tuple[weakref.ref[StepContext], float, NodeState]] = {}
+
+    def keep(self, ctx: StepContext, step: Step, state: NodeState) -> None:
+        self._kept = {k: v for k, v in self._kept.items() if v[0]() is not None}
+        self._kept[(id(ctx), step.name)] = (weakref.ref(ctx), time.monotonic(), state)
+
+    def take(self, ctx: StepContext, step: Step) -> NodeState | None:
+        kept = self._kept.pop((id(ctx), step.name), None)
+        if kept is None or kept[0]() is not ctx or time.monotonic() - kept[1] > FRESH:
+            return None
+        return kept[2]
+
+
+_READINGS = _Readings()
+
+
+def _found_promoted(db: Database, p: PromoteParams, standby: NodeState, before: Evidence,
+                    clock: _Phases) -> Evidence:
+    """The standby is out of recovery: promoted by an earlier attempt of this step (it was
+    in recovery when prepare read it, and is on a later timeline now), else refused."""
+    if before.get("inRecovery") and standby.timeline > int(before["timeline"]):
+        return {"alreadyPromoted": True, "timeline": standby.timeline,
+                "lsnReached": lsn_text(standby.lsn),
+                "validation": _validate(db, p, clock), "phases": clock.spent}
+    raise Refused("not-a-standby", f"{p.standby.describe()} is not in recovery (timeline "
+                  f"{standby.timeline}) and this step did not promote it: it is a primary "
+                  "already; refusing to promote")
+
+
 class _Phases:
     def __init__(self) -> None:
         self.spent: dict[str, float] = {}
@@ -279,16 +344,10 @@ class _Phases:
         self._at = now
 
 
-def _db(step: Step, ctx: StepContext | CheckContext) -> Database:
+def database_of(step: Step, ctx: StepContext | CheckContext) -> Database:
+    """The step's `database` backend."""
     return ctx.backends.database(backend_of(step))
 
-
-def _read(db: Database, node: Node) -> NodeState | None:
-    """The node's state, or None when it does not answer."""
-    try:
-        return db.state(node)
-    except Unreachable:
-        return None
 
 
 def _probed(backends: Backends, step: Step, p: PromoteParams,
@@ -354,6 +413,15 @@ def _fence(db: Database, p: PromoteParams) -> Evidence:
     return {"how": f"a person (step {f.confirm_step})", "unreachable": unreachable}
 
 
+def _last_from(fence: Evidence, end: int | None) -> str:
+    """Where the primary's last LSN (the data lost is counted against it) was read."""
+    if fence.get("lastLsnFrom"):
+        return str(fence["lastLsnFrom"])
+    if fence.get("lastLsn"):
+        return f"the fence ({fence.get('how', '-')})"
+    return "unknown" if end is None else "the primary's current LSN, read before the fence"
+
+
 def _catch_up(db: Database, p: PromoteParams, standby: NodeState,
               last: int | None) -> NodeState:
     """Wait until the standby has replayed the fenced primary's last LSN (at most
@@ -368,11 +436,14 @@ def _catch_up(db: Database, p: PromoteParams, standby: NodeState,
 
 
 def _validate(db: Database, p: PromoteParams, clock: _Phases) -> list[Evidence]:
-    results: list[Evidence] = []
-    for q in p.validation:
-        value = db.query(p.standby, q.query)
-        results.append({"name": q.name, "value": value,
-                        "passed": q.expect is None or value == q.expect})
+    return _judge(p, [db.query(p.standby, q.query) for q in p.validation], clock)
+
+
+def _judge(p: PromoteParams, values: list[str], clock: _Phases) -> list[Evidence]:
+    """Each validation query's answer against what it expects; raises when one fails."""
+    results: list[Evidence] = [{"name": q.name, "value": value,
+                                "passed": q.expect is None or value == q.expect}
+                               for q, value in zip(p.validation, values, strict=True)]
     clock.done("validate")
     failed = [r for r in results if not r["passed"]]
     if failed:

@@ -8,7 +8,11 @@ ETag and binding as cataloged) and hands it to the restorer; when that backup tu
 damaged (`DamagedBackup`: the integrity pass failed, or the restore found its payload
 unauthenticated, another backup's or not the one cataloged) it restores the next
 verified backup in the plan's order (continuous, daily, older), each attempt fenced by
-the restorer, and the evidence says which failed, why, and the RPO that resulted. Any
+the restorer, and the evidence says which failed, why, and the RPO that resulted. The
+damaged backup is written back to its store's catalog as a failed verification
+(`DamageLog`: the real stores), so selection, readiness, the verifier and the next restore
+no longer count it as verified; the evidence says where it was marked (or why it could
+not be: the restore goes on, a backup's damage is no reason to stop restoring). Any
 other failure (the host, validation, a cancel) is the step's failure: no fallback, since
 another backup would fail the same way or must not run at all. Readiness: the newest
 verified backup is within the step's RPO budget (`params.rpo`, default 24h), and a remote
@@ -29,11 +33,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import Field
 
 from controller import metrics
-from controller.backups import DamagedBackup
+from controller.backups import BackupStore, DamagedBackup
 from controller.backups.naming import iso
+from controller.backups.schedule import human_age
 from controller.backups.selection import NoRestorableBackup, choose
-from controller.model import Evidence, Target
+from controller.model import Backup, Evidence, Target
 from controller.plan import Duration, FailoverPlan, PlanSpec, Step, Strict, format_duration
+from controller.secrets import redact
 from controller.steps import (
     Change,
     CheckContext,
@@ -80,6 +86,14 @@ class RemoteTargets(Protocol):
     def host(self, into: Target, opts: TargetOptions) -> Host: ...
 
 
+@runtime_checkable
+class DamageLog(Protocol):
+    """A store whose catalog records verifications (the real stores; the in-memory fake's
+    entries are its options): a backup found damaged at restore time is written back."""
+
+    def record_damage(self, backup: Backup, *, reason: str, actor: str) -> str: ...
+
+
 class Restore(StepKind[RestoreParams]):
     action = "restore"
     Params = RestoreParams
@@ -116,7 +130,7 @@ class Restore(StepKind[RestoreParams]):
             return Change(summary=f"nothing to restore: {exc}")
         age, rpo = time.time() - backup.taken_at, _budget(p)
         verdict = "within" if age <= rpo else "OVER"
-        return Change(summary=f"{why}; resulting RPO {_age(age)} ({verdict} the "
+        return Change(summary=f"{why}; resulting RPO {human_age(age)} ({verdict} the "
                               f"{format_duration(rpo)} budget)")
 
     def prepare(self, step: Step, ctx: StepContext) -> Evidence:
@@ -140,7 +154,9 @@ class Restore(StepKind[RestoreParams]):
                 log.warning("restore of %s: backup %s is damaged, trying the next verified "
                             "one: %s", p.dataset, backup.id, exc)
                 failed.append({"backup": backup.id, "kind": backup.kind,
-                               "takenAt": iso(backup.taken_at), "why": str(exc)})
+                               "takenAt": iso(backup.taken_at), "why": str(exc),
+                               "catalog": _mark_damaged(store, backup, str(exc),
+                                                        actor=f"run {ctx.run_id}")})
         out: Evidence = {"chosen": backup.id, "kind": backup.kind, "why": why,
                          "integrity": integrity}
         if failed:
@@ -160,7 +176,8 @@ class Restore(StepKind[RestoreParams]):
         if "chosen" not in evidence:
             return []
         out = [f"backup `{f['backup']}` ({f['kind']}, taken {f['takenAt']}) is damaged, "
-               f"not restored: {f['why']}" for f in evidence.get("fellBack", [])]
+               f"not restored: {f['why']}; catalog: {f['catalog']}"
+               for f in evidence.get("fellBack", [])]
         out.append(f"backup chosen: `{evidence['chosen']}` — {evidence.get('why')}")
         if "integrity" in evidence:
             out.append(f"integrity before the restore: {evidence['integrity']}")
@@ -193,13 +210,20 @@ def _budget(p: RestoreParams) -> float:
     return DEFAULT_RPO if p.rpo is None else p.rpo
 
 
-def _age(seconds: float) -> str:
-    """An age for people: whole hours and minutes ("2h", "2h 5m", "59m", "40s")."""
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    hours, minutes = divmod(whole // 60, 60)
-    return f"{hours}h {minutes}m" if hours and minutes else f"{hours}h" if hours else f"{minutes}m"
+def _mark_damaged(store: BackupStore, backup: Backup, reason: str, *, actor: str) -> str:
+    """Write a damaged backup back to the store's catalog; what came of it, for the
+    evidence. A store that cannot be written (e.g. read-only credentials for restores)
+    does not stop the restore: the evidence and the log say the entry still looks
+    verified."""
+    if not isinstance(store, DamageLog):
+        return "not marked: this store keeps no verification record"
+    try:
+        return store.record_damage(backup, reason=reason, actor=actor)
+    except Exception as exc:
+        problem = redact(f"{type(exc).__name__}: {exc}")
+        log.error("could not mark backup %s damaged in its catalog: %s", backup.id, problem)
+        return (f"NOT marked ({problem}): the catalog still says it is verified, so the "
+                "next restore tries it first again")
 
 
 def _fresh_backup(ctx: CheckContext, step: str, store: str, dataset: str, rpo: float) -> str:
@@ -214,8 +238,8 @@ def _fresh_backup(ctx: CheckContext, step: str, store: str, dataset: str, rpo: f
     age = ctx.now - newest.taken_at
     if age > rpo:
         raise RuntimeError(f"newest verified backup of {dataset} ({newest.id}) is "
-                           f"{_age(age)} old; RPO budget is {format_duration(rpo)}")
-    return f"newest verified backup {newest.id} is {_age(age)} old"
+                           f"{human_age(age)} old; RPO budget is {format_duration(rpo)}")
+    return f"newest verified backup {newest.id} is {human_age(age)} old"
 
 
 def _restore_host(restorer: RemoteTargets, target: Target) -> str:

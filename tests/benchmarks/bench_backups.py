@@ -1,7 +1,14 @@
 """Backup benchmarks: figures and ratios against a baseline run the same way, not timers.
 
-    .venv/bin/python tests/benchmarks/bench_backups.py [SCALE [REPEAT]]   # full run
-    .venv/bin/python -m pytest tests/benchmarks/bench_backups.py -s   # same, smaller
+    .venv/bin/python tests/benchmarks/bench_backups.py                # 114 MB payload
+    .venv/bin/python tests/benchmarks/bench_backups.py --size 114 --size 1024   # and 1 GB
+    BENCH_BACKUP_SIZES=114,1024 .venv/bin/python tests/benchmarks/bench_backups.py  # same
+    .venv/bin/python tests/benchmarks/bench_backups.py --where local --kinds basebackup
+    .venv/bin/python -m pytest tests/benchmarks/bench_backups.py -s   # one small size
+
+Each size (MB of the base backup's plain tar: rows are added to the source table until
+it is about that big) gets its own section, and a summary at the end says, per size,
+which goal is met and which is not.
 
 (a) verification throughput: the catalog's checksum pass over a stored (encrypted)
     payload versus `sha256sum` of the same file, best of N; and the decrypt +
@@ -14,7 +21,9 @@
     restored beside it, swapped in, started, validated, and the old one removed; by hand
     restores into an empty directory:
     - basebackup: BaseBackupRestorer (filesystem store: decrypt + authenticate, tar -x,
-      pg_verifybackup, configure, swap, start, promote, validation query, commit) versus
+      each file's SHA-256 checked against the manifest as it streams, pg_verifybackup
+      --skip-checksums (presence, sizes, WAL), configure, swap, start, promote,
+      validation query, commit: the replaced cluster removed) versus
       by hand `tar -x` of the same bytes unencrypted + archive_mode=off + `pg_ctl start
       -w` + polling pg_is_in_recovery() + the same query, in one shell session; and the
       same with pg_verifybackup ("by hand+checks");
@@ -30,6 +39,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import os
 import shlex
@@ -39,6 +49,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +83,27 @@ def best(fn: Any, n: int) -> float:
     return min(times)
 
 
-def verification(base: Path, mb: int, repeat: int) -> None:
+@dataclass(frozen=True)
+class Goal:
+    """One goal's figure: `ratio` against its baseline, met when on the right side of
+    `limit` (`at_most`: a time ratio; otherwise a throughput ratio)."""
+
+    name: str
+    ratio: float
+    limit: float
+    at_most: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.ratio <= self.limit if self.at_most else self.ratio >= self.limit
+
+    def __str__(self) -> str:
+        side = "<=" if self.at_most else ">="
+        return (f"{self.name:38s} {self.ratio:5.2f}x  (goal {side} {self.limit}x)  "
+                f"{'met' if self.met else 'NOT met'}")
+
+
+def verification(base: Path, mb: int, repeat: int) -> list[Goal]:
     os.environ["BENCH_KEY"] = base64.b64encode(os.urandom(32)).decode()
     store = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
         {"path": str(base / "catalog"), "encryptionKey": {"fromEnv": "BENCH_KEY"}}))
@@ -107,6 +138,7 @@ def verification(base: Path, mb: int, repeat: int) -> None:
     print(f"    sha256sum                {mbs / t_sum:8.0f} MB/s")
     print(f"    catalog checksum pass    {mbs / t_ours:8.0f} MB/s   ratio {t_sum / t_ours:.2f}x")
     print(f"    decrypt+authenticate     {mbs / t_dec:8.0f} MB/s   ratio {t_sum / t_dec:.2f}x")
+    return [Goal("checksum pass vs sha256sum", t_sum / t_ours, 0.9, at_most=False)]
 
 
 def _hand_script(data: Path, sock: Path, port: int, fetch: list[str],
@@ -192,14 +224,14 @@ def _cancel_latency(restorer: Any, backup: Backup, into: Target) -> float:
     raise RuntimeError("the restore finished before it was cancelled")
 
 
-def restores(base: Path, rows: int, repeat: int) -> None:
+def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str],
+             cancel: bool) -> list[Goal]:
     give_to(base, mode=0o755)
     source = PostgresServer(base / "source")
     conf = archive_to_pgbackrest(source, base, retention=99)
     source.init().start()
     try:
-        source.psql(f"CREATE TABLE orders AS SELECT g AS id, g % 97 AS amount "
-                    f"FROM generate_series(1, {rows}) g")
+        rows = _fill(source, mb)
         os.environ["BENCH_KEY"] = base64.b64encode(os.urandom(32)).decode()
         store = FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
             {"path": str(base / "catalog"), "encryptionKey": {"fromEnv": "BENCH_KEY"}}))
@@ -291,9 +323,12 @@ def restores(base: Path, rows: int, repeat: int) -> None:
           "is the restorer's); 'by hand+checks' adds pg_verifybackup (basebackup) - the "
           "restorer also decrypts and authenticates every chunk, and replaces an old "
           "cluster (restore beside it, swap, remove it after validation):")
+    goals: list[Goal] = []
     try:
         for remote in (False, True):
-            for kind in ("basebackup", "pgbackrest"):
+            if ("ssh" if remote else "local") not in where:
+                continue
+            for kind in kinds:
                 t_bare, t_checks, t_mine, phases = [], [], [], {}
                 for _ in range(repeat):
                     t_bare.append(hand(kind, remote, verify=False))
@@ -303,16 +338,22 @@ def restores(base: Path, rows: int, repeat: int) -> None:
                         phases = ph
                     t_mine.append(took)
                 bare, checks, mine = min(t_bare), min(t_checks), min(t_mine)
-                where = "ssh  " if remote else "local"
-                print(f"    {where} {kind:11s} by hand {bare:5.2f} s   by hand+checks "
+                at = "ssh  " if remote else "local"
+                goal = Goal(f"restore {at.strip()} {kind} vs bare tools", mine / bare, 1.1)
+                goals.append(goal)
+                print(f"    {at} {kind:11s} by hand {bare:5.2f} s   by hand+checks "
                       f"{checks:5.2f} s   restorer {mine:5.2f} s   ratio {mine / bare:.2f}x "
                       f"(vs +checks {mine / checks:.2f}x; goal <= 1.1x "
-                      f"{'met' if mine / bare <= 1.1 else 'NOT met'})")
+                      f"{'met' if goal.met else 'NOT met'})")
                 print(f"          phases {phases}")
+        if not cancel:
+            return goals
         print(f"(c) cancel latency (best and worst of {repeat}): a basebackup restore "
               "cancelled while the restored server runs a slow validation query; seconds "
               "until it raised, the server stopped and the target put back:")
         for remote in (False, True):
+            if ("ssh" if remote else "local") not in where:
+                continue
             took = []
             for _ in range(repeat):
                 data, sock = place()
@@ -321,8 +362,22 @@ def restores(base: Path, rows: int, repeat: int) -> None:
                 shutil.rmtree(data.parent)
             print(f"    {'ssh  ' if remote else 'local'} cancel -> raised  best "
                   f"{min(took):5.2f} s   worst {max(took):5.2f} s")
+        return goals
     finally:
         ssh.server.stop()
+
+
+# the source table's rows: a fresh cluster's base backup is about FIXED_MB of plain tar
+# (catalog files, a WAL segment); each million rows of `orders` adds about MB_PER_MROW
+FIXED_MB, MB_PER_MROW = 45, 34.5
+
+
+def _fill(source: PostgresServer, mb: int) -> int:
+    """Fill `orders` so that the base backup's plain tar is about `mb` MB; the rows."""
+    rows = max(20_000, int((mb - FIXED_MB) / MB_PER_MROW * 1e6))
+    source.psql(f"CREATE TABLE orders AS SELECT g AS id, g % 97 AS amount "
+                f"FROM generate_series(1, {rows}) g")
+    return rows
 
 
 def _verified(b: Backup) -> Backup:
@@ -331,23 +386,52 @@ def _verified(b: Backup) -> Backup:
     return replace(b, verified=True, verification="bench")
 
 
-def run(scale: float = 1.0, repeat: int | None = None) -> None:
+def run(sizes: list[int], repeat: int | None = None, *, where: tuple[str, ...] = (
+        "local", "ssh"), kinds: tuple[str, ...] = ("basebackup", "pgbackrest"),
+        verify: bool = True, cancel: bool = True) -> dict[int, list[Goal]]:
+    """Every part at each size (MB of plain payload); the goals met or not, per size."""
     if not (PG_BIN / "postgres").exists():
         raise SystemExit(f"{PG_BIN}/postgres missing: apt-get install postgresql")
-    base = Path(tempfile.mkdtemp(prefix="bench-backups-"))
-    base.chmod(0o755)
-    try:
-        verification(base / "v", max(16, int(512 * scale)), 3)
-        restores(base / "r", max(20_000, int(2_000_000 * scale)),
-                 repeat or (2 if scale >= 1 else 1))
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    results: dict[int, list[Goal]] = {}
+    for mb in sizes:
+        base = Path(tempfile.mkdtemp(prefix="bench-backups-"))
+        base.chmod(0o755)
+        print(f"=== {mb} MB payload ===")
+        try:
+            goals = verification(base / "v", mb, 3) if verify else []
+            goals += restores(base / "r", mb, repeat or (2 if mb >= 100 else 1),
+                              list(where), list(kinds), cancel)
+            results[mb] = goals
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+    print("=== goals ===")
+    for mb, goals in results.items():
+        for goal in goals:
+            print(f"    {mb:5d} MB  {goal}")
+    return results
 
 
 def test_bench_backups() -> None:
-    run(scale=0.1)
+    run([50])
+
+
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.replace(",", " ").split()]
 
 
 if __name__ == "__main__":
-    run(float(sys.argv[1]) if len(sys.argv) > 1 else 1.0,
-        int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, action="append", metavar="MB", help="plain "
+                        "payload size in MB, repeatable (default: $BENCH_BACKUP_SIZES, "
+                        "comma-separated, or 114); 1024 adds the 1 GB figures")
+    parser.add_argument("--repeat", type=int, help="runs per figure, best kept (default 2; "
+                        "1 below 100 MB)")
+    parser.add_argument("--where", default="local,ssh", help="local, ssh or both")
+    parser.add_argument("--kinds", default="basebackup,pgbackrest",
+                        help="basebackup, pgbackrest or both")
+    parser.add_argument("--no-verification", action="store_true", help="skip (a)")
+    parser.add_argument("--no-cancel", action="store_true", help="skip (c)")
+    args = parser.parse_args()
+    run(args.size or _sizes(os.environ.get("BENCH_BACKUP_SIZES", "114")), args.repeat,
+        where=tuple(args.where.split(",")), kinds=tuple(args.kinds.split(",")),
+        verify=not args.no_verification, cancel=not args.no_cancel)

@@ -1,8 +1,10 @@
 """`failoverctl backup` end to end: a real PostgreSQL 15 backed up with pg_basebackup into
 a filesystem store, verified by a test restore, copied to a second (off-site) store;
 progress on stderr, a summary on stdout, the run audited with who triggered it;
-`--due` skips a set backed up recently; `ready` then knows the backups; a failing set
-exits 1; a bad `--dataset` exits 2; `--cronjob` prints the schedule's manifests."""
+`--due` skips a set backed up recently; `ready` then knows the backups; `--due` also
+test-restores the newest verified backup once the last passed test restore is older than
+`testRestoreEvery`, which turns `ready` green again; a failing set exits 1; a bad
+`--dataset` exits 2; `--cronjob` prints the schedule's manifests."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -97,6 +100,52 @@ def test_backup_takes_verifies_copies_and_ready_knows_it(
     checks = {c["name"]: c for c in json.loads(ready.stdout)["checks"]}
     for name in ("backup within RPO", "off-site copy within RPO", "test restore"):
         assert checks[f"backups users: {name}"]["ok"], checks
+
+
+def test_due_test_restores_the_newest_verified_backup_when_its_last_test_restore_is_old(
+        source: PostgresServer, place: Path, tmp_path: Path) -> None:
+    journal = tmp_path / "j.db"
+    plan = _plan(place, tmp_path, port=source.port)
+    data = yaml.safe_load(plan.read_text())
+    data["spec"]["backups"][0]["testRestoreEvery"] = "1h"
+    plan.write_text(yaml.safe_dump(data))
+    res = cli("backup", str(plan), journal=journal, env=KEYS, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    backup_id = res.stdout.split()[2]
+    entry_file = place / tmp_path.name / "dc-a" / backup_id / "catalog.json"
+    # its verification's test restore is made 2h old, as time would
+    entry = json.loads(entry_file.read_text())
+    entry["verifications"][-1]["at"] -= 2 * 3600
+    entry_file.write_text(json.dumps(entry))
+
+    def test_restore_ready() -> dict[str, Any]:
+        ready = cli("ready", str(plan), "-o", "json", journal=journal, env=KEYS)
+        checks = {c["name"]: c for c in json.loads(ready.stdout)["checks"]}
+        result: dict[str, Any] = checks["backups users: test restore"]
+        return result
+
+    assert not test_restore_ready()["ok"]
+    started = time.time()
+    due = cli("backup", str(plan), "--due", "--as", "cron", "-o", "json", journal=journal,
+              env=KEYS, timeout=300)
+    assert due.returncode == 0, due.stdout + due.stderr
+    out = json.loads(due.stdout)
+    assert out["results"] == [] and "younger than every 24h" in out["skipped"]["users"]
+    [tested] = out["testRestores"]
+    assert tested["backup"] == backup_id and tested["ok"] is True, tested
+    assert tested["due"].startswith("users: the last passed test restore is 2h") \
+        and tested["due"].endswith("old (every 1h)")
+    assert "test-restore" in tested["summary"]
+    last = json.loads(entry_file.read_text())["verifications"][-1]
+    assert last["by"] == "cron" and last["passed"] is True and last["at"] >= started
+    [check] = [c for c in last["checks"] if c["name"] == "test-restore"]
+    assert check["passed"] and check["validation"][0]["value"] == str(ROWS)
+    assert test_restore_ready()["ok"]
+    assert [a["action"] for a in Journal(journal).audit_trail(plan="memory-drill")
+            if a["actor"] == "cron"] == ["test-restore-start", "verify", "test-restore-done"]
+
+    again = cli("backup", str(plan), "--due", "-o", "json", journal=journal, env=KEYS)
+    assert again.returncode == 0 and json.loads(again.stdout)["testRestores"] == []
 
 
 def test_a_failing_set_exits_1_and_bad_input_exits_2(place: Path, tmp_path: Path) -> None:

@@ -72,6 +72,18 @@ class Cluster:
             and (st.get("readiness") or {}).get("score") is not None), logs=self.replica.output)
         return body
 
+    def explain(self, name: str) -> Callable[[], str]:
+        """For a wait that timed out: the plan's phase, decision and steps as the status
+        has them, then the operator's threads and log."""
+
+        def text() -> str:
+            st = get(self.admin, self.ns, name).get("status") or {}
+            steps = [{k: s.get(k) for k in ("name", "status", "error", "attempts")}
+                     for s in (st.get("run") or {}).get("steps", [])]
+            return (f"phase {st.get('phase')}; last decision: {st.get('lastDecision')}\n"
+                    f"steps: {json.dumps(steps, indent=1)}\n{self.replica.stacks()}")
+        return text
+
     def journal(self) -> Journal:
         """The operator's journal (its audit trail)."""
         return Journal(self.tmp / f"{OPERATOR}.db")
@@ -208,7 +220,7 @@ def test_manual_mode_waits_for_approve_then_for_done_by_cli(cluster: Cluster) ->
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"\[ok  \] acknowledge-alert .* met  by carol", done.stdout), done.stdout
     final = until("FailedOver", lambda: (o := get(cluster.admin, cluster.ns, name))[
-        "status"]["phase"] == "FailedOver" and o, logs=cluster.replica.output)
+        "status"]["phase"] == "FailedOver" and o, logs=cluster.explain(name))
     steps = {s["name"]: s for s in final["status"]["run"]["steps"]}
     assert all(s["status"] == "succeeded" for s in steps.values()), steps
     assert steps["acknowledge-alert"]["approvedBy"] == "carol"

@@ -46,7 +46,7 @@ def test_run_says_a_run_waits_for_approval_and_the_command_approves_it(
             f"failoverctl approve {run.id} --plan {plan}")
     assert set(lines) == {said}, lines
     command = re.sub(r"^.*: failoverctl ", "", said).split()
-    done = cli(*command, "--as", "oncall", "--wait", "60", journal=journal)
+    done = cli(*command, "--wait", "60", journal=journal)  # approved by the login
     assert done.returncode == 0, done.stdout + done.stderr
     assert Journal(journal).runs("memory-drill")[0].phase is Phase.FAILED_OVER
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import pwd
 import re
 import select
 import subprocess
@@ -122,10 +123,13 @@ def test_manual_mode_waits_then_approve_continues_the_run(tmp_path: Path) -> Non
     res = cli("failover", str(plan), "--yes", "--reason", "x", "--as", "alice", journal=journal)
     assert res.returncode == 4 and "waiting for approval: failoverctl approve" in res.stdout
     run_id = res.stdout.split("failoverctl approve ")[1].split()[0]
-    denied = cli("approve", run_id, "--plan", str(plan), "--as", "mallory", journal=journal)
-    assert denied.returncode == 2 and "mallory is not an approver" in denied.stderr
-    ok = cli("approve", run_id, "--plan", str(plan), "--as", "bob", journal=journal)
+    login = pwd.getpwuid(os.getuid()).pw_name  # an unsigned approval is the login's
+    denied = cli("approve", run_id, "--plan", str(plan), journal=journal)
+    assert denied.returncode == 2 and f"{login} is not an approver" in denied.stderr
+    data["spec"]["approval"]["approvers"] = ["bob", login]
+    plan.write_text(yaml.safe_dump(data))
+    ok = cli("approve", run_id, "--plan", str(plan), journal=journal)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "FailedOver" in ok.stdout
     audit = [(a["actor"], a["action"]) for a in Journal(journal).audit_trail(run_id=run_id)]
-    assert ("alice", "start-failover") in audit and ("bob", "approve") in audit
+    assert ("alice", "start-failover") in audit and (login, "approve") in audit

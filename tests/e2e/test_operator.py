@@ -54,6 +54,11 @@ def plan_body(name: str, state: Path, *, traffic_delay: float = 0.0) -> dict[str
     return data
 
 
+# `python -m controller` that writes every thread's stack to its log on SIGUSR1
+DUMPABLE = ("import faulthandler, runpy, signal; faulthandler.register(signal.SIGUSR1); "
+            "runpy.run_module('controller', run_name='__main__', alter_sys=True)")
+
+
 class Replica:
     """`failoverctl operator` as a subprocess, as the controller's ServiceAccount (or
     through `kubeconfig`, e.g. a fault proxy's), with short leader-election times."""
@@ -64,7 +69,7 @@ class Replica:
         self.log = tmp / f"{identity}.log"
         self.journal = tmp / f"{identity}.db"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--journal", str(self.journal),
+            [sys.executable, "-c", DUMPABLE, "--journal", str(self.journal),
              "operator", "--namespace", kube.namespace,
              "--kubeconfig", str(kubeconfig or kube.kubeconfig("controller")),
              "--identity", identity,
@@ -81,6 +86,14 @@ class Replica:
 
     def output(self) -> str:
         return self.log.read_text()
+
+    def stacks(self) -> str:
+        """Every thread's stack, written into the log by the operator itself (SIGUSR1),
+        then the log's last lines: what a test that timed out shows of a stuck operator."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+        return "\n".join(self.output().splitlines()[-400:])
 
 
 def until(what: str, fn: Callable[[], Any], timeout: float = 120.0,

@@ -284,3 +284,38 @@ def test_a_refused_sandbox_directory_and_whoever_uses_it_are_left_alone(tmp_path
         other.kill()
         other.wait(10)
         shutil.rmtree(used, ignore_errors=True)
+
+
+def test_the_verdict_schema_knows_every_step_kind() -> None:
+    """A drill's verdict validates whatever kinds its plan uses (promote, db-failback...)."""
+    from controller.registry import step_actions
+
+    actions = SCHEMA["$defs"]["step"]["properties"]["action"]["enum"]
+    assert sorted(actions) == step_actions()
+
+
+def test_the_sandbox_stonith_hook_stops_dc_a_and_its_dry_run_changes_nothing() -> None:
+    """The promote plan's fence of last resort (when SSH cannot reach dc-a's host): its
+    dry run (readiness) leaves dc-a running; run, it stops dc-a's postmaster by PID, and
+    run again finds it stopped; dc-b's standby is untouched. Teardown stops what runs."""
+    from controller.drill.databases import Databases
+
+    base = Path(tempfile.mkdtemp(prefix="stonith-"))  # the postgres OS user reaches /tmp
+    base.chmod(0o755)
+    dbs = Databases(base, rows=10, standby=True)
+    try:
+        dbs.start()
+        assert dbs.primary is not None and dbs.standby is not None
+        pid = dbs.primary.pid
+        dry = subprocess.run([*dbs.stonith, "--dry-run"], capture_output=True, text=True)
+        assert dry.returncode == 0 and dbs.primary.psql("SELECT count(*) FROM orders") == "10"
+        done = subprocess.run(dbs.stonith, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0 and f"postmaster {pid} stopped" in done.stdout
+        assert pid is not None and not _alive(pid)
+        again = subprocess.run(dbs.stonith, capture_output=True, text=True, timeout=60)
+        assert again.returncode == 0 and again.stdout.strip().endswith(": stopped")
+        assert dbs.standby.psql("SELECT pg_is_in_recovery(), count(*) FROM orders") == "t|10"
+    finally:
+        stopped = dbs.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    assert stopped and not any(_alive(p) for p in stopped)

@@ -49,7 +49,10 @@ def fake_variables() -> dict[str, Any]:
         "dns.keyName": "k", "dns.keyFile": "/s/tsig.key",
         "dns.nameservers": [{"address": "127.0.0.1", "port": 5353, "name": "ns1"}],
         "dns.primaryAddress": "192.0.2.10", "dns.backupAddress": "198.51.100.10",
-        "db.primary.host": "/s/sock", "db.primary.port": 5432,
+        "db.primary.host": "/s/sock", "db.primary.port": 5432, "db.primary.data": "/s/a",
+        "db.primary.sshPort": 2222, "db.pgBin": "/usr/lib/postgresql/15/bin", "db.rows": "9",
+        "db.stonith": ["/s/dc-a-host/stonith"], "db.standby.host": "/s/sock-b",
+        "db.standby.port": 5434, "db.standby.data": "/s/b",
         "backup.store": {"kind": "s3", "options": store}, "backup.storeOptions": store,
         "backup.offsiteStore": {"kind": "s3", "options": offsite},
         "backup.offsiteStoreOptions": offsite,
@@ -102,6 +105,15 @@ def test_bad_scenarios_and_templates_name_the_problem(tmp_path: Path) -> None:
     del variables["edge.socket"]
     with pytest.raises(PlanError, match=r"unknown placeholder \$\{edge.socket\}"):
         build_plan(scenario, template, variables)
+    text = (SCENARIOS / "promote-standby.yaml").read_text()
+    bad.write_text(text.replace("sandbox: {standby: true}", "sandbox: {rows: 9}"))
+    with pytest.raises(ScenarioError, match=r"set `sandbox: \{standby: true\}`"):
+        load_scenario(bad)
+    scenario, template = load_scenario(SCENARIOS / "promote-standby.yaml")
+    variables = {k: v for k, v in fake_variables().items() if not k.startswith("db.standby")}
+    with pytest.raises(PlanError, match=r"\$\{db.standby.host\}; a standby's are there "
+                       r"with `sandbox: \{standby: true\}`"):
+        build_plan(scenario, template, variables)
     with pytest.raises(PlanError, match="no item named 'nope'"):
         merge({"steps": [{"name": "a"}]}, {"steps": {"nope": {"target": "1s"}}})
     res = subprocess.run([sys.executable, "-m", "controller", "--journal",
@@ -133,6 +145,9 @@ def test_scenario_passes_in_the_sandbox(path: Path, tmp_path: Path) -> None:
         assert_swapped_payload_refused_naming_both(verdict)
     if scenario.name == "offsite-restore":
         assert_restored_from_the_offsite_copy(verdict)
+    if scenario.name == "promote-standby":  # never two primaries: dc-a stays down
+        assert "its PostgreSQL stays down: dc-b was promoted" in res.stdout
+        assert_promoted_and_every_incident_order_home(verdict, out)
     assert_nothing_left(out)
 
 
@@ -161,6 +176,29 @@ def assert_restored_from_the_offsite_copy(verdict: dict[str, Any]) -> None:
     assert "objects deleted from s3://dc-a-backups" in json.dumps(verdict)
     rpo = verdict["objectives"]["rpo"]
     assert rpo["met"] is True and rpo["targetSeconds"] == 600 and rpo["backup"] == newest
+
+
+def assert_promoted_and_every_incident_order_home(verdict: dict[str, Any], out: Path) -> None:
+    """dc-a crashed: fenced over SSH, dc-b promoted on a new timeline with nothing lost;
+    200 orders written at dc-b; the failback brought the database home first (rewound or
+    base-backed up, switched over, dc-b streaming from dc-a), then traffic and DNS; the
+    orders are at dc-a, the LSNs reported."""
+    [promote] = [s for s in verdict["failover"]["steps"] if s["action"] == "promote"]
+    ev = promote["evidence"]
+    assert ev["fence"]["how"] == "ssh-stop" and ev["timeline"] == 2 and ev["rpoBytes"] == 0
+    said = checks(verdict)
+    wrote = said["the app writes 200 orders at dc-b during the incident"]
+    assert wrote["ok"] and "200 orders (ids 20001-20200" in wrote["detail"]
+    back = verdict["failback"]["steps"]
+    assert [s["action"] for s in back] == ["db-failback", "revert", "revert"]
+    assert back[0]["status"] == "succeeded"
+    assert back[0]["finishedAt"] <= min(s["startedAt"] for s in back[1:])
+    home = said["every order written at dc-b during the incident is home at dc-a"]
+    assert home["ok"], home["detail"]
+    assert "dc-a primary at LSN" in home["detail"] and "holds 200 of them" in home["detail"]
+    assert "dc-b standby (streaming from port" in home["detail"]
+    report = (out / "report.md").read_text()
+    assert home["detail"] in report.replace("\\|", "|") and ev["lsnReached"] in report
 
 
 def test_the_ci_workflow_runs_shipped_scenarios_and_publishes_their_junit() -> None:

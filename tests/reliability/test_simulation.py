@@ -250,6 +250,18 @@ def test_a_paused_holder_does_not_write_before_the_new_holder_does() -> None:
                lambda result: None)
 
 
+def test_a_holder_paused_between_attempts_does_not_reopen_a_step_another_finished() -> None:
+    # seed 4233 of the sweep: r1 retries the database failback (dc-a cut off) and is paused
+    # 17 s in its back-off; the CLI takes the lease, fails the step and the run, releases
+    # the lease; r1 takes it again under a new token. Its view of the step is stale: it
+    # stands by instead of recording the finished step running again.
+    result = run_schedule(4233)
+    assert result.violation is None, result.report()
+    trace = "\n".join(result.trace)
+    assert "r1-host-101 takes the lease, token 3" in trace
+    assert "failback-promote-db running -> failed" in trace
+
+
 def test_a_holder_cut_from_the_coordinator_stops_before_its_lease_expires() -> None:
     # partitions: the holder loses the coordinator mid-step; the other replica takes over
     def check(result: Result) -> None:
@@ -419,3 +431,45 @@ def test_a_promote_step_that_skips_the_fence_is_a_violation(
                            name="unfenced-promote")).run()
         assert result.violation is not None, "a promotion without a fence went unnoticed"
         assert result.violation.kind == "two writable primaries", result.report()
+
+
+# --- the database failback (issue 16) ------------------------------------------------------
+
+
+def test_a_failback_brings_every_row_written_at_dc_b_home_before_the_traffic() -> None:
+    def check(result: Result) -> None:
+        back = runs_of(result, "failback")[0]
+        first = back["steps"][0]
+        assert first["action"] == "db-failback" and first["status"] == "succeeded", first
+        promotes = [w for w in result.writes_log if w.method == "promote"]
+        reverts = [w for w in result.writes_log if w.backend in ("edge", "zone")
+                   and (w.label or "").startswith(back["id"])]
+        assert len(promotes) == 2 and reverts and promotes[1].t < reverts[0].t
+        assert promotes[1].label == f"{back['id']}/failback-promote-db"
+        assert set(first["evidence"]["phases"]) == {"rebuild", "catchUp", "fence", "replay",
+                                                    "promote", "demote"}
+
+    over_seeds(lambda seed: quiet(seed, plan_key=("promote", False, False, False),
+                                  outages=[(1.0, 8.0)], clis=[(14.0, "failback")],
+                                  horizon=40.0), check, range(6))
+
+
+def test_a_failback_that_promotes_a_node_behind_is_a_violation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # invariant 8 bites: a db-failback that neither rebuilds dc-a nor waits for it to
+    # catch up promotes a node without the rows committed at dc-b
+    import controller.steps.db_failback as db_failback
+
+    def follow_only(self: Any, node: Any, *, source: Any) -> dict[str, Any]:
+        self.db.stop(node)
+        self.db.follow(node, source=source)
+        return {"method": "none"}
+
+    monkeypatch.setattr(db_failback._Failback, "rebuild", follow_only)
+    monkeypatch.setattr(db_failback, "_wait", lambda read, done, timeout: read())
+    for seed in range(3):  # (not through `simulate`: an expected violation is not tallied)
+        result = Sim(quiet(seed, plan_key=("promote", False, False, False),
+                           outages=[(1.0, 8.0)], clis=[(14.0, "failback")], horizon=40.0,
+                           name="failback-behind")).run()
+        assert result.violation is not None, "a failback that lost writes went unnoticed"
+        assert result.violation.kind == "a failback lost committed writes", result.report()

@@ -1,7 +1,9 @@
 """The backup schedule and what readiness knows of the backups: a set is due once its
-newest verified backup is `every` old; readiness fails on a backup or off-site copy older
-than the RPO budget, a missing off-site copy, a stale test restore; the CronJob runs
-`backup --due` on the plan."""
+newest verified backup is `every` old; a test restore of the newest verified backup is
+due once the last passed one is `testRestoreEvery` old, and a verifier that runs none
+fails it; readiness fails on a backup or off-site copy older than the RPO budget, a
+missing off-site copy, a stale test restore; the CronJob runs `backup --due` on the
+plan."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ import pytest
 
 from controller import readiness
 from controller.backends import Backends
+from controller.backups import Verifier
 from controller.backups.filesystem import FilesystemBackupStore, FilesystemStoreOptions
-from controller.backups.schedule import cronjob, due, last_test_restore
-from controller.model import Backup
+from controller.backups.job import run_test_restore
+from controller.backups.schedule import cronjob, due, due_test_restore, last_test_restore
+from controller.model import Backup, Evidence
 from controller.plan import BackupSet, FailoverPlan, parse_plan
 from controller.secrets import Secrets
 from tests.unit.test_plan_backups import daily, plan_with
@@ -49,6 +53,47 @@ def test_last_test_restore_is_the_newest_passed_one() -> None:
     assert last_test_restore([b(1), b(2, False)]) is None
     assert last_test_restore([b(1), b(2, test_restore_at=NOW - 5), b(3, test_restore_at=NOW - 9)]
                              ) == NOW - 5
+
+
+def test_a_test_restore_of_the_newest_verified_backup_is_due_every_test_restore_every(
+        ) -> None:
+    weekly = BackupSet.model_validate(daily(testRestoreEvery="7d"))
+    assert due_test_restore(weekly, [b(1, False), b(2, None)], NOW) is None  # none to test
+    assert due_test_restore(weekly, [b(1), b(30)], NOW) == (
+        b(1), "users: no test restore passed yet (every 168h)")
+    fresh = [b(1), b(30, test_restore_at=NOW - 6 * DAY)]
+    assert due_test_restore(weekly, fresh, NOW) is None
+    stale = [b(1, False), b(5), b(30, test_restore_at=NOW - 7 * DAY - 300)]
+    assert due_test_restore(weekly, stale, NOW) == (
+        b(5), "users: the last passed test restore is 168h 5m old (every 168h)")
+
+
+class _Verifier(Verifier):
+    """Answers what a verifier with the given checks would (the real one: e2e)."""
+
+    def __init__(self, passed: bool, checks: list[str]):
+        self.passed, self.checks = passed, checks
+
+    def verify(self, *, backup: Backup, actor: str | None = None) -> Evidence:
+        return {"passed": self.passed, "summary": "checksums failed: mismatch" if not
+                self.passed else "passed: " + ", ".join(self.checks),
+                "checks": [{"name": c, "passed": self.passed} for c in self.checks]}
+
+    def verify_unverified(self, *, dataset: str, actor: str | None = None
+                          ) -> list[Evidence]:
+        return []
+
+
+@pytest.mark.parametrize(("passed", "checks", "error"), [
+    (True, ["checksums", "test-restore"], ""),
+    (True, ["checksums", "pgbackrest verify"], "verifier verify ran no test restore: set "
+     "`testRestore: true` on it (readiness wants one every 168h)"),
+    (False, ["checksums"], "checksums failed: mismatch")], ids=["passed", "none", "failed"])
+def test_a_scheduled_test_restore_passes_only_when_the_test_restore_ran_and_passed(
+        passed: bool, checks: list[str], error: str) -> None:
+    done = run_test_restore(SET, b(5), "due", verifier=_Verifier(passed, checks),
+                            actor="cron")
+    assert (done.ok, done.error, done.backup) == (not error, error, "b5")
 
 
 def test_the_cronjob_runs_backup_due_on_the_plan_it_carries() -> None:

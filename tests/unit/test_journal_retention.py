@@ -209,7 +209,7 @@ def test_prune_never_removes_an_open_incident_even_when_forced(journal: Journal)
     world.tick(True)
     world.engine.request("failover", actor="oncall", reason="first try")
     world.engine.reconcile()
-    world.engine.approve(world.run().id, actor="oncall")
+    world.engine.approve(world.run().id, actor="second-oncall")
     world.engine.reconcile()
     failed_over = world.run()
     assert failed_over.phase is Phase.FAILED_OVER

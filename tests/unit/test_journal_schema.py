@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import journal as journal_module
+from controller import journal_file as journal_module
 from controller.journal import SCHEMA_VERSION, Journal, JournalError
 from controller.model import Phase, StepStatus, Trigger
 from tests.unit.test_engine import World, make_plan

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -66,3 +67,13 @@ def test_kustomization_resources_exist() -> None:
     [kustomization] = docs("kustomization.yaml")
     for resource in kustomization["resources"]:
         assert (DEPLOY / resource).exists(), resource
+
+
+def test_the_base_builds_with_kustomizes_default_load_restrictor() -> None:
+    """`kubectl apply -k manifests/deploy` as the README says: no file outside the base is
+    loaded directly (the CRD comes in as the kustomization manifests/crd)."""
+    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY)], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}
+    assert {"CustomResourceDefinition", "Deployment", "ValidatingAdmissionPolicy"} <= kinds

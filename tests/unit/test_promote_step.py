@@ -171,6 +171,19 @@ def test_a_primary_never_seen_as_a_standby_is_not_called_promoted() -> None:
         perform(plan, ctx)
 
 
+def test_a_standby_a_person_promotes_after_it_was_read_is_not_promoted_again() -> None:
+    plan = promote_plan()
+    ctx = context(plan)
+    step = plan.spec.steps[-1]
+    with fencing.scope(Fence(10, "test-1", label="run-1/promote-db")):
+        change = promote.KIND.prepare(step, ctx)  # read in recovery, handed to apply
+        fake(ctx).set_node("dc-b", recovery=False)  # promoted by hand in between
+        with pytest.raises(promote.Refused, match="not-a-standby: dc-b:5432 is not in "
+                           "recovery"):
+            promote.KIND.apply(step, ctx, change)
+    assert fake(ctx).promotions() == []
+
+
 def test_a_stale_token_cannot_fence_or_promote() -> None:
     plan = promote_plan()
     ctx = context(plan)

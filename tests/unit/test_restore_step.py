@@ -149,6 +149,8 @@ def test_a_damaged_backup_is_replaced_by_the_next_verified_one_in_the_plans_orde
         ("wal-2", "continuous"), ("wal-1", "continuous")]
     assert "authentication failed at chunk 3" in evidence["fellBack"][0]["why"]
     assert "payload mem:wal-1 is missing" in evidence["fellBack"][1]["why"]
+    assert evidence["fellBack"][0]["catalog"] == ("not marked: this store keeps no "
+                                                  "verification record")  # (the fake's)
     assert evidence["why"].startswith("restoring daily-2 (daily, taken ")
     assert ("no continuous backup is verified and intact, so the newest verified and intact "
             "daily backup; skipped newer wal-2 failed at restore (wal-2: authentication "
@@ -201,9 +203,23 @@ def test_a_failure_that_is_not_the_backups_does_not_fall_back(failure: str) -> N
         elif failure == "host":
             with pytest.raises(ConnectionError, match="injected restore failure"):
                 apply(ctx)
-        else:  # the target holds what an earlier attempt restored: refused, not retried
+        else:  # the target holds another backup, restored earlier: refused, not retried
             apply(ctx)
-            with pytest.raises(PermanentError, match="is not empty") as err:
-                apply(ctx)
+            newer = context(restore_plan([_backup("wal-2", "continuous", 0.05),
+                                          _backup("wal-1", "continuous", 0.1)],
+                                         validation=[QUERY]))
+            with pytest.raises(PermanentError, match="is not empty; it holds backup "
+                                                     "wal-1") as err:
+                apply(newer)
             assert not isinstance(err.value, DamagedBackup)
     assert restored(ctx) == ([] if failure != "refused" else ["wal-1"])
+
+
+def test_a_step_retried_after_its_restore_landed_is_answered_already_restored() -> None:
+    ctx = context(restore_plan([_backup("wal-1", "continuous", 0.1)], validation=[QUERY]))
+    with fencing.scope(fencing.Fence(3, "controller-a", label="r1/restore-db")):
+        apply(ctx)
+    with fencing.scope(fencing.Fence(4, "controller-b", label="r1/restore-db")):
+        again = apply(ctx)  # the answer was lost: the step runs again on the next lease
+    assert again["chosen"] == "wal-1" and again["alreadyRestored"] is True
+    assert restored(ctx) == ["wal-1"]

@@ -12,10 +12,12 @@ Owns a small, real Kubernetes control plane (no nodes, no controllers) for the
   - `admin`: group system:masters (sets the world up, plays "someone else" in tests);
   - `controller`: the ServiceAccount user of `manifests/deploy/rbac.yaml`
     (system:serviceaccount:failover-system:failover-controller), bound by exactly the
-    project's Role, so tests run the controller with the permissions it ships with.
+    project's Role, so tests run the controller with the permissions it ships with;
+  - one more per entry of `people` (user name: groups), with no permission until a test
+    binds a role to them (the people's roles of `manifests/deploy/people.yaml`).
 - On start it creates the namespace and RBAC of `manifests/deploy/`, installs the CRDs
-  (the project's `manifests/crd/` plus any `crds` given, e.g. the mesh CRDs under
-  `tests/crds/`), and waits until the API answers /readyz, every CRD is Established and
+  (the project's `manifests/crd/failoverplans.yaml` plus any `crds` given, e.g. the mesh
+  CRDs under `tests/crds/`), and waits until the API answers /readyz, every CRD is Established and
   the controller's Role is in effect.
 
 Setup talks plain HTTPS (urllib) so the launcher does not depend on the client under
@@ -51,7 +53,7 @@ from controller.drill.servers.etcd import EtcdServer, etcd_binary
 ROOT = Path(__file__).resolve().parents[3]
 KUBE_VERSION = os.environ.get("KUBE_VERSION", "v1.36.3")
 BUILD_HINT = "build it with scripts/build-kube-apiserver.sh (needs Go; cached outside the repo)"
-PROJECT_CRDS = (ROOT / "manifests/crd",)
+PROJECT_CRDS = (ROOT / "manifests/crd/failoverplans.yaml",)
 DEPLOY = ROOT / "manifests/deploy"
 
 
@@ -97,7 +99,7 @@ def _write_sa_key(directory: Path) -> tuple[Path, Path]:
 
 @dataclass(frozen=True)
 class Identity:
-    name: str  # admin | controller
+    name: str  # admin | controller | one of KubeServers.people
     user: str
     groups: tuple[str, ...]
     token_file: Path
@@ -115,6 +117,7 @@ class KubeServers(Launcher):
     """
 
     crds: list[Path] = field(default_factory=list)
+    people: dict[str, tuple[str, ...]] = field(default_factory=dict)  # user: groups
     base: Path | None = None
     binary: Path | None = None
     url: str = ""
@@ -229,6 +232,8 @@ class KubeServers(Launcher):
                     "controller", f"system:serviceaccount:{self.namespace}:{sa}",
                     ("system:serviceaccounts", f"system:serviceaccounts:{self.namespace}"),
                     tokens / "controller"),
+                **{user: Identity(user, user, groups, tokens / user)
+                   for user, groups in self.people.items()},
             }
             lines = []
             for ident in self.identities.values():
@@ -339,13 +344,15 @@ class KubeServers(Launcher):
 
 
 _CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole",
-                   "ClusterRoleBinding"}
+                   "ClusterRoleBinding", "ValidatingAdmissionPolicy",
+                   "ValidatingAdmissionPolicyBinding"}
 
 
 def _collection(doc: dict[str, Any]) -> str:
     api = doc["apiVersion"]
     prefix = "/api/v1" if api == "v1" else f"/apis/{api}"
-    plural = doc["kind"].lower() + "s"
+    kind = doc["kind"].lower()
+    plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
     if doc["kind"] in _CLUSTER_SCOPED:
         return f"{prefix}/{plural}"
     namespace = doc["metadata"].get("namespace", "default")

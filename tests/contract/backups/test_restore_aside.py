@@ -46,11 +46,39 @@ ROOT = Path(__file__).resolve().parents[3]
 SIDES = pytest.mark.parametrize("over_ssh", [False, True], ids=["local", "ssh"])
 
 
-def _restorer(store: Any, store_options: dict[str, Any], over_ssh: bool, sshd: SshServer,
-              tmp_path: Path) -> BaseBackupRestorer:
-    return BaseBackupRestorer(BaseBackupRestorer.Options.model_validate({
-        "store": {"kind": "s3", "options": store_options},
-        **(_ssh(sshd, tmp_path) if over_ssh else {})}), secrets=Secrets(), store=store)
+@dataclasses.dataclass
+class Scene:
+    """A verified backup, and the old cluster at the target it is restored onto."""
+
+    backup: Backup
+    old: OldCluster
+    before: dict[str, Any]  # the old cluster's fingerprint before the restore
+    store: S3BackupStore
+    store_options: dict[str, Any]
+    over_ssh: bool
+    sshd: SshServer
+    ssh: dict[str, Any]  # the restorer's `ssh` option ({} for a local restore)
+
+    def target(self, validation: list[Any] | None = None) -> Target:
+        return _target(self.old.path, self.over_ssh, self.sshd, validation or [])
+
+    def restorer(self, store: Any = None) -> BaseBackupRestorer:
+        return BaseBackupRestorer(BaseBackupRestorer.Options.model_validate({
+            "store": {"kind": "s3", "options": self.store_options}, **self.ssh}),
+            secrets=Secrets(), store=self.store if store is None else store)
+
+    def left_as_it_was(self) -> None:
+        _left_as_it_was(self.old, self.before)
+
+
+@pytest.fixture
+def scene(over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
+          source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
+          old_cluster: Callable[[Path], OldCluster]) -> Scene:
+    old = old_cluster(places / "old" / "data")
+    return Scene(backup=_verified_backup(s3_store, source_pg), old=old,
+                 before=old.fingerprint(), store=s3_store, store_options=store_options,
+                 over_ssh=over_ssh, sshd=sshd, ssh=_ssh(sshd, tmp_path) if over_ssh else {})
 
 
 class _CutReader:
@@ -122,51 +150,32 @@ def kill_mid_stream(backup: Backup, into: Target, store_options: dict[str, Any],
 
 
 @SIDES
-def test_a_payload_damaged_after_verification_leaves_the_old_data(
-        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
-        old_cluster: Callable[[Path], OldCluster]) -> None:
-    backup = _verified_backup(s3_store, source_pg)
-    client = s3_store.objects.client  # type: ignore[attr-defined]
-    full = f"{store_options['prefix']}/{backup.meta['objects'][0]['key']}"
-    data = bytearray(client.get_object(Bucket=store_options["bucket"], Key=full)["Body"].read())
+def test_a_payload_damaged_after_verification_leaves_the_old_data(scene: Scene) -> None:
+    client = scene.store.objects.client  # type: ignore[attr-defined]
+    bucket = scene.store_options["bucket"]
+    full = f"{scene.store_options['prefix']}/{scene.backup.meta['objects'][0]['key']}"
+    data = bytearray(client.get_object(Bucket=bucket, Key=full)["Body"].read())
     assert len(data) > 4 * crypto.DEFAULT_CHUNK  # the damage is chunks into the stream
     data[len(data) * 3 // 4] ^= 0x01
-    client.put_object(Bucket=store_options["bucket"], Key=full, Body=bytes(data))
-    old = old_cluster(places / f"damaged-{over_ssh}" / "data")
-    before = old.fingerprint()
-    restorer = _restorer(s3_store, store_options, over_ssh, sshd, tmp_path)
+    client.put_object(Bucket=bucket, Key=full, Body=bytes(data))
     with pytest.raises(crypto.DecryptionError):
-        restorer.restore(backup=backup, into=_target(old.path, over_ssh, sshd, []))
-    _left_as_it_was(old, before)
+        scene.restorer().restore(backup=scene.backup, into=scene.target())
+    scene.left_as_it_was()
 
 
 @SIDES
-def test_a_stream_cut_mid_way_leaves_the_old_data(
-        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
-        old_cluster: Callable[[Path], OldCluster]) -> None:
-    backup = _verified_backup(s3_store, source_pg)
-    old = old_cluster(places / f"cut-{over_ssh}" / "data")
-    before = old.fingerprint()
-    restorer = _restorer(_CutStore(s3_store, 5 * MiB), store_options, over_ssh, sshd,
-                         tmp_path)
+def test_a_stream_cut_mid_way_leaves_the_old_data(scene: Scene) -> None:
+    restorer = scene.restorer(_CutStore(scene.store, 5 * MiB))
     with pytest.raises(ConnectionResetError, match="reset by peer"):
-        restorer.restore(backup=backup, into=_target(old.path, over_ssh, sshd, []))
-    _left_as_it_was(old, before)
+        restorer.restore(backup=scene.backup, into=scene.target())
+    scene.left_as_it_was()
 
 
 @SIDES
-def test_a_restore_killed_mid_stream_leaves_the_old_data(
-        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
-        old_cluster: Callable[[Path], OldCluster]) -> None:
-    backup = _verified_backup(s3_store, source_pg)
-    old = old_cluster(places / f"killed-{over_ssh}" / "data")
-    before = old.fingerprint()
-    into = _target(old.path, over_ssh, sshd, [])
-    kill_mid_stream(backup, into, store_options, _ssh(sshd, tmp_path) if over_ssh else {})
-    assert old.fingerprint() == before
+def test_a_restore_killed_mid_stream_leaves_the_old_data(scene: Scene) -> None:
+    old = scene.old
+    kill_mid_stream(scene.backup, scene.target(), scene.store_options, scene.ssh)
+    assert old.fingerprint() == scene.before
     # what the killed restore left is beside the target, named by its marker
     assert sorted(old.leftovers()) == ["data.restore-state", "data.restoring"]
     assert "state=receiving" in (old.path.parent / "data.restore-state").read_text()
@@ -174,41 +183,28 @@ def test_a_restore_killed_mid_stream_leaves_the_old_data(
 
 
 @SIDES
-def test_a_restore_failing_validation_leaves_the_old_data(
-        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
-        old_cluster: Callable[[Path], OldCluster]) -> None:
-    backup = _verified_backup(s3_store, source_pg)
-    old = old_cluster(places / f"invalid-{over_ssh}" / "data")
-    before = old.fingerprint()
+def test_a_restore_failing_validation_leaves_the_old_data(scene: Scene) -> None:
     wrong = [{"name": "orders row count", "sql": "SELECT count(*) FROM orders",
               "expect": str(ROWS + 1)}]
-    restorer = _restorer(s3_store, store_options, over_ssh, sshd, tmp_path)
     with pytest.raises(RestoreFailed, match=f"got '{ROWS}', expected '{ROWS + 1}'") as err:
-        restorer.restore(backup=backup, into=_target(old.path, over_ssh, sshd, wrong))
+        scene.restorer().restore(backup=scene.backup, into=scene.target(wrong))
     assert err.value.phase == "validate"
-    _left_as_it_was(old, before)  # the restored node ran at the target; stopped, undone
+    scene.left_as_it_was()  # the restored node ran at the target; stopped, undone
 
 
 @SIDES
-def test_a_restore_that_passes_replaces_the_old_data_only_then(
-        over_ssh: bool, s3_store: S3BackupStore, store_options: dict[str, Any],
-        source_pg: PostgresServer, sshd: SshServer, tmp_path: Path, places: Path,
-        old_cluster: Callable[[Path], OldCluster]) -> None:
+def test_a_restore_that_passes_replaces_the_old_data_only_then(scene: Scene) -> None:
     from .conftest import VALIDATION
 
-    backup = _verified_backup(s3_store, source_pg)
-    old = old_cluster(places / f"replaced-{over_ssh}" / "data")
-    into = _target(old.path, over_ssh, sshd, VALIDATION)
-    restorer = _restorer(s3_store, store_options, over_ssh, sshd, tmp_path)
+    old, into, restorer = scene.old, scene.target(VALIDATION), scene.restorer()
     try:
-        evidence = restorer.restore(backup=backup, into=into)
+        evidence = restorer.restore(backup=scene.backup, into=into)
         assert evidence["replaced"] == {"path": f"{old.path}.replaced", "removed": True}
         assert evidence["validation"][0]["value"] == str(ROWS)
         assert evidence["alreadyRestored"] is False and evidence["resumed"] is None
         assert int((old.path / "postmaster.pid").read_text().split()[0]) == evidence["pid"]
         assert os.readlink(f"/proc/{evidence['pid']}/cwd") == str(old.path)
         assert old.leftovers() == ["data.restore-state"]  # it names the backup restored
-        assert f"backup={backup.id}" in (old.path.parent / "data.restore-state").read_text()
+        assert f"backup={scene.backup.id}" in (old.path.parent / "data.restore-state").read_text()
     finally:
         restorer.stop(into=into)

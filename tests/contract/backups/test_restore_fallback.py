@@ -6,7 +6,10 @@ the object's ETag gives it away to the integrity pass before anything is written
 directory store (no ETag, same size) only the restore's stream finds it, at the first bad
 chunk. Either way the step restores the older verified backup, the evidence names the
 damaged one and why, the restored database passes validation, and the RPO reported is
-the one of the backup actually restored.
+the one of the backup actually restored. The damaged backup is written back to the
+store's catalog as failed at restore, with the reason and the time: the next restore's
+choice, readiness's newest verified backup and the verifier's pending work all see it as
+not verified, and the evidence says where it was marked.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from controller.backups.catalog import CatalogStore
 from controller.backups.filesystem import FilesystemBackupStore
 from controller.backups.restore import BaseBackupRestorer
 from controller.backups.s3 import S3Objects
+from controller.backups.schedule import newest_verified
 from controller.backups.take import take_basebackup
 from controller.backups.verify import CatalogVerifier
 from controller.drill.servers.postgres import PostgresServer
@@ -120,3 +124,19 @@ def test_a_backup_damaged_after_verification_makes_the_step_restore_the_next_ver
     assert evidence["rpoSeconds"] >= started - older.taken_at  # the restored backup's age
     facts = restore.KIND.facts(evidence)
     assert facts[0].startswith(f"backup `{newer.id}` (daily, taken ") and caught in facts[0]
+
+    # written back to the catalog: nothing counts the damaged backup as verified any more
+    marked = store.objects.location(f"{newer.id}/catalog.json")
+    assert failed["catalog"].startswith("marked not verified at ")
+    assert failed["catalog"].endswith(f" in {marked}") and marked in facts[0]
+    listed = {b.id: b for b in store.list(dataset="orders")}
+    assert listed[newer.id].verified is False and listed[older.id].verified is True
+    assert listed[newer.id].verification.startswith("restore failed: ")
+    assert caught in listed[newer.id].verification
+    last = listed[newer.id].meta["lastVerification"]
+    assert last["by"] == "run r1" and started <= last["at"] <= time.time()
+    assert newest_verified(list(listed.values())) == listed[older.id]  # readiness's
+    assert verifier.verify_unverified(dataset="orders") == []  # nothing left pending
+    summary = restore.KIND.plan(plan.spec.steps[-1], ctx).summary  # the next restore's
+    assert summary.startswith(f"restoring {older.id} (daily, ")
+    assert f"skipped newer {newer.id} failed verification (restore failed: " in summary

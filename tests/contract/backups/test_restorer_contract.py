@@ -6,9 +6,11 @@ What a restore step relies on: only a verified backup is restored (a permanent e
 names it, before anything is touched); a verified one is restored and its evidence
 carries the keys the reports and the RPO check read, its validation queries passed; a
 target that already holds data (here: another backup's restore, its server running) is
-refused, naming it, and left as it was; a step cancelled before the restore touches
-nothing. (A retry of the same restore is recognised as done by the real restorers:
-test_restore_resume.py.)
+refused, naming it, and left as it was; a retry of a restore that finished (its answer
+lost, or the controller died before recording it; the step runs again on a new lease) is
+recognised and answered `alreadyRestored`, restoring nothing twice; a step cancelled
+before the restore touches nothing. (Resuming after a crash mid-stream, over SSH and
+pgBackRest: test_restore_resume.py.)
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from .conftest import ROWS, VALIDATION
 KINDS = ("memory", "basebackup-local", "basebackup-ssh", "pgbackrest")
 _N = itertools.count()
 EVIDENCE_KEYS = {"backup", "dataset", "host", "path", "rpoSeconds", "rpoMet", "phases",
-                 "validation", "seconds", "triggeredBy"}
+                 "validation", "seconds", "triggeredBy", "alreadyRestored", "resumed"}
 
 
 @dataclass
@@ -66,9 +68,9 @@ def restore(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Restore]
         fake = FakeRestorer(FakeRestorer.Options(key=f"contract-{next(_N)}"))
         yield Restore(
             kind, fake, "basebackup",
-            backup=lambda: Backup(id="orders-daily", dataset="orders", kind="daily",
-                                  taken_at=time.time() - 60, location="mem:orders-daily",
-                                  verified=True),
+            backup=lambda: Backup(id=f"orders-daily-{next(_N)}", dataset="orders",
+                                  kind="daily", taken_at=time.time() - 60,
+                                  location="mem:orders-daily", verified=True),
             target=lambda name: Target(host=None, path=str(tmp_path / name),
                                        options={"rpo": 3600, "actor": "alice"}),
             holds_data=lambda name: any(r["into"] == str(tmp_path / name)
@@ -162,6 +164,22 @@ def test_a_target_holding_data_is_refused_naming_it_and_left_as_it_was(
         with pytest.raises(PermanentError, match=re.escape(into.path)):
             restore.restorer.restore(backup=other, into=into)
     assert restore.holds_data("data") and first["backup"] == backup.id
+
+
+def test_a_retry_of_a_finished_restore_is_answered_already_restored(
+        restore: Restore) -> None:
+    backup = restore.backup()
+    into = restore.target("data")
+    with fencing.scope(fencing.Fence(1, "controller-a", label="run-1/restore")):
+        first = restore.restorer.restore(backup=backup, into=into)
+    # the answer was lost; the step runs again, on the next lease
+    with fencing.scope(fencing.Fence(2, "controller-b", label="run-1/restore")):
+        again = restore.restorer.restore(backup=backup, into=into)
+    assert first["alreadyRestored"] is False and first["resumed"] is None
+    assert again["alreadyRestored"] is True and again["backup"] == backup.id
+    assert set(again) >= EVIDENCE_KEYS and "fetch" not in again["phases"]
+    assert all(q["passed"] for q in again["validation"])
+    assert restore.holds_data("data")
 
 
 def test_a_cancelled_step_restores_nothing(restore: Restore) -> None:

@@ -9,8 +9,14 @@ from __future__ import annotations
 import pytest
 
 from controller import registry
-from controller.db import Database, FenceMethod, Unreachable, lsn_text, parse_lsn
-from controller.model import PermanentError
+from controller.db import (
+    Database,
+    FenceMethod,
+    NotInRecovery,
+    Unreachable,
+    lsn_text,
+    parse_lsn,
+)
 from tests.contract.db.conftest import DbWorld
 
 
@@ -44,13 +50,16 @@ def test_a_stop_fence_stops_the_primary_and_is_idempotent(world: DbWorld) -> Non
 
 def test_a_promotion_moves_the_standby_to_the_next_timeline_once(world: DbWorld) -> None:
     before = world.db.state(world.standby)
-    world.db.promote(world.standby, timeout=30)
+    promoted = world.db.promote(world.standby, timeout=30, queries=["SELECT 1"])
     after = world.db.state(world.standby)
     assert not after.in_recovery and after.writable
     assert after.timeline == before.timeline + 1
-    with pytest.raises(PermanentError, match="is not in recovery: there is nothing to "
+    assert promoted.state.timeline == after.timeline and promoted.state.writable
+    assert promoted.values == ["1"]  # the queries, answered in the promotion's session
+    with pytest.raises(NotInRecovery, match="is not in recovery: there is nothing to "
                        "promote"):
         world.db.promote(world.standby, timeout=30)
+    assert world.db.state(world.standby).timeline == after.timeline
 
 
 def test_a_node_that_does_not_answer_is_unreachable(world: DbWorld) -> None:

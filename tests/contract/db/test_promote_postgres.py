@@ -2,11 +2,13 @@
 sshd for the `ssh-stop` fence): rows committed on the primary are on the promoted node;
 a standby over its lag budget or not streaming is refused with a named state and nothing
 is fenced or promoted; an old primary that cannot be reached is fenced by the plan's
-STONITH command, or the run waits for a person to say `done fence-primary`; a resumed
-attempt recognises the promotion it made."""
+STONITH command, or the run waits for a person to say `done fence-primary`; a crashed
+primary's writes after its last checkpoint count in the data lost; a resumed attempt
+recognises the promotion it made."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,11 +18,13 @@ import pytest
 
 from controller import fencing
 from controller.backends import Backends
+from controller.db import parse_lsn
+from controller.drill.processes import stop_pid
 from controller.drill.servers.postgres import PostgresServer
 from controller.drill.servers.sshd import SshServer
 from controller.fencing import Fence
 from controller.journal import Journal
-from controller.model import Phase, StepStatus
+from controller.model import PermanentError, Phase, StepStatus
 from controller.plan import FailoverPlan
 from controller.readiness import checks
 from controller.steps import StepContext, promote
@@ -76,6 +80,17 @@ def test_a_sql_fence_then_the_promotion_keeps_every_committed_row(pg_pair: Pair)
     standby.psql("INSERT INTO orders VALUES (4, 'after')")  # the new primary takes writes
 
 
+def test_validation_runs_read_only_on_the_promoted_node(pg_pair: Pair) -> None:
+    old, standby = pg_pair
+    old.psql(ROWS)
+    write = [{"name": "write", "query": "INSERT INTO orders VALUES (9, 'x') RETURNING id"}]
+    with pytest.raises(PermanentError, match="read-only transaction"):
+        perform(plan_for(pg_pair, fence={"method": "sql", "command": ["/bin/false"]},
+                         validation=write))
+    assert standby.psql("SELECT pg_is_in_recovery()") == "f"  # promoted, then checked
+    assert standby.psql("SELECT count(*) FROM orders") == "3"
+
+
 def test_an_ssh_stop_fence_stops_the_old_primary_by_pid(pg_pair: Pair, sshd: SshServer,
                                                         tmp_path: Path) -> None:
     old, standby = pg_pair
@@ -93,6 +108,37 @@ def test_an_ssh_stop_fence_stops_the_old_primary_by_pid(pg_pair: Pair, sshd: Ssh
     assert not (old.data / "postmaster.pid").exists()
     assert evidence["rpoBytes"] == 0  # the shutdown checkpoint reached the standby
     assert standby.psql("SELECT count(*) FROM orders") == "3"
+
+
+def test_writes_a_crashed_primary_made_after_its_last_checkpoint_count_as_lost(
+        pg_pair: Pair) -> None:
+    old, standby = pg_pair
+    old.psql(ROWS)
+    checkpoint = old.psql("CHECKPOINT; SELECT checkpoint_lsn FROM pg_control_checkpoint()")
+    for _ in range(400):  # the standby has replayed the checkpoint
+        if standby.psql(f"SELECT pg_last_wal_replay_lsn() >= '{checkpoint}'") == "t":
+            break
+        time.sleep(0.05)
+    standby.psql("ALTER SYSTEM SET primary_conninfo = ''")  # then it hears no more
+    standby.psql("SELECT pg_reload_conf()")
+    for _ in range(400):
+        if standby.psql("SELECT count(*) FROM pg_stat_wal_receiver") == "0":
+            break
+        time.sleep(0.05)
+    old.psql("SET synchronous_commit = on; "  # on disk when committed
+             "INSERT INTO orders SELECT g, 'late ' || g FROM generate_series(4, 500) g")
+    pid, old.pid = old.pid, None
+    assert pid is not None
+    stop_pid(pid, signal.SIGQUIT)  # a crash: no shutdown checkpoint
+    _, evidence = perform(plan_for(pg_pair, fence={"method": "ssh-stop",
+                                                   "command": ["/bin/false"]}))
+    fence = evidence["fence"]
+    assert fence["already"] is True and fence["lastLsn"] == checkpoint
+    assert evidence["primaryLastLsnFrom"].startswith("pg_waldump")
+    end = parse_lsn(evidence["primaryLastLsn"])
+    assert end == parse_lsn(fence["walEnd"]) > parse_lsn(checkpoint)
+    assert evidence["rpoBytes"] == end - parse_lsn(evidence["lsnReached"]) > 0
+    assert standby.psql("SELECT count(*) FROM orders") == "3"  # what it had
 
 
 def test_a_standby_over_its_lag_budget_is_refused(pg_pair: Pair) -> None:

@@ -59,6 +59,7 @@ import controller.fencing
 import controller.journal
 import controller.notices
 import controller.readiness
+import controller.steps.db_failback
 import controller.steps.promote
 import controller.steps.restore
 import controller.steps.traffic
@@ -89,6 +90,7 @@ MAX_SLICES = 20_000  # a schedule that needs more has an actor spinning without 
 TRACE_LEN = 200
 CLI_POLL = 1.0  # seconds between a CLI's reconciles while it waits or follows (0.2 s in
 # the real CLI: the same calls, fewer of them)
+CLIENT_EVERY = 0.7  # seconds between the application's commits to the database nodes
 
 
 class Violation(Exception):
@@ -303,7 +305,7 @@ def patched(sim: Sim) -> Iterator[None]:
     fake_uuid = SimpleNamespace(uuid4=lambda: uuid.UUID(int=ids.getrandbits(128), version=4))
     saved = []
     for module in (controller.steps.traffic, controller.steps.restore,
-                   controller.steps.promote, controller.testing,
+                   controller.steps.promote, controller.steps.db_failback, controller.testing,
                    controller.fencing, controller.notices, controller.readiness):
         saved.append((module, "time", module.time))
         setattr(module, "time", fake)  # noqa: B010 (a module's global, for this schedule)
@@ -542,6 +544,13 @@ class Sim:
             if self.capture:
                 self.writes_log.append(self.writes[-1])
         self.trace("person powers off dc-a's database: %s -> %s", before, after)
+
+    def client_writes(self) -> None:
+        """The application's clients commit a row on every database node that takes writes
+        (a node cut off from us too: its own clients still reach it)."""
+        fake = self.raw.fakes["pg"]
+        rows = {name: fake.commit(name) for name in sorted(fake.nodes())}
+        self.trace("clients commit %s", {n: r for n, r in rows.items() if r is not None})
 
     def set_primary(self, up: bool) -> None:
         self.primary_up = up
@@ -813,6 +822,9 @@ class Sim:
             self.at(t, partial(self.start_cli, kind))
         for t in s.person:
             self.at(t, self.person_edit)
+        if "pg" in self.raw.fakes:
+            for i in range(int(s.horizon / CLIENT_EVERY)):
+                self.at((i + 0.5) * CLIENT_EVERY, self.client_writes)
 
     def run(self) -> Result:
         violation: Violation | None = None

@@ -36,8 +36,14 @@ committed: `PRAGMA data_version`), and at the simulated world. A broken invarian
 7. **One writable primary.** No write leaves two database nodes that would accept writes
    (a node cut off from us counts: its own clients still write to it); a promotion finds
    the old primary fenced already (stopped, read-only, or powered off by a command or by a
-   person, whose human step `fence-primary` the journal then records done); a standby is
-   promoted at most once in a schedule.
+   person, whose human step `fence-primary` the journal then records done); a step
+   promotes at most once (a failback's `db-failback` promotes the old primary again,
+   with the promoted node fenced first).
+8. **No committed write lost by a failback.** When a failback's `db-failback` promotes
+   the old primary, it holds every row a client committed on the node it takes over from
+   while that node was the primary (its timeline); and when a failback completes
+   Healthy, the node that takes writes holds every row ever committed at the node the
+   incident promoted.
 
 Only what an event can have changed is read: the journal when another connection wrote
 one of its tables (noted per statement), the world when a backend changed.
@@ -54,6 +60,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from controller import model
 from controller.model import Phase, StepStatus
 from tests.reliability.sim import plans
+from tests.reliability.sim.db_checks import DatabaseChecks
 from tests.reliability.sim.harness import Violation
 from tests.reliability.sim.scheduler import WALL_BASE
 from tests.reliability.sim.world import writable
@@ -64,7 +71,7 @@ if TYPE_CHECKING:
 
 TERMINAL = {s.value for s in model.TERMINAL}
 UNDONE = {StepStatus.SUCCEEDED.value, StepStatus.FAILED.value}  # may become reverted
-IDEMPOTENT = {"traffic", "dns", "revert"}
+IDEMPOTENT = {"traffic", "dns", "revert", "db-failback"}  # each attempt reads, then resumes
 WATCHING = {Phase.HEALTHY.value, Phase.DEGRADED.value}
 JOURNAL_TABLES = frozenset({"runs", "steps", "plan_state", "leases"})  # what is checked
 EMPTY_STATUS: tuple[Any, ...] = (None, None, ())
@@ -123,7 +130,7 @@ class Checker:
         self.max_token: int | None = None
         self.performers: dict[str, dict[int, tuple[int | None, str | None]]] = {}
         self.restores: Counter[str] = Counter()
-        self.promotions: list[str] = []  # the label of each promotion, in order
+        self.database = DatabaseChecks(self)  # 7's promotions, 8
         self.world = sim.raw.world()
         self.incident: Incident | None = None
         self.bad_since: float | None = None
@@ -245,8 +252,11 @@ class Checker:
             incident.found_by[w.backend] = label
         if action == "promote":
             if w.method == "promote":
-                self._promotion(w, run, what)
+                self.database.promotion(w, run, what)
             return  # a fence is idempotent; the promotion is counted above
+        if action == "db-failback" and w.method == "promote":
+            self.database.promotion(w, run, what)
+            self.database.nothing_lost(w, what)
         if action == "restore":
             self.restores[label] += 1
             if self.restores[label] > 1:
@@ -273,24 +283,6 @@ class Checker:
                       f"{what}; {len(performers)} attempts wrote under {w.label} as "
                       f"(token, holder) {dict(seen)}, the step records attempts "
                       f"{dict(recorded)}")
-
-    def _promotion(self, w: WorldWrite, run: str, what: str) -> None:
-        self.checked["promotion"] += 1
-        self.promotions.append(w.label or "")
-        if len(self.promotions) > 1:
-            self.fail("a promote performed twice", f"{what}; promotions under "
-                      f"{self.promotions}")
-        for name, _, recovery, _, fenced in w.before:
-            if recovery:
-                continue  # the standby being promoted
-            if fenced is None:
-                self.fail("a promote without a fence", f"{what}: the old primary {name} "
-                          "was not fenced first")
-            done = self.steps.get((run, "fence-primary"), ("", ""))[1]
-            if fenced == "person" and done != StepStatus.SUCCEEDED.value:
-                self.fail("a promote without a fence", f"{what}: a person powered off "
-                          f"{name}, but the journal records step fence-primary as "
-                          f"{done or 'absent'}, not done")
 
     def _evidence(self, run: str, step: str) -> dict[str, Any]:
         assert self.conn is not None
@@ -402,6 +394,7 @@ class Checker:
             return
         self.incident = None
         self.checked["failback"] += 1
+        self.database.home_has_every_row(run_id)
         expected = incident.expected
         differ = {name: (now, expected[name]) for name, now in self.world.items()
                   if name in expected and now != expected[name]}

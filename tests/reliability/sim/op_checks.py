@@ -314,7 +314,10 @@ class OpChecker:
 
 def _reverted(step: str, steps: dict[str, str]) -> str:
     """The step of the spec a failback's step reverts (`revert-NAME`, or `revert-NAME-N`
-    for an incident's earlier failover run); `step` itself for any other step."""
+    for an incident's earlier failover run) or brings home (`failback-NAME`: the database
+    failback of the promote step NAME); `step` itself for any other step."""
+    if step.startswith("failback-") and step.removeprefix("failback-") in steps:
+        return step.removeprefix("failback-")
     if not step.startswith("revert-"):
         return step
     name = step.removeprefix("revert-")

@@ -8,7 +8,8 @@ clearing after one probe that passes or three (a failback before the plan clears
 `promote` shapes promote the in-memory standby first (`controller.testing_db`): fenced by
 SQL or, when the old primary cannot be reached, by the plan's STONITH command
 (`promote`) or by a person who says done in the human step `fence-primary` placed
-before it (`promote-person`). Parsed once per process (`plan_for`), since schedules
+before it (`promote-person`); a failback brings the database home first (`db-failback`:
+dc-b fenced by a stop, or by SQL). Parsed once per process (`plan_for`), since schedules
 share them.
 """
 
@@ -101,6 +102,8 @@ def document(shape: str, short: bool, revert: bool, failback: bool,
                    "timeout": timeout, "retries": 2, "onFailure": "abort",
                    "params": {"standby": {"host": "dc-b"}, "primary": {"host": "dc-a"},
                               "fence": fence, "timeouts": {"catchUp": "1s"},
+                              "failback": {"catchUp": "2s", "fence": "ssh-stop"
+                                           if shape == "promote" else "sql"},
                               "validation": [{"name": "one", "query": "SELECT 1",
                                               "expect": "1"}]}},
                   traffic, dns]

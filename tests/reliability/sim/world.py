@@ -51,7 +51,8 @@ from controller.model import Sample
 if TYPE_CHECKING:
     from tests.reliability.sim.harness import Replica, Sim
 
-WRITES = frozenset({"shift", "revert", "apply", "delete", "restore", "fence", "promote"})
+WRITES = frozenset({"shift", "revert", "apply", "delete", "restore", "fence", "promote",
+                    "stop", "rewind", "basebackup", "follow"})
 INFLIGHT_MAX = 0.3  # seconds a write spends in the network after its fence check
 WRITE_YIELD = 0.5  # odds that another actor runs before a journal write transaction
 READ_YIELD = 0.15  # ... before any other journal call
@@ -243,16 +244,17 @@ def fingerprint(target: Any, role: str) -> Any:
         return tuple((r.name, r.type, r.ttl, r.values) for r in target.records())
     if role == "restorer":
         return len(target.restored())
-    if role == "database":  # each node: (name, running, in recovery, read-only, fenced by)
-        return tuple((name, n["running"], n["recovery"], n["readOnly"], n["fenced"])
-                     for name, n in sorted(target.nodes().items()))
+    if role == "database":  # each node: (name, running, in recovery, read-only, fenced by,
+        # timeline: a rewind or base backup moves a node onto another's)
+        return tuple((name, n["running"], n["recovery"], n["readOnly"], n["fenced"],
+                      n["timeline"]) for name, n in sorted(target.nodes().items()))
     return None
 
 
 def writable(database: Any) -> list[str]:
     """The nodes of a database fingerprint that would accept writes (reachable or not:
     a primary cut off from us still takes its own clients' writes)."""
-    return [name for name, running, recovery, read_only, _ in database
+    return [name for name, running, recovery, read_only, _, _ in database
             if running and not recovery and not read_only]
 
 
