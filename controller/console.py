@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from controller.plan import FailoverPlan, Step, format_duration
-from controller.registry import step_kind
+from controller.steps import step_kind
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_JOURNAL, EXIT_WAITING = 0, 1, 2, 3, 4
 NO_DECISION = "no decision yet (the loop has not run)"  # lastDecision null in JSON

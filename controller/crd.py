@@ -165,7 +165,7 @@ def _policy() -> dict[str, Any]:
         "detectedAt": _time("when the trip's condition began"),
         "cooldownUntil": _time("no automatic failover before this time"),
         "belowFloorSince": _time("core availability below the trigger's floor since"),
-        "surgeSince": _time("a business signal above its surge since"),
+        "surgeSince": _time("a signal that trips breached since"),
         "availability": _field("number", "percent: the core services' mean availability "
                                "over the window, a service down counting 0"),
         "servicesDown": _field("array", "services with consecutiveFailures failed probes "

@@ -17,6 +17,8 @@ Why each rule:
 - **Every attempt is counted before it starts**, with the fencing token and holder it ran
   under (`evidence.fencing`), so the record says who could have written and when (a
   failed read of the original counts as an attempt too).
+- **A step may ask for a person** (`PersonNeeded`): it is recorded `awaiting-person`
+  with the question, and the run goes on from there once someone says done.
 - **Bounded retries** of what the world may fix (connection errors), with back-off inside
   the step's timeout, the lease renewed while waiting; never a permanent error (rejected
   precondition, bad credentials), a cancel or a lost lease.
@@ -38,9 +40,9 @@ from controller.fencing import Cancelled, Fence, LostLease, StaleToken, scope
 from controller.journal import Journal
 from controller.model import PermanentError, StepRecord, StepStatus
 from controller.plan import Step
-from controller.registry import step_kind
 from controller.secrets import redact
-from controller.steps import StepContext
+from controller.steps import StepContext, step_kind
+from controller.steps.manual import PersonNeeded
 
 __all__ = ["Executor", "LostLease", "StepTimeout"]
 
@@ -152,6 +154,12 @@ class Executor:
                 rec.status, rec.error = StepStatus.UNKNOWN, str(exc)
                 self.save(rec)
                 log.error("step %s: %s", step.name, exc)
+                return rec
+            except PersonNeeded as exc:  # it goes on once a person says done (People)
+                rec.status, rec.error = StepStatus.AWAITING_PERSON, str(exc)
+                rec.evidence = {**rec.evidence, "person": exc.asked(self.clock.now())}
+                self.save(rec)
+                log.warning("step %s waits for a person: %s", step.name, exc)
                 return rec
             except BaseException as exc:
                 if not isinstance(exc, Exception):

@@ -503,6 +503,19 @@ class Journal(JournalFile):
                                  "archived")
             db.execute("UPDATE runs SET archived_at=? WHERE id=?", (at, run_id))
 
+    def unarchived(self, plan: str, *, finished_before: float | None = None) -> list[str]:
+        """The plan's finished runs not yet archived (`mark_archived`), oldest first."""
+        rows = self._all("SELECT id FROM runs WHERE plan=? AND finished_at IS NOT NULL AND "
+                         "finished_at < ? AND archived_at IS NULL ORDER BY finished_at",
+                         (plan, float("inf") if finished_before is None else finished_before))
+        return [r["id"] for r in rows]
+
+    def last_audit(self, plan: str, action: str) -> dict[str, Any] | None:
+        """The plan's newest audit entry of `action` (e.g. the last failed archive)."""
+        rows = self._all("SELECT * FROM audit WHERE plan=? AND action=? ORDER BY id DESC "
+                         "LIMIT 1", (plan, action))
+        return dict(rows[0]) if rows else None
+
     def prune(self, *, before: float, force: bool = False, batch: int = 5000) -> Pruned:
         """Remove finished runs that finished before `before` (with their steps, approvals,
         audit rows and the requests that started them), then the decisions older than

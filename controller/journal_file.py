@@ -41,7 +41,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
@@ -84,6 +84,13 @@ CREATE TABLE IF NOT EXISTS leases (
   name TEXT PRIMARY KEY, holder TEXT NOT NULL, token INTEGER NOT NULL, expires_at REAL NOT NULL
 );
 """ + """
+CREATE TABLE IF NOT EXISTS samples (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, plan TEXT NOT NULL, at REAL NOT NULL,
+  service TEXT NOT NULL, ok INTEGER NOT NULL, latency REAL, value REAL,
+  UNIQUE (plan, service, at)
+);
+CREATE INDEX IF NOT EXISTS samples_plan ON samples(plan, at);
+""" + """
 CREATE INDEX IF NOT EXISTS runs_open ON runs(plan, finished_at, started_at);
 CREATE INDEX IF NOT EXISTS runs_kind ON runs(plan, kind, finished_at);
 CREATE INDEX IF NOT EXISTS decisions_plan ON decisions(plan, id);
@@ -93,6 +100,8 @@ CREATE INDEX IF NOT EXISTS audit_run ON audit(run_id);
 CREATE INDEX IF NOT EXISTS audit_plan ON audit(plan, id);
 """
 _V2_INDEXES = _SCHEMA[_SCHEMA.index("CREATE INDEX IF NOT EXISTS runs_open"):]
+_V4_SAMPLES = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS samples"):
+                      _SCHEMA.index("CREATE INDEX IF NOT EXISTS runs_open")]
 
 
 def _statements(script: str) -> list[str]:
@@ -125,7 +134,15 @@ def _migrate_2(db: sqlite3.Connection) -> None:
                "WHEN kind = 'failback' THEN 'clear' ELSE 'trip' END WHERE origin = ''")
 
 
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_1, 2: _migrate_2}
+def _migrate_3(db: sqlite3.Connection) -> None:
+    """3 -> 4: `samples`, the probe samples each plan decided on during incidents
+    (`controller.sample_log`), so a real incident can be exported as a trace."""
+    for statement in _statements(_V4_SAMPLES):
+        db.execute(statement)
+
+
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_1, 2: _migrate_2, 3: _migrate_3}
 """version -> the migration to version + 1; each runs inside the opening transaction."""
 
 _CORRUPT = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}

@@ -149,6 +149,8 @@ class KubeAPI(Protocol):
 
     timeout: float
 
+    def get(self, group: str, version: str, namespace: str, plural: str, name: str) -> Obj: ...
+
     def list(self, group: str, version: str, namespace: str | None, plural: str, *,
              label_selector: str | None = None,
              field_selector: str | None = None) -> ObjectList: ...

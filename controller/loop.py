@@ -74,13 +74,14 @@ class Engine:
                                  renew_every=every, grace=max(min(5.0, every), 0.001),
                                  validity=min(lease_ttl / 2, 2 * every))
         self.store = Store(self.core)
-        self.notices = Notices(self.core, self.store, lambda: self.outbox, self.lease.token)
+        self.notices = Notices(self.core, self.store, lambda: self.outbox, self.lease.token,
+                               secrets=self.backends.secrets)
         self.observer = Observer(self.core, self.store, self.backends)
         self.decider = Decider(self.core, self.store, self.observer, self.notices)
         self.people = People(self.core, self.decider, self.lease.holds)
         self.starter = Starter(self.core, self.store, self.notices, self.people)
-        ender = Ender(self.core, self.store, self.notices, self.executor, self.backends)
-        self.runner = Runner(self.core, self.store, self.notices, self.people, ender,
+        self.ender = Ender(self.core, self.store, self.notices, self.executor, self.backends)
+        self.runner = Runner(self.core, self.store, self.notices, self.people, self.ender,
                              self.executor)
 
     # --- the cycle --------------------------------------------------------------------------
@@ -113,6 +114,7 @@ class Engine:
         try:
             self.lease.hold()  # each step that changes the world is fenced by the executor
             self.notices.wake()  # the lease holder sends what is decided and unsent
+            self.ender.catch_up()  # archive finished runs the records store lacks
             for stale in self.journal.supersede(self.plan.name, now=self.clock.now(),
                                                 holder=self.core.as_holder):
                 log.warning("%s: run %s superseded by a newer finished run; not resumed",

@@ -10,8 +10,12 @@ emergency plans' "notification by level" is unit-tested on its own:
 - `affected`: the services actually down, in plan order, not every service of the plan;
 - `estimate_recovery`: when recovery is expected, from the remaining steps' time targets
   (measured from detection, like every target) and the run's progress so far;
-- `step_status`, `started`, `escalated`, `completed`, `failed`: one stable sentence per
-  update, so it can be de-duplicated and derived again from the record;
+- `step_status`, `person_needed`, `started`, `escalated`, `completed`, `failed`: one
+  stable sentence per update, so it can be de-duplicated and derived again from the
+  record (`person_needed`: a step that stopped mid-step to ask a person, with what is
+  needed and the command that says it is done);
+- `compose`: the notice itself, with where the run's incident record is kept (its
+  body) when the plan keeps records (`controller.records.incident`);
 - `dedup_key` / `decided` / `attempted`: the same run, status text and route give the
   same key. Each notice is written to the journal's audit as `notify-pending` (with its
   key and status) when it is decided, before anyone is told, and as `notify` or
@@ -50,14 +54,16 @@ _ESCALATED = re.compile(r"level \S+ -> (\d+)\Z")
 
 def routes(plan: FailoverPlan, level: int | None, *,
            notifier: str | None = None) -> list[Notification]:
-    """The rules that apply to a run at `level` (of one `notifier`, if given): exact match.
+    """The rules that apply to a run at `level` (of one `notifier`, if given): its level's,
+    and with `escalation: upward` every less severe level's too, each route once.
     A run without a level (a planned failover requested without `--level`) is told
     calmly: the rules of the least severe level configured (the highest number), never
     every route at once."""
     rules = [r for r in plan.spec.notifications if notifier in (None, r.notifier)]
     if level is None:
         level = max((r.level for r in rules), default=None)
-    return [r for r in rules if r.level == level]
+        return [r for r in rules if r.level == level]
+    return [r for r in plan.spec.reached(level) if notifier in (None, r.notifier)]
 
 
 def affected(plan: FailoverPlan, down: Iterable[str]) -> tuple[str, ...]:
@@ -164,16 +170,34 @@ def step_status(rec: StepRecord) -> str:
     return f"step {rec.name} {rec.status.value}"
 
 
+def person_needed(rec: StepRecord) -> str | None:
+    """One sentence for a step waiting for a person it asked for mid-step (`PersonNeeded`,
+    kept in `evidence.person`): why, what to do and the command to type, as the step said
+    it, and when it asked, so each question is told once and a later one again; None for
+    any other record (a manual step's people know it from the plan)."""
+    asked = rec.evidence.get("person") if rec.status is StepStatus.AWAITING_PERSON else None
+    if not asked:
+        return None
+    return f"step {rec.name} needs a person (asked {clock(asked['askedAt'])}): {asked['why']}"
+
+
 def compose(plan: FailoverPlan, run: Run, status: str, *, steps: Iterable[StepRecord],
-            down: Iterable[str], now: float) -> Notice:
-    """The notice for `status` of `run` (without recipients: each route adds its own)."""
+            down: Iterable[str], now: float, record: str = "") -> Notice:
+    """The notice for `status` of `run` (without recipients: each route adds its own);
+    `record`: where the run's incident record is kept, when the plan keeps records."""
     return Notice(
+        body=record_line(record),
         plan=plan.name, level=run.level,
         subject=f"[{plan.name}] level {run.level or '-'} {run.kind}",
         status=status, affected=affected(plan, down),
         estimated_recovery=recovery_text(run, steps, now=now),
         run_id=run.id, link=run_link(plan.spec.run_url, run.id), at=now,
     )
+
+
+def record_line(record: str) -> str:
+    """A notice's body naming where the run's incident record is kept ('' when none)."""
+    return f"Incident record: {record}" if record else ""
 
 
 def dedup_key(run_id: str, status: str, rule: Notification) -> str:

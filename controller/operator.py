@@ -12,13 +12,18 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   step. A plan is queued by the watch (a change asks for it), by the ticker when due
   (`_due`), and at once by its own probes when a round may change its decision
   (`News`): a failing service costs its probes' interval x consecutiveFailures, never
-  a tick more, and a thousand quiet plans queue nothing between their ticks.
+  a tick more, and a thousand quiet plans queue nothing between their ticks. A due
+  plan that is settled (healthy, every sample passed, no run) and has no new sample is
+  skipped at once (`_quiet`): no journal read, no status built.
 - **Liveness** (`healthy`, the ticker's beat for /healthz): the election, watch and
   ticker threads run and no plan has waited `stuck_after` for a worker — the health of
   the controller, never the length of a step.
 - **Shards** (`controller/sharding.py`, optional): a replica given a shard watches and
   reconciles only that shard's plans and elects its leader on that shard's own Lease, so
-  each plan has exactly one leader and a shard's failover never moves another shard.
+  each plan has exactly one leader and a shard's failover never moves another shard. A
+  plan moved to another shard, even mid-run, is acted on by one leader at a time
+  (`controller/operator_fence.py`: each plan's own fence, and a Lease's duration for an
+  arrival to settle).
 - **Leader election**: a coordination.k8s.io/v1 Lease (15 s / 10 s / 2 s by default). Only
   the leader probes and acts. Another holder's Lease has expired when this replica has
   seen it unchanged for its duration on its own monotonic clock (client-go's rule), so
@@ -30,15 +35,18 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   down, raises `LostLease` and its running step is cancelled (left running for the next
   leader). On stop the operator is done within `SHUTDOWN_SECONDS` and releases the Lease.
 - **Record**: every committed journal change of a plan is mirrored into its status
-  (through the status subresource, conflict-retried), and each change of meaning becomes
-  an Event (a decision's counters are not a change). A failed status write never changes
-  the run's course: the change is in the journal, the status is written again with the
-  next change or tick, and only a step about to start waits until the status holds it
-  (`_mirror`). A replica that takes over adopts the run from the status and continues it
-  without repeating finished steps, and the policy's decision, trip and probe counts
-  from `status.policy` (the samples stay in the writer's journal; the new leader's own
-  probes refill the window). Every status carries the
-  writer's `fencingToken` and `fencingHolder`; each write (each conflict retry too,
+  (through the status subresource, conflict-retried, from the object as last read or
+  written: no read before a write), and each change of meaning becomes an Event (a
+  decision's counters are not a change). The changes of one engine cycle (a decision,
+  the state, a readiness check) make one write at its end (`_cycle`), except that a
+  new phase is written at once and a step about to start before it starts. A failed
+  status write never changes the run's course: the change is in the journal, the
+  status is written again with the next change or tick, and only a step about to start
+  waits until the status holds it (`_mirror`). A replica that takes over adopts the run
+  from the status and continues it without repeating finished steps, and the policy's
+  decision, trip and probe counts from `status.policy` (the samples stay in the
+  writer's journal; the new leader's own probes refill the window). Every status
+  carries the writer's `fencingToken` and `fencingHolder`; each write (each conflict retry too,
   after its re-read) is refused when the stored token is larger, so a deposed leader
   never overwrites its successor's status. Annotation claims and finalizer changes are
   fenced the same way.
@@ -116,11 +124,13 @@ from controller.annotations import (
 )
 from controller.backends import Backends
 from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.engine.cycle import Cycle, StoodBy
 from controller.failback import revert_steps
 from controller.fencing import LostLease
 from controller.journal import Journal, Run
 from controller.loop import Engine
 from controller.model import Phase, StepStatus
+from controller.operator_fence import PlanFences
 from controller.operator_parts import Parts, Probing, Samples, SharedProbes, Stop
 from controller.operator_requests import approve_problem, done_problem
 from controller.plan import FailoverPlan, PlanError, parse_plan
@@ -355,6 +365,10 @@ class PlanRuntime:
     spec: dict[str, Any] = field(default_factory=dict)  # the spec `plan` was parsed from
     held: str | None = None  # why a newer generation is not applied yet
     held_for: int | None = None  # that generation
+    # until when (the engine's clock) a cycle without samples changes nothing (`Store.
+    # quiet_until`): a due reconcile before then, with no news, is skipped (`_quiet`)
+    quiet_until: float | None = None
+    batching: bool = False  # in a cycle whose changes are written once, at its end (`_cycle`)
 
 
 @dataclass
@@ -384,6 +398,9 @@ class Operator:
         leader = leader or LeaderConfig()
         self.elector = Elector(kube, namespace, identity, dataclasses.replace(
             leader, lease_name=lease_name(leader.lease_name, shard)))
+        # one actor per plan when plans move between shards (`operator_fence`)
+        self.fences = PlanFences(kube, namespace, identity, self.elector, self._owns,
+                                 settle=leader.lease_duration)
         self.queue = WorkQueue()
         self.beat = beat
         self.secrets = Secrets(kube_reader=self._read_secret)
@@ -420,6 +437,7 @@ class Operator:
             stop.wait()
         finally:
             self.elector.stop()
+            self.queue.close()  # idle workers end at once
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             with self._pool:
                 threads = [*self._threads, *self._pool_threads]
@@ -496,7 +514,9 @@ class Operator:
                                         label_selector=selector)
                 mine = {o["metadata"]["name"]: o for o in listed.items if self._owns(o)}
                 with self._lock:
-                    gone = set(self._objects) - set(mine)
+                    gone = [k for k in self._objects if k not in mine]  # in order: replays
+                    if self._synced:  # a relist: a plan new to us may have moved in
+                        self.fences.entered(*(o for k, o in mine.items() if k not in self._objects))
                     self._objects = mine
                 self._synced = True
                 for key in [*self._objects, *gone]:
@@ -518,6 +538,8 @@ class Operator:
                             if event.type == "DELETED" or not self._owns(event.object):
                                 self._objects.pop(name, None)
                             else:
+                                if before is None:  # new to us: created, or moved in
+                                    self.fences.entered(event.object)
                                 self._objects[name] = event.object
                         if event.type != "MODIFIED" or _asks(before, event.object):
                             self.queue.add(name)
@@ -536,7 +558,7 @@ class Operator:
         """Reconcile queued plans; an extra worker ends after `IDLE_SECONDS` idle."""
         idle = time.monotonic()
         while not stop.is_set():
-            key = self.queue.get(timeout=0.5)
+            key = self.queue.get(timeout=IDLE_SECONDS)  # `close` ends the wait on stop
             if key is None:
                 if extra and time.monotonic() - idle > IDLE_SECONDS:
                     with self._pool:
@@ -567,6 +589,8 @@ class Operator:
         if obj is None:
             self._forget(name)
             return
+        if self.fences.arriving(name, obj):  # from another shard: its old leader stops
+            return
         meta = obj["metadata"]
         deleting = bool(meta.get("deletionTimestamp"))
         if deleting and FINALIZER not in meta.get("finalizers", []):
@@ -575,18 +599,24 @@ class Operator:
         self._bind(name, meta.get("uid"))
         if not deleting and FINALIZER not in meta.get("finalizers", []):
             self.elector.fence()
-            obj = self._patch(name, _add_finalizer)
+            obj = self._patch(name, _add_finalizer, current=obj)
         rt = self._runtime(name, obj)
         if rt is None:  # invalid: not watched; its status says why
             if deleting:
                 self._deleting_invalid(name, obj)
             return
         rt.obj = obj
+        if self._quiet(rt, deleting=deleting):
+            rt.reconciled = time.monotonic()
+            return
         run = self.journal.active_run(name)
         rt.deleting = self._waits_for(name, run) if deleting and run is not None else None
         self._requests(rt, obj, deleting=deleting)
+        rt.quiet_until = None
         if not deleting:
-            rt.engine.tick(rt.scheduler.drain())
+            cycle = self._cycle(rt)
+            if not any(isinstance(e, StoodBy) for e in cycle.events):
+                rt.quiet_until = rt.engine.store.quiet_until(cycle.state)
         elif run is not None:
             if self._withdrawn(rt, run):  # nothing changed yet: nothing to finish
                 run = None
@@ -603,6 +633,33 @@ class Operator:
                         once=(meta.get("uid"), "DeletionDeferred", run.id))
         rt.reconciled = time.monotonic()
         rt.active = self.journal.active_run(name) is not None
+
+    def _cycle(self, rt: PlanRuntime) -> Cycle:
+        """One engine cycle whose journal changes (a decision, the state, a readiness
+        check) reach the status in one write, by the reconcile's `_mirror` after it,
+        rather than one write each — except a new phase and a step about to start, which
+        are written at once, as always (`_mirror`). A cycle that raises leaves the plan
+        dirty: its status is written on the next tick."""
+        rt.batching = True
+        try:
+            return rt.engine.tick(rt.scheduler.drain())
+        except BaseException:
+            rt.dirty = True
+            raise
+        finally:
+            rt.batching = False
+
+    def _quiet(self, rt: PlanRuntime, *, deleting: bool) -> bool:
+        """Nothing for a cycle to do: the plan is settled (`Store.quiet_until`, checked by
+        the last full cycle, which this one would repeat), no sample waits, no request
+        annotation, no run, no status to write again, no deletion. Most reconciles of a
+        thousand quiet plans end here, with no journal read and no status built; a
+        sample, a change of the object or a readiness check due ends the quiet."""
+        notes = rt.obj["metadata"].get("annotations") or {}
+        return (rt.quiet_until is not None and not deleting and not rt.active
+                and not rt.dirty and rt.held is None and not rt.scheduler.pending
+                and not any(k in notes for k in (A_REQUEST, A_APPROVE, A_DONE))
+                and rt.engine.clock.now() < rt.quiet_until)
 
     def _bind(self, name: str, uid: str | None) -> None:
         """Everything is the record of one object (its uid), not of a name: when the
@@ -669,7 +726,7 @@ class Operator:
         if rt is not None:
             self._probes.stop(rt.scheduler)
         audit = _audit(self.journal, plan.name)
-        engine = Engine(plan, self.journal, holder=self.identity, fence=self.elector.fence,
+        engine = Engine(plan, self.journal, holder=self.identity, fence=self.fences.fence(name),
                         token=self.elector.token,
                         renew_every=self.elector.config.guard_every,
                         clock=self.parts.clock, spawn=self.parts.spawn,
@@ -722,6 +779,7 @@ class Operator:
         mine = self.journal.plan_state(name)
         if theirs is not None and (mine is None or mine.updated_at < theirs.updated_at):
             self.journal.save_plan_state(theirs)
+        self.fences.adopted(status)  # written by another shard's leader: outrank it
 
     # --- deletion ---------------------------------------------------------------------------
 
@@ -857,7 +915,7 @@ class Operator:
                 notes.pop(k, None)
 
         self.elector.fence()
-        self._fenced(lambda fencing: self.kube.update(
+        self._fenced(name, lambda fencing: self.kube.update(
             GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing))
 
     def _forget(self, name: str) -> None:
@@ -875,7 +933,9 @@ class Operator:
     # --- status and events ------------------------------------------------------------------
 
     def _mirror(self, plan: str, *, listener: bool = True) -> None:
-        """The journal's listener: write the plan's status after each committed change.
+        """The journal's listener: write the plan's status after each committed change
+        (inside `_cycle`, only a new phase or a step about to start; the rest when the
+        cycle ends).
 
         The change is in the journal before this runs, and a status write that fails (an
         API error, a newer leader's token) never changes the run's course: the plan is
@@ -890,6 +950,9 @@ class Operator:
         rt = self._runtimes.get(plan)
         if rt is None:
             return
+        if listener and rt.batching and not self._starting(plan, rt) and \
+                not self._phase_moved(plan, rt):
+            return  # written with the cycle's other changes when it ends (`_cycle`)
         try:
             self._write_status(plan, rt.obj, generation=rt.obj["metadata"].get("generation"),
                                rt=rt)
@@ -908,6 +971,13 @@ class Operator:
         if rt.dirty:
             log.info("status of %s %s written again", KIND, plan)
         rt.dirty = False
+
+    def _phase_moved(self, plan: str, rt: PlanRuntime) -> bool:
+        """The journal's phase is not the one the status last written shows (a plan with
+        no status yet has none to move from): written at once, so every phase a plan
+        passes through is in its status and Events (Healthy, Tripped, FailingOver ...)."""
+        st, written = self.journal.plan_state(plan), rt.status.get("phase")
+        return st is not None and written is not None and st.phase.value != written
 
     def _starting(self, plan: str, rt: PlanRuntime) -> bool:
         """A step (or a further attempt of it) is about to start: recorded running in the
@@ -939,6 +1009,9 @@ class Operator:
                                token=self.elector.token(), holder=self.identity)
         if not status_mod.changed(previous, new):
             return
+        # the object as we last read or wrote it: no read before the write (a stale copy
+        # is refused by its resourceVersion, and the retry reads afresh and checks again)
+        current = rt.obj if rt is not None else obj
 
         def write(fencing: k8s.Fencing) -> dict[str, Any]:
             new.update(fencing.stamp())
@@ -950,11 +1023,11 @@ class Operator:
                 return {**o, "status": new}
 
             return self.kube.update_status(GROUP, VERSION, self.namespace, PLURAL, name,
-                                           mutate, fencing=fencing)
+                                           mutate, fencing=fencing, current=current)
 
-        self._fenced(write)
+        written = self._wrote(name, self._fenced(name, write))
         if rt is not None:
-            rt.status = new
+            rt.status, rt.obj = new, written
         for kind, reason, message in status_mod.events(previous, new):
             self._event(obj, kind, reason, message)
         if problems and problems != (previous.get("problems") or []):
@@ -984,25 +1057,34 @@ class Operator:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _fenced(self, write: Callable[[k8s.Fencing], T]) -> T:
-        """`write` with our fencing token; LostLease when a newer leader's token is stored.
+    def _fenced(self, name: str, write: Callable[[k8s.Fencing], T]) -> T:
+        """`write` to plan `name` with our fencing token; LostLease when a newer leader's
+        token is stored.
 
-        A stored token larger than ours while the Lease, read now, is still ours means
-        the Lease was deleted and created again (its count restarted): our token is
-        raised above the stored one and the write tried once more."""
+        A stored token larger than ours while the Lease, read now, is still ours and the
+        plan still in our shard means the Lease was deleted and created again (its count
+        restarted): our token is raised above the stored one and the write tried once
+        more. A plan that left our shard is its new leader's: never outbid it."""
         try:
             return write(k8s.Fencing(self.elector.token(), self.identity))
         except k8s.StaleFencingToken as exc:
             stale = exc
+        self.fences.still_ours(name)
         token = self.elector.advance(stale.stored + 1)  # LostLease unless the Lease is ours
         try:
             return write(k8s.Fencing(token, self.identity))
         except k8s.StaleFencingToken as exc:
             raise LostLease(str(exc)) from None
 
-    def _patch(self, name: str, mutate: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        obj = self._fenced(lambda fencing: self.kube.update(
-            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing))
+    def _patch(self, name: str, mutate: Callable[[dict[str, Any]], None],
+               current: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._wrote(name, self._fenced(name, lambda fencing: self.kube.update(
+            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing,
+            current=current)))
+
+    def _wrote(self, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        """Keep the object as our write left it, the newest we know, so the next write
+        starts from it without reading it first."""
         with self._lock:
             if name in self._objects:
                 self._objects[name] = obj

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from controller.annotations import A_APPROVE, A_DONE
 from controller.journal import Journal, Run
+from controller.model import StepStatus
 
 
 def _runs_note(journal: Journal, plan: str, run_id: str | None
@@ -58,6 +59,8 @@ def done_problem(journal: Journal, plan: str, value: str) -> str | None:
         return f"plan {plan} has no run {run_id!r}; {A_DONE} takes RUN:STEP, a human " \
                f"(manual) step of the run; {has}"
     human = [d["name"] for d in run.steps if d.get("action") == "manual"]
+    human += [r.name for r in journal.steps(run_id)  # and steps that asked for a person
+              if r.status is StepStatus.AWAITING_PERSON and r.name not in human]
     allowed = f"human steps of run {run_id}: {', '.join(human) or 'none'}"
     actions = {d["name"]: d.get("action") for d in run.steps}
     if step not in actions:

@@ -7,10 +7,11 @@ or on a complaint surge above 50 % of baseline; levels 1-3; targets measured fro
 detection. `load_plan` turns every validation problem into `PlanError` lines that name
 the field path and the fix.
 
-The field types (`controller.schema`) and the `spec.backups` models
-(`controller.plan_backups`) are defined below the plan, so that the modules using them need
-not import the plan (and through the registry, every step kind); the plan re-exports those
-that modules still import from here.
+The field types (`controller.schema`), the services, signals, trigger and levels
+(`controller.plan_health`), the `spec.backups` models (`controller.plan_backups`) and
+`spec.records` (`controller.plan_records`) are defined below the plan, so that the modules
+using them need not import the plan (and through the registry, every step kind); the plan
+re-exports those that modules still import from here.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    ValidationInfo,
-    field_validator,
     model_validator,
 )
 
@@ -35,16 +34,22 @@ from controller.plan_backups import BackupSet, backup_warnings, check_backup_set
 from controller.plan_backups import PgBackRestSource as PgBackRestSource
 from controller.plan_backups import Retention as Retention
 from controller.plan_backups import pgbackrest_ciphers as pgbackrest_ciphers
+from controller.plan_health import LevelRule as LevelRule
+from controller.plan_health import ProbeSpec as ProbeSpec
+from controller.plan_health import Service as Service
+from controller.plan_health import Signal as Signal
+from controller.plan_health import Trigger as Trigger
+from controller.plan_health import default_levels as default_levels
+from controller.plan_records import RecordsSpec
 from controller.schema import (
     Duration,
     Name,
-    Percent,
     PositiveDuration,
     Strict,
-    format_duration,
     parse_duration,
     unique,
 )
+from controller.schema import format_duration as format_duration
 
 API_VERSION = "failover.example.io/v1alpha1"
 
@@ -72,93 +77,6 @@ class Sites(Strict):
         return self
 
 
-class ProbeSpec(Strict):
-    kind: str = Field(description="probe kind: http, tcp, dns, postgres, prometheus, memory")
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class Service(Strict):
-    """One customer channel (web, app/API, hotline, social media...)."""
-
-    name: Name
-    core: bool = False
-    probes: list[ProbeSpec] = Field(min_length=1)
-    interval: PositiveDuration = 10.0
-    timeout: PositiveDuration = Field(
-        5.0, description="per probe; default 5s, or the interval when that is shorter")
-    quorum: int = Field(0, ge=0, description="k-of-n: this many failed probes (vantage "
-                        "points) fail a round; 0 = a majority")
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_within_interval(cls, value: float, info: ValidationInfo) -> float:
-        # Rounds of one service never overlap, so a longer timeout cannot be honoured: a
-        # hung service would be sampled once per timeout and detection would take
-        # timeout/interval times longer than the plan says. Refuse it rather than cut it.
-        interval = info.data.get("interval")
-        if interval is not None and value > interval:
-            raise ValueError(
-                f"{format_duration(value)} is longer than the interval "
-                f"{format_duration(interval)}; a service's rounds never overlap, so a hung "
-                f"probe would be sampled only every {format_duration(value)}: use a timeout "
-                f"of at most {format_duration(interval)} or raise interval to at least "
-                f"{format_duration(value)}")
-        return value
-
-    @model_validator(mode="after")
-    def _default_timeout(self) -> Service:
-        # without a timeout: 5 s, or the interval when that is shorter
-        if "timeout" not in self.model_fields_set and self.timeout > self.interval:
-            self.timeout = self.interval
-        return self
-
-    @model_validator(mode="after")
-    def _quorum(self) -> Service:
-        if self.quorum > len(self.probes):
-            raise ValueError(f"quorum {self.quorum} is more than the {len(self.probes)} probes; "
-                             "use at most the number of probes (0 = majority)")
-        return self
-
-
-class Signal(Strict):
-    """A business signal such as complaint volume, compared against its baseline."""
-
-    name: Name
-    probe: ProbeSpec
-    baseline: float = Field(gt=0, description="the daily average the surge is measured from")
-    surge: Percent = Field(50, description="trip when value exceeds baseline by this %")
-    interval: PositiveDuration = 60.0
-
-
-class Trigger(Strict):
-    consecutive_failures: int = Field(3, ge=1, alias="consecutiveFailures")
-    availability_floor: Percent = Field(70, alias="availabilityFloor")
-    window: Duration = 300.0
-    dwell: Duration = 30.0
-    clear_after: int = Field(3, ge=1, alias="clearAfter")
-    cooldown: Duration = 1800.0
-
-
-class LevelRule(Strict):
-    """Any one condition makes the incident this level; level 1 is the most severe."""
-
-    level: int = Field(ge=1, le=4)
-    all_services_down: bool = Field(False, alias="allServicesDown")
-    unavailable_at_least: Percent | None = Field(None, alias="unavailableAtLeast")
-    core_down_for: Duration | None = Field(None, alias="coreDownFor")
-    any_down_for: Duration | None = Field(None, alias="anyDownFor")
-    signal_surge: bool = Field(False, alias="signalSurge")
-
-
-def default_levels() -> list[LevelRule]:
-    return [
-        LevelRule.model_validate({"level": 1, "allServicesDown": True,
-                                  "unavailableAtLeast": 80, "coreDownFor": "4h"}),
-        LevelRule.model_validate({"level": 2, "unavailableAtLeast": 50, "anyDownFor": "2h",
-                                  "signalSurge": True}),
-        LevelRule.model_validate({"level": 3}),
-    ]
-
 
 class Backend(Strict):
     name: Name
@@ -181,6 +99,10 @@ class Step(Strict):
     on_failure: Literal["abort", "continue", "revert"] = Field("abort", alias="onFailure")
     parallel: bool = Field(False, description="manual steps only: open it when the run "
                            "starts and let the automatic steps go on while people work")
+    level_target: Literal["respond", "fix"] | None = Field(
+        None, alias="levelTarget", description="the step's target also follows the run's "
+        "level: its levels[].respondWithin or fixWithin, whichever is tighter, and tightens "
+        "when the level rises")
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
     _args: BaseModel | None = PrivateAttr(None)
@@ -298,6 +220,17 @@ class Approval(Strict):
         description="an OpenSSH allowed_signers file: `failoverctl approve` then takes only "
         "approvals signed with `ssh-keygen -Y sign -n failover-approval` by a key in it "
         "(controller/signing.py)")
+    revoked_keys: str | None = Field(
+        None, alias="revokedKeys",
+        description="an OpenSSH KRL (ssh-keygen -k) or a file of revoked public keys: an "
+        "approval signed by a key in it is refused (ssh-keygen -Y verify -r)")
+
+    @model_validator(mode="after")
+    def _revoking(self) -> Approval:
+        if self.revoked_keys is not None and self.allowed_signers is None:
+            raise ValueError("revokedKeys revokes keys of allowedSigners, which is not set: "
+                             "set allowedSigners too, or remove revokedKeys")
+        return self
 
     @model_validator(mode="after")
     def _reachable(self) -> Approval:
@@ -352,6 +285,10 @@ class PlanSpec(Strict):
     backends: list[Backend] = Field(default_factory=list)
     steps: list[Step] = Field(min_length=1)
     notifications: list[Notification] = Field(default_factory=list)
+    escalation: Literal["exact", "upward"] = Field(
+        "exact", description="exact: a run is told through the routes of its level; "
+        "upward: through those of its level and every less severe one, each once (a "
+        "level-1 run reaches the level-1, 2 and 3 routes)")
     run_url: str | None = Field(
         None, alias="runUrl", pattern=r"^https?://\S+$",
         description="base URL of a page per run (dashboard, status page); every notice "
@@ -363,6 +300,9 @@ class PlanSpec(Strict):
     backups: list[BackupSet] = Field(
         default_factory=list, description="backups the controller takes (`failoverctl "
         "backup`): per data set its source, kind, stores, retention and test restores")
+    records: RecordsSpec | None = Field(
+        None, description="where every finished run and drill verdict is archived, and "
+        "for how long (`failoverctl history`)")
 
     @model_validator(mode="after")
     def _consistent(self) -> PlanSpec:
@@ -422,6 +362,14 @@ class PlanSpec(Strict):
                     f"{where}.onFailure: only {' and '.join(can)} steps can be reverted; "
                     "use abort or continue"
                 )
+        signals = {s.name for s in self.signals}
+        for i, rule in enumerate(self.levels):
+            for name in rule.signals:
+                if name not in signals:
+                    raise ValueError(
+                        f"levels[{i}].signals: no signal named {name!r} in spec.signals "
+                        f"(have: {', '.join(sorted(signals)) or 'none'}); add the signal or "
+                        "remove the name")
         for i, note in enumerate(self.notifications):
             backend = by_name.get(note.notifier)
             if backend is None or backend.role != "notifier":
@@ -467,6 +415,23 @@ class PlanSpec(Strict):
 
     def service(self, name: str) -> Service:
         return next(s for s in self.services if s.name == name)
+
+    def rule(self, level: int | None) -> LevelRule | None:
+        return next((r for r in self.levels if r.level == level), None)
+
+    def reached(self, level: int) -> list[Notification]:
+        """The notification routes a run at `level` goes to (`escalation`): exact, or
+        upward (its level's and every less severe level's), each route once."""
+        rules = [r for r in self.notifications if r.level == level
+                 or (self.escalation == "upward" and r.level > level)]
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        out = []
+        for rule in sorted(rules, key=lambda r: r.level):
+            route = (rule.notifier, tuple(rule.recipients))
+            if route not in seen:
+                seen.add(route)
+                out.append(rule)
+        return out
 
     def backend(self, name: str) -> Backend:
         return next(b for b in self.backends if b.name == name)
@@ -555,6 +520,9 @@ def check_kinds(plan: FailoverPlan) -> list[str]:
             check(f"spec.services[{i}].probes[{j}]", "probe", p.kind, p.options)
     for i, sig in enumerate(plan.spec.signals):
         check(f"spec.signals[{i}].probe", "probe", sig.probe.kind, sig.probe.options)
+        if sig.baseline_query is not None:
+            check(f"spec.signals[{i}].baselineQuery", "probe", sig.baseline_query.kind,
+                  sig.baseline_query.options)
     for i, step in enumerate(plan.spec.steps):
         for path, probe in registry.step_kind(step.action).probes(step):
             check(f"spec.steps[{i}].{path}", "probe", probe.kind, probe.options)
@@ -585,7 +553,7 @@ def plan_warnings(plan: FailoverPlan) -> list[str]:
     """What `failoverctl validate` warns of but accepts, each naming its field."""
     steps = [f"steps[{i}] ({step.name}).{warning}"
              for i, step in enumerate(plan.spec.steps)
-             for warning in registry.step_kind(step.action).warnings(step)]
+             for warning in registry.step_kind(step.action).warnings(step, plan.spec)]
     return steps + backup_warnings(plan.spec.backups)
 
 

@@ -13,10 +13,18 @@ Rules (defaults from the emergency plans):
 - a service is DOWN after `consecutiveFailures` failed samples in a row;
 - core availability = mean over core services of their success ratio in `window`
   (a DOWN service counts 0 %); below `availabilityFloor` for `dwell` -> trip;
-- a business signal above baseline x (1 + surge %) for `dwell` -> trip;
+- a business signal breached for `dwell` -> trip: above its baseline x (1 + surge %),
+  below it x (1 - drop %), or past an absolute threshold; the baseline is fixed, the
+  last answer of its query (samples named `<signal>:baseline`), or a rolling average
+  the state keeps in 24 buckets over `rollingBaseline` (bounded whatever the probe
+  interval; values taken while breached stay out, so an incident never raises its own
+  baseline). A signal with `trips: false` only grades the level;
 - clear after every core service has `clearAfter` successes in a row and nothing trips;
 - no automatic trip within `cooldown` of the last failover;
-- the level is the most severe matching rule, and never drops while tripped.
+- the level is the most severe matching rule (services down, the share of the core
+  service lost = 100 - availability, how long services are down, signals breached), and
+  never drops while tripped: a partial outage is graded by what it loses as the window
+  fills, so its level rises with the evidence.
 """
 
 from __future__ import annotations
@@ -26,7 +34,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.model import Decision, DecisionState, Sample
-from controller.plan import FailoverPlan, LevelRule
+from controller.plan import FailoverPlan, LevelRule, Signal
+
+BUCKETS = 24  # a rolling baseline's resolution: its window / 24 (an hour of a day)
 
 
 @dataclass
@@ -42,6 +52,8 @@ class ServiceState:
 class PolicyState:
     services: dict[str, ServiceState] = field(default_factory=dict)
     signals: dict[str, float] = field(default_factory=dict)
+    baselines: dict[str, float] = field(default_factory=dict)  # the query's last answer
+    rolling: dict[str, list[list[float]]] = field(default_factory=dict)  # [start, sum, n]
     below_floor_since: float | None = None
     surge_since: float | None = None
     tripped: bool = False
@@ -56,7 +68,10 @@ class PolicyState:
                                 "failing_since": s.failing_since, "history": list(s.history),
                                 "last_detail": s.last_detail}
                          for name, s in self.services.items()},
-            "signals": dict(self.signals), "below_floor_since": self.below_floor_since,
+            "signals": dict(self.signals), "baselines": dict(self.baselines),
+            "rolling": {name: [list(b) for b in buckets]
+                        for name, buckets in self.rolling.items()},
+            "below_floor_since": self.below_floor_since,
             "surge_since": self.surge_since, "tripped": self.tripped,
             "detected_at": self.detected_at, "level": self.level,
             "cooldown_until": self.cooldown_until,
@@ -157,16 +172,69 @@ class Assessment:
 
     availability: float  # percent, over core services
     down: dict[str, float]  # service -> down for (seconds)
-    surging: dict[str, float]  # signal -> percent above baseline
+    breached: dict[str, str]  # signal -> what it shows, for people
+    tripping: bool  # a breached signal that trips the plan
     degraded: bool
+
+    @property
+    def lost(self) -> float:
+        """The share of the core service lost over the window, percent."""
+        return 100.0 - self.availability
+
+
+def baseline(sig: Signal, state: PolicyState, now: float) -> float | None:
+    """The signal's baseline at `now`: fixed, queried, or its rolling average (None: not
+    known yet, or a threshold signal)."""
+    if sig.baseline is not None:
+        return sig.baseline
+    if sig.baseline_query is not None:
+        return state.baselines.get(sig.name)
+    if sig.rolling_baseline is None:
+        return None
+    buckets = _window(sig, state, now)
+    count = sum(b[2] for b in buckets)
+    if not count or buckets[0][0] > now - sig.rolling_baseline / BUCKETS:
+        return None  # less than one bucket of history is not an average yet
+    return sum(b[1] for b in buckets) / count
+
+
+def _window(sig: Signal, state: PolicyState, now: float) -> list[list[float]]:
+    """The rolling baseline's buckets [start, sum, count] that overlap its window."""
+    assert sig.rolling_baseline is not None
+    width = sig.rolling_baseline / BUCKETS
+    return [b for b in state.rolling.get(sig.name, [])
+            if b[0] + width > now - sig.rolling_baseline]
+
+
+def _roll(sig: Signal, state: PolicyState, value: float, at: float) -> None:
+    """Add `value` to the signal's rolling average unless it breaches it; drop what left
+    the window."""
+    assert sig.rolling_baseline is not None
+    reference = sig.reference(baseline(sig, state, at))
+    buckets = _window(sig, state, at)
+    if reference is None or not sig.breached(value, reference):
+        start = at - at % (sig.rolling_baseline / BUCKETS)
+        if buckets and buckets[-1][0] == start:
+            buckets[-1] = [start, buckets[-1][1] + value, buckets[-1][2] + 1]
+        else:
+            buckets.append([start, value, 1])
+    state.rolling[sig.name] = buckets
 
 
 def _fold(plan: FailoverPlan, state: PolicyState, samples: list[Sample], now: float) -> None:
     services = {s.name for s in plan.spec.services}
-    signals = {s.name for s in plan.spec.signals}
+    signals = {s.name: s for s in plan.spec.signals}
+    queried = {s.baseline_name: s.name for s in plan.spec.signals
+               if s.baseline_query is not None}
     for sample in sorted(samples, key=lambda s: s.at):
-        if sample.service in signals and sample.value is not None:
+        sig = signals.get(sample.service)
+        if sig is not None and sample.value is not None:
             state.signals[sample.service] = sample.value
+            if sig.rolling_baseline is not None:
+                _roll(sig, state, sample.value, sample.at)
+            continue
+        if sample.service in queried and sample.value is not None and sample.value > 0:
+            state.baselines[queried[sample.service]] = sample.value
             continue
         if sample.service not in services:
             continue
@@ -201,13 +269,28 @@ def assess(plan: FailoverPlan, state: PolicyState, now: float) -> Assessment:
         else:
             ratios.append(1.0)  # no data yet is not evidence of an outage
     availability = 100.0 * sum(ratios) / len(ratios)
-    surging = {}
+    breached, tripping = {}, False
     for sig in plan.spec.signals:
         value = state.signals.get(sig.name)
-        if value is not None and value > sig.baseline * (1 + sig.surge / 100):
-            surging[sig.name] = 100.0 * (value / sig.baseline - 1)
-    degraded = bool(down) or availability < trig.availability_floor or bool(surging)
-    return Assessment(availability, down, surging, degraded)
+        base = baseline(sig, state, now)
+        reference = sig.reference(base)
+        if value is None or reference is None or not sig.breached(value, reference):
+            continue
+        breached[sig.name] = _breach(sig, value, base)
+        tripping = tripping or sig.trips
+    degraded = bool(down) or availability < trig.availability_floor or bool(breached)
+    return Assessment(availability, down, breached, tripping, degraded)
+
+
+def _breach(sig: Signal, value: float, base: float | None) -> str:
+    """'complaints 80 % above baseline 100 (now 180)', 'satisfaction 3.2 < 3.5'."""
+    if base is None:
+        return f"{sig.name} {value:g} {'>' if sig.direction == 'above' else '<'} " \
+               f"{sig.threshold:g}"
+    kind = ("rolling average" if sig.rolling_baseline is not None else
+            "queried baseline" if sig.baseline_query is not None else "baseline")
+    pct = 100.0 * abs(value / base - 1)
+    return f"{sig.name} {pct:.0f} % {sig.direction} {kind} {base:.4g} (now {value:g})"
 
 
 def level_for(rules: list[LevelRule], plan: FailoverPlan, a: Assessment) -> int:
@@ -218,15 +301,14 @@ def level_for(rules: list[LevelRule], plan: FailoverPlan, a: Assessment) -> int:
         conditions = [
             rule.all_services_down and len(a.down) == total,
             rule.unavailable_at_least is not None and unavailable >= rule.unavailable_at_least,
+            rule.lost_over is not None and a.lost > rule.lost_over + 1e-9,
             rule.core_down_for is not None
             and any(t >= rule.core_down_for for s, t in a.down.items() if s in core),
             rule.any_down_for is not None and any(t >= rule.any_down_for for t in a.down.values()),
-            rule.signal_surge and bool(a.surging),
+            rule.signal_surge and bool(a.breached),
+            any(name in a.breached for name in rule.signals),
         ]
-        has_condition = (rule.all_services_down or rule.unavailable_at_least is not None
-                         or rule.core_down_for is not None or rule.any_down_for is not None
-                         or rule.signal_surge)
-        if any(conditions) or not has_condition:
+        if any(conditions) or not rule.has_condition():
             return rule.level
     return max(r.level for r in rules)
 
@@ -241,8 +323,7 @@ def describe(plan: FailoverPlan, state: PolicyState, a: Assessment) -> str:
                      f"(threshold {trig.consecutive_failures}) for {secs:.1f} s{why}")
     cmp = "<" if a.availability < trig.availability_floor else ">="
     parts.append(f"availability {a.availability:.0f} % {cmp} {trig.availability_floor:.0f} %")
-    for name, pct in sorted(a.surging.items()):
-        parts.append(f"{name} {pct:.0f} % above baseline")
+    parts += [a.breached[name] for name in sorted(a.breached)]
     return "; ".join(parts)
 
 
@@ -263,7 +344,7 @@ def _decide(plan: FailoverPlan, state: PolicyState, now: float
     a = assess(plan, state, now)
     below = a.availability < trig.availability_floor
     state.below_floor_since = (state.below_floor_since or now) if below else None
-    state.surge_since = (state.surge_since or now) if a.surging else None
+    state.surge_since = (state.surge_since or now) if a.tripping else None
     facts = describe(plan, state, a)
 
     if state.tripped:
@@ -272,7 +353,7 @@ def _decide(plan: FailoverPlan, state: PolicyState, now: float
         core = [s.name for s in plan.spec.services if s.core]
         recovered = all(state.services.get(n, ServiceState()).successes >= trig.clear_after
                         for n in core)
-        if recovered and not below and not a.surging:
+        if recovered and not below and not a.tripping:
             state.tripped, state.detected_at = False, None
             return (DecisionState.CLEARED, state.level,
                     f"cleared: core services {trig.clear_after}+ probes ok in a row; {facts}")
@@ -311,8 +392,11 @@ def rearm(state: PolicyState) -> PolicyState:
     again once the cooldown has passed, instead of staying "still tripped" with no run;
     samples from before the run (another site served them, or the outage that is over)
     can neither trip it again at once nor hold it tripped. The last decision's state stays:
-    only a change of state is news."""
-    return PolicyState(cooldown_until=state.cooldown_until, decided=state.decided)
+    only a change of state is news, and so do the signals' baselines (rolling averages and
+    queried values measure normal days, not the incident)."""
+    return PolicyState(cooldown_until=state.cooldown_until, decided=state.decided,
+                       baselines=dict(state.baselines),
+                       rolling={k: [list(b) for b in v] for k, v in state.rolling.items()})
 
 
 def shift(state: PolicyState, seconds: float) -> PolicyState:
@@ -326,6 +410,9 @@ def shift(state: PolicyState, seconds: float) -> PolicyState:
     for st in new.services.values():
         st.failing_since = moved(st.failing_since)
         st.history = [(t + seconds, ok) for t, ok in st.history]
+    for buckets in new.rolling.values():
+        for bucket in buckets:
+            bucket[0] += seconds
     new.below_floor_since = moved(new.below_floor_since)
     new.surge_since = moved(new.surge_since)
     new.detected_at = moved(new.detected_at)

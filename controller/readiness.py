@@ -8,8 +8,11 @@ checks the world its steps need (`StepKind.readiness`): the traffic destinations
 the DNS names are readable and their TTL prepared, the newest verified backup is within
 the RPO budget and the restore target answers. Each data set of `spec.backups` adds three:
 its newest verified backup within the set's RPO budget, a verified off-site copy within
-it too, and a test restore passed within `testRestoreEvery`. Every check runs in a
-worker, bounded by `timeout`, its detail redacted.
+it too, and a test restore passed within `testRestoreEvery`. A plan that keeps records
+(`spec.records`) adds two: every run that finished is archived (given the journal: "N
+runs not archived" with the store's error), and a drill passed within `drillEvery`
+(read from the records store). Every check runs in a worker, bounded by `timeout`, its
+detail redacted.
 """
 
 from __future__ import annotations
@@ -27,14 +30,18 @@ from controller.backups.naming import iso
 from controller.backups.schedule import last_test_restore, newest_verified
 from controller.db import Database
 from controller.dns import DnsProvider
+from controller.journal import Journal
 from controller.model import PermanentError
 from controller.notify import Notifier
 from controller.plan import FailoverPlan
 from controller.plan_backups import BackupSet
-from controller.registry import step_kind
+from controller.plan_records import RecordsSpec
+from controller.records import archive
+from controller.records.history import drills
+from controller.records.store import open_store
 from controller.schema import format_duration
 from controller.secrets import redact
-from controller.steps import CheckContext
+from controller.steps import CheckContext, step_kind
 from controller.traffic import TrafficBackend
 
 Backend = (TrafficBackend | DnsProvider | BackupStore | Restorer | Verifier | Notifier
@@ -69,7 +76,7 @@ def _run(name: str, fn: Callable[[], str | None], timeout: float) -> Check | Non
 
 
 def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
-           timeout: float = 10.0) -> list[Check]:
+           timeout: float = 10.0, journal: Journal | None = None) -> list[Check]:
     now = time.time() if now is None else now
     out: list[Check] = []
     for spec in plan.spec.backends:
@@ -97,7 +104,50 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
                  ("test restore", partial(_tested, backends, bs, now))]
         out += [check for name, fn in found
                 if (check := _run(f"backups {bs.dataset}: {name}", fn, timeout)) is not None]
+    records = plan.spec.records
+    if records is not None:
+        found = [("drill passed", partial(_drilled, plan.name, records, backends, now))]
+        if journal is not None:
+            found.insert(0, ("runs archived", partial(_archived, plan.name, journal, now)))
+        out += [check for name, fn in found
+                if (check := _run(f"records: {name}", fn, timeout)) is not None]
     return out
+
+
+class RecordsNotReady(PermanentError):
+    pass
+
+
+ARCHIVE_GRACE = 60.0
+"""Seconds a finished run may wait for its archive before readiness counts it."""
+
+
+def _archived(plan: str, journal: Journal, now: float) -> str:
+    """Every run that finished (more than a minute ago) is in the records store."""
+    waiting = journal.unarchived(plan, finished_before=now - ARCHIVE_GRACE)
+    if waiting:
+        failed = journal.last_audit(plan, archive.FAILED)
+        said = f" (store error: {failed['detail']})" if failed else ""
+        raise RecordsNotReady(
+            f"{len(waiting)} run{'s' if len(waiting) != 1 else ''} not archived{said}; they "
+            "stay in the journal and are archived again every few minutes: is the records "
+            "store reachable? (oldest: " + waiting[0] + ")")
+    return "every finished run is archived"
+
+
+def _drilled(plan: str, records: RecordsSpec, backends: Backends, now: float) -> str:
+    """A drill of the plan passed within `drillEvery`."""
+    store = open_store(records, secrets=backends.secrets)
+    since = now - records.drill_every
+    every = _age(records.drill_every)
+    found = drills(store, plan, since=since)
+    passed = [d for d in found if d.passed]
+    if passed:
+        return f"last passed {iso(passed[-1].at)}, {_age(now - passed[-1].at)} ago (every {every})"
+    last = (f"the last drill within it, at {iso(found[-1].at)}, failed" if found
+            else f"no drill recorded since {iso(since)}")
+    raise RecordsNotReady(f"no passing drill of {plan} in the last {every} ({last}): run "
+                          f"`failoverctl drill` (records.drillEvery: {every})")
 
 
 class BackupsNotReady(PermanentError):

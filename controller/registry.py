@@ -9,10 +9,11 @@ Why each rule:
   configures is ever imported, so a plan using Route 53 never imports the kubernetes
   client. An action with a dash is the module with an underscore (`db-failback`:
   `controller/steps/db_failback.py`).
-- **At the bottom.** This module imports no controller module: the plan schema
+- **Below the plan.** This module imports no controller module but the step kinds'
+  interface (`controller.step_kind`, which names nothing of the plan): the plan schema
   (`controller.plan`) asks it for the kinds that validate a plan's options and step
   params, and the kinds themselves build on the schema, so every static import points
-  down (plan -> registry; steps and providers -> plan).
+  down (plan -> registry -> step_kind; steps and providers -> plan and step_kind).
 
 A backend class declares `Options` (a pydantic model that validates the plan's `options:`
 block) and is built as `Class(options, secrets=...)`. A step kind defined outside
@@ -23,12 +24,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from controller.steps import StepKind
+from controller.step_kind import StepKindProtocol
 
 ROLES = ("probe", "traffic", "dns", "store", "restorer", "verifier", "notifier",
          "database")
@@ -101,16 +101,16 @@ def _step_modules() -> list[str]:
             if not m.name.startswith("_")]
 
 
-class _StepKinds(dict[str, "StepKind[Any]"]):
+class _StepKinds(dict[str, StepKindProtocol]):
     """Step kinds by action, each module imported on first use."""
 
-    def __missing__(self, action: str) -> StepKind[Any]:
+    def __missing__(self, action: str) -> StepKindProtocol:
         if action not in _step_modules():
             planned = [a for a in step_actions() if self[a].planned]  # not a failback's own
             raise UnknownAction(f"unknown action {action!r}; choose one of: "
                                 f"{', '.join(planned)}")
         module = importlib.import_module(f"{STEPS}.{action.replace('-', '_')}")
-        found: StepKind[Any] = module.KIND
+        found: StepKindProtocol = module.KIND
         self[action] = found
         return found
 
@@ -123,12 +123,12 @@ def step_actions() -> list[str]:
     return sorted(set(_step_modules()) | set(STEP_KINDS))
 
 
-def step_kind(action: str) -> StepKind[Any]:
+def step_kind(action: str) -> StepKindProtocol:
     """The kind of `action`; UnknownAction names the choices."""
     return STEP_KINDS[action]
 
 
-def find_step_kind(action: str) -> StepKind[Any] | None:
+def find_step_kind(action: str) -> StepKindProtocol | None:
     """The kind of `action`, or None for one not known (a journal from another version)."""
     try:
         return STEP_KINDS[action]
@@ -136,7 +136,7 @@ def find_step_kind(action: str) -> StepKind[Any] | None:
         return None
 
 
-def register_step(kind: StepKind[Any]) -> None:
+def register_step(kind: StepKindProtocol) -> None:
     """Add a kind defined outside controller.steps (e.g. a test's)."""
     STEP_KINDS[kind.action] = kind
 

@@ -474,7 +474,8 @@ def approve(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: 
 @_errors
 def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str, step: str,
          actor: str, wait: float, output: str, claimed: bool = True) -> int:
-    """Annotate that a person finished a human step; return once the operator recorded it."""
+    """Annotate that a person finished a human step (or did what a step waiting for a
+    person asked); return once the operator recorded it (a waiting step: once it goes on)."""
     res = connect(ref, namespace, kubeconfig)
     obj = res.get()
     run = (obj.get("status") or {}).get("run") or {}
@@ -483,9 +484,13 @@ def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str
                        f"{run.get('id') or 'none'})")
     manual = [d["name"] for d in run.get("definition", [])
               if (kind := find_step_kind(d.get("action", ""))) and kind.waits_for_person]
-    if step not in manual:
+    asking = [s["name"] for s in run.get("steps", [])
+              if s.get("status") == "awaiting-person" and s["name"] not in manual]
+    if step not in manual and step not in asking:
         raise CliError(f"run {run_id} has no human step {step!r} "
-                       f"(human steps: {', '.join(manual) or 'none'})")
+                       f"(human steps: {', '.join(manual) or 'none'}; steps waiting for a "
+                       f"person now: {', '.join(asking) or 'none'})")
+    gone_on = {"succeeded"} if step in manual else {"running", "succeeded", "failed"}
     actor = _who(res, actor, claimed, A_DONE_BY)
     res.annotate({A_DONE: f"{run_id}:{step}", A_DONE_BY: actor}, pending=A_DONE)
 
@@ -495,10 +500,10 @@ def done(ref: str, namespace: str | None, kubeconfig: str | None, *, run_id: str
             if r.get("id") == run_id else None
 
     def settled(o: Obj) -> bool:
-        return A_DONE not in _annotations(o) and (record(o) or {}).get("status") == "succeeded"
+        return A_DONE not in _annotations(o) and (record(o) or {}).get("status") in gone_on
 
     rec = record(res.follow(settled, lambda o: None, time.monotonic() + wait))
-    if rec is None or rec["status"] != "succeeded":
+    if rec is None or rec["status"] not in gone_on:
         raise CliError(f"the operator has not recorded {step} of {run_id} as done within "
                        f"{wait:g} s; `failoverctl status fop/{res.name} -n {res.namespace}` "
                        "shows when it does", EXIT_WAITING)

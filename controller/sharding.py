@@ -22,8 +22,9 @@ replica of that shard, never touching the other shards. A shard is one of:
 A plan that moves to another shard (relabelled, or M changed) changes leader: the new
 shard's leader adopts its run from the status and raises its Lease's fencing token above
 the one the status carries (`operator.Elector.advance`). The two leaders hold different
-Leases, so nothing fences a step the old one is running when the plan moves: move a
-plan only while no run is active. Two replica groups must never disagree about M (a 0/2
+Leases; `controller/operator_fence.py` keeps one actor per plan: the old leader's step
+stops at its next fence check, and the new leader waits a Lease's duration before acting
+on it. Two replica groups must never disagree about M (a 0/2
 and a 0/3 leader would both own some plans): change M by stopping every replica, then
 starting the new ones (see manifests/deploy/overlays/sharded).
 

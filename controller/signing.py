@@ -12,6 +12,12 @@ claimed name, is the approver. A signature of another run, plan, step or namespa
 key not listed, or not a signature at all is refused with `SignatureRefused` naming why
 and how to sign. Owns the message format and the calls to ssh-keygen; who may approve and
 four eyes are `controller.engine.people`'s.
+
+A key that leaked or left with its owner is revoked without editing allowed_signers:
+`approval.revokedKeys` names an OpenSSH KRL (`ssh-keygen -k`) or a file of revoked public
+keys, and a good signature is verified once more against it (`-Y verify -r`), so its
+refusal can say the key is revoked, not merely that the signature failed. A revocation
+file ssh-keygen cannot read refuses every signature (it fails closed), saying so.
 """
 
 from __future__ import annotations
@@ -51,11 +57,12 @@ def how_to_sign(plan: str, run_id: str, step: str = "", key: str = "~/.ssh/id_ed
 
 
 def verify(allowed_signers: Path, signature: Path, *, plan: str, run_id: str,
-           step: str = "", claimed: str | None = None) -> Signed:
-    """Who signed this approval, proven by a key of `allowed_signers`; `claimed` (`--as`)
-    picks the principal when the key is listed under several."""
-    for path, what in ((allowed_signers, "approval.allowedSigners"),
-                       (signature, "the signature file")):
+           step: str = "", claimed: str | None = None, revoked: Path | None = None) -> Signed:
+    """Who signed this approval, proven by a key of `allowed_signers` not revoked in
+    `revoked`; `claimed` (`--as`) picks the principal when the key is listed under
+    several."""
+    files = [(allowed_signers, "approval.allowedSigners"), (signature, "the signature file")]
+    for path, what in files + ([(revoked, "approval.revokedKeys")] if revoked else []):
         if not path.is_file():
             raise SignatureRefused(f"{what} {path} does not exist or is not a file")
     sign = how_to_sign(plan, run_id, step)
@@ -77,16 +84,39 @@ def verify(allowed_signers: Path, signature: Path, *, plan: str, run_id: str,
                                f"{', '.join(principals)} in {allowed_signers}: say which "
                                "one approves with --as")
     [signer] = principals
-    checked = _ssh_keygen(["-Y", "verify", "-f", str(allowed_signers), "-I", signer,
-                           "-n", NAMESPACE, "-s", str(signature)],
-                          stdin=message(plan, run_id, step))
-    said = checked.stdout.strip()
-    if checked.returncode != 0 or not said.startswith("Good"):
+    check = ["-Y", "verify", "-f", str(allowed_signers), "-I", signer, "-n", NAMESPACE,
+             "-s", str(signature)]
+    checked = _ssh_keygen(check, stdin=message(plan, run_id, step))
+    if not _good(checked):
         raise SignatureRefused(
             f"the signature in {signature} by {signer} does not sign this approval "
             f"({_said(checked)}): it must sign exactly "
             f"{message(plan, run_id, step).decode()!r} in namespace {NAMESPACE}: {sign}")
-    return Signed(signer, said.rpartition(" with ")[2])
+    signed = Signed(signer, checked.stdout.strip().rpartition(" with ")[2])
+    if revoked is not None:
+        again = _ssh_keygen([*check, "-r", str(revoked)], stdin=message(plan, run_id, step))
+        if not _good(again):
+            raise SignatureRefused(_revoked(signed, signature, revoked, _said(again)))
+    return signed
+
+
+def _good(result: subprocess.CompletedProcess[str]) -> bool:
+    return result.returncode == 0 and result.stdout.strip().startswith("Good")
+
+
+def _revoked(signed: Signed, signature: Path, revoked: Path, said: str) -> str:
+    """Why a good signature failed against `revoked`: its key is listed there, or the
+    file is neither a KRL nor public keys (ssh-keygen fails closed on it)."""
+    readable = (_ssh_keygen(["-Q", "-l", "-f", str(revoked)]).returncode == 0
+                or _ssh_keygen(["-l", "-f", str(revoked)]).returncode == 0)
+    if not readable:
+        return (f"approval.revokedKeys {revoked} is neither an OpenSSH KRL nor a file of "
+                f"public keys (ssh-keygen: {said}), so no signature is accepted: fix it, "
+                "e.g. ssh-keygen -k -f FILE REVOKED.pub")
+    return (f"the key that signed {signature}, {signed.signer}'s {signed.key}, is revoked "
+            f"in approval.revokedKeys {revoked} (ssh-keygen: {said}): its signatures no "
+            f"longer approve; {signed.signer} signs with a key listed in "
+            "approval.allowedSigners and not revoked")
 
 
 def _ssh_keygen(args: list[str], stdin: bytes = b"") -> subprocess.CompletedProcess[str]:

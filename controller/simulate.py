@@ -22,6 +22,7 @@ class Replay:
     trace: str
     decisions: list[tuple[float, Decision]] = field(default_factory=list)
     trips: list[tuple[float, int | None]] = field(default_factory=list)
+    peaks: list[int | None] = field(default_factory=list)  # per trip: its most severe level
     problems: list[str] = field(default_factory=list)
     label: str | None = None
 
@@ -29,7 +30,8 @@ class Replay:
         return {
             "trace": self.trace, "label": self.label, "passed": not self.problems,
             "problems": self.problems,
-            "trips": [{"atSeconds": t, "level": lvl} for t, lvl in self.trips],
+            "trips": [{"atSeconds": t, "level": lvl, "peakLevel": peak}
+                      for (t, lvl), peak in zip(self.trips, self.peaks, strict=True)],
             "decisions": [{"atSeconds": t, "state": d.state.value, "action": d.action.value,
                            "level": d.level, "sentence": d.sentence}
                           for t, d in self.decisions],
@@ -37,17 +39,25 @@ class Replay:
 
 
 def replay(plan: FailoverPlan, trace: Trace, *, every: float = 1.0) -> Replay:
-    """Feed the trace tick by tick; record each change of decision (not every tick)."""
+    """Feed the trace tick by tick, as the live loop saw it (`ticks`: every `every` s and
+    at once on news); record each change of decision or of a trip's level (not every
+    tick)."""
     out = Replay(trace.name, label=trace.expect.describe() if trace.expect else None)
     state = policy.PolicyState()
     for now, batch in ticks(trace, every, tail=plan.spec.trigger.dwell + every):
         decision, state = policy.evaluate(plan, state, batch, now)
-        if decision.action is not DecisionAction.NONE or decision.changed:
+        rose = (state.tripped and bool(out.peaks) and decision.level is not None
+                and decision.action is DecisionAction.NONE
+                and decision.level < (out.peaks[-1] or 5))
+        if decision.action is not DecisionAction.NONE or decision.changed or rose:
             out.decisions.append((now - trace.start, decision))
+        if rose:
+            out.peaks[-1] = decision.level
         if decision.action is DecisionAction.TRIP:
             out.trips.append((now - trace.start, decision.level))
+            out.peaks.append(decision.level)
             # a real run starts here; the cooldown keeps a replay as honest as a live loop
             state = policy.start_cooldown(state, plan, now)
     if trace.expect is not None:
-        out.problems = trace.expect.verify(out.trips)
+        out.problems = trace.expect.verify(out.trips, out.peaks[0] if out.peaks else None)
     return out

@@ -435,11 +435,15 @@ class FakeBackupStore(BackupStore):
         self.options = options
 
     def list(self, *, dataset: str) -> list[Backup]:
+        """The entries of the options, as `record_damage` left them (in the fake's state)."""
+        with _state(self.options, "store") as st:
+            marked: dict[str, str] = dict(st.get("damage", {}))
         found = [
             Backup(
                 id=b["id"], dataset=b["dataset"], kind=b.get("kind", "daily"),
                 taken_at=float(b.get("takenAt", 0)), location=b.get("location", f"mem:{b['id']}"),
-                verified=b.get("verified"), verification=b.get("verification", ""),
+                verified=False if b["id"] in marked else b.get("verified"),
+                verification=marked.get(b["id"], b.get("verification", "")),
                 size=b.get("size"), meta={**b.get("meta", {}), **(
                     {"damaged": Damage(b["damaged"]).value} if "damaged" in b else {})},
             )
@@ -447,6 +451,12 @@ class FakeBackupStore(BackupStore):
             if b["dataset"] == dataset
         ]
         return sorted(found, key=lambda b: b.taken_at, reverse=True)
+
+    def record_damage(self, backup: Backup, *, reason: str, actor: str) -> str:
+        """As a catalog store records it: the backup lists as a failed verification."""
+        with _state(self.options, "store") as st:
+            st.setdefault("damage", {})[backup.id] = f"restore failed: {reason}"[:1000]
+        return f"marked not verified in mem:{backup.id} (by {actor})"
 
     def check_integrity(self, backup: Backup) -> str:
         """A `missing` payload fails (DamagedBackup); a `corrupt` one passes, as a flipped

@@ -11,8 +11,13 @@ on it (`commit`, a client's write: accepted by a node that takes writes), and a 
 streaming from its `upstream` on the same timeline has every row the upstream has (the
 stream is instant) unless it lags (`lagBytes`: its replay stays that far behind) or the
 two histories diverged. `rewind` and `basebackup` give a stopped node the source's rows
-and timeline (`rewindable: false` makes a rewind fail), `follow` starts it as the
-source's standby, `unfence` undoes a fence. Like
+and timeline (`rewindable: false` makes a rewind fail; `rewindMb`/`sizeMb` are what a
+dry run says it would copy, of the source's size), `follow` starts it as the source's
+standby (with `primary_slot_name`: it streams only when the source has that slot;
+`startsRewound: false` makes a rewound node fail to start, `streamsRewound: false` start
+but never stream, as one whose WAL since the fork is gone), `unfence` undoes a fence.
+Replication slots (`create_slot`, `drop_slot`) keep the WAL from the node's LSN when
+made; one is active while a standby streams through it. Like
 the other fakes, every write checks the step's fence and refuses a token older than one
 it accepted (`controller.testing._fenced`), and records its token and holder. Faults are
 set with `set_node` (outside any step: no fence), state is shared by `key` (or a
@@ -35,7 +40,9 @@ from controller.db import (
     NotInRecovery,
     Promoted,
     RewindFailed,
+    RewindSize,
     Slot,
+    StartFailed,
     Unreachable,
     lsn_text,
 )
@@ -69,13 +76,16 @@ class FakeDatabase(Database):
         if "nodes" not in st:
             o = self.options
             node: dict[str, Any] = {"running": True, "reachable": True, "readOnly": False,
-                                    "fenced": None, "timeline": 1, "rows": [],
-                                    "rewindable": True}
+                                    "fenced": None, "timeline": 1,
+                                    "rewindable": True, "rewindMb": 16, "sizeMb": 64,
+                                    "startsRewound": True, "streamsRewound": True,
+                                    "rewound": False, "slot": None}
             st["nodes"] = {
-                o.primary: {**node, "recovery": False, "lsn": START_LSN + o.lag_bytes,
+                o.primary: {**node, "rows": [], "slots": {}, "recovery": False,
+                            "lsn": START_LSN + o.lag_bytes,
                             "streaming": False, "lagSeconds": 0.0, "upstream": None,
                             "lagBytes": 0},
-                o.standby: {**node, "recovery": True, "lsn": START_LSN,
+                o.standby: {**node, "rows": [], "slots": {}, "recovery": True, "lsn": START_LSN,
                             "streaming": o.streaming, "lagSeconds": o.lag_seconds,
                             "upstream": o.primary, "lagBytes": o.lag_bytes},
             }
@@ -176,7 +186,7 @@ class FakeDatabase(Database):
         return {"method": method.value, "already": False, **seen}
 
     def fence_by_person(self, name: str) -> None:
-        """A person stops the node by hand (the simulation's `done fence-primary`)."""
+        """A person stops the node by hand (the simulation's person, before saying done)."""
         with _state(self.options, "database") as st:
             n = self._nodes(st)[name]
             n["running"], n["fenced"] = False, n["fenced"] or "person"
@@ -230,8 +240,21 @@ class FakeDatabase(Database):
             changed = (n["rows"], n["timeline"]) != (src["rows"], src["timeline"])
             _fenced(st, f"{what} of {node.describe()} refused")
             n.update(rows=list(src["rows"]), lsn=src["lsn"] - n["lagBytes"],
-                     timeline=src["timeline"])
+                     timeline=src["timeline"], rewound=rewind and changed)
         return changed
+
+    def rewind_size(self, node: Node, *, source: Node) -> RewindSize:
+        with _state(self.options, "database") as st:
+            n, src = self._node(st, node, running=False), self._node(st, source)
+            if n["running"]:
+                raise PermanentError(f"{node.describe()} is running: stop it before "
+                                     "rewinding it")
+            if not n["rewindable"]:
+                raise RewindFailed(f"pg_rewind of {node.describe()} exited 1: could not "
+                                   "find previous WAL record (injected)")
+            if (n["rows"], n["timeline"]) == (src["rows"], src["timeline"]):
+                return RewindSize(0, 0)
+            return RewindSize(n["rewindMb"], n["sizeMb"])
 
     def rewind(self, node: Node, *, source: Node) -> Evidence:
         return {"rewound": self._rebuilt(node, source, "rewinding it", rewind=True)}
@@ -240,7 +263,7 @@ class FakeDatabase(Database):
         self._rebuilt(node, source, "replacing its data")
         return {"aside": f"{node.host}.{aside}"}
 
-    def follow(self, node: Node, *, source: Node) -> Evidence:
+    def follow(self, node: Node, *, source: Node, slot: str | None = None) -> Evidence:
         with _state(self.options, "database") as st:
             n = self._node(st, node, running=False)
             if n["running"] and n["recovery"]:
@@ -249,9 +272,35 @@ class FakeDatabase(Database):
                 raise PermanentError(f"{node.describe()} is running: stop it before "
                                      "starting it as a standby")
             _fenced(st, f"start of {node.describe()} refused")
-            n.update(running=True, recovery=True, streaming=True, upstream=source.host,
-                     readOnly=False, fenced=None, lagSeconds=0.0)
+            slotted = slot is None or slot in self._nodes(st)[source.host]["slots"]
+            starts = n["startsRewound"] or not n["rewound"]
+            streams = n["streamsRewound"] or not n["rewound"]
+            n.update(running=True, recovery=True, streaming=slotted and starts and streams,
+                     upstream=source.host, slot=slot, readOnly=False, fenced=None,
+                     lagSeconds=0.0)
+            if not starts:
+                raise StartFailed(f"{node.describe()}: pg_ctl start failed or did not start "
+                                  "within 60 s: requested "
+                                  "WAL segment has already been removed (injected)")
         return {"already": False}
+
+    def create_slot(self, node: Node, name: str) -> Evidence:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+            if name in n["slots"]:
+                return {"slot": name, "already": True}
+            _fenced(st, f"creating slot {name} on {node.describe()} refused")
+            n["slots"][name] = n["lsn"]
+        return {"slot": name, "already": False}
+
+    def drop_slot(self, node: Node, name: str) -> Evidence:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+            if name not in n["slots"]:
+                return {"slot": name, "already": True}
+            _fenced(st, f"dropping slot {name} on {node.describe()} refused")
+            del n["slots"][name]
+        return {"slot": name, "already": False}
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -276,6 +325,12 @@ class FakeDatabase(Database):
     def slots(self, node: Node) -> list[Slot]:
         with _state(self.options, "database") as st:
             n = self._node(st, node)
+            users = {s["slot"] for s in self._nodes(st).values()
+                     if s["upstream"] == node.host and s["running"] and s["recovery"]
+                     and s["streaming"]}
+        made = [Slot(name, name in users, max(0, n["lsn"] - kept))
+                for name, kept in sorted(n["slots"].items())]
         if n["recovery"]:
-            return []
-        return [Slot(self.options.standby, self.options.streaming, self.options.slot_bytes)]
+            return made
+        return [Slot(self.options.standby, self.options.streaming, self.options.slot_bytes),
+                *made]

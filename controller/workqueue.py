@@ -5,6 +5,8 @@ often it is added (a watch event, the ticker, probe news); a key being processed
 handed to a second worker, and one added meanwhile is queued again when its worker is
 done, so no change is lost and one plan is never reconciled twice at once. `waited()` is
 the operator's liveness signal: how long the oldest key has waited for a worker.
+`close()` wakes every waiting worker at once (shutdown), so workers can wait long
+between keys instead of polling: dozens of idle workers cost nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class WorkQueue:
         self._busy: set[str] = set()
         self._since: dict[str, float] = {}  # key -> time.monotonic() it was queued
         self._cond = threading.Condition()
+        self._closed = False
 
     def add(self, key: str) -> None:
         with self._cond:
@@ -35,10 +38,12 @@ class WorkQueue:
                 self._cond.notify()
 
     def get(self, timeout: float) -> str | None:
+        """The next key, waiting at most `timeout` seconds; None when none came or the
+        queue is closed."""
         with self._cond:
-            if not self._queue:
+            if not self._queue and not self._closed:
                 self._cond.wait(timeout)
-            if not self._queue:
+            if not self._queue or self._closed:
                 return None
             key = self._queue.popleft()
             self._since.pop(key, None)
@@ -53,6 +58,12 @@ class WorkQueue:
                 self._queue.append(key)
                 self._since[key] = time.monotonic()
                 self._cond.notify()
+
+    def close(self) -> None:
+        """Shutting down: every waiting `get` returns None now, and every later one."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def waited(self) -> float:
         """How long the key queued longest has waited for a worker (0 when none waits)."""

@@ -48,6 +48,14 @@ class BackupStore(Protocol):
         DamagedBackup otherwise."""
         ...
 
+    def record_damage(self, backup: Backup, *, reason: str, actor: str) -> str:
+        """Write a backup found damaged at restore time back to the store as a failed
+        verification (the reason, the time, who): from then on `list` says it is not
+        verified, so selection, readiness and the next restore skip it. Returns what was
+        recorded and where, for the restore's evidence; raises when the store cannot be
+        written (e.g. read-only credentials for restores)."""
+        ...
+
     def ready(self) -> str | None:
         """For `failoverctl ready`: a read-only, harmless check that this backend can act
         now; returns what it found, raises when it cannot. Default None: nothing to check

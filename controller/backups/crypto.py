@@ -31,7 +31,9 @@ import hashlib
 import hmac
 import json
 import os
+import queue
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -53,6 +55,7 @@ TAG = 16
 DEFAULT_CHUNK = 1 << 20
 ALGORITHM = "AES-256-GCM"
 FORMAT_BOUND = 2
+HASH_AHEAD = 8  # stored chunks read ahead of their SHA-256
 
 
 class DecryptionError(PermanentError):
@@ -252,10 +255,21 @@ class EncryptingWriter:
 
 
 class _Counted:
-    """Reads from `src`, hashing and counting every byte read (the stored object's)."""
+    """Reads from `src`, counting every byte read and hashing it (the stored object's
+    SHA-256) in a thread of its own: hashlib lets go of the GIL on large buffers, so the
+    hash runs beside the decryption instead of after it. At most `HASH_AHEAD` reads wait
+    for the hash; `hexdigest` waits for the rest, `close` stops the thread."""
 
     def __init__(self, src: BinaryIO):
-        self.src, self.sha256, self.size = src, hashlib.sha256(), 0
+        self.src, self.size = src, 0
+        self._sha256 = hashlib.sha256()
+        self._todo: queue.Queue[bytes | None] = queue.Queue(HASH_AHEAD)
+        self._thread = threading.Thread(target=self._hash, daemon=True, name="payload-sha256")
+        self._thread.start()
+
+    def _hash(self) -> None:
+        while (data := self._todo.get()) is not None:
+            self._sha256.update(data)
 
     def read_exact(self, n: int) -> bytes:
         parts, got = [], 0
@@ -266,9 +280,18 @@ class _Counted:
             parts.append(part)
             got += len(part)
         data = b"".join(parts)
-        self.sha256.update(data)
+        self._todo.put(data)
         self.size += len(data)
         return data
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
 
 
 def _read_header(src: _Counted, name: str) -> Header:
@@ -288,8 +311,16 @@ def decrypt_chunks(src: BinaryIO, key: bytes, *, name: str = "backup",
     WrongKeyError, and with `expected` (the catalog's word) SwappedPayload (another
     backup's payload, checked before anything is decrypted) and ChecksumMismatch (the
     stored SHA-256 or size is not the catalog's, checked before the final chunk)."""
-    aead = AESGCM(check_key(key))
     counted = _Counted(src)
+    try:
+        yield from _decrypt(counted, key, name, expected)
+    finally:
+        counted.close()
+
+
+def _decrypt(counted: _Counted, key: bytes, name: str, expected: Expected | None
+             ) -> Iterator[bytes]:
+    aead = AESGCM(check_key(key))
     header = _read_header(counted, name)
     if expected is not None:
         check_binding(header, expected, name=name)
@@ -320,7 +351,7 @@ def decrypt_chunks(src: BinaryIO, key: bytes, *, name: str = "backup",
 
 
 def _check_stored(counted: _Counted, expected: Expected, name: str) -> None:
-    digest = counted.sha256.hexdigest()
+    digest = counted.hexdigest()
     if counted.size != expected.size or digest != expected.sha256:
         raise ChecksumMismatch(
             f"{name}: the stored payload is not the one cataloged: {counted.size} bytes, "

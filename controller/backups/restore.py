@@ -5,11 +5,13 @@ Owns the restore step's two implementations of the `Restorer` protocol:
   plain/tar backup) from its store, decrypting and authenticating chunk by chunk (in a
   thread of its own, a few chunks ahead, so that this work overlaps the host's), into
   `tar -x` on the target (locally, or over SSH with fabric, host key pinned; the
-  target directory is checked and created in the same session), hashing each file on
-  the way against the backup's manifest (`manifest`), then runs `pg_verifybackup`
-  (without its checksum pass when the stream proved every file's SHA-256; the session
-  for these later steps is opened while the data streams, and waits: nothing runs before
-  the stream was authenticated to its last chunk);
+  target directory is checked and created in the same session), then runs
+  `pg_verifybackup` (the session for these later steps is opened while the data
+  streams, and waits: nothing runs before the stream was authenticated to its last
+  chunk and its stored SHA-256 matched the catalog's). Its checksum pass is skipped when
+  the files' SHA-256s are already proven: a verified backup's verification proved them
+  file by file and the stream is byte for byte what it proved (the stored SHA-256);
+  a test restore hashes each file on the way against the manifest (`manifest`);
 - `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:
   a continuous (WAL-archived) set replays the archive to its end by default (`--type=
   default`: the newest archived transaction, the seconds-level RPO it was chosen for), any
@@ -35,7 +37,7 @@ Progress is logged every 64 MiB.
 Inside a step, a restore stops when the step is cancelled (`controller.fencing`: its
 timeout passed or the lease was lost): the fence is checked before anything is touched,
 before every 256 KiB slice of the stream, before PostgreSQL is started and while the finish
-session runs (see `node`). It then cleans up as a failed restore does (a server it
+session runs (see `finish`). It then cleans up as a failed restore does (a server it
 started is stopped, the target put back as it was), and raises `fencing.Cancelled`.
 """
 
@@ -54,12 +56,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
-from controller.backups import DamagedBackup, Restorer, swap
+from controller.backups import DamagedBackup, Restorer, finish, swap
 from controller.backups.catalog import READ_CHUNK, AuditSink, CatalogStore
+from controller.backups.finish import PendingFinish
 from controller.backups.hosts import Host, LocalHost, SshHost, SshOptions, runs_as_root
 from controller.backups.manifest import StreamedFiles
 from controller.backups.naming import iso
-from controller.backups.node import Node, PendingFinish, RestoreFailed, TargetOptions
+from controller.backups.node import Node, RestoreFailed, TargetOptions
 from controller.model import Backup, Evidence, PermanentError, Target
 from controller.secrets import Secrets, redact
 
@@ -161,9 +164,9 @@ class _Restorer(Restorer):
             node = Node(host, into.path, opts, root=runs_as_root(host), backup=backup.id,
                         run=fence.label if fence is not None else "")
             try:
-                evidence = self._run(backup, node, phases)
+                evidence = self._run(backup, node, phases, test=test)
             except swap.AlreadyThere as there:
-                evidence = self._resume(backup, node, there.state, phases)
+                evidence = self._resume(backup, node, there.state, phases, test=test)
         except Exception as exc:
             what = "CANCELLED" if isinstance(exc, fencing.Cancelled) else "FAILED"
             self.audit(actor, f"{what} restoring {backup.id} onto {where}: {exc}")
@@ -208,11 +211,11 @@ class _Restorer(Restorer):
                 fetch: list[str] | None = None, pending: PendingFinish | None = None,
                 check_only: bool = False, settings: dict[str, str] | None = None,
                 checksums_proven: bool = False) -> Evidence:
-        """The rest of the restore in one remote session (see `Node.finish`)."""
+        """The rest of the restore in one remote session (see `finish.run`)."""
         if pending is not None:
             done = pending.go(checksums_proven=checksums_proven)
         else:
-            done = node.finish(fetch=fetch, check_only=check_only, settings=settings)
+            done = finish.run(node, fetch=fetch, check_only=check_only, settings=settings)
         phases.update(done["phases"])
         if done["archiving"]["archive_mode"] != "off":  # the script refuses this too
             raise RestoreFailed("start", f"archive_mode is {done['archiving']['archive_mode']}"
@@ -223,11 +226,12 @@ class _Restorer(Restorer):
                    "lastReplay": done["lastReplay"], "replaced": done["replaced"]})
         return ev
 
-    def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
+    def _run(self, backup: Backup, node: Node, phases: dict[str, float], *,
+             test: bool) -> Evidence:
         raise NotImplementedError
 
     def _resume(self, backup: Backup, node: Node, state: swap.State,
-                phases: dict[str, float]) -> Evidence:
+                phases: dict[str, float], *, test: bool) -> Evidence:
         """A node of ours for `backup` runs at the target: an earlier attempt restored it
         (`done`: finished but not recorded; `swapped`: it died before its commit). It
         counts once it passes validation now; one that died before its commit and fails
@@ -244,7 +248,7 @@ class _Restorer(Restorer):
             fencing.check()
             node.stop()
             node.undo()
-            ev = self._run(backup, node, phases)
+            ev = self._run(backup, node, phases, test=test)
             ev["resumed"] = (f"an unfinished restore of {backup.id} failed its checks "
                              f"({exc}); undone and restored again")
         return ev
@@ -271,10 +275,16 @@ class BaseBackupRestorer(_Restorer):
         super().__init__(options, secrets=secrets, audit=audit)
         self.store = store or build_store(options.store, secrets=self.secrets, audit=audit)
 
-    def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
+    def _run(self, backup: Backup, node: Node, phases: dict[str, float], *,
+             test: bool) -> Evidence:
         moved = {"bytes": 0}
+        # a restore of a verified backup streams the very bytes its verification proved
+        # file by file (the stored SHA-256 is checked as cataloged before the last chunk):
+        # hashing each file again would prove nothing new; a test restore proves them
+        earlier = None if test else _files_proven(backup)
         files = StreamedFiles()  # each file's SHA-256, checked against the manifest
-        with self.store.open_payload(backup) as reader, _ReadAhead(reader, files.feed) as ahead:
+        with self.store.open_payload(backup) as reader, _ReadAhead(
+                reader, files.feed if earlier is None else None) as ahead:
             chunks = _progress(ahead, backup.id, moved, backup.meta.get("plainSize"))
             try:
                 first = next(chunks)  # a wrong key fails here, before anything is written
@@ -285,7 +295,7 @@ class BaseBackupRestorer(_Restorer):
             # (a tar-format backup is extracted there: PG15 cannot verify tar format)
             root = node.root
             node.host.open()  # one connection (attempt) serves both sessions
-            pending = node.begin_finish(extract_tars=True, verify=True)
+            pending = finish.begin(node, extract_tars=True, verify=True)
             try:
                 node.receive([*UNTAR_STREAM, "-C", node.layout.side],
                              _prepend(first, chunks))
@@ -295,16 +305,36 @@ class BaseBackupRestorer(_Restorer):
         phases["fetch"] = time.monotonic() - t
         if node.root != root:  # the login was not who its name said: rebuild the script
             pending.abort()
-            pending = node.begin_finish(extract_tars=True, verify=True)
+            pending = finish.begin(node, extract_tars=True, verify=True)
         seconds = phases["fetch"]
-        verdict = files.verdict()
-        proven = verdict.proven and ahead.inspect_error is None
+        if earlier is not None:
+            proven, checksums = True, earlier
+        else:
+            verdict = files.verdict()
+            proven = verdict.proven and ahead.inspect_error is None
+            checksums = verdict.detail if proven else f"by pg_verifybackup: {verdict.detail}"
         ev: Evidence = {"bytes": moved["bytes"],
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds
-                        else None, "pgVerifybackup": "passed",
-                        "checksums": verdict.detail if proven
-                        else f"by pg_verifybackup: {verdict.detail}"}
+                        else None, "pgVerifybackup": "passed", "checksums": checksums}
         return self._finish(node, phases, ev, pending=pending, checksums_proven=proven)
+
+
+def _files_proven(backup: Backup) -> str | None:
+    """What proved every file of `backup` against its manifest when it was verified (its
+    latest verification passed `pg_verifybackup`: checksums, or the same SHA-256s taken as
+    it streamed); None when nothing did."""
+    last = backup.meta.get("lastVerification")
+    if backup.verified is not True or not isinstance(last, dict) or last.get("passed") is not True:
+        return None
+    checks = last.get("checks")
+    if not isinstance(checks, list) or not any(
+            isinstance(c, dict) and c.get("name") == "pg_verifybackup"
+            and c.get("passed") is True for c in checks):
+        return None
+    at = last.get("at")
+    when = iso(at) if isinstance(at, int | float) else "an unrecorded time"
+    return (f"every file against backup_manifest by its verification at {when}; these are "
+            "its bytes (stored SHA-256 as cataloged, every chunk authenticated)")
 
 
 class DamagedSet(RestoreFailed, DamagedBackup):
@@ -327,7 +357,8 @@ class PgBackRestRestorer(_Restorer):
     options: PgBackRestRestorerOptions
     format = "pgbackrest"
 
-    def _run(self, backup: Backup, node: Node, phases: dict[str, float]) -> Evidence:
+    def _run(self, backup: Backup, node: Node, phases: dict[str, float], *,
+             test: bool) -> Evidence:
         label = (backup.meta.get("pgbackrest") or {}).get("label")
         if not label:
             raise PermanentError(f"backup {backup.id} has no pgBackRest set label")
@@ -412,19 +443,20 @@ class _ReadAhead:
     thread: the controller's work on the stream overlaps the host's `tar`. An error
     reading is raised to the caller in place of the chunk it was reading, so nothing after
     a bad chunk is released. Leaving the context normally waits until `inspect` saw every
-    chunk; leaving it on an error stops both threads."""
+    chunk; leaving it on an error stops both threads. Without `inspect`, no third thread."""
 
-    def __init__(self, reader: Any, inspect: Callable[[bytes], None]):
+    def __init__(self, reader: Any, inspect: Callable[[bytes], None] | None):
         self._out: queue.Queue[bytes | BaseException] = queue.Queue(AHEAD)
-        self._seen: queue.Queue[bytes | None] = queue.Queue(AHEAD)
+        self._seen: queue.Queue[bytes | None] | None = (
+            None if inspect is None else queue.Queue(AHEAD))
         self._stop = threading.Event()
         self._done = False
         self.inspect_error: Exception | None = None  # `inspect` failed: it saw not all
-        self._threads = [
-            threading.Thread(target=self._read, args=(reader,), daemon=True,
-                             name="restore-read-ahead"),
-            threading.Thread(target=self._inspect, args=(inspect,), daemon=True,
-                             name="restore-inspect")]
+        self._threads = [threading.Thread(target=self._read, args=(reader,), daemon=True,
+                                          name="restore-read-ahead")]
+        if inspect is not None:
+            self._threads.append(threading.Thread(target=self._inspect, args=(inspect,),
+                                                  daemon=True, name="restore-inspect"))
 
     def __enter__(self) -> _ReadAhead:
         for thread in self._threads:
@@ -441,15 +473,18 @@ class _ReadAhead:
         try:
             while not self._stop.is_set():
                 chunk = reader.read(READ_CHUNK)
-                self._put(self._seen, chunk)
+                if self._seen is not None:
+                    self._put(self._seen, chunk)
                 self._put(self._out, chunk)
                 if not chunk:
                     return
         except BaseException as exc:  # handed to the reader in place of the chunk
-            self._put(self._seen, None)
+            if self._seen is not None:
+                self._put(self._seen, None)
             self._put(self._out, exc)
 
     def _inspect(self, inspect: Callable[[bytes], None]) -> None:
+        assert self._seen is not None
         while not self._stop.is_set():
             try:
                 chunk = self._seen.get(timeout=0.1)

@@ -19,12 +19,16 @@ imports the package back (they import `base`, which imports no command module).
 """
 
 from controller.cli import (  # noqa: F401  (each registers its commands or completion)
+    access,
     backups,
     completion,
+    evaluate,
     loop,
     ops,
     plans,
+    records,
     runs,
+    traces,
 )
 from controller.cli.base import main
 

@@ -12,7 +12,7 @@ import time
 
 import click
 
-from controller.api import Health, serve
+from controller.api import Health, TlsError, listening, serve
 from controller.cli.base import Ctx, engine_for, fail, load, main, with_journal
 from controller.console import (
     EXIT_FAILED,
@@ -78,11 +78,19 @@ def _told(cycle: Cycle, where: str) -> list[str]:
               help="stop once every plan reaches this phase")
 @click.option("--listen", metavar="HOST:PORT",
               help="serve /healthz, /readyz and /metrics here (e.g. 0.0.0.0:8080)")
+@click.option("--tls-cert", type=click.Path(dir_okay=False),
+              help="serve them over HTTPS with this certificate (PEM)")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="its private key (PEM)")
 @click.pass_obj
 @with_journal
 def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | None,
-        until: str | None, listen: str | None) -> None:
+        until: str | None, listen: str | None, tls_cert: str | None,
+        tls_key: str | None) -> None:
     """The reconcile loop against plan files: probe, decide, act, record. Ctrl-C stops it."""
+    try:
+        where = listening(listen, tls_cert, tls_key)
+    except TlsError as exc:
+        fail(str(exc), EXIT_INPUT)
     loaded = [load(p) for p in plans]
     for plan in loaded:
         if plan.spec.coordination.kind == "kubernetes":
@@ -94,9 +102,9 @@ def run(obj: Ctx, plans: tuple[str, ...], interval: float | None, ticks: int | N
     engines = [engine_for(obj, p) for p in loaded]
     every = interval or obj.settings.tick
     health = Health(stale_after=max(10 * every, 30.0), ready_check=lambda: journal.lease("-"))
-    if listen:
-        host, _, port = listen.rpartition(":")
-        serve(health, host or "0.0.0.0", int(port))
+    if where:
+        host, port, tls = where
+        serve(health, host, port, tls=tls)
     news = News()  # a failing round of any plan runs a cycle at once, not at the next tick
     schedulers = [observe(e.plan, e.backends, news=news) for e in engines]
     for scheduler in schedulers:

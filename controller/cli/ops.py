@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from controller import remote
-from controller.api import Health, serve
+from controller.api import Health, TlsError, listening, serve
 from controller.cli.base import (
     JOURNAL,
     JOURNAL_OR_CLUSTER,
@@ -145,6 +145,9 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
 @click.option("--identity", envvar="FAILOVER_ACTOR",
               help="this replica's name in the Lease and audit (default: host-pid)")
 @click.option("--listen", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics")
+@click.option("--tls-cert", type=click.Path(dir_okay=False),
+              help="serve them over HTTPS with this certificate (PEM)")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="its private key (PEM)")
 @click.option("--lease-duration", type=float, default=15.0, show_default=True)
 @click.option("--renew-deadline", type=float, default=10.0, show_default=True)
 @click.option("--retry-period", type=float, default=2.0, show_default=True)
@@ -162,7 +165,8 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
 @click.pass_obj
 @with_journal
 def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str | None,
-                 listen: str | None, lease_duration: float, renew_deadline: float,
+                 listen: str | None, tls_cert: str | None, tls_key: str | None,
+                 lease_duration: float, renew_deadline: float,
                  retry_period: float, resync: float, workers: int, shard: str | None,
                  shard_selector: str | None) -> None:
     """Run in the cluster: watch FailoverPlans, elect a leader, reconcile, write status."""
@@ -173,6 +177,10 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
     from controller.operator import LeaderConfig, Operator
     from controller.sharding import Shard, ShardError, parse_selector, parse_shard
 
+    try:
+        where = listening(listen, tls_cert, tls_key)
+    except TlsError as exc:
+        fail(str(exc), EXIT_INPUT)
     if not 0 < retry_period < renew_deadline < lease_duration:
         fail("leader election needs 0 < --retry-period < --renew-deadline < "
               "--lease-duration (defaults 2 < 10 < 15)", EXIT_INPUT)
@@ -195,9 +203,9 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
                   leader=LeaderConfig(lease_duration=lease_duration,
                                       renew_deadline=renew_deadline, retry_period=retry_period),
                   tick=every, resync=resync, workers=workers, beat=health.beat, shard=taken)
-    if listen:
-        host, _, port = listen.rpartition(":")
-        serve(health, host or "0.0.0.0", int(port))
+    if where:
+        host, port, tls = where
+        serve(health, host, port, tls=tls)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

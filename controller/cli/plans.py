@@ -80,7 +80,8 @@ def plan_cmd(plan_file: str, output: str) -> None:
               help="JSONL or CSV trace of timestamped samples (repeatable; a directory "
               "replays every trace in it)")
 @click.option("--every", type=float, default=1.0, show_default=True,
-              help="seconds between simulated ticks")
+              help="seconds between simulated ticks (a failed sample also runs a cycle at once, "
+                   "as in the live loop)")
 @OUTPUT
 def simulate(plan_file: str, traces: tuple[str, ...], every: float, output: str) -> None:
     """Replay health traces through the policy: when it would trip, at which level, why."""

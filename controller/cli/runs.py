@@ -1,5 +1,10 @@
 """`failoverctl failover | failback | ready | approve | done | status | report`: request a
-run, follow it, answer what it waits for, and read the record."""
+run, follow it, answer what it waits for, and read the record.
+
+Who acts is proven, not claimed: on a plan file, the operating-system login (`--as` may
+only repeat it; another name is refused and audited), or for an approval the signer of an
+SSH signature (controller/signing.py); with fop/NAME, the name the API server
+authenticated (controller/remote.py)."""
 
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import pwd
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -23,7 +28,7 @@ from controller.cli.base import (
     PLAN_ARG,
     REASON,
     Ctx,
-    actor_option,
+    Decorator,
     emit,
     engine_for,
     fail,
@@ -34,19 +39,20 @@ from controller.cli.base import (
     wait_option,
     with_journal,
 )
+from controller.cli.recordstore import archived_report
 from controller.console import (
     EXIT_FAILED,
     EXIT_INPUT,
     EXIT_OK,
     EXIT_WAITING,
+    CliError,
 )
 from controller.failback import revert_steps
 from controller.journal import Journal, Run
 from controller.loop import Engine
 from controller.model import Phase
 from controller.plan import Step
-from controller.registry import step_kind
-from controller.steps import StepContext
+from controller.steps import StepContext, step_kind
 
 
 def _follow(journal: Journal, run_id: str, *, engine: Engine, output: str,
@@ -122,15 +128,17 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
              output: str, wait: float, level: int | None = None, *, yes: bool = False,
              dry_run: bool = False, namespace: str | None = None,
              kubeconfig: str | None = None) -> None:
-    who = actor or obj.settings.actor
     plan_file, namespace = via_cluster(plan_file, namespace)
     if remote.is_resource(plan_file):
         sys.exit(remote.request(plan_file, namespace, kubeconfig, kind=kind, reason=reason,
-                                actor=who, claimed=actor is not None, level=level, yes=yes,
-                                dry_run=dry_run, output=output, wait=wait))
+                                actor=actor or obj.settings.actor, claimed=actor is not None,
+                                level=level, yes=yes, dry_run=dry_run, output=output,
+                                wait=wait))
     plan = load(plan_file)
     journal = obj.journal()
     engine = engine_for(obj, plan)
+    who = _as_login(engine, actor, does=f"request a {kind}", refused="request-refused",
+                    instead=f"ask {actor} to request it")
     refusal = engine.refusal(kind)
     if refusal is not None:
         fail(f"{kind} of {plan.name} refused: {refusal}", EXIT_INPUT)
@@ -165,7 +173,15 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
     sys.exit(code)
 
 
-REQUEST = stacked(PLAN_ARG, REASON, actor_option("who requests it"), wait_option())
+def _as_option(does: str) -> Decorator:
+    """`--as` of a command that acts: a plan file acts as the login, fop/NAME as the
+    name the cluster authenticated."""
+    return click.option("--as", "actor", help=f"who {does}: on a plan file only your own "
+                        "login (the default; another name is refused); fop/NAME: the name "
+                        "the annotation claims (default: the one the cluster knows you by)")
+
+
+REQUEST = stacked(PLAN_ARG, REASON, _as_option("requests it"), wait_option())
 
 
 @main.command()
@@ -253,9 +269,11 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, signature: Path | 
         if signature is not None:
             who = engine.people.approve_signed(run_id, signature, step=step, claimed=actor)
         else:
-            who = _login()
-            if actor is not None and actor != who:
-                _claimed_refused(engine, run_id, step, who, actor)
+            how = (f"have {actor} sign it ({signing.how_to_sign(plan.name, run_id, step)}) "
+                   "and approve with --signature approval.sig"
+                   if plan.spec.approval.allowed_signers else f"ask {actor} to approve")
+            who = _as_login(engine, actor, does="approve", refused="approval-refused",
+                            run_id=run_id, instead=how)
             engine.approve(run_id, actor=who, step=step)
     except PermissionError as exc:
         fail(str(exc), EXIT_INPUT)
@@ -279,18 +297,19 @@ def _login() -> str:
         return f"uid-{uid}"
 
 
-def _claimed_refused(engine: Engine, run_id: str, step: str, login: str,
-                     claimed: str) -> NoReturn:
-    """Refuse (and audit) an unsigned approval in someone else's name."""
-    plan = engine.plan
-    how = (f"have {claimed} sign it ({signing.how_to_sign(plan.name, run_id, step)}) and "
-           "approve with --signature approval.sig" if plan.spec.approval.allowed_signers
-           else f"ask {claimed} to approve")
-    why = (f"--as {claimed} names the signer of a --signature; without one you approve as "
-           f"your login, {login}: leave out --as, or {how}")
-    engine.journal.audit(at=engine.clock.now(), actor=login, action="approval-refused",
-                         plan=plan.name, run_id=run_id, detail=why)
-    raise PermissionError(why)
+def _as_login(engine: Engine, claimed: str | None, *, does: str, refused: str,
+              instead: str, run_id: str | None = None) -> str:
+    """Who acts on a plan file: the login (no API server proves anyone here). `--as`
+    may only repeat it: another name is refused (exit 2), audited as `refused`, saying
+    how `claimed` can act (`instead`)."""
+    login = _login()
+    if claimed is None or claimed == login:
+        return login
+    said = (f"--as {claimed} is refused: on a plan file you {does} as your login, {login}: "
+            f"leave out --as, or {instead}")
+    engine.journal.audit(at=engine.clock.now(), actor=login, action=refused,
+                         plan=engine.plan.name, run_id=run_id, detail=said)
+    raise CliError(said, EXIT_INPUT)
 
 
 @main.command()
@@ -298,7 +317,7 @@ def _claimed_refused(engine: Engine, run_id: str, step: str, login: str,
 @click.argument("step")
 @click.option("--plan", "plan_file", required=True, type=click.Path(),
               help="the plan file of the run, or fop/NAME")
-@actor_option("who finished it")
+@_as_option("finished it")
 @wait_option(120.0, "with fop/NAME: seconds to wait for the operator to record it")
 @JOURNAL_OR_CLUSTER
 def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wait: float,
@@ -311,8 +330,9 @@ def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wa
                              wait=wait, output=output))
     plan = load(plan_file)
     engine = engine_for(obj, plan)
-    who = actor or obj.settings.actor
     try:
+        who = _as_login(engine, actor, does=f"say {step} is done", refused="done-refused",
+                        run_id=run_id, instead=f"ask {actor} to say it is done")
         rec = engine.done(run_id, step, actor=who)
     except LookupError as exc:
         fail(str(exc), EXIT_INPUT)
@@ -356,14 +376,21 @@ def status(obj: Ctx, plan_file: str | None, namespace: str | None, kubeconfig: s
 @click.argument("run_id")
 @click.option("-o", "--output", type=click.Choice(["text", "json", "junit", "markdown"]),
               default="text", show_default=True)
+@click.option("--plan", "plan_file", metavar="PLAN|fop/NAME",
+              help="a run the journal no longer has: read it from this plan's records store")
+@remote.options
 @click.pass_obj
 @with_journal
-def report(obj: Ctx, run_id: str, output: str) -> None:
+def report(obj: Ctx, run_id: str, output: str, plan_file: str | None,
+           namespace: str | None, kubeconfig: str | None) -> None:
     """A run's steps against their time targets (JSON, JUnit XML for CI, Markdown)."""
     try:
         rep = reports.build(obj.journal(), run_id)
     except reports.UnknownRun as exc:
-        fail(str(exc), EXIT_INPUT)
+        if plan_file is None:
+            raise CliError(f"{exc}; an archived run: add --plan PLAN (its records store)",
+                           EXIT_INPUT) from None
+        rep = archived_report(run_id, plan_file, namespace, kubeconfig)
     render = {"json": reports.to_json, "junit": reports.to_junit,
               "markdown": reports.to_markdown, "text": reports.to_markdown}[output]
     click.echo(render(rep))

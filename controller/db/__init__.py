@@ -6,14 +6,17 @@ Owns the `Database` protocol (role `database`) and the lazy registry of its kind
 lag), and the two world-changing calls it makes, in that order: `fence` the old primary
 (stop it over SSH, make it refuse writes over SQL, or run the plan's STONITH command),
 then `promote` the standby. A failback (`db-failback`) adds the calls that rebuild a node
-as a standby of another: `stop` it cleanly, `rewind` it onto the other's timeline (or,
-when that fails, replace its data with a `basebackup`), then `follow` (standby.signal,
-primary_conninfo, start). Why the split: the steps own the order and the decisions (the
-RPO budget, which fence, never a promote before a fence), the backend owns how a node is
-reached, so the in-memory fake (`controller.testing_db`) and the real server
-(`controller.db.postgres`) answer the same calls and run through the same contract
-tests. Every world-changing call checks `fencing.check()` first; the waits inside one are
-`fencing.pause`, so a cancelled step stops.
+as a standby of another: `stop` it cleanly, size a rewind (`rewind_size`, a dry run),
+`rewind` it onto the other's timeline or replace its data with a `basebackup`, then
+`follow` (standby.signal, primary_conninfo, `primary_slot_name`, start). A promotion
+keeps WAL for the node it replaced in a physical replication slot (`create_slot`,
+`drop_slot`): a rewound node replays from before the fork, and must find that WAL still
+there however long the incident wrote. Why the split: the steps own the order and the
+decisions (the RPO budget, which fence, never a promote before a fence, how to rebuild),
+the backend owns how a node is reached, so the in-memory fake (`controller.testing_db`)
+and the real server (`controller.db.postgres`) answer the same calls and run through the
+same contract tests. Every world-changing call checks `fencing.check()` first; the waits
+inside one are `fencing.pause`, so a cancelled step stops.
 
 A node is named by how it is reached (`Node`): its SQL address, and for an `ssh-stop`
 fence the host to SSH to and its data directory (`postmaster.pid` there names the PID
@@ -49,6 +52,13 @@ class Node(Strict):
                                  description="default: the backend's ssh.port")
     data: str | None = Field(None, description="its data directory (ssh-stop: the PID in "
                              "postmaster.pid there is stopped)")
+    start_command: list[str] | None = Field(
+        None, alias="startCommand", min_length=1,
+        description="how its server is started on its host (argv, run as the database's "
+        "OS user; it returns once the server accepts connections), for a cluster "
+        "configured outside its data directory, e.g. Debian's [pg_ctlcluster, '15', main, "
+        "start] (config in /etc/postgresql/15/main); default: pg_ctl start -w on the data "
+        "directory, whose postgresql.conf it reads")
 
     def describe(self) -> str:
         return f"{self.host}:{self.port}"
@@ -109,6 +119,19 @@ class NotInRecovery(PermanentError):
     """A promotion was asked of a node that is not in recovery (a primary already)."""
 
 
+class StartFailed(PermanentError):
+    """A node did not start (accept connections) in time: e.g. a rewound node whose WAL
+    since the fork is gone on its source cannot reach a consistent state."""
+
+
+@dataclass(frozen=True)
+class RewindSize:
+    """What `pg_rewind --dry-run` says a rewind would copy, against the source's size."""
+
+    copy_mb: int
+    source_mb: int
+
+
 class RewindFailed(PermanentError):
     """`pg_rewind` could not bring the node onto the source's timeline (WAL gone, no
     `wal_log_hints`/checksums...): a fresh base backup is what is left."""
@@ -153,6 +176,11 @@ class Database(Protocol):
         where its WAL ends (`walEnd`) when that can be read; `lastLsnFrom` says how."""
         ...
 
+    def rewind_size(self, node: Node, *, source: Node) -> RewindSize:
+        """Read-only: what a rewind of the stopped `node` onto `source` would copy (a dry
+        run). Raises `RewindFailed` when it cannot be rewound."""
+        ...
+
     def rewind(self, node: Node, *, source: Node) -> Evidence:
         """`pg_rewind` the stopped `node` onto `source`'s timeline (`rewound`: false when no
         rewind was needed). Raises `RewindFailed` when it cannot be rewound, PermanentError
@@ -165,10 +193,22 @@ class Database(Protocol):
         `aside` keeps what the first attempt moved there."""
         ...
 
-    def follow(self, node: Node, *, source: Node) -> Evidence:
+    def follow(self, node: Node, *, source: Node, slot: str | None = None) -> Evidence:
         """Make the stopped `node` a streaming standby of `source` (standby.signal,
-        primary_conninfo, a SQL fence lifted: a standby refuses writes by being one) and
-        start it. Idempotent: a node in recovery already is reported `already`."""
+        primary_conninfo, `primary_slot_name` = `slot` when given, a SQL fence lifted: a
+        standby refuses writes by being one) and start it. Idempotent: a node in
+        recovery already is reported `already`. Raises `StartFailed` when it does not
+        start in time (it may still be running, in recovery: `stop` it)."""
+        ...
+
+    def create_slot(self, node: Node, name: str) -> Evidence:
+        """Create physical replication slot `name` on `node`, keeping WAL from its last
+        checkpoint's redo on (before a promotion's fork); idempotent (`already`)."""
+        ...
+
+    def drop_slot(self, node: Node, name: str) -> Evidence:
+        """Drop replication slot `name` on `node` (a primary or a standby); idempotent
+        (`already`: there was none)."""
         ...
 
     def unfence(self, node: Node, *, method: FenceMethod) -> Evidence:

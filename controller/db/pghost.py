@@ -12,22 +12,34 @@ directory, and share only the node's address.
   LSN). A data directory without `postmaster.pid` is stopped already; when it was not
   shut down cleanly (a crash), `pg_waldump` from that checkpoint finds where its WAL
   ends (`walEnd`), so writes after the checkpoint count in a promotion's data lost.
+- **rewind size**: `pg_rewind --dry-run --progress` says "need to copy N MB (total
+  source directory size is M MB)": the failback's choice of method. A dry run refuses
+  a node that was not shut down cleanly (a crash) without its crash recovery, so that
+  recovery runs first as pg_rewind itself runs it (`postgres --single -F`, no client
+  ever connects); nothing else changes.
 - **rewind**: `pg_rewind --source-server`, the node stopped (pg_rewind finishes a crash
   recovery itself first, in single-user mode: the node never accepts a client). Needs
   `wal_log_hints = on` or data checksums on the node, and `full_page_writes`.
 - **basebackup**: the data directory is moved aside (`DATA.<aside>`), never deleted, then
   `pg_basebackup -X stream -c fast` fills a fresh one. A retry with the aside in place
   (the first attempt moved the data, then died) removes only the new, partial copy.
-- **follow**: `standby.signal`, and `primary_conninfo` plus `default_transaction_read_only
-  = off` appended to `postgresql.auto.conf` (the last setting of a name wins), then
-  `pg_ctl start -w` on the node's port (and unix-socket directory, when its host names
-  one). Replication connects as the backend's user, with no password in the file: the
-  node's host authenticates by `.pgpass`, a certificate or `trust`.
-- **start** (a stop fence undone): `pg_ctl start -w` as above, without standby.signal.
+- **follow**: `standby.signal`, and `primary_conninfo`, `primary_slot_name` (empty: none)
+  and `default_transaction_read_only = off` appended to `postgresql.auto.conf` (the last
+  setting of a name wins; both files live in the data directory wherever the
+  configuration is), then **start**.
+  Replication connects as the backend's user, with no password in the file: the node's
+  host authenticates by `.pgpass`, a certificate or `trust`.
+- **start** (also a stop fence undone): the node's `startCommand` when it names one (a
+  cluster configured outside its data directory: Debian's `pg_ctlcluster 15 main
+  start` reads /etc/postgresql/15/main), else `pg_ctl start -w` on the data directory,
+  on the node's port (and unix-socket directory, when its host names one), waiting at
+  most `start_timeout` seconds; a node that does not start in time is `StartFailed`,
+  with the end of its log (`failback-start.log` in the data directory) saying why.
 """
 
 from __future__ import annotations
 
+import math
 import posixpath
 import re
 import shlex
@@ -35,9 +47,11 @@ import signal
 
 from controller import fencing
 from controller.backups.hosts import CommandError, Host, is_root_on
-from controller.db import Node, RewindFailed, Unreachable, lsn_text
+from controller.db import Node, RewindFailed, RewindSize, StartFailed, Unreachable, lsn_text
 from controller.model import Evidence, PermanentError
+from controller.secrets import redact
 
+LOG = "failback-start.log"  # in the data directory: the server's log once started here
 STOP_POLL = 0.1
 WAL_SCAN_TIMEOUT = 10  # seconds pg_waldump may read a crashed node's WAL for its end
 
@@ -54,13 +68,14 @@ class ServerHost:
     """One node's host, reached to run server commands on its data directory."""
 
     def __init__(self, node: Node, host: Host, *, pg_bin: str, os_user: str,
-                 stop_timeout: float):
+                 stop_timeout: float, start_timeout: float):
         if not node.data:
             raise PermanentError(f"node {node.describe()}: stopping, rewinding or starting "
                                  "it needs its data directory (data: "
                                  "/var/lib/postgresql/15/main)")
         self.node, self.host, self.data = node, host, node.data
         self.pg_bin, self.os_user, self.stop_timeout = pg_bin, os_user, stop_timeout
+        self.start_timeout = start_timeout
         self._root: bool | None = None
 
     def close(self) -> None:
@@ -175,11 +190,11 @@ class ServerHost:
             return None, f"pg_waldump did not finish within {WAL_SCAN_TIMEOUT} s"
         return None, f"pg_waldump exited {done.rc}: {(done.out + done.err).strip()[-300:]}"
 
-    def rewind(self, source: str) -> Evidence:
+    def _pg_rewind(self, source: str, *flags: str) -> str:
+        """pg_rewind of the stopped node onto `source` (with `flags`); what it said."""
         self.stopped("rewinding it")
-        fencing.check()
         argv = self.as_user([f"{self.pg_bin}/pg_rewind", "-D", self.data,
-                             "--source-server", source])
+                             "--source-server", source, *flags])
         try:
             done = self.host.run(argv, timeout=3600, check=False)
         except ConnectionError as exc:
@@ -188,7 +203,30 @@ class ServerHost:
         if done.rc != 0:
             raise RewindFailed(f"pg_rewind of {self.node.describe()} exited {done.rc}: "
                                f"{said[-500:]}")
-        return {"rewound": "no rewind required" not in said}
+        return said
+
+    def rewind_size(self, source: str) -> RewindSize:
+        try:
+            said = self._pg_rewind(source, "--dry-run", "--progress")
+        except RewindFailed as exc:
+            if "must be shut down cleanly" not in str(exc):
+                raise
+            fencing.check()
+            self.run([f"{self.pg_bin}/postgres", "--single", "-F", "-D", self.data,
+                      "template1"], timeout=3600, what="crash recovery (postgres --single)")
+            said = self._pg_rewind(source, "--dry-run", "--progress")
+        if "no rewind required" in said:
+            return RewindSize(0, 0)
+        found = re.search(r"need to copy (\d+) MB \(total source directory size is (\d+) "
+                          r"MB\)", said)
+        if found is None:
+            raise RewindFailed(f"pg_rewind --dry-run of {self.node.describe()} did not say "
+                               f"how much it would copy: {said[-300:]}")
+        return RewindSize(int(found.group(1)), int(found.group(2)))
+
+    def rewind(self, source: str) -> Evidence:
+        fencing.check()
+        return {"rewound": "no rewind required" not in self._pg_rewind(source)}
 
     def basebackup(self, source: str, aside: str) -> Evidence:
         self.stopped("replacing its data")
@@ -202,27 +240,42 @@ class ServerHost:
         self.run(["sh", "-c", script], timeout=3600, what="pg_basebackup")
         return {"aside": moved}
 
-    def follow(self, source: str) -> Evidence:
+    def follow(self, source: str, slot: str | None) -> Evidence:
         self.stopped("starting it as a standby")
-        conf = "primary_conninfo = '" + source.replace("'", "''") + "'"
+        confs = [f"primary_conninfo = '{source.replace(chr(39), chr(39) * 2)}'",
+                 f"primary_slot_name = '{slot or ''}'", "default_transaction_read_only = off"]
         d = shlex.quote(self.data)
-        script = (f"touch {d}/standby.signal && printf '%s\\n' {shlex.quote(conf)} "
-                  f"'default_transaction_read_only = off' >> {d}/postgresql.auto.conf")
+        script = (f"touch {d}/standby.signal && printf '%s\\n' "
+                  f"{' '.join(shlex.quote(c) for c in confs)} >> {d}/postgresql.auto.conf")
         fencing.check()
         self.run(["sh", "-c", script], timeout=60, what="writing standby.signal")
         return self.start()
 
     def start(self) -> Evidence:
-        """`pg_ctl start -w` on the node's port (and socket directory); `already` when it
-        runs."""
+        """The node's `startCommand`, else `pg_ctl start -w` on the node's port (and socket
+        directory); `already` when it runs."""
         if self.pid() is not None:
             return {"already": True}
-        opts = f"-p {self.node.port}"
-        if self.node.host.startswith("/"):
-            opts += f" -k {self.node.host}"
+        wait = self.start_timeout
+        if self.node.start_command:
+            argv = self.node.start_command
+        else:
+            opts = f"-p {self.node.port}"
+            if self.node.host.startswith("/"):
+                opts += f" -k {self.node.host}"
+            argv = [f"{self.pg_bin}/pg_ctl", "-D", self.data, "-l", f"{self.data}/{LOG}",
+                    "-w", "-t", f"{math.ceil(wait)}", "-o", opts, "start"]
         fencing.check()
-        self.run([f"{self.pg_bin}/pg_ctl", "-D", self.data, "-l",
-                  f"{self.data}/failback-start.log", "-w", "-t", "300", "-o", opts, "start"],
-                 timeout=330, what="pg_ctl start")
+        try:
+            self.host.run(self.as_user(argv), timeout=wait + 30)
+        except ConnectionError as exc:
+            raise Unreachable(f"{self.host.name}: {exc}") from None
+        except CommandError as exc:
+            log = self.host.run(["tail", "-n", "5", f"{self.data}/{LOG}"], timeout=30,
+                                check=False).out.strip()
+            what = "pg_ctl start" if argv[0].endswith("pg_ctl") else argv[0]
+            raise StartFailed(f"{self.node.describe()}: {what} failed or did not start "
+                              f"within {wait:g} s {exc}; its log ends: "
+                              f"{redact(log[-500:]) or '-'}") from None
         return {"already": False}
 

@@ -1,11 +1,11 @@
 """PostgreSQL primary and streaming standby (`kind: postgres`, role `database`).
 
 Owns how the promote and db-failback steps reach real servers: SQL through `psql` on the
-controller's host (as the PostgreSQL probe does: every authentication method and TLS
-mode, the password only in psql's environment), and what needs the node's data directory
-(the `ssh-stop` fence, `stop`, `rewind`, `basebackup`, `follow`: `controller.db.pghost`)
-over SSH with the host key pinned (`controller.backups.hosts.SshHost`; `LocalHost` for a
-node without `ssh`).
+controller's host, started as the PostgreSQL probe starts it (`psql_command`: every
+authentication method and TLS mode, the password only in psql's environment), and what
+needs the node's data directory (the `ssh-stop` fence, `stop`, `rewind`, `basebackup`,
+`follow`: `controller.db.pghost`) over SSH with the host key pinned
+(`controller.backups.hosts.SshHost`; `LocalHost` for a node without `ssh`).
 
 - **state**: one query: `pg_is_in_recovery()`, the timeline (a standby's: the newest of
   its WAL receiver's, the newest history file in its pg_wal (the timeline it follows)
@@ -37,7 +37,12 @@ node without `ssh`).
   crashed primary); any other connection fault is left to psql to describe.
 - **rewind**: the source is checkpointed first (a promoted node names its new timeline
   in its control file only after one, and pg_rewind reads it there), then `pg_rewind`.
+- **rewind size**: the source checkpointed as for a rewind, then `pg_rewind --dry-run`.
 - **follow** of a node that answers in recovery changes nothing.
+- **create slot**: `pg_create_physical_replication_slot(name, true)`: it keeps WAL from
+  the last checkpoint's redo on (a promotion's fork included); **drop slot** works on a
+  standby too (a rebuilt node keeps the slots its old data held: pg_rewind leaves
+  pg_replslot alone).
 - **unfence**: `default_transaction_read_only = off` and a reload (sql), or a start
   (ssh-stop).
 """
@@ -63,17 +68,18 @@ from controller.db import (
     NodeState,
     NotInRecovery,
     Promoted,
+    RewindSize,
     Slot,
     Unreachable,
     lsn_text,
 )
 from controller.db.pghost import ServerHost, conninfo
 from controller.model import Evidence, PermanentError
-from controller.probes.postgres import find_psql
+from controller.probes.postgres import NO_PSQL, find_psql, psql_command
 from controller.schema import Duration
 from controller.secrets import SecretRef, Secrets, redact
 
-SEP = "|"
+SEP = "|"  # psql_command's column separator
 STATE_SQL = (
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN GREATEST((SELECT received_tli FROM "
@@ -114,6 +120,10 @@ class PostgresDatabaseOptions(BaseModel):
     connect_timeout: Duration = Field(5.0, alias="connectTimeout")
     stop_timeout: Duration = Field(60.0, alias="stopTimeout", description="ssh-stop: how "
                                    "long the postmaster may take to exit")
+    start_timeout: Duration = Field(60.0, alias="startTimeout", description="how long a "
+                                    "node started by a failback (or an ssh-stop fence "
+                                    "undone) may take to accept connections; a rewound "
+                                    "node that does not is rebuilt from a base backup")
 
 
 class PostgresDatabase(Database):
@@ -145,21 +155,15 @@ class PostgresDatabase(Database):
     def _run(self, node: Node, statements: list[str], timeout: float) -> str:
         """psql with each statement as a `-c`, in one session; what it printed."""
         o = self.options
-        psql = o.psql or find_psql()
-        if psql is None:
-            raise PermanentError("psql not found; install the PostgreSQL client "
-                                 "(apt-get install -y --no-install-recommends postgresql-client)")
-        argv = [psql, "-X", "-q", "-A", "-t", "-F", SEP, "-v", "ON_ERROR_STOP=1", "-h",
-                node.host, "-p", str(node.port), "-U", o.user, "-d", o.database]
+        try:
+            argv, env = psql_command(o.psql, host=node.host, port=node.port, user=o.user,
+                                     database=o.database, password=self._password,
+                                     sslmode=o.sslmode, connect_timeout=o.connect_timeout,
+                                     app="failover-promote")
+        except FileNotFoundError as exc:
+            raise PermanentError(str(exc)) from None
         for sql in statements:
             argv += ["-c", sql]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(PGCONNECT_TIMEOUT=str(max(2, math.ceil(o.connect_timeout))),
-                   PGAPPNAME="failover-promote")
-        if self._password is not None:
-            env["PGPASSWORD"] = self._password
-        if o.sslmode:
-            env["PGSSLMODE"] = o.sslmode
         try:
             proc = subprocess.run(argv, env=env, capture_output=True, text=True,
                                   timeout=timeout, check=False)
@@ -200,7 +204,7 @@ class PostgresDatabase(Database):
     def _server(self, node: Node) -> Iterator[ServerHost]:
         o = self.options
         server = ServerHost(node, self._host(node), pg_bin=o.pg_bin, os_user=o.os_user,
-                            stop_timeout=o.stop_timeout)
+                            stop_timeout=o.stop_timeout, start_timeout=o.start_timeout)
         try:
             yield server
         finally:
@@ -251,26 +255,47 @@ class PostgresDatabase(Database):
     def _source(self, source: Node) -> str:
         return conninfo(source, self.options.user, self.options.database)
 
+    def rewind_size(self, node: Node, *, source: Node) -> RewindSize:
+        self._checkpoint(source)
+        with self._server(node) as server:
+            return server.rewind_size(self._source(source))
+
     def rewind(self, node: Node, *, source: Node) -> Evidence:
+        self._checkpoint(source)
+        with self._server(node) as server:
+            return server.rewind(self._source(source))
+
+    def _checkpoint(self, source: Node) -> None:
         # a promoted source names its new timeline in its control file only after a
         # checkpoint: without one pg_rewind sees one timeline and rewinds nothing
         fencing.check()
         self._psql(source, "CHECKPOINT")
-        with self._server(node) as server:
-            return server.rewind(self._source(source))
+
+    def create_slot(self, node: Node, name: str) -> Evidence:
+        fencing.check()
+        made = self._psql(node, "SELECT count(pg_create_physical_replication_slot("
+                          f"{_literal(name)}, true)) FROM (SELECT WHERE NOT EXISTS (SELECT "
+                          f"FROM pg_replication_slots WHERE slot_name = {_literal(name)})) s")
+        return {"slot": name, "already": made[0][0] == "0"}
+
+    def drop_slot(self, node: Node, name: str) -> Evidence:
+        fencing.check()
+        dropped = self._psql(node, f"SELECT count(pg_drop_replication_slot(slot_name)) FROM "
+                             f"pg_replication_slots WHERE slot_name = {_literal(name)}")
+        return {"slot": name, "already": dropped[0][0] == "0"}
 
     def basebackup(self, node: Node, *, source: Node, aside: str) -> Evidence:
         with self._server(node) as server:
             return server.basebackup(self._source(source), aside)
 
-    def follow(self, node: Node, *, source: Node) -> Evidence:
+    def follow(self, node: Node, *, source: Node, slot: str | None = None) -> Evidence:
         try:
             if self.state(node).in_recovery:
                 return {"already": True}
         except Unreachable:
             pass  # stopped: started below
         with self._server(node) as server:
-            return server.follow(self._source(source))
+            return server.follow(self._source(source), slot)
 
     def check_fence(self, node: Node, *, method: FenceMethod,
                     command: list[str] | None = None, dry_run: bool = False) -> str:
@@ -312,9 +337,14 @@ class PostgresDatabase(Database):
 
     def ready(self) -> str | None:
         if (self.options.psql or find_psql()) is None:
-            raise PermanentError("psql not found; install the PostgreSQL client")
+            raise PermanentError(NO_PSQL)
         return None
 
+
+
+def _literal(text: str) -> str:
+    """`text` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _rows(out: str) -> list[list[str]]:

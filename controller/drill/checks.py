@@ -370,8 +370,8 @@ class WorldChecks:
             return name, False, "no failover run"
         run_id = report["run"]["id"]
         kinds = {b.name: b.kind for b in self.plan.spec.backends}
-        mine = [r for r in self.plan.spec.notifications if r.level == level]
-        others = [r for r in self.plan.spec.notifications if r.level != level]
+        mine = self.plan.spec.reached(level)  # its level's routes, or upward: also below
+        others = [r for r in self.plan.spec.notifications if r not in mine]
 
         def addresses(rules: list[Any]) -> set[str]:
             return {a for r in rules if kinds.get(r.notifier) == "smtp" for a in r.recipients

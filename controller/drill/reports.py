@@ -33,6 +33,8 @@ from prometheus_client import write_to_textfile
 from controller import metrics
 from controller import report as reports
 from controller.chart import timeline_svg
+from controller.plan_records import RecordsSpec
+from controller.records.archive import record_drill
 from controller.registry import find_step_kind
 from controller.steps import seconds
 
@@ -42,8 +44,10 @@ def _clock(at: float | None) -> str:
         if at else "-"
 
 
-def write_reports(out: Path, verdict: dict[str, Any]) -> None:
+def write_reports(out: Path, verdict: dict[str, Any], *,
+                  records: RecordsSpec | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    record_drill(records, verdict)  # kept for `records.keep`; readiness counts passed drills
     for name in ("failover", "failback"):
         rep = verdict.get(name)
         if rep is None:

@@ -30,7 +30,7 @@ from controller import report as reports
 from controller.failback import left_behind
 from controller.journal import Journal
 from controller.loop import Engine
-from controller.model import DecisionState, PermanentError, Phase
+from controller.model import DecisionState, PermanentError, Phase, StepStatus
 from controller.plan import FailoverPlan, format_duration
 from controller.probes.scheduler import ProbeScheduler
 from controller.probing import observe
@@ -284,7 +284,7 @@ def run_drill(plan: FailoverPlan, journal: Journal, out: Path, *, echo: Echo = p
     finally:
         engine.release()
     if write:
-        write_reports(out, verdict)
+        write_reports(out, verdict, records=plan.spec.records)
         if echo:
             echo(f"drill {'PASSED' if verdict['passed'] else 'FAILED'}; reports in {out}/ "
                  f"(report.md, report.html; drill.prom for Prometheus)")
@@ -346,10 +346,18 @@ def _put_back(engine: Engine, actor: str, echo: Echo, *, why: str, reason: str,
 
 
 def _abandon(engine: Engine, why: str) -> None:
-    """Close the plan's open run as Failed, saying why, so `status` does not show a run
-    still going in a world that is gone."""
+    """Close the plan's open run as Failed, saying why, and each step it left running
+    (a signal can land between two saves of a step, where the executor cannot record
+    it) as failed, so `status` does not show work going on in a world that is gone."""
     run = engine.journal.active_run(engine.plan.name)
     if run is not None:
+        now = time.time()
+        for rec in engine.journal.steps(run.id):
+            if rec.status is StepStatus.RUNNING:
+                engine.journal.save_step(replace(
+                    rec, status=StepStatus.FAILED, error=why, met=False, finished_at=now,
+                    elapsed_s=None if rec.started_at is None else
+                    round(now - rec.started_at, 6)))
         engine.journal.update_run(run.id, phase=Phase.FAILED, finished_at=time.time(),
                                   outcome=why)
         engine.journal.save_plan_state(replace(engine.state(), phase=Phase.FAILED,

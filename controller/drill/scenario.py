@@ -261,7 +261,7 @@ def run_scenario(path: Path, journal: Journal, out: Path, *, echo: Echo = print,
         echo(f"{'PASS' if down.get('clean') else 'FAIL'} teardown left nothing behind: "
              f"{detail}")
     verdict["passed"] = all(c["ok"] for c in verdict["checks"])
-    write_reports(out, verdict)
+    write_reports(out, verdict, records=plan.spec.records)
     if echo:
         failed = [c["check"] + (f" ({c['detail']})" if "targets" in c["check"] else "")
                   for c in verdict["checks"] if not c["ok"]]

@@ -4,21 +4,25 @@ decision, and raise a running run's response level when the decision says it is 
 A wall-clock jump moves the policy's times with it, so durations stay measured. A
 decision is written to the journal's decisions when it asks for something or its state
 changed (the same state again is not news); the plan's state always shows the newest.
-The level only rises during a run; each rise is audited and notified.
+The level only rises during a run; each rise is audited and notified, and so are the
+tighter targets it brings to steps that follow their level's (`controller.targets`).
+The samples decided on during an incident are recorded (`controller.sample_log`), so
+the incident can be exported as a trace and replayed.
 """
 
 from __future__ import annotations
 
 import logging
 
-from controller import notices, policy
+from controller import notices, policy, targets
 from controller.engine.core import Core
 from controller.engine.cycle import Decided
 from controller.engine.noticing import Notices
 from controller.engine.observing import Observer
 from controller.engine.store import Store
 from controller.journal import PlanState, Run
-from controller.model import Decision, DecisionAction, Sample
+from controller.model import Decision, DecisionAction, DecisionState, Sample
+from controller.sample_log import SampleLog
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ log = logging.getLogger(__name__)
 class Decider:
     def __init__(self, core: Core, store: Store, observer: Observer, notices: Notices):
         self.core, self.store, self.observer, self.notices = core, store, observer, notices
+        self.samples = SampleLog(core.journal, core.name)
 
     def decide(self, samples: list[Sample]) -> tuple[Decision, PlanState]:
         core = self.core
@@ -39,7 +44,10 @@ class Decider:
                                plan=core.name, detail=f"wall clock jumped {jump:+.1f} s")
         decision, new_policy = policy.evaluate(core.plan, prior, samples, core.clock.now())
         self.observer.measure(samples, new_policy)
-        if decision.action is not DecisionAction.NONE or decision.changed:
+        news = decision.action is not DecisionAction.NONE or decision.changed
+        self.samples.add(core.plan, samples, core.clock.now(),
+                         incident=decision.state is not DecisionState.HEALTHY, news=news)
+        if news:
             core.journal.record_decision(core.name, decision)
             log.info("%s: %s", core.name, decision.sentence)
         core.did.append(Decided(decision))
@@ -56,6 +64,8 @@ class Decider:
                            plan=core.name, run_id=run.id,
                            detail=f"level {run.level} -> {level}",
                            keep=(f"level {run.level} -> {level}",))  # read back on replay
+        if run.kind == "failover":
+            targets.audit(core.journal, core.plan, run.id, level, at=core.clock.now())
         escalated = core.journal.run(run.id)
         assert escalated is not None
         self.notices.notify(escalated, notices.escalated(level))

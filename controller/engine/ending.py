@@ -3,6 +3,11 @@ what the failed run applied when its step says `onFailure: revert`. The outcome 
 what was reverted, what could not be, and what a person changed meanwhile. A run that
 ends back on the primary re-arms protection from the samples that come next, and the
 plan never says Healthy while the last samples say the primary is failing.
+
+When the plan keeps records (`spec.records`), an ended run is archived at once, after its
+end's notices are decided (`controller.records.archive.Archiver`); a store that cannot be
+reached leaves it for `catch_up`, which the engine calls every cycle, and never changes
+how the run ended.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from controller.failback import left_behind, may_have_written
 from controller.journal import Run
 from controller.model import Phase, StepStatus
 from controller.plan import Step
+from controller.records.archive import Archiver
 from controller.steps import StepContext
 
 
@@ -28,6 +34,12 @@ class Ender:
                  backends: Backends):
         self.core, self.store, self.notices = core, store, notices
         self.executor, self.backends = executor, backends
+        self.archiver = Archiver(core.plan.name, core.plan.spec.records, core.journal,
+                                 core.clock.now, secrets=backends.secrets)
+
+    def catch_up(self) -> None:
+        """Archive, when due, the finished runs the records store does not have yet."""
+        self.archiver.catch_up()
 
     def context(self, run: Run) -> StepContext:
         journal = self.core.journal
@@ -43,6 +55,7 @@ class Ender:
         self._close(run, Phase.FAILED, outcome)
         self._end(Phase.FAILED)
         self.notices.notify(run, notices.failed(run.kind, outcome))
+        self.archiver.ended()
 
     def _revert(self, run: Run) -> str:
         """Revert, newest first, every step that may have written; say what happened."""
@@ -80,6 +93,7 @@ class Ender:
             self._close(run, Phase.FAILED, f"{could_not}; {outcome}")
             self._end(Phase.FAILED)
             self.notices.notify(run, notices.failed(run.kind, could_not))
+            self.archiver.ended()
             return
         if run.kind == "failover":
             self._close(run, Phase.FAILED_OVER, outcome)
@@ -90,6 +104,7 @@ class Ender:
             site = sites.primary.name
             self._end(Phase.HEALTHY, active_site=site)
         self.notices.notify(run, notices.completed(run.kind, outcome, site))
+        self.archiver.ended()
 
     def _close(self, run: Run, phase: Phase, outcome: str) -> None:
         """Step notices first, then the run's end in the journal."""

@@ -5,6 +5,11 @@ Each decided notice is written to the audit as `notify-pending` (with its dedup 
 status) before the outbox gets it; the outbox audits `notify` or `notify-failed`. A new
 lease holder replays what was decided and never sent, and decides what a controller
 that died never got to decide. A notice never delays or fails a run.
+
+When the plan keeps records (`spec.records`), a failover run's incident record
+(`controller.records.incident`) is written from here too: on each decided notice (the
+news of a run) and on every cycle (`wake`), so a run that waits hours for a person still
+gets its record within its target; each notice says where the record is kept.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 
 from controller import notices
 from controller.engine.core import Core
@@ -20,16 +26,20 @@ from controller.fencing import LostLease
 from controller.journal import Run
 from controller.model import TERMINAL
 from controller.outbox import Item, Outbox
-from controller.secrets import redact
+from controller.records.incident import IncidentRecords, location
+from controller.records.store import open_store
+from controller.secrets import Secrets, redact
 
 log = logging.getLogger(__name__)
 
 
 class Notices:
     def __init__(self, core: Core, store: Store, outbox: Callable[[], Outbox],
-                 token: Callable[[], int]):
+                 token: Callable[[], int], *, incidents: IncidentRecords | None = None,
+                 secrets: Secrets | None = None):
         self.core, self.store = core, store
         self.outbox, self.token = outbox, token
+        self.incidents = incidents or _incidents(core, secrets)
 
     def notify(self, run: Run, status: str, *, attempted: set[str] | None = None) -> None:
         """Decide the notices of `status` for the routes of the run's level
@@ -47,8 +57,10 @@ class Notices:
         if not todo:
             return
         now = self.core.clock.now()
+        down = self.store.down(now)
+        record = self.incidents.link(current) if self.incidents else ""
         base = notices.compose(plan, current, status, steps=journal.steps(run.id),
-                               down=self.store.down(now), now=now)
+                               down=down, now=now, record=record)
         for rule, key in todo:
             attempted.add(key)
             journal.audit(at=now, actor="controller", action=notices.PENDING, plan=plan.name,
@@ -56,10 +68,13 @@ class Notices:
                           keep=(notices.route(rule), notices.tag(key)))
             self.outbox().put(Item(current, rule, key,
                                    replace(base, recipients=tuple(rule.recipients))))
+        self._record(lambda records: records.touch(journal.run(run.id) or current, down))
 
     def steps(self, run: Run) -> None:
         """One update per finished step, in order: steps this engine just ran, human steps
-        closed with `failoverctl done`, and steps recorded just before a restart."""
+        closed with `failoverctl done`, and steps recorded just before a restart; and,
+        while the run goes on, one per question a step asked a person mid-step
+        (`notices.person_needed`: nobody else would know the run waits for them)."""
         journal = self.core.journal
         current = journal.run(run.id) or run
         if not notices.routes(self.core.plan, current.level):
@@ -68,6 +83,8 @@ class Notices:
         for rec in journal.steps(run.id):
             if rec.status in TERMINAL:
                 self.notify(current, notices.step_status(rec), attempted=attempted)
+            elif current.finished_at is None and (asking := notices.person_needed(rec)):
+                self.notify(current, asking, attempted=attempted)
 
     def wake(self) -> None:
         """On the first cycle under a new lease token (a started or restarted controller,
@@ -83,6 +100,20 @@ class Notices:
             except Exception:  # a notice never stops a failover: said loudly, then on
                 log.exception("%s: could not replay the notices left unsent", self.core.name)
         outbox.wake()
+        self._record(lambda records: records.tick(self.store.down(self.core.clock.now())))
+
+    def _record(self, update: Callable[[IncidentRecords], None]) -> None:
+        """Bring the incident record up to date, when the plan keeps records; a failure is
+        logged and the next cycle tries again (a record never stops a failover)."""
+        if self.incidents is None:
+            return
+        try:
+            update(self.incidents)
+        except LostLease:
+            raise
+        except Exception:
+            log.exception("%s: could not bring the incident record up to date",
+                          self.core.name)
 
     def _replay(self) -> None:
         """Send again what a controller decided and never sent (`notify-pending` with no
@@ -112,7 +143,8 @@ class Notices:
                                      f"{notices.tag(key)}", keep=(where, notices.tag(key)))
                 continue
             notice = notices.compose(plan, run, status, steps=journal.steps(run.id),
-                                     down=self.store.down(now), now=now)
+                                     down=self.store.down(now), now=now,
+                                     record=self.incidents.link(run) if self.incidents else "")
             self.outbox().put(Item(run, rule, key, replace(
                 notice, recipients=tuple(rule.recipients), at=row["at"])))
         decided = notices.decided(trail)
@@ -123,3 +155,15 @@ class Notices:
                 status = redact(status)
                 if not any(notices.dedup_key(run.id, status, r) in decided for r in rules):
                     self.notify(run, status, attempted=decided)
+
+
+def _incidents(core: Core, secrets: Secrets | None) -> IncidentRecords | None:
+    """The plan's incident records, when it keeps records (the store is opened by the
+    writer, at its first write, its credentials read with `secrets`: a store that cannot
+    be opened is retried, never fatal)."""
+    spec = core.plan.spec.records
+    if spec is None:
+        return None
+    return IncidentRecords(core.plan, core.journal,
+                           partial(open_store, spec, secrets=secrets),
+                           now=core.clock.now, where=partial(location, spec))

@@ -41,7 +41,8 @@ class Observer:
     def check_readiness(self) -> dict[str, Any]:
         """Run the read-only readiness checks of the backup site and keep the result."""
         plan, now = self.core.plan, self.core.clock.now()
-        results = readiness.summary(readiness.checks(plan, self.backends, now=now))
+        results = readiness.summary(readiness.checks(plan, self.backends, now=now,
+                                                     journal=self.core.journal))
         results["checkedAt"] = now
         self.store.save(self.store.state(), readiness=results)
         if results["failed"]:

@@ -1,6 +1,9 @@
 """People's inputs: requests for a failover or failback, approvals (of a run or of a
-gated step, by an allowed approver, not older than `approval.expires`), and human
-(manual) steps, which open with their instructions and close when someone says done.
+gated step, by an allowed approver, not older than `approval.expires`), human
+(manual) steps, which open with their instructions and close when someone says done,
+and steps that asked for a person mid-step (`PersonNeeded`: the promote step that cannot
+reach the old primary), which go on once someone says done after they asked, and fail
+with the state they named when no one has within their wait (`answered`).
 
 Four eyes: with `approval.distinct` (unset: true when the plan's mode is manual) the
 person who requested a run may not approve it or its gated steps. An approval refused
@@ -20,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from controller import signing
+from controller import signing, targets
 from controller.engine.core import Core
 from controller.engine.deciding import Decider
 from controller.journal import Run
 from controller.model import StepRecord, StepStatus
 from controller.plan import Step
-from controller.registry import step_kind
+from controller.steps import step_kind
 
 
 class People:
@@ -54,13 +57,15 @@ class People:
         principal in `approval.allowedSigners`; returns who approved."""
         core, unproven = self.core, claimed or "unknown signer"
         allowed = core.plan.spec.approval.allowed_signers
+        revoked = core.plan.spec.approval.revoked_keys
         if allowed is None:
             self._refuse(run_id, unproven, f"plan {core.name} names no approval.allowedSigners "
                          "to check a signature against: add one, or approve without "
                          "--signature")
         try:
             signed = signing.verify(Path(allowed), signature, plan=core.name, run_id=run_id,
-                                    step=step, claimed=claimed)
+                                    step=step, claimed=claimed,
+                                    revoked=Path(revoked) if revoked else None)
         except signing.SignatureRefused as exc:
             self._refuse(run_id, unproven, str(exc))
         refused = self.refusal(run_id, signed.signer, step=step, signed=True)
@@ -140,17 +145,21 @@ class People:
             raise LookupError(f"no run {run_id!r}")
         definitions = {d["name"]: d for d in run.steps}
         manual = [n for n, d in definitions.items() if step_kind(d["action"]).waits_for_person]
-        if step not in manual:
+        asking = [r.name for r in journal.steps(run_id)
+                  if r.status is StepStatus.AWAITING_PERSON and r.name not in manual]
+        if step not in manual and step not in asking:
             raise LookupError(f"run {run_id} has no human step {step!r} "
-                              f"(human steps: {', '.join(manual) or 'none'})")
+                              f"(human steps: {', '.join(manual) or 'none'}; steps waiting "
+                              f"for a person now: {', '.join(asking) or 'none'})")
         rec = journal.step(run_id, step)
         if rec.status is StepStatus.SUCCEEDED:
             return rec
         now = self.core.clock.now()
         journal.approve(run_id=run_id, step=step, actor=actor, at=now, action="done")
-        if not self.holds_lease():  # the holder closes the step on its next cycle
+        if step in asking or not self.holds_lease():  # the holder goes on, next cycle
             return rec
-        return self._finish_human(run, Step.model_validate(definitions[step]), rec, actor, now)
+        held = targets.held(Step.model_validate(definitions[step]), self.core.plan, run.level)
+        return self._finish_human(run, held, rec, actor, now)
 
     def open_human(self, run: Run, step: Step, rec: StepRecord) -> StepRecord:
         """Start the clock of a human step and, if someone already said done, close it."""
@@ -172,6 +181,34 @@ class People:
                                plan=core.name, run_id=run.id,
                                detail=f"human step {step.name} missed its target")
             self.decider.escalate(run, max(1, (run.level or 4) - 1))
+        return rec
+
+    def answered(self, run: Run, step: Step, rec: StepRecord) -> StepRecord:
+        """A step that asked for a person mid-step (`controller.steps.manual.PersonNeeded`):
+        with a done said since it asked, running again with who and when in
+        `evidence.person` (its next attempt goes on from there); past its wait, failed
+        with the state it named (audited); else still waiting, nothing written."""
+        core = self.core
+        asked = rec.evidence.get("person") or {}
+        said = [(who, at) for who, at in self._fresh(run.id, step.name)
+                if at >= asked.get("askedAt", 0.0)]
+        now = core.clock.now()
+        if said:
+            who, at = said[0]
+            rec.status, rec.error = StepStatus.RUNNING, None
+            rec.evidence = {**rec.evidence,
+                            "person": {**asked, "confirmedBy": who, "confirmedAt": at}}
+        elif now > asked.get("until", now):
+            rec.status, rec.error = StepStatus.FAILED, str(asked.get("expired"))
+            rec.finished_at, rec.met = now, False
+            rec.elapsed_s = round(now - (rec.started_at or now), 6)
+            rec.since_detection_s = round(now - run.detected_at, 6)
+            core.journal.audit(at=now, actor="controller", action="unanswered",
+                               plan=core.name, run_id=run.id,
+                               detail=f"step {step.name}: {rec.error}")
+        else:
+            return rec
+        core.journal.save_step(rec, holder=core.as_holder)
         return rec
 
     def _finish_human(self, run: Run, step: Step, rec: StepRecord, actor: str,

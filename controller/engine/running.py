@@ -1,18 +1,20 @@
 """Running a run: step by step, in order, as far as it can go this cycle, under the
 executor (fenced, cancellable, retried). A run stops at an approval it lacks (of the
 run, or of a gated step) and at a human step nobody has said done yet: phase
-AwaitingApproval, with what it waits for in the cycle's events. A step whose work was
+AwaitingApproval, with what it waits for in the cycle's events; so does a step that asked
+for a person mid-step (`PersonNeeded`), until someone says done. A step whose work was
 cancelled but has not stopped holds everything until it has. A failed step fails the
 run (and reverts it, when its step says so) unless it may fail (`onFailure: continue`,
 notifications). A restarted engine continues where the journal says, never repeating a
-finished step.
+finished step. A step that follows its level's targets (`levelTarget`) is held to the
+tighter of its own and the run's level's as it is now (`controller.targets`).
 """
 
 from __future__ import annotations
 
 import logging
 
-from controller import metrics
+from controller import metrics, targets
 from controller.engine.core import Core
 from controller.engine.cycle import Ran, WaitFor, Waiting
 from controller.engine.ending import Ender
@@ -23,7 +25,7 @@ from controller.executor import Executor
 from controller.journal import PlanState, Run
 from controller.model import TERMINAL, Phase, StepStatus
 from controller.plan import Step
-from controller.registry import step_kind
+from controller.steps import step_kind
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class Runner:
                 core.journal.update_run(run.id, phase=running, holder=core.as_holder)
                 said = True
 
-        definitions = {d["name"]: Step.model_validate(d) for d in run.steps}
+        definitions = {d["name"]: self._held(Step.model_validate(d), run) for d in run.steps}
         for rec in core.journal.steps(run.id):  # human steps in parallel open at once
             step = definitions[rec.name]
             if step.parallel and rec.status not in TERMINAL:
@@ -87,6 +89,11 @@ class Runner:
                     self._wait(run, self.store.state(), WaitFor.PERSON, step.name)
                     return
                 continue
+            if rec.status is StepStatus.AWAITING_PERSON:  # the step asked for a person
+                rec = self.people.answered(run, step, rec)
+                if rec.status is StepStatus.AWAITING_PERSON:
+                    self._wait(run, self.store.state(), WaitFor.PERSON, step.name)
+                    return
             if rec.status is StepStatus.UNKNOWN:
                 settled = self.executor.settle(step, rec, detected_at=run.detected_at)
                 if settled is None:  # its work still runs: keep the lease, change nothing
@@ -109,6 +116,9 @@ class Runner:
                                             detected_at=run.detected_at)
                 if rec.status is StepStatus.UNKNOWN:
                     return  # settled on a later cycle, once its work has stopped
+                if rec.status is StepStatus.AWAITING_PERSON:  # goes on once one says done
+                    self._wait(run, self.store.state(), WaitFor.PERSON, step.name)
+                    return
                 core.did.append(Ran(run.id, step.name, rec.status))
             metrics.STEP_SECONDS.labels(core.name, step.name, rec.status.value).observe(
                 rec.since_detection_s or 0)
@@ -122,6 +132,10 @@ class Runner:
                                 revert=step.on_failure == "revert")
                 return
         self.ender.complete(run)
+
+    def _held(self, step: Step, run: Run) -> Step:
+        """`step` with the target it is held to at the run's level now."""
+        return targets.held(step, self.core.plan, run.level)
 
     def _wait(self, run: Run, st: PlanState, on: WaitFor, step: str = "") -> None:
         waiting = Waiting(run.id, on, step)

@@ -2,7 +2,8 @@
 (or a trip recorded by a controller that died before it started the run), or from a
 clear when the plan fails back automatically. A request that does not fit the plan's
 phase is answered with a finished run that says why, and changes nothing. With no run to
-start, the plan's phase follows the decision (Healthy or Degraded).
+start, the plan's phase follows the decision (Healthy or Degraded). A failover whose
+steps follow their level's targets has the level's targets audited as it starts.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from controller import notices, policy
+from controller import notices, policy, targets
 from controller.engine.core import Core
 from controller.engine.cycle import Refused, Started
 from controller.engine.noticing import Notices
@@ -90,6 +91,8 @@ class Starter:
             approved=not needs_approval, request_id=req["id"] if req else None,
             holder=core.as_holder)
         core.did.append(Started(run.id, kind, run.origin))
+        if kind == "failover":
+            targets.audit(core.journal, core.plan, run.id, level, at=now)
         for who in approvals:  # a request is its requester's approval, unless four eyes
             if needs_approval and self.people.refusal(run.id, who) is None:
                 core.journal.approve(run_id=run.id, step="", actor=who, at=now)

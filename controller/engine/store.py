@@ -1,15 +1,22 @@
 """The plan's state row (phase, level, active site, last decision, policy, readiness):
 read with defaults for a plan never seen, written only when something changed (a quiet
-plan costs no I/O), and shown on the phase, level and readiness gauges."""
+plan costs no I/O), and shown on the phase, level and readiness gauges.
+
+"Changed" is judged on the values as the journal stores them (JSON): the policy's
+history holds tuples that come back from the journal as lists, and a comparison of the
+two would call every tick a change — a write, a commit and a status rebuild per quiet
+tick (issue 20's profile: most of the operator's steady-state CPU).
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from controller import metrics, policy
 from controller.engine.core import Core
 from controller.journal import PlanState
-from controller.model import Phase
+from controller.model import DecisionState, Phase
 
 
 class Store:
@@ -35,7 +42,26 @@ class Store:
         """The services down now and since when (what notices and notify steps name)."""
         return policy.assess(self.core.plan, self.policy(), now).down
 
+    def quiet_until(self, st: PlanState) -> float | None:
+        """Until when (clock time) a cycle without new samples changes nothing for a plan
+        in state `st`, or None when one may: the plan is healthy and decided so, nothing
+        is tripped, failing or below its floor, every sample in the window passed and it
+        has no business signals (their baselines roll with time) — what is left to come
+        with time alone is its next readiness check. The operator skips such cycles of a
+        thousand quiet plans until a sample arrives (issue 20)."""
+        plan = self.core.plan
+        pol = policy.PolicyState.from_json(st.policy)
+        if (st.phase is not Phase.HEALTHY or pol.decided is not DecisionState.HEALTHY
+                or pol.tripped or pol.below_floor_since is not None
+                or pol.surge_since is not None or plan.spec.signals
+                or "checkedAt" not in st.readiness
+                or any(s.failures or s.failing_since is not None
+                       or not all(ok for _, ok in s.history) for s in pol.services.values())):
+            return None
+        return float(st.readiness["checkedAt"]) + plan.spec.readiness_interval
+
     def save(self, st: PlanState, **changes: Any) -> PlanState:
+        changes = {k: _as_stored(v) for k, v in changes.items()}
         new = st
         if not self._stored or any(getattr(st, k) != v for k, v in changes.items()):
             new = PlanState(**{**st.__dict__, **changes, "updated_at": self.core.clock.now()})
@@ -51,3 +77,11 @@ class Store:
             if new.readiness:
                 metrics.READINESS.labels(name).set(new.readiness.get("score", 0))
         return new
+
+
+def _as_stored(value: Any) -> Any:
+    """`value` as the journal gives it back: JSON (tuples become lists; anything else
+    JSON lacks becomes its string, as the journal writes it)."""
+    if isinstance(value, dict | list | tuple):
+        return json.loads(json.dumps(value, default=str))
+    return value

@@ -21,6 +21,9 @@ reached on the primary. So the checks run in one transaction that first sets `lo
 proxy) a little shorter than the time the probe is given — its `timeout`, or the service's
 when the scheduler gives it less (`limit_timeout`) — and the server ends the statement
 itself, reporting "canceling statement due to lock timeout".
+
+`psql_command` is how the controller starts psql, here and for the `database` backend
+(`controller.db.postgres`): one place for its flags and its environment.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from controller.probes.tcp import describe_error, failed, short
 from controller.secrets import SecretRef, Secrets
 
 _LAG_MARK = "__failover_probe_lag__"
+NO_PSQL = ("psql not found; install the PostgreSQL client (apt-get install -y "
+           "--no-install-recommends postgresql-client)")
 
 
 def find_psql() -> str | None:
@@ -50,6 +55,27 @@ def find_psql() -> str | None:
         return found
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"), reverse=True)
     return candidates[0] if candidates else None
+
+
+def psql_command(psql: str | None, *, host: str, port: int, user: str, database: str,
+                 password: str | None, sslmode: str | None, connect_timeout: float,
+                 app: str) -> tuple[list[str], dict[str, str]]:
+    """psql's argv (no psqlrc, quiet, unaligned rows of '|'-separated columns, stopping at
+    the first error; the statements are the caller's to add) and its environment: none
+    of this process's PG* variables, the password only there (never on the command
+    line). Raises FileNotFoundError when there is no psql."""
+    found = psql or find_psql()
+    if found is None:
+        raise FileNotFoundError(NO_PSQL)
+    argv = [found, "-X", "-q", "-A", "-t", "-F", "|", "-v", "ON_ERROR_STOP=1", "-h", host,
+            "-p", str(port), "-U", user, "-d", database]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    env.update(PGCONNECT_TIMEOUT=str(max(2, math.ceil(connect_timeout))), PGAPPNAME=app)
+    if password is not None:
+        env["PGPASSWORD"] = password
+    if sslmode:
+        env["PGSSLMODE"] = sslmode
+    return argv, env
 
 
 class PostgresOptions(BaseModel):
@@ -95,18 +121,10 @@ class PostgresProbe(Probe):
 
     def _command(self) -> tuple[list[str], dict[str, str], str]:
         opts = self.options
-        psql = opts.psql or find_psql()
-        if psql is None:
-            raise FileNotFoundError("psql not found; install the PostgreSQL client")
-        argv = [psql, "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", opts.host,
-                "-p", str(opts.port), "-U", opts.user, "-d", opts.database, "-f", "-"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-        env.update(PGCONNECT_TIMEOUT=str(max(2, math.ceil(self.timeout))),
-                   PGAPPNAME="failover-probe")
-        if self._password is not None:
-            env["PGPASSWORD"] = self._password
-        if opts.sslmode:
-            env["PGSSLMODE"] = opts.sslmode
+        argv, env = psql_command(opts.psql, host=opts.host, port=opts.port, user=opts.user,
+                                 database=opts.database, password=self._password,
+                                 sslmode=opts.sslmode, connect_timeout=self.timeout,
+                                 app="failover-probe")
         # SET LOCAL in a transaction, not PGOPTIONS (pgbouncer refuses that startup
         # parameter) nor a session SET (a transaction-pooling proxy would hand the setting
         # on to other clients' server connection)
@@ -115,13 +133,13 @@ class PostgresProbe(Probe):
                   f"SET LOCAL statement_timeout = {statement_ms};\n"
                   + opts.query.rstrip().rstrip(";") + "\n;\n")  # safe after a -- comment
         if opts.standby is not None:
-            argv[-2:-2] = ["-v", f"standby={opts.standby}"]
+            argv += ["-v", f"standby={opts.standby}"]
             script += (
                 f"\\echo {_LAG_MARK}\n"
                 "SELECT state || '|' || COALESCE(EXTRACT(EPOCH FROM replay_lag)::text, '0') "
                 "FROM pg_stat_replication WHERE application_name = :'standby';\n"
             )
-        return argv, env, script + "COMMIT;\n"
+        return [*argv, "-f", "-"], env, script + "COMMIT;\n"
 
     def _fail(self, at: float, start: float, why: str) -> Sample:
         return failed(self.service, at, start, f"{self._label}: {why}")

@@ -88,7 +88,8 @@ class Target:
 def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
                       quorum: dict[str, int] | None = None,
                       signal_timeout: float = 5.0) -> list[Target]:
-    """Targets for a FailoverPlan's services and signals; `build(owner, ProbeSpec)` makes
+    """Targets for a FailoverPlan's services and signals (and the baseline queries of
+    signals that have one, named `<signal>:baseline`); `build(owner, ProbeSpec)` makes
     a probe (e.g. `Backends.probe`). A service's timeout is used as written (the plan
     refuses one longer than the interval); a signal's is min(signal_timeout, interval)."""
     quorum = quorum or {}
@@ -101,6 +102,11 @@ def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
         Target(sig.name, [build(sig.name, sig.probe)], sig.interval,
                min(signal_timeout, sig.interval))
         for sig in plan.spec.signals
+    ]
+    targets += [  # a signal compared with a queried baseline: the query is a target too
+        Target(sig.baseline_name, [build(sig.name, sig.baseline_query)], sig.interval,
+               min(signal_timeout, sig.interval))
+        for sig in plan.spec.signals if sig.baseline_query is not None
     ]
     return targets
 
@@ -410,10 +416,9 @@ class SharedLoop:
         self._hosted: dict[int, tuple[asyncio.Event, Any]] = {}
 
     def start(self, scheduler: ProbeScheduler) -> None:
-        async def host() -> asyncio.Event:
-            return asyncio.Event()
-
-        event = asyncio.run_coroutine_threadsafe(host(), self._loop).result()
+        """Host `scheduler`, without waiting for the loop (an Event binds to its loop on
+        first use): a thousand plans starting do not queue behind the probe loop."""
+        event = asyncio.Event()
         future = asyncio.run_coroutine_threadsafe(scheduler.run(event), self._loop)
         self._hosted[id(scheduler)] = (event, future)
 

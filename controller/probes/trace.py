@@ -4,20 +4,24 @@ A trace is JSON Lines. An optional first line holds the header, every other line
 sample:
 
     {"trace": "clean-outage", "start": 1700000000, "plan": "plan.yaml",
-     "description": "...", "expect": {"trip": true, "by": 80, "notBefore": 60, "level": 1}}
+     "description": "...", "expect": {"trip": true, "by": 80, "notBefore": 60, "level": 1,
+                                      "peakLevel": 1}}
     {"t": 0.0, "service": "api", "ok": true, "latency": 0.012, "detail": "200"}
     {"t": 2.0, "service": "complaints", "ok": true, "value": 180}
 
 `t` is seconds after `start` (or give `at`, absolute epoch seconds). `expect` is the
-label of a corpus trace: "must trip by T (not before N) at level L" or "must not trip";
+label of a corpus trace: "must trip by T (not before N) at level L (reaching level P)" or
+"must not trip" (the level rises while tripped as the evidence grows: `peakLevel` is the
+most severe the first trip reached);
 `plan` names the plan file the label assumes, relative to the trace. A CSV trace (header
 row with t|at, service, ok, latency, detail, value) carries samples only.
 
-`ticks` turns a trace into the (now, new samples) batches an engine would have seen at a
-fixed tick, so a replay exercises the same time-dependent rules (dwell, window) as a live
-run; `Expectation.verify` judges the trips a replay produced. `write` and `synthesize`
-produce traces (the corpus under tests/traces/ is built with them), and `Recorder` is a
-scheduler sink that appends live samples to a trace file.
+`ticks` turns a trace into the (now, new samples) batches a live reconcile loop would have
+seen (each sample when its probe answered; a cycle at a fixed tick and at once on news),
+so a replay exercises the same time-dependent rules (dwell, window) at the same instants
+as a live run; `Expectation.verify` judges the trips a replay produced. `write` and
+`synthesize` produce traces (the corpus under tests/traces/ is built with them), and
+`Recorder` is a scheduler sink that appends live samples to a trace file.
 """
 
 from __future__ import annotations
@@ -44,28 +48,32 @@ class TraceError(ValueError):
 
 @dataclass(frozen=True)
 class Expectation:
-    """A corpus label: trip (by `by` s, not before `not_before` s, at `level`) or not."""
+    """A corpus label: trip (by `by` s, not before `not_before` s, at `level`, reaching
+    `peak_level` while tripped) or not."""
 
     trip: bool
     by: float | None = None
     not_before: float | None = None
     level: int | None = None
+    peak_level: int | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Expectation:
-        unknown = set(data) - {"trip", "by", "notBefore", "level"}
+        unknown = set(data) - {"trip", "by", "notBefore", "level", "peakLevel"}
         if unknown or not isinstance(data.get("trip"), bool):
-            raise ValueError("expect needs trip: true|false and only by, notBefore, level")
+            raise ValueError("expect needs trip: true|false and only by, notBefore, level, "
+                             "peakLevel")
         exp = cls(trip=data["trip"], by=data.get("by"), not_before=data.get("notBefore"),
-                  level=data.get("level"))
-        if not exp.trip and (exp.by is not None or exp.level is not None):
-            raise ValueError("a must-not-trip label cannot name `by` or `level`")
+                  level=data.get("level"), peak_level=data.get("peakLevel"))
+        if not exp.trip and (exp.by is not None or exp.level is not None
+                             or exp.peak_level is not None):
+            raise ValueError("a must-not-trip label cannot name `by`, `level` or `peakLevel`")
         return exp
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"trip": self.trip}
         for key, value in (("by", self.by), ("notBefore", self.not_before),
-                           ("level", self.level)):
+                           ("level", self.level), ("peakLevel", self.peak_level)):
             if value is not None:
                 out[key] = value
         return out
@@ -80,10 +88,14 @@ class Expectation:
             parts.append(f"not before {self.not_before:g} s")
         if self.level is not None:
             parts.append(f"at level {self.level}")
+        if self.peak_level is not None:
+            parts.append(f"reaching level {self.peak_level}")
         return " ".join(parts)
 
-    def verify(self, trips: list[tuple[float, int | None]]) -> list[str]:
-        """Problems with a replay's trips [(seconds after start, level)]; [] = label met."""
+    def verify(self, trips: list[tuple[float, int | None]], peak: int | None = None
+               ) -> list[str]:
+        """Problems with a replay's trips [(seconds after start, level)] and the most
+        severe level the first trip reached (`peak`); [] = label met."""
         if not self.trip:
             return [f"tripped at {t:g} s (level {lvl}) but {self.describe()}"
                     for t, lvl in trips[:1]]
@@ -97,6 +109,8 @@ class Expectation:
             problems.append(f"tripped early at {t:g} s; {self.describe()}")
         if self.level is not None and lvl != self.level:
             problems.append(f"tripped at level {lvl}; {self.describe()}")
+        if self.peak_level is not None and peak != self.peak_level:
+            problems.append(f"reached level {peak}; {self.describe()}")
         return problems
 
 
@@ -224,24 +238,48 @@ def load(path: str | Path) -> Trace:
     return trace
 
 
+def arrival(sample: Sample) -> float:
+    """When the engine had the sample: its probe started at `at` and answered (or timed
+    out) `latency` seconds later."""
+    return sample.at + (sample.latency or 0.0)
+
+
 def ticks(trace: Trace, every: float = 1.0, *, tail: float = 0.0
           ) -> Iterator[tuple[float, list[Sample]]]:
-    """(now, samples with at in (previous now, now]) at start, start+every, ... until the
-    last sample + tail; empty batches included, so time-based rules keep moving."""
+    """(now, samples that arrived in (previous now, now]) as a live reconcile loop sees
+    them: a tick at start, start+every, ... until the last arrival + tail (empty batches
+    included, so time-based rules keep moving), and one more at the arrival of each
+    sample that is news (a failed one, or a service's first good one after failed ones:
+    the scheduler wakes the loop for those at once). A sample arrives when its probe
+    answered (`arrival`), not when it started, so a timed-out probe is not seen early."""
     if every <= 0:
         raise ValueError("every must be positive")
-    samples, i, k = trace.samples, 0, 0
-    stop = trace.end + tail
+    samples = sorted(trace.samples, key=arrival)
+    failing: set[str] = set()
+    news: list[float] = []
+    for s in samples:
+        if not s.ok or s.service in failing:
+            news.append(arrival(s))
+        if s.ok:
+            failing.discard(s.service)
+        else:
+            failing.add(s.service)
+    stop = (arrival(samples[-1]) if samples else trace.start) + tail
+    i, k, n = 0, 0, 0
     while True:
-        now = trace.start + k * every
+        grid = trace.start + k * every
+        now = min(grid, news[n]) if n < len(news) else grid
         batch = []
-        while i < len(samples) and samples[i].at <= now + 1e-9:
+        while i < len(samples) and arrival(samples[i]) <= now + 1e-9:
             batch.append(samples[i])
             i += 1
         yield now, batch
-        if now >= stop and i >= len(samples):
-            return
-        k += 1
+        while n < len(news) and news[n] <= now + 1e-9:
+            n += 1
+        if grid <= now + 1e-9:
+            if now >= stop and i >= len(samples):
+                return
+            k += 1
 
 
 def dumps(trace: Trace) -> str:

@@ -24,18 +24,25 @@ Why one module per kind: a new kind is one new file here, `controller/steps/<act
 defining `KIND`; `controller.registry.step_kind` finds it by its action and imports it
 only when a plan uses it (like the providers' `KINDS`). A kind defined elsewhere (a
 test's toy kind) is added with `registry.register_step`.
+
+Why two faces: the registry sits below the plan, so what it hands out is the untyped
+face `controller.step_kind.StepKindProtocol` (with `Change` and `Readiness`, re-exported
+here); `StepKind` below is the typed base, and `step_kind` here returns it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from controller import registry
 from controller.model import Evidence, PermanentError
+from controller.step_kind import Change as Change
+from controller.step_kind import Readiness as Readiness
 
 if TYPE_CHECKING:
     from controller.backends import Backends
@@ -68,25 +75,12 @@ class StepContext:
 
 
 @dataclass(frozen=True)
-class Change:
-    """What `plan` found: `evidence` (journaled before `apply`; what a revert needs) and
-    `summary`, the before -> after a dry run shows ("-" when the kind cannot tell)."""
-
-    evidence: Evidence = field(default_factory=dict)
-    summary: str = "-"
-
-
-@dataclass(frozen=True)
 class CheckContext:
     """What a readiness check reads: the plan, its backends, and now (epoch seconds)."""
 
     plan: FailoverPlan
     backends: Backends
     now: float
-
-
-Readiness = tuple[str, Callable[[], str]]
-"""A named read-only check: returns what it found, raises when the site is not ready."""
 
 
 class NotRevertible(PermanentError):
@@ -120,9 +114,10 @@ class StepKind(ABC, Generic[P]):
         """What a report shows of a finished step, one line per fact, from its evidence."""
         return []
 
-    def warnings(self, step: Step) -> list[str]:
+    def warnings(self, step: Step, spec: PlanSpec | None = None) -> list[str]:
         """What `failoverctl validate` warns of but accepts: 'params.FIELD: the risk; the
-        fix' (a plan setting may make the kind refuse it in `check` instead)."""
+        fix', with `spec` what the whole plan makes of the step (a plan setting may make
+        the kind refuse it in `check` instead)."""
         return []
 
     def probes(self, step: Step) -> list[tuple[str, ProbeSpec]]:
@@ -163,3 +158,13 @@ def backend_of(step: Step) -> str:
     if step.backend is None:
         raise PermanentError(f"step {step.name}: no backend configured")
     return step.backend
+
+
+def step_kind(action: str) -> StepKind[Any]:
+    """The kind of `action`, typed (`registry.step_kind`, checked to extend StepKind);
+    UnknownAction names the choices."""
+    kind = registry.step_kind(action)
+    if not isinstance(kind, StepKind):
+        raise TypeError(f"step kind {action!r} is a {type(kind).__name__}; a step kind "
+                        "extends controller.steps.StepKind")
+    return kind

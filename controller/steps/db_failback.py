@@ -9,11 +9,21 @@ dc-a), its `standby` the node promoted during the incident ("away", dc-b), its
 `failback` settings how. In order, each phase timed (a rebuild's stop, copy and start
 too) and the LSNs at each stage in the evidence:
 
-1. **rebuild** home as a streaming standby of away: stop it cleanly, `pg_rewind` it onto
-   away's timeline, or, when the rewind fails, replace its data with a fresh base backup
-   (the old data kept aside); then standby.signal + primary_conninfo, and start it. A
-   home that takes writes (unfenced by someone) is refused (`two-primaries`): a rewind
-   would discard them.
+1. **rebuild** home as a streaming standby of away: stop it cleanly, then choose how to
+   copy (`Copy`, in the evidence with the figures): `pg_rewind --dry-run` says how many
+   MB a rewind would copy of the source's size; a rewind that would copy half of it or
+   more is slower than a fresh base backup (`rewind-copies-half`), so that is taken;
+   else `pg_rewind` onto away's timeline. A rewind that cannot be done
+   (`rewind-failed`), a rewound node that does not start in time
+   (`rewound-cannot-start`, the database backend's `startTimeout`), or one that starts
+   but replays nothing more for `failback.stall` seconds before it has caught up
+   (`rewound-cannot-stream`; both: the WAL since the fork is gone at the source) falls
+   back to the base backup (the old data kept aside). Then
+   standby.signal + primary_conninfo + `primary_slot_name` (the slot the promotion made
+   on away for home, `failback.slot`, made now when it is missing: it keeps the WAL since
+   the fork however long the incident wrote), and start it; a slot of that name left on
+   the rebuilt node from when it was a primary is dropped. A home that takes writes
+   (unfenced by someone) is refused (`two-primaries`): a rewind would discard them.
 2. **catchUp**: wait (`failback.catchUp`) until home streams and has replayed the LSN
    away was at when the wait began (away read once: the wait ends under a steady stream
    of writes): lag 0, verified by LSN. When it cannot, the step ends `home-not-caught-up`
@@ -22,8 +32,9 @@ too) and the LSNs at each stage in the evidence:
    then **replay**: wait until home has replayed away's last LSN (`replay-timeout`
    otherwise: away is unfenced and takes the writes again, nothing switched).
 4. **promote** home (`pg_promote`), confirmed out of recovery on a later timeline.
-5. **demote**: away becomes home's standby (stopped, rewound or base-backed up, started
-   with standby.signal) and streams from it, lag 0 (`away-not-streaming` otherwise).
+5. **demote**: home gets the slot for away; away becomes home's standby (stopped,
+   rebuilt as above, started with standby.signal) and streams from it through the slot,
+   lag 0 (`away-not-streaming` otherwise).
 
 An incident whose promote step failed may not have promoted: when away is still in
 recovery on the timeline it had, the step changes nothing and says so (`skipped`).
@@ -38,6 +49,7 @@ like the promotion it undoes.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -48,6 +60,8 @@ from controller.db import (
     Node,
     NodeState,
     RewindFailed,
+    RewindSize,
+    StartFailed,
     lsn_text,
     parse_lsn,
     state_or_none,
@@ -62,6 +76,16 @@ from controller.steps.revert import RevertOf
 
 POLL = 0.05  # seconds between readings while a node catches up
 T = TypeVar("T")
+
+
+class Copy(enum.StrEnum):
+    """Why a rebuild copied what it did."""
+
+    REWIND = "rewind-copies-less"  # pg_rewind: it copies less than half the source
+    COPIES_HALF = "rewind-copies-half"  # a base backup: a rewind would copy half or more
+    REWIND_FAILED = "rewind-failed"  # a base backup: pg_rewind cannot rewind the node
+    CANNOT_START = "rewound-cannot-start"  # a base backup: the rewound node did not start
+    CANNOT_STREAM = "rewound-cannot-stream"  # a base backup: it started, replays nothing
 
 
 class DbFailbackParams(Strict):
@@ -137,9 +161,13 @@ class DbFailback(StepKind[DbFailbackParams]):
         for name in ("rebuild", "demoted"):
             how = evidence.get(name)
             if isinstance(how, dict):
-                out.append(f"{name}: {how.get('method')}"
-                           + (f" (pg_rewind failed: {how['rewindError']})"
-                              if how.get("rewindError") else ""))
+                figures = (f"; a rewind would copy {how['rewindMb']} of {how['sourceMb']} "
+                           "MB" if "rewindMb" in how else "")
+                out.append(f"{name}: {how.get('method')} ({how.get('why')}{figures})"
+                           + (f"; pg_rewind failed: {how['rewindError']}"
+                              if how.get("rewindError") else "")
+                           + (f"; the rewound node: {how['startError']}"
+                              if how.get("startError") else ""))
         out.append("LSNs: " + "; ".join(
             f"{stage} " + ", ".join(f"{k} {v}" for k, v in lsns.items())
             for stage, lsns in evidence["lsns"].items()))
@@ -183,6 +211,8 @@ class _Failback:
                               f"{self.away.describe()} is the primary: rebuilding it would "
                               "discard what it took since; decide by hand which writes to "
                               "keep, fence it, then run the failback again")
+            fencing.check()
+            self.out["slots"] = {"away": db.create_slot(self.away, p.failback.slot)}
             if home is None or not (home.in_recovery and home.timeline == away.timeline):
                 self.out["rebuild"] = self.rebuild(self.home, source=self.away)
             self.done("rebuild")
@@ -229,6 +259,9 @@ class _Failback:
         db = self.db
         home = db.state(self.home)
         self.out["timeline"] = home.timeline
+        fencing.check()
+        self.out.setdefault("slots", {})["home"] = db.create_slot(self.home,
+                                                                 self.p.failback.slot)
         away = state_or_none(db, self.away)
         if away is None or not (away.in_recovery and away.timeline == home.timeline):
             self.out["demoted"] = self.rebuild(self.away, source=self.home)
@@ -241,26 +274,91 @@ class _Failback:
         self.done("demote", home=streaming[1].lsn, away=streaming[0].lsn)
 
     def rebuild(self, node: Node, *, source: Node) -> Evidence:
-        """Make `node` a streaming standby of `source`: stop, rewind (else a base backup),
-        follow; the seconds each part took."""
-        db, at = self.db, [time.monotonic()]
+        """Make `node` a streaming standby of `source`: stop, choose (a rewind's dry run),
+        rewind or base backup, follow through the failback slot (a rewound node that does
+        not start: stopped, then a base backup); the seconds each part took."""
+        db, slot = self.db, self.p.failback.slot
+        seconds: dict[str, float] = {}
+        at = time.monotonic()
+
+        def part(name: str) -> None:
+            nonlocal at
+            now = time.monotonic()
+            seconds[name] = round(now - at + seconds.get(name, 0.0), 3)
+            at = now
+
         fencing.check()
         stopped = db.stop(node)
-        at.append(time.monotonic())
+        part("stop")
+        how = self._choose(node, source)
+        part("choose")
+        if how["why"] is Copy.REWIND:
+            try:
+                fencing.check()
+                how.update(db.rewind(node, source=source))
+            except RewindFailed as exc:
+                how.update(why=Copy.REWIND_FAILED, rewindError=str(exc))
+        if how["why"] is not Copy.REWIND:
+            how.update(self._basebackup(node, source))
+        part("copy")
+        why = self._follow_rewound(node, source) if how["why"] is Copy.REWIND else None
+        if why is not None:
+            fencing.check()
+            db.stop(node)  # still recovering, waiting for WAL it will not get
+            part("start")
+            how.update(why=why[0], startError=why[1], **self._basebackup(node, source))
+            part("copy")
+        if how["why"] is not Copy.REWIND:
+            fencing.check()
+            db.follow(node, source=source, slot=slot)
+        fencing.check()
+        dropped = db.drop_slot(node, slot)  # left from when it was a primary
+        part("start")
+        return {**how, "method": "pg_rewind" if how["why"] is Copy.REWIND else
+                "pg_basebackup", "why": how["why"].value, "lastLsn": stopped.get("lastLsn"),
+                "staleSlotDropped": not dropped["already"], "seconds": seconds}
+
+    def _follow_rewound(self, node: Node, source: Node) -> tuple[Copy, str] | None:
+        """Start the rewound `node` as `source`'s standby and see it stream: None once it
+        has replayed the LSN `source` was at, else why not (it did not start; or its
+        replay did not move for `failback.stall` seconds)."""
         try:
             fencing.check()
-            how: Evidence = {"method": "pg_rewind", **db.rewind(node, source=source)}
-        except RewindFailed as exc:
+            self.db.follow(node, source=source, slot=self.p.failback.slot)
+        except StartFailed as exc:
+            return Copy.CANNOT_START, str(exc)
+        stall, ahead = self.p.failback.stall, self.db.state(source)
+        seen: NodeState | None = None
+        moved = time.monotonic()
+        while True:
+            now = state_or_none(self.db, node)
+            if now is not None and _caught_up((now, ahead)):
+                return None
+            if now is not None and (seen is None or now.lsn > seen.lsn):
+                seen, moved = now, time.monotonic()
+            elif time.monotonic() - moved >= stall:
+                at = "-" if seen is None else lsn_text(seen.lsn)
+                return Copy.CANNOT_STREAM, (
+                    f"{node.describe()} replayed nothing past {at} for {stall:g} s "
+                    f"(params.failback.stall) before reaching {lsn_text(ahead.lsn)} "
+                    f"({'streaming' if seen and seen.streaming else 'not streaming'}): "
+                    f"{source.describe()} no longer has the WAL it needs")
+            fencing.pause(POLL)
+
+    def _choose(self, node: Node, source: Node) -> Evidence:
+        """How to copy: what a rewind's dry run says it would copy, of the source's size."""
+        try:
             fencing.check()
-            how = {"method": "pg_basebackup", "rewindError": str(exc),
-                   **db.basebackup(node, source=source, aside=self.aside)}
-        at.append(time.monotonic())
+            size: RewindSize = self.db.rewind_size(node, source=source)
+        except RewindFailed as exc:
+            return {"why": Copy.REWIND_FAILED, "rewindError": str(exc)}
+        out: Evidence = {"rewindMb": size.copy_mb, "sourceMb": size.source_mb}
+        half = size.source_mb > 0 and 2 * size.copy_mb >= size.source_mb
+        return {**out, "why": Copy.COPIES_HALF if half else Copy.REWIND}
+
+    def _basebackup(self, node: Node, source: Node) -> Evidence:
         fencing.check()
-        db.follow(node, source=source)
-        at.append(time.monotonic())
-        return {**how, "lastLsn": stopped.get("lastLsn"), "seconds": {
-            part: round(end - begin, 3)
-            for part, begin, end in zip(("stop", "copy", "start"), at, at[1:], strict=False)}}
+        return self.db.basebackup(node, source=source, aside=self.aside)
 
 
 

@@ -3,9 +3,11 @@
 The routes are the run notices' (`notices.routes`: the rules of exactly the run's level;
 a run without a level, e.g. a planned failover, goes to every rule).
 
-Owns the notice a run sends as one of its steps. A notice that cannot be sent never
-stops the run (`continues_on_failure`): the failover matters more than the message
-about it, and the failure is recorded on the step.
+Owns the notice a run sends as one of its steps. Like the run's own notices it links the
+run (`runUrl`) and, when the plan keeps records, says where the run's incident record is
+kept (`controller.records.incident`: a notify step only runs in a failover, which has
+one). A notice that cannot be sent never stops the run (`continues_on_failure`): the
+failover matters more than the message about it, and the failure is recorded on the step.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pydantic import Field
 from controller import notices
 from controller.model import Evidence, Notice
 from controller.plan import Step, Strict
+from controller.records.incident import location, prefix
 from controller.steps import StepContext, StepKind, backend_of
 
 
@@ -32,10 +35,11 @@ class Notify(StepKind[NotifyParams]):
     continues_on_failure = True
 
     def apply(self, step: Step, ctx: StepContext, change: Evidence) -> Evidence:
-        p, plan = self.args(step), ctx.plan
+        p, plan, records = self.args(step), ctx.plan, ctx.plan.spec.records
         recipients = p.recipients or [
             r for n in notices.routes(plan, ctx.level, notifier=backend_of(step))
             for r in n.recipients]
+        record = location(records, prefix(plan.name, ctx.run_id)) if records else ""
         notice = Notice(
             plan=plan.name, level=ctx.level,
             subject=p.subject or f"[{plan.name}] failover in progress",
@@ -43,6 +47,8 @@ class Notify(StepKind[NotifyParams]):
             affected=notices.affected(plan, ctx.down),
             estimated_recovery=p.estimated_recovery or "",
             run_id=ctx.run_id, recipients=tuple(recipients),
+            link=notices.run_link(plan.spec.run_url, ctx.run_id),
+            body=notices.record_line(record),
         )
         ctx.backends.notifier(backend_of(step)).send(notice=notice)
         return {"recipients": recipients, "level": ctx.level}

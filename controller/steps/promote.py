@@ -16,9 +16,13 @@ how each node is reached. In order, each phase timed in the evidence:
    restore after a successful promotion too.
 2. **fence** the old primary first: `ssh-stop` (its postmaster stopped by PID) or `sql`
    (read-only, sessions ended); when that cannot reach it, the plan's STONITH command
-   (`fence.command`); without a command, a person confirmed it in the human step
-   `fence.confirmStep` (default `fence-primary`, `failoverctl done RUN fence-primary`),
-   which `validate` makes the plan place before this step. How it was fenced is recorded.
+   (`fence.command`); without a command, a person: the step asks for one (`PersonNeeded`:
+   it waits `awaiting-person`, saying the old primary cannot be reached, how to fence it
+   by hand and the `failoverctl done RUN STEP` to type) and goes on once someone says
+   done; no one within `fence.confirmTimeout`: it fails `fence-unconfirmed`, never
+   promoting. A plan may instead keep a human step named `fence.confirmStep` (default
+   `fence-primary`) before this one (the older form: that step waits for a person even
+   when the automatic fence would work; `validate` warns). How it was fenced is recorded.
 3. **catch up**: with the primary's last LSN known, wait (`timeouts.catchUp`) until the
    standby has replayed it, so a fenced primary's last writes are not lost. A crashed
    primary's last checkpoint is that LSN; the end of its WAL (`walEnd`, read by the
@@ -26,6 +30,9 @@ how each node is reached. In order, each phase timed in the evidence:
    receive WAL from a dead primary.
 4. **promote**, then confirm it: out of recovery, on the next timeline; the state and
    the plan's validation queries are read in the promotion's own session (one psql).
+   Then the promoted node gets a physical replication slot for the old primary
+   (`failback.slot`, in the evidence): it keeps the WAL since the fork for the failback,
+   which streams the old primary through it.
 5. **validate**: the plan's queries' answers against what they expect.
 
 The standby is read once an attempt: `prepare` hands its reading to the `apply` that
@@ -78,6 +85,7 @@ from controller.steps import (
     backend_of,
     seconds,
 )
+from controller.steps.manual import PersonNeeded, confirmed
 
 PHASES = ["check", "fence", "catchUp", "promote", "validate"]
 POLL = 0.05  # seconds between the standby's readings while it catches up
@@ -92,9 +100,16 @@ class FenceParams(Strict):
                                       "cannot be reached")
     dry_run: bool = Field(False, alias="dryRun", description="readiness runs the command "
                           "with a --dry-run argument")
-    confirm_step: str = Field("fence-primary", alias="confirmStep", description="without "
-                              "a command: the human step, before this one, in which a "
-                              "person confirms the old primary is stopped")
+    confirm_step: str = Field("fence-primary", alias="confirmStep", description="the older "
+                              "form, when the plan has a manual step of this name before "
+                              "this one: a person confirmed the fence there, before this "
+                              "step ran (without it, this step asks a person only when the "
+                              "old primary cannot be reached)")
+    confirm_timeout: PositiveDuration = Field(3600.0, alias="confirmTimeout",
+                                              description="how long the step waits for a "
+                                              "person to confirm the fence of an old "
+                                              "primary it cannot reach; then it fails "
+                                              "(fence-unconfirmed), never promoting")
 
 
 class Validation(Strict):
@@ -118,6 +133,15 @@ class FailbackSettings(Strict):
     catch_up: Duration = Field(300.0, alias="catchUp", description="how long the old "
                                "primary may take to stream up to the promoted node (lag "
                                "0), and to replay its last LSN once it is fenced")
+    stall: PositiveDuration = Field(30.0, description="how long a rewound node may "
+                                    "replay nothing more, before it has caught up, "
+                                    "before it is rebuilt from a base backup instead "
+                                    "(the WAL it needs is gone at its source)")
+    slot: str = Field("failover_failback", pattern=r"^[a-z0-9_]{1,63}$", description="the "
+                      "physical replication slot a promotion makes on the promoted node "
+                      "for the node it replaced: it keeps the WAL written since, which the "
+                      "old primary needs to be rewound and stream home however long the "
+                      "incident wrote (readiness reports what it keeps)")
 
 
 class PromoteParams(Strict):
@@ -161,34 +185,49 @@ class Promote(StepKind[PromoteParams]):
                              "or sql before the failback promotes the old primary (the "
                              "failback reads its last LSN then; a STONITH command gives "
                              "none); choose one of those")
-        if p.fence.command:
+        confirm = p.fence.confirm_step
+        human = next((s for s in spec.steps if s.name == confirm), None)
+        if p.fence.command or human is None:
             return
         names = [s.name for s in spec.steps]
-        confirm = p.fence.confirm_step
         before = names[:names.index(step.name)] if step.name in names else names
-        human = next((s for s in spec.steps if s.name == confirm), None)
-        if human is None or human.action != "manual" or confirm not in before \
-                or human.parallel:
+        if human.action != "manual" or confirm not in before or human.parallel:
             raise ValueError(
-                f"params.fence: without a fencing command, a primary that cannot be reached "
-                f"is fenced by a person: add a manual step {confirm!r} (not parallel) before "
-                f"step {step.name!r}, or set params.fence.command to a STONITH hook")
+                f"params.fence.confirmStep: step {confirm!r} confirms the fence only as a "
+                f"manual step (not parallel) before step {step.name!r}; remove it (this "
+                "step then asks a person itself when the old primary cannot be reached), "
+                "or make it such a step")
 
     def probes(self, step: Step) -> list[tuple[str, ProbeSpec]]:
         spec = self.args(step).lag_probe
         return [("params.lagProbe", spec)] if spec is not None else []
 
-    def warnings(self, step: Step) -> list[str]:
-        if self.args(step).validation:
-            return []
-        return ["params.validation: no validation query: the promoted data is never "
-                "checked; add a query"]
+    def warnings(self, step: Step, spec: PlanSpec | None = None) -> list[str]:
+        p = self.args(step)
+        out = [] if p.validation else ["params.validation: no validation query: the "
+                                       "promoted data is never checked; add a query"]
+        if spec is None:
+            return out
+        if _legacy_confirm(step, spec):
+            out.append(f"params.fence.confirmStep: the human step {p.fence.confirm_step!r} "
+                       "waits for a person even when the old primary is fenced without "
+                       f"one; remove it: step {step.name!r} asks a person only when it "
+                       "cannot reach the old primary")
+        cooldown, back = spec.trigger.cooldown, p.failback.catch_up
+        if cooldown < back:
+            out.append(f"params.failback.catchUp: a database failback may take "
+                       f"{seconds(back)}, longer than the plan's cooldown "
+                       f"(spec.trigger.cooldown {seconds(cooldown)}): a probe blip right "
+                       "after a failback trips again before the standby has caught up, and "
+                       f"the new promotion refuses; set the cooldown to at least "
+                       f"{seconds(back)}")
+        return out
 
     def describe(self, step: Step, plan: FailoverPlan) -> str:
         p = self.args(step)
         return (f"promote standby {p.standby.describe()} after fencing "
                 f"{p.primary.describe()} ({p.fence.method.value}"
-                f"{', else a command' if p.fence.command else ', else a person'}) "
+                f"{', else a command' if p.fence.command else ', else ask a person'}) "
                 f"via {step.backend}")
 
     def plan(self, step: Step, ctx: StepContext) -> Change:
@@ -227,6 +266,8 @@ class Promote(StepKind[PromoteParams]):
         lag = _lag(p, standby, primary, _probed(ctx.backends, step, p, primary))
         clock.done("check")
         fence = _fence(db, p)
+        if "how" not in fence:  # it cannot be reached and the plan names no command
+            fence = _by_person(p, step, ctx, change, fence["unreachable"])
         clock.done("fence")
         last = parse_lsn(fence["lastLsn"]) if fence.get("lastLsn") else (
             None if primary is None else primary.lsn)
@@ -244,6 +285,7 @@ class Promote(StepKind[PromoteParams]):
                                  f"recovery {after.in_recovery}, timeline {after.timeline} "
                                  f"(was {standby.timeline})")
         clock.done("promote")
+        slot = _failback_slot(db, p)
         reached = standby.lsn
         end = parse_lsn(fence["walEnd"]) if fence.get("walEnd") else last
         out: Evidence = {
@@ -251,7 +293,7 @@ class Promote(StepKind[PromoteParams]):
             "primaryLastLsn": None if end is None else lsn_text(end),
             "primaryLastLsnFrom": _last_from(fence, end),
             "rpoBytes": None if end is None else max(0, end - reached),
-            "rpoSeconds": round(lag, 3), "rpoBudgetSeconds": p.rpo,
+            "rpoSeconds": round(lag, 3), "rpoBudgetSeconds": p.rpo, "slot": slot,
         }
         out["validation"] = _judge(p, promoted.values, clock)
         out["phases"] = clock.spent
@@ -326,11 +368,17 @@ def _found_promoted(db: Database, p: PromoteParams, standby: NodeState, before: 
     in recovery when prepare read it, and is on a later timeline now), else refused."""
     if before.get("inRecovery") and standby.timeline > int(before["timeline"]):
         return {"alreadyPromoted": True, "timeline": standby.timeline,
-                "lsnReached": lsn_text(standby.lsn),
+                "lsnReached": lsn_text(standby.lsn), "slot": _failback_slot(db, p),
                 "validation": _validate(db, p, clock), "phases": clock.spent}
     raise Refused("not-a-standby", f"{p.standby.describe()} is not in recovery (timeline "
                   f"{standby.timeline}) and this step did not promote it: it is a primary "
                   "already; refusing to promote")
+
+
+def _failback_slot(db: Database, p: PromoteParams) -> Evidence:
+    """The promoted node's slot for the old primary (kept for the failback)."""
+    fencing.check()
+    return {**db.create_slot(p.standby, p.failback.slot), "node": p.standby.describe()}
 
 
 class _Phases:
@@ -394,8 +442,8 @@ def _lag(p: PromoteParams, standby: NodeState, primary: NodeState | None,
 
 
 def _fence(db: Database, p: PromoteParams) -> Evidence:
-    """Fence the old primary: the plan's method, else its command, else the person's
-    confirmation (a human step the plan places before this one)."""
+    """Fence the old primary: the plan's method, else its command; without a command, a
+    primary that cannot be reached is left to a person (no `how`: `_by_person`)."""
     f = p.fence
     if f.method is not FenceMethod.COMMAND:
         try:
@@ -410,7 +458,38 @@ def _fence(db: Database, p: PromoteParams) -> Evidence:
         fencing.check()
         done = db.fence(p.primary, method=FenceMethod.COMMAND, command=f.command)
         return {**done, "how": f"command {f.command[0]}", "unreachable": unreachable}
-    return {"how": f"a person (step {f.confirm_step})", "unreachable": unreachable}
+    return {"unreachable": unreachable}
+
+
+def _by_person(p: PromoteParams, step: Step, ctx: StepContext, change: Evidence,
+               unreachable: str) -> Evidence:
+    """A person fences it: one who confirmed it in the plan's human step before this
+    one, or one this step asks (`PersonNeeded`), found in `change` once they said done."""
+    f = p.fence
+    if _legacy_confirm(step, ctx.plan.spec):
+        return {"how": f"a person (step {f.confirm_step})", "unreachable": unreachable}
+    person = confirmed(change)
+    if person is not None:
+        return {"how": f"a person ({person['by']}, said done)", "unreachable": unreachable,
+                "confirmedAt": person["at"]}
+    where = p.primary.describe()
+    raise PersonNeeded(
+        f"the old primary {where} cannot be reached ({unreachable}) and the plan names no "
+        f"fencing command (params.fence.command): stop it by hand so it cannot take "
+        f"writes (power off its host, or stop PostgreSQL there), then say so: failoverctl "
+        f"done {ctx.run_id} {step.name} (--plan PLAN or fop/NAME); the step waits at "
+        f"most {seconds(f.confirm_timeout)} and never promotes before",
+        wait=f.confirm_timeout,
+        expired=f"fence-unconfirmed: no one confirmed the fence of {where} within "
+                f"{seconds(f.confirm_timeout)} (params.fence.confirmTimeout); not promoted: "
+                "fence it, then fail over again, or name a STONITH hook in "
+                "params.fence.command")
+
+
+def _legacy_confirm(step: Step, spec: PlanSpec) -> bool:
+    """The plan confirms the fence in a human step before this one (the older form)."""
+    confirm = KIND.args(step).fence.confirm_step
+    return any(s.name == confirm and s.action == "manual" for s in spec.steps)
 
 
 def _last_from(fence: Evidence, end: int | None) -> str:
@@ -469,10 +548,30 @@ def _ready_standby(backends: Backends, step: Step) -> str:
 
 
 def _ready_slots(db: Database, p: PromoteParams) -> str:
-    slots = db.slots(p.primary)
+    """No slot keeps more WAL than `slotLimit` on the primary, nor on a promoted standby.
+    The failback slot on a promoted standby, unused while the old primary is down or
+    being rebuilt, is expected (it keeps the WAL the failback needs): reported with what
+    it keeps, not judged."""
+    standby = state_or_none(db, p.standby)
+    promoted = standby is not None and standby.writable
+    try:
+        slots = db.slots(p.primary)
+    except Unreachable:
+        if not promoted:
+            raise
+        slots = []  # the old primary is down: the promoted node's slots are what count
+    kept = []
+    if promoted:
+        for s in db.slots(p.standby):
+            if s.name == p.failback.slot and not s.active:
+                kept.append(f"slot {s.name} on {p.standby.describe()} keeps "
+                            f"{s.retained_bytes} bytes of WAL for the rebuild of "
+                            f"{p.primary.describe()} (expected until the failback)")
+            else:
+                slots.append(s)
     bloated = [s for s in slots if s.retained_bytes > p.slot_limit]
     if bloated:
         raise RuntimeError("replication slots keep too much WAL: " + ", ".join(
             f"{s.name} {s.retained_bytes} bytes{'' if s.active else ' (inactive)'}"
             for s in bloated) + f" (limit {p.slot_limit}, params.slotLimit)")
-    return f"{len(slots)} slot(s), each within {p.slot_limit} bytes"
+    return "; ".join([f"{len(slots)} slot(s), each within {p.slot_limit} bytes", *kept])

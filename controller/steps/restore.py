@@ -10,7 +10,7 @@ unauthenticated, another backup's or not the one cataloged) it restores the next
 verified backup in the plan's order (continuous, daily, older), each attempt fenced by
 the restorer, and the evidence says which failed, why, and the RPO that resulted. The
 damaged backup is written back to its store's catalog as a failed verification
-(`DamageLog`: the real stores), so selection, readiness, the verifier and the next restore
+(`BackupStore.record_damage`), so selection, readiness, the verifier and the next restore
 no longer count it as verified; the evidence says where it was marked (or why it could
 not be: the restore goes on, a backup's damage is no reason to stop restoring). Any
 other failure (the host, validation, a cancel) is the step's failure: no fallback, since
@@ -86,14 +86,6 @@ class RemoteTargets(Protocol):
     def host(self, into: Target, opts: TargetOptions) -> Host: ...
 
 
-@runtime_checkable
-class DamageLog(Protocol):
-    """A store whose catalog records verifications (the real stores; the in-memory fake's
-    entries are its options): a backup found damaged at restore time is written back."""
-
-    def record_damage(self, backup: Backup, *, reason: str, actor: str) -> str: ...
-
-
 class Restore(StepKind[RestoreParams]):
     action = "restore"
     Params = RestoreParams
@@ -108,7 +100,7 @@ class Restore(StepKind[RestoreParams]):
             raise ValueError(f"params.into.options.validation: {NO_DATA_CHECK}; add a query "
                              "(spec.validation.requireDataCheck is true)")
 
-    def warnings(self, step: Step) -> list[str]:
+    def warnings(self, step: Step, spec: PlanSpec | None = None) -> list[str]:
         if _data_checked(self.args(step)):
             return []
         return [f"params.into.options.validation: {NO_DATA_CHECK}; add a query, or set "
@@ -215,8 +207,6 @@ def _mark_damaged(store: BackupStore, backup: Backup, reason: str, *, actor: str
     evidence. A store that cannot be written (e.g. read-only credentials for restores)
     does not stop the restore: the evidence and the log say the entry still looks
     verified."""
-    if not isinstance(store, DamageLog):
-        return "not marked: this store keeps no verification record"
     try:
         return store.record_damage(backup, reason=reason, actor=actor)
     except Exception as exc:

@@ -1,24 +1,49 @@
 """Benchmark: one operator replica watching many FailoverPlans on a real kube-apiserver.
 
-Prints the time to the first status of every plan, the replica's steady-state CPU and
-memory (read from /proc), and the reconcile latency of a status change: a spec edit
-(a new generation) until the status reports that generation, p50/p99 over a sample of
-plans, against a bare GET of the same object measured in the same process.
-
     .venv/bin/python tests/benchmarks/bench_operator.py [--plans 1000] [--sample 100]
+                                                        [--steady 30] [--profile]
+
+Quiet plans (one memory probe every 30 s) plus one plan that trips (`trip`: an HTTP
+probe of a server this benchmark runs, every 200 ms, 3 failures, no dwell). Two clients
+run in turn against the same API server and the same plans, each measured the same way:
+
+- **baseline**, a bare client doing the least any operator must do for these plans: list
+  them, write one status per plan (one PUT each, 4 at a time like the operator's
+  workers), then hold a watch, answer each
+  generation change with one status write, and renew a Lease every 2 s — no probes, no
+  policy, no journal. Its figures are the floor the machinery around the work is
+  compared with; the API server's own CPU in each steady window is printed too.
+- **operator**, `failoverctl operator` (tick 1 s), run under `cpu_profile.py`, whose
+  sampler reads every thread's own CPU clock.
+
+Figures: time until every plan has a first status; steady-state CPU of the process (from
+its CPU time in /proc, not wall time, so the engineers sharing the machine do not move
+it), RSS; reconcile latency of a status change (a spec edit until the status reports the
+generation, seen on a watch) p50/p99 over `--sample` plans; isolation: while the others
+are quiet, the trip plan's HTTP server answers 503 and the time until its first step
+starts (`status.run.steps[0].startedAt`) is compared with its detection floor
+(interval x consecutive failures) + 100 ms. With `--profile` (always for 5,000 plans or
+more) the operator's steady-state CPU is broken down by what it was doing and in which
+layer. Each goal of issue 20 prints met / NOT met, with the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.server
+import json
 import os
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +51,15 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from controller.crd import GROUP, PLURAL, VERSION  # noqa: E402
+from controller.drill.servers.base import free_port  # noqa: E402
 from controller.drill.servers.kube import KubeServers  # noqa: E402
+from controller.kube import Kube, KubeConnection, connect  # noqa: E402
+
+TRIP, TRIP_INTERVAL, TRIP_FAILURES = "trip", 0.2, 3
+GOALS = {"cpu": 10.0, "rss": 150.0, "first": 10.0, "p99": 0.100, "isolation": 0.100}
 
 
-def plan(name: str) -> dict[str, Any]:
+def quiet_plan(name: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "FailoverPlan",
             "metadata": {"name": name},
             "spec": {"sites": {"primary": {"name": "dc-a"}, "backup": {"name": "dc-b"}},
@@ -43,6 +73,35 @@ def plan(name: str) -> dict[str, Any]:
                                 "target": "1h"}]}}
 
 
+def trip_plan(url: str) -> dict[str, Any]:
+    body = quiet_plan(TRIP)
+    body["spec"]["services"] = [{"name": "web", "core": True,
+                                 "interval": f"{1000 * TRIP_INTERVAL:.0f}ms",
+                                 "timeout": "150ms", "probes": [{"kind": "http", "options": {
+                                     "url": url, "expectStatus": [200]}}]}]
+    body["spec"]["trigger"] = {"consecutiveFailures": TRIP_FAILURES, "dwell": "0s",
+                               "window": "10s", "cooldown": "1h"}
+    body["spec"]["steps"][0]["params"] = {"to": "dc-b", "weights": {"dc-b": 100, "dc-a": 0}}
+    return body
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    """The trip plan's service: 200 until `down` is set, then 503."""
+
+    down = threading.Event()
+
+    def do_GET(self) -> None:
+        self.send_response(503 if self.down.is_set() else 200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+# --- measuring a process -----------------------------------------------------------------------
+
+
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -52,7 +111,7 @@ def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -60,73 +119,268 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+@dataclass
+class Figures:
+    first: float = float("nan")  # s until every plan had a first status
+    cpu: float = float("nan")  # % of one core, steady state
+    rss: float = float("nan")  # MiB
+    threads: int = 0
+    apiserver_cpu: float = float("nan")  # % of one core, during the steady window
+    p50: float = float("nan")
+    p99: float = float("nan")
+    isolation: float | None = None  # s from the fault to the trip plan's first step
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+# --- the bare client (the baseline), run as `bench_operator.py --bare ...` -----------------------
+
+
+def bare(kubeconfig: str, namespace: str) -> None:
+    """List, one status write per plan, then watch + a status write per generation change,
+    and a Lease renewed every 2 s."""
+    kube = connect(KubeConnection(kubeconfig=kubeconfig))
+
+    def write(obj: dict[str, Any]) -> None:
+        gen = obj["metadata"].get("generation")
+        if (obj.get("status") or {}).get("observedGeneration") != gen:
+            kube.replace_status(GROUP, VERSION, namespace, PLURAL,
+                                {**obj, "status": {"observedGeneration": gen}})
+
+    def lease() -> None:
+        while True:
+            kube.acquire_lease(namespace, "bench-bare", holder="bare", duration_seconds=15)
+            time.sleep(2)
+
+    threading.Thread(target=lease, daemon=True).start()
+    listed = kube.list(GROUP, VERSION, namespace, PLURAL)
+    with ThreadPoolExecutor(4) as pool:  # as many as the operator's workers
+        list(pool.map(write, listed.items))
+    rv = listed.resource_version
+    while True:
+        for event in kube.watch(GROUP, VERSION, namespace, PLURAL, resource_version=rv,
+                                timeout_seconds=5):
+            rv = event.resource_version or rv
+            if event.type == "MODIFIED":
+                write(event.object)
+
+
+# --- one client against the plans ---------------------------------------------------------------
+
+
+def first_statuses(admin: Kube, ns: str, n: int, proc: subprocess.Popen[bytes],
+                   has: Callable[[dict[str, Any]], bool], started: float, log: Path) -> float:
+    while True:
+        items = admin.list(GROUP, VERSION, ns, PLURAL).items
+        if sum(1 for o in items if has(o.get("status") or {})) >= n:
+            return time.perf_counter() - started
+        if proc.poll() is not None:
+            raise SystemExit(f"{proc.args} exited:\n{log.read_text()[-5000:]}")
+        time.sleep(0.2)
+
+
+def watch_until(admin: Kube, ns: str, name: str, rv: str,
+                done: Callable[[dict[str, Any]], bool], limit: float = 60.0) -> float:
+    """time.perf_counter() when a change of `name` after `rv` satisfies `done`."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        for event in admin.watch(GROUP, VERSION, ns, PLURAL, resource_version=rv,
+                                 timeout_seconds=10, bookmarks=False,
+                                 field_selector=f"metadata.name={name}"):
+            rv = event.resource_version or rv
+            if done(event.object.get("status") or {}):
+                return time.perf_counter()
+    raise SystemExit(f"{name}: not done within {limit:g} s")
+
+
+def latencies(admin: Kube, ns: str, names: list[str], tag: str) -> list[float]:
+    out = []
+    for i, name in enumerate(names):
+        t = time.perf_counter()
+        obj = admin.patch(GROUP, VERSION, ns, PLURAL, name,
+                          {"spec": {"steps": [{"name": "redirect", "action": "traffic",
+                                               "backend": "edge", "target": "1h",
+                                               "description": f"{tag} edit {i}"}]}})
+        want = obj["metadata"]["generation"]
+        seen = watch_until(admin, ns, name, obj["metadata"]["resourceVersion"],
+                           lambda s, want=want: s.get("observedGeneration") == want)
+        out.append(seen - t)
+    return out
+
+
+def isolation(admin: Kube, ns: str) -> float:
+    """Seconds from the trip plan's service failing until its first step started."""
+    obj = admin.get(GROUP, VERSION, ns, PLURAL, TRIP)
+    assert (obj.get("status") or {}).get("phase") == "Healthy", obj.get("status")
+    fault = time.time()
+    Health.down.set()
+    watch_until(admin, ns, TRIP, obj["metadata"]["resourceVersion"],
+                lambda s: bool(((s.get("run") or {}).get("steps") or [{}])[0].get("startedAt")))
+    step = admin.get(GROUP, VERSION, ns, PLURAL, TRIP)["status"]["run"]["steps"][0]
+    return float(step["startedAt"]) - fault
+
+
+@contextmanager
+def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "FAILOVER_TICK": "1"})
+        try:
+            yield proc
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def measure(kube: KubeServers, argv: list[str], work: Path, names: list[str], *,
+            has: Callable[[dict[str, Any]], bool], steady: float, sample: int,
+            tag: str, profile: Path | None = None) -> Figures:
+    admin, ns, fig = kube.kube("admin"), kube.namespace, Figures()
+    api = kube.pid("kube-apiserver")
+    assert api is not None
+    log = work / f"{tag}.log"
+    started = time.perf_counter()
+    with running(argv, log) as proc:
+        fig.first = first_statuses(admin, ns, len(names), proc, has, started, log)
+        print(f"  {tag}: first status on all {len(names)} plans after {fig.first:.1f} s",
+              flush=True)
+        time.sleep(min(5.0, steady))  # the burst of the first statuses is over
+        if profile is not None:
+            proc.send_signal(signal.SIGUSR1)
+        cpu0, api0, wall0 = cpu_seconds(proc.pid), cpu_seconds(api), time.perf_counter()
+        time.sleep(steady)
+        wall = time.perf_counter() - wall0
+        fig.cpu = 100 * (cpu_seconds(proc.pid) - cpu0) / wall
+        fig.apiserver_cpu = 100 * (cpu_seconds(api) - api0) / wall
+        fig.rss, fig.threads = rss_mib(proc.pid), len(os.listdir(f"/proc/{proc.pid}/task"))
+        if profile is not None:
+            proc.send_signal(signal.SIGUSR2)
+            for _ in range(50):
+                if profile.exists():
+                    break
+                time.sleep(0.1)
+            fig.profile = json.loads(profile.read_text())
+            fig.cpu -= 100 * fig.profile["sampler_cpu"] / wall  # the sampler's own, not ours
+        print(f"  {tag}: steady {fig.cpu:.1f} % CPU, RSS {fig.rss:.0f} MiB", flush=True)
+        lat = latencies(admin, ns, names[:: max(1, len(names) // sample)][:sample], tag)
+        fig.p50, fig.p99 = pct(lat, 0.5), pct(lat, 0.99)
+        if tag == "operator":
+            fig.isolation = isolation(admin, ns)
+    return fig
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(n: int, base: Figures, op: Figures, steady: float) -> None:
+    floor = TRIP_INTERVAL * TRIP_FAILURES
+    rows = [
+        ("first status on every plan", f"{base.first:.1f} s", f"{op.first:.1f} s"),
+        (f"steady CPU over {steady:g} s (% of one core)", f"{base.cpu:.1f} %",
+         f"{op.cpu:.1f} %"),
+        ("kube-apiserver CPU meanwhile", f"{base.apiserver_cpu:.1f} %",
+         f"{op.apiserver_cpu:.1f} %"),
+        ("RSS", f"{base.rss:.0f} MiB", f"{op.rss:.0f} MiB"),
+        ("threads", str(base.threads), str(op.threads)),
+        ("status change p50 (edit -> observedGeneration)", f"{1000 * base.p50:.0f} ms",
+         f"{1000 * op.p50:.0f} ms"),
+        ("status change p99", f"{1000 * base.p99:.0f} ms", f"{1000 * op.p99:.0f} ms"),
+    ]
+    print(f"\n{n} quiet plans + 1 that trips; load average "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    print(f"{'':<50}{'baseline':>12}{'operator':>12}")
+    for label, b, o in rows:
+        print(f"{label:<50}{b:>12}{o:>12}")
+    print(f"p99 / baseline p99: {op.p99 / base.p99:.1f}x; p50 / baseline p50: "
+          f"{op.p50 / base.p50:.1f}x")
+    assert op.isolation is not None
+    print(f"isolation: the trip plan's first step {1000 * op.isolation:.0f} ms after its "
+          f"service failed; floor {1000 * floor:.0f} ms ({TRIP_INTERVAL * 1000:.0f} ms x "
+          f"{TRIP_FAILURES})")
+    if n == 1000:
+        print("goals (issue 20, 1,000 quiet plans):")
+        print(f"  steady CPU < {GOALS['cpu']:g} % of one core: {op.cpu:.1f} % "
+              f"{verdict(op.cpu < GOALS['cpu'])}")
+        print(f"  RSS < {GOALS['rss']:g} MiB: {op.rss:.0f} MiB {verdict(op.rss < GOALS['rss'])}")
+        print(f"  first status on every plan < {GOALS['first']:g} s: {op.first:.1f} s "
+              f"{verdict(op.first < GOALS['first'])}")
+    else:
+        print(f"goals (issue 20, {n} plans: measured and printed): met")
+    print(f"  status change p99 < {1000 * GOALS['p99']:.0f} ms: {1000 * op.p99:.0f} ms "
+          f"{verdict(op.p99 < GOALS['p99'])}")
+    print(f"  isolation: first step within floor + {1000 * GOALS['isolation']:.0f} ms "
+          f"({1000 * (floor + GOALS['isolation']):.0f} ms): {1000 * op.isolation:.0f} ms "
+          f"{verdict(op.isolation <= floor + GOALS['isolation'])}")
+    if op.profile:
+        profile_summary(op.profile, op.cpu)
+
+
+def profile_summary(p: dict[str, Any], cpu: float) -> None:
+    total = sum(p["what"].values()) or 1.0
+    seconds = p["seconds"]
+    print(f"profile of the operator's steady state ({seconds:.0f} s, {100 * total / seconds:.1f}"
+          f" % of one core sampled of {cpu:.1f} % measured; the sampler itself "
+          f"{100 * p['sampler_cpu'] / seconds:.1f} %):")
+    for title, key in (("  by what it was doing", "what"), ("  by layer", "layer"),
+                       ("  top functions (self)", "functions")):
+        print(title)
+        for label, used in sorted(p[key].items(), key=lambda kv: -kv[1])[:12]:
+            print(f"    {100 * used / total:5.1f} %  {label}")
+
+
+def create(admin: Kube, ns: str, bodies: list[dict[str, Any]]) -> None:
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda body: admin.create(GROUP, VERSION, ns, PLURAL, body), bodies))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--plans", type=int, default=1000)
     ap.add_argument("--sample", type=int, default=100)
-    ap.add_argument("--steady", type=float, default=20.0, help="seconds of steady state")
+    ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady state")
+    ap.add_argument("--profile", action="store_true",
+                    help="break the operator's CPU down (always with 5,000 plans or more)")
+    ap.add_argument("--bare", nargs=2, metavar=("KUBECONFIG", "NAMESPACE"),
+                    help=argparse.SUPPRESS)  # the baseline client's own process
     args = ap.parse_args()
-    with KubeServers() as kube:
-        admin, ns = kube.kube("admin"), kube.namespace
-        t = time.perf_counter()
-        names = [f"plan-{i:04d}" for i in range(args.plans)]
-        for name in names:
-            admin.create(GROUP, VERSION, ns, PLURAL, plan(name))
-        print(f"created {args.plans} FailoverPlans in {time.perf_counter() - t:.1f} s")
-
-        work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-        log = (work / "operator.log").open("w")
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--journal", str(work / "j.db"), "operator",
-             "--namespace", ns, "--kubeconfig", str(kube.kubeconfig("controller")),
-             "--identity", "bench"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "FAILOVER_TICK": "1"})
-        try:
-            while True:
-                items = admin.list(GROUP, VERSION, ns, PLURAL).items
-                synced = sum(1 for o in items if (o.get("status") or {}).get("phase"))
-                if synced == args.plans:
-                    break
-                if proc.poll() is not None:
-                    raise SystemExit(f"operator exited:\n{(work / 'operator.log').read_text()}")
-                time.sleep(0.5)
-            print(f"first status on all {args.plans} plans after "
-                  f"{time.perf_counter() - started:.1f} s")
-
-            cpu0, wall0 = cpu_seconds(proc.pid), time.perf_counter()
-            time.sleep(args.steady)
-            cpu = (cpu_seconds(proc.pid) - cpu0) / (time.perf_counter() - wall0)
-            print(f"steady state over {args.steady:g} s: CPU {100 * cpu:.1f} % of one core, "
-                  f"RSS {rss_mib(proc.pid):.0f} MiB, threads "
-                  f"{len(os.listdir(f'/proc/{proc.pid}/task'))}")
-
-            gets, latencies = [], []
-            for i, name in enumerate(names[:: max(1, args.plans // args.sample)]):
-                t = time.perf_counter()
-                admin.get(GROUP, VERSION, ns, PLURAL, name)
-                gets.append(time.perf_counter() - t)
-                t = time.perf_counter()
-                obj = admin.patch(GROUP, VERSION, ns, PLURAL, name,
-                                  {"spec": {"steps": [{"name": "redirect", "action": "traffic",
-                                                       "backend": "edge", "target": "1h",
-                                                       "description": f"edit {i}"}]}})
-                want = obj["metadata"]["generation"]
-                while (admin.get(GROUP, VERSION, ns, PLURAL, name).get("status") or {}).get(
-                        "observedGeneration") != want:
-                    time.sleep(0.005)
-                latencies.append(time.perf_counter() - t)
-            base = statistics.median(gets)
-            p50, p99 = pct(latencies, 0.5), pct(latencies, 0.99)
-            print(f"reconcile latency (spec edit -> status.observedGeneration), "
-                  f"{len(latencies)} plans: p50 {1000 * p50:.0f} ms, p99 {1000 * p99:.0f} ms")
-            print(f"baseline bare GET p50 {1000 * base:.1f} ms; ratio p50/GET "
-                  f"{p50 / base:.0f}x")
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=60)
-            log.close()
-            shutil.rmtree(work, ignore_errors=True)
+    if args.bare:
+        bare(*args.bare)
+        return
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    try:
+        with KubeServers() as kube:
+            admin, ns = kube.kube("admin"), kube.namespace
+            names = [f"plan-{i:05d}" for i in range(args.plans)]
+            t = time.perf_counter()
+            create(admin, ns, [quiet_plan(n) for n in names]
+                   + [trip_plan(f"http://127.0.0.1:{server.server_port}/health")])
+            print(f"created {args.plans} + 1 FailoverPlans in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+            config = str(kube.kubeconfig("controller"))
+            base = measure(kube, [sys.executable, __file__, "--bare", config, ns], work,
+                           [*names, TRIP], has=lambda s: "observedGeneration" in s,
+                           steady=args.steady, sample=args.sample, tag="baseline")
+            profile = work / "profile.json" if args.profile or args.plans >= 5000 else None
+            op = measure(kube, [sys.executable, str(ROOT / "tests/benchmarks/cpu_profile.py"),
+                                str(work / "profile.json"), "--journal", str(work / "j.db"),
+                                "operator", "--namespace", ns, "--kubeconfig", config,
+                                "--identity", "bench"],
+                         work, [*names, TRIP], has=lambda s: bool(s.get("phase")),
+                         steady=args.steady, sample=args.sample, tag="operator",
+                         profile=profile)
+            report(args.plans, base, op, args.steady)
+    finally:
+        server.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
-"""End-to-end RTO of the default sandbox drill, per step, against the sum of the floors;
+"""End-to-end RTO of the restore sandbox drill, per step, against the sum of the floors;
 and (`--fast`) failover in under a second through the real HAProxy.
 
     .venv/bin/python tests/benchmarks/bench_rto.py [RUNS]          # the drill (1 run)
     .venv/bin/python tests/benchmarks/bench_rto.py --fast [RUNS]   # under a second (5 runs)
     .venv/bin/python -m pytest tests/benchmarks/bench_rto.py -s    # both (-k fast: --fast)
 
-Runs the default scenario (`switch-to-backup-dc`) in the sandbox, in this process, and
+Runs `restore-from-backup` (the default drill with the database restored from a backup
+instead of promoted: its restore has a floor to measure) in the sandbox, in this process, and
 while that sandbox is still up measures by hand, on the same servers, what each part of
 the recovery cannot go below:
 
@@ -75,7 +76,9 @@ from controller.drill import faults  # noqa: E402
 from controller.drill.checks import WorldChecks  # noqa: E402
 from controller.drill.runner import Expectations, run_drill  # noqa: E402
 from controller.drill.sandbox import ZONE, Sandbox  # noqa: E402
-from controller.drill.scenario import DEFAULT, SCENARIOS, build_plan, load_scenario  # noqa: E402
+from controller.drill.scenario import SCENARIOS, build_plan, load_scenario  # noqa: E402
+
+RESTORE = "restore-from-backup"
 from controller.drill.servers.base import free_port  # noqa: E402
 from controller.drill.servers.haproxy import HEADER, HaproxyServers  # noqa: E402
 from controller.drill.servers.postgres import PostgresServer, as_user, give_to  # noqa: E402
@@ -148,7 +151,7 @@ def restore_floor(sb: Sandbox, backup_id: str) -> dict[str, float]:
 
 
 def one_run(workdir: Path) -> dict[str, Any]:
-    scenario, template = load_scenario(SCENARIOS / f"{DEFAULT}.yaml")
+    scenario, template = load_scenario(SCENARIOS / f"{RESTORE}.yaml")
     journal = Journal(workdir / "journal.db")
     with Sandbox(scenario.spec.sandbox, echo=None,
                  audit=functools.partial(journal.audit, plan=scenario.name)) as sb:
@@ -221,7 +224,7 @@ def run(runs: int) -> list[dict[str, float]]:
     figures = []
     for i in range(runs):
         with tempfile.TemporaryDirectory(prefix="bench-rto-") as tmp:
-            print(f"\nrun {i + 1}/{runs}: drill {DEFAULT} in the sandbox")
+            print(f"\nrun {i + 1}/{runs}: drill {RESTORE} in the sandbox")
             figures.append(report(one_run(Path(tmp))))
     if runs > 1:
         print(f"\nmedian over {runs} runs: RTO "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from controller.model import StepStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "manifests/examples/memory-drill.yaml"
+LOGIN = pwd.getpwuid(os.getuid()).pw_name  # who a plan file's commands act as
 
 
 def cli(*args: str, journal: Path, env: dict[str, str] | None = None,
@@ -77,14 +79,14 @@ def test_plan_preview_lists_steps_in_order_with_targets(tmp_path: Path) -> None:
 def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     plan, journal = file_plan(tmp_path), tmp_path / "j.db"
     res = cli("failover", str(plan), "--yes", "--reason", "planned: dc-a maintenance",
-              "--as", "alice", journal=journal)
+              journal=journal)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "FailedOver" in res.stdout
     run_id = res.stdout.split("run ", 1)[1].split()[0].rstrip(":")
     rep = cli("report", run_id, "-o", "json", journal=journal)
     assert rep.returncode == 0
     data = json.loads(rep.stdout)
-    assert data["run"]["requestedBy"] == "alice"
+    assert data["run"]["requestedBy"] == LOGIN
     assert [(s["name"], s["targetSeconds"], s["met"]) for s in data["steps"]] == [
         ("notify-incident", 600, True), ("redirect-traffic", 3600, True),
         ("dns-cutover", 7200, True), ("link-test", 7200, True)]
@@ -106,6 +108,23 @@ def test_failover_then_report_json_and_failback(tmp_path: Path) -> None:
     world = json.loads((tmp_path / "world.json").read_text())
     assert world["traffic:edge"]["weights"] == {"dc-a": 100, "dc-b": 0}
     assert cli("report", "no-such-run", journal=journal).returncode == 2
+
+
+def test_on_a_plan_file_the_requester_is_the_login_and_as_cannot_name_another(
+        tmp_path: Path) -> None:
+    """Nothing proves a name given with --as on a plan file: a failover or failback asked
+    for in someone else's name is refused and audited, and nothing is requested."""
+    plan, journal = file_plan(tmp_path), tmp_path / "j.db"
+    for kind in ("failover", "failback"):
+        res = cli(kind, str(plan), "--yes", "--reason", "x", "--as", "alice", journal=journal)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert (f"--as alice is refused: on a plan file you request a {kind} as your login, "
+                f"{LOGIN}: leave out --as, or ask alice to request it") in res.stderr
+        assert "Traceback" not in res.stderr
+    j = Journal(journal)
+    assert j.runs("memory-drill") == [] and j.pending_request("memory-drill") is None
+    assert [(a["actor"], a["action"]) for a in j.audit_trail(plan="memory-drill")] == [
+        (LOGIN, "request-refused")] * 2
 
 
 def test_two_controllers_on_one_host_with_two_journals_act_once(tmp_path: Path) -> None:
@@ -230,8 +249,8 @@ def test_a_requested_failover_reads_as_requested_not_tripped(tmp_path: Path) -> 
     """No loop has run (no decision) and a person asked for the failover without a level:
     `status` and the report say who asked and why, no level, and no decision yet."""
     plan, journal = file_plan(tmp_path), tmp_path / "j.db"
-    res = cli("failover", str(plan), "--yes", "--reason", "dc-a power work", "--as", "alice",
-              journal=journal)
+    res = cli("failover", str(plan), "--yes", "--reason", "dc-a power work", "--as", LOGIN,
+              journal=journal)  # --as may repeat the login
     assert res.returncode == 0, res.stdout + res.stderr
     status = cli("status", str(plan), journal=journal)
     assert status.returncode == 0, status.stderr
@@ -240,12 +259,13 @@ def test_a_requested_failover_reads_as_requested_not_tripped(tmp_path: Path) -> 
                          "  no decision yet (the loop has not run)"]
     assert "" not in lines
     run_id = res.stdout.split("run ", 1)[1].split()[0].rstrip(":")
-    assert f"  run {run_id} (failover): FailedOver — requested by alice: dc-a power work" in lines
+    assert (f"  run {run_id} (failover): FailedOver — requested by {LOGIN}: dc-a power work"
+            in lines)
     [entry] = json.loads(cli("status", "-o", "json", journal=journal).stdout)
     assert entry["lastDecision"] is None and entry["level"] is None
     assert (entry["run"]["origin"], entry["run"]["requestedBy"], entry["run"]["level"]) == (
-        "request", "alice", None)
-    assert entry["run"]["cause"] == "requested by alice: dc-a power work"
+        "request", LOGIN, None)
+    assert entry["run"]["cause"] == f"requested by {LOGIN}: dc-a power work"
     report = cli("report", run_id, "-o", "markdown", journal=journal).stdout
-    assert "- Started: requested by alice: dc-a power work\n" in report
+    assert f"- Started: requested by {LOGIN}: dc-a power work\n" in report
     assert "phase **FailedOver**, level -\n" in report

@@ -24,14 +24,13 @@ LOGIN = pwd.getpwuid(os.getuid()).pw_name
 
 
 def waiting_run(tmp: Path, approval: dict[str, Any]) -> tuple[Path, Path, Run]:
-    """A manual plan with `approval`, and alice's failover waiting for approval."""
+    """A manual plan with `approval`, and the login's failover waiting for approval."""
     plan = file_plan(tmp)
     data = yaml.safe_load(plan.read_text())
     data["spec"].update(mode="manual", approval=approval)
     plan.write_text(yaml.safe_dump(data))
     journal = tmp / "j.db"
-    res = cli("failover", str(plan), "--yes", "--reason", "dc-a is flooding", "--as", "alice",
-              journal=journal)
+    res = cli("failover", str(plan), "--yes", "--reason", "dc-a is flooding", journal=journal)
     assert res.returncode == 4 and "waiting for approval" in res.stdout, res.stdout + res.stderr
     [run] = Journal(journal).runs("memory-drill")
     return plan, journal, run
@@ -49,12 +48,13 @@ def refused(res: subprocess.CompletedProcess[str], says: str) -> None:
 
 def test_an_unsigned_approval_is_the_login_and_as_cannot_name_someone_else(
         tmp_path: Path) -> None:
-    plan, journal, run = waiting_run(tmp_path, {"approvers": ["bob"]})
+    # one login both requests and approves here: no four eyes (distinct: false)
+    plan, journal, run = waiting_run(tmp_path, {"approvers": ["bob"], "distinct": False})
     approve = ("approve", run.id, "--plan", str(plan))
 
     claimed = cli(*approve, "--as", "bob", journal=journal)
-    refused(claimed, f"--as bob names the signer of a --signature; without one you approve "
-                     f"as your login, {LOGIN}: leave out --as, or ask bob to approve")
+    refused(claimed, f"--as bob is refused: on a plan file you approve as your login, "
+                     f"{LOGIN}: leave out --as, or ask bob to approve")
     refused(cli(*approve, journal=journal), f"{LOGIN} is not an approver of plan memory-drill "
                                             "(approvers: bob)")
     assert not Journal(journal).run(run.id).approved  # type: ignore[union-attr]
@@ -70,6 +70,16 @@ def test_an_unsigned_approval_is_the_login_and_as_cannot_name_someone_else(
     assert ("bob", "approve") not in trail(journal, run)
 
 
+def test_the_login_that_requested_a_manual_failover_may_not_approve_it(
+        tmp_path: Path) -> None:
+    """The requester is the login too (not an --as), so four eyes holds on a plan file."""
+    plan, journal, run = waiting_run(tmp_path, {"approvers": [LOGIN, "bob"]})
+    assert Journal(journal).run(run.id).requested_by == LOGIN  # type: ignore[union-attr]
+    refused(cli("approve", run.id, "--plan", str(plan), journal=journal),
+            f"{LOGIN} requested run {run.id} and may not also approve it")
+    assert trail(journal, run).count((LOGIN, "approval-refused")) == 1
+
+
 def test_a_signed_plan_takes_the_approval_signed_as_its_refusal_says(tmp_path: Path) -> None:
     keys = {name: keygen(tmp_path, name) for name in ("bob", "mallory")}
     signers = tmp_path / "allowed_signers"
@@ -77,11 +87,11 @@ def test_a_signed_plan_takes_the_approval_signed_as_its_refusal_says(tmp_path: P
                        f'{keys["bob"].with_suffix(".pub").read_text()}')
     plan, journal, run = waiting_run(tmp_path, {"allowedSigners": str(signers)})
     approve = ("approve", run.id, "--plan", str(plan))
-    assert ("alice", "approve") not in trail(journal, run)  # her request is not signed
+    assert (LOGIN, "approve") not in trail(journal, run)  # the request is not signed
 
     refused(cli(*approve, "--as", "bob", journal=journal),
-            f"--as bob names the signer of a --signature; without one you approve as your "
-            f"login, {LOGIN}: leave out --as, or have bob sign it (printf 'approve "
+            f"--as bob is refused: on a plan file you approve as your login, {LOGIN}: "
+            f"leave out --as, or have bob sign it (printf 'approve "
             f"memory-drill {run.id}\\n' | ssh-keygen -Y sign -f ~/.ssh/id_ed25519 -n "
             "failover-approval > approval.sig) and approve with --signature approval.sig")
     unsigned = cli(*approve, journal=journal)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from controller.drill.servers.kube import KubeServers
+from controller.drill.servers.kube import KubeServers, kubectl_path
 from controller.sharding import SHARD_LABEL, parse_shard
 
 DEPLOY = Path(__file__).resolve().parents[2] / "manifests/deploy"
@@ -25,7 +25,7 @@ PER_SHARD = {"Deployment", "PodDisruptionBudget"}
 
 
 def _built(where: Path) -> list[dict[str, Any]]:
-    out = subprocess.run(["kubectl", "kustomize", "--load-restrictor",
+    out = subprocess.run([kubectl_path(), "kustomize", "--load-restrictor",
                           "LoadRestrictionsNone", str(where)],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

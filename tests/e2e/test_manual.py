@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import pty
-import pwd
 import re
 import select
 import subprocess
@@ -16,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from controller.journal import Journal
-from tests.e2e.test_cli import ROOT, cli, file_plan
+from controller.model import Phase
+from tests.e2e.test_cli import LOGIN, ROOT, cli, file_plan
 
 
 def read_until(fd: int, needle: str, timeout: float = 60) -> str:
@@ -117,19 +117,48 @@ def test_manual_mode_waits_then_approve_continues_the_run(tmp_path: Path) -> Non
     plan = file_plan(tmp_path)
     data = yaml.safe_load(plan.read_text())
     data["spec"]["mode"] = "manual"
-    data["spec"]["approval"] = {"required": 1, "approvers": ["bob"]}
+    # one login requests and approves here: no four eyes (a second person: test_cli_approve)
+    data["spec"]["approval"] = {"required": 1, "approvers": ["bob"], "distinct": False}
     plan.write_text(yaml.safe_dump(data))
     journal = tmp_path / "j.db"
-    res = cli("failover", str(plan), "--yes", "--reason", "x", "--as", "alice", journal=journal)
+    res = cli("failover", str(plan), "--yes", "--reason", "x", journal=journal)
     assert res.returncode == 4 and "waiting for approval: failoverctl approve" in res.stdout
     run_id = res.stdout.split("failoverctl approve ")[1].split()[0]
-    login = pwd.getpwuid(os.getuid()).pw_name  # an unsigned approval is the login's
     denied = cli("approve", run_id, "--plan", str(plan), journal=journal)
-    assert denied.returncode == 2 and f"{login} is not an approver" in denied.stderr
-    data["spec"]["approval"]["approvers"] = ["bob", login]
+    assert denied.returncode == 2 and f"{LOGIN} is not an approver" in denied.stderr
+    data["spec"]["approval"]["approvers"] = ["bob", LOGIN]
     plan.write_text(yaml.safe_dump(data))
     ok = cli("approve", run_id, "--plan", str(plan), journal=journal)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "FailedOver" in ok.stdout
     audit = [(a["actor"], a["action"]) for a in Journal(journal).audit_trail(run_id=run_id)]
-    assert ("alice", "start-failover") in audit and (login, "approve") in audit
+    assert (LOGIN, "start-failover") in audit and (LOGIN, "approve") in audit
+
+
+def test_a_human_step_is_done_by_the_login_and_as_cannot_name_another(
+        tmp_path: Path) -> None:
+    plan = file_plan(tmp_path)
+    data = yaml.safe_load(plan.read_text())
+    data["spec"]["steps"].insert(0, {"name": "call-the-bank", "action": "manual",
+                                     "params": {"instructions": "tell the bank we move"}})
+    plan.write_text(yaml.safe_dump(data))
+    journal = tmp_path / "j.db"
+    res = cli("failover", str(plan), "--yes", "--reason", "x", journal=journal)
+    assert res.returncode == 4, res.stdout + res.stderr
+    [run] = Journal(journal).runs("memory-drill")
+    done = ("done", run.id, "call-the-bank", "--plan", str(plan))
+
+    forged = cli(*done, "--as", "oncall", journal=journal)
+    assert forged.returncode == 2, forged.stdout + forged.stderr
+    assert (f"--as oncall is refused: on a plan file you say call-the-bank is done as your "
+            f"login, {LOGIN}: leave out --as, or ask oncall to say it is done") in forged.stderr
+    assert Journal(journal).step(run.id, "call-the-bank").approved_by is None
+
+    ok = cli(*done, journal=journal)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert f"by {LOGIN}" in ok.stdout
+    j = Journal(journal)
+    assert j.step(run.id, "call-the-bank").approved_by == LOGIN
+    assert j.runs("memory-drill")[0].phase is Phase.FAILED_OVER
+    audit = [(a["actor"], a["action"]) for a in j.audit_trail(run_id=run.id)]
+    assert (LOGIN, "done-refused") in audit and ("oncall", "done") not in audit

@@ -28,7 +28,7 @@ import yaml
 
 from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
-from controller.drill.servers.kube import KubeServers
+from controller.drill.servers.kube import KubeServers, kubectl_path
 from controller.kube import Invalid, Kube, KubeError
 from controller.model import DecisionState
 from controller.netutil import free_port
@@ -146,7 +146,7 @@ def events_of(kube: KubeServers, name: str) -> list[dict[str, Any]]:
 
 def kubectl(kube: KubeServers, *args: str) -> str:
     """What `kubectl ARGS` prints as the admin (empty when it fails)."""
-    out = subprocess.run(["kubectl", "--kubeconfig", str(kube.kubeconfig("admin")),
+    out = subprocess.run([kubectl_path(), "--kubeconfig", str(kube.kubeconfig("admin")),
                           "-n", kube.namespace, *args], capture_output=True, text=True,
                          timeout=30)
     return out.stdout if out.returncode == 0 else ""

@@ -31,7 +31,7 @@ from typing import Any
 
 from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
-from controller.drill.servers.kube import KubeServers
+from controller.drill.servers.kube import KubeServers, kubectl_path
 from controller.kube import Kube, KubeError
 from controller.operator import FINALIZER
 from tests.e2e.test_operator import (
@@ -240,7 +240,7 @@ def test_a_malformed_request_is_refused_with_an_event_and_removed(
 
 def kubectl_rows(kube: KubeServers) -> dict[str, dict[str, str]]:
     """`kubectl get fop` as the admin, each row by its column headers."""
-    out = subprocess.run(["kubectl", "--kubeconfig", str(kube.kubeconfig("admin")), "get",
+    out = subprocess.run([kubectl_path(), "--kubeconfig", str(kube.kubeconfig("admin")), "get",
                           "fop", "-n", kube.namespace], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     header, *lines = out.splitlines()

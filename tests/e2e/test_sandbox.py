@@ -93,6 +93,29 @@ def assert_nothing_left(out: Path, *, others: tuple[int, ...] = ()) -> dict[str,
     return manifest
 
 
+def assert_promoted_and_every_incident_order_home(verdict: dict[str, Any], out: Path) -> None:
+    """dc-a crashed: fenced over SSH, dc-b promoted on a new timeline with nothing lost;
+    200 orders written at dc-b; the failback brought the database home first (rewound or
+    base-backed up, switched over, dc-b streaming from dc-a), then traffic and DNS; the
+    orders are at dc-a, the LSNs reported."""
+    [promote] = [s for s in verdict["failover"]["steps"] if s["action"] == "promote"]
+    ev = promote["evidence"]
+    assert ev["fence"]["how"] == "ssh-stop" and ev["timeline"] == 2 and ev["rpoBytes"] == 0
+    said = checks(verdict)
+    wrote = said["the app writes 200 orders at dc-b during the incident"]
+    assert wrote["ok"] and "200 orders (ids 20001-20200" in wrote["detail"]
+    back = verdict["failback"]["steps"]
+    assert [s["action"] for s in back] == ["db-failback", "revert", "revert"]
+    assert back[0]["status"] == "succeeded"
+    assert back[0]["finishedAt"] <= min(s["startedAt"] for s in back[1:])
+    home = said["every order written at dc-b during the incident is home at dc-a"]
+    assert home["ok"], home["detail"]
+    assert "dc-a primary at LSN" in home["detail"] and "holds 200 of them" in home["detail"]
+    assert "dc-b standby (streaming from port" in home["detail"]
+    report = (out / "report.md").read_text()
+    assert home["detail"] in report.replace("\\|", "|") and ev["lsnReached"] in report
+
+
 def secret_values(sandbox: Path) -> list[str]:
     values = [p.read_text().strip() for p in (sandbox / "secrets").iterdir()]
     key = (sandbox / "dns" / "tsig.key").read_text()
@@ -134,34 +157,34 @@ def test_default_drill_runs_end_to_end_and_writes_the_reports(tmp_path: Path,
     assert verdict["passed"] and all(c["ok"] for c in verdict["checks"])
     failover = verdict["failover"]
     assert [s["name"] for s in failover["steps"]] == [
-        "notify-incident", "redirect-traffic", "dns-cutover", "restore-db", "link-test"]
+        "notify-incident", "promote-db", "redirect-traffic", "dns-cutover"]
     assert {s["status"] for s in failover["steps"]} == {"succeeded"}
     assert all(s["met"] for s in failover["steps"])
     timeline = verdict["timeline"]
     assert timeline["injectedAt"] <= timeline["detectedAt"] <= timeline["trippedAt"]
     ends = [s["finishedAt"] for s in failover["steps"]]
     assert ends == sorted(ends) and failover["steps"][0]["startedAt"] >= timeline["trippedAt"]
-    traffic, dns_step, restore = (failover["steps"][i]["evidence"] for i in (1, 2, 3))
+    traffic, dns_step = (failover["steps"][i]["evidence"] for i in (2, 3))
     assert traffic["after"] == {"dc-a": 0, "dc-b": 100}
     assert traffic["observed"]["share"] == {"dc-b": 100.0}
     assert [s["name"] for s in dns_step["servers"]] == ["ns1", "ns2", "ns3"]
-    assert all(v["passed"] for v in restore["validation"]) and restore["rpoMet"] is True
-    assert [s["name"] for s in verdict["failback"]["steps"]] == [
-        "revert-dns-cutover", "revert-redirect-traffic"]
+    # never two primaries: the repair restarts dc-a's app, not its database
+    assert "its PostgreSQL stays down: dc-b was promoted" in res.stdout
+    assert_promoted_and_every_incident_order_home(verdict, out)
     found = checks(verdict)
     for name in ("traffic served by dc-b through HAProxy",
-                 "DNS answers dc-b on every authoritative server",
-                 "restored data passes validation", "notices sent at level 1",
+                 "DNS answers dc-b on every authoritative server", "notices sent at level 1",
                  "traffic served by dc-a through HAProxy",
                  "DNS answers dc-a on every authoritative server",
                  "RTO within plan", "RPO within plan", "teardown left nothing behind"):
         assert found[name]["ok"], found[name]
     assert verdict["objectives"]["rto"]["achievedSeconds"] > 0
-    assert verdict["objectives"]["rpo"]["backup"] == restore["backup"]
+    assert verdict["objectives"]["rpo"]["step"] == "promote-db"
 
     suites = ET.fromstring((out / "drill.junit.xml").read_text())
     cases = [c.get("name") for c in suites.iter("testcase")]
-    assert {"restore-db", "revert-dns-cutover", "restored data passes validation"} <= set(cases)
+    assert {"promote-db", "failback-promote-db", "revert-dns-cutover",
+            "every order written at dc-b during the incident is home at dc-a"} <= set(cases)
     assert suites.get("failures") == "0"
     html = (out / "report.html").read_text()
     assert html.count("<svg") == 2 and "RTO" in html and "RPO" in html
@@ -197,6 +220,9 @@ def test_corrupted_newest_backup_falls_back_to_an_older_verified_one(tmp_path: P
 
 
 def test_impossible_target_exits_non_zero_naming_the_breached_step(tmp_path: Path) -> None:
+    """Scenario `restore-from-backup` (the default drill's fallback) with restore-db's
+    target tightened to 100 ms: the restore itself works and is validated, the failback
+    reverts DNS and traffic, and only the breached target fails the drill."""
     res = drill(tmp_path, "impossible-target")
     out = tmp_path / "out"
     assert res.returncode == 1, res.stdout[-4000:] + res.stderr[-4000:]
@@ -206,6 +232,16 @@ def test_impossible_target_exits_non_zero_naming_the_breached_step(tmp_path: Pat
     assert not verdict["passed"]
     failed = [c for c in verdict["checks"] if not c["ok"]]
     assert [c["check"] for c in failed] == ["time targets met"]
+    steps = verdict["failover"]["steps"]
+    assert [s["name"] for s in steps] == [
+        "notify-incident", "redirect-traffic", "dns-cutover", "restore-db", "link-test"]
+    assert {s["status"] for s in steps} == {"succeeded"}
+    restore = steps[3]["evidence"]
+    assert all(v["passed"] for v in restore["validation"]) and restore["rpoMet"] is True
+    assert verdict["objectives"]["rpo"]["backup"] == restore["backup"]
+    assert checks(verdict)["restored data passes validation"]["ok"]
+    assert [s["name"] for s in verdict["failback"]["steps"]] == [
+        "revert-dns-cutover", "revert-redirect-traffic"]
     assert "restore-db" in failed[0]["detail"] and "target 0.10 s" in failed[0]["detail"]
     cases = {c.get("name"): c for c in ET.fromstring(
         (out / "drill.junit.xml").read_text()).iter("testcase")}
@@ -229,7 +265,7 @@ def test_sigterm_during_the_restore_tears_everything_down(tmp_path: Path) -> Non
     out, journal = tmp_path / "out", tmp_path / "journal.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "controller", "--journal", str(journal),
-         "drill", "switch-to-backup-dc", "--out", str(out)],
+         "drill", "restore-from-backup", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         while _step_status(journal, "restore-db") != "running":  # the SSH restore is on
@@ -252,8 +288,8 @@ def test_sigterm_during_the_restore_tears_everything_down(tmp_path: Path) -> Non
 
 def test_a_drill_that_breaks_midway_still_tears_everything_down(tmp_path: Path) -> None:
     scenario = tmp_path / "broken.yaml"
-    scenario.write_text((ROOT / "manifests/drills/switch-to-backup-dc.yaml").read_text()
-                        .replace("name: switch-to-backup-dc", "name: broken-midway")
+    scenario.write_text((ROOT / "manifests/drills/restore-from-backup.yaml").read_text()
+                        .replace("name: restore-from-backup", "name: broken-midway")
                         .replace("- {kind: kill-app, site: primary}",
                                  "- {kind: kill-app, site: primary}\n"
                                  "    - {kind: stop-dns-server, server: ns9}"))

@@ -27,11 +27,20 @@ from controller.drill.scenario import (
     merge,
 )
 from controller.plan import PlanError
-from tests.e2e.test_sandbox import assert_nothing_left, checks, verdict_of
+from tests.e2e.test_sandbox import (
+    assert_nothing_left,
+    assert_promoted_and_every_incident_order_home,
+    checks,
+    verdict_of,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = sorted(SCENARIOS.glob("*.yaml"))
-COVERED_ELSEWHERE = {"switch-to-backup-dc", "corrupted-backup", "impossible-target"}
+# run by test_sandbox.py; restore-from-backup there as impossible-target (the same
+# scenario with one target tightened: everything but that target passes) and up to its
+# restore by the SIGTERM test
+COVERED_ELSEWHERE = {"switch-to-backup-dc", "restore-from-backup", "corrupted-backup",
+                     "impossible-target"}
 
 
 def fake_variables() -> dict[str, Any]:
@@ -71,7 +80,8 @@ def fake_variables() -> dict[str, Any]:
 def test_one_scenario_per_emergency_plan_case() -> None:
     names = {p.stem for p in FILES}
     assert {"api-outage-level-1", "api-outage-level-2", "api-outage-level-3", DEFAULT,
-            "database-restore", "corrupted-backup", "impossible-target"} <= names
+            "restore-from-backup", "promote-standby", "database-restore",
+            "corrupted-backup", "impossible-target"} <= names
     assert find(DEFAULT) == SCENARIOS / f"{DEFAULT}.yaml"
 
 
@@ -87,6 +97,22 @@ def test_scenario_renders_into_a_valid_plan(path: Path) -> None:
     levels = {n.level for n in plan.spec.notifications}
     for want in (scenario.spec.expect.after_failover, scenario.spec.expect.after_failback):
         assert want.notices is None or want.notices.level in levels
+
+
+def test_impossible_target_is_restore_from_backup_with_one_target_tightened() -> None:
+    """What lets the sandbox tests run restore-from-backup only as impossible-target."""
+    def rendered(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        scenario, template = load_scenario(SCENARIOS / f"{name}.yaml")
+        _, data = build_plan(scenario, template, fake_variables(), name="drill")
+        spec = scenario.spec.model_dump(exclude={"description", "overrides", "expect"})
+        return data, spec
+
+    plan, spec = rendered("restore-from-backup")
+    tight, tight_spec = rendered("impossible-target")
+    [restore] = [s for s in tight["spec"]["steps"] if s["name"] == "restore-db"]
+    assert restore["target"] == "100ms"
+    restore["target"] = "2h"
+    assert (tight, tight_spec) == (plan, spec)
 
 
 def test_bad_scenarios_and_templates_name_the_problem(tmp_path: Path) -> None:
@@ -176,29 +202,6 @@ def assert_restored_from_the_offsite_copy(verdict: dict[str, Any]) -> None:
     assert "objects deleted from s3://dc-a-backups" in json.dumps(verdict)
     rpo = verdict["objectives"]["rpo"]
     assert rpo["met"] is True and rpo["targetSeconds"] == 600 and rpo["backup"] == newest
-
-
-def assert_promoted_and_every_incident_order_home(verdict: dict[str, Any], out: Path) -> None:
-    """dc-a crashed: fenced over SSH, dc-b promoted on a new timeline with nothing lost;
-    200 orders written at dc-b; the failback brought the database home first (rewound or
-    base-backed up, switched over, dc-b streaming from dc-a), then traffic and DNS; the
-    orders are at dc-a, the LSNs reported."""
-    [promote] = [s for s in verdict["failover"]["steps"] if s["action"] == "promote"]
-    ev = promote["evidence"]
-    assert ev["fence"]["how"] == "ssh-stop" and ev["timeline"] == 2 and ev["rpoBytes"] == 0
-    said = checks(verdict)
-    wrote = said["the app writes 200 orders at dc-b during the incident"]
-    assert wrote["ok"] and "200 orders (ids 20001-20200" in wrote["detail"]
-    back = verdict["failback"]["steps"]
-    assert [s["action"] for s in back] == ["db-failback", "revert", "revert"]
-    assert back[0]["status"] == "succeeded"
-    assert back[0]["finishedAt"] <= min(s["startedAt"] for s in back[1:])
-    home = said["every order written at dc-b during the incident is home at dc-a"]
-    assert home["ok"], home["detail"]
-    assert "dc-a primary at LSN" in home["detail"] and "holds 200 of them" in home["detail"]
-    assert "dc-b standby (streaming from port" in home["detail"]
-    report = (out / "report.md").read_text()
-    assert home["detail"] in report.replace("\\|", "|") and ev["lsnReached"] in report
 
 
 def test_the_ci_workflow_runs_shipped_scenarios_and_publishes_their_junit() -> None:

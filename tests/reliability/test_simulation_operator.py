@@ -1,24 +1,29 @@
-"""The operator in the deterministic simulation (issue 22): leader changes, a plan deleted
-and created again, status writes that fail, under every schedule.
+"""The operator in the deterministic simulation (issues 22 and 20): leader changes, a plan
+deleted and created again, status writes that fail, shards, under every schedule.
 
 Two or three real `Operator` replicas, each with its own journal, over one in-memory API
 server (`controller.testing_kube.FakeKube`, held to the real kube-apiserver by
 `tests/contract/kube/test_kube_contract.py`), with the simulation's backends, samples and
-clock (`tests/reliability/sim/operators.py`). Leaders are killed (mid-step too), cut off
-the API server, paused, told to stop; the plan is deleted at once, mid-run or while failed
-over, and created again, sometimes without a step; status writes are answered 503 (any,
-a run's final record, a failed step's); requests come as annotations. The invariants of
-`sim/op_checks.py` are checked after every event. A violation prints the seed, the
-schedule, the last events and the replay line:
+clock (`tests/reliability/sim/operators.py`); in three schedules in ten, two shards of
+two or three replicas each (`--shard K/2`, or `--shard-selector KEY=a` and `!KEY`, each
+shard electing its leader on its own Lease) and two plans, each with its own world,
+moved between the shards at any moment, mid-run too. Leaders are killed (mid-step too), cut
+off the API server, paused, told to stop; the plan is deleted at once, mid-run or while
+failed over, and created again, sometimes without a step; status writes are answered 503
+(any, a run's final record, a failed step's); requests come as annotations. The
+invariants of `sim/op_checks.py` are checked after every event — among them that each
+plan is acted on only by the leader of its shard, that a shard's leader failing moves
+only that shard, and that a shard's working leader reconciles each of its plans. A
+violation prints the seed, the schedule, the last events and the replay line:
 
     FAILOVER_SIM_SEED=<seed> .venv/bin/python -m pytest \
         tests/reliability/test_simulation_operator.py
 
-`FAILOVER_SIM_OP_SCHEDULES` sets how many seeded schedules the sweep runs (default 300,
+`FAILOVER_SIM_OP_SCHEDULES` sets how many seeded schedules the sweep runs (default 200,
 about a minute on two cores); `tests/benchmarks/soak_simulation.py --operator` runs more.
 
 The scenario tests reproduce the three lifecycle items of issue 22 the simulation covers,
-each over a few scheduling seeds.
+and the shards of issue 20, each over a few scheduling seeds.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from tests.reliability.conftest import TALLY
 from tests.reliability.sim.harness import Result
 from tests.reliability.sim.operators import (
     KEY,
+    SECOND,
     OperatorSim,
     OpSchedule,
     draw_operator,
@@ -47,7 +53,7 @@ from tests.reliability.sim.runner import run_many
 from tests.reliability.sim.world import Faults
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEDULES = int(os.environ.get("FAILOVER_SIM_OP_SCHEDULES", "300"))
+SCHEDULES = int(os.environ.get("FAILOVER_SIM_OP_SCHEDULES", "200"))
 REPLAY = os.environ.get("FAILOVER_SIM_SEED")
 SHOWN = 3
 
@@ -71,7 +77,9 @@ def test_every_simulated_operator_schedule_keeps_the_invariants(
               f"average {load:.1f} before the run")
     assert summary.schedules == SCHEDULES
     for event in ("crashes", "deletes", "recreates", "standdowns", "status_503", "requests",
-                  "checked released", "checked mirrored"):
+                  "checked released", "checked mirrored", "sharded", "relabels",
+                  "checked moved", "checked takeovers", "checked lease changes",
+                  "checked attended"):
         assert summary.counts[event] > 0, f"no schedule had any {event}: {summary.counts}"
     if summary.failed:
         seeds = sorted(summary.failed)
@@ -83,7 +91,7 @@ def test_every_simulated_operator_schedule_keeps_the_invariants(
 
 
 def test_an_operator_schedule_is_a_pure_function_of_its_seed() -> None:
-    for seed in (3, 1234):
+    for seed in (3, 6, 1234):  # (6: two shards, plans moved between them)
         first, second = run_operator_schedule(seed), run_operator_schedule(seed)
         assert first.trace == second.trace, f"seed {seed} ran differently twice"
         assert (first.slices, first.writes, first.runs) == (
@@ -110,7 +118,8 @@ def quiet(seed: int, **changes: Any) -> OpSchedule:
                    outages=[(1.0, 1e9)], crashes=[], restart=(0.5, 2.0), same_name=0.0,
                    stalls=[], partitions=[], faults=Faults(), clear_after=1,
                    leader=(6.0, 4.0, 1.0), active=30.0, standdowns=[], deletes=[],
-                   recreate=None, status_faults=[], requests=[])
+                   recreate=None, status_faults=[], requests=[], shards=1, selector=False,
+                   second=None, labels=(None, None), relabels=[])
     changed = replace(base, **changes)
     return replace(changed, horizon=changed.active + changed.leader[0] + 10.0)
 
@@ -214,3 +223,87 @@ def test_a_plan_recreated_without_a_step_starts_afresh_and_never_runs_it() -> No
                       and not (w.label or "").startswith(tuple(old))]
         assert not dns_writes, dns_writes
     assert ran >= 3, f"the recreated plan ran in only {ran} of 6 schedules"
+
+
+# --- scenarios: shards (issue 20) ---------------------------------------------------------
+
+
+def sharded(seed: int, **changes: Any) -> OpSchedule:
+    """`quiet`, over two shards of two replicas (`--shard 0/2`, `--shard 1/2`): `sim` in
+    shard 0 and `sim-b` in shard 1 by the hash of their names."""
+    return quiet(seed, **{"shards": 2, "second": ("basic", False, False, False),
+                          "labels": (None, None), **changes})
+
+
+def leases(sim: OperatorSim) -> dict[int, list[str]]:
+    """Each shard's Lease holders, in the order they took it."""
+    taken: dict[int, list[str]] = {0: [], 1: []}
+    for _, _, key, obj, _ in sim.cluster.log:
+        shard = sim.ops.lease_shard.get(key)
+        holder = obj["spec"].get("holderIdentity") if shard is not None else None
+        if shard is not None and holder and (not taken[shard] or taken[shard][-1] != holder):
+            taken[shard].append(holder)
+    return taken
+
+
+def test_killing_one_shards_leader_moves_only_that_shard() -> None:
+    # shard 0's leader is killed mid-failover: shard 0 moves to its other replica, which
+    # finishes sim's run; shard 1 keeps its leader, which fails sim-b over undisturbed
+    for seed in range(4):
+        sim, result = simulate(sharded(seed, crashes=[(1.6 + 0.1 * seed, None, "holder:0")]))
+        taken = leases(sim)
+        assert len(taken[0]) == 2 and len(taken[1]) == 1, taken
+        shard = {proc.holder: proc.shard for proc in sim.processes}
+        assert {shard[h] for h in taken[0]} == {0} and shard[taken[1][0]] == 1
+        assert sim.status()["fencingHolder"] == taken[0][1]
+        assert sim.status(SECOND)["fencingHolder"] == taken[1][0]
+        for name in (KEY[3], SECOND):
+            assert sim.status(name)["phase"] == Phase.FAILED_OVER.value, name
+        writers = {w.holder for w in result.writes_log
+                   if (w.label or "").startswith(f"{SECOND}-")}
+        assert writers == {taken[1][0]}, writers
+        assert sim.counts["crashes"] == 1
+
+
+def test_a_plan_moved_to_another_shard_is_taken_over_by_that_shards_leader() -> None:
+    # `kubectl label fop/sim failover.example.io/shard=1` while it is healthy (by hash it
+    # is in shard 0): shard 1's leader takes it over and fails it over when it trips;
+    # shard 0's leader never acts on it again. With selectors (`KEY=a` / `!KEY`) alike.
+    for seed in range(4):
+        selector = seed % 2 == 1
+        sim, result = simulate(sharded(
+            seed, selector=selector, labels=("a", None) if selector else (None, None),
+            outages=[(5.0, 1e9)], relabels=[(3.0, 0, "quiet")]))
+        assert sim.counts["relabels"] == 1 and sim.ops.checked["moved"] >= 1
+        shard = {proc.holder: proc.shard for proc in sim.processes}
+        status = sim.status()
+        assert shard[status["fencingHolder"]] == 1
+        assert status["phase"] == Phase.FAILED_OVER.value
+        sim_writes = [w for w in result.writes_log if not (w.label or "").startswith(f"{SECOND}-")]
+        assert sim_writes and {shard[w.holder or ""] for w in sim_writes} == {1}
+
+
+def test_a_plan_moved_mid_run_or_as_it_trips_is_acted_on_by_one_leader_at_a_time() -> None:
+    # Moved while its failover's step runs (a slow restore), or as it trips (t=4 s, the
+    # primary failing since 3 s): the old shard's leader, which keeps its own Lease, stops
+    # at its step's next fence check (the plan has left its shard) and never outbids the
+    # new one; the new shard's leader, whose Lease counts its tokens apart, leaves the
+    # plan alone for a Lease's duration, then adopts it with a token above the stored one.
+    # Also when the new shard's token is already the larger (its first leader was killed:
+    # token 1 against 0), so the stored token does not tell the plan came from elsewhere:
+    # its watch saw it arrive. One actor per plan (the invariant "two actors on one
+    # plan"), and the run ends failed over under the new shard's leader.
+    cases = [sharded(seed, plan_key=("restore", False, False, False), faults=Faults(
+        slow=0.3), relabels=[(1.0, 0, "mid-run")]) for seed in range(6)]
+    cases += [sharded(seed, outages=[(3.0, 1e9)], relabels=[(4.0, 0, "quiet")])
+              for seed in (0, 2)]
+    cases += [sharded(seed, plan_key=("restore", False, False, False), outages=[(9.0, 1e9)],
+                      crashes=[(0.5, None, "holder:1")], relabels=[(9.5, 0, "mid-run")],
+                      active=40.0) for seed in range(4)]
+    for schedule in cases:
+        sim, _ = simulate(schedule)
+        assert sim.counts["relabels"] == 1, schedule.relabels
+        shard = {proc.holder: proc.shard for proc in sim.processes}
+        status = sim.status()
+        assert shard[status["fencingHolder"]] == 1, status["fencingHolder"]
+        assert status["phase"] == Phase.FAILED_OVER.value, status["phase"]

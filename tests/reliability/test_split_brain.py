@@ -152,18 +152,24 @@ def test_leader_cut_off_from_the_api_server(kube: KubeServers, tmp_path: Path,
         # --- at most one acted at any moment ----------------------------------------------
         ran_a, ran_b = a.journal.windows(), b.journal.windows()
         assert set(ran_a) == {"notify-incident"}, a.journal.saved
-        assert set(ran_b) == {"redirect-traffic", "dns-cutover", "link-test"}, b.journal.saved
-        assert not set(ran_a) & set(ran_b)  # no step run by both
+        # the finished step reaches the status after the journal; on a loaded host the cut
+        # can come first, and the status the next leader resumes from shows it running:
+        # it runs it again (at least once, by design), never at the same time
+        seen = ((stale["plan"].get("status") or {}).get("run") or {}).get("steps") or []
+        again = {"notify-incident"} - {s["name"] for s in seen if s["status"] == "succeeded"}
+        assert set(ran_b) == {"redirect-traffic", "dns-cutover", "link-test"} | again, \
+            b.journal.saved
         assert max(end for _, end in ran_a.values()) < min(s for s, _ in ran_b.values())
         steps = {s["name"]: s for s in done["status"]["run"]["steps"]}
         assert all(s["status"] == "succeeded" for s in steps.values()), steps
         assert admin.get_lease(ns, lease).holder == "replica-b"  # type: ignore[union-attr]
         succeeded = [e["message"] for e in events_of(kube, name)
                      if e["reason"] == "StepSucceeded"]
-        assert len(succeeded) == 4 and len(set(succeeded)) == 4, succeeded  # each once
+        assert len(set(succeeded)) == 4 and len(succeeded) <= 4 + len(again), succeeded
         sent = testing.FakeNotifier(testing.FakeNotifier.Options(
             key=f"{name}-im", stateFile=str(state))).sent()
-        assert len([m for m in sent if "failing over to dc-b" in m["status"]]) == 1
+        assert len([m for m in sent if "failing over to dc-b" in m["status"]]) == \
+            1 + len(again)
 
         # --- the deposed leader's late writes are refused -----------------------------------
         proxy.resume()  # its network is back; it still thinks it leads (a long GC pause)

@@ -16,8 +16,19 @@ CORPUS = load_corpus(TRACES)
 
 def test_corpus_has_trips_and_non_trips() -> None:
     labels = [t.expect for t in CORPUS]
-    assert len(CORPUS) >= 12 and all(labels)
+    assert len(CORPUS) >= 20 and all(labels)
     assert {e.trip for e in labels if e} == {True, False}
+
+
+def test_corpus_covers_partial_outages_falling_signals_and_rolling_baselines() -> None:
+    """The gradings of issue 18, each with a trace that must trip and one that must not."""
+    names = {t.name for t in CORPUS}
+    assert {"partial-two-of-three", "traffic-collapse", "traffic-dip", "satisfaction-low",
+            "one-core-down-dissatisfied", "ticket-surge-rolling", "ticket-busy-day",
+            "ticket-creep"} <= names
+    rising = [t for t in CORPUS if t.expect and t.expect.peak_level != t.expect.level
+              and t.expect.peak_level is not None]
+    assert {t.name for t in rising} >= {"partial-two-of-three", "slow-degradation"}
 
 
 @pytest.mark.parametrize("trace", CORPUS, ids=[t.name for t in CORPUS])

@@ -189,7 +189,52 @@ def test_a_rewind_that_fails_falls_back_to_a_base_backup() -> None:
     home(db)
     facts = db_failback.KIND.facts(evidence)
     assert facts[0] == "database home on dc-a:5432 (timeline 3); dc-b:5432 streams from it"
-    assert "rebuild: pg_basebackup (pg_rewind failed: " in facts[1]
+    assert "rebuild: pg_basebackup (rewind-failed); pg_rewind failed: " in facts[1]
+
+
+def test_a_rewind_that_would_copy_half_the_cluster_is_a_base_backup_up_front() -> None:
+    plan, step, db = promoted()
+    db.set_node("dc-a", rewindMb=40, sizeMb=64)
+    _, evidence = fail_back(plan, step)
+    rebuild = evidence["rebuild"]
+    assert rebuild["method"] == "pg_basebackup" and rebuild["why"] == "rewind-copies-half"
+    assert (rebuild["rewindMb"], rebuild["sourceMb"]) == (40, 64)
+    assert "rewound" not in rebuild  # no rewind was tried
+    assert evidence["demoted"]["method"] == "pg_rewind"  # 16 of 64 MB: less than half
+    assert evidence["demoted"]["why"] == "rewind-copies-less"
+    home(db)
+    assert "rebuild: pg_basebackup (rewind-copies-half; a rewind would copy 40 of 64 MB)" \
+        in db_failback.KIND.facts(evidence)[1]
+
+
+@pytest.mark.parametrize(("fault", "why", "said"), [
+    ("startsRewound", "rewound-cannot-start", "did not start within 60 s"),
+    ("streamsRewound", "rewound-cannot-stream", "replayed nothing past 0/3000300 for 0.2 s "
+     "(params.failback.stall) before reaching 0/3000300 (not streaming)")])
+def test_a_rewound_node_that_cannot_start_or_stream_is_rebuilt_from_a_base_backup(
+        fault: str, why: str, said: str) -> None:
+    plan, step, db = promoted(stall="0.2s")
+    db.set_node("dc-a", **{fault: False})  # the WAL since the fork is gone at dc-b
+    _, evidence = fail_back(plan, step)
+    rebuild = evidence["rebuild"]
+    assert rebuild["method"] == "pg_basebackup" and rebuild["why"] == why
+    assert rebuild["rewound"] is True and said in rebuild["startError"]
+    assert set(rebuild["seconds"]) == {"stop", "choose", "copy", "start"}
+    home(db)
+
+
+def test_the_promotion_keeps_wal_for_the_old_primary_in_a_slot_the_failback_uses() -> None:
+    plan, step, db = promoted()
+    slots = {s.name: s for s in db.slots(AWAY)}
+    assert not slots["failover_failback"].active  # dc-a is down: kept for its rebuild
+    _, evidence = fail_back(plan, step)
+    assert evidence["slots"]["away"]["already"] is True  # made by the promotion
+    assert evidence["slots"]["home"]["already"] is False
+    nodes = db.nodes()
+    assert nodes["dc-b"]["slot"] == "failover_failback"  # dc-b streams through dc-a's slot
+    assert {s.name: s.active for s in db.slots(HOME)}["failover_failback"]
+    assert "failover_failback" not in nodes["dc-b"]["slots"]  # the stale one dropped
+    assert evidence["demoted"]["staleSlotDropped"] is True
 
 
 def test_a_stale_token_cannot_rebuild() -> None:

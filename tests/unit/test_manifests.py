@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from controller.drill.servers.kube import kubectl_path
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "manifests/deploy"
 
@@ -63,6 +65,23 @@ def test_pod_is_non_root_read_only_with_probes() -> None:
     assert container["resources"]["requests"]
 
 
+def test_the_journal_lives_with_the_pod_and_no_volume_claim_is_shipped() -> None:
+    """Issue 17: no PersistentVolumeClaim for the journal (a ReadWriteOnce volume cannot
+    follow two replicas spread over nodes); each finished run is archived to the plan's
+    records store instead (tests/e2e/test_operator_records.py: a run outlives the journal),
+    which the Deployment says where the volume is declared."""
+    [deployment] = docs("deployment.yaml")
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    journal = next(e["value"] for e in container["env"] if e["name"] == "FAILOVER_JOURNAL")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    [state] = [name for name, path in mounts.items() if journal.startswith(path + "/")]
+    assert {v["name"]: v for v in spec["volumes"]}[state] == {"name": state, "emptyDir": {}}
+    assert "spec.records" in (DEPLOY / "deployment.yaml").read_text()
+    shipped = [d for f in DEPLOY.glob("*.yaml") for d in docs(f.name)]
+    assert not [d for d in shipped if d.get("kind") == "PersistentVolumeClaim"]
+
+
 def test_kustomization_resources_exist() -> None:
     [kustomization] = docs("kustomization.yaml")
     for resource in kustomization["resources"]:
@@ -72,7 +91,7 @@ def test_kustomization_resources_exist() -> None:
 def test_the_base_builds_with_kustomizes_default_load_restrictor() -> None:
     """`kubectl apply -k manifests/deploy` as the README says: no file outside the base is
     loaded directly (the CRD comes in as the kustomization manifests/crd)."""
-    out = subprocess.run(["kubectl", "kustomize", str(DEPLOY)], capture_output=True,
+    out = subprocess.run([kubectl_path(), "kustomize", str(DEPLOY)], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     kinds = {d["kind"] for d in yaml.safe_load_all(out.stdout) if d}

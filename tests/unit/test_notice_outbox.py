@@ -250,3 +250,24 @@ def test_a_pending_notice_names_its_route_key_and_full_status(journal: Journal) 
         details = [r[0] for r in db.execute(
             "SELECT detail FROM audit WHERE action='notify-pending' ORDER BY id")]
     assert details[0] == f"im -> @all, sms:broadcast queued [notice {key}]: {status}"
+
+
+def test_a_notice_sent_after_a_restart_still_names_the_incident_record(
+        journal: Journal, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decided by a controller that died before sending, a notice is composed again by the
+    next one: with the incident record's location, like every notice of the run."""
+    bodies: list[str] = []
+    monkeypatch.setattr(testing.FakeNotifier, "send",
+                        lambda self, *, notice: bodies.append(notice.body))
+    records = tmp_path / "records"
+    plan = make_plan(lambda s: s.update(
+        records={"store": {"kind": "directory", "options": {"path": str(records)}}}))
+    clock = testing.FakeClock()
+    first = Controller(plan, journal, clock, "ctl-1")
+    first.never_sends()
+    first.outage()
+    bodies.clear()  # the notify-incident step's own push: sent at once, not by the outbox
+    Controller(plan, Journal(journal.path), clock, "ctl-2").take_over()
+    [run] = journal.runs(plan.name)
+    assert bodies and set(bodies) == {f"Incident record: {records}/incidents/{plan.name}/"
+                                      f"{run.id}/"}

@@ -13,7 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from controller import notices, registry
-from controller.journal import Run
+from controller.journal import Journal, Run
 from controller.model import Notice, Phase, StepRecord, StepStatus, Trigger
 from controller.notify import common, slack, smtp
 from controller.plan import Notification, PlanError, parse_plan
@@ -348,3 +348,47 @@ def test_email_subject_is_one_line_and_the_body_has_every_line() -> None:
                         sender="failover@example.test", to=["lead@example.test"])
     assert len(long["Subject"]) == smtp.SUBJECT_LENGTH and long["Subject"].endswith("\u2026")
     assert long.as_bytes()  # the library accepts every header as it is
+
+
+# --- a step waiting for a person ----------------------------------------------------------
+
+
+def test_a_step_asking_a_person_is_told_once_with_the_command(journal: Journal) -> None:
+    from tests.unit.test_promote_step import asking_world
+
+    world, db = asking_world(journal)
+    run = world.run()
+    im = world.backends.get("im")
+    asking = [n for n in im.sent() if "needs a person" in n["status"]]
+    assert [n["recipients"] for n in asking] == [["@all", "sms:broadcast"]]  # level 1's route
+    status = asking[0]["status"]
+    assert status.startswith("step promote-db needs a person (asked ")
+    assert "the old primary dc-a:5432 cannot be reached" in status
+    assert f"failoverctl done {run.id} promote-db" in status
+    for _ in range(5):  # the run waits: nobody is told again
+        world.tick(False)
+    assert [n["status"] for n in im.sent()].count(status) == 1
+    db.fence_by_person("dc-a")
+    world.engine.done(run.id, "promote-db", actor="oncall")
+    for _ in range(3):
+        world.tick(False)
+    assert world.run().phase is Phase.FAILED_OVER
+    sent = [n["status"] for n in im.sent()]
+    assert sent.count(status) == 1
+    assert any(s.startswith("step promote-db succeeded") for s in sent)
+
+
+def test_only_a_question_a_step_asked_is_a_person_notice() -> None:
+    asked = {"why": "stop it by hand, then: failoverctl done r1 promote-db",
+             "askedAt": DETECTED, "until": DETECTED + 3600, "expired": "fence-unconfirmed"}
+    waiting = step("promote-db", None, StepStatus.AWAITING_PERSON, action="promote",
+                   evidence={"person": asked})
+    assert notices.person_needed(waiting) == (
+        "step promote-db needs a person (asked 2023-11-14 22:13 UTC): stop it by hand, "
+        "then: failoverctl done r1 promote-db")
+    manual = step("compensation-plan", None, StepStatus.AWAITING_PERSON, action="manual",
+                  evidence={"instructions": "draw up the plan"})
+    confirmed = step("promote-db", None, StepStatus.RUNNING, action="promote",
+                     evidence={"person": {**asked, "confirmedBy": "oncall"}})
+    assert notices.person_needed(manual) is None
+    assert notices.person_needed(confirmed) is None

@@ -131,6 +131,41 @@ CASES = [
      _set(["spec", "signals"], [{"name": "api", "baseline": 10,
                                  "probe": {"kind": "memory", "options": {"key": "c"}}}]),
      "signals[0].name", "'api' is also a service; "),
+    # signals in either direction, rolling or queried baselines, level rules (issue 18)
+    ("signal with no reference",
+     _set(["spec", "signals"], [{"name": "complaints", "probe": {"kind": "memory"}}]),
+     "spec.signals[0]", "give exactly one of baseline, rollingBaseline, baselineQuery or "
+     "threshold (got none), e.g. baseline: 100"),
+    ("signal with two references",
+     _set(["spec", "signals"], [{"name": "complaints", "baseline": 100,
+                                 "rollingBaseline": "24h", "probe": {"kind": "memory"}}]),
+     "spec.signals[0]", "(got baseline, rollingBaseline)"),
+    ("falling signal with no drop",
+     _set(["spec", "signals"], [{"name": "traffic", "direction": "below", "baseline": 1000,
+                                 "probe": {"kind": "memory"}}]),
+     "spec.signals[0]", "drop: a signal compared below a baseline needs drop (%), e.g. "
+     "drop: 80"),
+    ("drop on a rising signal",
+     _set(["spec", "signals"], [{"name": "complaints", "baseline": 100, "drop": 50,
+                                 "probe": {"kind": "memory"}}]),
+     "spec.signals[0]", "drop: only for direction: below with a baseline"),
+    ("unknown direction",
+     _set(["spec", "signals"], [{"name": "traffic", "direction": "down", "baseline": 1000,
+                                 "drop": 80, "probe": {"kind": "memory"}}]),
+     "spec.signals[0].direction", "'above' or 'below' (got 'down')"),
+    ("baseline query of an unusable probe",
+     _set(["spec", "signals"], [{"name": "tickets", "probe": {"kind": "memory"},
+                                 "baselineQuery": {"kind": "prometheus",
+                                                   "options": {"query": "avg(x[1d])"}}}]),
+     "spec.signals[0].baselineQuery.options.url", "required field is missing"),
+    ("level rule naming an unknown signal",
+     _set(["spec", "levels"], [{"level": 1, "signals": ["satisfaction"]}]),
+     "levels[0].signals", "no signal named 'satisfaction' in spec.signals (have: none)"),
+    ("unknown escalation", _set(["spec", "escalation"], "down"),
+     "spec.escalation", "'exact' or 'upward' (got 'down')"),
+    ("unknown level target",
+     _set(["spec", "steps", 0, "levelTarget"], "repair"),
+     "spec.steps[0].levelTarget", "'respond' or 'fix' (got 'repair')"),
 ]
 
 
@@ -181,3 +216,43 @@ def test_json_schema_exports_the_camel_case_fields() -> None:
     text = json.dumps(schema)
     for name in ("availabilityFloor", "consecutiveFailures", "onFailure", "apiVersion"):
         assert name in text
+
+
+def test_a_plan_of_before_keeps_its_meaning() -> None:
+    """A fixed-baseline signal and no levels parse as before: rising, tripping, the
+    plans' default levels (now also graded by the share lost) and exact escalation."""
+    plan = parse_plan(broken(lambda d: d["spec"].update(signals=[
+        {"name": "complaints", "baseline": 100, "surge": 50, "probe": {"kind": "memory"}}])))
+    sig = plan.spec.signals[0]
+    assert (sig.direction, sig.trips, sig.reference(100.0)) == ("above", True, 150.0)
+    assert [(r.level, r.lost_over, r.fix_within) for r in plan.spec.levels] == [
+        (1, 80, 4 * 3600), (2, 50, 8 * 3600), (3, None, 12 * 3600)]
+    assert plan.spec.escalation == "exact"
+
+
+def _routes(escalation: str) -> list[tuple[int, str]]:
+    def mutate(data: dict[str, Any]) -> None:
+        data["spec"]["escalation"] = escalation
+        data["spec"]["notifications"] = [
+            {"level": 1, "notifier": "mail", "recipients": ["all@example.com"]},
+            {"level": 2, "notifier": "mail", "recipients": ["heads@example.com"]},
+            {"level": 3, "notifier": "mail", "recipients": ["shift@example.com"]},
+            {"level": 3, "notifier": "mail", "recipients": ["heads@example.com"]}]
+    spec = parse_plan(broken(mutate)).spec
+    return [(r.level, r.recipients[0]) for r in spec.reached(1)]
+
+
+def test_upward_escalation_reaches_every_less_severe_route_once() -> None:
+    assert _routes("exact") == [(1, "all@example.com")]
+    assert _routes("upward") == [(1, "all@example.com"), (2, "heads@example.com"),
+                                 (3, "shift@example.com")]
+
+
+def test_the_notifications_example_has_the_plans_human_steps_with_targets() -> None:
+    """On-call acknowledges within 5 min, root-cause analysis starts within 30 min: human
+    steps open from the run's start, beside the automatic ones."""
+    plan = load_plan(ROOT / "manifests/examples/notifications.yaml")
+    human = {s.name: (s.action, s.parallel, s.target) for s in plan.spec.steps
+             if s.action == "manual"}
+    assert human == {"acknowledge": ("manual", True, 300.0),
+                     "root-cause": ("manual", True, 1800.0)}

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from controller import policy
 from controller.model import DecisionAction, DecisionState, Sample
 from controller.plan import FailoverPlan, parse_plan
 from controller.policy import PolicyState, evaluate, start_cooldown
@@ -234,3 +235,107 @@ def test_a_new_leader_does_not_judge_a_service_by_its_first_probes() -> None:
     assert _trip_at(plan, cycle, outage=40) is None
     for takeover in range(40, 100):
         assert _trip_at(plan, cycle, 40, takeover) is None, takeover
+
+
+# --- grading as the emergency plans do (issue 18) -------------------------------------------
+
+def graded_plan(signals: list[dict[str, Any]], levels: list[dict[str, Any]] | None = None
+                ) -> FailoverPlan:
+    data = copy.deepcopy(BASE)
+    data["spec"]["trigger"].update({"dwell": "2s", "window": "60s"})
+    data["spec"]["signals"] = [{"probe": {"kind": "memory"}, **s} for s in signals]
+    if levels is not None:
+        data["spec"]["levels"] = levels
+    return parse_plan(data)
+
+
+def values(plan: FailoverPlan, series: list[dict[str, float]], *, start: float = T0,
+           state: PolicyState | None = None):
+    """Healthy probes and the given signal values, one round a second."""
+    state = state or PolicyState()
+    decisions = []
+    for i, named in enumerate(series):
+        now = start + i
+        samples = [Sample(s, True, now) for s in ALL_UP] + [
+            Sample(name, True, now, value=v) for name, v in named.items()]
+        decision, state = evaluate(plan, state, samples, now)
+        decisions.append(decision)
+    return decisions, state
+
+
+def test_a_partial_outage_is_graded_by_the_service_it_loses() -> None:
+    """Both core channels fail 2 probes of 3, never 3 in a row: no service is down, yet
+    67 % of the core service is lost; level 2 (50-80 % unavailable), not level 3."""
+    plan = make_plan()
+    rounds = [ALL_UP] * 60 + [{"web": i % 3 == 2, "api": i % 3 == 2, "hotline": True}
+                              for i in range(90)]
+    decisions, state = feed(plan, rounds)
+    trip = next(d for d in decisions if d.action == "trip")
+    assert trip.level == 3  # at the trip, the window holds ~30 s of it: ~35 % lost
+    assert state.tripped and state.level == 2 and decisions[-1].level == 2
+    assert "availability 34 % < 70 %" in decisions[-1].sentence
+    assert not any("down:" in d.sentence for d in decisions)
+
+
+def test_a_falling_signal_trips_below_its_baseline_and_names_the_level() -> None:
+    plan = graded_plan([{"name": "traffic", "direction": "below", "baseline": 1000,
+                         "drop": 80}],
+                       [{"level": 1, "signals": ["traffic"]}, {"level": 3}])
+    quiet, _ = values(plan, [{"traffic": 250.0}] * 10)  # down 75 %: not yet
+    assert {d.action for d in quiet} == {"none"}
+    decisions, _ = values(plan, [{"traffic": 150.0}] * 4)
+    assert [d.action for d in decisions] == ["none", "none", "trip", "none"]
+    assert decisions[2].level == 1
+    assert "traffic 85 % below baseline 1000 (now 150)" in decisions[2].sentence
+
+
+def test_a_grading_signal_raises_the_level_but_never_trips_alone() -> None:
+    plan = graded_plan([{"name": "satisfaction", "direction": "below", "threshold": 3.5,
+                         "trips": False}],
+                       [{"level": 1, "signals": ["satisfaction"]}, {"level": 3}])
+    alone, _ = values(plan, [{"satisfaction": 3.2}] * 10)
+    assert {d.action for d in alone} == {"none"}
+    assert "satisfaction 3.2 < 3.5" in alone[-1].sentence
+    _, state = values(plan, [{"satisfaction": 3.2}])
+    decisions, _ = feed(plan, [{"web": True, "api": False, "hotline": True}] * 8, start=T0 + 1,
+                        state=state)
+    trip = next(d for d in decisions if d.action == "trip")
+    assert trip.level == 1  # one core channel down would be level 3
+
+
+def test_a_rolling_baseline_follows_the_signal_but_not_its_surge() -> None:
+    plan = graded_plan([{"name": "tickets", "rollingBaseline": "48s", "surge": 50}])
+    first, state = values(plan, [{"tickets": 1000.0}] + [{"tickets": 200.0}] * 59)
+    assert {d.action for d in first} == {"none"}  # no history yet: no average to exceed
+    assert policy.baseline(plan.spec.signals[0], state, T0 + 59) == 200.0
+    below, state = values(plan, [{"tickets": 290.0}] * 5, start=T0 + 60, state=state)
+    assert {d.action for d in below} == {"none"}  # +45 %
+    surge, state = values(plan, [{"tickets": 320.0}] * 6, start=T0 + 65, state=state)
+    assert [d.action for d in surge].count("trip") == 1
+    # the average of the last 48 s (200 x 42, 290 x 5): the surge itself stays out
+    assert "tickets 53 % above rolling average 209.6 (now 320)" in surge[2].sentence
+    assert policy.baseline(plan.spec.signals[0], state, T0 + 70) == (38 * 200 + 5 * 290) / 43
+    assert len(state.rolling["tickets"]) <= policy.BUCKETS + 1
+
+
+def test_a_queried_baseline_is_the_last_answer_of_its_probe() -> None:
+    plan = graded_plan([{"name": "tickets", "baselineQuery": {"kind": "memory"},
+                         "surge": 50}])
+    unknown, _ = values(plan, [{"tickets": 500.0}] * 5)
+    assert {d.action for d in unknown} == {"none"}  # no baseline answered yet
+    calm, state = values(plan, [{"tickets:baseline": 400.0, "tickets": 500.0}] * 5)
+    assert {d.action for d in calm} == {"none"}
+    decisions, state = values(plan, [{"tickets:baseline": 300.0, "tickets": 500.0}] * 3,
+                              start=T0 + 5, state=state)
+    assert decisions[-1].action == "trip"
+    assert "tickets 67 % above queried baseline 300 (now 500)" in decisions[-1].sentence
+
+
+def test_baselines_survive_a_rearm_the_journal_and_a_clock_jump() -> None:
+    plan = graded_plan([{"name": "tickets", "rollingBaseline": "48s"}])
+    _, state = values(plan, [{"tickets": 200.0}] * 10)
+    kept = policy.rearm(PolicyState.from_json(state.to_json()))
+    assert kept.rolling == state.rolling and not kept.services
+    moved = policy.shift(kept, 3600.0)
+    assert moved.rolling["tickets"][0][0] == state.rolling["tickets"][0][0] + 3600.0
+    assert policy.baseline(plan.spec.signals[0], moved, T0 + 3609) == 200.0

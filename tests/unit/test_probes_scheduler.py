@@ -11,10 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.backends import Backends
 from controller.model import Sample
-from controller.plan import load_plan
+from controller.plan import parse_plan
 from controller.probes import Probe as ProbeProtocol
 from controller.probes.scheduler import (
     News,
@@ -188,15 +189,23 @@ def test_http_probes_share_one_session_and_it_is_closed() -> None:
     assert a.session.closed  # type: ignore[attr-defined]
 
 
-def test_targets_from_plan_cover_services_and_signals() -> None:
-    plan = load_plan(ROOT / "tests/traces/plan.yaml")
+def test_targets_from_plan_cover_services_signals_and_baseline_queries() -> None:
+    """A signal compared with a queried baseline (`baselineQuery`) gets the query as a
+    target of its own, `<signal>:baseline`, or it would never have a baseline to breach."""
+    data = yaml.safe_load((ROOT / "tests/traces/plan.yaml").read_text())
+    complaints = next(s for s in data["spec"]["signals"] if s["name"] == "complaints")
+    del complaints["baseline"]
+    complaints["baselineQuery"] = {"kind": "memory"}
+    plan = parse_plan(data)
     targets = targets_from_plan(plan, Backends(plan).probe, quorum={"web": 1})
     by_name = {t.service: t for t in targets}
-    assert set(by_name) == {"web", "api", "app", "hotline", "social", "complaints"}
+    assert set(by_name) == {"web", "api", "app", "hotline", "social", "complaints",
+                            "tickets", "traffic", "satisfaction", "complaints:baseline"}
     assert by_name["web"].interval == 2.0 and by_name["web"].timeout == 1.0
     assert by_name["complaints"].interval == 10.0 and by_name["complaints"].timeout == 5.0
+    assert by_name["complaints:baseline"].interval == 10.0
     samples = asyncio.run(ProbeScheduler(targets).run_once())
-    assert len(samples) == 6 and all(s.ok for s in samples)
+    assert len(samples) == 10 and all(s.ok for s in samples)
 
 
 def test_one_shared_loop_hosts_many_schedulers_each_with_its_own_samples() -> None:

@@ -64,9 +64,22 @@ def test_ticks_batch_every_sample_once_and_keep_time_moving() -> None:
     samples = [Sample("a", True, 10.0), Sample("a", False, 10.5), Sample("a", True, 13.0)]
     t = tr.Trace("x", 10.0, samples)
     batches = list(tr.ticks(t, 1.0, tail=2.0))
-    assert [now for now, _ in batches] == [10, 11, 12, 13, 14, 15]
-    assert [len(b) for _, b in batches] == [1, 1, 0, 1, 0, 0]
+    # a tick every second, and one at once for the failure (news, as the scheduler says);
+    # the recovery at 13 s is news too and falls on a tick
+    assert [now for now, _ in batches] == [10, 10.5, 11, 12, 13, 14, 15]
+    assert [len(b) for _, b in batches] == [1, 1, 0, 0, 1, 0, 0]
     assert [s for _, b in batches for s in b] == samples
+
+
+def test_ticks_see_a_sample_when_its_probe_answered_as_the_live_loop_did() -> None:
+    """A probe that timed out after 2 s is seen 2 s after it started, not when it started
+    (which would trip a replay a timeout early); good news of a healthy service wakes
+    nothing, as in the scheduler."""
+    timed_out = Sample("a", False, 10.2, latency=2.0)
+    quick = Sample("b", True, 10.4, latency=0.01)
+    batches = list(tr.ticks(tr.Trace("x", 10.0, [timed_out, quick]), 1.0))
+    assert [(now, b) for now, b in batches if b] == [(11.0, [quick]), (12.2, [timed_out])]
+    assert [now for now, _ in batches] == [10, 11, 12, 12.2, 13]
 
 
 def test_expectation_verdicts() -> None:
@@ -78,6 +91,16 @@ def test_expectation_verdicts() -> None:
     assert "never tripped" in must.verify([])[0]
     never = tr.Expectation(trip=False)
     assert never.verify([]) == [] and "tripped at 5" in never.verify([(5.0, 3)])[0]
+
+
+def test_a_label_can_name_the_level_a_trip_rises_to() -> None:
+    rising = tr.Expectation.from_json({"trip": True, "level": 3, "peakLevel": 2})
+    assert rising.verify([(90.0, 3)], 2) == []
+    assert rising.verify([(90.0, 3)], 3) == [
+        "reached level 3; must trip at level 3 reaching level 2"]
+    assert rising.to_json() == {"trip": True, "level": 3, "peakLevel": 2}
+    with pytest.raises(ValueError, match="cannot name `by`, `level` or `peakLevel`"):
+        tr.Expectation.from_json({"trip": False, "peakLevel": 1})
 
 
 def test_recorder_appends_a_loadable_trace(tmp_path: Path) -> None:

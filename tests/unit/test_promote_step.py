@@ -20,7 +20,8 @@ from controller.db import Node
 from controller.fencing import Fence
 from controller.journal import Journal
 from controller.model import PermanentError, Phase, StepStatus
-from controller.plan import FailoverPlan, PlanError
+from controller.operator_requests import done_problem
+from controller.plan import FailoverPlan, PlanError, plan_warnings
 from controller.readiness import checks
 from controller.steps import StepContext, promote
 from controller.testing_db import FakeDatabase
@@ -119,17 +120,106 @@ def test_an_unreachable_primary_is_fenced_by_the_plans_command(tmp_path: Path) -
     assert fake(ctx).nodes()["dc-a"]["fenced"] == "command"
 
 
-def test_without_a_command_the_plan_must_let_a_person_confirm_the_fence() -> None:
+def test_a_fence_primary_step_must_be_a_human_step_before_the_promotion() -> None:
+    promote_plan(fence={"method": "ssh-stop"})  # no command, no human step: it asks
     with pytest.raises(PlanError, match=re.escape(
-            "without a fencing command, a primary that cannot be reached is fenced by a "
-            "person: add a manual step 'fence-primary'")):
-        promote_plan(fence={"method": "ssh-stop"})
+            "params.fence.confirmStep: step 'promote-db' confirms the fence only as a "
+            "manual step (not parallel) before step 'promote-db'; remove it")):
+        promote_plan(fence={"method": "ssh-stop", "confirmStep": "promote-db"})
     with pytest.raises(PlanError, match=re.escape("params.fence.command: method command needs")):
         promote_plan(fence={"method": "command"})
 
 
-def test_an_unreachable_primary_waits_for_a_person_then_promotes(journal: Journal) -> None:
+def asking_world(journal: Journal, **fence: Any) -> tuple[World, FakeDatabase]:
+    """A failover whose old primary cannot be reached, with no fencing command and no
+    human step: the promote step asks for a person."""
+    plan = promote_plan(fence={"method": "ssh-stop", **fence})
+    world = World(plan, journal)
+    db = fake(context(plan))
+    db.set_node("dc-a", reachable=False)
+    world.outage()
+    for _ in range(3):
+        world.tick(False)
+    return world, db
+
+
+def test_an_unreachable_primary_makes_the_step_ask_a_person_then_it_promotes(
+        journal: Journal) -> None:
+    world, db = asking_world(journal)
+    run = world.run()
+    assert run.phase is Phase.AWAITING_APPROVAL
+    (asking,) = world.steps()
+    assert asking.status is StepStatus.AWAITING_PERSON and db.promotions() == []
+    assert asking.error is not None and asking.error.startswith(
+        "the old primary dc-a:5432 cannot be reached (dc-a:5432 does not answer (its host "
+        "is cut off)) and the plan names no fencing command (params.fence.command): stop "
+        "it by hand so it cannot take writes")
+    assert f"failoverctl done {run.id} promote-db" in asking.error
+    assert asking.evidence["person"]["until"] == asking.evidence["person"]["askedAt"] + 3600
+    for _ in range(3):  # waiting costs nothing and changes nothing
+        world.tick(False)
+    assert world.steps()[0].status is StepStatus.AWAITING_PERSON and db.promotions() == []
+    # in a cluster, `failoverctl done RUN promote-db --plan fop/NAME` annotates the plan:
+    # the operator acts on it as on a human step's
+    assert done_problem(journal, world.plan.name, f"{run.id}:promote-db") is None
+    db.fence_by_person("dc-a")
+    world.engine.done(run.id, "promote-db", actor="oncall")
+    for _ in range(3):
+        world.tick(False)
+    promoted = world.steps()[0]
+    assert promoted.status is StepStatus.SUCCEEDED, promoted.error
+    assert promoted.evidence["fence"]["how"] == "a person (oncall, said done)"
+    assert promoted.evidence["person"]["confirmedBy"] == "oncall"
+    assert len(db.promotions()) == 1 and world.run().phase is Phase.FAILED_OVER
+    assert ("oncall", "done", "step promote-db") in [
+        (a["actor"], a["action"], a["detail"]) for a in journal.audit_trail(run_id=run.id)]
+    assert promote.KIND.facts(promoted.evidence)[0].startswith(
+        "old primary fenced by a person (oncall, said done); promoted to timeline 2")
+
+
+def test_a_reachable_primary_is_fenced_without_asking_anyone(journal: Journal) -> None:
+    plan = promote_plan(fence={"method": "sql"})
+    world = World(plan, journal)
+    world.outage()
+    for _ in range(3):
+        world.tick(False)
+    (rec,) = world.steps()
+    assert rec.status is StepStatus.SUCCEEDED, rec.error
+    assert rec.evidence["fence"]["how"] == "sql" and "person" not in rec.evidence
+
+
+def test_no_confirmation_within_the_wait_fails_the_step_and_never_promotes(
+        journal: Journal) -> None:
+    world, db = asking_world(journal, confirmTimeout="10m")
+    world.tick(False, seconds=601)
+    (rec,) = world.steps()
+    assert rec.status is StepStatus.FAILED and world.run().phase is Phase.FAILED
+    assert rec.error == ("fence-unconfirmed: no one confirmed the fence of dc-a:5432 within "
+                         "10m (params.fence.confirmTimeout); not promoted: fence it, then "
+                         "fail over again, or name a STONITH hook in params.fence.command")
+    assert db.promotions() == [] and db.nodes()["dc-b"]["recovery"]
+    assert "unanswered" in [a["action"] for a in journal.audit_trail(run_id=rec.run_id)]
+    with pytest.raises(LookupError, match="steps waiting for a person now: none"):
+        world.engine.done(rec.run_id, "promote-db", actor="oncall")
+
+
+def test_validate_warns_of_a_cooldown_shorter_than_a_database_failback() -> None:
+    plan = promote_plan(failback={"catchUp": "10m"})
+    plan.spec.trigger.cooldown = 60.0
+    assert ("steps[0] (promote-db).params.failback.catchUp: a database failback may take "
+            "10m, longer than the plan's cooldown (spec.trigger.cooldown 60.00 s): a probe "
+            "blip right after a failback trips again before the standby has caught up, and "
+            "the new promotion refuses; set the cooldown to at least 10m"
+            ) in plan_warnings(plan)
+    plan.spec.trigger.cooldown = 600.0
+    assert not any("cooldown" in w for w in plan_warnings(plan))
+
+
+def test_the_older_fence_primary_step_still_confirms_the_fence(journal: Journal) -> None:
     plan = promote_plan(fence={"method": "ssh-stop"}, person=True)
+    assert any("params.fence.confirmStep: the human step 'fence-primary' waits for a "
+               "person even when the old primary is fenced without one; remove it" in w
+               for w in plan_warnings(plan))
     world = World(plan, journal)
     db = fake(context(plan))
     db.set_node("dc-a", reachable=False)
@@ -224,6 +314,22 @@ def test_readiness_checks_the_standby_the_fence_path_and_the_slots() -> None:
     found = {c.name: c for c in checks(bad, backends)}
     assert "is on timeline 3, the primary on 1: rebuild the standby" in \
         found["step promote-db: standby streaming within budget"].detail
+
+
+def test_readiness_reports_the_wal_the_failback_slot_keeps_without_failing() -> None:
+    plan = promote_plan(slotLimit=1000)
+    ctx = context(plan)
+    evidence = perform(plan, ctx)
+    assert evidence["slot"] == {"slot": "failover_failback", "already": False,
+                                "node": "dc-b:5432"}
+    db = fake(ctx)
+    for _ in range(30):  # the incident writes past the limit; dc-a is down
+        db.commit("dc-b")
+    found = {c.name: c for c in checks(plan, ctx.backends)}
+    slots = found["step promote-db: replication slots"]
+    assert slots.ok, slots.detail
+    assert re.search(r"slot failover_failback on dc-b:5432 keeps \d{4} bytes of WAL for the "
+                     r"rebuild of dc-a:5432 \(expected until the failback\)", slots.detail)
 
 
 def test_the_fake_refuses_promoting_a_primary() -> None:

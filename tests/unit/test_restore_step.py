@@ -149,8 +149,11 @@ def test_a_damaged_backup_is_replaced_by_the_next_verified_one_in_the_plans_orde
         ("wal-2", "continuous"), ("wal-1", "continuous")]
     assert "authentication failed at chunk 3" in evidence["fellBack"][0]["why"]
     assert "payload mem:wal-1 is missing" in evidence["fellBack"][1]["why"]
-    assert evidence["fellBack"][0]["catalog"] == ("not marked: this store keeps no "
-                                                  "verification record")  # (the fake's)
+    assert evidence["fellBack"][0]["catalog"] == "marked not verified in mem:wal-2 (by run r1)"
+    # written back: the store no longer counts them, so the next restore skips them
+    listed = {b.id: b for b in ctx.backends.store("vault").list(dataset="orders")}
+    assert [listed[i].verified for i in ("wal-2", "wal-1", "daily-2")] == [False, False, True]
+    assert listed["wal-2"].verification.startswith("restore failed: wal-2: authentication")
     assert evidence["why"].startswith("restoring daily-2 (daily, taken ")
     assert ("no continuous backup is verified and intact, so the newest verified and intact "
             "daily backup; skipped newer wal-2 failed at restore (wal-2: authentication "

@@ -11,6 +11,7 @@ import pytest
 from controller import signing
 from controller.journal import Journal
 from controller.model import Phase
+from controller.plan import PlanError
 from controller.signing import SignatureRefused
 from tests.unit.test_engine import World, make_plan
 
@@ -176,3 +177,73 @@ def test_a_signature_on_a_plan_without_allowed_signers_is_refused(
     with pytest.raises(PermissionError, match=r"names no approval\.allowedSigners to check"):
         world.engine.people.approve_signed(run.id, sig)
     assert not world.engine.people.approved(run.id)
+
+
+# --- revoked keys: approval.revokedKeys, a KRL or a file of public keys --------------------
+
+@pytest.fixture
+def bob_revoked(tmp_path: Path, keys: dict[str, Path]) -> dict[str, Path]:
+    """bob's key revoked in a KRL (`ssh-keygen -k`) and in a file of public keys."""
+    krl = tmp_path / "revoked.krl"
+    subprocess.run(["ssh-keygen", "-q", "-k", "-f", str(krl), str(keys["bob"]) + ".pub"],
+                   check=True, capture_output=True)
+    listed = tmp_path / "revoked.pub"
+    listed.write_text("# bob's laptop, stolen\n" + keys["bob"].with_suffix(".pub").read_text())
+    return {"krl": krl, "keys": listed}
+
+
+@pytest.mark.parametrize("form", ["krl", "keys"])
+def test_a_signature_by_a_revoked_key_is_refused_saying_so(
+        tmp_path: Path, keys: dict[str, Path], bob_revoked: dict[str, Path],
+        form: str) -> None:
+    message = signing.message("shop", "shop-failover-1")
+    bobs = sign(keys["bob"], message, tmp_path / "b.sig")
+    revoked = bob_revoked[form]
+    with pytest.raises(SignatureRefused) as refused:
+        signing.verify(tmp_path / "allowed_signers", bobs, plan="shop",
+                       run_id="shop-failover-1", revoked=revoked)
+    said = str(refused.value)
+    assert f"the key that signed {bobs}, bob's ED25519 key SHA256:" in said
+    assert f"is revoked in approval.revokedKeys {revoked} (ssh-keygen: " in said
+    assert "Could not verify signature" in said  # ssh-keygen's own words
+    carols = sign(keys["carol"], message, tmp_path / "c.sig")  # carol's key still counts
+    assert signing.verify(tmp_path / "allowed_signers", carols, plan="shop",
+                          run_id="shop-failover-1", revoked=revoked).signer == "carol"
+
+
+def test_a_revocation_file_that_cannot_be_read_refuses_every_signature(
+        tmp_path: Path, keys: dict[str, Path]) -> None:
+    carols = sign(keys["carol"], signing.message("shop", "shop-failover-1"), tmp_path / "c.sig")
+    garbled = tmp_path / "garbled"
+    garbled.write_text("not a key list\n")
+    for revoked, says in ((garbled, "is neither an OpenSSH KRL nor a file of public keys"),
+                          (tmp_path / "none.krl", r"approval\.revokedKeys .* does not exist")):
+        with pytest.raises(SignatureRefused, match=says):
+            signing.verify(tmp_path / "allowed_signers", carols, plan="shop",
+                           run_id="shop-failover-1", revoked=revoked)
+
+
+def test_revoked_keys_need_allowed_signers() -> None:
+    with pytest.raises(PlanError, match=r"spec\.approval: revokedKeys revokes keys "
+                                        "of allowedSigners, which is not set"):
+        make_plan(lambda s: s.update(approval={"revokedKeys": "/etc/failover/revoked.krl"}))
+
+
+def test_the_engine_refuses_and_audits_an_approval_signed_by_a_revoked_key(
+        journal: Journal, tmp_path: Path, keys: dict[str, Path],
+        bob_revoked: dict[str, Path]) -> None:
+    world = World(make_plan(lambda s: s.update(mode="manual", approval={
+        "allowedSigners": str(tmp_path / "allowed_signers"),
+        "revokedKeys": str(bob_revoked["krl"])})), journal)
+    world.tick(True)
+    world.engine.request("failover", actor="carol", reason="dc-a is flooding")
+    world.engine.reconcile()
+    run = world.run()
+    sig = sign(keys["bob"], signing.message("memory-drill", run.id), tmp_path / "bob.sig")
+    with pytest.raises(PermissionError, match=r"is revoked in approval\.revokedKeys"):
+        world.engine.people.approve_signed(run.id, sig)
+    world.engine.reconcile()
+    assert not world.run().approved
+    [refused] = [a for a in journal.audit_trail(run_id=run.id)
+                 if a["action"] == "approval-refused"]
+    assert "Could not verify signature" in refused["detail"]

@@ -20,7 +20,7 @@ from controller.executor import Executor
 from controller.journal import Journal
 from controller.model import Evidence, StepRecord, StepStatus
 from controller.plan import FailoverPlan, PlanError, PlanSpec, Step, Strict, json_schema, parse_plan
-from controller.steps import Change, StepContext, StepKind
+from controller.steps import Change, StepContext, StepKind, step_kind
 
 PLAN = yaml.safe_load((Path(__file__).parents[1] / "traces" / "plan.yaml").read_text())
 LAMP: dict[str, str] = {}  # the toy kind's world: one lamp per room
@@ -100,7 +100,7 @@ def test_the_preview_and_dry_run_say_what_the_kind_would_do(lamp: None) -> None:
     assert console.preview(plan)[0]["does"] == "turn the lamp in hall red"
     ctx = StepContext(plan=plan, run_id="dry", level=None, backends=Backends(plan),
                       lookup_evidence=lambda run, step: {})
-    assert registry.step_kind("lamp").plan(plan.spec.steps[0], ctx).summary == "hall: off -> red"
+    assert step_kind("lamp").plan(plan.spec.steps[0], ctx).summary == "hall: off -> red"
     assert LAMP == {}  # the dry run changed nothing
 
 

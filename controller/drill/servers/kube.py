@@ -62,8 +62,22 @@ def kube_apiserver_path() -> Path:
     override = os.environ.get("FAILOVER_KUBE_APISERVER")
     if override:
         return Path(override)
-    cache = Path(os.environ.get("KUBE_CACHE", Path.home() / ".cache/failover-controller"))
-    return cache / f"kube-apiserver-{KUBE_VERSION}"
+    return _cache() / f"kube-apiserver-{KUBE_VERSION}"
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("KUBE_CACHE", Path.home() / ".cache/failover-controller"))
+
+
+def kubectl_path() -> str:
+    """kubectl on PATH, else the one scripts/build-kube-apiserver.sh built into the cache."""
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    built = _cache() / f"kubectl-{KUBE_VERSION}"
+    if not built.is_file():
+        raise ServerError(f"kubectl not found on PATH nor at {built}: {BUILD_HINT}")
+    return str(built)
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@ S3 server and sshd: after the process running it was killed mid-stream, the retr
 that restore's partial work (recognised by its marker) and restores; after a restore that
 finished but was not recorded, the retry finds the node running at the target with the
 expected backup, validates it and reports it as already restored, moving no data; a
-crash at any point of the swap is undone to the target as it was; what is not the
+crash at any point of the swap is undone to the target as it was; a removal of the
+replaced data cut short is finished by the next restore onto the target; what is not the
 controller's own (another backup's finished restore, directories in its names without a
 marker) is refused and left alone.
 """
@@ -172,6 +173,22 @@ def test_a_crash_during_the_swap_is_undone_by_the_next_attempt(
     assert Path(node.layout.side).is_dir() and not any(Path(node.layout.side).iterdir())
     node.undo()  # and this attempt's own work, undone in turn
     assert sorted(p.name for p in target.parent.iterdir()) == (["data"] if original else [])
+
+
+def test_a_removal_of_the_replaced_data_cut_short_is_finished_by_the_next_restore(
+        places: Path) -> None:
+    node, target = _layout(places, "removal")
+    target.mkdir()
+    (target / "PG_VERSION").write_text("15\n")  # the restored node, committed
+    _marker(node, "done", target.stat().st_ino)
+    aside = Path(node.layout.aside)  # what the background removal had not removed yet
+    (aside / "base").mkdir(parents=True)
+    (aside / "base" / "1").write_text("the replaced cluster")
+    node.prepare()  # the next restore onto the target (overwrite): removal finished first
+    assert not aside.exists() and node.cleared is None
+    assert [p.name for p in target.iterdir()] == ["PG_VERSION"]
+    node.undo()
+    assert [p.name for p in target.parent.iterdir()] == ["data"]
 
 
 @pytest.mark.parametrize("name", ["data.restoring", "data.replaced"])

@@ -7,6 +7,8 @@ passed, or failed with the reason), so that `choose` picks the newest verified b
 a data set with no backups lists none. What it relies on from `check_integrity`, the
 cheap pass right before a restore: an intact backup passes, saying what it checked; one
 whose payload is gone fails with `DamagedBackup` naming it (so the step falls back).
+From `record_damage`: a backup found damaged at restore time lists as a failed
+verification from then on, so no later restore chooses it.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 from controller.backups import BackupStore, DamagedBackup
 from controller.backups.filesystem import FilesystemBackupStore
 from controller.backups.s3 import S3BackupStore
-from controller.backups.selection import choose
+from controller.backups.selection import NoRestorableBackup, choose
 from controller.model import Backup
 from controller.secrets import Secrets
 from controller.testing import FakeBackupStore
@@ -102,6 +104,19 @@ def test_the_list_lets_choose_pick_the_newest_verified_backup(store: BackupStore
 
 def test_a_data_set_with_no_backups_lists_none(store: BackupStore) -> None:
     assert store.list(dataset="invoices") == []
+
+
+def test_a_backup_found_damaged_at_restore_lists_as_not_verified_from_then_on(
+        store: BackupStore) -> None:
+    _, passed, _ = store.list(dataset="orders")
+    said = store.record_damage(passed, reason="authentication failed at chunk 3",
+                               actor="run r1")
+    assert said.startswith("marked not verified")
+    _, again, _ = store.list(dataset="orders")
+    assert (again.id, again.verified) == (passed.id, False)
+    assert again.verification == "restore failed: authentication failed at chunk 3"
+    with pytest.raises(NoRestorableBackup):  # the next restore does not choose it
+        choose(store.list(dataset="orders"))
 
 
 @pytest.fixture(params=KINDS)

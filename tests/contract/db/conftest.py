@@ -13,6 +13,7 @@ skipped.
 from __future__ import annotations
 
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pytest
 
 from controller import registry
 from controller.db import Database, Node
+from controller.drill.processes import stop_pid
 from controller.drill.servers.postgres import PostgresServer
 from controller.drill.servers.sshd import SshServer
 from controller.secrets import Secrets
@@ -69,6 +71,17 @@ class DbWorld:
     def adopt(self) -> None:
         if self.servers is not None:
             adopt(*self.servers)
+
+    def crash_primary(self) -> None:
+        """The old primary crashes (an immediate shutdown: no shutdown checkpoint)."""
+        if self.servers is None:
+            assert isinstance(self.db, FakeDatabase)
+            self.db.set_node(self.primary.host, running=False)
+        else:
+            old = self.servers[0]
+            pid, old.pid = old.pid, None
+            assert pid is not None
+            stop_pid(pid, signal.SIGQUIT)
 
     def cut_primary(self) -> None:
         """The old primary stops answering (its host is gone)."""

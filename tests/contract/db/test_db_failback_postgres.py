@@ -3,11 +3,14 @@ incident that promoted dc-b's standby and wrote rows there, the failback's first
 rebuilds dc-a as dc-b's standby (pg_rewind, or a base backup when the rewind fails),
 switches over with dc-b fenced first, and turns dc-b into dc-a's standby: every row
 written at dc-b is at dc-a, dc-b streams from dc-a, and only then do the traffic and DNS
-reverts run. A dc-a that cannot catch up is refused with nothing switched; an attempt
-resumed after dc-b was fenced finishes the switchover."""
+reverts run. An incident that wrote more WAL than dc-b's `wal_keep_size` still comes
+home: the promotion's slot kept that WAL, and without the slot the rewound dc-a, unable
+to start, is rebuilt from a base backup. A dc-a that cannot catch up is refused with
+nothing switched; an attempt resumed after dc-b was fenced finishes the switchover."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -28,12 +31,13 @@ Pair = tuple[PostgresServer, PostgresServer]
 INCIDENT_ROWS = "INSERT INTO orders SELECT g, 'incident ' || g FROM generate_series(101, 103) g"
 
 
-def plan_for(pair: Pair, **failback: Any) -> FailoverPlan:
+def plan_for(pair: Pair, options: dict[str, Any] | None = None, **failback: Any
+             ) -> FailoverPlan:
     old, standby = pair
 
     def mutate(spec: dict[str, Any]) -> None:
         spec["backends"].append({"name": "pg", "role": "database", "kind": "postgres",
-                                 "options": {}})
+                                 "options": options or {}})
         spec["steps"].append({"name": "promote-db", "action": "promote", "backend": "pg",
                               "retries": 0, "timeout": "2m", "params": {
                                   "standby": node(standby).model_dump(by_alias=True),
@@ -139,8 +143,80 @@ def test_a_sql_fence_of_dc_b_and_a_failed_rewind_still_bring_every_row_home(
     assert evidence["rebuild"]["method"] == "pg_basebackup"
     assert "wal_log_hints" in evidence["rebuild"]["rewindError"]
     assert evidence["fence"]["method"] == "sql"
-    assert evidence["demoted"]["method"] == "pg_rewind"  # dc-b wrote past the fork
+    demoted = evidence["demoted"]  # dc-b wrote past the fork: the copy is chosen by size
+    assert (demoted["method"] == "pg_basebackup") == (
+        2 * demoted["rewindMb"] >= demoted["sourceMb"] > 0), demoted
     home_with_every_row(pg_pair)
+
+
+SEGMENTS = 4  # WAL segments the large incident writes past dc-b's wal_keep_size (0)
+
+
+def large_incident(standby: PostgresServer) -> None:
+    """dc-b, promoted, keeps no WAL for its own sake (`wal_keep_size` 0) and writes
+    SEGMENTS segments of rows 111-114, each ended by a WAL switch; its checkpoints then
+    remove every segment nothing else keeps."""
+    standby.psql("ALTER SYSTEM SET wal_keep_size = 0")
+    standby.psql("SELECT pg_reload_conf()")
+    for row in range(111, 111 + SEGMENTS):
+        standby.psql(f"INSERT INTO orders VALUES ({row}, 'large incident')")
+        standby.psql("SELECT pg_switch_wal()")
+    standby.psql("CHECKPOINT")
+    standby.psql("CHECKPOINT")
+
+
+def every_incident_row_home(pair: Pair) -> None:
+    old, standby = pair
+    assert old.psql("SELECT pg_is_in_recovery()") == "f"
+    assert old.psql("SELECT string_agg(id::text, ',' ORDER BY id) FROM orders WHERE "
+                    "id > 100") == "101,102,103,111,112,113,114"
+    assert standby.psql("SELECT pg_is_in_recovery()") == "t"
+    old.wait_streaming()
+
+
+def test_an_incident_past_wal_keep_size_comes_home_through_the_promotions_slot(
+        pg_pair: Pair) -> None:
+    old, standby = pg_pair
+    plan = plan_for(pg_pair)
+    step = incident(pg_pair, plan)
+    large_incident(standby)
+    kept = standby.psql("SELECT pg_current_wal_lsn() - restart_lsn FROM "
+                        "pg_replication_slots WHERE slot_name = 'failover_failback'")
+    assert int(kept) > (SEGMENTS - 1) * 16 * 1024 * 1024  # the incident's WAL, kept
+    try:
+        evidence = fail_back(plan, step)
+    finally:
+        adopt(*pg_pair)
+    rebuild = evidence["rebuild"]
+    assert rebuild["method"] == "pg_rewind" and "startError" not in rebuild, rebuild
+    assert evidence["slots"]["away"]["already"] is True  # made by the promotion
+    every_incident_row_home(pg_pair)
+    # dc-b streams from dc-a through dc-a's slot; dc-b's own (from the incident) is gone
+    assert old.psql("SELECT active FROM pg_replication_slots WHERE slot_name = "
+                    "'failover_failback'") == "t"
+    assert standby.psql("SELECT count(*) FROM pg_replication_slots") == "0"
+
+
+def test_a_rewound_dc_a_that_cannot_stream_is_rebuilt_from_a_base_backup(
+        pg_pair: Pair) -> None:
+    _, standby = pg_pair
+    plan = plan_for(pg_pair, stall="3s")
+    step = incident(pg_pair, plan)
+    # a promotion made before promotions kept a slot: the incident's WAL is gone
+    standby.psql("SELECT pg_drop_replication_slot('failover_failback')")
+    large_incident(standby)
+    try:
+        evidence = fail_back(plan, step)
+    finally:
+        adopt(*pg_pair)
+    rebuild = evidence["rebuild"]
+    assert rebuild["method"] == "pg_basebackup", rebuild
+    # dc-a stopped cleanly at the fork: it starts, then cannot get the WAL since
+    assert rebuild["why"] == "rewound-cannot-stream"
+    assert re.search(r"replayed nothing past \S+ for 3 s \(params.failback.stall\) before "
+                     r"reaching \S+ \(not streaming\): .* no longer has the WAL it needs",
+                     rebuild["startError"]), rebuild["startError"]
+    every_incident_row_home(pg_pair)
 
 
 def test_a_dc_a_that_cannot_catch_up_is_refused_with_nothing_switched(

@@ -2,12 +2,16 @@
 sshd for the `ssh-stop` fence): rows committed on the primary are on the promoted node;
 a standby over its lag budget or not streaming is refused with a named state and nothing
 is fenced or promoted; an old primary that cannot be reached is fenced by the plan's
-STONITH command, or the run waits for a person to say `done fence-primary`; a crashed
-primary's writes after its last checkpoint count in the data lost; a resumed attempt
-recognises the promotion it made."""
+STONITH command, or the step asks a person and promotes once they said done (or, in the
+older form, the run waits in a human step `fence-primary`); a crashed primary's writes
+after its last checkpoint count in the data lost; a resumed attempt recognises the
+promotion it made. Readiness reads the pair as it is: streaming, lag within budget (the
+plan's lag probe's reading too, which also joins the promotion's decision), the same
+timeline, the fence path (a dry run of the STONITH command) and the replication slots."""
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import time
@@ -210,6 +214,31 @@ def test_an_unreachable_primary_without_a_command_waits_for_a_person(
     assert standby.psql("SELECT pg_is_in_recovery()") == "f"
 
 
+def test_an_unreachable_primary_without_a_command_makes_the_step_ask_a_person(
+        pg_pair: Pair, journal: Journal) -> None:
+    old, standby = pg_pair
+    old.psql(ROWS)
+    old.stop()
+    world = World(plan_for(pg_pair, fence={"method": "sql"}), journal)
+    world.outage()
+    for _ in range(3):
+        world.tick(False)
+    run = world.run()
+    (asking,) = world.steps()
+    assert run.phase is Phase.AWAITING_APPROVAL and asking.status is StepStatus.AWAITING_PERSON
+    assert asking.error is not None and "cannot be reached" in asking.error
+    assert f"failoverctl done {run.id} promote-db" in asking.error
+    assert standby.psql("SELECT pg_is_in_recovery()") == "t"
+    world.engine.done(run.id, "promote-db", actor="oncall")
+    for _ in range(3):
+        world.tick(False)
+    (step,) = world.steps()
+    assert step.status is StepStatus.SUCCEEDED, step.error
+    assert step.evidence["fence"]["how"] == "a person (oncall, said done)"
+    assert standby.psql("SELECT pg_is_in_recovery()") == "f"
+    assert standby.psql("SELECT count(*) FROM orders") == "3"
+
+
 def test_a_resumed_attempt_recognises_the_promotion_it_made(pg_pair: Pair) -> None:
     old, _ = pg_pair
     old.psql(ROWS)
@@ -234,3 +263,70 @@ def test_readiness_of_a_healthy_pair(pg_pair: Pair) -> None:
     assert "streaming on timeline 1" in standby and "standby 'standby' lag" in standby
     assert found["replication slots"].detail == "1 slot(s), each within 1048576 bytes"
     assert found["fence command"].detail == "/bin/true is executable"
+
+
+def hook(tmp: Path, *, dry_run_exit: int) -> str:
+    """A STONITH hook whose `--dry-run` exits `dry_run_exit`."""
+    path = tmp / "stonith"
+    path.write_text(f"#!/bin/sh\n[ \"$1\" = --dry-run ] && exit {dry_run_exit}\nexit 0\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def readiness(plan: FailoverPlan) -> dict[str, Any]:
+    return {c.name.split(": ", 1)[1]: c for c in checks(plan, Backends(plan))
+            if c.name.startswith("step ")}
+
+
+def test_readiness_says_what_keeps_the_pair_from_a_promotion(pg_pair: Pair,
+                                                            tmp_path: Path) -> None:
+    old, standby = pg_pair
+    old.psql("SELECT pg_create_physical_replication_slot('spare', true)")
+    standby.psql("SELECT pg_wal_replay_pause()")
+    old.psql("INSERT INTO orders SELECT g, repeat('x', 1000) FROM generate_series(1, 3000) g")
+    plan = plan_for(pg_pair, fence={"method": "sql", "command": [hook(tmp_path,
+                                                                      dry_run_exit=3)],
+                                    "dryRun": True}, slotLimit=1 << 20, rpoBytes=1024)
+    found = readiness(plan)
+    assert not found["standby streaming within budget"].ok
+    assert re.search(r"lag-over-budget: .* bytes behind the primary \(budget 1024 bytes",
+                     found["standby streaming within budget"].detail)
+    assert not found["fence command"].ok and "exited 3" in found["fence command"].detail
+    slots = found["replication slots"]
+    assert not slots.ok and re.search(r"replication slots keep too much WAL: spare \d+ "
+                                      r"bytes \(inactive\) \(limit 1048576, "
+                                      r"params.slotLimit\)", slots.detail), slots.detail
+    assert found["fence path"].ok  # SQL reaches the primary: a sql fence would work
+    ok = plan_for(pg_pair, fence={"method": "sql", "command": [hook(tmp_path,
+                                                                    dry_run_exit=0)],
+                                  "dryRun": True})
+    assert readiness(ok)["fence command"].detail.endswith("stonith --dry-run exited 0")
+
+
+def test_readiness_refuses_a_standby_on_another_timeline(pg_pair: Pair) -> None:
+    old, standby = pg_pair
+    other = old.standby(standby.base.parent / "other", name="other")
+    try:
+        old.wait_streaming("other")
+        standby.psql("SELECT pg_promote()")  # a primary on timeline 2; `other` stays on 1
+        plan = plan_for((standby, other), fence={"method": "sql", "command": ["/bin/true"]})
+        found = readiness(plan)["standby streaming within budget"]
+        assert not found.ok
+        assert "is on timeline 1, the primary on 2: rebuild the standby" in found.detail
+    finally:
+        other.stop()
+
+
+def test_the_lag_probes_reading_joins_readiness_and_the_decision(pg_pair: Pair) -> None:
+    old, standby = pg_pair
+    probe = {"kind": "postgres", "options": {"host": str(old.sock), "port": old.port,
+                                             "standby": "nosuch"}}
+    plan = plan_for(pg_pair, fence={"method": "sql", "command": ["/bin/true"]},
+                    lagProbe=probe)
+    found = readiness(plan)["standby streaming within budget"]
+    assert not found.ok and "standby 'nosuch' is not connected" in found.detail
+    with pytest.raises(promote.Refused, match=r"standby-not-streaming: .* \(lag probe: "
+                       r".*standby 'nosuch' is not connected\)"):
+        perform(plan)
+    assert old.psql("SHOW default_transaction_read_only") == "off"  # nothing fenced
+    assert standby.psql("SELECT pg_is_in_recovery()") == "t"

@@ -73,6 +73,23 @@ def test_the_old_primary_rewound_follows_the_promoted_node_with_every_row(world:
     assert streams(world, world.primary, world.standby, rows=6)
 
 
+def test_a_crashed_old_primary_is_sized_for_a_rewind_then_rewound(world: DbWorld) -> None:
+    for row in (1, 2, 3):
+        world.commit(0, row)
+    assert streams(world, world.standby, world.primary, rows=3)  # replicated, then:
+    world.crash_primary()  # a dry run refuses a node not shut down cleanly: recovered first
+    with fencing.scope(fenced()):
+        world.db.promote(world.standby, timeout=30)
+    world.commit(1, 11)
+    with fencing.scope(fenced()):
+        size = world.db.rewind_size(world.primary, source=world.standby)
+        world.db.rewind(world.primary, source=world.standby)
+        world.db.follow(world.primary, source=world.standby)
+    world.adopt()
+    assert 0 < size.copy_mb <= size.source_mb
+    assert streams(world, world.primary, world.standby, rows=4)
+
+
 def test_a_rewind_that_cannot_be_done_falls_to_a_base_backup(world: DbWorld) -> None:
     world.break_rewind()
     incident(world)
@@ -101,6 +118,34 @@ def test_a_running_node_is_never_rewound_nor_replaced(world: DbWorld) -> None:
         with pytest.raises(PermanentError, match="is running: stop it before replacing"):
             world.db.basebackup(world.primary, source=world.standby, aside="x")
     world.adopt()
+
+
+def test_the_old_primary_streams_through_a_slot_made_at_the_promoted_node(world: DbWorld
+                                                                          ) -> None:
+    incident(world)
+    with fencing.scope(fenced()):
+        made = world.db.create_slot(world.standby, "failover_failback")
+        again = world.db.create_slot(world.standby, "failover_failback")
+        size = world.db.rewind_size(world.primary, source=world.standby)
+        world.db.rewind(world.primary, source=world.standby)
+        world.db.follow(world.primary, source=world.standby, slot="failover_failback")
+    world.adopt()
+    assert made == {"slot": "failover_failback", "already": False}
+    assert again["already"] is True
+    assert 0 <= size.copy_mb <= size.source_mb  # 0 of 0: a clean stop at the fork
+    assert streams(world, world.primary, world.standby, rows=5)
+    for _ in range(100):  # the walreceiver reports it streams before the slot is in use
+        slots = {s.name: s for s in world.db.slots(world.standby)}
+        if slots["failover_failback"].active:
+            break
+        time.sleep(0.05)
+    assert slots["failover_failback"].active
+    with fencing.scope(fenced()):  # on a standby too (one left from when it was a primary)
+        world.db.create_slot(world.primary, "stale")
+        dropped = world.db.drop_slot(world.primary, "stale")
+        gone = world.db.drop_slot(world.primary, "stale")
+    assert dropped["already"] is False and gone["already"] is True
+    assert "stale" not in {s.name for s in world.db.slots(world.primary)}
 
 
 @pytest.mark.parametrize("method", [FenceMethod.SQL, FenceMethod.SSH_STOP])

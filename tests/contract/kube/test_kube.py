@@ -33,6 +33,7 @@ from controller.kube import (
     connect,
 )
 from controller.model import PermanentError
+from controller.secret_access import role_documents
 from controller.secrets import SecretRef, Secrets
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -278,6 +279,9 @@ def test_read_secret_gives_one_key_and_names_the_others_when_missing(
         "apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
         "stringData": {"tsig": "c2VjcmV0LXZhbHVl", "user": "ops"}})
     assert status == 201
+    # rbac.yaml grants no Secret: the operator reads those `failoverctl secrets-role` names
+    kube.apply(role_documents({kube.namespace: [name]}, namespace=kube.namespace,
+                              service_account="failover-controller"))
     assert ctl.read_secret(kube.namespace, name, "user") == b"ops"
     with pytest.raises(NotFound, match="has no key 'nope'; it has: tsig, user") as err:
         ctl.read_secret(kube.namespace, name, "nope")

@@ -3,9 +3,11 @@
 Owns what the simulation checks of the in-memory database pair (`controller.testing_db`)
 beyond "never two writable primaries" (checked on every write by the checker): a
 promotion finds the old primary fenced and is made once per step, and a failback loses
-no write committed at the node the incident promoted. Kept apart so the checker stays
-about the journal and the world; it reads the fake directly (its rows and the clients'
-commits are not part of the world's fingerprint).
+no write committed at the node the incident promoted. A promotion after a person's fence
+comes after someone said done in that run: in its human step `fence-primary`, or to the
+promote step that asked for them (the journal's audit has the `done`). Kept apart so
+the checker stays about the journal and the world; it reads the fake directly (its rows
+and the clients' commits are not part of the world's fingerprint).
 """
 
 from __future__ import annotations
@@ -41,11 +43,24 @@ class DatabaseChecks:
             if fenced is None:
                 self.fail("a promote without a fence", f"{what}: the old primary {name} "
                           "was not fenced first")
-            done = self.checker.steps.get((run, "fence-primary"), ("", ""))[1]
-            if fenced == "person" and done != StepStatus.SUCCEEDED.value:
+            if fenced != "person":
+                continue
+            self.checker.checked["promotion after a person's fence"] += 1
+            if not self.said_done(run, (w.label or "").split("/")[-1]):
                 self.fail("a promote without a fence", f"{what}: a person powered off "
-                          f"{name}, but the journal records step fence-primary as "
-                          f"{done or 'absent'}, not done")
+                          f"{name}, but the journal records no done for this run's step "
+                          "fence-primary, nor for the promote step that asked: it "
+                          "promoted before the confirmation")
+
+    def said_done(self, run: str, step: str) -> bool:
+        """The run's human step `fence-primary` is done, or someone said done to `step`."""
+        if self.checker.steps.get((run, "fence-primary"), ("", ""))[1] == \
+                StepStatus.SUCCEEDED.value:
+            return True
+        conn = self.checker.conn
+        assert conn is not None
+        return conn.execute("SELECT 1 FROM audit WHERE run_id=? AND action='done' AND "
+                            "detail=?", (run, f"step {step}")).fetchone() is not None
 
     # --- 8: no committed write lost -------------------------------------------------------
 

@@ -19,8 +19,9 @@ The actors, as the real processes do them:
 - a **CLI process** (`failoverctl failover|failback|approve|done` on a plan file):
   the same calls as `controller.cli` makes — request, reconcile until picked up, follow
   by reconciling until the run ends or waits; approve the waiting run or step; say done
-  for the open human step (for `fence-primary`, the person first powers off the old
-  primary database: a write with no fence, like a person's edit) — then `release`.
+  for the open human step (for `fence-primary`, or a promote step that asks for a
+  person, the person first powers off the old primary database: a write with no fence,
+  like a person's edit) — then `release`.
 - **step work**: each attempt the executor spawns (`Engine(spawn=...)`).
 - the **coordinator** (`kind: etcd` in a multi-host deployment), when the schedule uses
   one: a lease with a TTL on the simulated clock and a token that only grows; a replica
@@ -171,7 +172,7 @@ def draw(seed: int) -> Schedule:
                            rng.choice(["backends", "lease", "both"])))
     clis: list[tuple[float, str]] = []
     shape = key[0]
-    human = shape in ("manual", "promote-person")
+    human = shape in ("manual", *plans.ASKING)
     kinds = ["failover", "failback", "failback", "approve", "done"] if human \
         else ["failover", "failback", "failback"]
     for _ in range(rng.choice([0, 1, 1, 2, 3])):
@@ -701,7 +702,8 @@ class Sim:
                     if run is None or not human:
                         self.trace("%s: no human step is open", proc.name)
                         return
-                    if human[0].name == "fence-primary":  # they did it, then say so
+                    if human[0].name == "fence-primary" or human[0].action == "promote":
+                        # they fenced it by hand, then say so
                         self.person_fence()
                     engine.done(run.id, human[0].name, actor="oncall")
                     self.trace("%s: done %s %s", proc.name, run.id, human[0].name)

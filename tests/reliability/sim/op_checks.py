@@ -1,15 +1,30 @@
 """The invariants of the operator simulation (`operators`), checked after every event.
 
 Replicas keep their own journals; what they share is the API server (`FakeCluster`):
-the Lease, the plan object and its status. So the checks read the world's writes (each
-with its fencing token, holder and "RUN/STEP" label, and the step's record in the
-writer's own journal as the write landed), every change of the plan object in the
-cluster's log (each status written, the object's creation and removal, and who made it),
-and, when it matters, a replica's journal file.
+the Leases (one per shard), the plan objects and their status. So the checks read the
+world's writes (each with its plan, fencing token, holder and "RUN/STEP" label, and the
+step's record in the writer's own journal as the write landed), every change of a plan
+object and of a Lease in the cluster's log (each status written, the object's creation
+and removal, and who made it), and, when it matters, a replica's journal file. Each plan
+is checked on its own (`PlanTrack`): a sharded schedule has two, each with its own world.
 
 1. **One writer.** Every world write is made under a step's fence; a token belongs to one
-   holder; tokens never go back; no write carries a token older than the Lease's
-   `leaseTransitions` as the write landed (a deposed leader).
+   holder of its shard's Lease; a plan's tokens never go back; no write carries a token
+   older than the writer's Lease's `leaseTransitions` as the write landed (a deposed
+   leader).
+1a. **One actor per plan, the leader of its shard.** Acting on a plan — a world write of
+   its run, a status write, a finalizer or annotation change — is done under one
+   leadership (a shard and its Lease's token) at a time: a new one takes over only while
+   it holds its Lease and the plan is in its shard (by its labels as the API server has
+   them), and an actor that was taken over from never acts on the plan again. The old
+   shard's leader may go on acting on a plan just moved away until it learns of the move,
+   as long as the new shard's leader has not acted on it yet.
+1b. **A shard moves alone.** A Lease passes from one holder to another only when the
+   holder failed (crashed, stopped, paused, cut from the API server) within the Lease's
+   duration: killing one shard's leader never moves another shard.
+1c. **Every plan is attended.** While its shard has a leader that works (alive, leading,
+   reaching the API server, not paused), that leader starts a reconcile of the plan (or is
+   in one) at least every `ATTENDED` seconds.
 2. **Terminal is terminal.** No world write under a step the writer's journal recorded
    succeeded/failed/skipped/reverted; a restore is never performed twice.
 3. **The finalizer holds.** When the object goes (its last finalizer removed), every run
@@ -41,41 +56,71 @@ from controller import model
 from controller import status as status_mod
 from controller.journal import Journal
 from controller.model import Phase, StepStatus
-from controller.operator import LeaderConfig
+from controller.operator import QUIET_TICKS, LeaderConfig
+from controller.sharding import lease_name
+from controller.testing_kube import LEASES
 from tests.reliability.sim.harness import Violation
 
 if TYPE_CHECKING:
-    from tests.reliability.sim.operators import OperatorSim, OpReplica
+    from tests.reliability.sim.operators import OperatorSim, OpReplica, SimPlan
     from tests.reliability.sim.world import WorldWrite
 
 TERMINAL = {s.value for s in model.TERMINAL}
 OPEN = {StepStatus.RUNNING.value, StepStatus.UNKNOWN.value, StepStatus.PENDING.value, None}
 DONE_WELL = {StepStatus.SUCCEEDED.value, StepStatus.SKIPPED.value}
+ATTENDED = QUIET_TICKS + 3.0  # seconds (ticks of 1 s): a quiet plan's every 5 ticks, and
+# the tick, the queue and the watch on the way
+Term = tuple[int, int]  # a leadership: (shard, its Lease's token)
+
+
+class PlanTrack:
+    """What the checker knows of one plan: the object as the API server has it, and who
+    has acted on it."""
+
+    def __init__(self, sp: SimPlan):
+        self.sp, self.name, self.key = sp, sp.name, sp.obj_key
+        self.uid: str | None = None
+        self.labels: dict[str, str] = {}
+        self.steps: dict[str, str] = {}  # the object's spec: step name -> action
+        self.status: dict[str, Any] = {}
+        self.changed = 0.0  # when the object last changed
+        self.max_token: int | None = None
+        self.last: Term | None = None  # the leadership that acted on it last
+        self.visited: set[int] = set()  # the shards it has been in since
+        self.top: dict[int, int] = {}  # shard -> the newest token of it that acted
+        # the shard's working leader that should attend to it (uid, shard, process
+        # group), and since when
+        self.watch: tuple[str, int, str] | None = None
+        self.since = 0.0
+        # phase, run kind, run id last mirrored, and the world writes made by then
+        self.settled: tuple[Any, ...] | None = None
 
 
 class OpChecker:
     def __init__(self, sim: OperatorSim):
-        from tests.reliability.sim.operators import KEY, NAME, NAMESPACE
+        from tests.reliability.sim.operators import NAMESPACE
 
-        self.sim, self.key, self.name = sim, KEY, NAME
-        self.lease_key = ("coordination.k8s.io", "leases", NAMESPACE,
-                          LeaderConfig().lease_name)
+        self.sim = sim
+        self.plans = {sp.obj_key: PlanTrack(sp) for sp in sim.plans}
+        self.named = {tr.name: tr for tr in self.plans.values()}
+        base = LeaderConfig().lease_name
+        self.lease_keys = [(*LEASES, NAMESPACE, lease_name(base, shard))
+                           for shard in sim.shards]
+        self.lease_shard = {key: k for k, key in enumerate(self.lease_keys)}
+        self.holders: dict[int, str | None] = {}  # shard -> its Lease's holder, last seen
+        self.impaired: dict[str, float] = {}  # holder -> the last time it failed
+        self.busy: set[tuple[str, str]] = set()  # (process group, plan) in a reconcile
+        self.started: dict[tuple[str, str], float] = {}  # ... when the last one started
         self.checked: Counter[str] = Counter()
-        self.token_holder: dict[int, str | None] = {}
-        self.max_token: int | None = None
+        self.token_holder: dict[Term, str | None] = {}
         self.run_uid: dict[str, str] = {}  # run id -> the object (uid) it belongs to
         self.written: dict[str, set[str]] = {}  # run id -> steps that changed the world
         self.restores: Counter[str] = Counter()
         self.seen = 0  # how much of the cluster's log was checked
-        self.uid: str | None = None
-        self.steps: dict[str, str] = {}  # the object's spec: step name -> action
-        self.status: dict[str, Any] = {}
-        # id(WorldWrite) -> the step's record in the writer's journal and the Lease's
-        # (holder, token) as the write landed
-        self.landing: dict[int, tuple[str | None, tuple[str | None, int | None]]] = {}
+        # id(WorldWrite) -> its plan, the step's record in the writer's journal and the
+        # writer's Lease's (holder, token) as the write landed
+        self.landing: dict[int, tuple[str, str | None, tuple[str | None, int | None]]] = {}
         self._dbs: dict[str, sqlite3.Connection] = {}
-        # phase, run kind, run id last mirrored, and the world writes made by then
-        self.settled: tuple[Any, ...] | None = None
 
     @property
     def n_runs(self) -> int:
@@ -84,16 +129,19 @@ class OpChecker:
     def fail(self, kind: str, detail: str) -> NoReturn:
         raise Violation(kind, detail)
 
-    def authority(self) -> tuple[str | None, int | None]:
-        """The Lease's holder and token (`leaseTransitions`) now."""
-        lease = self.sim.cluster.objects.get(self.lease_key)
+    def authority(self, shard: int = 0) -> tuple[str | None, int | None]:
+        """The shard's Lease's holder and token (`leaseTransitions`) now."""
+        lease = self.sim.cluster.objects.get(self.lease_keys[shard])
         if lease is None:
             return None, None
         spec = lease["spec"]
         return spec.get("holderIdentity"), int(spec.get("leaseTransitions") or 0)
 
-    def start(self) -> None:
-        return None
+    def shard(self, tr: PlanTrack) -> int | None:
+        """The shard the plan is in, by its labels as last seen."""
+        from tests.reliability.sim.operators import shard_of
+
+        return shard_of(self.sim.shards, tr.name, tr.labels)
 
     def close(self) -> None:
         for db in self._dbs.values():
@@ -128,12 +176,124 @@ class OpChecker:
         log = sim.cluster.log
         if len(log) > self.seen:
             for _, kind, key, obj, by in log[self.seen:]:
-                if key == self.key:
-                    self._change(kind, obj, by)
+                tr = self.plans.get(key)
+                if tr is not None:
+                    self._change(tr, kind, obj, by)
+                elif key in self.lease_shard:
+                    self._lease(self.lease_shard[key], obj)
             self.seen = len(log)
 
     def after_time(self) -> None:
         self.after_event(None)
+        for tr in self.plans.values():
+            self._attended(tr)
+
+    # --- 1a: one actor per plan, the leader of its shard --------------------------------
+
+    def _acts(self, tr: PlanTrack, term: Term, holder: str | None,
+              lease: tuple[str | None, int | None], what: str) -> None:
+        """The leadership `term` acts on the plan; `lease` is its Lease as it acted.
+
+        It takes the plan over from the last one that acted (`tr.last`) only when the
+        plan has been in its shard since that one last acted, and it leads that shard
+        now; a shard's older leadership never acts after a newer one did."""
+        shard, token = term
+        now = self.shard(tr)
+        newest = tr.top.get(shard, token)
+        if newest > token:
+            self.fail("two actors on one plan", f"{what}: shard {shard}'s leadership with "
+                      f"token {token} acted on {tr.name} after the one with token {newest}")
+        tr.top[shard] = token
+        if term != tr.last:
+            if shard not in tr.visited:
+                since = ("it was created" if tr.last is None else
+                         f"shard {tr.last[0]}'s leadership with token {tr.last[1]} last "
+                         "acted on it")
+                self.fail("two actors on one plan",
+                          f"{what}: {tr.name} (labels {tr.labels}, now in shard {now}) has "
+                          f"not been in shard {shard} since {since} (only in shards "
+                          f"{sorted(tr.visited)})")
+            if lease != (holder, token):
+                self.fail("a plan taken over by a replica that does not lead",
+                          f"{what}: the Lease of shard {shard} is {lease} (holder, token)")
+            if tr.last is not None:
+                self.checked["takeovers"] += 1
+                if tr.last[0] != shard:
+                    self.checked["moved"] += 1  # the plan changed shards, and leader
+            tr.last = term
+        tr.visited = {now} if now is not None else set()
+
+    def reconciling(self, proc: OpReplica, plan: str, busy: bool) -> None:
+        """`proc` starts (or ends) a reconcile of `plan`."""
+        key = (proc.group, plan)
+        if busy:
+            self.busy.add(key)
+            self.started[key] = self.sim.sched.t
+        else:
+            self.busy.discard(key)
+
+    def _attended(self, tr: PlanTrack) -> None:
+        """1c: the working leader of the plan's shard reconciles it every `ATTENDED` s."""
+        now = self.sim.sched.t
+        shard = self.shard(tr) if tr.uid is not None else None
+        leader = self._leader(shard) if shard is not None else None
+        watch = None if leader is None or tr.uid is None else (tr.uid, shard, leader.group)
+        if watch != tr.watch:
+            tr.watch, tr.since = watch, now
+            return
+        if leader is None:
+            return
+        key = (leader.group, tr.name)
+        last = now if key in self.busy else max(tr.since, self.started.get(key, tr.since))
+        if now - last > ATTENDED:
+            self.fail("plan left unreconciled",
+                      f"{tr.name} is in shard {shard}, led by {leader.group} "
+                      f"({leader.holder}) since t={tr.since:.2f}, which has not reconciled "
+                      f"it since t={last:.2f} ({now - last:.1f} s > {ATTENDED:g} s)")
+        self.checked["attended"] += 1
+
+    def _leader(self, shard: int) -> OpReplica | None:
+        """The shard's working leader: alive, not stopping or paused, reaching the API
+        server, holding the Lease and knowing it."""
+        holder, _ = self.authority(shard)
+        for p in self.sim.operators():
+            if p.shard == shard and p.holder == holder and self._working(p) \
+                    and p.op is not None and p.op.elector.leading():
+                return p
+        return None
+
+    def _working(self, p: OpReplica) -> bool:
+        """Alive, not stopping or paused, reaching the API server."""
+        now = self.sim.sched.t
+        return p.alive and not p.stopping and p.kube is not None and not p.kube.cut \
+            and not any(a.frozen_until > now for a in self.sim.sched.actors
+                        if a.group == p.group)
+
+    # --- 1b: a shard moves alone --------------------------------------------------------
+
+    def impair(self, proc: OpReplica, until: float | None = None) -> None:
+        """`proc` fails (dies, stops, is paused until `until`, cut from or reconnected
+        to the API server): its Lease may pass to another replica of its shard."""
+        at = self.sim.sched.t if until is None else until
+        self.impaired[proc.holder] = max(self.impaired.get(proc.holder, at), at)
+
+    def _lease(self, shard: int, obj: dict[str, Any]) -> None:
+        holder = obj["spec"].get("holderIdentity")
+        before = self.holders.get(shard)
+        self.holders[shard] = holder
+        if before is None or holder in (None, before):
+            return
+        self.checked["lease changes"] += 1
+        duration, _, retry = self.sim.schedule.leader
+        now = self.sim.sched.t
+        failed = self.impaired.get(before)
+        if not any(p.holder == before and self._working(p) for p in self.sim.operators()):
+            return  # it has failed, and not come back
+        if failed is None or failed < now - duration - 2 * retry - 1.0:
+            self.fail("a shard moved without its leader failing",
+                      f"the Lease of shard {shard} passed from {before} to {holder}, yet "
+                      f"{before} has not failed since "
+                      f"{'its start' if failed is None else f't={failed:.2f}'}")
 
     # --- 1, 2, 4: the world's writes ---------------------------------------------------------
 
@@ -143,62 +303,92 @@ class OpChecker:
         token, label = w.token, w.label
         if token is None or label is None:
             self.fail("unfenced write", f"{what}: a change outside any step's fence")
-        first = self.token_holder.setdefault(token, w.holder)
+        name, recorded, (holder, current) = self.landing.pop(id(w))
+        tr = self.named[name]
+        what = f"{what} (plan {name})"
+        shard = self._shard_of_group(w.group)
+        first = self.token_holder.setdefault((shard, token), w.holder)
         if first != w.holder:
-            self.fail("one token, two holders", f"{what}; token {token} was first used by "
-                      f"{first}")
-        if self.max_token is not None and token < self.max_token:
-            self.fail("token went backwards", f"{what}; token {self.max_token} wrote before")
-        self.max_token = token if self.max_token is None else max(self.max_token, token)
-        recorded, (holder, current) = self.landing.pop(id(w), (None, self.authority()))
+            self.fail("one token, two holders", f"{what}; token {token} of shard {shard} "
+                      f"was first used by {first}")
+        if tr.max_token is not None and token < tr.max_token:
+            self.fail("token went backwards", f"{what}; token {tr.max_token} wrote before")
+        tr.max_token = token if tr.max_token is None else max(tr.max_token, token)
         if current is not None and token < current:
-            self.fail("write from a deposed leader", f"{what}; the Lease had passed to "
-                      f"{holder} with token {current}")
+            self.fail("write from a deposed leader", f"{what}; the Lease of shard {shard} "
+                      f"had passed to {holder} with token {current}")
         parts = label.split("/")
         run, step, revert = parts[0], parts[1] if len(parts) > 1 else "", parts[2:] == [
             "revert"]
-        if self.uid is None:
-            self.fail("world changed with no plan", f"{what}: FailoverPlan {self.name} no "
+        if tr.uid is None:
+            self.fail("world changed with no plan", f"{what}: FailoverPlan {name} no "
                       "longer exists (its finalizer was removed)")
-        owner = self.run_uid.setdefault(run, self.uid)
-        if owner != self.uid:
+        owner = self.run_uid.setdefault(run, tr.uid)
+        if owner != tr.uid:
             self.fail("a run of a deleted plan changed the world",
                       f"{what}: run {run} belongs to the deleted object (uid {owner}); the "
-                      f"plan is now uid {self.uid}")
-        base = _reverted(step, self.steps)
-        if base not in self.steps:
+                      f"plan is now uid {tr.uid}")
+        base = _reverted(step, tr.steps)
+        if base not in tr.steps:
             self.fail("a step the plan does not have", f"{what}: the spec of uid "
-                      f"{self.uid} has steps {sorted(self.steps)}")
+                      f"{tr.uid} has steps {sorted(tr.steps)}")
+        self._acts(tr, (shard, token), w.holder, (holder, current), what)
         if revert:
             return
         self.written.setdefault(run, set()).add(step)
         if recorded in TERMINAL:
             self.fail("world changed after the step was recorded terminal",
                       f"{what}; {w.group}'s journal recorded {step} {recorded}")
-        if self.steps[base] == "restore":
+        if tr.steps[base] == "restore":
             self.restores[label] += 1
             if self.restores[label] > 1:
                 self.fail("a restore performed twice", f"{what}; restores under {label}: "
                           f"{self.restores[label]}")
 
+    def _shard_of_group(self, group: str) -> int:
+        from tests.reliability.sim.operators import OpReplica
+
+        proc = self.sim._by_group.get(group)
+        return proc.shard if isinstance(proc, OpReplica) else 0
+
     # --- 3, 4, 5: the plan object's changes -----------------------------------------------
 
-    def _change(self, kind: str, obj: dict[str, Any], by: str) -> None:
-        uid = obj["metadata"]["uid"]
+    def _change(self, tr: PlanTrack, kind: str, obj: dict[str, Any], by: str) -> None:
+        from tests.reliability.sim.operators import OpReplica
+
+        meta = obj["metadata"]
+        uid = meta["uid"]
+        tr.changed = self.sim.sched.t
         if kind == "ADDED":
-            self.uid, self.status = uid, {}
-            self.steps = {s["name"]: s["action"] for s in obj["spec"]["steps"]}
+            tr.last, tr.visited, tr.top, tr.max_token = None, set(), {}, None
+        tr.labels = dict(meta.get("labels") or {})
+        shard = self.shard(tr)
+        if shard is not None:
+            tr.visited.add(shard)
+        proc = self.sim._by_group.get(by)
+        if isinstance(proc, OpReplica) and kind != "ADDED":  # a replica acted on it
+            assert proc.op is not None
+            token = proc.op.elector._token
+            if token is None:
+                self.fail("a plan acted on by a replica that never led",
+                          f"{by} changed {tr.name} ({kind})")
+            what = "its status" if (obj.get("status") or {}) != tr.status else kind
+            self._acts(tr, (proc.shard, token), proc.holder, self.authority(proc.shard),
+                       f"{by} ({proc.holder}) changed {tr.name} ({what})")
+        if kind == "ADDED":
+            tr.uid, tr.status = uid, {}
+            tr.steps = {s["name"]: s["action"] for s in obj["spec"]["steps"]}
             return
         if kind == "DELETED":
-            self._released(uid, by)
-            self.uid, self.steps = None, {}
+            self._released(tr, uid, by)
+            tr.uid, tr.steps = None, {}
             return
         status = obj.get("status") or {}
-        if status != self.status:
-            self.status = status
-            self._status(uid, status)
+        if status != tr.status:
+            tr.status = status
+            self._status(tr, uid, status)
 
-    def _status(self, uid: str, status: dict[str, Any]) -> None:
+    def _status(self, tr: PlanTrack, uid: str, status: dict[str, Any]) -> None:
         run = status.get("run") or {}
         rid = run.get("id")
         if not rid:
@@ -206,7 +396,7 @@ class OpChecker:
         self.checked["status"] += 1
         owner = self.run_uid.setdefault(rid, uid)
         if owner != uid:
-            self.fail("a recreated plan inherited a run", f"the status of {self.name} (uid "
+            self.fail("a recreated plan inherited a run", f"the status of {tr.name} (uid "
                       f"{uid}) shows run {rid} of the deleted object (uid {owner})")
         self._course(run, run.get("steps", []), "its status")
 
@@ -223,13 +413,13 @@ class OpChecker:
                       f"run {run.get('id')} ended FailedOver in {where} with steps {bad} "
                       f"(outcome: {run.get('outcome')!r})")
 
-    def _released(self, uid: str, by: str) -> None:
+    def _released(self, tr: PlanTrack, uid: str, by: str) -> None:
         """The object `uid` is gone: its finalizer was removed by `by` (a replica). Every
         run of it that changed the world is finished in some replica's journal with no
         step that wrote left open; the run its last status showed unfinished is finished
         in the remover's own journal (it adopted it, and finished it)."""
         self.checked["released"] += 1
-        last = self.status.get("run") or {}
+        last = tr.status.get("run") or {}
         for rid in [r for r, u in self.run_uid.items() if u == uid]:
             wrote = self.written.get(rid, set())
             if wrote:  # the remover's record first: it let the plan go on what it holds
@@ -239,19 +429,19 @@ class OpChecker:
                 done = [steps for finished, steps in records if finished is not None]
                 if not done:
                     self.fail("finalizer dropped while a run is active",
-                              f"{by} removed the finalizer of {self.name} (uid {uid}): run "
+                              f"{by} removed the finalizer of {tr.name} (uid {uid}): run "
                               f"{rid} changed the world ({', '.join(sorted(wrote))}) and no "
                               "journal has it finished")
                 still = sorted(s for s in wrote if done[0].get(s) in OPEN)
                 if still:
                     self.fail("finalizer dropped while a step may have changed the world",
-                              f"{by} removed the finalizer of {self.name} (uid {uid}): steps "
+                              f"{by} removed the finalizer of {tr.name} (uid {uid}): steps "
                               f"{still} of run {rid} wrote and are not recorded terminal")
             if rid == last.get("id") and last.get("finishedAt") is None:
                 path = self.sim.paths.get(by)
                 if path is None or self._record(path, rid)[0] is None:
                     self.fail("finalizer dropped while a run is active",
-                              f"{by} removed the finalizer of {self.name} (uid {uid}) while "
+                              f"{by} removed the finalizer of {tr.name} (uid {uid}) while "
                               f"its status shows run {rid} {last.get('phase')}, which {by}'s "
                               "journal does not have finished")
 
@@ -263,53 +453,55 @@ class OpChecker:
 
     # --- 5, 6: at the end --------------------------------------------------------------------
 
-    def mirrored(self, proc: OpReplica) -> None:
+    def mirrored(self, proc: OpReplica, name: str) -> None:
         """After the faults healed, each reconcile the leader completes leaves the status
         saying what its journal says."""
-        obj = self.sim.cluster.objects.get(self.key)
-        rt = proc.op._runtimes.get(self.name) if proc.op is not None else None
+        tr = self.named[name]
+        obj = self.sim.cluster.objects.get(tr.key)
+        rt = proc.op._runtimes.get(name) if proc.op is not None else None
         if obj is None or rt is None or rt.uid != obj["metadata"]["uid"] or rt.dirty:
             return  # gone, invalid, created again meanwhile, or not leading as it wrote
         self.checked["mirrored"] += 1
         journal = Journal(proc.path)
         try:
-            truth = status_mod.build(journal, self.name, generation=None, previous={},
+            truth = status_mod.build(journal, name, generation=None, previous={},
                                      now=self.sim.sched.now())
         finally:
             journal.close()
         got, want = _shown(obj.get("status") or {}), _shown(truth)
         if got != want:
             self.fail("status does not mirror the journal",
-                      f"after the faults healed, {proc.group} reconciled {self.name}, yet its "
+                      f"after the faults healed, {proc.group} reconciled {name}, yet its "
                       f"status shows {got} while {proc.group}'s journal says {want}")
         run = truth.get("run") or {}
         self._course(run, run.get("steps", []), f"{proc.group}'s journal")
-        self.settled = (truth.get("phase"), run.get("kind"), run.get("id"),
-                        self.sim.n_writes)
+        tr.settled = (truth.get("phase"), run.get("kind"), run.get("id"), tr.sp.writes)
 
     def at_end(self) -> None:
         """The faults healed long enough ago: a replica leads, has reconciled the plan
         (so its status mirrors its journal), and a plan its record says is failed over
         has the traffic on the backup site."""
         sim = self.sim
-        if self.key not in sim.cluster.objects:
-            return
-        holder, _ = self.authority()
-        if not any(p.holder == holder and p.op is not None and p.op.elector.leading()
-                   for p in sim.operators()):
-            self.fail("no leader after the faults healed",
-                      f"{sim.schedule.horizon - sim.schedule.active:.0f} s after the faults "
-                      f"healed, no replica leads (the Lease: {holder})")
-        if self.settled is None:
-            self.fail("status not written again after the faults healed",
-                      f"{sim.schedule.horizon - sim.schedule.active:.0f} s after the faults "
-                      "healed, no leader has completed a reconcile of the plan")
-        phase, kind, run, writes = self.settled
-        if kind == "failover" and phase == Phase.FAILED_OVER.value \
-                and writes == sim.n_writes and sim.serving_site() != "dc-b":
-            self.fail("the record and the world disagree",
-                      f"the plan says FailedOver (run {run}), but the traffic is on "
-                      f"{sim.serving_site()}")
+        healed = f"{sim.schedule.horizon - sim.schedule.active:.0f} s after the faults healed"
+        for tr in self.plans.values():
+            shard = self.shard(tr)
+            if tr.key not in sim.cluster.objects or shard is None:
+                continue
+            holder, _ = self.authority(shard)
+            if not any(p.holder == holder and p.shard == shard and p.op is not None
+                       and p.op.elector.leading() for p in sim.operators()):
+                self.fail("no leader after the faults healed",
+                          f"{healed}, no replica leads shard {shard} of {tr.name} (the "
+                          f"Lease: {holder})")
+            if tr.settled is None:
+                self.fail("status not written again after the faults healed",
+                          f"{healed}, no leader has completed a reconcile of {tr.name}")
+            phase, kind, run, writes = tr.settled
+            if kind == "failover" and phase == Phase.FAILED_OVER.value \
+                    and writes == tr.sp.writes and tr.sp.serving_site() != "dc-b":
+                self.fail("the record and the world disagree",
+                          f"{tr.name} says FailedOver (run {run}), but its traffic is on "
+                          f"{tr.sp.serving_site()}")
 
 
 def _reverted(step: str, steps: dict[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""The operator in the simulation: real `Operator` replicas over one `FakeKube` (issue 22).
+"""The operator in the simulation: real `Operator` replicas over one `FakeKube` (issues 22
+and 20).
 
 `run_operator_schedule(seed)` draws an `OpSchedule` and plays it: two or three replicas
 of `controller.operator.Operator`, each a simulated process with its own journal (a pod's
@@ -11,8 +12,19 @@ own file, as deployed: the status is what replicas share), its own client of one
 - **watch**: the operator's own `_watch` (list, then watch; a watch waits on the
   simulated clock for the cluster to change);
 - **tick**: the ticker's queueing (`_due` plans onto the work queue while leading);
-- **work**: one worker taking keys off the operator's `WorkQueue` and calling
+- **work**: a worker per plan taking keys off the operator's `WorkQueue` and calling
   `reconcile`, which runs the engine (its steps' work as simulated actors too).
+
+**Shards** (`_sharded`, three schedules in ten): two shards of two or three replicas
+each, every replica given its shard as the real one is (`--shard K/2`, or
+`--shard-selector failover.example.io/shard=a` and `!failover.example.io/shard`), so each
+shard elects its leader on its own Lease (`failover-controller-shard-K-of-2`, ...), and a
+second plan, `sim-b`, with a world of its own (its fakes keyed apart: `PlanView` tells
+each world write's plan). The plans start in either shard (by the hash of their names,
+or by a label, which wins) and are moved to the other shard by `kubectl label` at any
+moment (`MOVES`: while idle, while no run is active, at once, or while a step of its run
+runs; `controller/operator_fence.py` keeps one actor per plan). Crashes, stalls,
+partitions and stand-downs aim at either shard's leader or any replica.
 
 Events, each from the seed: the primary failing and recovering, a replica killed (the
 leader most often, also mid-step at a random event), cut from the API server (and/or the
@@ -39,12 +51,13 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import controller.operator
+import controller.operator_fence
 from controller.annotations import A_APPROVE, A_DONE, A_REQUEST
 from controller.backends import Backends
 from controller.crd import GROUP, PLURAL, VERSION
@@ -58,7 +71,8 @@ from controller.operator import (
     Operator,
     Parts,
 )
-from controller.plan import FailoverPlan
+from controller.plan import FailoverPlan, parse_plan
+from controller.sharding import SHARD_LABEL, HashShard, LabelShard, Shard
 from controller.testing_kube import FakeCluster, FakeKube, Fault
 from tests.reliability.sim import plans
 from tests.reliability.sim.harness import (
@@ -72,11 +86,25 @@ from tests.reliability.sim.harness import (
     patched,
 )
 from tests.reliability.sim.scheduler import Actor, Crash, HarnessError
-from tests.reliability.sim.world import Faults, SimBackends, open_journal
+from tests.reliability.sim.world import (
+    Faults,
+    RawBackends,
+    SimBackends,
+    WorldWrite,
+    open_journal,
+)
 
 NAMESPACE = "failover"
 NAME = "sim"
 KEY = (GROUP, PLURAL, NAMESPACE, NAME)
+SECOND = "sim-b"  # a sharded schedule's second plan (the hash puts sim in 0, sim-b in 1)
+SHARDED = 0.3  # the share of schedules run over two shards
+# when the sweep moves a plan to another shard: while it is idle (no run active, healthy
+# with its primary up or failed over, no automatic failback, the object unchanged for
+# `IDLE` s: nothing starts a run or writes its status as it moves, but a person's
+# request), while no run is active, at once, or while a step of its run runs.
+MOVES = ("idle", "quiet", "now", "mid-run")
+IDLE = 1.0
 TICK = 1.0  # the operator's tick
 ENV = (KubeError, ConnectionError, TimeoutError, sqlite3.OperationalError)
 REPLAY = "tests/reliability/test_simulation_operator.py"
@@ -98,12 +126,23 @@ class OpSchedule(Schedule):
     status_faults: list[tuple[float, str, int]] = field(default_factory=list)
     # (time, any|final|failed-step, how many status writes in a row fail)
     requests: list[tuple[float, str]] = field(default_factory=list)  # annotation requests
+    # sharded: `replicas` per shard, each given its shard as `--shard K/2` (or, with
+    # `selector`, `--shard-selector KEY=a` and `!KEY`); a second plan, "sim-b"
+    shards: int = 1
+    selector: bool = False
+    second: tuple[str, bool, bool, bool] | None = None  # sim-b's plan variant
+    labels: tuple[str | None, ...] = (None, None)  # each plan's shard label at creation
+    relabels: list[tuple[float, int, str]] = field(default_factory=list)
+    # (time, plan index, now|idle|quiet|mid-run): the plan moved to the other shard
 
     def describe(self) -> str:
+        sharded = (f"; {self.shards} shards by {'selector' if self.selector else 'hash'}, "
+                   f"{self.replicas} replicas each; sim-b {self.second}; labels "
+                   f"{self.labels}; relabels {self.relabels}" if self.shards > 1 else "")
         return (f"{super().describe()}; operator lease {self.leader}; active until "
                 f"{self.active:.1f} s; stand-downs {self.standdowns}; deletes "
                 f"{self.deletes}; recreate {self.recreate}; status 503s "
-                f"{self.status_faults}; annotation requests {self.requests}")
+                f"{self.status_faults}; annotation requests {self.requests}{sharded}")
 
 
 def draw_operator(seed: int) -> OpSchedule:
@@ -150,7 +189,7 @@ def draw_operator(seed: int) -> OpSchedule:
         t0 = rng.uniform(0, active)
         faults.hangs.append((rng.choice(backends), t0, t0 + rng.uniform(1.0, leader[0])))
     settle = leader[0] + 10.0  # a new leader, its adoption, the status written again
-    return OpSchedule(
+    schedule = OpSchedule(
         seed=seed, plan_key=key, replicas=rng.choice([2, 2, 3]), horizon=active + settle,
         lease_ttl=30.0, coordinator=False, outages=outages, crashes=crashes,
         restart=(0.5, 6.0) if rng.random() < 0.9 else None, same_name=0.3, stalls=stalls,
@@ -158,15 +197,119 @@ def draw_operator(seed: int) -> OpSchedule:
         clear_after=rng.choice([1, 1, 3]), leader=leader, active=active,
         standdowns=standdowns, deletes=deletes, recreate=recreate,
         status_faults=status_faults, requests=requests)
+    return _sharded(schedule) if rng.random() < SHARDED else schedule
+
+
+def _sharded(s: OpSchedule) -> OpSchedule:
+    """The schedule `s` over two shards of two (or three) replicas, with a second plan and
+    plans moved between the shards: its events aimed at the replicas of both shards."""
+    rng = random.Random(f"operator-shards:{s.seed}")
+    s.shards, s.replicas = 2, rng.choice([2, 2, 3])
+    s.selector = rng.random() < 0.3
+    s.second = plans.KEYS[rng.randrange(len(plans.KEYS))]
+    if s.selector:  # shard 0: KEY=a, shard 1: !KEY
+        s.labels = ("a", None) if rng.random() < 0.7 else (None, "a")
+    else:  # the hash places sim in 0 and sim-b in 1; a label wins over the hash
+        s.labels = rng.choice([(None, None), ("0", "1"), ("1", "0"), ("1", None)])
+    slots = [f"r{i + 1}" for i in range(2 * s.replicas)]
+    whom = [*slots, "holder", "holder", "holder:0", "holder:1"]
+
+    def aim(events: list[Any], at: int) -> list[Any]:
+        return [(*e[:at], rng.choice(whom), *e[at + 1:]) for e in events]
+
+    s.crashes = aim(s.crashes, 2) + [
+        (rng.uniform(0, s.active), None, rng.choice(["holder:0", "holder:1"]))
+        for _ in range(rng.choice([0, 1]))]
+    s.partitions, s.stalls = aim(s.partitions, 2), aim(s.stalls, 1)
+    s.standdowns = aim(s.standdowns, 1)
+    s.relabels = sorted((rng.uniform(0, s.active), rng.randrange(2), rng.choice(MOVES))
+                        for _ in range(rng.choice([0, 1, 1, 2, 3])))
+    return s
 
 
 def plan_body(key: tuple[str, bool, bool, bool], clear_after: int,
-              without_dns: bool = False) -> dict[str, Any]:
+              without_dns: bool = False, *, name: str = NAME,
+              label: str | None = None) -> dict[str, Any]:
+    """The FailoverPlan object of a variant; a plan other than `sim` has its own world:
+    each backend's fake (and the probes' traffic table) keyed `KEY-NAME`."""
     doc = plans.document(*key, clear_after=clear_after)
     if without_dns:
         doc["spec"]["steps"] = [s for s in doc["spec"]["steps"] if s["name"] != "dns-cutover"]
-    doc["metadata"] = {"name": NAME, "namespace": NAMESPACE}
+    if name != NAME:
+        for backend in doc["spec"]["backends"]:
+            backend["options"]["key"] = f"{backend['options']['key']}-{name}"
+        for service in doc["spec"]["services"]:  # (the services share their probes' dicts)
+            service["probes"] = [{**probe, "options": {
+                **probe["options"], "traffic": f"{probe['options']['traffic']}-{name}"}}
+                for probe in service["probes"]]
+    doc["metadata"] = {"name": name, "namespace": NAMESPACE}
+    if label is not None:
+        doc["metadata"]["labels"] = {SHARD_LABEL: label}
     return doc
+
+
+@cache
+def _parsed(key: tuple[str, bool, bool, bool], clear_after: int, name: str) -> FailoverPlan:
+    return parse_plan(plan_body(key, clear_after, name=name))
+
+
+def shards_of(schedule: OpSchedule) -> list[Shard | None]:
+    """The shards the replicas are given: [None] when the operator is not sharded."""
+    if schedule.shards == 1:
+        return [None]
+    if schedule.selector:
+        return [LabelShard(SHARD_LABEL, "a"), LabelShard(SHARD_LABEL, None)]
+    return [HashShard(k, schedule.shards) for k in range(schedule.shards)]
+
+
+def shard_of(shards: list[Shard | None], name: str, labels: dict[str, str]) -> int | None:
+    """The shard a plan with these labels is in (None: none of them takes it)."""
+    return next((k for k, shard in enumerate(shards)
+                 if shard is None or shard.owns(NAMESPACE, name, labels)), None)
+
+
+@dataclass
+class SimPlan:
+    """One FailoverPlan of the schedule and its own world (its fakes, keyed apart)."""
+
+    index: int
+    name: str
+    key: tuple[str, bool, bool, bool]
+    label: str | None
+    plan: FailoverPlan
+    raw: RawBackends
+    serving: str | None = None
+    writes: int = 0  # world writes made
+
+    @property
+    def obj_key(self) -> tuple[str, str, str, str]:
+        return (GROUP, PLURAL, NAMESPACE, self.name)
+
+    def serving_site(self) -> str:
+        if self.serving is None:
+            weights = dict(self.raw.state("edge"))
+            self.serving = max(sorted(weights), key=lambda k: weights[k])
+        return self.serving
+
+
+class PlanView:
+    """What one plan's backends see of the simulation (the `sim` of `world.BackendProxy`):
+    the schedule's scheduler, randomness, faults and trace, and the plan's own world, so
+    each world write is attributed to its plan."""
+
+    def __init__(self, sim: OperatorSim, sp: SimPlan):
+        self.sim, self.sp, self.plan = sim, sp, sp.plan
+        self.sched, self.rng, self.faults = sim.sched, sim.rng, sim.faults
+
+    def trace(self, text: str, *args: Any) -> None:
+        self.sim.trace(text, *args)
+
+    def write(self, actor: Actor, backend: str, method: str, fence: Any,
+              do: Callable[[], Any]) -> Any:
+        return self.sim.write_plan(self.sp, actor, backend, method, fence, do)
+
+    def prepared_read(self, label: str | None, backend: str) -> None:
+        return None  # (what a step saw as it prepared: the plan-file checker's concern)
 
 
 # --- a replica ----------------------------------------------------------------------------
@@ -180,6 +323,7 @@ class OpReplica(Replica):
     kube: FakeKube | None = None
     path: str = ""
     stopping: bool = False  # standing down (SIGTERM): its loops end
+    shard: int = 0  # the shard it is given (0 when the operator is not sharded)
 
 
 class SimElector(Elector):
@@ -220,8 +364,8 @@ class _Until:
 class SimSamples:
     """A plan's samples: the simulated world as the replica sees it, every probe interval."""
 
-    def __init__(self, sim: OperatorSim, proc: OpReplica):
-        self.sim, self.proc, self.last = sim, proc, float("-inf")
+    def __init__(self, sim: OperatorSim, proc: OpReplica, sp: SimPlan):
+        self.sim, self.proc, self.sp, self.last = sim, proc, sp, float("-inf")
 
     @property
     def pending(self) -> bool:
@@ -231,7 +375,7 @@ class SimSamples:
         if not self.pending:
             return []
         self.last = self.sim.sched.t
-        return self.sim.samples(self.proc)
+        return self.sim.plan_samples(self.sp, self.proc)
 
 
 class SimProbing:
@@ -239,7 +383,7 @@ class SimProbing:
         self.sim, self.proc = sim, proc
 
     def start(self, plan: FailoverPlan, backends: Backends) -> SimSamples:
-        return SimSamples(self.sim, self.proc)
+        return SimSamples(self.sim, self.proc, self.sim.plan_named(plan.name))
 
     def stop(self, samples: Any) -> None:
         return None
@@ -250,14 +394,17 @@ class SimProbing:
 
 @contextmanager
 def operator_time(sim: Sim) -> Iterator[None]:
-    """The operator module's clocks follow the schedule (as `patched` does for others)."""
-    saved = controller.operator.time
-    controller.operator.time = SimpleNamespace(  # type: ignore[assignment]
-        time=sim.sched.now, monotonic=sim.sched.monotonic)
+    """The operator modules' clocks follow the schedule (as `patched` does for others)."""
+    modules = (controller.operator, controller.operator_fence)
+    saved = [module.time for module in modules]
+    for module in modules:
+        module.time = SimpleNamespace(  # type: ignore[assignment]
+            time=sim.sched.now, monotonic=sim.sched.monotonic)
     try:
         yield
     finally:
-        controller.operator.time = saved
+        for module, kept in zip(modules, saved, strict=True):
+            module.time = kept  # type: ignore[assignment]
 
 
 # --- the simulation -------------------------------------------------------------------------
@@ -276,15 +423,38 @@ class OperatorSim(Sim):
                                          prefix="failover-opsim-"))
         self.paths: dict[str, str] = {}  # process group -> its journal file
         self.counts.update(deletes=0, recreates=0, standdowns=0, status_503=0, requests=0)
+        self.healed = False
+        self.injected: list[Fault] = []  # the status faults, with how often each hit
+        self.shards = shards_of(schedule)
+        self.plans = [SimPlan(0, NAME, schedule.plan_key, schedule.labels[0], self.plan,
+                              self.raw)]
+        if schedule.second is not None:
+            second = _parsed(schedule.second, schedule.clear_after, SECOND)
+            self.plans.append(SimPlan(1, SECOND, schedule.second, schedule.labels[1],
+                                      second, RawBackends(second)))
+            self.counts.update(sharded=1, relabels=0)
+        self.views = {sp.name: PlanView(self, sp) for sp in self.plans}
+        # the slot of each replica -> its shard: r1, r2 (, r3) in 0, the next ones in 1
+        self.slot_shard = {f"r{i + 1}": i // schedule.replicas
+                           for i in range(schedule.replicas * len(self.shards))}
         self.checker.close()
         self.ops = OpChecker(self)
         self.checker = self.ops  # type: ignore[assignment]  # the Sim's step calls it
-        self.healed = False
-        self.injected: list[Fault] = []  # the status faults, with how often each hit
 
     def operators(self) -> list[OpReplica]:
         """The operator processes alive now."""
         return [p for p in self.processes if isinstance(p, OpReplica) and p.alive]
+
+    def plan_named(self, name: str) -> SimPlan:
+        return next(sp for sp in self.plans if sp.name == name)
+
+    def labels(self, sp: SimPlan) -> dict[str, str]:
+        obj = self.cluster.objects.get(sp.obj_key)
+        return dict((obj or {}).get("metadata", {}).get("labels") or {})
+
+    def shard_now(self, sp: SimPlan) -> int | None:
+        """The shard the plan is in now, by its labels as the API server has them."""
+        return shard_of(self.shards, sp.name, self.labels(sp))
 
     def utc(self) -> dt.datetime:
         return dt.datetime.fromtimestamp(self.sched.now(), dt.UTC)
@@ -300,22 +470,60 @@ class OperatorSim(Sim):
     def wait_until(self, ready: Callable[[], bool], seconds: float) -> None:
         self.sched.wait(seconds, _Until(ready))
 
-    def write(self, actor: Actor, backend: str, method: str, fence: Any,
-              do: Callable[[], Any]) -> Any:
-        """`Sim.write`, noting the step's record in the writer's journal and who holds the
-        Lease as the write lands (a backend's own audit into the journal may yield, and
-        the process be paused, before the write returns)."""
-        landing = (self.ops.step_record(actor.group, None if fence is None else fence.label),
-                   self.ops.authority())
-        n = len(self.writes)
+    def write_plan(self, sp: SimPlan, actor: Actor, backend: str, method: str, fence: Any,
+                   do: Callable[[], Any]) -> Any:
+        """`Sim.write` on the plan's own world, noting the plan, the step's record in the
+        writer's journal and who holds the writer's shard's Lease as the write lands (a
+        backend's own audit into the journal may yield, and the process be paused, before
+        the write returns)."""
+        token = None if fence is None else fence.token
+        holder = None if fence is None else fence.holder
+        label = None if fence is None else fence.label
+        proc = self._by_group.get(actor.group)
+        landing = (sp.name, self.ops.step_record(actor.group, label),
+                   self.ops.authority(proc.shard if isinstance(proc, OpReplica) else 0))
+        before = sp.raw.state(backend)
+        error: BaseException | None = None
         try:
-            return super().write(actor, backend, method, fence, do)
-        finally:
-            for w in self.writes[n:]:
-                self.ops.landing[id(w)] = landing
+            result = do()
+        except BaseException as exc:  # recorded, then raised to the caller
+            error = exc
+        after = sp.raw.state(backend)
+        sp.serving = None
+        if after != before:
+            self.n_writes += 1
+            sp.writes += 1
+            w = WorldWrite(self.sched.t, self.sched.slices, actor.name, actor.id, actor.group,
+                           backend, method, token, holder, label, before, after,
+                           None if error is None else repr(error))
+            self.writes.append(w)
+            self.ops.landing[id(w)] = landing
+            if self.capture:
+                self.writes_log.append(w)
+            self.trace("%s: WRITE %s %s.%s token=%s holder=%s label=%s: %s -> %s",
+                       actor.name, sp.name, backend, method, token, holder, label, before,
+                       after)
+        else:
+            self.trace("%s: %s %s.%s token=%s label=%s changed nothing%s", actor.name,
+                       sp.name, backend, method, token, label,
+                       "" if error is None else f" ({error!r})")
+        if error is not None:
+            raise error
+        return result
 
-    def status(self) -> dict[str, Any]:
-        obj = self.cluster.objects.get(KEY)
+    def plan_samples(self, sp: SimPlan, proc: OpReplica) -> list[Sample]:
+        """The plan's probes: its services answer when the site carrying most of its
+        traffic is up (all fail while the replica is cut from the backends)."""
+        now = self.sched.now()
+        if proc.cut_backends:
+            return [Sample(s.name, False, now, detail="unreachable (partitioned)")
+                    for s in sp.plan.spec.services]
+        ok = self.primary_up or sp.serving_site() != "dc-a"
+        return [Sample(s.name, ok, now, detail="" if ok else "HTTP 503")
+                for s in sp.plan.spec.services]
+
+    def status(self, name: str = NAME) -> dict[str, Any]:
+        obj = self.cluster.objects.get((GROUP, PLURAL, NAMESPACE, name))
         return dict((obj or {}).get("status") or {})
 
     # --- processes ----------------------------------------------------------------------------
@@ -328,7 +536,8 @@ class OperatorSim(Sim):
         if old is not None and self.rng.random() < s.same_name:
             identity = old.holder  # a pod restarted under its old name
         group = f"{name}#{incarnation}"
-        proc = OpReplica(name, identity, group, incarnation=incarnation)
+        proc = OpReplica(name, identity, group, incarnation=incarnation,
+                         shard=self.slot_shard[name])
         proc.path = str(self.dir / f"{name}-{incarnation}.db")
         shutil.copyfile(_template(), proc.path)
         self.paths[group] = proc.path
@@ -341,9 +550,12 @@ class OperatorSim(Sim):
             leader=LeaderConfig(lease_duration=s.leader[0], renew_deadline=s.leader[1],
                                 retry_period=s.leader[2]), tick=TICK, workers=1,
             parts=Parts(clock=self.clock, spawn=self.spawn_work,
-                        backends=lambda plan, audit: SimBackends(self, proc, audit),
-                        probing=SimProbing(self, proc)))
-        op.elector = SimElector(proc.kube, NAMESPACE, identity, op.elector.config)
+                        # (a PlanView has what SimBackends and its proxies use of a Sim)
+                        backends=lambda plan, audit: SimBackends(
+                            cast(Sim, self.views[plan.name]), proc, audit),
+                        probing=SimProbing(self, proc)), shard=self.shards[proc.shard])
+        op.elector = op.fences.lease = SimElector(proc.kube, NAMESPACE, identity,
+                                                  op.elector.config)
         self.replicas[name] = proc
         self._add(proc)
         stop = SimStop(self, proc)
@@ -351,8 +563,14 @@ class OperatorSim(Sim):
                          ("tick", partial(self._tick, proc))):
             self.sched.spawn(f"{group}/{what}", partial(self._guarded, proc, what, fn),
                              group=group)
-        proc.loop = self.sched.spawn(f"{group}/work", partial(self._work, proc), group=group)
-        self.trace("%s starts as %s", group, identity)
+        # a worker per plan: one plan's long step never holds up another (the real
+        # operator's ticker adds workers while every worker is busy)
+        for i in range(len(self.plans)):
+            work = self.sched.spawn(f"{group}/work{i or ''}", partial(self._work, proc),
+                                    group=group)
+            proc.loop = proc.loop or work
+        self.trace("%s starts as %s%s", group, identity, "" if self.shards == [None] else
+                   f" for shard {self.shards[proc.shard]}")
         return proc
 
     def _guarded(self, proc: OpReplica, what: str, fn: Callable[[], None]) -> None:
@@ -383,6 +601,7 @@ class OperatorSim(Sim):
             if key is None:
                 self.sched.wait(op.tick, queued)
                 continue
+            self.ops.reconciling(proc, key, True)
             try:
                 op.reconcile(key)
             except Crash:
@@ -397,8 +616,9 @@ class OperatorSim(Sim):
                                 f"{exc!r}") from exc
             else:
                 if self.healed and op.elector.leading():
-                    self.ops.mirrored(proc)
+                    self.ops.mirrored(proc, key)
             finally:
+                self.ops.reconciling(proc, key, False)
                 op.queue.done(key)
 
     def stand_down(self, whom: str) -> None:
@@ -408,6 +628,7 @@ class OperatorSim(Sim):
         if not isinstance(proc, OpReplica) or proc.stopping or proc.op is None:
             return
         self.counts["standdowns"] += 1
+        self.ops.impair(proc)
         proc.stopping = True
         proc.op.elector.stop()
         self.trace("%s is told to stop (SIGTERM)", proc.group)
@@ -425,14 +646,36 @@ class OperatorSim(Sim):
         op.elector.release()
         self._exits.append((proc, "stopped"))
 
+    def _whom(self, whom: str) -> Replica | None:
+        """A slot's live process, or `holder` (the leader of the shard `sim` is in) or
+        `holder:K` (the leader of shard K): the live process holding that Lease."""
+        if not whom.startswith("holder"):
+            return super()._whom(whom)
+        shard = (int(whom.partition(":")[2]) if ":" in whom
+                 else self.shard_now(self.plans[0]) or 0)
+        holder = self.ops.authority(shard)[0]
+        alive = [p for p in self.operators() if p.holder == holder and p.shard == shard]
+        return alive[-1] if alive else None
+
+    def kill(self, proc: Replica, why: str) -> None:
+        if isinstance(proc, OpReplica) and proc.alive:
+            self.ops.impair(proc)
+        super().kill(proc, why)
+
     def crash(self, whom: str) -> None:
         if not self.healed:  # (a crash drawn at a late event may come after the faults end)
             super().crash(whom)
 
+    def stall(self, whom: str, seconds: float) -> None:
+        proc = self._whom(whom)
+        super().stall(whom, seconds)
+        if isinstance(proc, OpReplica):
+            self.ops.impair(proc, until=self.sched.t + seconds)
+
     def partition(self, whom: str, what: str, cut: bool) -> None:
         """Cut a replica from the backends and/or ("lease") the API server, where the
         Lease is; its journal is its own (a pod's file) and stays reachable."""
-        proc = self.replicas.get(whom) if whom != "holder" else self._whom(whom)
+        proc = self.replicas.get(whom) if whom in self.replicas else self._whom(whom)
         if not isinstance(proc, OpReplica) or proc.kube is None:
             return
         if cut:
@@ -441,17 +684,60 @@ class OperatorSim(Sim):
             proc.cut_backends = cut
         if what in ("lease", "both"):
             proc.kube.cut = cut
+            self.ops.impair(proc)
         self.trace("%s %s %s", proc.group, "cut from" if cut else "reconnected to",
                    "the API server" if what == "lease" else what)
 
     # --- the plan's life ---------------------------------------------------------------------
 
-    def create_plan(self, without_dns: bool = False) -> None:
-        s = self.schedule
-        obj = self.admin.create(GROUP, VERSION, NAMESPACE, PLURAL,
-                                plan_body(s.plan_key, s.clear_after, without_dns))
-        self.trace("kubectl create fop/%s (uid %s%s)", NAME, obj["metadata"]["uid"],
-                   ", without dns-cutover" if without_dns else "")
+    def create_plan(self, without_dns: bool = False, index: int = 0) -> None:
+        sp = self.plans[index]
+        obj = self.admin.create(GROUP, VERSION, NAMESPACE, PLURAL, plan_body(
+            sp.key, self.schedule.clear_after, without_dns, name=sp.name, label=sp.label))
+        self.trace("kubectl create fop/%s (uid %s%s%s)", sp.name, obj["metadata"]["uid"],
+                   ", without dns-cutover" if without_dns else "",
+                   f", in shard {self.shard_now(sp)}" if len(self.shards) > 1 else "")
+
+    def relabel(self, index: int, when: str) -> None:
+        """`kubectl label` moving the plan to the other shard: at once, while it is idle,
+        while no run is active, or while a step of its run runs."""
+        sp = self.plans[index]
+        status = self.status(sp.name)
+        run = status.get("run") or {}
+        active = bool(run) and run.get("finishedAt") is None
+        phase = status.get("phase")
+        idle = (not active and not sp.plan.spec.automatic_failback
+                and self.sched.t - self.ops.named[sp.name].changed >= IDLE
+                and (phase == Phase.FAILED_OVER.value
+                     or (phase == Phase.HEALTHY.value and self.primary_up)))
+        fits = {"now": True, "idle": idle, "quiet": not active, "mid-run": active and any(
+            step.get("status") == StepStatus.RUNNING.value for step in run["steps"])}[when]
+        if sp.obj_key not in self.cluster.objects:
+            return
+        if not fits:
+            if self.sched.t + 0.5 < self.schedule.active:
+                self.at(self.sched.t + 0.5, partial(self.relabel, index, when))
+            return
+        before = self.shard_now(sp)
+        target = 1 - (before or 0)
+        label = (("a" if target == 0 else None) if self.schedule.selector
+                 else str(target))
+
+        def mutate(obj: dict[str, Any]) -> None:
+            labels = obj["metadata"].setdefault("labels", {})
+            labels.pop(SHARD_LABEL, None)
+            if label is not None:
+                labels[SHARD_LABEL] = label
+
+        try:
+            self.admin.update(GROUP, VERSION, NAMESPACE, PLURAL, sp.name, mutate)
+        except KubeError as exc:  # deleted meanwhile
+            self.trace("kubectl label fop/%s: %s", sp.name, exc)
+            return
+        self.counts["relabels"] += 1
+        self.trace("kubectl label fop/%s %s=%s (%s; run %s %s): shard %s -> %s", sp.name,
+                   SHARD_LABEL, label or "-", when, run.get("id"), run.get("phase"), before,
+                   self.shard_now(sp))
 
     def delete_plan(self, when: str) -> None:
         status = self.status()
@@ -538,6 +824,8 @@ class OperatorSim(Sim):
         for proc in self.processes:
             proc.cut_backends = proc.cut_lease = False
             if isinstance(proc, OpReplica) and proc.kube is not None:
+                if proc.kube.cut:
+                    self.ops.impair(proc)
                 proc.kube.cut = False
         for name, proc in self.replicas.items():
             if not proc.alive:
@@ -557,11 +845,18 @@ class OperatorSim(Sim):
             self.at(t, partial(self.status_fault, kind, times))
         for t, kind in s.requests:
             self.at(t, partial(self.annotate, kind))
+        for t, index, when in s.relabels:
+            self.at(t, partial(self.relabel, index, when))
         self.at(s.active, self.heal)
 
     def _start(self) -> None:
-        self.create_plan()
-        super()._start()
+        for sp in self.plans:
+            self.create_plan(index=sp.index)
+        self._plan_events()
+        if self.schedule.prepare is not None:
+            self.schedule.prepare(self)
+        for slot in self.slot_shard:
+            self.start_replica(slot)
 
     def run(self) -> Result:
         violation: Violation | None = None

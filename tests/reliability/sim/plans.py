@@ -7,8 +7,10 @@ short or long timeout, `onFailure: revert` or `abort`, automatic failback or not
 clearing after one probe that passes or three (a failback before the plan clears). The
 `promote` shapes promote the in-memory standby first (`controller.testing_db`): fenced by
 SQL or, when the old primary cannot be reached, by the plan's STONITH command
-(`promote`) or by a person who says done in the human step `fence-primary` placed
-before it (`promote-person`); a failback brings the database home first (`db-failback`:
+(`promote`), by a person the promote step asks for (`promote-ask`: it waits until they
+say done, at most `CONFIRM`, then fails `fence-unconfirmed`), or by a person who says
+done in the human step `fence-primary` placed before it (`promote-person`, the older
+form); a failback brings the database home first (`db-failback`:
 dc-b fenced by a stop, or by SQL). Parsed once per process (`plan_for`), since schedules
 share them.
 """
@@ -22,8 +24,10 @@ from typing import Any
 from controller.plan import FailoverPlan, parse_plan
 
 TICK = 2.0  # seconds between a replica's cycles (and the probes' interval)
-SHAPES = ("basic", "stepped", "manual", "restore", "promote", "promote-person")
-PROMOTING = ("promote", "promote-person")
+SHAPES = ("basic", "stepped", "manual", "restore", "promote", "promote-person", "promote-ask")
+PROMOTING = ("promote", "promote-person", "promote-ask")
+ASKING = ("promote-person", "promote-ask")  # a person fences the old primary
+CONFIRM = "12s"  # promote-ask: how long the step waits for the person
 KEYS: list[tuple[str, bool, bool, bool]] = list(
     itertools.product(SHAPES, (False, True), (False, True), (False, True)))
 # (shape, short timeout, onFailure revert, automatic failback)
@@ -78,7 +82,8 @@ def document(shape: str, short: bool, revert: bool, failback: bool,
              "options": {"key": "store", "backups": [
                  {"id": "b1", "dataset": "db", "kind": "daily", "verified": True,
                   "takenAt": 1_699_999_000},
-                 # the preferred backup is damaged: every restore falls back to b1
+                 # the preferred backup is damaged: the first restore falls back to b1 and
+                 # marks b2 not verified; later restores choose b1
                  {"id": "b2", "dataset": "db", "kind": "continuous", "verified": True,
                   "takenAt": 1_699_999_500, "damaged": "corrupt"}]}},
             {"name": "db", "role": "restorer", "kind": "memory", "options": {"key": "db"}},
@@ -95,6 +100,8 @@ def document(shape: str, short: bool, revert: bool, failback: bool,
         steps = []
         if shape == "promote":
             fence["command"] = ["stonith", "dc-a"]
+        elif shape == "promote-ask":
+            fence["confirmTimeout"] = CONFIRM
         else:
             steps.append({"name": "fence-primary", "action": "manual",
                           "params": {"instructions": "power off dc-a's database host"}})
