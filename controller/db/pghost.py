@@ -212,8 +212,12 @@ class ServerHost:
             if "must be shut down cleanly" not in str(exc):
                 raise
             fencing.check()
-            self.run([f"{self.pg_bin}/postgres", "--single", "-F", "-D", self.data,
-                      "template1"], timeout=3600, what="crash recovery (postgres --single)")
+            single = shlex.join([f"{self.pg_bin}/postgres", "--single", "-F", "-D", self.data,
+                                 "template1"])
+            # single-user mode reads commands until its input ends: over SSH the input is
+            # the session's channel, which never ends, so it gets none at all
+            self.run(["sh", "-c", f"exec {single} < /dev/null"], timeout=3600,
+                     what="crash recovery (postgres --single)")
             said = self._pg_rewind(source, "--dry-run", "--progress")
         if "no rewind required" in said:
             return RewindSize(0, 0)

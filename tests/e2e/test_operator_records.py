@@ -14,7 +14,7 @@ from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers
 from tests.e2e.test_cli import cli
-from tests.e2e.test_operator import Replica, get, plan_body, until
+from tests.e2e.test_operator import Replica, delete, get, names, plan_body, until
 
 
 def test_a_run_the_operator_finished_outlives_its_journal(
@@ -25,6 +25,19 @@ def test_a_run_the_operator_finished_outlives_its_journal(
     body["spec"]["records"] = {"store": {"kind": "directory",
                                          "options": {"path": str(records)}}, "keep": "180d"}
     admin.create(GROUP, VERSION, ns, PLURAL, body)
+    try:
+        _outlives(kube, replicas, tmp_path, name, state, records)
+    finally:  # the session's API server outlives the test: leave no plan for later ones
+        for plan in (name, "records-elsewhere"):
+            if plan in names(admin, ns):
+                admin.patch(GROUP, VERSION, ns, PLURAL, plan, {"metadata": {"finalizers": []}})
+                delete(kube, plan)
+        until("plans deleted", lambda: not {name, "records-elsewhere"} & names(admin, ns))
+
+
+def _outlives(kube: KubeServers, replicas: Callable[..., Replica], tmp_path: Path,
+              name: str, state: Path, records: Path) -> None:
+    admin, ns = kube.kube("admin"), kube.namespace
     replica = replicas("records-a")
     until("Healthy", lambda: get(admin, ns, name).get("status", {}).get("phase") == "Healthy",
           logs=replica.output)
@@ -49,12 +62,13 @@ def test_a_run_the_operator_finished_outlives_its_journal(
     assert [s["status"] for s in json.loads(rep.stdout)["steps"]] == ["succeeded"] * 4
 
     elsewhere = plan_body("records-elsewhere", state)
+    gone = tmp_path / "on-another-host" / "records"  # nothing here creates it
     elsewhere["spec"]["records"] = {"store": {"kind": "directory", "options": {
-        "path": "/var/lib/failover/records"}}}
+        "path": str(gone)}}}
     admin.create(GROUP, VERSION, ns, PLURAL, elsewhere)
     res = cli("history", "fop/records-elsewhere", *where, journal=tmp_path / "cli.db")
     assert res.returncode == 1
-    assert ("keeps its records in directory /var/lib/failover/records, which is not on "
+    assert (f"keeps its records in directory {gone}, which is not on "
             "this host: read them in the operator's pod (`kubectl exec -n failover-system "
             "deploy/failover-controller -- failoverctl history fop/records-elsewhere -n "
             f"{ns}`)") in res.stderr

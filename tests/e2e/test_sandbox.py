@@ -33,10 +33,20 @@ SCHEMA = json.loads((ROOT / "manifests/drills/verdict.schema.json").read_text())
 
 def drill(tmp_path: Path, scenario: str, *extra: str,
           timeout: float = 280) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "controller", "--journal", str(tmp_path / "journal.db"),
-         "drill", scenario, "--out", str(tmp_path / "out"), *extra],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """Run a drill; one that outlives `timeout` gets SIGTERM (it tears its sandbox down
+    first: a SIGKILL would leave the sandbox's servers running) and fails the test."""
+    argv = [sys.executable, "-m", "controller", "--journal", str(tmp_path / "journal.db"),
+            "drill", scenario, "--out", str(tmp_path / "out"), *extra]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=ROOT) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=120)
+            raise AssertionError(f"drill {scenario} still running after {timeout:g} s; "
+                                 f"stopped: {out[-3000:]}{err[-3000:]}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def verdict_of(out: Path) -> dict[str, Any]:
