@@ -48,9 +48,16 @@ class Health:
     def ready(self) -> tuple[bool, str]:
         try:
             self.ready_check()
+        except NotReady as exc:
+            return False, f"not ready: {exc}"
         except Exception as exc:
             return False, f"not ready: {type(exc).__name__}"
         return True, "ready"
+
+
+class NotReady(RuntimeError):
+    """Why this process is not ready, in words safe to show on /readyz (other exceptions
+    are shown by their type only: their text may carry an address or a credential)."""
 
 
 class TlsError(ValueError):

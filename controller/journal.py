@@ -21,7 +21,8 @@ silently replaced. Why each further rule:
   they are gone), and never an active run nor one a failback still needs.
 
 The file itself (opening, the integrity check, the schema and its migrations, what a
-full, damaged or unwritable file says) is `controller.journal_file`'s.
+full, damaged or unwritable file says) is `controller.journal_file`'s; the plans' leases
+(who may act, with a fencing token) are `controller.journal_leases`'.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.fencing import LostLease, next_token
+from controller.fencing import LostLease
 from controller.journal_file import SCHEMA_VERSION as SCHEMA_VERSION  # re-exported
 from controller.journal_file import JournalError as JournalError  # re-exported
-from controller.journal_file import JournalFile
+from controller.journal_leases import Leases
 from controller.model import Decision, Origin, Phase, StepRecord, StepStatus, Trigger
 from controller.secrets import redact
 
@@ -143,9 +144,10 @@ def _redact_opt(text: str | None) -> str | None:
     return redact(text) if text else text
 
 
-class Journal(JournalFile):
+class Journal(Leases):
     """The record of every plan's runs, steps, decisions, requests, approvals, audit and
-    leases, on the SQLite file that `JournalFile` opens (module docstring: the rules)."""
+    leases, on the SQLite file that `JournalFile` opens (module docstring: the rules; the
+    leases: `Leases`)."""
 
     def __init__(self, path: str | Path):
         # called with a plan name after each committed change of its runs, steps or state
@@ -184,7 +186,9 @@ class Journal(JournalFile):
         return [dict(r) for r in rows]
 
     def record_decision(self, plan: str, decision: Decision) -> None:
-        with self._tx() as db:
+        """Keep a decision (an observation: committed without waiting for the disk, as
+        `JournalFile._tx(durable=False)` says; a run it starts is durable)."""
+        with self._tx(durable=False) as db:
             db.execute("INSERT INTO decisions (plan, at, action, level, sentence) "
                        "VALUES (?,?,?,?,?)", (plan, decision.at, decision.action,
                                               decision.level, redact(decision.sentence)))
@@ -210,8 +214,11 @@ class Journal(JournalFile):
         names = [r["plan"] for r in self._all("SELECT plan FROM plan_state ORDER BY plan")]
         return [s for n in names if (s := self.plan_state(n)) is not None]
 
-    def save_plan_state(self, state: PlanState) -> None:
-        with self._tx() as db:
+    def save_plan_state(self, state: PlanState, *, durable: bool = True) -> None:
+        """Write the plan's state row. `durable=False` when only observations moved (the
+        policy window, the decision sentence, readiness), not its phase, level or site:
+        committed without waiting for the disk (`JournalFile._tx`)."""
+        with self._tx(durable=durable) as db:
             db.execute(
                 "INSERT INTO plan_state (plan, phase, level, active_site, last_decision, "
                 "policy, updated_at, readiness) VALUES (?,?,?,?,?,?,?,?) "
@@ -232,7 +239,11 @@ class Journal(JournalFile):
         return str(rows[0][0]) if rows else None
 
     def bind_plan_uid(self, plan: str, uid: str) -> None:
-        with self._tx() as db:
+        """Bind the record of `plan` to the object `uid`. Not waited on the disk for
+        (`JournalFile._tx(durable=False)`): a run recorded under the binding is durable,
+        which writes the binding with it; a binding lost with nothing after it is made
+        again."""
+        with self._tx(durable=False) as db:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
                        (f"plan-uid/{plan}", uid))
 
@@ -569,39 +580,3 @@ class Journal(JournalFile):
             total += cur.rowcount
             if cur.rowcount < batch:
                 return total
-
-    # --- single-actor lease -----------------------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, *, ttl: float, now: float) -> int | None:
-        """Take or renew the lease; returns the fencing token, or None if someone else holds
-        it. A new holder's token is `fencing.next_token` of the last one: it only grows."""
-        rows = self._all("SELECT holder, token, expires_at FROM leases WHERE name=?", (name,))
-        if rows and rows[0]["holder"] == holder and rows[0]["expires_at"] - now > ttl / 2:
-            return int(rows[0]["token"])  # ours with time to spare: no write, no transaction
-        if rows and rows[0]["holder"] not in (holder, "") and rows[0]["expires_at"] > now:
-            return None  # another's, unexpired: a standby's cycle costs one read
-        with self._tx() as db:
-            row = db.execute("SELECT * FROM leases WHERE name=?", (name,)).fetchone()
-            if row is None:
-                token = next_token(0, now)
-                db.execute("INSERT INTO leases (name, holder, token, expires_at) "
-                           "VALUES (?,?,?,?)", (name, holder, token, now + ttl))
-                return token
-            if row["holder"] != holder and row["expires_at"] > now:
-                return None
-            if row["holder"] == holder and row["expires_at"] - now > ttl / 2:
-                return int(row["token"])  # ours with time to spare: renew later, no write
-            token = row["token"] if row["holder"] == holder else next_token(row["token"], now)
-            db.execute("UPDATE leases SET holder=?, token=?, expires_at=? WHERE name=?",
-                       (holder, token, now + ttl, name))
-            return int(token)
-
-    def lease(self, name: str) -> dict[str, Any] | None:
-        rows = self._all("SELECT * FROM leases WHERE name=?", (name,))
-        return dict(rows[0]) if rows else None
-
-    def release_lease(self, name: str, holder: str) -> None:
-        """Give the lease up; the row (and its token) stays, so tokens keep growing."""
-        with self._tx() as db:
-            db.execute("UPDATE leases SET holder='', expires_at=0 WHERE name=? AND holder=?",
-                       (name, holder))

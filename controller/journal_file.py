@@ -19,6 +19,10 @@ rule:
   shared (flock) while open, so the first opener and the last closer know they are. A
   journal damaged later is still reported: a corrupt page read or written at any time
   raises JournalError saying to move it aside; `check()` runs the full check on demand.
+- **Durable where it matters**: a run, a step, a request, an approval, an audit row, a
+  phase or a lease taken from another holder is on disk when its transaction commits;
+  an observation a fresh probe rebuilds (`_tx(durable=False)`) is committed without
+  waiting for the disk, so a thousand quiet plans cost no fsync per sample.
 - **A full disk says so** ("disk full", what is free, what to do) instead of SQLite's
   follow-on "cannot rollback - no transaction is active"; the change is not recorded,
   nothing recorded before is lost, and the next write succeeds once there is room.
@@ -343,11 +347,20 @@ class JournalFile:
         return exc
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction, on disk when it commits (fsync). `durable=False` is for what
+        a fresh probe or the next cycle rebuilds (a policy window, a decision, a plan's
+        first lease or its renewal, a uid binding): committed without waiting for the
+        disk (WAL with synchronous=NORMAL: never torn, and on disk with the next durable
+        commit or checkpoint), so a crash may lose the last few, never a run or a step."""
         with self._lock:
+            restore = None
             try:
+                if not durable:
+                    restore = self._relax()
                 self._db.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
+                self._restore(restore)
                 raise self._failure(exc) from None
             try:
                 yield self._db
@@ -362,6 +375,21 @@ class JournalFile:
                     if failure is not exc:
                         raise failure from None
                 raise
+            finally:
+                self._restore(restore)
+
+    def _relax(self) -> int | None:
+        """synchronous=NORMAL for one transaction; the level to restore after it (None:
+        the connection syncs no more than that already)."""
+        level = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
+        if level <= 1:  # OFF or NORMAL
+            return None
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        return level
+
+    def _restore(self, level: int | None) -> None:
+        if level is not None:
+            self._db.execute(f"PRAGMA synchronous={level}")
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

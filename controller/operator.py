@@ -7,10 +7,12 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   re-queues every plan, so a missed event costs at most one resync.
 - **Work queue** (`controller/workqueue.py`): one key per plan, deduplicated; one plan is
   never processed by two workers at once. A plan in a long step (a restore taking an
-  hour) holds one worker; while every worker is busy and a plan waits, the ticker adds
-  one (up to `EXTRA_WORKERS`; idle extras end), so no plan waits behind another's
-  step. A plan is queued by the watch (a change asks for it), by the ticker when due
-  (`_due`), and at once by its own probes when a round may change its decision
+  hour) holds one worker; while every worker is busy, the ticker adds one for each plan
+  that waits (up to `EXTRA_WORKERS`; idle extras end), so no plan waits behind another's
+  step, and a thousand new plans get their first status in parallel. A plan is queued
+  by the watch (a change asks for it), by the ticker when due (`_due`: routine work,
+  queued behind every change and news, so a spec edit never waits behind ten thousand
+  quiet ticks), and at once by its own probes when a round may change its decision
   (`News`): a failing service costs its probes' interval x consecutiveFailures, never
   a tick more, and a thousand quiet plans queue nothing between their ticks. A due
   plan that is settled (healthy, every sample passed, no run) and has no new sample is
@@ -99,12 +101,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -122,8 +123,10 @@ from controller.annotations import (
     A_REQUEST,
     request_problem,
 )
+from controller.api import NotReady
 from controller.backends import Backends
 from controller.crd import GROUP, KIND, PLURAL, VERSION
+from controller.elector import Elector, LeaderConfig
 from controller.engine.cycle import Cycle, StoodBy
 from controller.failback import revert_steps
 from controller.fencing import LostLease
@@ -134,6 +137,7 @@ from controller.operator_fence import PlanFences
 from controller.operator_parts import Parts, Probing, Samples, SharedProbes, Stop
 from controller.operator_requests import approve_problem, done_problem
 from controller.plan import FailoverPlan, PlanError, parse_plan
+from controller.records.archive import flush
 from controller.secrets import KubeSecretKey, Secrets, redact
 from controller.sharding import Shard, lease_name
 from controller.workqueue import WorkQueue
@@ -146,205 +150,11 @@ QUIET_TICKS = 5
 WATCH_SECONDS = 5
 RECOUNT = 10.0  # seconds between updates of a repeated Event's count
 SHUTDOWN_SECONDS = 20.0  # within the pod's 30 s grace: steps cancelled, Lease released
+FLUSH_SECONDS = 8.0  # then the records store's last chance, still within that grace
 EXTRA_WORKERS = 64  # added while every worker is busy (each long step holds one)
 IDLE_SECONDS = 30.0  # an extra worker idle this long ends
+FREEZE_GROWTH = 1.1  # the plans held grew by a tenth since the last `_freeze`: again
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class LeaderConfig:
-    lease_name: str = "failover-controller"
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-
-    @property
-    def guard_every(self) -> float:
-        """How often a running step re-checks the Lease (the engine's `renew_every`):
-        every retry period, and often enough that a leader past its renew deadline is
-        stopped before its Lease can expire (renew deadline + this < lease duration)."""
-        return max(min(self.retry_period,
-                       (self.lease_duration - self.renew_deadline) / 2), 0.05)
-
-
-class Elector:
-    """Leader election on one Lease, and the leader's fencing token.
-
-    `fence()` is the engine's guard: before each step and every `retry_period` while a
-    step's work runs (the executor's `renew_every`). `token()` is the Lease's
-    `leaseTransitions` when we took it, which grows with every change of holder.
-
-    Time is never compared across machines (client-go's rule): another holder's Lease
-    has expired when this replica has seen it unchanged (same resourceVersion) for its
-    `leaseDurationSeconds` on its own monotonic clock, counted from when it first saw
-    that version — so a replica whose clock runs 20 s ahead waits like any other, and a
-    replica that starts up waits one duration before taking a Lease over. Our own
-    leadership ends `renew_deadline` after our last successful renewal was sent.
-    Renewals write the configured duration.
-    """
-
-    def __init__(self, kube: k8s.KubeAPI, namespace: str, identity: str,
-                 config: LeaderConfig):
-        self.kube, self.namespace, self.identity, self.config = kube, namespace, identity, config
-        self._renewed: float | None = None  # time.monotonic() when the last renewal was sent
-        self._token: int | None = None
-        self.transitions = 0
-        self._read: Future[k8s.Lease | None] | None = None  # the Lease read in flight
-        self._read_lock = threading.Lock()
-        # (resourceVersion, time.monotonic() when this replica first saw it)
-        self._observed: tuple[str, float] | None = None
-        self._stopping = False  # shutting down: lead no more, cancel what runs
-
-    def stop(self) -> None:
-        """Shutting down: from now on we do not lead, and a running step's next fence
-        check (within `guard_every`) cancels its work, left running for the next
-        leader to resume; `release` then frees the Lease for it at once."""
-        self._stopping = True
-
-    def leading(self) -> bool:
-        """True until `renew_deadline` after the start of our last successful renewal:
-        a leader cut from the API server stops believing it leads while its Lease still
-        has `lease_duration - renew_deadline` to run, so nobody else can have taken it."""
-        renewed = self._renewed
-        return (not self._stopping and renewed is not None
-                and time.monotonic() - renewed < self.config.renew_deadline)
-
-    def token(self) -> int:
-        """The fencing token of our leadership; LostLease when we do not lead."""
-        token = self._token
-        if token is None or not self.leading():
-            raise LostLease(f"{self.identity} does not lead {self.config.lease_name}")
-        return token
-
-    def round(self) -> bool:
-        """One election round: create, renew or take over the Lease; True when we lead."""
-        if self._stopping:
-            return False
-        was = self.leading()
-        sent = time.monotonic()  # the renewTime written is taken before the request
-        try:
-            lease = self.kube.acquire_lease(self.namespace, self.config.lease_name,
-                                            holder=self.identity,
-                                            duration_seconds=max(1, round(
-                                                self.config.lease_duration)),
-                                            expired=self.expired)
-        except (k8s.KubeError, ConnectionError) as exc:
-            log.warning("lease %s: %s", self.config.lease_name, exc)
-            lease = None
-        if lease is not None:
-            if lease.transitions != self._token:
-                log.info("%s holds %s/%s with fencing token %d", self.identity,
-                         self.namespace, self.config.lease_name, lease.transitions)
-            self._renewed, self._token = sent, lease.transitions
-        elif self._renewed is not None and not self.leading():
-            self._renewed = None
-        if self.leading() != was:
-            self.transitions += 1
-            log.warning("%s %s leadership of %s/%s", self.identity,
-                        "acquired" if self.leading() else "lost", self.namespace,
-                        self.config.lease_name)
-        return self.leading()
-
-    def expired(self, lease: k8s.Lease) -> bool:
-        """Whether another holder's `lease` has expired, judged from when this replica
-        saw it change: released (no holder), or unchanged for its duration since."""
-        now = time.monotonic()
-        if self._observed is None or self._observed[0] != lease.resource_version:
-            self._observed = (lease.resource_version, now)
-        return lease.holder is None or now - self._observed[1] >= lease.duration_seconds
-
-    def fence(self) -> None:
-        """Raise LostLease unless we still lead: the Lease, read now, is ours, unexpired and
-        not taken by anyone since we took it. When it cannot be read (the API server is
-        slow or cut off) we go on only while our last renewal is within the renew
-        deadline; the read never waits past it."""
-        if self._stopping:
-            raise LostLease(f"{self.identity} is shutting down; the next leader resumes "
-                            "what runs")
-        renewed = self._renewed
-        if renewed is None or not self.leading():
-            raise LostLease(f"{self.identity} does not lead {self.config.lease_name} (no "
-                            f"renewal within the renew deadline, "
-                            f"{self.config.renew_deadline:g} s)")
-        left = self.config.renew_deadline - (time.monotonic() - renewed)
-        try:
-            lease = self._read_lease(max(left, 0.05))
-        except (k8s.KubeError, ConnectionError, TimeoutError) as exc:
-            if self.leading():
-                log.info("cannot read lease %s (%s); still within the renew deadline",
-                         self.config.lease_name, exc)
-                return
-            raise LostLease(f"cannot confirm lease {self.config.lease_name} ({exc}) and its "
-                            f"last renewal is older than the renew deadline "
-                            f"({self.config.renew_deadline:g} s)") from None
-        if lease is None or lease.holder != self.identity:  # our time: our renewals
-            self._renewed = None
-            raise LostLease(f"lease {self.config.lease_name} is held by "
-                            f"{lease.holder if lease else 'nobody'}, not {self.identity}")
-        if lease.transitions != self._token:
-            self._renewed = None
-            raise LostLease(f"lease {self.config.lease_name} changed hands since "
-                            f"{self.identity} took it (fencing token {self._token}, now "
-                            f"{lease.transitions})")
-        if not self.leading():  # the read answered just as the renew deadline passed
-            raise LostLease(f"{self.identity} does not lead {self.config.lease_name} (no "
-                            f"renewal within the renew deadline, "
-                            f"{self.config.renew_deadline:g} s)")
-
-    def _read_lease(self, wait: float) -> k8s.Lease | None:
-        """Read the Lease, waiting at most `wait` seconds (TimeoutError after): the client
-        retries a request that gets no answer, so its own timeout does not bound the
-        wait. One read at a time: a read still in flight is waited for, not repeated."""
-        with self._read_lock:
-            pending = self._read
-            if pending is None or pending.done():
-                pending = self._read = Future()
-                threading.Thread(target=self._reader, args=(pending, wait), daemon=True,
-                                 name="lease-read").start()
-        try:
-            return pending.result(timeout=wait)
-        except FutureTimeout:
-            raise TimeoutError(f"no answer within {wait:.1f} s") from None
-
-    def _reader(self, into: Future[k8s.Lease | None], wait: float) -> None:
-        try:
-            into.set_result(self.kube.get_lease(self.namespace, self.config.lease_name,
-                                                timeout=min(wait, self.kube.timeout)))
-        except BaseException as exc:  # handed to the waiting fence
-            into.set_exception(exc)
-
-    def advance(self, at_least: int) -> int:
-        """The Lease is ours, yet an object carries a larger token than ours: the Lease was
-        deleted and created again and its count restarted. Raise our token (written
-        against the Lease's resourceVersion) above it; LostLease if the Lease is not ours."""
-        self.fence()
-        try:
-            lease = self.kube.get_lease(self.namespace, self.config.lease_name)
-            if lease is None or lease.holder != self.identity or \
-                    lease.transitions != self._token:
-                raise k8s.LeaseLost(f"lease {self.config.lease_name} changed hands")
-            lease = self.kube.advance_lease(lease, transitions=at_least)
-        except (k8s.KubeError, ConnectionError) as exc:
-            raise LostLease(f"could not raise the fencing token of lease "
-                            f"{self.config.lease_name} to {at_least}: {exc}") from None
-        log.warning("lease %s: fencing token raised from %s to %d (the Lease was created "
-                    "again after larger tokens had been written, or a plan came from "
-                    "another shard)", self.config.lease_name, self._token, lease.transitions)
-        self._token = lease.transitions
-        return lease.transitions
-
-    def release(self) -> None:
-        """Give the Lease up when it is still ours, so the next leader need not wait it
-        out (on shutdown, after `stop`)."""
-        if self._token is None:
-            return  # never led
-        self._renewed = None
-        try:
-            lease = self.kube.get_lease(self.namespace, self.config.lease_name)
-            if lease is not None and lease.holder == self.identity:
-                self.kube.release_lease(lease)
-        except (k8s.KubeError, ConnectionError) as exc:
-            log.warning("could not release lease %s: %s", self.config.lease_name, exc)
 
 
 @dataclass
@@ -397,7 +207,7 @@ class Operator:
         self._busy = 0  # workers in a reconcile
         leader = leader or LeaderConfig()
         self.elector = Elector(kube, namespace, identity, dataclasses.replace(
-            leader, lease_name=lease_name(leader.lease_name, shard)))
+            leader, lease_name=lease_name(leader.lease_name, shard)), base=leader.lease_name)
         # one actor per plan when plans move between shards (`operator_fence`)
         self.fences = PlanFences(kube, namespace, identity, self.elector, self._owns,
                                  settle=leader.lease_duration)
@@ -410,15 +220,19 @@ class Operator:
         self._said: dict[str, dict[Any, _Said]] = {}  # plan name -> Events said once
         self._lock = threading.Lock()
         self._synced = False
+        self._frozen_at = 0  # plans held at the last `_freeze`
         self.parts = parts or Parts()
         # a plan whose probes bring news is queued at once, not on its next tick
         self._probes: Probing = self.parts.probing or SharedProbes(on_news=self.queue.add)
         journal.listeners.append(self._mirror)
 
     def require_synced(self) -> None:
-        """For /readyz: raise until the first list of FailoverPlans has come back."""
+        """For /readyz: raise until the first list of FailoverPlans has come back, and
+        while this replica yields to another deployment that selects its plans."""
         if not self._synced:
-            raise RuntimeError("FailoverPlans not listed yet")
+            raise NotReady("FailoverPlans not listed yet")
+        if self.elector.rival is not None:  # another deployment selects our plans
+            raise NotReady(self.elector.why_not())
 
     # --- the threads ------------------------------------------------------------------------
 
@@ -426,6 +240,7 @@ class Operator:
         """Run until `stop` is set: election, watch, ticker and workers; then stop within
         `SHUTDOWN_SECONDS` (a running step is cancelled at its next fence check and left
         running for the next leader) and release the Lease at once."""
+        self._freeze()  # modules and the kubernetes client: 100,000 objects
         self._threads = [threading.Thread(target=fn, args=(stop,), name=name, daemon=True)
                          for name, fn in [("elector", self._elect), ("watch", self._watch),
                                           ("ticker", self._ticker)]]
@@ -448,9 +263,12 @@ class Operator:
                 log.warning("%s stops with %s still running; what they run stays recorded "
                             "as running for the next leader", self.identity,
                             ", ".join(running))
+            archivers = [rt.engine.ender.archiver for rt in self._runtimes.values()]
             self._stand_down()
             self._probes.close()
             self.elector.release()
+            # runs that ended while the records store failed: one last, bounded attempt
+            flush(archivers, deadline=time.monotonic() + FLUSH_SECONDS)
 
     def _elect(self, stop: Stop) -> None:
         while not stop.is_set():
@@ -460,7 +278,7 @@ class Operator:
 
     def _ticker(self, stop: threading.Event) -> None:
         """Every tick: the health beat (when the controller works), the plans that are
-        due, and one more worker when every worker is busy and a plan waits."""
+        due, and, when every worker is busy, one more worker for each plan that waits."""
         while not stop.wait(self.tick):
             if self.healthy():
                 self.beat()
@@ -469,11 +287,29 @@ class Operator:
                     keys = list(self._objects)
                 for key in keys:
                     if self._due(key):
-                        self.queue.add(key)
+                        self.queue.add(key, urgent=False)  # behind every change and news
+            if len(self._runtimes) >= FREEZE_GROWTH * self._frozen_at + 10:
+                self._freeze()
             with self._pool:
-                short = bool(len(self.queue)) and self._busy >= len(self._pool_threads)
-            if short and len(self._pool_threads) < self.workers + EXTRA_WORKERS:
+                waiting = len(self.queue) if self._busy >= len(self._pool_threads) else 0
+                room = self.workers + EXTRA_WORKERS - len(self._pool_threads)
+            if min(waiting, room) > 0:
+                log.info("%d plans wait and every worker is busy (a long step holds one "
+                         "each, or many plans came at once): %d workers added", waiting,
+                         min(waiting, room))
+            for _ in range(min(waiting, room)):
                 self._add_worker(stop, extra=True)
+
+    def _freeze(self) -> None:
+        """Keep what is held by now (the modules, the plans' runtimes and objects) out of
+        every later garbage collection: a full pass over the objects of 1,000 plans holds
+        every thread for ~0.4 s (a probe's timeout, a status change among them), and
+        one over 10,000 for seconds. Called at start and as the plans held grow by a
+        tenth. Freezing costs nothing and what is frozen is still freed by reference
+        counting, but a frozen runtime replaced later (a spec edit) is not collected: its
+        cycles stay, at most one runtime per plan per freeze."""
+        gc.freeze()
+        self._frozen_at = len(self._runtimes)
 
     def healthy(self) -> bool:
         """Liveness, not progress of a step: the election, watch and ticker threads run,
@@ -489,9 +325,6 @@ class Operator:
             t = threading.Thread(target=self._work, args=(stop, extra), daemon=True,
                                  name=f"worker-{len(self._pool_threads)}")
             self._pool_threads.append(t)
-        if extra:
-            log.info("every worker is busy (a long step holds one each): worker %d added",
-                     len(self._pool_threads))
         t.start()
 
     def _due(self, key: str) -> bool:
@@ -514,13 +347,15 @@ class Operator:
                                         label_selector=selector)
                 mine = {o["metadata"]["name"]: o for o in listed.items if self._owns(o)}
                 with self._lock:
-                    gone = [k for k in self._objects if k not in mine]  # in order: replays
+                    held = self._objects
+                    gone = [k for k in held if k not in mine]  # in order: replays
                     if self._synced:  # a relist: a plan new to us may have moved in
-                        self.fences.entered(*(o for k, o in mine.items() if k not in self._objects))
-                    self._objects = mine
+                        self.fences.entered(*(o for k, o in mine.items() if k not in held))
+                    self._objects = {k: _same(held.get(k), o) for k, o in mine.items()}
                 self._synced = True
-                for key in [*self._objects, *gone]:
-                    self.queue.add(key)
+                for key in [*self._objects, *gone]:  # the unchanged ones: routine work
+                    self.queue.add(key, urgent=key in gone or _asks(held.get(key),
+                                                                    self._objects[key]))
                 rv, listed_at = listed.resource_version, time.monotonic()
                 while not stop.is_set() and time.monotonic() - listed_at < self.resync:
                     # short server-side timeouts: a stop is noticed within WATCH_SECONDS;
@@ -540,7 +375,7 @@ class Operator:
                             else:
                                 if before is None:  # new to us: created, or moved in
                                     self.fences.entered(event.object)
-                                self._objects[name] = event.object
+                                self._objects[name] = _same(before, event.object)
                         if event.type != "MODIFIED" or _asks(before, event.object):
                             self.queue.add(name)
             except k8s.Gone:
@@ -1027,6 +862,8 @@ class Operator:
 
         written = self._wrote(name, self._fenced(name, write))
         if rt is not None:
+            if written.get("status") == new:  # as the server keeps it: held once, not twice
+                written["status"] = new
             rt.status, rt.obj = new, written
         for kind, reason, message in status_mod.events(previous, new):
             self._event(obj, kind, reason, message)
@@ -1110,6 +947,16 @@ def _asks(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
     return (before.get("spec") != after.get("spec") or any(
         old.get(k) != new.get(k) for k in ("uid", "generation", "annotations", "finalizers",
                                            "deletionTimestamp", "labels")))
+
+
+def _same(held: dict[str, Any] | None, seen: dict[str, Any]) -> dict[str, Any]:
+    """The object to keep: the one held when `seen` is the same version of it (our own
+    write, kept by `_wrote`, comes back on the watch and in a relist), so a plan is held
+    once, not twice."""
+    if held is not None and held["metadata"].get("resourceVersion") == \
+            seen["metadata"].get("resourceVersion"):
+        return held
+    return seen
 
 
 def _add_finalizer(obj: dict[str, Any]) -> None:

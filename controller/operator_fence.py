@@ -30,10 +30,24 @@ rule:
 - **Then our token is raised above the stored one** (`PlanFences.adopted`, when the run
   is adopted from the status), so the old leader's writes are refused from our first
   write on (the stored token is larger than its own).
+- **Outbid once per arrival** (`_outbid`, `_contested`): a plan whose status outranks
+  our token again after we outbid it — and has not left our shard since — is claimed by
+  a writer that still runs: an unsharded deployment beside the sharded one, or two shard
+  layouts (`--shard N/M` with different M). Outbidding it back would start a war (each
+  side's write refused, each raising its Lease by one more, the plan changing hands at
+  every arrival hold, both Leases' `leaseTransitions` climbing for as long as both run),
+  so it is left to the other writer, with a warning that says to stop one deployment.
+  (Two shard layouts of one Lease base never act at once: the later one yields,
+  `controller/lease_rivals.py`; this bounds what that cannot see: two `--shard-selector`
+  groups whose selectors overlap.)
+  A raise of our own Lease's count (created again: our token falls below the one we
+  outbid with) is no rival's claim. A plan that leaves our shard and comes back may be
+  outbid once more.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from functools import partial
@@ -43,9 +57,11 @@ from controller import kube as k8s
 from controller.crd import GROUP, KIND, PLURAL, VERSION
 from controller.fencing import LostLease
 
+log = logging.getLogger(__name__)
+
 
 class LeaseHolder(Protocol):
-    """The replica's side of its shard's Lease (`operator.Elector`)."""
+    """The replica's side of its shard's Lease (`elector.Elector`)."""
 
     def fence(self) -> None: ...
 
@@ -63,6 +79,11 @@ class PlanFences:
         self.owns, self.settle = owns, settle  # settle: the Lease's duration
         # plan name -> (`_key` of the plan held, time.monotonic() when first seen so)
         self._arrived: dict[str, tuple[tuple[Any, ...], float]] = {}
+        # plan name -> the token we raised ours to, to outbid its status, since it last
+        # entered our shard: outranked again, it is contested (`_contested`)
+        self._outbid: dict[str, int] = {}
+        self._settled: set[tuple[Any, int]] = set()  # (holder, token) of statuses that
+        # settled (`arriving`): the only ones `adopted` outbids
 
     def fence(self, name: str) -> Callable[[], None]:
         """The engine's fence for plan `name`."""
@@ -92,31 +113,76 @@ class PlanFences:
         if not self.owns(obj):
             raise LostLease(f"{KIND} {name} has left this replica's shard; its new "
                             "shard's leader is not outbid")
+        status = obj.get("status") or {}
+        if self._contested(name, status):
+            raise LostLease(self._claimed(name, status))
+        stored = self._outranks(status)
+        if stored is not None:
+            self._outbid[name] = stored + 1
 
     def entered(self, *objs: dict[str, Any]) -> None:
         """The watch saw these plans enter our shard (created, or moved in): one whose
         status another replica wrote is held (`arriving`) from now."""
         for obj in objs:
+            name = obj["metadata"]["name"]
+            self._outbid.pop(name, None)  # a new arrival: its old leader is outbid once
             if (obj.get("status") or {}).get("fencingHolder") not in (None, self.identity):
-                self._arrived[obj["metadata"]["name"]] = (_key(obj), time.monotonic())
+                self._arrived[name] = (_key(obj), time.monotonic())
 
     def arriving(self, name: str, obj: dict[str, Any]) -> bool:
         """The plan entered our shard, or its status outranks our token, less than a
-        Lease's duration ago (the status unchanged since): leave it alone for now."""
+        Lease's duration ago (the status unchanged since), or it is contested: leave it
+        alone for now."""
+        status = obj.get("status") or {}
+        if self._contested(name, status):
+            if self._arrived.get(name, (None,))[0] != _key(obj):  # said once per status
+                log.warning("%s", self._claimed(name, status))
+                self._arrived[name] = (_key(obj), time.monotonic())
+            return True
+        stored = self._outranks(status)
         seen = self._arrived.get(name)
         if seen is None or seen[0] != _key(obj):
-            if self._outranks(obj.get("status") or {}) is None:
+            if stored is None:
                 self._arrived.pop(name, None)
                 return False
             seen = self._arrived[name] = (_key(obj), time.monotonic())
-        return time.monotonic() - seen[1] < self.settle
+        if time.monotonic() - seen[1] < self.settle:
+            return True
+        if stored is not None:  # settled: adopted now (`adopted`), its writer outbid
+            self._outbid[name] = stored + 1
+            self._settled.add((status.get("fencingHolder"), stored))
+        return False
 
     def adopted(self, status: dict[str, Any]) -> None:
         """A plan adopted from its status: raise our token above the stored one when it
-        outranks ours, so from our first write on the old leader's writes are refused."""
+        outranks ours, so from our first write on the old leader's writes are refused —
+        only when that status settled (`arriving`): one written since is left to the next
+        reconcile's `arriving` (a rival's claim is held there, not outbid here)."""
         stored = self._outranks(status)
-        if stored is not None:
-            self.lease.advance(stored + 1)
+        if stored is None:
+            return
+        holder = status.get("fencingHolder")
+        if (holder, stored) not in self._settled:
+            raise LostLease(f"the {KIND}'s status to adopt was written by {holder} (fencing "
+                            f"token {stored}) after it had settled; the next reconcile "
+                            "waits for it to settle")
+        self.lease.advance(stored + 1)
+
+    def _contested(self, name: str, status: dict[str, Any]) -> bool:
+        """Another holder's token outranks ours on a plan whose status we have outbid
+        since it entered our shard (and our Lease has not restarted its count since):
+        its writer still claims it."""
+        mark = self._outbid.get(name)
+        return (mark is not None and self._outranks(status) is not None
+                and status.get("fencingHolder") != self.identity
+                and self.lease.token() >= mark)
+
+    def _claimed(self, name: str, status: dict[str, Any]) -> str:
+        return (f"{KIND} {self.namespace}/{name} is claimed by {status.get('fencingHolder')} "
+                f"too (fencing token {status.get('fencingToken')}, written after "
+                f"{self.identity} had outbid it): two operator deployments select it "
+                "(an unsharded one beside sharded ones, or two --shard N/M with different "
+                "M); it is left to the other one — stop one of them")
 
     def _outranks(self, status: dict[str, Any]) -> int | None:
         """The status's fencing token when it is larger than ours, or equal and another

@@ -65,6 +65,7 @@ from controller.crd import GROUP, KIND, PLURAL, VERSION
 from controller.failback import may_have_written
 from controller.model import PermanentError
 from controller.plan import FailoverPlan, PlanError, parse_plan
+from controller.records.drills import FAILBACK_REASON, FAILOVER_REASON
 from controller.registry import find_step_kind
 from controller.report import summarize
 
@@ -389,7 +390,9 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
     SIGTERM, SIGHUP) or `--wait` runs out is withdrawn instead: nothing happened, so
     there is nothing to fail back, and the operator will not act on it unattended later.
     A second signal is ignored until the drill has cleaned up. Exit 0 only when both
-    runs ended well; 130, 143 or 129 when stopped by a signal."""
+    runs ended well; 130, 143 or 129 when stopped by a signal. The two requests carry the
+    drill's reasons, by which the operator judges the drill when it archives the failback
+    (`controller.records.drills`): the verdict readiness and `history --drills` read."""
     from controller.drill.runner import EXIT_SIGNAL, Interrupted, Signals
 
     signals = Signals()
@@ -397,7 +400,7 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
         stopped: BaseException | None = None
         try:
             code = request(ref, namespace, kubeconfig, kind="failover", level=3, yes=True,
-                           reason="DR drill: planned failover to the backup site",
+                           reason=FAILOVER_REASON,
                            actor=actor, dry_run=False, output=output, wait=wait,
                            withdraw=True, claimed=claimed)
         except Withdrawn as exc:  # nothing was done: nothing to fail back
@@ -411,7 +414,7 @@ def drill(ref: str, namespace: str | None, kubeconfig: str | None, *, actor: str
         except (KeyboardInterrupt, CliError) as exc:  # claimed, or the run went wrong
             stopped, code = exc, EXIT_FAILED
         back = request(ref, namespace, kubeconfig, kind="failback", level=None, yes=True,
-                       reason="DR drill: back to the primary site", actor=actor,
+                       reason=FAILBACK_REASON, actor=actor,
                        dry_run=False, output=output, wait=wait, claimed=claimed)
     if isinstance(stopped, Interrupted):
         raise CliError(f"drill interrupted by {stopped.signame}; the operator had claimed "

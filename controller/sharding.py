@@ -21,12 +21,19 @@ replica of that shard, never touching the other shards. A shard is one of:
 
 A plan that moves to another shard (relabelled, or M changed) changes leader: the new
 shard's leader adopts its run from the status and raises its Lease's fencing token above
-the one the status carries (`operator.Elector.advance`). The two leaders hold different
+the one the status carries (`elector.Elector.advance`). The two leaders hold different
 Leases; `controller/operator_fence.py` keeps one actor per plan: the old leader's step
 stops at its next fence check, and the new leader waits a Lease's duration before acting
 on it. Two replica groups must never disagree about M (a 0/2
 and a 0/3 leader would both own some plans): change M by stopping every replica, then
-starting the new ones (see manifests/deploy/overlays/sharded).
+starting the new ones (see manifests/deploy/overlays/sharded). The same goes for the
+unsharded deployment when moving to shards. Should two groups run at once all the same,
+the one that took its Lease later does not lead while the other's Lease is live
+(`controller/lease_rivals.py`, `elector.Elector`): it is not ready and says why. Should
+two writers claim a plan all the same (two `--shard-selector` groups whose selectors
+overlap, which their Leases' names cannot tell), each outbids the other's token on it
+at most once; the one outranked after it outbid leaves the plan to the other and logs
+that two deployments select it.
 
 Pure: no I/O, no clock; `tests/unit/test_sharding.py`.
 """

@@ -25,7 +25,8 @@ SpecApplied False, `HeldDuringIncident`), so a failback reverts the objects the 
 changed, on whichever replica.
 
 `events` compares two statuses and says what happened in between (phase changes, new
-decisions, step transitions), one Event each. A change is worth a write and an Event when
+decisions, step transitions), one Event each; a plan's first status, when it is healthy
+and decided so, says nothing worth an Event. A change is worth a write and an Event when
 its meaning changes, not its counters: a decision is compared by its typed state
 (`tripped`, `still-tripped`, `degraded` ..., `policy.decided`), never by its
 sentence, so an outage that goes on costs no write per reconcile.
@@ -37,7 +38,7 @@ import datetime as dt
 from typing import Any
 
 from controller.journal import Journal, PlanState, Run
-from controller.model import TERMINAL, Phase, StepStatus, Trigger
+from controller.model import TERMINAL, DecisionState, Phase, StepStatus, Trigger
 from controller.plan import FailoverPlan
 from controller.policy import PolicyState
 
@@ -224,9 +225,13 @@ def events(before: dict[str, Any], after: dict[str, Any]) -> list[tuple[str, str
         elif spec_after.get("reason") == "Applied" and spec_before.get("reason"):
             out.append(("Normal", "SpecApplied", f"generation "
                         f"{after.get('appliedGeneration')} applied"))
-    if after.get("lastDecision") and meaning(after) != meaning(before):
+    # a plan's first status says nothing an Event would when it is healthy and decided so:
+    # a thousand new plans cost no Events (issue 20)
+    quiet_start = not before.get("phase") and after.get("phase") == Phase.HEALTHY.value
+    if after.get("lastDecision") and meaning(after) != meaning(before) and not (
+            quiet_start and meaning(after) in (None, DecisionState.HEALTHY.value)):
         out.append(("Normal", "Decision", str(after["lastDecision"])))
-    if after.get("phase") != before.get("phase"):
+    if after.get("phase") != before.get("phase") and not quiet_start:
         kind = "Warning" if after.get("phase") in ("Failed", "Degraded") else "Normal"
         out.append((kind, "Phase", f"phase {before.get('phase') or '-'} -> {after['phase']}"))
     run_after = after.get("run") or {}

@@ -11,17 +11,19 @@ on it (`commit`, a client's write: accepted by a node that takes writes), and a 
 streaming from its `upstream` on the same timeline has every row the upstream has (the
 stream is instant) unless it lags (`lagBytes`: its replay stays that far behind) or the
 two histories diverged. `rewind` and `basebackup` give a stopped node the source's rows
-and timeline (`rewindable: false` makes a rewind fail; `rewindMb`/`sizeMb` are what a
-dry run says it would copy, of the source's size), `follow` starts it as the source's
-standby (with `primary_slot_name`: it streams only when the source has that slot;
-`startsRewound: false` makes a rewound node fail to start, `streamsRewound: false` start
-but never stream, as one whose WAL since the fork is gone), `unfence` undoes a fence.
-Replication slots (`create_slot`, `drop_slot`) keep the WAL from the node's LSN when
-made; one is active while a standby streams through it. Like
-the other fakes, every write checks the step's fence and refuses a token older than one
-it accepted (`controller.testing._fenced`), and records its token and holder. Faults are
-set with `set_node` (outside any step: no fence), state is shared by `key` (or a
-`stateFile`, for a drill's processes) like the other fakes.
+and timeline (`rewindable: false` makes a rewind fail; `rewindMb` is what a dry run says
+a rewind onto the node would copy, of the source's `sizeMb`; `size` reads a node's LSN,
+`walBytes`, what it wrote (commits, or set), and `sizeMb`), `follow` starts it as the
+source's standby (with `primary_slot_name`: it streams only when the source has that
+slot; `startsRewound: false` makes a rewound node fail to start, `streamsRewound: false`
+start but never stream, as one whose WAL since the fork is gone), `unfence` undoes a
+fence. Replication slots (`create_slot`, `drop_slot`) keep the WAL from the node's LSN
+when made (a rewound node keeps its own, a base backup copies none); one is active while
+a standby streams through it. Like the other fakes, every write checks the step's fence
+and refuses a token older than one it accepted (`controller.testing._fenced`), and
+records its token and holder. Faults are set with `set_node` (outside any step: no
+fence), state is shared by `key` (or a `stateFile`, for a drill's processes) like the
+other fakes.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from controller.db import (
     Database,
     FenceMethod,
     Node,
+    NodeSize,
     NodeState,
     NotInRecovery,
     Promoted,
@@ -78,6 +81,7 @@ class FakeDatabase(Database):
             node: dict[str, Any] = {"running": True, "reachable": True, "readOnly": False,
                                     "fenced": None, "timeline": 1,
                                     "rewindable": True, "rewindMb": 16, "sizeMb": 64,
+                                    "walBytes": 0,
                                     "startsRewound": True, "streamsRewound": True,
                                     "rewound": False, "slot": None}
             st["nodes"] = {
@@ -135,6 +139,7 @@ class FakeDatabase(Database):
             st["rowSeq"] = row
             n["rows"].append(row)
             n["lsn"] += 0x100
+            n["walBytes"] += 0x100
             st.setdefault("commits", []).append({"row": row, "node": name,
                                                  "timeline": n["timeline"]})
         return row
@@ -209,6 +214,8 @@ class FakeDatabase(Database):
         with _state(self.options, "database") as st:
             n = self._node(st, node, running=False)
             seen = {"lastLsn": lsn_text(n["lsn"])}
+            if not n["recovery"]:  # a primary's WAL ends there
+                seen["walEnd"] = seen["lastLsn"]
             if not n["running"]:
                 return {"already": True, **seen}
             _fenced(st, f"stop of {node.describe()} refused")
@@ -254,13 +261,21 @@ class FakeDatabase(Database):
                                    "find previous WAL record (injected)")
             if (n["rows"], n["timeline"]) == (src["rows"], src["timeline"]):
                 return RewindSize(0, 0)
-            return RewindSize(n["rewindMb"], n["sizeMb"])
+            return RewindSize(n["rewindMb"], src["sizeMb"])
+
+    def size(self, node: Node) -> NodeSize:
+        with _state(self.options, "database") as st:
+            n = self._node(st, node)
+            return NodeSize(lsn=n["lsn"], wal_bytes=n["walBytes"],
+                            databases_bytes=n["sizeMb"] << 20)
 
     def rewind(self, node: Node, *, source: Node) -> Evidence:
         return {"rewound": self._rebuilt(node, source, "rewinding it", rewind=True)}
 
     def basebackup(self, node: Node, *, source: Node, aside: str) -> Evidence:
         self._rebuilt(node, source, "replacing its data")
+        with _state(self.options, "database") as st:
+            self._nodes(st)[node.host]["slots"] = {}  # a base backup copies no slot
         return {"aside": f"{node.host}.{aside}"}
 
     def follow(self, node: Node, *, source: Node, slot: str | None = None) -> Evidence:

@@ -283,18 +283,33 @@ class CatalogStore(BackupStore):
         self.objects.put_bytes(naming.catalog_key(entry["id"]), data)
 
     def add_directory(self, source: Path, *, dataset: str, kind: str, taken_at: float,
-                      actor: str, source_info: dict[str, Any] | None = None) -> Backup:
-        """Tar `source` (a plain base backup) through encryption into the store, streamed."""
+                      actor: str, source_info: dict[str, Any] | None = None,
+                      stage_in: CatalogStore | None = None) -> Backup:
+        """Tar `source` (a plain base backup) through encryption into the store, streamed.
+
+        With `stage_in` (the off-site store), the same tar stream is also encrypted with
+        that store's key into its payload object in the same pass (`_StagedCopy`), which
+        the entry records as `offsiteStaged`; no catalog lists it until
+        `offsite.copy_offsite` checks it there, once this backup is verified."""
         name = naming.backup_name(taken_at=taken_at, dataset=dataset, kind=kind)
         key, started = self.data_key(), time.monotonic()
         pkey = naming.payload_key(name)
         binding = crypto.Binding(id=name, dataset=dataset, taken_at=taken_at)
-        with self.objects.writer(pkey) as sink:
-            enc = crypto.EncryptingWriter(sink, key, binding=binding,
-                                          chunk_size=self.options.chunk_size)
-            with tarfile.open(fileobj=enc, mode="w|", bufsize=READ_CHUNK) as tar:  # type: ignore[call-overload]
-                tar.add(str(source), arcname=".")
-            enc.close()
+        staged = None if stage_in is None else _StagedCopy(stage_in, pkey, binding)
+        try:
+            with self.objects.writer(pkey) as sink:
+                enc = crypto.EncryptingWriter(sink, key, binding=binding,
+                                              chunk_size=self.options.chunk_size)
+                out: crypto.EncryptingWriter | _Both = (
+                    enc if staged is None else _Both(enc, staged))
+                with tarfile.open(fileobj=out, mode="w|", bufsize=READ_CHUNK) as tar:  # type: ignore[call-overload]
+                    tar.add(str(source), arcname=".")
+                enc.close()
+        except BaseException as exc:
+            if staged is not None:
+                staged.drop(exc, quietly=True)
+            raise
+        copy = None if staged is None else staged.finish()
         entry = {
             "id": name, "dataset": dataset, "kind": kind, "takenAt": taken_at,
             "format": "basebackup", "size": enc.stored_size, "plainSize": enc.plain_size,
@@ -304,7 +319,7 @@ class CatalogStore(BackupStore):
             "encryption": {"algorithm": crypto.ALGORITHM, "chunkSize": self.options.chunk_size,
                            "keyId": crypto.key_id(key), "payloadFormat": crypto.FORMAT_BOUND},
             "source": source_info or {}, "createdBy": actor, "createdAt": time.time(),
-            "verifications": [],
+            "verifications": [], **({"offsiteStaged": copy} if copy else {}),
         }
         self._put_entry(entry)
         self.audit(actor=actor, action="backup",
@@ -357,6 +372,86 @@ class CatalogStore(BackupStore):
                         "detail": detail}]}, actor=actor)
         return (f"marked not verified at {naming.iso(at)} in "
                 f"{self.objects.location(naming.catalog_key(backup.id))}")
+
+
+class _StagedCopy:
+    """The off-site copy of a payload, written as the payload is (`add_directory`): the
+    plaintext encrypted with the off-site store's key, bound to the same backup, and its
+    SHA-256 taken on the way (the read-back check compares it). A failure of the off-site
+    store drops the copy (its upload aborted, logged), never the backup: the off-site
+    phase then copies the verified backup from the store instead."""
+
+    def __init__(self, store: CatalogStore, key: str, binding: crypto.Binding):
+        self.store, self.key, self.dropped = store, key, False
+        self.plain = crypto.BackgroundSha256()
+        self._writer: contextlib.AbstractContextManager[BinaryIO] | None = None
+        self._enc: crypto.EncryptingWriter | None = None
+        try:
+            data_key = store.data_key()
+            self._writer = store.objects.writer(key)
+            self._enc = crypto.EncryptingWriter(self._writer.__enter__(), data_key,
+                                                binding=binding,
+                                                chunk_size=store.options.chunk_size)
+        except Exception as exc:
+            self.drop(exc)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._enc is not None:
+            self.plain.update(data if isinstance(data, bytes) else bytes(data))
+            try:
+                self._enc.write(data)
+            except Exception as exc:
+                self.drop(exc)
+
+    def drop(self, exc: BaseException, *, quietly: bool = False) -> None:
+        """Abort the copy (the store's writer removes what it wrote); `quietly`: the
+        backup itself failed, so there is no copy to miss."""
+        writer, self._writer, self._enc = self._writer, None, None
+        if not quietly:
+            self._dropped(exc)
+        if writer is not None:
+            with contextlib.suppress(Exception):
+                writer.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _dropped(self, exc: BaseException) -> None:
+        if not self.dropped:
+            self.dropped = True
+            log.warning("dropped the off-site copy of %s written as it was taken (%s); "
+                        "the off-site phase copies the verified backup instead", self.key,
+                        redact(f"{type(exc).__name__}: {exc}"))
+
+    def finish(self) -> dict[str, Any] | None:
+        """Seal and store the copy; what the entry records of it (None: dropped)."""
+        enc, writer = self._enc, self._writer
+        if enc is None or writer is None:
+            return None
+        try:
+            enc.close()
+        except Exception as exc:
+            self.drop(exc)
+            return None
+        self._enc = self._writer = None
+        try:
+            writer.__exit__(None, None, None)  # a failing upload aborts itself
+        except Exception as exc:
+            self._dropped(exc)
+            return None
+        return {"location": self.store.objects.location(self.key), "key": self.key,
+                "size": enc.stored_size, "sha256": enc.sha256.hexdigest(),
+                "keyId": crypto.key_id(self.store.data_key()),
+                "chunkSize": self.store.options.chunk_size,
+                "plainSha256": self.plain.hexdigest()}
+
+
+class _Both:
+    """The tar stream to the payload and to its staged off-site copy, in one pass."""
+
+    def __init__(self, payload: crypto.EncryptingWriter, copy: _StagedCopy):
+        self.payload, self.copy = payload, copy
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self.copy.write(data)
+        return self.payload.write(data)
 
 
 def sha256_stream(src: BinaryIO, *, chunk: int = READ_CHUNK) -> tuple[str, int]:

@@ -31,10 +31,10 @@ import hashlib
 import hmac
 import json
 import os
-import queue
 import struct
-import threading
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -55,7 +55,7 @@ TAG = 16
 DEFAULT_CHUNK = 1 << 20
 ALGORITHM = "AES-256-GCM"
 FORMAT_BOUND = 2
-HASH_AHEAD = 8  # stored chunks read ahead of their SHA-256
+HASH_AHEAD = 8  # chunks handed to a SHA-256 ahead of it (`BackgroundSha256`)
 
 
 class DecryptionError(PermanentError):
@@ -214,7 +214,7 @@ class EncryptingWriter:
         self.header = pack_header(chunk_size, self._prefix, key_id(key), binding)
         self._buf = bytearray()
         self._counter = 0
-        self.sha256 = hashlib.sha256()
+        self.sha256 = BackgroundSha256()
         self.stored_size = 0
         self.plain_size = 0
         self.closed = False
@@ -225,7 +225,7 @@ class EncryptingWriter:
         self.sha256.update(data)
         self.stored_size += len(data)
 
-    def _seal(self, data: bytes, final: bool) -> None:
+    def _seal(self, data: bytes | memoryview, final: bool) -> None:
         if self._counter >= 0xFFFFFFFF:
             raise PermanentError("backup too large for one encrypted stream (2^32 chunks)")
         self._emit(self._aead.encrypt(_nonce(self._prefix, self._counter, final), data,
@@ -236,9 +236,12 @@ class EncryptingWriter:
         n = len(data)
         self.plain_size += n
         self._buf += data
-        while len(self._buf) > self._chunk:
-            self._seal(bytes(self._buf[: self._chunk]), False)
-            del self._buf[: self._chunk]
+        done = 0  # sealed from views of the buffer (no copy), then dropped at once
+        with memoryview(self._buf) as view:
+            while len(self._buf) - done > self._chunk:
+                self._seal(view[done:done + self._chunk], False)
+                done += self._chunk
+        del self._buf[:done]
         return n
 
     def writable(self) -> bool:
@@ -254,22 +257,39 @@ class EncryptingWriter:
             self._buf.clear()
 
 
+class BackgroundSha256:
+    """A SHA-256 taken in a thread of its own, in order: hashlib lets go of the GIL on
+    large buffers, so the hash runs beside the caller's work (decrypting, encrypting,
+    tar) instead of after it. At most `HASH_AHEAD` updates wait for it; `update` takes
+    immutable bytes (hashed later), `hexdigest` waits for the rest, `close` drops what
+    waits (the thread also ends once the hash is garbage)."""
+
+    def __init__(self) -> None:
+        self._sha256 = hashlib.sha256()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="sha256")
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, data: bytes) -> None:
+        if len(self._pending) >= HASH_AHEAD:
+            self._pending.popleft().result()
+        self._pending.append(self._worker.submit(self._sha256.update, data))
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._sha256.hexdigest()
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+
 class _Counted:
     """Reads from `src`, counting every byte read and hashing it (the stored object's
-    SHA-256) in a thread of its own: hashlib lets go of the GIL on large buffers, so the
-    hash runs beside the decryption instead of after it. At most `HASH_AHEAD` reads wait
-    for the hash; `hexdigest` waits for the rest, `close` stops the thread."""
+    SHA-256, in the background: `BackgroundSha256`)."""
 
     def __init__(self, src: BinaryIO):
         self.src, self.size = src, 0
-        self._sha256 = hashlib.sha256()
-        self._todo: queue.Queue[bytes | None] = queue.Queue(HASH_AHEAD)
-        self._thread = threading.Thread(target=self._hash, daemon=True, name="payload-sha256")
-        self._thread.start()
-
-    def _hash(self) -> None:
-        while (data := self._todo.get()) is not None:
-            self._sha256.update(data)
+        self._sha256 = BackgroundSha256()
 
     def read_exact(self, n: int) -> bytes:
         parts, got = [], 0
@@ -280,18 +300,15 @@ class _Counted:
             parts.append(part)
             got += len(part)
         data = b"".join(parts)
-        self._todo.put(data)
+        self._sha256.update(data)
         self.size += len(data)
         return data
 
     def hexdigest(self) -> str:
-        self.close()
         return self._sha256.hexdigest()
 
     def close(self) -> None:
-        if self._thread.is_alive():
-            self._todo.put(None)
-            self._thread.join()
+        self._sha256.close()
 
 
 def _read_header(src: _Counted, name: str) -> Header:

@@ -4,12 +4,14 @@ Owns the order of a backup's life, for one `spec.backups[]` set, as `failoverctl
 runs it (by hand, or from the plan's CronJob with `--due`):
 1. `preflight`: both stores' encryption keys usable; a pgBackRest repository encrypted and,
    for a continuous set, `archive-push` proven (`take.check_pgbackrest`);
-2. `take`: `pg_basebackup` or `pgbackrest backup`, named `<date>_<dataset>_<kind>`;
+2. `take`: `pg_basebackup` or `pgbackrest backup`, named `<date>_<dataset>_<kind>`; a
+   base backup's off-site copy is written in the same pass, staged: in no catalog yet;
 3. `verify`: the set's verifier, right after the backup. A verification that cannot
    complete (bad input, an error) is recorded as FAILED on the new backup, so nothing
    unproven is left looking restorable (restores only choose verified backups);
-4. `offsite`: a verified base backup re-encrypted into the off-site store and checked
-   there (`offsite.copy_offsite`), or a pgBackRest set backed up into its off-site
+4. `offsite`: a verified base backup's staged copy (or, when staging failed, the backup
+   re-encrypted into the off-site store) cataloged and checked there
+   (`offsite.copy_offsite`), or a pgBackRest set backed up into its off-site
    repository and verified there (`offsite.copy_pgbackrest`);
 5. `prune`: the retention rule on both stores (`retention.prune`), only after a verified
    backup and its checked copy exist, so a failing job never shrinks what is kept.
@@ -33,7 +35,7 @@ from typing import Any
 from controller import fencing
 from controller.backups import Verifier, retention
 from controller.backups.catalog import CatalogError, CatalogStore
-from controller.backups.offsite import copy_offsite, copy_pgbackrest
+from controller.backups.offsite import copy_offsite, copy_pgbackrest, discard_staged
 from controller.backups.take import check_pgbackrest, register_pgbackrest, take_basebackup
 from controller.model import Backup, PermanentError
 from controller.plan import BackupSet, format_duration
@@ -189,7 +191,7 @@ class BackupJob:
             backup = take_basebackup(self.store, dataset=ds, kind=kind, actor=self.actor,
                                      host=bb.host, port=bb.port, user=bb.user, fmt=bb.format,
                                      scratch=bb.scratch, pg_bin=bb.pg_bin,
-                                     os_user=bb.os_user)
+                                     os_user=bb.os_user, stage_in=self.offsite)
         else:
             assert src.pgbackrest is not None  # BackupSource holds exactly one
             pgb = src.pgbackrest
@@ -212,6 +214,7 @@ class BackupJob:
                 self._record_failed(backup, summary)
         except (fencing.Cancelled, fencing.LostLease, fencing.StaleToken):
             self._record_failed(backup, "verification cancelled")
+            discard_staged(self.store, self.offsite, backup)
             raise
         except Exception as exc:
             summary = redact(f"verification could not complete: {type(exc).__name__}: {exc}")
@@ -219,6 +222,7 @@ class BackupJob:
             passed = False
         out.verified, out.verification = passed, summary
         if not passed:
+            discard_staged(self.store, self.offsite, backup)
             raise PermanentError(f"{backup.id} failed verification and is never restored: "
                                  f"{summary}")
         self._taken = self.store.to_backup(self.store.entry(backup.id))  # as recorded

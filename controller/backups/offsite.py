@@ -1,16 +1,24 @@
-"""The off-site copy of a backup: re-encrypted into a second store, then proven there.
+"""The off-site copy of a backup: written to a second store under its own key, then proven
+there.
 
 Owns copying one base-backup payload from the store it was taken into to the off-site
-store (another site, endpoint or bucket, with its own `encryptionKey`): the payload is
-decrypted with the source key and re-encrypted with the off-site key while it streams,
-chunk by chunk, so no plaintext ever touches a disk and memory stays at a few chunks. The
-copy is then read back from the off-site store and checked there: its binding, its
-stored SHA-256 and size against what was written, every chunk decrypted with the
-off-site key, and the plaintext's SHA-256 equal to the source's. Only then is the
-copy's catalog entry marked verified (a failed check is recorded as a failed
-verification: never restored). A copy cut mid-way leaves no entry (the stores' writers
-abort or remove partial objects). The emergency plans want every backup "kept locally
-and off-site": readiness fails without a verified copy here.
+store (another site, endpoint or bucket, with its own `encryptionKey`). The backup job
+writes the copy while the backup is taken, in the same pass (`CatalogStore.add_directory`
+with `stage_in`: the tar stream encrypted with both keys, so the off-site phase does not
+read the payload back from the store and re-encrypt it): this "staged" copy is in no
+catalog, so nothing lists or restores it, until the backup is verified; `copy_offsite`
+then catalogs it, and `discard_staged` removes it when the verification fails. Without
+a staged copy (a backup taken otherwise, or staging failed: an off-site store that
+fails never fails the take) the payload is decrypted with the source key and
+re-encrypted with the off-site key while it streams, chunk by chunk, so no plaintext
+ever touches a disk and memory stays at a few chunks. Either way the copy is then read
+back from the off-site store and checked there: its binding, its stored SHA-256 and
+size against what was written, every chunk decrypted with the off-site key, and the
+plaintext's SHA-256 equal to the source's. Only then is the copy's catalog entry marked
+verified (a failed check is recorded as a failed verification: never restored). A copy
+cut mid-way leaves no entry (the stores' writers abort or remove partial objects). The
+emergency plans want every backup "kept locally and off-site": readiness fails without a
+verified copy here.
 
 A pgBackRest set keeps its files in pgBackRest's repositories, so its off-site copy is
 a backup into the off-site repository (`offsiteRepo`, its own `repoN-cipher-pass`),
@@ -21,14 +29,14 @@ off-site catalog lists every data set's copies alike.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from controller import fencing
 from controller.backups import crypto, naming
-from controller.backups.catalog import READ_CHUNK, CatalogStore
+from controller.backups.catalog import READ_CHUNK, CatalogError, CatalogStore
 from controller.backups.hosts import LocalHost
 from controller.backups.take import as_user, register_pgbackrest
 from controller.backups.verify import judge_pgbackrest, parse_pgbackrest_verify
@@ -40,22 +48,33 @@ class OffsiteError(PermanentError):
     pass
 
 
+@dataclass(frozen=True)
+class Written:
+    """An off-site payload as it was written: what its read-back check compares."""
+
+    size: int
+    sha256: str
+    plain_sha256: str
+    etag: str | None
+    chunk_size: int
+
+
 def _encrypt_copy(source: CatalogStore, offsite: CatalogStore, backup: Backup, key: bytes
-                  ) -> tuple[crypto.EncryptingWriter, str]:
+                  ) -> Written:
     """Stream the source's authenticated plaintext into the off-site payload, encrypted
-    with the off-site `key` and bound to the same backup (id, data set, takenAt); return
-    the writer (stored SHA-256 and size) and the plaintext's SHA-256."""
+    with the off-site `key` and bound to the same backup (id, data set, takenAt)."""
     binding = crypto.Binding(id=backup.id, dataset=backup.dataset, taken_at=backup.taken_at)
-    plain = hashlib.sha256()
-    with source.open_payload(backup) as reader, \
-            offsite.objects.writer(naming.payload_key(backup.id)) as sink:
+    plain = crypto.BackgroundSha256()
+    pkey = naming.payload_key(backup.id)
+    with source.open_payload(backup) as reader, offsite.objects.writer(pkey) as sink:
         enc = crypto.EncryptingWriter(sink, key, binding=binding,
                                       chunk_size=offsite.options.chunk_size)
         while chunk := reader.read(READ_CHUNK):
             plain.update(chunk)
             enc.write(chunk)
         enc.close()
-    return enc, plain.hexdigest()
+    return Written(enc.stored_size, enc.sha256.hexdigest(), plain.hexdigest(),
+                   offsite.objects.peek(pkey, 0).etag, offsite.options.chunk_size)
 
 
 def _check_copy(offsite: CatalogStore, name: str, plain_sha256: str) -> dict[str, Any]:
@@ -63,7 +82,7 @@ def _check_copy(offsite: CatalogStore, name: str, plain_sha256: str) -> dict[str
     off-site key, stored SHA-256 and size (`open_payload` checks them all), and the
     plaintext equal to the source's."""
     started = time.monotonic()
-    plain, size = hashlib.sha256(), 0
+    plain, size = crypto.BackgroundSha256(), 0
     with offsite.open_payload(name) as reader:
         while chunk := reader.read(READ_CHUNK):
             plain.update(chunk)
@@ -75,6 +94,39 @@ def _check_copy(offsite: CatalogStore, name: str, plain_sha256: str) -> dict[str
             "seconds": round(time.monotonic() - started, 3),
             "detail": f"stored SHA-256 and size as written, every chunk authenticated with "
                       f"the off-site key, {size} plaintext bytes identical to the source's"}
+
+
+def _staged_copy(offsite: CatalogStore, pkey: str, staged: Any, key: bytes) -> Written | None:
+    """The staged copy the source entry records, if it is in `offsite` (this store, this
+    key) as it was written; None: copy the backup instead."""
+    if not isinstance(staged, dict) or staged.get("key") != pkey or staged.get(
+            "location") != offsite.objects.location(pkey) or staged.get(
+            "keyId") != crypto.key_id(key):
+        return None
+    try:
+        peek = offsite.objects.peek(pkey, 0)
+    except FileNotFoundError:
+        return None
+    try:
+        written = Written(int(staged["size"]), str(staged["sha256"]),
+                          str(staged["plainSha256"]), peek.etag, int(staged["chunkSize"]))
+    except (KeyError, TypeError, ValueError):  # an entry edited by hand: copy instead
+        return None
+    return written if peek.size == written.size else None
+
+
+def discard_staged(source: CatalogStore, offsite: CatalogStore, backup: Backup) -> None:
+    """Remove the copy staged in `offsite` for a backup that failed its verification
+    (never cataloged there: only a verified backup is kept twice)."""
+    staged = source.entry(backup.id).get("offsiteStaged")
+    pkey = naming.payload_key(backup.id)
+    if not isinstance(staged, dict) or staged.get("location") != offsite.objects.location(
+            pkey):
+        return
+    try:
+        offsite.entry(backup.id)
+    except CatalogError:  # not cataloged there: the staged object is ours to remove
+        offsite.objects.delete(pkey)
 
 
 def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
@@ -92,14 +144,17 @@ def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
     fencing.check()
     started = time.monotonic()
     entry = source.entry(backup.id)
+    staged = entry.pop("offsiteStaged", None)
     key = offsite.data_key()
-    enc, plain_sha256 = _encrypt_copy(source, offsite, backup, key)
     pkey = naming.payload_key(backup.id)
-    obj = {"key": pkey, "size": enc.stored_size, "sha256": enc.sha256.hexdigest(),
-           "etag": offsite.objects.peek(pkey, 0).etag}
-    copy = {**entry, "size": enc.stored_size, "objects": [obj],
+    written = _staged_copy(offsite, pkey, staged, key)
+    how = "staged as it was taken" if written else "re-encrypted from the store"
+    if written is None:
+        written = _encrypt_copy(source, offsite, backup, key)
+    obj = {"key": pkey, "size": written.size, "sha256": written.sha256, "etag": written.etag}
+    copy = {**entry, "size": written.size, "objects": [obj],
             "encryption": {"algorithm": crypto.ALGORITHM,
-                           "chunkSize": offsite.options.chunk_size,
+                           "chunkSize": written.chunk_size,
                            "keyId": crypto.key_id(key),
                            "payloadFormat": crypto.FORMAT_BOUND},
             "copiedFrom": {"location": backup.location,
@@ -109,11 +164,11 @@ def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
                               json.dumps(copy, indent=1, sort_keys=True).encode())
     seconds = time.monotonic() - started
     offsite.audit(actor=actor, action="backup-offsite",
-                  detail=f"copied {backup.id} ({enc.stored_size} bytes, {seconds:.2f} s) to "
-                         f"{offsite.objects.location(pkey)}")
+                  detail=f"copied {backup.id} ({written.size} bytes, {how}, {seconds:.2f} "
+                         f"s) to {offsite.objects.location(pkey)}")
     at, started = time.time(), time.monotonic()
     try:
-        check = _check_copy(offsite, backup.id, plain_sha256)
+        check = _check_copy(offsite, backup.id, written.plain_sha256)
         summary, passed = f"passed: read back (off-site copy of {backup.location})", True
     except (PermanentError, OSError) as exc:
         check = {"name": "read back", "passed": False,

@@ -76,8 +76,10 @@ class _MultipartWriter:
         self._check()
         self.buf += data
         while len(self.buf) >= PART:
-            self._send(bytes(self.buf[:PART]))
+            with memoryview(self.buf) as view:
+                part = bytes(view[:PART])  # one copy (a slice of the bytearray is another)
             del self.buf[:PART]
+            self._send(part)
         return len(data)
 
     def flush(self) -> None:
@@ -231,7 +233,12 @@ class S3BackupStore(CatalogStore):
             verify = o.ca_bundle
         client = boto3.client(
             "s3", endpoint_url=o.endpoint_url, region_name=o.region, verify=verify,
+            # no CRC32 of every part and download (botocore's default since 1.36): the
+            # catalog's SHA-256 of each stored object, checked by reading it back, is the
+            # integrity check, and the CRC would cost a pass over every byte
             config=Config(retries={"max_attempts": 4, "mode": "standard"},
-                          connect_timeout=10, read_timeout=60),
+                          connect_timeout=10, read_timeout=60,
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"),
             **creds)
         return S3Objects(client, o.bucket, o.prefix, o.endpoint_url)

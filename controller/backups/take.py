@@ -38,8 +38,11 @@ def as_user(user: str | None, argv: list[str]) -> list[str]:
 def take_basebackup(store: CatalogStore, *, dataset: str, kind: str, actor: str,
                     host: str, port: int, user: str = "postgres",
                     fmt: Literal["plain", "tar"] = "plain", scratch: str | None = None,
-                    pg_bin: str = PG_BIN, os_user: str | None = "postgres") -> Backup:
-    """pg_basebackup -> encrypted catalog payload; the scratch copy is removed after."""
+                    pg_bin: str = PG_BIN, os_user: str | None = "postgres",
+                    stage_in: CatalogStore | None = None) -> Backup:
+    """pg_basebackup -> encrypted catalog payload; the scratch copy is removed after.
+    `stage_in`: the off-site store, which gets its copy in the same pass (see
+    `CatalogStore.add_directory`)."""
     base = Path(tempfile.mkdtemp(prefix="basebackup-", dir=scratch))
     try:
         if os.geteuid() == 0 and os_user:
@@ -60,7 +63,8 @@ def take_basebackup(store: CatalogStore, *, dataset: str, kind: str, actor: str,
         return store.add_directory(target, dataset=dataset, kind=kind, taken_at=started,
                                    actor=actor, source_info={"host": host, "port": port,
                                                              "tool": "pg_basebackup",
-                                                             "format": fmt})
+                                                             "format": fmt},
+                                   stage_in=stage_in)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

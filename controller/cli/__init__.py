@@ -2,8 +2,9 @@
 
 One module per group of commands, each registering on the `main` group of `base`:
 `plans` (validate, plan, simulate, schema), `runs` (failover, failback, ready, approve,
-done, status, report), `loop` (run), `ops` (dns-prepare, verify, operator, drill) and
-`backups` (backup).
+done, status, report), `loop` (run), `ops` (dns-prepare, verify, operator, drill),
+`backups` (backup), `records` (history, prune), `evaluate` (evaluate), `access`
+(secrets-role) and `traces` (trace export).
 
 Exit codes (also in the README):
   0  success

@@ -29,6 +29,7 @@ from controller.backups.job import (
     run_test_restore,
 )
 from controller.cli.base import OUTPUT, Ctx, emit, load, main, with_journal
+from controller.cli.login import as_login, login_option
 from controller.console import EXIT_FAILED, EXIT_OK, CliError
 from controller.journal import Journal
 from controller.loop import Engine
@@ -90,7 +91,7 @@ def _summary(outcomes: list[Outcome], tested: list[ScheduledTestRestore],
               show_default=True, help="--cronjob: the controller's image")
 @click.option("--namespace", default="failover-system", show_default=True,
               help="--cronjob: where the CronJob runs")
-@click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
+@login_option("runs it")
 @OUTPUT
 @click.pass_obj
 @with_journal
@@ -109,9 +110,10 @@ def backup_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], only_due: bo
                                 namespace=namespace)
         click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
         return
-    who = actor or obj.settings.actor
     journal = obj.journal()
     engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    who = as_login(engine, actor, does="take backups", refused="backup-refused",
+                   instead=f"ask {actor} to run it")
     jobs = [(bs, _store(engine, bs.store), _store(engine, bs.offsite), _verifier(engine, bs))
             for bs in sets]  # every backend built first: bad input stops before any backup
     outcomes: list[Outcome] = []

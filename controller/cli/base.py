@@ -45,11 +45,6 @@ def stacked(*decorators: Decorator) -> Decorator:
     return apply
 
 
-def actor_option(who: str) -> Decorator:
-    """`--as`: whom the audit names; `who` says what they do ("who approves")."""
-    return click.option("--as", "actor", help=f"{who} (default $FAILOVER_ACTOR or $USER)")
-
-
 def wait_option(default: float = 3600.0, help: str = "seconds to follow progress") -> Decorator:
     return click.option("--wait", default=default, show_default=True, help=help)
 

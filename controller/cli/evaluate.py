@@ -2,10 +2,11 @@
 speed, recovery efficiency, MTTR per level, RTO/RPO) of the failover runs archived in the
 records store (`controller.records.evaluate`), as Markdown or JSON.
 
-The store is the plan's (`spec.records`, reached like `history` reaches it), or `--store
-DIR` (a directory store; without a PLAN, every plan in it). An archived run that cannot
-be read (damaged, not JSON) is left out and named, with the reason, and the exit code is
-1; the evaluation of the others is still printed.
+The store is the plan's (`spec.records`), or one named with `--store
+DIR|s3://BUCKET/PREFIX` (without a PLAN, every plan in it), both reached as `history`
+reaches them (`controller.cli.recordstore`). An archived run that cannot be read
+(damaged, not JSON) is left out and named, with the reason, and the exit code is 1; the
+evaluation of the others is still printed.
 """
 
 from __future__ import annotations
@@ -13,23 +14,16 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import click
 
 from controller import remote
 from controller.cli.base import OUTPUT, emit, fail, load, main
-from controller.cli.recordstore import store_of
+from controller.cli.recordstore import STORE, named_store, store_of, store_options
 from controller.console import EXIT_FAILED, EXIT_INPUT, CliError
-from controller.plan_records import DirectoryRecordsOptions
 from controller.records import evaluate as evaluation
-from controller.records.store import (
-    DirectoryStore,
-    RecordsError,
-    RecordsStore,
-    get_json,
-)
+from controller.records.store import RecordsError, RecordsStore, get_json
 from controller.schema import parse_duration
 
 
@@ -48,13 +42,14 @@ def archived(store: RecordsStore, plan: str | None, skipped: list[dict[str, str]
 
 @main.command("evaluate")
 @click.argument("plan_file", metavar="[PLAN|fop/NAME]", required=False, type=click.Path())
-@click.option("--store", "store_dir", type=click.Path(file_okay=False),
-              help="a directory records store to read (default: the plan's spec.records)")
-@click.option("--since", default="180d", show_default=True,
-              help="evaluate the failovers detected this long ago or later")
+@store_options("the records store to read (default: the PLAN's spec.records); without a "
+               "PLAN, every plan's runs")
+@click.option("--since", metavar="DURATION", default="180d", show_default=True,
+              help="evaluate the failovers detected this long ago or later, e.g. 30d, 365d")
 @remote.options
 @OUTPUT
-def evaluate_cmd(plan_file: str | None, store_dir: str | None, since: str,
+def evaluate_cmd(plan_file: str | None, store_at: str | None, endpoint_url: str | None,
+                 region: str | None, ca_bundle: str | None, since: str,
                  namespace: str | None, kubeconfig: str | None, output: str) -> None:
     """Evaluate past failovers from the records store: response speed (detection to
     acknowledgement and to the first action), recovery efficiency (step targets met, per
@@ -66,18 +61,17 @@ def evaluate_cmd(plan_file: str | None, store_dir: str | None, since: str,
     name: str | None = None
     skipped: list[dict[str, str]] = []
     try:
-        if store_dir:
-            if not Path(store_dir).is_dir():
-                raise CliError(f"--store {store_dir}: no such directory; give the records "
-                               "directory (spec.records.store.options.path)", EXIT_INPUT)
-            store: RecordsStore = DirectoryStore(DirectoryRecordsOptions(path=store_dir))
+        named = named_store(store_at, endpoint_url=endpoint_url, region=region,
+                            ca_bundle=ca_bundle)
+        if named is not None:
+            store: RecordsStore = named
             name = load(plan_file).name if plan_file else None
         elif plan_file:
             plan, store = store_of(plan_file, namespace, kubeconfig)
             name = plan.name
         else:
             raise CliError("give a PLAN (file or fop/NAME) whose spec.records names the "
-                           "store, or --store DIR", EXIT_INPUT)
+                           f"store, or {STORE}", EXIT_INPUT)
         docs = list(archived(store, name, skipped))
     except CliError as exc:
         fail(str(exc), exc.code)

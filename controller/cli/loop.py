@@ -69,15 +69,16 @@ def _told(cycle: Cycle, where: str) -> list[str]:
 @main.command()
 @click.argument("plans", nargs=-1, required=True, type=click.Path())
 @click.option("--interval", type=float,
-              help="seconds between cycles (default $FAILOVER_TICK); a failing probe round "
-                   "runs one at once")
+              help="seconds between cycles (default: $FAILOVER_TICK, else 1); a failing probe "
+                   "round runs one at once")
 @click.option("--ticks", type=int,
               help="stop after this many ticks (default: run forever); cycles run on news "
                    "in between do not count")
 @click.option("--until", "until", type=click.Choice([p.value for p in Phase]),
               help="stop once every plan reaches this phase")
 @click.option("--listen", metavar="HOST:PORT",
-              help="serve /healthz, /readyz and /metrics here (e.g. 0.0.0.0:8080)")
+              help="serve /healthz, /readyz and /metrics here, e.g. 0.0.0.0:8080 (default: "
+                   "not served)")
 @click.option("--tls-cert", type=click.Path(dir_okay=False),
               help="serve them over HTTPS with this certificate (PEM)")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="its private key (PEM)")

@@ -17,7 +17,6 @@ from controller.cli.base import (
     JOURNAL,
     JOURNAL_OR_CLUSTER,
     Ctx,
-    actor_option,
     emit,
     fail,
     load,
@@ -25,6 +24,7 @@ from controller.cli.base import (
     wait_option,
     with_journal,
 )
+from controller.cli.login import as_login, login_option
 from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from controller.crd import PLURAL
 from controller.loop import Engine, default_holder
@@ -39,7 +39,7 @@ from controller.steps.restore import RestoreParams
 @click.option("--ttl", type=click.IntRange(0), help="lower to this TTL (seconds) instead "
               "of each DNS step's params.prepareTtl")
 @click.option("--dry-run", is_flag=True, help="show which TTLs would be lowered; change nothing")
-@click.option("--as", "actor", help="who runs it, for the audit (default $FAILOVER_ACTOR)")
+@login_option("lowers them")
 @JOURNAL
 def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor: str | None,
                 output: str) -> None:
@@ -48,13 +48,14 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
     from controller.dns import ttl as ttls
 
     plan = load(plan_file)
+    journal = obj.journal()
+    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
+    who = as_login(engine, actor, does="lower the TTLs", refused="dns-prepare-refused",
+                   instead=f"ask {actor} to run it")
     steps = [s for s in plan.spec.steps if isinstance(s.args, DnsParams)]
     if not any(ttls.wanted_ttl(s, ttl) is not None for s in steps):
         fail(f"{plan_file}: no DNS step sets params.prepareTtl; pass --ttl SECONDS",
               EXIT_INPUT)
-    journal = obj.journal()
-    engine = Engine(plan, journal, lease_ttl=obj.settings.lease_ttl)
-    who = actor or obj.settings.actor
     journal.audit(at=time.time(), actor=who, action="dns-prepare", plan=plan.name,
                   detail=f"{'dry run' if dry_run else 'start'}"
                          f"{f', ttl {ttl}' if ttl is not None else ''}")
@@ -91,7 +92,7 @@ def dns_prepare(obj: Ctx, plan_file: str, ttl: int | None, dry_run: bool, actor:
 @click.argument("plan_file", type=click.Path())
 @click.option("--dataset", "datasets", multiple=True,
               help="data set to verify (default: every data set a restore step names)")
-@click.option("--as", "actor", help="who runs it, for the audit (default: the verifier's actor)")
+@login_option("verifies")
 @JOURNAL
 def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str | None,
                output: str) -> None:
@@ -101,6 +102,9 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
     2 on bad input: no verifier, or a backup that this configuration cannot verify (e.g. an
     unreadable encryption key; nothing is recorded for it). Every backup is tried."""
     plan = load(plan_file)
+    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
+    who = as_login(engine, actor, does="verify backups", refused="verify-refused",
+                   instead=f"ask {actor} to run it")
     verifiers = [b.name for b in plan.spec.backends if b.role == "verifier"]
     if not verifiers:
         fail(f"{plan_file}: spec.backends has no backend with role: verifier; add one "
@@ -109,7 +113,6 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
                                        if isinstance(s.args, RestoreParams)})
     if not wanted:
         fail(f"{plan_file}: no restore step names a data set; pass --dataset", EXIT_INPUT)
-    engine = Engine(plan, obj.journal(), lease_ttl=obj.settings.lease_ttl)
     results: list[dict[str, Any]] = []
     for name in verifiers:
         try:
@@ -118,7 +121,7 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
             fail(f"backend {name}: {redact(str(exc))}", EXIT_INPUT)
         for ds in wanted:
             try:
-                found = verifier.verify_unverified(dataset=ds, actor=actor)
+                found = verifier.verify_unverified(dataset=ds, actor=who)
             except Exception as exc:  # listing the store failed: say so, no traceback
                 fail(f"backend {name}: cannot list the backups of {ds}: "
                       f"{redact(f'{type(exc).__name__}: {exc}')}", EXIT_FAILED)
@@ -143,14 +146,22 @@ def verify_cmd(obj: Ctx, plan_file: str, datasets: tuple[str, ...], actor: str |
 @click.option("--kubeconfig", type=click.Path(dir_okay=False),
               help="kubeconfig file (default: in-cluster in a pod, else $KUBECONFIG)")
 @click.option("--identity", envvar="FAILOVER_ACTOR",
-              help="this replica's name in the Lease and audit (default: host-pid)")
-@click.option("--listen", metavar="HOST:PORT", help="serve /healthz, /readyz and /metrics")
+              help="this replica's name in the Lease and audit (default: $FAILOVER_ACTOR, "
+                   "else HOSTNAME-PID)")
+@click.option("--listen", metavar="HOST:PORT",
+              help="serve /healthz, /readyz and /metrics here (default: not served)")
 @click.option("--tls-cert", type=click.Path(dir_okay=False),
               help="serve them over HTTPS with this certificate (PEM)")
 @click.option("--tls-key", type=click.Path(dir_okay=False), help="its private key (PEM)")
-@click.option("--lease-duration", type=float, default=15.0, show_default=True)
-@click.option("--renew-deadline", type=float, default=10.0, show_default=True)
-@click.option("--retry-period", type=float, default=2.0, show_default=True)
+@click.option("--lease-duration", type=float, default=15.0, show_default=True,
+              help="seconds the leader Lease holds without renewal before another replica "
+                   "may take it")
+@click.option("--renew-deadline", type=float, default=10.0, show_default=True,
+              help="seconds the leader keeps failing to renew before it stops leading "
+                   "(less than --lease-duration)")
+@click.option("--retry-period", type=float, default=2.0, show_default=True,
+              help="seconds between tries to take or renew the Lease (less than "
+                   "--renew-deadline)")
 @click.option("--resync", type=float, default=300.0, show_default=True,
               help="seconds between full relists of the FailoverPlans")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True,
@@ -223,7 +234,10 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
 @click.option("--sandbox-dir", type=click.Path(file_okay=False),
               help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
                    "its servers are stopped all the same")
-@actor_option("who runs it")
+@click.option("--as", "actor",
+              help="who runs it, for the audit: with a PLAN file, any name (default: "
+                   "drill); with fop/NAME, the name the annotation claims (default: the one "
+                   "the cluster knows you by); a SCENARIO does not use it")
 @wait_option(help="fop/NAME: seconds to follow each run")
 @JOURNAL_OR_CLUSTER
 def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,

@@ -1,10 +1,13 @@
-"""How the CLI reaches a plan's records store (`spec.records`), for `history` and for
-`report RUN --plan PLAN` when the journal no longer has the run.
+"""How the CLI reaches a records store, for `history` and for `report RUN` when the
+journal no longer has the run.
 
-From a plan file, or from the FailoverPlan `fop/NAME` names (its Secrets read with the
-caller's own Kubernetes access). A store the CLI cannot reach from here — a directory
-store lives on the controller's host, the operator's in its pod — is said, with the
-command that reads it there. Not a command module: `records` and `runs` both use it.
+A plan's store (`spec.records`, `--plan PLAN`): from a plan file, or from the FailoverPlan
+`fop/NAME` names (its Secrets read with the caller's own Kubernetes access). A store the
+CLI cannot reach from here — a directory store lives on the controller's host, the
+operator's in its pod — is said, with the command that reads it there. Or a store named
+directly (`--store DIR|s3://BUCKET/PREFIX`, every plan's records; `store_options`), its S3
+credentials from the default AWS chain (`AWS_ACCESS_KEY_ID`, a profile, an instance role).
+Not a command module: `records` and `runs` both use it.
 """
 
 from __future__ import annotations
@@ -12,13 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
+from pydantic import ValidationError
+
 from controller import remote
-from controller.cli.base import load
+from controller.cli.base import Decorator, load, stacked
 from controller.console import EXIT_FAILED, EXIT_INPUT, CliError
 from controller.kube import KubeError
 from controller.plan import FailoverPlan
+from controller.plan_records import DirectoryRecordsOptions, S3RecordsOptions
 from controller.records import history
-from controller.records.store import RecordMissing, RecordsError, RecordsStore, open_store
+from controller.records.store import (
+    DirectoryStore,
+    RecordMissing,
+    RecordsError,
+    RecordsStore,
+    S3Store,
+    open_store,
+)
 from controller.secrets import SecretError, Secrets
 
 
@@ -62,13 +76,74 @@ def store_of(ref: str, namespace: str | None, kubeconfig: str | None
                        EXIT_FAILED) from None
 
 
-def archived_report(run_id: str, ref: str, namespace: str | None = None,
+STORE = "--store DIR|s3://BUCKET/PREFIX"
+
+
+def store_options(what: str) -> Decorator:
+    """`--store` and the S3 options that go with it; `what` says what it is read for."""
+    return stacked(
+        click.option("--store", "store_at", metavar="DIR|s3://BUCKET/PREFIX",
+                     help=f"{what}; S3 credentials: the default AWS chain "
+                          "($AWS_ACCESS_KEY_ID, a profile, an instance role)"),
+        click.option("--endpoint-url", metavar="URL",
+                     help="with --store s3://: the S3 endpoint (default: AWS's)"),
+        click.option("--region", help="with --store s3://: the bucket's region (default: "
+                                      "us-east-1)"),
+        click.option("--ca-bundle", type=click.Path(dir_okay=False),
+                     help="with --store s3://: PEM file of the CAs its TLS certificate is "
+                          "checked against (default: the system's)"))
+
+
+def named_store(where: str | None, *, endpoint_url: str | None, region: str | None,
+                ca_bundle: str | None) -> RecordsStore | None:
+    """The store `--store` names: an existing directory, or s3://BUCKET[/PREFIX]; None
+    without --store."""
+    if where is None or not where.startswith("s3://"):
+        if endpoint_url or region or ca_bundle:
+            raise CliError("--endpoint-url, --region and --ca-bundle are for an S3 store: "
+                           "add --store s3://BUCKET/PREFIX", EXIT_INPUT)
+        if where is None:
+            return None
+        if not Path(where).is_dir():
+            raise CliError(f"--store {where}: no such directory on this host; give the "
+                           "directory of a records store, or s3://BUCKET/PREFIX", EXIT_INPUT)
+        return DirectoryStore(DirectoryRecordsOptions(path=where))
+    bucket, _, prefix = where.removeprefix("s3://").partition("/")
+    try:
+        options = S3RecordsOptions.model_validate(
+            {"bucket": bucket, "prefix": prefix, "endpointUrl": endpoint_url,
+             "caBundle": ca_bundle, "objectLock": None, **({"region": region} if region else {})})
+    except ValidationError as exc:
+        said = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise CliError(f"--store {where}: {said} (give s3://BUCKET/PREFIX)",
+                       EXIT_INPUT) from None
+    try:
+        return S3Store(options, keep=0.0)  # read only: the retention is the writer's
+    except ValueError as exc:  # botocore: "Invalid endpoint: ..."
+        raise CliError(f"--endpoint-url: {exc}", EXIT_INPUT) from None
+
+
+def archived_report(run_id: str, unknown: str, *, plan: str | None,
+                    store: RecordsStore | None, namespace: str | None = None,
                     kubeconfig: str | None = None) -> dict[str, Any]:
-    """The archived report of `run_id` from the records store of plan `ref`."""
-    _, store = store_of(ref, namespace, kubeconfig)
+    """The archived report of `run_id`, which the journal does not have (`unknown` says
+    so), from the records store of plan `plan` or from `store` (at most one given); a
+    CliError saying which option to give when neither has it."""
+    if store is not None:
+        where = store.where
+    elif plan is not None:
+        owner, store = store_of(plan, namespace, kubeconfig)
+        where = f"the records store of plan {owner.name} ({store.where})"
+    else:
+        raise CliError(f"{unknown}; a run archived in a records store: add --plan PLAN "
+                       f"(the store of the plan that ran it, spec.records) or {STORE} "
+                       "(a records store: every plan's runs)", EXIT_INPUT)
     try:
         return history.find_run(store, run_id)
-    except RecordMissing as exc:
-        raise CliError(str(exc), EXIT_INPUT) from None
+    except RecordMissing:
+        raise CliError(
+            f"{unknown}, nor in {where}: give the store it was archived in, --plan PLAN "
+            f"(of the plan that ran it) or {STORE}; `failoverctl history` lists the runs a "
+            "store keeps", EXIT_INPUT) from None
     except RecordsError as exc:
         raise CliError(str(exc), EXIT_FAILED) from None

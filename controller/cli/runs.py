@@ -1,17 +1,15 @@
 """`failoverctl failover | failback | ready | approve | done | status | report`: request a
 run, follow it, answer what it waits for, and read the record.
 
-Who acts is proven, not claimed: on a plan file, the operating-system login (`--as` may
-only repeat it; another name is refused and audited), or for an approval the signer of an
-SSH signature (controller/signing.py); with fop/NAME, the name the API server
-authenticated (controller/remote.py)."""
+Who acts is proven, not claimed: on a plan file, the operating-system login
+(controller/cli/login.py), or for an approval the signer of an SSH signature
+(controller/signing.py); with fop/NAME, the name the API server authenticated
+(controller/remote.py)."""
 
 
 from __future__ import annotations
 
 import json
-import os
-import pwd
 import sys
 import time
 from pathlib import Path
@@ -39,7 +37,8 @@ from controller.cli.base import (
     wait_option,
     with_journal,
 )
-from controller.cli.recordstore import archived_report
+from controller.cli.login import as_login
+from controller.cli.recordstore import STORE, archived_report, named_store, store_options
 from controller.console import (
     EXIT_FAILED,
     EXIT_INPUT,
@@ -137,8 +136,8 @@ def _request(obj: Ctx, plan_file: str, kind: str, reason: str, actor: str | None
     plan = load(plan_file)
     journal = obj.journal()
     engine = engine_for(obj, plan)
-    who = _as_login(engine, actor, does=f"request a {kind}", refused="request-refused",
-                    instead=f"ask {actor} to request it")
+    who = as_login(engine, actor, does=f"request a {kind}", refused="request-refused",
+                   instead=f"ask {actor} to request it")
     refusal = engine.refusal(kind)
     if refusal is not None:
         fail(f"{kind} of {plan.name} refused: {refusal}", EXIT_INPUT)
@@ -234,7 +233,8 @@ def ready(obj: Ctx, plan_file: str, output: str) -> None:
 
 @main.command()
 @click.argument("run_id")
-@click.option("--plan", "plan_file", required=True, type=click.Path(),
+@click.option("--plan", "plan_file", metavar="PLAN|fop/NAME", required=True,
+              type=click.Path(),
               help="the plan file of the run, or fop/NAME (checks the approver list)")
 @click.option("--step", default="", help="approve one gated step instead of the whole run")
 @click.option("--signature", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -272,8 +272,8 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, signature: Path | 
             how = (f"have {actor} sign it ({signing.how_to_sign(plan.name, run_id, step)}) "
                    "and approve with --signature approval.sig"
                    if plan.spec.approval.allowed_signers else f"ask {actor} to approve")
-            who = _as_login(engine, actor, does="approve", refused="approval-refused",
-                            run_id=run_id, instead=how)
+            who = as_login(engine, actor, does="approve", refused="approval-refused",
+                           run_id=run_id, instead=how)
             engine.approve(run_id, actor=who, step=step)
     except PermissionError as exc:
         fail(str(exc), EXIT_INPUT)
@@ -287,36 +287,11 @@ def approve(obj: Ctx, run_id: str, plan_file: str, step: str, signature: Path | 
     sys.exit(code)
 
 
-def _login() -> str:
-    """The operating system's name of the user running failoverctl (not $USER, which
-    anyone can set); `uid-N` for a uid with no passwd entry."""
-    uid = os.getuid()
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid-{uid}"
-
-
-def _as_login(engine: Engine, claimed: str | None, *, does: str, refused: str,
-              instead: str, run_id: str | None = None) -> str:
-    """Who acts on a plan file: the login (no API server proves anyone here). `--as`
-    may only repeat it: another name is refused (exit 2), audited as `refused`, saying
-    how `claimed` can act (`instead`)."""
-    login = _login()
-    if claimed is None or claimed == login:
-        return login
-    said = (f"--as {claimed} is refused: on a plan file you {does} as your login, {login}: "
-            f"leave out --as, or {instead}")
-    engine.journal.audit(at=engine.clock.now(), actor=login, action=refused,
-                         plan=engine.plan.name, run_id=run_id, detail=said)
-    raise CliError(said, EXIT_INPUT)
-
-
 @main.command()
 @click.argument("run_id")
 @click.argument("step")
-@click.option("--plan", "plan_file", required=True, type=click.Path(),
-              help="the plan file of the run, or fop/NAME")
+@click.option("--plan", "plan_file", metavar="PLAN|fop/NAME", required=True,
+              type=click.Path(), help="the plan file of the run, or fop/NAME")
 @_as_option("finished it")
 @wait_option(120.0, "with fop/NAME: seconds to wait for the operator to record it")
 @JOURNAL_OR_CLUSTER
@@ -331,8 +306,8 @@ def done(obj: Ctx, run_id: str, step: str, plan_file: str, actor: str | None, wa
     plan = load(plan_file)
     engine = engine_for(obj, plan)
     try:
-        who = _as_login(engine, actor, does=f"say {step} is done", refused="done-refused",
-                        run_id=run_id, instead=f"ask {actor} to say it is done")
+        who = as_login(engine, actor, does=f"say {step} is done", refused="done-refused",
+                       run_id=run_id, instead=f"ask {actor} to say it is done")
         rec = engine.done(run_id, step, actor=who)
     except LookupError as exc:
         fail(str(exc), EXIT_INPUT)
@@ -375,22 +350,30 @@ def status(obj: Ctx, plan_file: str | None, namespace: str | None, kubeconfig: s
 @main.command()
 @click.argument("run_id")
 @click.option("-o", "--output", type=click.Choice(["text", "json", "junit", "markdown"]),
-              default="text", show_default=True)
+              default="text", show_default=True,
+              help="output format (text is the Markdown; junit: JUnit XML for CI)")
 @click.option("--plan", "plan_file", metavar="PLAN|fop/NAME",
-              help="a run the journal no longer has: read it from this plan's records store")
+              help="a run the journal no longer has: read it from this plan's records "
+                   "store (spec.records)")
+@store_options("a run the journal no longer has: read it from this records store (any "
+               "plan's runs)")
 @remote.options
 @click.pass_obj
 @with_journal
-def report(obj: Ctx, run_id: str, output: str, plan_file: str | None,
+def report(obj: Ctx, run_id: str, output: str, plan_file: str | None, store_at: str | None,
+           endpoint_url: str | None, region: str | None, ca_bundle: str | None,
            namespace: str | None, kubeconfig: str | None) -> None:
-    """A run's steps against their time targets (JSON, JUnit XML for CI, Markdown)."""
+    """A run's steps against their time targets (JSON, JUnit XML for CI, Markdown), from
+    the journal, or for a run it no longer has, from a records store (--plan or --store)."""
+    if plan_file is not None and store_at is not None:
+        raise CliError(f"give --plan PLAN or {STORE}, not both", EXIT_INPUT)
+    store = named_store(store_at, endpoint_url=endpoint_url, region=region,
+                        ca_bundle=ca_bundle)
     try:
         rep = reports.build(obj.journal(), run_id)
     except reports.UnknownRun as exc:
-        if plan_file is None:
-            raise CliError(f"{exc}; an archived run: add --plan PLAN (its records store)",
-                           EXIT_INPUT) from None
-        rep = archived_report(run_id, plan_file, namespace, kubeconfig)
+        rep = archived_report(run_id, str(exc), plan=plan_file, store=store,
+                              namespace=namespace, kubeconfig=kubeconfig)
     render = {"json": reports.to_json, "junit": reports.to_junit,
               "markdown": reports.to_markdown, "text": reports.to_markdown}[output]
     click.echo(render(rep))

@@ -6,16 +6,18 @@ Owns the `Database` protocol (role `database`) and the lazy registry of its kind
 lag), and the two world-changing calls it makes, in that order: `fence` the old primary
 (stop it over SSH, make it refuse writes over SQL, or run the plan's STONITH command),
 then `promote` the standby. A failback (`db-failback`) adds the calls that rebuild a node
-as a standby of another: `stop` it cleanly, size a rewind (`rewind_size`, a dry run),
-`rewind` it onto the other's timeline or replace its data with a `basebackup`, then
-`follow` (standby.signal, primary_conninfo, `primary_slot_name`, start). A promotion
-keeps WAL for the node it replaced in a physical replication slot (`create_slot`,
-`drop_slot`): a rewound node replays from before the fork, and must find that WAL still
-there however long the incident wrote. Why the split: the steps own the order and the
-decisions (the RPO budget, which fence, never a promote before a fence, how to rebuild),
-the backend owns how a node is reached, so the in-memory fake (`controller.testing_db`)
-and the real server (`controller.db.postgres`) answer the same calls and run through the
-same contract tests. Every world-changing call checks `fencing.check()` first; the waits
+as a standby of another: `stop` it cleanly, size a rewind (from SQL first: `size`, the
+WAL the other wrote and its databases' size; then, when a rewind could still be cheaper,
+`rewind_size`, a dry run), `rewind` it onto the other's timeline or replace its data
+with a `basebackup`, then `follow` (standby.signal, primary_conninfo,
+`primary_slot_name`, start). A promotion keeps WAL for the node it replaced in a
+physical replication slot (`create_slot`, `drop_slot`): a rewound node replays from
+before the fork, and must find that WAL still there however long the incident wrote.
+Why the split: the steps own the order and the decisions (the RPO budget, which fence,
+never a promote before a fence, how to rebuild), the backend owns how a node is
+reached, so the in-memory fake (`controller.testing_db`) and the real server
+(`controller.db.postgres`) answer the same calls and run through the same contract
+tests. Every world-changing call checks `fencing.check()` first; the waits
 inside one are `fencing.pause`, so a cancelled step stops.
 
 A node is named by how it is reached (`Node`): its SQL address, and for an `ssh-stop`
@@ -125,6 +127,17 @@ class StartFailed(PermanentError):
 
 
 @dataclass(frozen=True)
+class NodeSize:
+    """What a primary says in SQL of the WAL it wrote and of its size: a rewind sized
+    without a dry run (the WAL since a fork is at most its LSN less the fork's, and at
+    most what it generated since its statistics began)."""
+
+    lsn: int  # its current WAL position
+    wal_bytes: int  # WAL it generated since its statistics began (no segment padding)
+    databases_bytes: int  # its databases' size: what a base backup copies, WAL aside
+
+
+@dataclass(frozen=True)
 class RewindSize:
     """What `pg_rewind --dry-run` says a rewind would copy, against the source's size."""
 
@@ -172,8 +185,15 @@ class Database(Protocol):
     def stop(self, node: Node) -> Evidence:
         """Stop the node's server cleanly (fast shutdown: its walsenders send what they have
         first) and wait for it to exit; idempotent (a stopped node is reported `already`).
-        Evidence: its last checkpoint LSN (`lastLsn`) when it can be read; after a crash,
-        where its WAL ends (`walEnd`) when that can be read; `lastLsnFrom` says how."""
+        Evidence: its last checkpoint LSN (`lastLsn`) when it can be read; where its WAL
+        ends (`walEnd`: the start of its last record) when that is known (a primary shut
+        down cleanly: its shutdown checkpoint; after a crash, when its WAL can be read);
+        `lastLsnFrom` says how."""
+        ...
+
+    def size(self, node: Node) -> NodeSize:
+        """Read-only, one query of the primary `node`: its WAL position, the WAL it
+        generated since its statistics began, and its databases' size."""
         ...
 
     def rewind_size(self, node: Node, *, source: Node) -> RewindSize:

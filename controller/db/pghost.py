@@ -8,10 +8,12 @@ or over SSH with the host key pinned) as the database's OS user (`runuser -u pos
 directory, and share only the node's address.
 
 - **stop**: SIGINT (fast shutdown) to the PID in `postmaster.pid`, waiting, fenced, for
-  it to exit; `pg_controldata` then gives the last checkpoint (the shutdown checkpoint's
-  LSN). A data directory without `postmaster.pid` is stopped already; when it was not
-  shut down cleanly (a crash), `pg_waldump` from that checkpoint finds where its WAL
-  ends (`walEnd`), so writes after the checkpoint count in a promotion's data lost.
+  it to exit; `pg_controldata` then gives the last checkpoint (a primary shut down
+  cleanly: the shutdown checkpoint, where its WAL ends, `walEnd`). A data directory
+  without `postmaster.pid` is stopped already; when it was not shut down cleanly (a
+  crash), `pg_waldump` from that checkpoint finds where its WAL ends, so writes after
+  the checkpoint count in a promotion's data lost. A standby's (shut down in recovery)
+  is its last restartpoint, before what it replayed: its WAL end is not known.
 - **rewind size**: `pg_rewind --dry-run --progress` says "need to copy N MB (total
   source directory size is M MB)": the failback's choice of method. A dry run refuses
   a node that was not shut down cleanly (a crash) without its crash recovery, so that
@@ -137,10 +139,11 @@ class ServerHost:
         return {**out, **last}
 
     def last_lsn(self) -> Evidence:
-        """The stopped cluster's last checkpoint (`lastLsn`, from pg_controldata): after a
-        clean shutdown, the end of its WAL. After a crash, WAL written since that
-        checkpoint is read with pg_waldump (`walEnd`: the start of the last valid record
-        in pg_wal); `lastLsnFrom` says which. Empty when pg_controldata cannot read it."""
+        """The stopped cluster's last checkpoint (`lastLsn`, from pg_controldata) and where
+        its WAL ends (`walEnd`: the start of its last valid record): after a primary's
+        clean shutdown, that checkpoint; after a crash, read with pg_waldump from it;
+        after a standby's shutdown, not known. `lastLsnFrom` says which. Empty when
+        pg_controldata cannot read it."""
         try:
             found = self.host.run([f"{self.pg_bin}/pg_controldata", "-D", self.data],
                                   timeout=60)
@@ -151,8 +154,13 @@ class ServerHost:
         last = control.get("Latest checkpoint location")
         if last is None:
             return {}
-        if control.get("Database cluster state", "").startswith("shut down"):
-            return {"lastLsn": last, "lastLsnFrom": "pg_controldata (shutdown checkpoint)"}
+        state = control.get("Database cluster state", "")
+        if state == "shut down":
+            return {"lastLsn": last, "walEnd": last,
+                    "lastLsnFrom": "pg_controldata (shutdown checkpoint)"}
+        if state.startswith("shut down"):  # in recovery: a restartpoint
+            return {"lastLsn": last, "lastLsnFrom": f"pg_controldata (last restartpoint; "
+                    f"{state})"}
         out: Evidence = {"lastLsn": last, "lastLsnFrom": "pg_controldata (last checkpoint; "
                          "not shut down cleanly)"}
         end, said = self.wal_end(last, control.get("Latest checkpoint's TimeLineID", "1"),

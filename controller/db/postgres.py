@@ -37,6 +37,9 @@ needs the node's data directory (the `ssh-stop` fence, `stop`, `rewind`, `baseba
   crashed primary); any other connection fault is left to psql to describe.
 - **rewind**: the source is checkpointed first (a promoted node names its new timeline
   in its control file only after one, and pg_rewind reads it there), then `pg_rewind`.
+- **size**: one query of a primary: `pg_current_wal_lsn()`, `pg_stat_wal.wal_bytes` (WAL
+  generated since the statistics began: a segment switch's padding is not in it) and
+  the sum of `pg_database_size` (readable with `pg_monitor`, as `state` needs).
 - **rewind size**: the source checkpointed as for a rewind, then `pg_rewind --dry-run`.
 - **follow** of a node that answers in recovery changes nothing.
 - **create slot**: `pg_create_physical_replication_slot(name, true)`: it keeps WAL from
@@ -65,6 +68,7 @@ from controller.db import (
     Database,
     FenceMethod,
     Node,
+    NodeSize,
     NodeState,
     NotInRecovery,
     Promoted,
@@ -94,6 +98,9 @@ STATE_SQL = (
     "OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
     "ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END, "
     "current_setting('default_transaction_read_only')")
+SIZE_SQL = ("SELECT (pg_current_wal_lsn() - '0/0')::bigint, (SELECT wal_bytes FROM "
+            "pg_stat_wal)::bigint, (SELECT sum(pg_database_size(oid)) FROM pg_database)"
+            "::bigint")
 PROMOTE_POLL = 0.01  # seconds between pg_is_in_recovery() readings while promoting
 WAIT_SQL = ("DO $$BEGIN FOR i IN 1..{polls} LOOP EXIT WHEN NOT pg_is_in_recovery(); "
             f"PERFORM pg_sleep({PROMOTE_POLL}); END LOOP; END$$")
@@ -254,6 +261,10 @@ class PostgresDatabase(Database):
 
     def _source(self, source: Node) -> str:
         return conninfo(source, self.options.user, self.options.database)
+
+    def size(self, node: Node) -> NodeSize:
+        row = self._psql(node, SIZE_SQL)[0]
+        return NodeSize(lsn=int(row[0]), wal_bytes=int(row[1]), databases_bytes=int(row[2]))
 
     def rewind_size(self, node: Node, *, source: Node) -> RewindSize:
         self._checkpoint(source)

@@ -18,6 +18,10 @@ from controller.engine.core import Core
 from controller.journal import PlanState
 from controller.model import DecisionState, Phase
 
+_DURABLE = ("phase", "level", "active_site")
+"""What a run and a person rely on: written durably. The rest of the row (the policy
+window, the decision sentence, readiness) is rebuilt by fresh probes after a crash."""
+
 
 class Store:
     def __init__(self, core: Core):
@@ -65,7 +69,9 @@ class Store:
         new = st
         if not self._stored or any(getattr(st, k) != v for k, v in changes.items()):
             new = PlanState(**{**st.__dict__, **changes, "updated_at": self.core.clock.now()})
-            self.core.journal.save_plan_state(new)  # nothing new: no write, a quiet plan no I/O
+            # nothing new: no write, a quiet plan no I/O; only observations: no fsync
+            self.core.journal.save_plan_state(new, durable=any(
+                getattr(new, k) != getattr(st, k) for k in _DURABLE))
             self._stored = True
         shown = (new.phase, new.level, new.readiness.get("score"))
         if shown != self._shown:  # the gauges move only when what they show does

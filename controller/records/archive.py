@@ -5,7 +5,9 @@ Owns what is written where (the layout every reader of the store relies on) and 
 - `runs/<plan>/<run-id>.json` and `.md`: a finished run's report (`controller.report`:
   run, steps with their evidence, decisions, audit) with its notices and `kind: run`;
 - `drills/<plan>/<finished-at>-<run-id>.json`: a drill's verdict with `kind: drill`
-  (`finished-at` is `YYYYmmddTHHMMSSZ`, so keys sort by time);
+  (`finished-at` is `YYYYmmddTHHMMSSZ`, so keys sort by time): written by the drill
+  itself (`record_drill`), or, for a drill the operator ran, by the `Archiver` as it
+  archives the drill's failback (`controller.records.drills`);
 - `incidents/<plan>/<run-id>.json|.md`: incident records (`controller.records.incident`).
 
 `Archiver` is the engine's: a run is archived the moment it ends, and then marked
@@ -16,7 +18,8 @@ per attempt), and `catch_up` (every cycle, one clock read when nothing is due) t
 again after a back-off that doubles from 30 s to 10 min; every 5 min it also archives
 runs that ended without this archiver (superseded, adopted from another replica).
 Nothing is lost meanwhile: the journal keeps a run until it is archived, and
-`readiness` reports the runs still waiting.
+`readiness` reports the runs still waiting. When the controller stops, `flush` makes one
+last attempt, bounded in time, and logs what is still waiting.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from controller import report as reports
 from controller.journal import Journal
 from controller.plan_records import RecordsSpec
+from controller.records.drills import is_drill_failback, judge
 from controller.records.store import RecordExists, RecordsStore, open_store
 from controller.secrets import Secrets, redact
 
@@ -121,7 +126,8 @@ def record_drill(records: RecordsSpec | None, verdict: dict[str, Any], *,
 
 
 class Archiver:
-    """Archives one plan's finished runs as they end, retrying a failed store later."""
+    """Archives one plan's finished runs as they end (and the verdict of a drill the
+    operator ran, with its failback), retrying a failed store later."""
 
     def __init__(self, plan: str, records: RecordsSpec | None, journal: Journal,
                  now: Callable[[], float], *, secrets: Secrets | None = None,
@@ -147,11 +153,22 @@ class Archiver:
         if (self.records is None or self.now() < self.due
                 or self.journal.active_run(self.plan) is not None):
             return
+        self.archive_all()
+
+    def archive_all(self) -> None:
+        """Archive every finished run not archived yet, now; stop at the first the store
+        fails (audited, retried after the back-off)."""
+        if self.records is None:
+            return
         for run_id in self.journal.unarchived(self.plan):
             try:
                 if self._store is None:
                     self._store = self._open(self.records)
                 key = archive_run(self._store, self.journal, run_id)
+                run = self.journal.run(run_id)
+                if run is not None and is_drill_failback(run):  # `failoverctl drill fop/..`
+                    with contextlib.suppress(RecordExists):  # the first write stands
+                        archive_drill(self._store, judge(self.journal, run))
             except Exception as exc:
                 self._failed(run_id, exc)
                 return
@@ -174,3 +191,35 @@ class Archiver:
             self.error = said
             self.journal.audit(at=now, actor="controller", action=FAILED, plan=self.plan,
                                run_id=run_id, detail=said)
+
+
+def flush(archivers: Iterable[Archiver], *, deadline: float) -> dict[str, list[str]]:
+    """The controller stops: one last attempt to archive every ended run not archived yet
+    (a retry pending after the store failed, whatever its back-off), until `deadline`
+    (`time.monotonic()`). The attempt runs in a daemon thread, so a store that hangs
+    cannot hold the stop past the deadline. Returns, per plan, the runs still not archived
+    (each logged): they stay in the journal, archived when the controller runs again."""
+    todo = [a for a in archivers if a.records is not None]
+
+    def attempt() -> None:
+        for archiver in todo:
+            if time.monotonic() >= deadline:
+                return
+            try:
+                archiver.archive_all()
+            except Exception as exc:  # the journal: those runs stay unarchived, said below
+                log.warning("%s: last archive attempt failed: %s", archiver.plan,
+                            redact(f"{type(exc).__name__}: {exc}"))
+
+    worker = threading.Thread(target=attempt, name="records-flush", daemon=True)
+    worker.start()
+    worker.join(max(0.0, deadline - time.monotonic()))
+    left: dict[str, list[str]] = {}
+    for archiver in todo:
+        runs = archiver.journal.unarchived(archiver.plan)
+        if runs:
+            left[archiver.plan] = runs
+            log.warning("%s: %d ended runs NOT archived before the controller stopped (%s); "
+                        "they stay in the journal, archived when the controller runs again",
+                        archiver.plan, len(runs), ", ".join(runs))
+    return left

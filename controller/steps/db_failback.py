@@ -10,11 +10,18 @@ dc-a), its `standby` the node promoted during the incident ("away", dc-b), its
 too) and the LSNs at each stage in the evidence:
 
 1. **rebuild** home as a streaming standby of away: stop it cleanly, then choose how to
-   copy (`Copy`, in the evidence with the figures): `pg_rewind --dry-run` says how many
-   MB a rewind would copy of the source's size; a rewind that would copy half of it or
-   more is slower than a fresh base backup (`rewind-copies-half`), so that is taken;
-   else `pg_rewind` onto away's timeline. A rewind that cannot be done
-   (`rewind-failed`), a rewound node that does not start in time
+   copy (`Copy`, in the evidence with the figures). First from SQL (`estimate`): the
+   WAL away wrote since the fork, from where home's WAL ends (at or past the fork) to
+   away's LSN, at most what away generated (`pg_stat_wal`: a segment switch's padding
+   is not written WAL), against its databases' size. A rewind moves at least that WAL
+   twice: copies it (the source's pg_wal is copied whole, or it is streamed) and
+   replays it; a base backup copies the databases once. So when it is half their size
+   or more, a base backup is taken straight away (`wal-since-fork-half`), with no dry
+   run (for a crashed home, no single-user crash recovery either). Else `pg_rewind
+   --dry-run` says how many MB a rewind would copy of the source's size; a rewind that
+   would copy half of it or more is slower than a fresh base backup
+   (`rewind-copies-half`), so that is taken; else `pg_rewind` onto away's timeline. A
+   rewind that cannot be done (`rewind-failed`), a rewound node that does not start in time
    (`rewound-cannot-start`, the database backend's `startTimeout`), or one that starts
    but replays nothing more for `failback.stall` seconds before it has caught up
    (`rewound-cannot-stream`; both: the WAL since the fork is gone at the source) falls
@@ -22,8 +29,9 @@ too) and the LSNs at each stage in the evidence:
    standby.signal + primary_conninfo + `primary_slot_name` (the slot the promotion made
    on away for home, `failback.slot`, made now when it is missing: it keeps the WAL since
    the fork however long the incident wrote), and start it; a slot of that name left on
-   the rebuilt node from when it was a primary is dropped. A home that takes writes
-   (unfenced by someone) is refused (`two-primaries`): a rewind would discard them.
+   a rewound node from when it was a primary is dropped (a base backup copies none). A
+   home that takes writes (unfenced by someone) is refused (`two-primaries`): a rewind
+   would discard them.
 2. **catchUp**: wait (`failback.catchUp`) until home streams and has replayed the LSN
    away was at when the wait began (away read once: the wait ends under a steady stream
    of writes): lag 0, verified by LSN. When it cannot, the step ends `home-not-caught-up`
@@ -82,6 +90,8 @@ class Copy(enum.StrEnum):
     """Why a rebuild copied what it did."""
 
     REWIND = "rewind-copies-less"  # pg_rewind: it copies less than half the source
+    # a base backup, no dry run: SQL says the WAL since the fork is half the databases or more
+    WAL_HALF = "wal-since-fork-half"
     COPIES_HALF = "rewind-copies-half"  # a base backup: a rewind would copy half or more
     REWIND_FAILED = "rewind-failed"  # a base backup: pg_rewind cannot rewind the node
     CANNOT_START = "rewound-cannot-start"  # a base backup: the rewound node did not start
@@ -137,17 +147,18 @@ class DbFailback(StepKind[DbFailbackParams]):
         run = _Failback(database_of(original, ctx), p, f"before-failback-{ctx.run_id}")
         before = change["awayBefore"]
         incident = int(before["timeline"])
+        away = state_or_none(run.db, p.standby)
         if not before["writable"]:
-            away = run.db.state(p.standby)
+            away = away or run.db.state(p.standby)  # raises Unreachable: it must be read
             if away.in_recovery and away.timeline == incident:
                 return {**run.out, "skipped": f"{p.standby.describe()} was never promoted "
                         "(in recovery on its timeline): there is nothing to bring home"}
         home = state_or_none(run.db, p.primary)
-        run.lsns("start", home=home, away=state_or_none(run.db, p.standby))
+        run.lsns("start", home=home, away=away)
         if home is not None and not home.in_recovery and home.timeline > incident:
             run.out["switchover"] = "found done already"
         else:
-            run.switchover(home, incident)
+            run.switchover(home, away, incident)
         run.demote()
         return run.out
 
@@ -161,8 +172,11 @@ class DbFailback(StepKind[DbFailbackParams]):
         for name in ("rebuild", "demoted"):
             how = evidence.get(name)
             if isinstance(how, dict):
-                figures = (f"; a rewind would copy {how['rewindMb']} of {how['sourceMb']} "
-                           "MB" if "rewindMb" in how else "")
+                guess = how.get("estimate")
+                figures = (f"; the WAL since the fork is {guess['walMb']} MB, of "
+                           f"{guess['databasesMb']} MB of databases" if guess else "")
+                figures += (f"; a rewind would copy {how['rewindMb']} of "
+                            f"{how['sourceMb']} MB" if "rewindMb" in how else "")
                 out.append(f"{name}: {how.get('method')} ({how.get('why')}{figures})"
                            + (f"; pg_rewind failed: {how['rewindError']}"
                               if how.get("rewindError") else "")
@@ -202,9 +216,9 @@ class _Failback:
         self.out["lsns"][stage] = {k: None if n is None else lsn_text(n.lsn)
                                    for k, n in nodes.items()}
 
-    def switchover(self, home: NodeState | None, incident: int) -> None:
+    def switchover(self, home: NodeState | None, away: NodeState | None,
+                   incident: int) -> None:
         p, db = self.p, self.db
-        away = state_or_none(db, self.away)
         if away is not None and away.writable:
             if home is not None and home.writable:
                 raise Refused("two-primaries", f"{self.home.describe()} takes writes while "
@@ -274,9 +288,9 @@ class _Failback:
         self.done("demote", home=streaming[1].lsn, away=streaming[0].lsn)
 
     def rebuild(self, node: Node, *, source: Node) -> Evidence:
-        """Make `node` a streaming standby of `source`: stop, choose (a rewind's dry run),
-        rewind or base backup, follow through the failback slot (a rewound node that does
-        not start: stopped, then a base backup); the seconds each part took."""
+        """Make `node` a streaming standby of `source`: stop, choose (`_choose`), rewind
+        or base backup, follow through the failback slot (a rewound node that does not
+        start: stopped, then a base backup); the seconds each part took."""
         db, slot = self.db, self.p.failback.slot
         seconds: dict[str, float] = {}
         at = time.monotonic()
@@ -290,7 +304,7 @@ class _Failback:
         fencing.check()
         stopped = db.stop(node)
         part("stop")
-        how = self._choose(node, source)
+        how = self._choose(node, source, _wal_end(stopped))
         part("choose")
         if how["why"] is Copy.REWIND:
             try:
@@ -308,11 +322,13 @@ class _Failback:
             part("start")
             how.update(why=why[0], startError=why[1], **self._basebackup(node, source))
             part("copy")
-        if how["why"] is not Copy.REWIND:
+        if how["why"] is Copy.REWIND:  # it keeps the slots its old data held
+            fencing.check()
+            dropped = db.drop_slot(node, slot)  # left from when it was a primary
+        else:  # a base backup copies no slot
             fencing.check()
             db.follow(node, source=source, slot=slot)
-        fencing.check()
-        dropped = db.drop_slot(node, slot)  # left from when it was a primary
+            dropped = {"already": True}
         part("start")
         return {**how, "method": "pg_rewind" if how["why"] is Copy.REWIND else
                 "pg_basebackup", "why": how["why"].value, "lastLsn": stopped.get("lastLsn"),
@@ -345,15 +361,25 @@ class _Failback:
                     f"{source.describe()} no longer has the WAL it needs")
             fencing.pause(POLL)
 
-    def _choose(self, node: Node, source: Node) -> Evidence:
-        """How to copy: what a rewind's dry run says it would copy, of the source's size."""
+    def _choose(self, node: Node, source: Node, end: int | None) -> Evidence:
+        """How to copy: from SQL when the WAL `source` wrote since `node`'s WAL `end` is
+        half its databases or more (a base backup); else what a rewind's dry run says it
+        would copy, of the source's size."""
+        out: Evidence = {}
+        if end is not None:
+            size = self.db.size(source)
+            wal = max(0, min(size.lsn - end, size.wal_bytes))
+            out["estimate"] = {"walMb": _mb(wal), "databasesMb": _mb(size.databases_bytes),
+                               "from": lsn_text(end), "to": lsn_text(size.lsn)}
+            if 2 * wal >= size.databases_bytes > 0:
+                return {**out, "why": Copy.WAL_HALF}
         try:
             fencing.check()
-            size: RewindSize = self.db.rewind_size(node, source=source)
+            rewind: RewindSize = self.db.rewind_size(node, source=source)
         except RewindFailed as exc:
-            return {"why": Copy.REWIND_FAILED, "rewindError": str(exc)}
-        out: Evidence = {"rewindMb": size.copy_mb, "sourceMb": size.source_mb}
-        half = size.source_mb > 0 and 2 * size.copy_mb >= size.source_mb
+            return {**out, "why": Copy.REWIND_FAILED, "rewindError": str(exc)}
+        out.update(rewindMb=rewind.copy_mb, sourceMb=rewind.source_mb)
+        half = rewind.source_mb > 0 and 2 * rewind.copy_mb >= rewind.source_mb
         return {**out, "why": Copy.COPIES_HALF if half else Copy.REWIND}
 
     def _basebackup(self, node: Node, source: Node) -> Evidence:
@@ -361,6 +387,13 @@ class _Failback:
         return self.db.basebackup(node, source=source, aside=self.aside)
 
 
+def _wal_end(stopped: Evidence) -> int | None:
+    """Where the stopped node's WAL ends (at or past the fork), when its `stop` knew."""
+    return parse_lsn(stopped["walEnd"]) if stopped.get("walEnd") else None
+
+
+def _mb(size: int) -> float:
+    return round(size / (1 << 20), 1)
 
 
 def _streamed_up(db: Database, standby: Node, primary: Node,

@@ -13,11 +13,12 @@ and a pgBackRest stanza with two encrypted repositories (repo2: the off-site one
 - controller: `backups.job.BackupJob.run()` of a `spec.backups` set, as `failoverctl
   backup` runs it: preflight, take, verify right after, off-site copy checked there,
   prune (retention keep 1, so each run removes the previous one's backup):
-  - basebackup: `pg_basebackup` (plain) streamed through tar + AES-256-GCM into S3 A; the
-    verifier's checksums pass (SHA-256 of the stored object read back from S3 A) and its
-    test restore (decrypt, pg_verifybackup, start, validation: a base backup is never
-    left unproven); the payload re-encrypted with the off-site key into S3 B and read
-    back there;
+  - basebackup: `pg_basebackup` (plain) streamed through tar + AES-256-GCM into S3 A and,
+    in the same pass, with the off-site key into S3 B (the staged copy); the verifier's
+    checksums pass (SHA-256 of the stored object read back from S3 A) and its test
+    restore (decrypt, pg_verifybackup, start, validation: a base backup is never left
+    unproven); the staged copy cataloged in S3 B and read back there (stored SHA-256,
+    every chunk, the plaintext's SHA-256);
   - pgbackrest: `pgbackrest backup` (repo1) registered in S3 A's catalog, `pgbackrest
     verify`, the off-site copy a `pgbackrest backup` into repo2 proven by `pgbackrest
     verify --repo=2` (the verifier's `testRestore: false`, allowed for pgBackRest sets).
@@ -292,7 +293,12 @@ def pipeline(base: Path, mb: int, repeat: int, kinds: list[str]) -> list[Goal]:
             b = min(bare, key=lambda r: r.seconds)
             o = min(ours, key=lambda r: r.like_for_like)
             ratio = b.mb_per_s(b.seconds) / o.mb_per_s(o.like_for_like)
-            goal = Goal(f"{mb} MB {kind} pipeline vs bare tools", ratio, GOAL)
+            # the bare off-site copy of a set is `tar` of its files; the controller's is a
+            # second `pgbackrest backup` into the off-site repository (its own cipher
+            # pass), about the cost of the first: said in the label
+            label = f"{mb} MB {kind} pipeline vs bare tools" + (
+                " (off-site: 2nd backup vs bare file copy)" if kind == "pgbackrest" else "")
+            goal = Goal(label, ratio, GOAL)
             goals.append(goal)
             print(f"  {kind}:")
             print(f"    bare tools   {b.bytes / 1e6:7.0f} MB  {b.seconds:6.2f} s  "

@@ -23,8 +23,10 @@ generation, seen on a watch) p50/p99 over `--sample` plans; isolation: while the
 are quiet, the trip plan's HTTP server answers 503 and the time until its first step
 starts (`status.run.steps[0].startedAt`) is compared with its detection floor
 (interval x consecutive failures) + 100 ms. With `--profile` (always for 5,000 plans or
-more) the operator's steady-state CPU is broken down by what it was doing and in which
-layer. Each goal of issue 20 prints met / NOT met, with the load average.
+more) the operator's CPU in the steady state and while the status changes are measured
+(with `--profile-start` also until the first statuses) is broken down by what it was
+doing and in which layer, with its garbage collections and where its workers waited.
+Each goal of issue 20 prints met / NOT met, with the load average.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import argparse
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -122,14 +126,20 @@ def pct(values: list[float], q: float) -> float:
 @dataclass
 class Figures:
     first: float = float("nan")  # s until every plan had a first status
+    writes: float = float("nan")  # API write requests per plan until then
+    first_cpu: float = float("nan")  # % of one core until then: the client
+    first_servers_cpu: float = float("nan")  # and kube-apiserver + etcd
     cpu: float = float("nan")  # % of one core, steady state
     rss: float = float("nan")  # MiB
     threads: int = 0
     apiserver_cpu: float = float("nan")  # % of one core, during the steady window
     p50: float = float("nan")
     p99: float = float("nan")
-    isolation: float | None = None  # s from the fault to the trip plan's first step
-    profile: dict[str, Any] = field(default_factory=dict)
+    isolation: float = float("nan")  # s from the fault to the trip plan's first step
+    false_trip: str | None = None  # the trip plan tripped with its service up
+    profile: dict[str, Any] = field(default_factory=dict)  # steady state
+    first_profile: dict[str, Any] = field(default_factory=dict)  # until the first statuses
+    latency_profile: dict[str, Any] = field(default_factory=dict)  # the status changes
 
 
 # --- the bare client (the baseline), run as `bench_operator.py --bare ...` -----------------------
@@ -165,6 +175,26 @@ def bare(kubeconfig: str, namespace: str) -> None:
 
 
 # --- one client against the plans ---------------------------------------------------------------
+
+
+_WRITES = ("POST", "PUT", "PATCH", "DELETE", "APPLY")
+
+
+def api_writes(kube: KubeServers) -> Counter[str]:
+    """The API server's count of write requests so far, by verb and resource
+    (`apiserver_request_total`, every client's: read while one client runs)."""
+    code, text = kube.request("GET", "/metrics")
+    assert code == 200, (code, str(text)[:200])
+    out: Counter[str] = Counter()
+    for line in str(text).splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if labels.get("verb") in _WRITES:
+            what = labels.get("resource", "") + (f"/{labels['subresource']}"
+                                                 if labels.get("subresource") else "")
+            out[f"{labels['verb']} {what}"] += int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def first_statuses(admin: Kube, ns: str, n: int, proc: subprocess.Popen[bytes],
@@ -207,10 +237,15 @@ def latencies(admin: Kube, ns: str, names: list[str], tag: str) -> list[float]:
     return out
 
 
-def isolation(admin: Kube, ns: str) -> float:
-    """Seconds from the trip plan's service failing until its first step started."""
+def isolation(admin: Kube, ns: str) -> float | str:
+    """Seconds from the trip plan's service failing until its first step started; or
+    what happened when it tripped before its service failed (its probes answered late
+    while the others were busy: a false trip, a failed isolation)."""
     obj = admin.get(GROUP, VERSION, ns, PLURAL, TRIP)
-    assert (obj.get("status") or {}).get("phase") == "Healthy", obj.get("status")
+    status = obj.get("status") or {}
+    if status.get("phase") != "Healthy":
+        return (f"the trip plan was {status.get('phase')} before its service failed: "
+                f"{(status.get('run') or {}).get('cause') or status.get('lastDecision')}")
     fault = time.time()
     Health.down.set()
     watch_until(admin, ns, TRIP, obj["metadata"]["resourceVersion"],
@@ -235,18 +270,41 @@ def running(argv: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
                 proc.wait()
 
 
+def read_profile(proc: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
+    """The profile of the window so far (`cpu_profile.py` writes it on SIGUSR2)."""
+    path.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR2)
+    for _ in range(50):
+        if path.exists():
+            break
+        time.sleep(0.1)
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
+
+
 def measure(kube: KubeServers, argv: list[str], work: Path, names: list[str], *,
             has: Callable[[dict[str, Any]], bool], steady: float, sample: int,
-            tag: str, profile: Path | None = None) -> Figures:
+            tag: str, profile: Path | None = None, from_start: bool = False) -> Figures:
     admin, ns, fig = kube.kube("admin"), kube.namespace, Figures()
     api = kube.pid("kube-apiserver")
     assert api is not None
     log = work / f"{tag}.log"
-    started = time.perf_counter()
+    servers = [pid for pid in (api, kube.pid("etcd")) if pid is not None]
+    writes0, started = api_writes(kube), time.perf_counter()
+    servers0 = sum(cpu_seconds(pid) for pid in servers)
     with running(argv, log) as proc:
         fig.first = first_statuses(admin, ns, len(names), proc, has, started, log)
-        print(f"  {tag}: first status on all {len(names)} plans after {fig.first:.1f} s",
+        fig.first_cpu = 100 * cpu_seconds(proc.pid) / fig.first
+        fig.first_servers_cpu = 100 * (sum(cpu_seconds(pid) for pid in servers)
+                                       - servers0) / fig.first
+        writes = api_writes(kube) - writes0
+        fig.writes = writes.total() / len(names)
+        print(f"  {tag}: first status on all {len(names)} plans after {fig.first:.1f} s; "
+              f"{fig.writes:.2f} API writes per plan meanwhile ("
+              + ", ".join(f"{what} {n}" for what, n in writes.most_common()) + ")",
               flush=True)
+        if profile is not None and from_start:
+            fig.first_profile = read_profile(proc, profile)
         time.sleep(min(5.0, steady))  # the burst of the first statuses is over
         if profile is not None:
             proc.send_signal(signal.SIGUSR1)
@@ -257,18 +315,21 @@ def measure(kube: KubeServers, argv: list[str], work: Path, names: list[str], *,
         fig.apiserver_cpu = 100 * (cpu_seconds(api) - api0) / wall
         fig.rss, fig.threads = rss_mib(proc.pid), len(os.listdir(f"/proc/{proc.pid}/task"))
         if profile is not None:
-            proc.send_signal(signal.SIGUSR2)
-            for _ in range(50):
-                if profile.exists():
-                    break
-                time.sleep(0.1)
-            fig.profile = json.loads(profile.read_text())
+            fig.profile = read_profile(proc, profile)
             fig.cpu -= 100 * fig.profile["sampler_cpu"] / wall  # the sampler's own, not ours
         print(f"  {tag}: steady {fig.cpu:.1f} % CPU, RSS {fig.rss:.0f} MiB", flush=True)
+        if profile is not None:
+            proc.send_signal(signal.SIGUSR1)
         lat = latencies(admin, ns, names[:: max(1, len(names) // sample)][:sample], tag)
+        if profile is not None:
+            fig.latency_profile = read_profile(proc, profile)
         fig.p50, fig.p99 = pct(lat, 0.5), pct(lat, 0.99)
         if tag == "operator":
-            fig.isolation = isolation(admin, ns)
+            found = isolation(admin, ns)
+            if isinstance(found, str):
+                fig.false_trip = found
+            else:
+                fig.isolation = found
     return fig
 
 
@@ -283,6 +344,10 @@ def report(n: int, base: Figures, op: Figures, steady: float) -> None:
     floor = TRIP_INTERVAL * TRIP_FAILURES
     rows = [
         ("first status on every plan", f"{base.first:.1f} s", f"{op.first:.1f} s"),
+        ("API writes per plan until then", f"{base.writes:.2f}", f"{op.writes:.2f}"),
+        ("CPU until then (% of one core)", f"{base.first_cpu:.0f} %", f"{op.first_cpu:.0f} %"),
+        ("kube-apiserver + etcd CPU until then", f"{base.first_servers_cpu:.0f} %",
+         f"{op.first_servers_cpu:.0f} %"),
         (f"steady CPU over {steady:g} s (% of one core)", f"{base.cpu:.1f} %",
          f"{op.cpu:.1f} %"),
         ("kube-apiserver CPU meanwhile", f"{base.apiserver_cpu:.1f} %",
@@ -300,7 +365,8 @@ def report(n: int, base: Figures, op: Figures, steady: float) -> None:
         print(f"{label:<50}{b:>12}{o:>12}")
     print(f"p99 / baseline p99: {op.p99 / base.p99:.1f}x; p50 / baseline p50: "
           f"{op.p50 / base.p50:.1f}x")
-    assert op.isolation is not None
+    if op.false_trip:
+        print(f"isolation NOT measured: {op.false_trip}")
     print(f"isolation: the trip plan's first step {1000 * op.isolation:.0f} ms after its "
           f"service failed; floor {1000 * floor:.0f} ms ({TRIP_INTERVAL * 1000:.0f} ms x "
           f"{TRIP_FAILURES})")
@@ -318,21 +384,32 @@ def report(n: int, base: Figures, op: Figures, steady: float) -> None:
     print(f"  isolation: first step within floor + {1000 * GOALS['isolation']:.0f} ms "
           f"({1000 * (floor + GOALS['isolation']):.0f} ms): {1000 * op.isolation:.0f} ms "
           f"{verdict(op.isolation <= floor + GOALS['isolation'])}")
+    if op.first_profile:
+        profile_summary("until every plan had a first status", op.first_profile)
     if op.profile:
-        profile_summary(op.profile, op.cpu)
+        profile_summary("steady state", op.profile, op.cpu)
+    if op.latency_profile:
+        profile_summary("while the status changes were measured", op.latency_profile)
 
 
-def profile_summary(p: dict[str, Any], cpu: float) -> None:
+def profile_summary(window: str, p: dict[str, Any], cpu: float | None = None) -> None:
     total = sum(p["what"].values()) or 1.0
     seconds = p["seconds"]
-    print(f"profile of the operator's steady state ({seconds:.0f} s, {100 * total / seconds:.1f}"
-          f" % of one core sampled of {cpu:.1f} % measured; the sampler itself "
+    measured = "" if cpu is None else f" of {cpu:.1f} % measured"
+    print(f"profile of the operator, {window} ({seconds:.0f} s, "
+          f"{100 * total / seconds:.1f} % of one core sampled{measured}; the sampler itself "
           f"{100 * p['sampler_cpu'] / seconds:.1f} %):")
+    print("  garbage collections: " + "; ".join(
+        f"generation {gen} {n:.0f} x, {1000 * total:.0f} ms in all, longest {1000 * longest:.0f} ms"
+        for gen, (n, total, longest) in p.get("gc", {}).items()))
     for title, key in (("  by what it was doing", "what"), ("  by layer", "layer"),
                        ("  top functions (self)", "functions")):
         print(title)
         for label, used in sorted(p[key].items(), key=lambda kv: -kv[1])[:12]:
             print(f"    {100 * used / total:5.1f} %  {label}")
+    print("  where the workers waited (wall seconds, all workers)")
+    for label, waited in sorted(p.get("waits", {}).items(), key=lambda kv: -kv[1])[:12]:
+        print(f"    {waited:7.1f} s  {label}")
 
 
 def create(admin: Kube, ns: str, bodies: list[dict[str, Any]]) -> None:
@@ -347,6 +424,13 @@ def main() -> None:
     ap.add_argument("--steady", type=float, default=30.0, help="seconds of steady state")
     ap.add_argument("--profile", action="store_true",
                     help="break the operator's CPU down (always with 5,000 plans or more)")
+    ap.add_argument("--profile-start", action="store_true",
+                    help="with --profile, also until the first statuses (its sampler walks "
+                         "the stacks of threads that start and end by the thousand then: "
+                         "the 10,000-plan run crashed in libpython once with it)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="the operator's figures only (while working on it; goals are "
+                         "reported against a baseline)")
     ap.add_argument("--bare", nargs=2, metavar=("KUBECONFIG", "NAMESPACE"),
                     help=argparse.SUPPRESS)  # the baseline client's own process
     args = ap.parse_args()
@@ -366,18 +450,24 @@ def main() -> None:
             print(f"created {args.plans} + 1 FailoverPlans in {time.perf_counter() - t:.1f} s",
                   flush=True)
             config = str(kube.kubeconfig("controller"))
-            base = measure(kube, [sys.executable, __file__, "--bare", config, ns], work,
-                           [*names, TRIP], has=lambda s: "observedGeneration" in s,
-                           steady=args.steady, sample=args.sample, tag="baseline")
+            base = Figures() if args.no_baseline else measure(
+                kube, [sys.executable, __file__, "--bare", config, ns], work, [*names, TRIP],
+                has=lambda s: "observedGeneration" in s, steady=args.steady,
+                sample=args.sample, tag="baseline")
             profile = work / "profile.json" if args.profile or args.plans >= 5000 else None
             op = measure(kube, [sys.executable, str(ROOT / "tests/benchmarks/cpu_profile.py"),
+                                *(["--from-start"] if args.profile_start else []),
                                 str(work / "profile.json"), "--journal", str(work / "j.db"),
                                 "operator", "--namespace", ns, "--kubeconfig", config,
                                 "--identity", "bench"],
                          work, [*names, TRIP], has=lambda s: bool(s.get("phase")),
                          steady=args.steady, sample=args.sample, tag="operator",
-                         profile=profile)
+                         profile=profile, from_start=args.profile_start)
             report(args.plans, base, op, args.steady)
+            problems = [line for line in (work / "operator.log").read_text().splitlines()
+                        if " WARNING " in line or " ERROR " in line or "Traceback" in line]
+            print(f"operator log: {len(problems)} warnings and errors"
+                  + "".join(f"\n  {line[:300]}" for line in problems[:10]))
     finally:
         server.shutdown()
         shutil.rmtree(work, ignore_errors=True)

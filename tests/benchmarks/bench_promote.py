@@ -25,9 +25,11 @@ the primary (SIGQUIT, an immediate shutdown, by PID) and from that moment measur
     (the step's `rebuild` + `catchUp` phases). The floor: a bare `pg_basebackup -X
     stream` of the same new primary into an empty directory, bytes copied / seconds.
     Goal: the floor's throughput <= 1.2x the catch-up's. Measured twice: as the step
-    runs (it chooses: `pg_rewind --dry-run` says how much a rewind would copy; half the
-    source or more is a base backup; the choice and the figures are printed), and on
-    its base-backup path (pg_rewind made to fail), with where the time goes in each
+    runs (it chooses: from SQL first, the WAL the new primary wrote since the fork, half
+    its databases or more being a base backup straight away; else `pg_rewind --dry-run`
+    says how much a rewind would copy, half the source or more being a base backup; the
+    choice and the figures are printed), and on its base-backup path (pg_rewind made to
+    fail), with where the time goes in each
     (stop, choose, copy, start, catchUp) and, when the goal is not met, why. The
     promoted node keeps the incident's WAL in the promotion's slot (and
     `wal_keep_size`): a rewound node replays the new timeline from the fork.
@@ -246,7 +248,9 @@ def failback_round(rnd: Round, writes_mb: int, path: str) -> dict[str, float]:
             "copied": copied, "by hand": bare, "whole": whole,
             **rebuild["seconds"], "catchUp": phases["catchUp"],
             "rewound": float(rebuild["method"] == "pg_rewind"),
-            "rewindMb": rebuild.get("rewindMb", -1), "sourceMb": rebuild.get("sourceMb", -1)}
+            "rewindMb": rebuild.get("rewindMb", -1), "sourceMb": rebuild.get("sourceMb", -1),
+            "walMb": rebuild.get("estimate", {}).get("walMb", -1),
+            "databasesMb": rebuild.get("estimate", {}).get("databasesMb", -1)}
 
 
 def medians(samples: list[dict[str, float]], keys: list[str]) -> str:
@@ -305,6 +309,8 @@ def failback_report(back: list[dict[str, float]], writes_mb: int, path: str) -> 
               f"{s['copied'] / 1e6:6.1f} MB in {s['by hand']:6.2f} s = "
               f"{s['copied'] / s['by hand'] / 1e6:6.1f} MB/s   rebuilt by "
               f"{'pg_rewind' if s['rewound'] else 'pg_basebackup'}"
+              + (f" (WAL since the fork {s['walMb']:.0f} of {s['databasesMb']:.0f} MB of "
+                 "databases)" if s["walMb"] >= 0 else "")
               + (f" (a rewind would copy {s['rewindMb']:.0f} of {s['sourceMb']:.0f} MB)"
                  if s["rewindMb"] >= 0 else ""))
     mine = statistics.median(s["incident"] / s["controller"] for s in back)
@@ -333,7 +339,9 @@ def failback_report(back: list[dict[str, float]], writes_mb: int, path: str) -> 
 METHODS = ("pg_rewind", "pg_basebackup")
 WHY = {
     **{(path, "stop"): "stopping the old primary cleanly" for path in METHODS},
-    **{(path, "choose"): "pg_rewind --dry-run, sizing the rewind" for path in METHODS},
+    **{(path, "choose"): "sizing the rewind: the WAL since the fork read in SQL, then "
+       "pg_rewind --dry-run (after a crash, its single-user recovery first)"
+       for path in METHODS},
     **{(path, "catchUp"): "streaming what the new primary wrote since the rebuild"
        for path in METHODS},
     ("pg_rewind", "copy"): "pg_rewind: crash recovery of the old primary in single-user "

@@ -1,6 +1,6 @@
 """A CPU-weighted sampling profile of every thread of a `failoverctl` process.
 
-    python tests/benchmarks/cpu_profile.py OUT.json failoverctl-args...
+    python tests/benchmarks/cpu_profile.py [--from-start] OUT.json failoverctl-args...
 
 runs `failoverctl` with one extra thread that, every 5 ms, reads each thread's own CPU
 clock (`pthread_getcpuclockid`) and charges the CPU time it used since the last sample
@@ -11,12 +11,15 @@ window (counts reset), SIGUSR2 writes OUT.json, which `bench_operator.py` summar
 CPU seconds by what the thread was doing (`WHAT`, the outermost match: a reconcile, a
 status write, the watch, the probe loop ...) and by the layer the time is spent in
 (`LAYER`, the innermost match: SQLite, the kube client, JSON, the policy ...), plus the
-top functions by self time and the sampler's own CPU (it runs only from the first
-SIGUSR1 on, and the benchmark subtracts it).
+top functions by self time, where the workers wait (wall time while their CPU clock
+stood still), the garbage collections (count, time, longest pause per
+generation) and the sampler's own CPU (it runs only from the first
+SIGUSR1 on, or from the start with `--from-start`, and the benchmark subtracts it).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -78,6 +81,14 @@ def _what(stack: list[tuple[str, str]]) -> str:
     return "other"
 
 
+def _waiting(stack: list[tuple[str, str]]) -> str:
+    """Where a waiting worker waits: the innermost frame of ours (controller/) and the
+    innermost frame of all."""
+    ours = next((f"{_short(file)}:{fn}" for file, fn in stack if "/controller/" in file), "")
+    file, fn = stack[0] if stack else ("", "")
+    return f"{ours} <- {_short(file)}:{fn}"
+
+
 def _layer(stack: list[tuple[str, str]]) -> str:
     for file, _ in stack:
         for label, part in LAYER:
@@ -91,11 +102,27 @@ class Sampler:
         self.what: Counter[str] = Counter()
         self.layer: Counter[str] = Counter()
         self.functions: Counter[str] = Counter()
+        self.waits: Counter[str] = Counter()  # wall seconds the workers waited, by where
         self.started = time.monotonic()
         self.own0 = 0.0
         self._last: dict[int, float] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        # garbage collections by generation: [count, seconds in all, the longest]; a full
+        # one holds every thread (a latency tail's usual suspect)
+        self.gc: dict[int, list[float]] = {}
+        self._gc_started = 0.0
+        gc.callbacks.append(self._collected)
+
+    def _collected(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._gc_started
+        seen = self.gc.setdefault(info["generation"], [0, 0.0, 0.0])
+        seen[0] += 1
+        seen[1] += took
+        seen[2] = max(seen[2], took)
 
     def _own(self) -> float:
         assert self._thread.ident is not None
@@ -108,12 +135,15 @@ class Sampler:
             self.what.clear()
             self.layer.clear()
             self.functions.clear()
+            self.waits.clear()
+            self.gc.clear()
             self.started, self.own0 = time.monotonic(), self._own()
 
     def _run(self) -> None:
         me = threading.get_ident()
         while True:
             time.sleep(INTERVAL)
+            workers = {t.ident for t in threading.enumerate() if t.name.startswith("worker")}
             with self._lock:
                 for ident, frame in sys._current_frames().items():
                     if ident == me:
@@ -124,9 +154,11 @@ class Sampler:
                         continue
                     used = cpu - self._last.get(ident, cpu)
                     self._last[ident] = cpu
-                    if used <= 0:
-                        continue
                     stack = _stack(frame)
+                    if used <= 0:
+                        if ident in workers:  # a worker's wall time: where it waits
+                            self.waits[_waiting(stack)] += INTERVAL
+                        continue
                     self.what[_what(stack)] += used
                     self.layer[_layer(stack)] += used
                     if stack:
@@ -138,8 +170,12 @@ class Sampler:
             data = {"seconds": time.monotonic() - self.started,
                     "sampler_cpu": self._own() - self.own0,
                     "what": dict(self.what), "layer": dict(self.layer),
-                    "functions": dict(self.functions.most_common(15))}
-        path.write_text(json.dumps(data))
+                    "functions": dict(self.functions.most_common(15)),
+                    "waits": dict(self.waits.most_common(12)),
+                    "gc": {str(gen): seen for gen, seen in sorted(self.gc.items())}}
+        part = path.with_suffix(".part")
+        part.write_text(json.dumps(data))
+        part.replace(path)  # whole or not at all: the benchmark reads it once it exists
 
 
 def _short(file: str) -> str:
@@ -150,12 +186,16 @@ def _short(file: str) -> str:
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    args = sys.argv[1:]
+    from_start = args[:1] == ["--from-start"]
+    out = Path(args[1 if from_start else 0])
     sampler = Sampler()
+    if from_start:
+        sampler.reset()
     signal.signal(signal.SIGUSR1, lambda *_: sampler.reset())
     signal.signal(signal.SIGUSR2, lambda *_: sampler.write(out))
     sys.path.insert(0, str(ROOT))
-    sys.argv = ["failoverctl", *sys.argv[2:]]
+    sys.argv = ["failoverctl", *args[2 if from_start else 1:]]
     from controller.cli import main as cli
 
     cli()

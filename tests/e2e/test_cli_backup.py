@@ -24,7 +24,7 @@ import yaml
 from controller.drill.servers.base import free_port
 from controller.drill.servers.postgres import PostgresServer
 from controller.journal import Journal
-from tests.e2e.test_cli import EXAMPLE, cli
+from tests.e2e.test_cli import EXAMPLE, LOGIN, cli
 
 ROWS = 500
 KEYS = {"FAILOVER_E2E_KEY_A": base64.b64encode(os.urandom(32)).decode(),
@@ -78,7 +78,7 @@ def test_backup_takes_verifies_copies_and_ready_knows_it(
     journal = tmp_path / "j.db"
     plan = _plan(place, tmp_path, port=source.port)
 
-    res = cli("backup", str(plan), "--as", "alice", journal=journal, env=KEYS, timeout=300)
+    res = cli("backup", str(plan), journal=journal, env=KEYS, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     for phase in ("preflight", "take", "verify", "offsite", "prune"):
         assert f"users: {phase}: started" in res.stderr
@@ -88,7 +88,7 @@ def test_backup_takes_verifies_copies_and_ready_knows_it(
     backup_id = line.split()[2]
     assert (place / tmp_path.name / "dc-b" / backup_id / f"{backup_id}.bak").is_file()
     trail = Journal(journal).audit_trail(plan="memory-drill")
-    assert [a["action"] for a in trail if a["actor"] == "alice"] == [
+    assert [a["action"] for a in trail if a["actor"] == LOGIN] == [
         "backup-start", "backup", "verify", "backup-offsite", "verify", "backup-done"]
 
     due = cli("backup", str(plan), "--due", "-o", "json", journal=journal, env=KEYS)
@@ -126,7 +126,7 @@ def test_due_test_restores_the_newest_verified_backup_when_its_last_test_restore
 
     assert not test_restore_ready()["ok"]
     started = time.time()
-    due = cli("backup", str(plan), "--due", "--as", "cron", "-o", "json", journal=journal,
+    due = cli("backup", str(plan), "--due", "-o", "json", journal=journal,
               env=KEYS, timeout=300)
     assert due.returncode == 0, due.stdout + due.stderr
     out = json.loads(due.stdout)
@@ -137,12 +137,13 @@ def test_due_test_restores_the_newest_verified_backup_when_its_last_test_restore
         and tested["due"].endswith("old (every 1h)")
     assert "test-restore" in tested["summary"]
     last = json.loads(entry_file.read_text())["verifications"][-1]
-    assert last["by"] == "cron" and last["passed"] is True and last["at"] >= started
+    assert last["by"] == LOGIN and last["passed"] is True and last["at"] >= started
     [check] = [c for c in last["checks"] if c["name"] == "test-restore"]
     assert check["passed"] and check["validation"][0]["value"] == str(ROWS)
     assert test_restore_ready()["ok"]
     assert [a["action"] for a in Journal(journal).audit_trail(plan="memory-drill")
-            if a["actor"] == "cron"] == ["test-restore-start", "verify", "test-restore-done"]
+            if a["actor"] == LOGIN and a["at"] >= started] == [
+        "test-restore-start", "verify", "test-restore-done"]
 
     again = cli("backup", str(plan), "--due", "-o", "json", journal=journal, env=KEYS)
     assert again.returncode == 0 and json.loads(again.stdout)["testRestores"] == []

@@ -38,6 +38,7 @@ from typing import Any
 
 import pytest
 
+from controller.crd import PLURAL
 from controller.model import Phase, StepStatus
 from tests.reliability.conftest import TALLY
 from tests.reliability.sim.harness import Result
@@ -79,7 +80,8 @@ def test_every_simulated_operator_schedule_keeps_the_invariants(
     for event in ("crashes", "deletes", "recreates", "standdowns", "status_503", "requests",
                   "checked released", "checked mirrored", "sharded", "relabels",
                   "checked moved", "checked takeovers", "checked lease changes",
-                  "checked attended"):
+                  "checked attended", "foreign", "rival", "checked token raises",
+                  "checked one deployment"):
         assert summary.counts[event] > 0, f"no schedule had any {event}: {summary.counts}"
     if summary.failed:
         seeds = sorted(summary.failed)
@@ -119,7 +121,7 @@ def quiet(seed: int, **changes: Any) -> OpSchedule:
                    stalls=[], partitions=[], faults=Faults(), clear_after=1,
                    leader=(6.0, 4.0, 1.0), active=30.0, standdowns=[], deletes=[],
                    recreate=None, status_faults=[], requests=[], shards=1, selector=False,
-                   second=None, labels=(None, None), relabels=[])
+                   second=None, labels=(None, None), relabels=[], foreign=None)
     changed = replace(base, **changes)
     return replace(changed, horizon=changed.active + changed.leader[0] + 10.0)
 
@@ -307,3 +309,49 @@ def test_a_plan_moved_mid_run_or_as_it_trips_is_acted_on_by_one_leader_at_a_time
         status = sim.status()
         assert shard[status["fencingHolder"]] == 1, status["fencingHolder"]
         assert status["phase"] == Phase.FAILED_OVER.value, status["phase"]
+
+
+def test_plans_left_with_another_leases_token_raise_each_shards_token_once() -> None:
+    # Both plans start with a status an unsharded deployment (since stopped) wrote under
+    # its own Lease, with a token larger than a new shard's, or equal: each shard's leader
+    # leaves its plan alone for a Lease's duration, raises its Lease's token once, to one
+    # above the stored one, and fails its plan over; no Lease changes hands (the
+    # invariant "a Lease's token raised again and again" holds the rest)
+    for seed, token in [(0, 25), (1, 25), (2, 0), (3, 3)]:
+        sim, result = simulate(sharded(seed, foreign=token, outages=[(5.0, 1e9)]))
+        assert sim.counts["foreign"] == 2
+        taken = leases(sim)
+        assert len(taken[0]) == 1 and len(taken[1]) == 1, taken
+        assert sorted(shard for shard, _ in +sim.ops.raises) == [0, 1], sim.ops.raises
+        assert set(sim.ops.raises.values()) == {1}, sim.ops.raises
+        for shard, name in enumerate((KEY[3], SECOND)):
+            status = sim.status(name)
+            assert status["phase"] == Phase.FAILED_OVER.value, (name, status["phase"])
+            assert (status["fencingHolder"], status["fencingToken"]) == (
+                taken[shard][0], token + 1)
+        assert {w.token for w in result.writes_log} == {token + 1}
+
+
+def test_an_unsharded_deployment_beside_the_shards_never_acts_with_them() -> None:
+    # The deployment before sharding still runs beside the two shards (three replica
+    # groups, all started at once, claim each plan). The group that took its Lease later
+    # sees the other's and yields: one deployment acts on every plan from the first
+    # write on (every world write and status by one of its holders), the invariant "two
+    # deployments act on one plan" and the at-end checks (the record and the world agree,
+    # the status mirrors the journal) hold, and the yielding replicas are not ready and
+    # say why. Before, both acted, each outbidding the other once, which could leave a
+    # run half done between them.
+    for seed in range(4):
+        sim, result = simulate(sharded(seed, rival=True, outages=[(2.0, 1e9)]))
+        unsharded = len(sim.shards) - 1  # the third group's shard index
+        acting = {w.holder for w in result.writes_log} | {
+            (obj.get("status") or {}).get("fencingHolder")
+            for _, _, key, obj, _ in sim.cluster.log if key[1] == PLURAL} - {None}
+        groups = {p.shard == unsharded for p in sim.processes if p.holder in acting}
+        assert len(groups) == 1, (seed, acting)
+        yielding = [p for p in sim.processes if p.op is not None and p.op.elector.rival]
+        assert {p.shard == unsharded for p in yielding} == {not groups.pop()}, seed
+        for p in yielding:
+            assert p.op is not None
+            with pytest.raises(RuntimeError, match="does not act on plans: lease "):
+                p.op.require_synced()

@@ -7,9 +7,11 @@ in-memory fake."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -303,3 +305,61 @@ def test_an_old_unbound_payload_is_read_on_its_checksum_and_said_unbound(
     pb.write_bytes(da)
     with pytest.raises(crypto.ChecksumMismatch):
         _drain(store, a)
+
+
+def _offsite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FilesystemBackupStore:
+    monkeypatch.setenv("BK_OFFSITE_KEY", base64.b64encode(os.urandom(32)).decode())
+    return FilesystemBackupStore(FilesystemBackupStore.Options.model_validate(
+        {"path": str(tmp_path / "offsite"), "encryptionKey": {"fromEnv": "BK_OFFSITE_KEY"},
+         "chunkSize": 4096}), secrets=Secrets())
+
+
+def test_a_copy_staged_as_the_backup_is_taken_is_the_same_tar_under_the_offsite_key(
+        store: FilesystemBackupStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offsite = _offsite(tmp_path, monkeypatch)
+    backup = store.add_directory(_source(tmp_path), dataset="orders", kind="daily",
+                                 taken_at=1_700_000_000, actor="alice", stage_in=offsite)
+
+    staged = store.entry(backup.id)["offsiteStaged"]
+    key = naming.payload_key(backup.id)
+    assert staged["location"] == offsite.objects.location(key)
+    assert staged["keyId"] == crypto.key_id(offsite.data_key()) != backup.meta[
+        "encryption"]["keyId"]
+    assert offsite.objects.peek(key, 0).size == staged["size"]
+    assert offsite.list(dataset="orders") == []  # in no catalog until it is verified
+    with store.open_payload(backup) as reader:
+        plain = reader.read()
+    with offsite.open_raw(key) as raw:
+        assert crypto.DecryptingReader(raw, offsite.data_key(), expected=crypto.Expected(
+            crypto.Binding(backup.id, "orders", 1_700_000_000), True, staged["sha256"],
+            staged["size"])).read() == plain
+
+
+def test_an_offsite_store_failing_mid_stream_drops_the_staged_copy_not_the_backup(
+        store: FilesystemBackupStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offsite = _offsite(tmp_path, monkeypatch)
+    real = offsite.objects.writer
+
+    class Failing(io.RawIOBase):
+        def __init__(self, sink: Any):
+            self.sink, self.written = sink, 0
+
+        def write(self, data: Any) -> int:
+            self.written += len(data)
+            if self.written > 8192:
+                raise OSError("no space left on the off-site store")
+            return int(self.sink.write(data))
+
+    @contextlib.contextmanager
+    def failing(key: str) -> Iterator[Any]:
+        with real(key) as sink:
+            yield Failing(sink)
+
+    monkeypatch.setattr(offsite.objects, "writer", failing)
+    backup = store.add_directory(_source(tmp_path), dataset="orders", kind="daily",
+                                 taken_at=1_700_000_000, actor="alice", stage_in=offsite)
+
+    assert "offsiteStaged" not in store.entry(backup.id)
+    assert store.list(dataset="orders")[0].id == backup.id
+    left = [p for p in (tmp_path / "offsite").rglob("*") if p.is_file()]
+    assert left == []  # the half-written copy was removed

@@ -189,7 +189,8 @@ def test_a_rewind_that_fails_falls_back_to_a_base_backup() -> None:
     home(db)
     facts = db_failback.KIND.facts(evidence)
     assert facts[0] == "database home on dc-a:5432 (timeline 3); dc-b:5432 streams from it"
-    assert "rebuild: pg_basebackup (rewind-failed); pg_rewind failed: " in facts[1]
+    assert ("rebuild: pg_basebackup (rewind-failed; the WAL since the fork is 0.0 MB, of "
+            "64.0 MB of databases); pg_rewind failed: ") in facts[1]
 
 
 def test_a_rewind_that_would_copy_half_the_cluster_is_a_base_backup_up_front() -> None:
@@ -203,8 +204,41 @@ def test_a_rewind_that_would_copy_half_the_cluster_is_a_base_backup_up_front() -
     assert evidence["demoted"]["method"] == "pg_rewind"  # 16 of 64 MB: less than half
     assert evidence["demoted"]["why"] == "rewind-copies-less"
     home(db)
-    assert "rebuild: pg_basebackup (rewind-copies-half; a rewind would copy 40 of 64 MB)" \
-        in db_failback.KIND.facts(evidence)[1]
+    assert ("rebuild: pg_basebackup (rewind-copies-half; the WAL since the fork is 0.0 MB, "
+            "of 64.0 MB of databases; a rewind would copy 40 of 64 MB)"
+            ) in db_failback.KIND.facts(evidence)[1]
+
+
+@pytest.mark.parametrize(("written", "why", "dry_runs"), [
+    (40 << 20, "wal-since-fork-half", ["dc-b"]),  # 40 of 64 MB: no dry run for dc-a
+    (1 << 20, "rewind-copies-less", ["dc-a", "dc-b"])])  # the LSN moved by WAL switches
+def test_the_wal_dc_b_wrote_since_the_fork_sizes_the_rebuild_before_any_dry_run(
+        written: int, why: str, dry_runs: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    plan, step, db = promoted()
+    away = db.nodes()["dc-b"]
+    db.set_node("dc-b", lsn=away["lsn"] + (40 << 20), walBytes=away["walBytes"] + written)
+    ran: list[str] = []
+    dry_run = FakeDatabase.rewind_size
+
+    def spy(self: FakeDatabase, node: Node, *, source: Node) -> Any:
+        ran.append(node.host)
+        return dry_run(self, node, source=source)
+
+    monkeypatch.setattr(FakeDatabase, "rewind_size", spy)
+    _, evidence = fail_back(plan, step)
+    rebuild = evidence["rebuild"]
+    assert rebuild["why"] == why and ran == dry_runs
+    assert rebuild["method"] == ("pg_basebackup" if why == "wal-since-fork-half"
+                                 else "pg_rewind")
+    assert rebuild["estimate"] == {"walMb": round(written / (1 << 20), 1),
+                                   "databasesMb": 64.0, "from": "0/3000100",
+                                   "to": "0/5800300"}  # dc-a's WAL end, dc-b's LSN
+    assert evidence["demoted"]["why"] == "rewind-copies-less"  # dc-a wrote nothing since
+    home(db)
+    if why == "wal-since-fork-half":
+        assert db_failback.KIND.facts(evidence)[1] == (
+            "rebuild: pg_basebackup (wal-since-fork-half; the WAL since the fork is 40.0 MB, "
+            "of 64.0 MB of databases)")
 
 
 @pytest.mark.parametrize(("fault", "why", "said"), [

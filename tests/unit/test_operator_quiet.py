@@ -1,7 +1,8 @@
 """What a quiet plan costs the operator (issue 20), over the in-memory API server: a cycle
 that changed nothing writes nothing to the journal, a settled plan's due reconciles skip
 the engine until a sample, a request or a change arrives, and a plan's first cycle writes
-its status once. The figures at scale: tests/benchmarks/bench_operator.py."""
+its status once, and no Event when it is healthy; a change never waits in the work queue
+behind quiet plans' due ticks. The figures at scale: tests/benchmarks/bench_operator.py."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from controller.model import Sample
 from controller.operator import Operator, Parts
 from controller.plan import FailoverPlan, parse_plan
 from controller.testing_kube import FakeKube
+from controller.workqueue import WorkQueue
 
 NS = "failover"
 
@@ -158,5 +160,19 @@ def test_a_plans_first_cycle_writes_its_status_once(kube: FakeKube, journal: Jou
     assert len(writes) == 1
     status = kube.get(GROUP, VERSION, NS, PLURAL, "first")["status"]
     assert status["phase"] == "Healthy" and status["readiness"]  # decision and readiness
-    reasons = {e["reason"] for e in kube.cluster.events}
-    assert {"Phase", "Decision"} <= reasons
+    assert kube.cluster.events == []  # healthy from the start: nothing worth an Event
+
+
+def test_a_change_is_never_queued_behind_quiet_plans_ticks() -> None:
+    queue = WorkQueue()
+    for i in range(1000):  # the ticker's due plans: routine
+        queue.add(f"quiet-{i}", urgent=False)
+    queue.add("edited")  # a spec edit seen on the watch
+    queue.add("quiet-500")  # a probe's news for a plan already due
+    queue.add("quiet-7", urgent=False)  # due again: queued once
+    assert [queue.get(0), queue.get(0), queue.get(0)] == ["edited", "quiet-500", "quiet-0"]
+    assert len(queue) == 998
+    queue.add("quiet-0")  # changed while a worker has it: once more, urgently, when done
+    queue.add("quiet-1", urgent=False)
+    queue.done("quiet-0")
+    assert queue.get(0) == "quiet-0"

@@ -261,8 +261,8 @@ def test_verify_command_verifies_new_backups_once(
     plan.write_text(yaml.safe_dump(data))
     journal = tmp_path / "j.db"
 
-    first = cli("verify", str(plan), "--dataset", "orders", "--as", "bob", "-o", "json",
-                journal=journal, timeout=300)
+    first = cli("verify", str(plan), "--dataset", "orders", "-o", "json", journal=journal,
+                timeout=300)
     assert first.returncode == 0, first.stdout + first.stderr
     [result] = json.loads(first.stdout)
     assert result["backup"] == backup.id and result["passed"] and result["verified"] is True

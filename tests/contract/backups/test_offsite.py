@@ -5,6 +5,7 @@ and never the last verified backup."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from controller.backups.retention import prune
 from controller.backups.s3 import S3BackupStore
 from controller.model import Backup
 from controller.plan import Retention
+from controller.secrets import Secrets
 
 from .offsite_store import offsite_endpoint, offsite_options, offsite_store  # noqa: F401
 
@@ -115,3 +117,75 @@ def test_retention_deletes_pruned_objects_and_keeps_the_last_verified_backup(
     assert left and all(old_verified.id in k for k in left)
     assert [a["detail"] for a in journal.audit_trail()
             if a["action"] == "backup-pruned" and old_failed.id in a["detail"]]
+
+
+def test_a_copy_staged_as_the_backup_was_taken_is_cataloged_and_checked_not_copied_again(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        tmp_path: Path, journal: Any) -> None:
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "base.dat").write_bytes(bytes(range(256)) * 20000)
+    taken = s3_store.add_directory(src, dataset="orders", kind="daily", taken_at=time.time(),
+                                   actor="alice", stage_in=offsite_store)
+    # written beside the payload, in no catalog yet: nothing lists or restores it
+    assert offsite_store.list(dataset="orders") == []
+    staged = offsite_store.objects.peek(naming.payload_key(taken.id), 0)
+    backup = s3_store.record_verification(taken.id, {
+        "passed": True, "at": time.time(), "durationS": 0.1, "summary": "passed: checksums",
+        "checks": []}, actor="verifier")
+
+    copy = copy_offsite(s3_store, offsite_store, backup, actor="alice")
+
+    assert copy.verified is True and "read back" in copy.verification
+    assert offsite_store.objects.peek(naming.payload_key(copy.id), 0).etag == staged.etag
+    assert "offsiteStaged" not in offsite_store.entry(copy.id)
+    assert _plain(offsite_store, copy.id) == _plain(s3_store, backup)
+    assert any(a["action"] == "backup-offsite" and "staged as it was taken" in a["detail"]
+               for a in journal.audit_trail())
+
+
+def test_an_offsite_store_failing_while_the_backup_is_taken_fails_only_the_staged_copy(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        offsite_options: dict[str, Any], tmp_path: Path, journal: Any) -> None:  # noqa: F811
+    gone = S3BackupStore(S3BackupStore.Options.model_validate(
+        {**offsite_options, "bucket": "no-such-bucket"}), secrets=Secrets())
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "base.dat").write_bytes(os.urandom(100_000))
+    taken = s3_store.add_directory(src, dataset="orders", kind="daily", taken_at=time.time(),
+                                   actor="alice", stage_in=gone)
+    assert "offsiteStaged" not in s3_store.entry(taken.id)
+    backup = s3_store.record_verification(taken.id, {
+        "passed": True, "at": time.time(), "durationS": 0.1, "summary": "passed: checksums",
+        "checks": []}, actor="verifier")
+
+    copy = copy_offsite(s3_store, offsite_store, backup, actor="alice")  # copied the usual way
+
+    assert copy.verified is True
+    assert _plain(offsite_store, copy.id) == _plain(s3_store, backup)
+    assert any(a["action"] == "backup-offsite" and "re-encrypted from the store" in a["detail"]
+               for a in journal.audit_trail())
+
+
+def test_a_staged_copy_damaged_before_its_check_is_recorded_failed(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        offsite_options: dict[str, Any], offsite_endpoint: str,  # noqa: F811
+        tmp_path: Path) -> None:
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "base.dat").write_bytes(bytes(range(256)) * 20000)
+    taken = s3_store.add_directory(src, dataset="orders", kind="daily", taken_at=time.time(),
+                                   actor="alice", stage_in=offsite_store)
+    key = f"{offsite_options['prefix']}/{naming.payload_key(taken.id)}"
+    client = boto3.client("s3", endpoint_url=offsite_endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    data = bytearray(client.get_object(Bucket=offsite_options["bucket"], Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0xFF  # same size: only reading it back can tell
+    client.put_object(Bucket=offsite_options["bucket"], Key=key, Body=bytes(data))
+    backup = s3_store.record_verification(taken.id, {
+        "passed": True, "at": time.time(), "durationS": 0.1, "summary": "passed: checksums",
+        "checks": []}, actor="verifier")
+
+    copy = copy_offsite(s3_store, offsite_store, backup, actor="alice")
+
+    assert copy.verified is False and "read back failed" in copy.verification

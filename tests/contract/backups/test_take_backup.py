@@ -63,8 +63,17 @@ def test_backup_is_taken_verified_copied_offsite_and_pruned(
     spec = _set(_basebackup(source_pg), retention={"keep": 1})
     verifier = _verifier(s3_store, store_options, workdir, journal)
     seen: list[tuple[Phase, str]] = []
+    staged: list[tuple[int, list[str]]] = []  # when verified: off-site payload, catalog
+
+    def progress(phase: Phase, text: str) -> None:
+        seen.append((phase, text))
+        if (phase, text) == (Phase.VERIFY, "started"):
+            newest = s3_store.list(dataset="orders")[0]
+            staged.append((offsite_store.objects.peek(naming.payload_key(newest.id), 0).size,
+                           [b.id for b in offsite_store.list(dataset="orders")]))
+
     outcomes = [BackupJob(spec, store=s3_store, offsite=offsite_store, verifier=verifier,
-                          actor="alice", progress=lambda p, t: seen.append((p, t))).run()
+                          actor="alice", progress=progress).run()
                 for _ in range(2)]
 
     first, second = outcomes
@@ -80,6 +89,8 @@ def test_backup_is_taken_verified_copied_offsite_and_pruned(
     assert copy.location.startswith(f"s3://{offsite_store.options.bucket}/dc-b/orders/")
     assert copy.meta["encryption"]["keyId"] != kept.meta["encryption"]["keyId"]
     assert copy.meta["objects"][0]["sha256"] != kept.meta["objects"][0]["sha256"]
+    # the copy was written as the backup was taken, cataloged off-site only once verified
+    assert staged[1] == (copy.size, [first.backup])
     # retention: keep 1 -> the first backup is gone from both stores
     assert second.pruned and all(first.backup in p for p in second.pruned)
     assert len(second.pruned) == 2
@@ -115,6 +126,7 @@ def test_failed_verification_marks_the_backup_failed_and_copies_nothing(
     with pytest.raises(NoRestorableBackup):
         choose(s3_store.list(dataset="orders"))
     assert offsite_store.list(dataset="orders") == []
+    assert offsite_store.objects.names() == []  # the copy staged as it was taken: removed
 
 
 def test_a_backup_the_verifier_cannot_check_is_marked_failed_not_left_unverified(

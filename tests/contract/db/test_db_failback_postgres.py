@@ -5,12 +5,15 @@ switches over with dc-b fenced first, and turns dc-b into dc-a's standby: every 
 written at dc-b is at dc-a, dc-b streams from dc-a, and only then do the traffic and DNS
 reverts run. An incident that wrote more WAL than dc-b's `wal_keep_size` still comes
 home: the promotion's slot kept that WAL, and without the slot the rewound dc-a, unable
-to start, is rebuilt from a base backup. A dc-a that cannot catch up is refused with
-nothing switched; an attempt resumed after dc-b was fenced finishes the switchover."""
+to start, is rebuilt from a base backup; one whose WAL since the fork is half dc-b's
+databases or more is a base backup straight away, with no dry run. A dc-a that cannot
+catch up is refused with nothing switched; an attempt resumed after dc-b was fenced
+finishes the switchover."""
 
 from __future__ import annotations
 
 import re
+import signal
 import time
 from typing import Any
 
@@ -18,6 +21,9 @@ import pytest
 
 from controller import fencing, testing
 from controller.backends import Backends
+from controller.db import Node, RewindSize
+from controller.db.postgres import PostgresDatabase
+from controller.drill.processes import stop_pid
 from controller.drill.servers.postgres import PostgresServer
 from controller.fencing import Fence
 from controller.journal import Journal
@@ -47,11 +53,15 @@ def plan_for(pair: Pair, options: dict[str, Any] | None = None, **failback: Any
     return make_plan(mutate)
 
 
-def incident(pair: Pair, plan: FailoverPlan) -> Step:
-    """Promote dc-b (its old primary stopped first), write rows 101-103 there; the
-    failback's database step."""
+def incident(pair: Pair, plan: FailoverPlan, *, crash: bool = False) -> Step:
+    """Promote dc-b (its old primary stopped first, or crashed once dc-b has its rows),
+    write rows 101-103 there; the failback's database step."""
     old, standby = pair
     old.psql("INSERT INTO orders SELECT g, 'before ' || g FROM generate_series(1, 3) g")
+    if crash:
+        rows(standby, 3)
+        assert old.pid is not None
+        stop_pid(old.pid, signal.SIGQUIT)  # an immediate shutdown: no shutdown checkpoint
     step = plan.spec.steps[-1]
     with fencing.scope(Fence(5, "test-1", label="run-1/promote-db")):
         ctx = context(plan)
@@ -217,6 +227,37 @@ def test_a_rewound_dc_a_that_cannot_stream_is_rebuilt_from_a_base_backup(
                      r"reaching \S+ \(not streaming\): .* no longer has the WAL it needs",
                      rebuild["startError"]), rebuild["startError"]
     every_incident_row_home(pg_pair)
+
+
+def test_an_incident_whose_wal_is_half_the_databases_is_a_base_backup_without_a_dry_run(
+        pg_pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    old, standby = pg_pair
+    plan = plan_for(pg_pair)
+    step = incident(pg_pair, plan, crash=True)  # a dry run would recover dc-a first
+    standby.psql("INSERT INTO orders SELECT g, 'incident ' || g FROM "
+                 "generate_series(1001, 301000) g")  # ~40 MB of WAL, of ~45 MB of databases
+    dry_runs: list[Node] = []
+    dry_run = PostgresDatabase.rewind_size
+
+    def spy(self: PostgresDatabase, node: Node, *, source: Node) -> RewindSize:
+        dry_runs.append(node)
+        return dry_run(self, node, source=source)
+
+    monkeypatch.setattr(PostgresDatabase, "rewind_size", spy)
+    try:
+        evidence = fail_back(plan, step)
+    finally:
+        adopt(*pg_pair)
+    rebuild, estimate = evidence["rebuild"], evidence["rebuild"]["estimate"]
+    assert rebuild["method"] == "pg_basebackup", rebuild
+    assert rebuild["why"] == "wal-since-fork-half" and "rewindMb" not in rebuild
+    assert 2 * estimate["walMb"] >= estimate["databasesMb"] > 0, estimate
+    assert dry_runs == [node(standby)]  # dc-b's, when it is demoted: it wrote nothing since
+    assert "the WAL since the fork is" in db_failback.KIND.facts(evidence)[1]
+    assert old.psql("SELECT pg_is_in_recovery()") == "f"  # home, with every row
+    assert old.psql("SELECT count(*) FROM orders WHERE id > 100") == "300003"
+    assert standby.psql("SELECT pg_is_in_recovery()") == "t"
+    old.wait_streaming()
 
 
 def test_a_dc_a_that_cannot_catch_up_is_refused_with_nothing_switched(

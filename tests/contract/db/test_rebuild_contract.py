@@ -1,10 +1,12 @@
 """The calls that rebuild a node as a standby of another (what a database failback
 makes), run on the in-memory pair and on a real PostgreSQL primary and streaming standby
-through the same tests: a clean `stop`, idempotent; `rewind` of the old primary onto the
-promoted standby's timeline, then `follow`, bring every row committed at the promoted
-node to it, and it streams; a rewind that cannot be done raises `RewindFailed`, and a
-`basebackup` (the old data kept aside) does the same job; a running node is never
-rewound; a fence is undone (`unfence`) when a switchover cannot go on."""
+through the same tests: a clean `stop`, idempotent, knowing where a primary's WAL ends;
+a primary's `size` (its LSN, the WAL it wrote, its databases); `rewind` of the old
+primary onto the promoted standby's timeline, then `follow`, bring every row committed
+at the promoted node to it, and it streams; a rewind that cannot be done raises
+`RewindFailed`, and a `basebackup` (the old data kept aside) does the same job; a
+running node is never rewound; a fence is undone (`unfence`) when a switchover cannot go
+on."""
 
 from __future__ import annotations
 
@@ -51,10 +53,27 @@ def test_a_stop_is_clean_and_idempotent(world: DbWorld) -> None:
     with fencing.scope(fenced()):
         first = world.db.stop(world.primary)
         again = world.db.stop(world.primary)
+        standby = world.db.stop(world.standby)
     assert first["already"] is False and again["already"] is True
     assert again["lastLsn"] == first["lastLsn"]
+    # a primary's WAL ends with its shutdown checkpoint; a standby's end is not known
+    # (its last restartpoint is before what it replayed)
+    assert first["walEnd"] == first["lastLsn"] and "walEnd" not in standby
     with pytest.raises(Unreachable):
         world.db.state(world.primary)
+
+
+def test_a_primary_says_its_wal_position_the_wal_it_wrote_and_its_databases_size(
+        world: DbWorld) -> None:
+    before = world.db.size(world.primary)
+    world.commit(0, 1)
+    for _ in range(100):  # a session's WAL counts once it ends
+        after = world.db.size(world.primary)
+        if after.wal_bytes > before.wal_bytes:
+            break
+        time.sleep(0.05)
+    assert after.lsn > before.lsn and after.wal_bytes > before.wal_bytes
+    assert after.databases_bytes >= before.databases_bytes > 0
 
 
 def test_the_old_primary_rewound_follows_the_promoted_node_with_every_row(world: DbWorld
@@ -92,6 +111,8 @@ def test_a_crashed_old_primary_is_sized_for_a_rewind_then_rewound(world: DbWorld
 
 def test_a_rewind_that_cannot_be_done_falls_to_a_base_backup(world: DbWorld) -> None:
     world.break_rewind()
+    with fencing.scope(fenced()):
+        world.db.create_slot(world.primary, "stale")
     incident(world)
     with fencing.scope(fenced()):
         with pytest.raises(RewindFailed, match=r"pg_rewind of .* exited"):
@@ -107,6 +128,7 @@ def test_a_rewind_that_cannot_be_done_falls_to_a_base_backup(world: DbWorld) -> 
         assert (world.servers[0].data.parent / "data.before-failback-run-1"
                 / "PG_VERSION").exists()
     assert streams(world, world.primary, world.standby, rows=5)
+    assert world.db.slots(world.primary) == []  # a base backup copies no slot
 
 
 def test_a_running_node_is_never_rewound_nor_replaced(world: DbWorld) -> None:

@@ -10,6 +10,8 @@ TTL is never raised; a change made by someone else meanwhile is not overwritten.
 from __future__ import annotations
 
 import json
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from controller.plan import load_plan
 from controller.secrets import Secrets
 from tests.contract.dns.conftest import bind_writer, rfc2136_options
 from tests.contract.dns.test_rfc2136_bind import fresh
+
+LOGIN = pwd.getpwuid(os.getuid()).pw_name  # who dns-prepare on a plan file acts as
 
 
 def ttl_on(bind: BindServers, server: str, name: str) -> tuple[int, list[str]]:
@@ -83,7 +87,7 @@ def test_dns_prepare_lowers_the_ttl_everywhere_idempotently_and_audited(
     assert f"{name} A: ttl 3600 -> 60 (dry run)" in dry.output
     assert ttl_on(bind, "ns1", name) == (3600, ["192.0.2.1"])
 
-    done = cli(journal, "dns-prepare", str(plan), "--as", "sre-alice", "-o", "json")
+    done = cli(journal, "dns-prepare", str(plan), "-o", "json")
     assert done.exit_code == 0, done.output
     [result] = json.loads(done.output)
     assert result["action"] == "lowered" and result["servers"] == 3
@@ -103,7 +107,7 @@ def test_dns_prepare_lowers_the_ttl_everywhere_idempotently_and_audited(
     finally:
         j.close()
     lowered = [t for t in trail if t[1] == "dns-ttl-lowered"]
-    assert lowered == [("sre-alice", "dns-ttl-lowered", f"step dns-cutover: {name} A ttl "
+    assert lowered == [(LOGIN, "dns-ttl-lowered", f"step dns-cutover: {name} A ttl "
                         "3600 -> 60 (values ['192.0.2.1'] unchanged)")]
     assert [t[2] for t in trail if t[1] == "dns-prepare"] == ["dry run", "start", "start"]
     assert bind.secret not in json.dumps(trail)

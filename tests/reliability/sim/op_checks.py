@@ -11,17 +11,27 @@ is checked on its own (`PlanTrack`): a sharded schedule has two, each with its o
 1. **One writer.** Every world write is made under a step's fence; a token belongs to one
    holder of its shard's Lease; a plan's tokens never go back; no write carries a token
    older than the writer's Lease's `leaseTransitions` as the write landed (a deposed
-   leader).
+   leader) — but for its own holder's, older only by the holder's own raises since it
+   took the Lease (for another plan: 1b').
 1a. **One actor per plan, the leader of its shard.** Acting on a plan — a world write of
    its run, a status write, a finalizer or annotation change — is done under one
    leadership (a shard and its Lease's token) at a time: a new one takes over only while
    it holds its Lease and the plan is in its shard (by its labels as the API server has
    them), and an actor that was taken over from never acts on the plan again. The old
    shard's leader may go on acting on a plan just moved away until it learns of the move,
-   as long as the new shard's leader has not acted on it yet.
+   as long as the new shard's leader has not acted on it yet. With an unsharded group
+   beside the shards (`rival`), no replica of it leads while a shard's replica does.
 1b. **A shard moves alone.** A Lease passes from one holder to another only when the
    holder failed (crashed, stopped, paused, cut from the API server) within the Lease's
    duration: killing one shard's leader never moves another shard.
+1b'. **A Lease's token rises only to outbid, once per arrival.** A Lease's
+   `leaseTransitions` changes while its holder stays only when its leader raises its
+   fencing token to one above a token a plan's status carries (written under another
+   Lease: a plan moved in from another shard, or left by a deployment that stopped or
+   still runs beside), and no more often, by one process, than plans arrived in its
+   shard (created in it, or moved in): two leaders never outbid each other back and
+   forth, and a renewal never sets a raised token back (which would make the leader
+   raise it again).
 1c. **Every plan is attended.** While its shard has a leader that works (alive, leading,
    reaching the API server, not paused), that leader starts a reconcile of the plan (or is
    in one) at least every `ATTENDED` seconds.
@@ -54,9 +64,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from controller import model
 from controller import status as status_mod
+from controller.elector import LeaderConfig
 from controller.journal import Journal
 from controller.model import Phase, StepStatus
-from controller.operator import QUIET_TICKS, LeaderConfig
+from controller.operator import QUIET_TICKS
 from controller.sharding import lease_name
 from controller.testing_kube import LEASES
 from tests.reliability.sim.harness import Violation
@@ -107,7 +118,15 @@ class OpChecker:
         self.lease_keys = [(*LEASES, NAMESPACE, lease_name(base, shard))
                            for shard in sim.shards]
         self.lease_shard = {key: k for k, key in enumerate(self.lease_keys)}
+        # the unsharded group beside the shards (`OpSchedule.rival`): it claims every plan
+        self.rival = len(sim.shards) - 1 if sim.schedule.rival else None
         self.holders: dict[int, str | None] = {}  # shard -> its Lease's holder, last seen
+        self.tokens: dict[int, int] = {}  # shard -> its Lease's token, last seen
+        self.term: dict[int, int] = {}  # shard -> its token when its holder took it
+        self.arrivals: Counter[int] = Counter()  # shard -> plans created in it or moved in
+        self.raises: Counter[tuple[int, str]] = Counter()  # (shard, process) -> its
+        # Lease's token raised by that process, holding it
+        self.stored: set[int] = set()  # every fencing token a plan's status has carried
         self.impaired: dict[str, float] = {}  # holder -> the last time it failed
         self.busy: set[tuple[str, str]] = set()  # (process group, plan) in a reconcile
         self.started: dict[tuple[str, str], float] = {}  # ... when the last one started
@@ -180,8 +199,10 @@ class OpChecker:
                 if tr is not None:
                     self._change(tr, kind, obj, by)
                 elif key in self.lease_shard:
-                    self._lease(self.lease_shard[key], obj)
+                    self._lease(self.lease_shard[key], obj, by)
             self.seen = len(log)
+        if self.rival is not None:
+            self._one_deployment()
 
     def after_time(self) -> None:
         self.after_event(None)
@@ -221,7 +242,8 @@ class OpChecker:
                 if tr.last[0] != shard:
                     self.checked["moved"] += 1  # the plan changed shards, and leader
             tr.last = term
-        tr.visited = {now} if now is not None else set()
+        tr.visited = ({now} if now is not None else set()) | (
+            {self.rival} if self.rival is not None else set())
 
     def reconciling(self, proc: OpReplica, plan: str, busy: bool) -> None:
         """`proc` starts (or ends) a reconcile of `plan`."""
@@ -252,15 +274,29 @@ class OpChecker:
                       f"it since t={last:.2f} ({now - last:.1f} s > {ATTENDED:g} s)")
         self.checked["attended"] += 1
 
-    def _leader(self, shard: int) -> OpReplica | None:
+    def _leader(self, shard: int, *, working: bool = True) -> OpReplica | None:
         """The shard's working leader: alive, not stopping or paused, reaching the API
-        server, holding the Lease and knowing it."""
-        holder, _ = self.authority(shard)
-        for p in self.sim.operators():
-            if p.shard == shard and p.holder == holder and self._working(p) \
-                    and p.op is not None and p.op.elector.leading():
-                return p
+        server (unless not `working`), holding the Lease and knowing it; in a `rival`
+        schedule, else the unsharded group's (one of the two deployments yields)."""
+        for k in (shard, self.rival) if self.rival is not None else (shard,):
+            holder, _ = self.authority(k)
+            for p in self.sim.operators():
+                if p.shard == k and p.holder == holder and (not working or self._working(p)) \
+                        and p.op is not None and p.op.elector.leading():
+                    return p
         return None
+
+    def _one_deployment(self) -> None:
+        """1a, `rival` schedules: the unsharded group and the shards' groups never lead at
+        once (the one that took its Lease later sees the other's and yields)."""
+        leading = {p.shard: p.group for p in self.sim.operators()
+                   if p.alive and p.op is not None and p.op.elector.leading()}
+        if self.rival in leading and len(leading) > 1:
+            self.fail("two deployments act on one plan",
+                      f"{leading[self.rival]} leads the unsharded group while "
+                      f"{', '.join(g for k, g in leading.items() if k != self.rival)} "
+                      "leads a shard: both select every plan of the shard")
+        self.checked["one deployment"] += 1
 
     def _working(self, p: OpReplica) -> bool:
         """Alive, not stopping or paused, reaching the API server."""
@@ -277,10 +313,12 @@ class OpChecker:
         at = self.sim.sched.t if until is None else until
         self.impaired[proc.holder] = max(self.impaired.get(proc.holder, at), at)
 
-    def _lease(self, shard: int, obj: dict[str, Any]) -> None:
+    def _lease(self, shard: int, obj: dict[str, Any], by: str) -> None:
         holder = obj["spec"].get("holderIdentity")
         before = self.holders.get(shard)
         self.holders[shard] = holder
+        self._raised(shard, holder, before, int(obj["spec"].get("leaseTransitions") or 0),
+                     by)
         if before is None or holder in (None, before):
             return
         self.checked["lease changes"] += 1
@@ -294,6 +332,30 @@ class OpChecker:
                       f"the Lease of shard {shard} passed from {before} to {holder}, yet "
                       f"{before} has not failed since "
                       f"{'its start' if failed is None else f't={failed:.2f}'}")
+
+    def _raised(self, shard: int, holder: str | None, before: str | None,
+                token: int, by: str) -> None:
+        """1b': the Lease's token changed while its holder stayed: an outbid, counted per
+        process (`by`; a leader restarted knows nothing of its earlier outbids)."""
+        last = self.tokens.get(shard)
+        self.tokens[shard] = token
+        if holder != before:
+            self.term[shard] = token
+        if last is None or token == last or holder is None or holder != before:
+            return
+        self.raises[shard, by] += 1
+        self.checked["token raises"] += 1
+        what = (f"the Lease of shard {shard}, held by {holder}, had its token raised from "
+                f"{last} to {token}")
+        if token - 1 not in self.stored:
+            self.fail("a Lease's token raised for no plan",
+                      f"{what}, one above no token a plan's status carried "
+                      f"({sorted(self.stored)})")
+        if self.raises[shard, by] > self.arrivals[shard]:
+            self.fail("a Lease's token raised again and again",
+                      f"{what}: {self.raises[shard, by]} raises by {by} while "
+                      f"{self.arrivals[shard]} plan(s) arrived in the shard (created in it "
+                      "or moved in)")
 
     # --- 1, 2, 4: the world's writes ---------------------------------------------------------
 
@@ -314,7 +376,9 @@ class OpChecker:
         if tr.max_token is not None and token < tr.max_token:
             self.fail("token went backwards", f"{what}; token {tr.max_token} wrote before")
         tr.max_token = token if tr.max_token is None else max(tr.max_token, token)
-        if current is not None and token < current:
+        if current is not None and token < current and (
+                holder != w.holder or token < self.term.get(shard, 0)):  # (a holder's
+            # own raise, for another plan, does not depose it)
             self.fail("write from a deposed leader", f"{what}; the Lease of shard {shard} "
                       f"had passed to {holder} with token {current}")
         parts = label.split("/")
@@ -361,10 +425,19 @@ class OpChecker:
         tr.changed = self.sim.sched.t
         if kind == "ADDED":
             tr.last, tr.visited, tr.top, tr.max_token = None, set(), {}, None
+        before = self.shard(tr) if kind != "ADDED" else None
         tr.labels = dict(meta.get("labels") or {})
         shard = self.shard(tr)
         if shard is not None:
             tr.visited.add(shard)
+            if shard != before and kind != "DELETED":
+                self.arrivals[shard] += 1
+        if self.rival is not None:
+            tr.visited.add(self.rival)
+            self.arrivals[self.rival] += kind == "ADDED"
+        token = (obj.get("status") or {}).get("fencingToken")
+        if token is not None:
+            self.stored.add(int(token))
         proc = self.sim._by_group.get(by)
         if isinstance(proc, OpReplica) and kind != "ADDED":  # a replica acted on it
             assert proc.op is not None
@@ -487,12 +560,12 @@ class OpChecker:
             shard = self.shard(tr)
             if tr.key not in sim.cluster.objects or shard is None:
                 continue
-            holder, _ = self.authority(shard)
-            if not any(p.holder == holder and p.shard == shard and p.op is not None
-                       and p.op.elector.leading() for p in sim.operators()):
+            if self._leader(shard, working=False) is None:
                 self.fail("no leader after the faults healed",
                           f"{healed}, no replica leads shard {shard} of {tr.name} (the "
-                          f"Lease: {holder})")
+                          f"Lease: {self.authority(shard)[0]}"
+                          + (f"; the unsharded group's: {self.authority(self.rival)[0]})"
+                             if self.rival is not None else ")"))
             if tr.settled is None:
                 self.fail("status not written again after the faults healed",
                           f"{healed}, no leader has completed a reconcile of {tr.name}")

@@ -56,21 +56,17 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
+import controller.elector
 import controller.operator
 import controller.operator_fence
 from controller.annotations import A_APPROVE, A_DONE, A_REQUEST
 from controller.backends import Backends
 from controller.crd import GROUP, PLURAL, VERSION
+from controller.elector import Elector, LeaderConfig
 from controller.fencing import LostLease
 from controller.kube import KubeError, Lease
 from controller.model import Phase, Sample, StepStatus
-from controller.operator import (
-    SHUTDOWN_SECONDS,
-    Elector,
-    LeaderConfig,
-    Operator,
-    Parts,
-)
+from controller.operator import SHUTDOWN_SECONDS, Operator, Parts
 from controller.plan import FailoverPlan, parse_plan
 from controller.sharding import SHARD_LABEL, HashShard, LabelShard, Shard
 from controller.testing_kube import FakeCluster, FakeKube, Fault
@@ -99,6 +95,9 @@ NAME = "sim"
 KEY = (GROUP, PLURAL, NAMESPACE, NAME)
 SECOND = "sim-b"  # a sharded schedule's second plan (the hash puts sim in 0, sim-b in 1)
 SHARDED = 0.3  # the share of schedules run over two shards
+FOREIGN = 0.3  # the share whose plans start with a status written under another Lease
+FOREIGN_HOLDER = "unsharded-0"  # its writer: a replica of a deployment since stopped
+RIVAL = 0.25  # the share of sharded schedules with an unsharded group running beside
 # when the sweep moves a plan to another shard: while it is idle (no run active, healthy
 # with its primary up or failed over, no automatic failback, the object unchanged for
 # `IDLE` s: nothing starts a run or writes its status as it moves, but a person's
@@ -134,15 +133,24 @@ class OpSchedule(Schedule):
     labels: tuple[str | None, ...] = (None, None)  # each plan's shard label at creation
     relabels: list[tuple[float, int, str]] = field(default_factory=list)
     # (time, plan index, now|idle|quiet|mid-run): the plan moved to the other shard
+    foreign: int | None = None  # the fencing token each plan's status carries when the
+    # schedule starts, written by `FOREIGN_HOLDER` under another Lease (an unsharded
+    # deployment before sharding, or another shard layout): its count is not ours
+    rival: bool = False  # sharded: a third group of `replicas`, unsharded, runs beside
+    # the shards (the deployment before sharding, not stopped): it claims every plan too
 
     def describe(self) -> str:
         sharded = (f"; {self.shards} shards by {'selector' if self.selector else 'hash'}, "
                    f"{self.replicas} replicas each; sim-b {self.second}; labels "
-                   f"{self.labels}; relabels {self.relabels}" if self.shards > 1 else "")
+                   f"{self.labels}; relabels {self.relabels}"
+                + ("; an unsharded group beside them" if self.rival else "")
+                if self.shards > 1 else "")
         return (f"{super().describe()}; operator lease {self.leader}; active until "
                 f"{self.active:.1f} s; stand-downs {self.standdowns}; deletes "
                 f"{self.deletes}; recreate {self.recreate}; status 503s "
-                f"{self.status_faults}; annotation requests {self.requests}{sharded}")
+                f"{self.status_faults}; annotation requests {self.requests}{sharded}"
+                + (f"; statuses written under another Lease with token {self.foreign}"
+                   if self.foreign is not None else ""))
 
 
 def draw_operator(seed: int) -> OpSchedule:
@@ -197,6 +205,11 @@ def draw_operator(seed: int) -> OpSchedule:
         clear_after=rng.choice([1, 1, 3]), leader=leader, active=active,
         standdowns=standdowns, deletes=deletes, recreate=recreate,
         status_faults=status_faults, requests=requests)
+    foreign = random.Random(f"operator-foreign:{seed}")  # apart: the other draws stay
+    if foreign.random() < FOREIGN:
+        schedule.foreign = foreign.choice([0, 3, 25])
+        schedule.horizon += leader[0]  # a leader that took over near the end holds a
+        # plan with another Lease's token for a Lease's duration before adopting it
     return _sharded(schedule) if rng.random() < SHARDED else schedule
 
 
@@ -224,6 +237,7 @@ def _sharded(s: OpSchedule) -> OpSchedule:
     s.standdowns = aim(s.standdowns, 1)
     s.relabels = sorted((rng.uniform(0, s.active), rng.randrange(2), rng.choice(MOVES))
                         for _ in range(rng.choice([0, 1, 1, 2, 3])))
+    s.rival = random.Random(f"operator-rival:{s.seed}").random() < RIVAL
     return s
 
 
@@ -257,9 +271,11 @@ def shards_of(schedule: OpSchedule) -> list[Shard | None]:
     """The shards the replicas are given: [None] when the operator is not sharded."""
     if schedule.shards == 1:
         return [None]
+    rival: list[Shard | None] = [None] if schedule.rival else []  # after the shards:
+    # `shard_of` never names it
     if schedule.selector:
-        return [LabelShard(SHARD_LABEL, "a"), LabelShard(SHARD_LABEL, None)]
-    return [HashShard(k, schedule.shards) for k in range(schedule.shards)]
+        return [LabelShard(SHARD_LABEL, "a"), LabelShard(SHARD_LABEL, None), *rival]
+    return [*(HashShard(k, schedule.shards) for k in range(schedule.shards)), *rival]
 
 
 def shard_of(shards: list[Shard | None], name: str, labels: dict[str, str]) -> int | None:
@@ -395,7 +411,7 @@ class SimProbing:
 @contextmanager
 def operator_time(sim: Sim) -> Iterator[None]:
     """The operator modules' clocks follow the schedule (as `patched` does for others)."""
-    modules = (controller.operator, controller.operator_fence)
+    modules = (controller.operator, controller.elector, controller.operator_fence)
     saved = [module.time for module in modules]
     for module in modules:
         module.time = SimpleNamespace(  # type: ignore[assignment]
@@ -422,7 +438,8 @@ class OperatorSim(Sim):
         self.dir = Path(tempfile.mkdtemp(dir=SHM if SHM.is_dir() else None,
                                          prefix="failover-opsim-"))
         self.paths: dict[str, str] = {}  # process group -> its journal file
-        self.counts.update(deletes=0, recreates=0, standdowns=0, status_503=0, requests=0)
+        self.counts.update(deletes=0, recreates=0, standdowns=0, status_503=0, requests=0,
+                           foreign=0)
         self.healed = False
         self.injected: list[Fault] = []  # the status faults, with how often each hit
         self.shards = shards_of(schedule)
@@ -432,7 +449,7 @@ class OperatorSim(Sim):
             second = _parsed(schedule.second, schedule.clear_after, SECOND)
             self.plans.append(SimPlan(1, SECOND, schedule.second, schedule.labels[1],
                                       second, RawBackends(second)))
-            self.counts.update(sharded=1, relabels=0)
+            self.counts.update(sharded=1, relabels=0, rival=int(schedule.rival))
         self.views = {sp.name: PlanView(self, sp) for sp in self.plans}
         # the slot of each replica -> its shard: r1, r2 (, r3) in 0, the next ones in 1
         self.slot_shard = {f"r{i + 1}": i // schedule.replicas
@@ -555,7 +572,8 @@ class OperatorSim(Sim):
                             cast(Sim, self.views[plan.name]), proc, audit),
                         probing=SimProbing(self, proc)), shard=self.shards[proc.shard])
         op.elector = op.fences.lease = SimElector(proc.kube, NAMESPACE, identity,
-                                                  op.elector.config)
+                                                  op.elector.config,
+                                                  base=LeaderConfig().lease_name)
         self.replicas[name] = proc
         self._add(proc)
         stop = SimStop(self, proc)
@@ -694,6 +712,14 @@ class OperatorSim(Sim):
         sp = self.plans[index]
         obj = self.admin.create(GROUP, VERSION, NAMESPACE, PLURAL, plan_body(
             sp.key, self.schedule.clear_after, without_dns, name=sp.name, label=sp.label))
+        if self.schedule.foreign is not None and not self.sched.t:  # left from before
+            obj = self.admin.update_status(GROUP, VERSION, NAMESPACE, PLURAL, sp.name, (
+                lambda o: {**o, "status": {"phase": Phase.HEALTHY.value, "fencingToken":
+                                           self.schedule.foreign, "fencingHolder":
+                                           FOREIGN_HOLDER}}))
+            self.counts["foreign"] += 1
+            self.trace("fop/%s's status: written by %s with fencing token %d under another "
+                       "Lease", sp.name, FOREIGN_HOLDER, self.schedule.foreign)
         self.trace("kubectl create fop/%s (uid %s%s%s)", sp.name, obj["metadata"]["uid"],
                    ", without dns-cutover" if without_dns else "",
                    f", in shard {self.shard_now(sp)}" if len(self.shards) > 1 else "")

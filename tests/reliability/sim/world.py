@@ -293,11 +293,11 @@ class _SimJournalBase(Journal):
     _depth: dict[int, int]
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         sim = self._sim
         if sim is not None and not self._lock._is_owned():  # type: ignore[attr-defined]
             sim.sched.checkpoint(WRITE_YIELD)  # another process may write first
-        with Journal._tx(self) as db:
+        with Journal._tx(self, durable=durable) as db:
             yield db
 
 
