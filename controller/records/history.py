@@ -13,6 +13,7 @@ from __future__ import annotations
 import calendar
 import re
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,19 +61,31 @@ def _drill_at(key: str) -> float | None:
     return float(calendar.timegm(time.strptime(m.group(1), "%Y%m%dT%H%M%SZ"))) if m else None
 
 
-def runs(store: RecordsStore, plan: str | None, *, since: float = 0.0,
-         listing: Listing | None = None) -> Listing:
-    """The archived runs (of `plan`, or every plan) started since `since`, oldest first."""
-    out = listing or Listing()
-    for key in store.keys(_prefix("runs", plan)):
-        started = _run_started(key)
-        if not key.endswith(".json") or (started is not None and started < since):
+def _documents(store: RecordsStore, prefix: str, keep: Callable[[str], bool],
+               out: Listing) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The JSON records under `prefix` whose key `keep` accepts; a damaged one is named in
+    `out.damaged` and left out."""
+    for key in store.keys(prefix):
+        if not key.endswith(".json") or not keep(key):
             continue
         try:
             doc = get_json(store, key)
         except RecordDamaged as exc:
             out.damaged.append(str(exc))
             continue
+        yield key, doc
+
+
+def runs(store: RecordsStore, plan: str | None, *, since: float = 0.0,
+         listing: Listing | None = None) -> Listing:
+    """The archived runs (of `plan`, or every plan) started since `since`, oldest first."""
+    out = listing or Listing()
+
+    def recent(key: str) -> bool:
+        started = _run_started(key)
+        return started is None or started >= since
+
+    for key, doc in _documents(store, _prefix("runs", plan), recent, out):
         run = doc.get("run") or {}
         if float(run.get("startedAt") or 0) >= since:
             out.runs.append(RunEntry(key, run, doc.get("summary") or {}))
@@ -84,15 +97,13 @@ def drills(store: RecordsStore, plan: str | None, *, since: float = 0.0,
            listing: Listing | None = None) -> list[DrillEntry]:
     """The archived drill verdicts (of `plan`, or every plan) since `since`, oldest first."""
     out = listing or Listing()
-    for key in store.keys(_prefix("drills", plan)):
+
+    def recent(key: str) -> bool:
         at = _drill_at(key)
-        if at is None or at < since or not key.endswith(".json"):
-            continue
-        try:
-            doc = get_json(store, key)
-        except RecordDamaged as exc:
-            out.damaged.append(str(exc))
-            continue
+        return at is not None and at >= since
+
+    for key, doc in _documents(store, _prefix("drills", plan), recent, out):
+        at = _drill_at(key) or 0.0  # never None: `recent` kept it
         scenario = doc.get("scenario") or {}
         out.drills.append(DrillEntry(
             key, str(doc.get("plan", "")), float(doc.get("finishedAt") or at),
