@@ -25,7 +25,8 @@ before and while a step acts, and `token()` for each write. Why each rule:
   carries a larger token than ours (our Lease was created again, or the object was
   written under another Lease) raises ours to one above it, written against the Lease's
   resourceVersion, only while the Lease is still ours with our token, and not at all
-  when another worker has raised it that far already. Such a raise keeps the holder:
+  when another worker has raised it that far already (a write that meets our own
+  renewal's newer resourceVersion reads the Lease again). Such a raise keeps the holder:
   `leaseTransitions` then counts changes of holder and raises. Whether to outbid at all
   is the plan's fence's call (`controller/operator_fence.py`: once per arrival).
 - **Our token never goes back**: a renewal whose answer was read before our own raise
@@ -59,6 +60,8 @@ from dataclasses import dataclass
 from controller import kube as k8s
 from controller.fencing import LostLease
 from controller.lease_rivals import Rival, RivalLeases
+
+_ADVANCE_TRIES = 3  # reads and writes of one raise, when a renewal lands in between
 
 log = logging.getLogger(__name__)
 
@@ -316,22 +319,37 @@ class Elector:
         if token is not None and token >= at_least:
             return token  # another worker raised it meanwhile
         self._advances += 1
-        try:
-            lease = self.kube.get_lease(self.namespace, self.config.lease_name)
-            if lease is None or lease.holder != self.identity or \
-                    lease.transitions not in (token, self._token):
-                raise k8s.LeaseLost(f"lease {self.config.lease_name} changed hands")
-            if lease.transitions < at_least:  # (not raised meanwhile by another worker)
-                lease = self.kube.advance_lease(lease, transitions=at_least)
-                log.warning("lease %s: fencing token raised from %s to %d, the holder kept "
-                            "(the Lease was created again after larger tokens had been "
-                            "written, or a plan's status was written under another Lease)",
-                            self.config.lease_name, token, lease.transitions)
-        except (k8s.KubeError, ConnectionError) as exc:
-            raise LostLease(f"could not raise the fencing token of lease "
-                            f"{self.config.lease_name} to {at_least}: {exc}") from None
+        for attempt in range(_ADVANCE_TRIES):
+            try:
+                lease = self._raise_to(at_least, token)
+                break
+            except k8s.LeaseLost as exc:
+                # our own renewal (or another worker's raise) wrote the Lease between our
+                # read and our write: read it again and look once more
+                if exc.status != 409 or attempt == _ADVANCE_TRIES - 1:
+                    raise LostLease(f"could not raise the fencing token of lease "
+                                    f"{self.config.lease_name} to {at_least}: {exc}") from None
+            except (k8s.KubeError, ConnectionError) as exc:
+                raise LostLease(f"could not raise the fencing token of lease "
+                                f"{self.config.lease_name} to {at_least}: {exc}") from None
         self._token = lease.transitions
         return lease.transitions
+
+    def _raise_to(self, at_least: int, token: int | None) -> k8s.Lease:
+        """One read of the Lease and, unless it is there already, one write of the raise
+        against the resourceVersion read (LeaseLost, status 409, when it changed since)."""
+        lease = self.kube.get_lease(self.namespace, self.config.lease_name)
+        if lease is None or lease.holder != self.identity or \
+                lease.transitions not in (token, self._token):
+            raise k8s.LeaseLost(f"lease {self.config.lease_name} changed hands")
+        if lease.transitions >= at_least:  # raised meanwhile by another worker
+            return lease
+        lease = self.kube.advance_lease(lease, transitions=at_least)
+        log.warning("lease %s: fencing token raised from %s to %d, the holder kept (the "
+                    "Lease was created again after larger tokens had been written, or a "
+                    "plan's status was written under another Lease)",
+                    self.config.lease_name, token, lease.transitions)
+        return lease
 
     def release(self) -> None:
         """Give the Lease up when it is still ours, so the next leader need not wait it

@@ -1,7 +1,7 @@
 """Who acts on a plan file: the operating-system login, proven by the OS, not claimed.
 
 Owns the rule every command that acts on a plan file applies (`failover`, `failback`,
-`approve`, `done`, `dns-prepare`, `verify`, `backup`): no API server authenticates
+`approve`, `done`, `dns-prepare`, `verify`, `backup`, `drill`): no API server authenticates
 anyone here, so the audit names the login running failoverctl (not $USER or
 $FAILOVER_ACTOR, which anyone can set). `--as` may only repeat it; another name is
 refused (exit 2) and the refusal audited, saying how that person can act instead. With
@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from controller.console import EXIT_INPUT, CliError
+from controller.journal import Journal
 from controller.loop import Engine
 
 
@@ -42,11 +43,17 @@ def as_login(engine: Engine, claimed: str | None, *, does: str, refused: str,
              instead: str, run_id: str | None = None) -> str:
     """The login, when `claimed` (`--as`) is absent or repeats it; else the claim is
     audited as `refused` and a CliError (exit 2) says how `claimed` can act (`instead`)."""
+    return claim(engine.journal, engine.plan.name, claimed, at=engine.clock.now(), does=does,
+                 refused=refused, instead=instead, run_id=run_id)
+
+
+def claim(journal: Journal, plan: str, claimed: str | None, *, at: float, does: str,
+          refused: str, instead: str, run_id: str | None = None) -> str:
+    """`as_login` for a command that has a journal but no engine yet (`drill PLAN`)."""
     who = login()
     if claimed is None or claimed == who:
         return who
     said = (f"--as {claimed} is refused: on a plan file you {does} as your login, {who}: "
             f"leave out --as, or {instead}")
-    engine.journal.audit(at=engine.clock.now(), actor=who, action=refused,
-                         plan=engine.plan.name, run_id=run_id, detail=said)
+    journal.audit(at=at, actor=who, action=refused, plan=plan, run_id=run_id, detail=said)
     raise CliError(said, EXIT_INPUT)

@@ -24,7 +24,7 @@ from controller.cli.base import (
     wait_option,
     with_journal,
 )
-from controller.cli.login import as_login, login_option
+from controller.cli.login import as_login, claim, login_option
 from controller.console import EXIT_FAILED, EXIT_INPUT, EXIT_OK
 from controller.crd import PLURAL
 from controller.loop import Engine, default_holder
@@ -235,9 +235,10 @@ def operator_cmd(obj: Ctx, namespace: str, kubeconfig: str | None, identity: str
               help="scenarios: keep the sandbox's files (configs, logs, secrets) here; "
                    "its servers are stopped all the same")
 @click.option("--as", "actor",
-              help="who runs it, for the audit: with a PLAN file, any name (default: "
-                   "drill); with fop/NAME, the name the annotation claims (default: the one "
-                   "the cluster knows you by); a SCENARIO does not use it")
+              help="who runs it, for the audit: with a PLAN file only your own login "
+                   "(the default; another name is refused and audited); with fop/NAME, the "
+                   "name the annotation claims (default: the one the cluster knows you by); "
+                   "a SCENARIO does not use it")
 @wait_option(help="fop/NAME: seconds to follow each run")
 @JOURNAL_OR_CLUSTER
 def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor: str | None,
@@ -266,8 +267,10 @@ def drill(obj: Ctx, plan_file: str, out_dir: str, sandbox_dir: str | None, actor
         verdict = scenarios.run_for_cli(path, obj.journal(), Path(out_dir), echo=echo,
                                         sandbox_dir=Path(sandbox_dir) if sandbox_dir else None)
     else:
-        verdict = run_plan_for_cli(load(plan_file), obj.journal(), Path(out_dir), echo=echo,
-                                   actor=actor or "drill")
+        plan, journal = load(plan_file), obj.journal()
+        who = claim(journal, plan.name, actor, at=time.time(), does="run a drill",
+                    refused="drill-refused", instead=f"ask {actor} to run it")
+        verdict = run_plan_for_cli(plan, journal, Path(out_dir), echo=echo, actor=who)
     if output == "json":
         click.echo(json.dumps(verdict, indent=2, sort_keys=True, default=str))
     sys.exit(EXIT_OK if verdict["passed"] else EXIT_FAILED)

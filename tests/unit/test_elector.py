@@ -66,6 +66,22 @@ def test_a_fence_read_sent_before_our_own_advance_keeps_the_lead() -> None:
     assert elector.leading() and elector.token() == 8
 
 
+def test_a_renewal_landing_between_the_read_and_the_raise_does_not_lose_the_lead() -> None:
+    kube = FakeKube()
+    elector = _leader(kube)
+    raise_ = kube.advance_lease
+
+    def renewed_then_raised(lease: Lease, *, transitions: int) -> Lease:
+        kube.advance_lease = raise_  # type: ignore[method-assign]
+        assert elector.round()  # our own round renews after the raise read the Lease ...
+        return raise_(lease, transitions=transitions)  # ... so this write meets a 409
+
+    kube.advance_lease = renewed_then_raised  # type: ignore[method-assign]
+    assert elector.advance(22) == 22 == _lease(kube).transitions
+    assert elector.leading() and elector.token() == 22
+    elector.fence()
+
+
 def test_a_token_raised_already_is_not_raised_again() -> None:
     kube = FakeKube()
     elector = _leader(kube)

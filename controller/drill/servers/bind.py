@@ -186,13 +186,22 @@ class BindServers(Launcher):
                           primary=i == 0)
             for i, port in enumerate(ports)
         ]
-        for s in self.servers:
-            self._configure(s)
-            s.proc = subprocess.Popen(
-                [named, "-g", "-n", "1", "-c", str(s.directory / "named.conf")],
-                cwd=s.directory, stdout=subprocess.DEVNULL, stderr=s.log.open("wb"))
-        for s in self.servers:
+        # the primary serves its zone before a secondary starts: a secondary's first
+        # transfer from a primary still loading ends early ("end of file") and on a
+        # loaded host its next try may come after the wait is over
+        primary, secondaries = self.servers[0], self.servers[1:]
+        self._spawn(named, primary)
+        self._wait_ready(primary, timeout)
+        for s in secondaries:
+            self._spawn(named, s)
+        for s in secondaries:
             self._wait_ready(s, timeout)
+
+    def _spawn(self, named: str, s: NamedProcess) -> None:
+        self._configure(s)
+        s.proc = subprocess.Popen(
+            [named, "-g", "-n", "1", "-c", str(s.directory / "named.conf")],
+            cwd=s.directory, stdout=subprocess.DEVNULL, stderr=s.log.open("wb"))
 
     def _halt(self) -> None:
         """Stop every server by its PID (their directories stay)."""
