@@ -1,9 +1,11 @@
 """The controller's own HTTP endpoints: /healthz, /readyz and /metrics.
 
 /healthz says the reconcile loop is alive (it ticked recently); /readyz says it can act
-(its journal answers); /metrics is Prometheus text, with the time of the last beat so an
-alert sees a loop that stopped (`ControllerNotReconciling`). A plain threaded http.server
-is enough for three read-only endpoints and keeps the loop's thread free.
+(its journal answers), and else why: the failing check's error, type and message, with
+every secret value scrubbed (`secrets.redact`) and a URL's user and password masked;
+/metrics is Prometheus text, with the time of the last beat so an alert sees a loop that
+stopped (`ControllerNotReconciling`). A plain threaded http.server is enough for three
+read-only endpoints and keeps the loop's thread free.
 
 With `Tls` (a certificate and its key, `--tls-cert`/`--tls-key`) the endpoints are served
 over HTTPS only, TLS 1.2 or newer: metrics and health need no secrecy, but a scraper that
@@ -15,6 +17,7 @@ the file and the option named, never served half-configured.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import threading
 import time
@@ -26,6 +29,7 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller import metrics
+from controller.secrets import MASK, redact
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +55,21 @@ class Health:
         except NotReady as exc:
             return False, f"not ready: {exc}"
         except Exception as exc:
-            return False, f"not ready: {type(exc).__name__}"
+            return False, f"not ready: {type(exc).__name__}: {_scrubbed(str(exc))}"
         return True, "ready"
 
 
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")  # https://user:password@host
+
+
+def _scrubbed(text: str) -> str:
+    """An error's text safe to show: secret values and a URL's credentials masked."""
+    return _USERINFO.sub(f"{MASK}@", redact(text))
+
+
 class NotReady(RuntimeError):
-    """Why this process is not ready, in words safe to show on /readyz (other exceptions
-    are shown by their type only: their text may carry an address or a credential)."""
+    """Why this process is not ready, in words of our own for /readyz (other exceptions
+    are shown by type and scrubbed message: their text may carry a credential)."""
 
 
 class TlsError(ValueError):

@@ -25,8 +25,11 @@ before and while a step acts, and `token()` for each write. Why each rule:
   carries a larger token than ours (our Lease was created again, or the object was
   written under another Lease) raises ours to one above it, written against the Lease's
   resourceVersion, only while the Lease is still ours with our token, and not at all
-  when another worker has raised it that far already (a write that meets our own
-  renewal's newer resourceVersion reads the Lease again). Such a raise keeps the holder:
+  when another worker has raised it that far already. No round renews while a raise is
+  between its read and its write (a renewal landing there would refuse it: 409, and on
+  a loaded host, whose requests take the retry period, every time); the renewal already
+  under way as it began may still land there, and the raise then reads the Lease again.
+  Such a raise keeps the holder:
   `leaseTransitions` then counts changes of holder and raises. Whether to outbid at all
   is the plan's fence's call (`controller/operator_fence.py`: once per arrival).
 - **Our token never goes back**: a renewal whose answer was read before our own raise
@@ -51,6 +54,7 @@ before and while a step acts, and `token()` for each write. Why each rule:
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -61,6 +65,7 @@ from controller import kube as k8s
 from controller.fencing import LostLease
 from controller.lease_rivals import Rival, RivalLeases
 
+_READER_IDLE = 60.0  # seconds the Lease-reading thread waits for another read, then ends
 _ADVANCE_TRIES = 3  # reads and writes of one raise, when a renewal lands in between
 
 log = logging.getLogger(__name__)
@@ -111,12 +116,17 @@ class Elector:
         self._token: int | None = None
         self.transitions = 0
         self._read: Future[k8s.Lease | None] | None = None  # the Lease read in flight
+        self._reads: queue.SimpleQueue[tuple[Future[k8s.Lease | None], float]] = \
+            queue.SimpleQueue()  # ... handed to the reading thread
+        self._reader_thread: threading.Thread | None = None  # ... which runs them
         self._read_lock = threading.Lock()
         # (resourceVersion, time.monotonic() when this replica first saw it)
         self._observed: tuple[str, float] | None = None
         self._stopping = False  # shutting down: lead no more, cancel what runs
         self._advances = 0  # `advance` calls begun: a round's renewal racing one must not
         # set our token back to what the Lease said before it
+        self._raising = 0  # `advance` calls writing the Lease now: rounds leave it to them
+        self._count_lock = threading.Lock()  # (the two counts, from the workers' threads)
 
     def stop(self) -> None:
         """Shutting down: from now on we do not lead, and a running step's next fence
@@ -144,6 +154,8 @@ class Elector:
         if self._stopping:
             return False
         was = self.leading()
+        if was and self._raising:  # a raise is between its read and its write of the
+            return was  # Lease: a renewal now would refuse it (409); the next one renews
         if not was and not self._unopposed():
             self._renewed = None
             return False
@@ -289,24 +301,38 @@ class Elector:
     def _read_lease(self, wait: float) -> k8s.Lease | None:
         """Read the Lease, waiting at most `wait` seconds (TimeoutError after): the client
         retries a request that gets no answer, so its own timeout does not bound the
-        wait. One read at a time: a read still in flight is waited for, not repeated."""
+        wait. One read at a time: a read still in flight is waited for, not repeated. The
+        reads run on one thread of ours (a daemon: a hung read never holds up the exit),
+        which ends after `_READER_IDLE` seconds without one."""
         with self._read_lock:
             pending = self._read
             if pending is None or pending.done():
                 pending = self._read = Future()
-                threading.Thread(target=self._reader, args=(pending, wait), daemon=True,
-                                 name="lease-read").start()
+                self._reads.put((pending, wait))
+                if self._reader_thread is None or not self._reader_thread.is_alive():
+                    self._reader_thread = threading.Thread(target=self._reader, daemon=True,
+                                                           name="lease-read")
+                    self._reader_thread.start()
         try:
             return pending.result(timeout=wait)
         except FutureTimeout:
             raise TimeoutError(f"no answer within {wait:.1f} s") from None
 
-    def _reader(self, into: Future[k8s.Lease | None], wait: float) -> None:
-        try:
-            into.set_result(self.kube.get_lease(self.namespace, self.config.lease_name,
-                                                timeout=min(wait, self.kube.timeout)))
-        except BaseException as exc:  # handed to the waiting fence
-            into.set_exception(exc)
+    def _reader(self) -> None:
+        while True:
+            try:
+                into, wait = self._reads.get(timeout=_READER_IDLE)
+            except queue.Empty:
+                with self._read_lock:
+                    if self._reads.empty():  # (a read queued meanwhile is ours to do)
+                        self._reader_thread = None
+                        return
+                continue
+            try:
+                into.set_result(self.kube.get_lease(self.namespace, self.config.lease_name,
+                                                    timeout=min(wait, self.kube.timeout)))
+            except BaseException as exc:  # handed to the waiting fence
+                into.set_exception(exc)
 
     def advance(self, at_least: int) -> int:
         """The Lease is ours, yet an object carries a larger token than ours: the Lease was
@@ -318,20 +344,27 @@ class Elector:
         token = self._token
         if token is not None and token >= at_least:
             return token  # another worker raised it meanwhile
-        self._advances += 1
-        for attempt in range(_ADVANCE_TRIES):
-            try:
-                lease = self._raise_to(at_least, token)
-                break
-            except k8s.LeaseLost as exc:
-                # our own renewal (or another worker's raise) wrote the Lease between our
-                # read and our write: read it again and look once more
-                if exc.status != 409 or attempt == _ADVANCE_TRIES - 1:
+        with self._count_lock:
+            self._advances += 1
+            self._raising += 1  # no round renews from now on until we are done ...
+        try:
+            for attempt in range(_ADVANCE_TRIES):
+                try:
+                    lease = self._raise_to(at_least, token)
+                    break
+                except k8s.LeaseLost as exc:
+                    # ... but the one renewing as we began (or another worker's raise)
+                    # wrote the Lease between our read and our write: read it again
+                    if exc.status != 409 or attempt == _ADVANCE_TRIES - 1:
+                        raise LostLease(f"could not raise the fencing token of lease "
+                                        f"{self.config.lease_name} to {at_least}: "
+                                        f"{exc}") from None
+                except (k8s.KubeError, ConnectionError) as exc:
                     raise LostLease(f"could not raise the fencing token of lease "
                                     f"{self.config.lease_name} to {at_least}: {exc}") from None
-            except (k8s.KubeError, ConnectionError) as exc:
-                raise LostLease(f"could not raise the fencing token of lease "
-                                f"{self.config.lease_name} to {at_least}: {exc}") from None
+        finally:
+            with self._count_lock:
+                self._raising -= 1
         self._token = lease.transitions
         return lease.transitions
 

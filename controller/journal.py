@@ -174,6 +174,7 @@ class Journal(Leases):
         route), written exactly as given."""
         text = redact(detail, keep)
         with self._tx() as db:
+            self._changes()
             db.execute("INSERT INTO audit (at, actor, action, plan, run_id, detail) "
                        "VALUES (?,?,?,?,?,?)", (at, actor, action, plan, run_id, text))
 
@@ -189,6 +190,7 @@ class Journal(Leases):
         """Keep a decision (an observation: committed without waiting for the disk, as
         `JournalFile._tx(durable=False)` says; a run it starts is durable)."""
         with self._tx(durable=False) as db:
+            self._changes()
             db.execute("INSERT INTO decisions (plan, at, action, level, sentence) "
                        "VALUES (?,?,?,?,?)", (plan, decision.at, decision.action,
                                               decision.level, redact(decision.sentence)))
@@ -201,7 +203,7 @@ class Journal(Leases):
     # --- plan state -------------------------------------------------------------------------
 
     def plan_state(self, plan: str) -> PlanState | None:
-        rows = self._all("SELECT * FROM plan_state WHERE plan=?", (plan,))
+        rows = self._cached(("state", plan), "SELECT * FROM plan_state WHERE plan=?", (plan,))
         if not rows:
             return None
         r = rows[0]
@@ -219,6 +221,7 @@ class Journal(Leases):
         policy window, the decision sentence, readiness), not its phase, level or site:
         committed without waiting for the disk (`JournalFile._tx`)."""
         with self._tx(durable=durable) as db:
+            self._changes(("state", state.plan))
             db.execute(
                 "INSERT INTO plan_state (plan, phase, level, active_site, last_decision, "
                 "policy, updated_at, readiness) VALUES (?,?,?,?,?,?,?,?) "
@@ -244,6 +247,7 @@ class Journal(Leases):
         which writes the binding with it; a binding lost with nothing after it is made
         again."""
         with self._tx(durable=False) as db:
+            self._changes()
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?,?)",
                        (f"plan-uid/{plan}", uid))
 
@@ -291,6 +295,7 @@ class Journal(Leases):
         trigger = trigger or _trigger("", kind, requested_by)
         run_id = f"{plan}-{kind}-{int(now)}-{uuid.uuid4().hex[:6]}"
         with self._tx() as db:
+            self._changes(("active", plan))
             self._check_holder(db, holder)
             db.execute(
                 "INSERT INTO runs (id, plan, kind, phase, level, reason, requested_by, "
@@ -397,10 +402,11 @@ class Journal(Leases):
     def active_run(self, plan: str) -> Run | None:
         """The unfinished run, if it is newer than every finished run of the plan (an
         older unfinished run, adopted from another replica's record, is superseded)."""
-        rows = self._all("SELECT * FROM runs WHERE plan=? AND finished_at IS NULL AND "
-                         "started_at >= COALESCE((SELECT MAX(started_at) FROM runs WHERE "
-                         "plan=? AND finished_at IS NOT NULL), 0) "
-                         "ORDER BY started_at DESC LIMIT 1", (plan, plan))
+        rows = self._cached(("active", plan),
+                            "SELECT * FROM runs WHERE plan=? AND finished_at IS NULL AND "
+                            "started_at >= COALESCE((SELECT MAX(started_at) FROM runs WHERE "
+                            "plan=? AND finished_at IS NOT NULL), 0) "
+                            "ORDER BY started_at DESC LIMIT 1", (plan, plan))
         return self._run_from(rows[0]) if rows else None
 
     def supersede(self, plan: str, *, now: float, holder: Holder | None = None) -> list[str]:
@@ -467,6 +473,7 @@ class Journal(Leases):
 
     def save_step(self, rec: StepRecord, *, holder: Holder | None = None) -> None:
         with self._tx() as db:
+            self._changes()  # steps only
             self._check_holder(db, holder)
             db.execute(
                 "UPDATE steps SET status=?, started_at=?, finished_at=?, elapsed_s=?, "

@@ -23,6 +23,13 @@ rule:
   phase or a lease taken from another holder is on disk when its transaction commits;
   an observation a fresh probe rebuilds (`_tx(durable=False)`) is committed without
   waiting for the disk, so a thousand quiet plans cost no fsync per sample.
+- **A read a cycle repeats is remembered** (`_cached`: a plan's state row and its
+  active run, read ~20 times per reconcile of a new plan, a third of the journal's CPU
+  at 1,000 plans): until a write of this journal that may change it commits (a write
+  names what it changes, `_changes`; one that names nothing forgets everything) or
+  another connection commits anything (`PRAGMA data_version`). Rows are kept, never
+  the objects built from them, so no caller can change what the next one reads; a read
+  and a commit hold the same lock, so a read never keeps what a commit replaced.
 - **A full disk says so** ("disk full", what is free, what to do) instead of SQLite's
   follow-on "cannot rollback - no transaction is active"; the change is not recorded,
   nothing recorded before is lost, and the next write succeeds once there is room.
@@ -174,6 +181,9 @@ class JournalFile:
         self.path = Path(path)
         self._lock = threading.RLock()
         self._open_fd: int | None = None
+        self._rows: dict[tuple[str, str], list[sqlite3.Row]] = {}  # `_cached`
+        self._rows_seen: int | None = None  # the data_version they were read at
+        self._changing: set[tuple[str, str]] | None = None  # what the open `_tx` changes
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -352,20 +362,26 @@ class JournalFile:
         a fresh probe or the next cycle rebuilds (a policy window, a decision, a plan's
         first lease or its renewal, a uid binding): committed without waiting for the
         disk (WAL with synchronous=NORMAL: never torn, and on disk with the next durable
-        commit or checkpoint), so a crash may lose the last few, never a run or a step."""
+        commit or checkpoint), so a crash may lose the last few, never a run or a step.
+        Its commit forgets the `_cached` reads it may have changed: those it names
+        (`_changes`), or all of them."""
         with self._lock:
             restore = None
             try:
                 if not durable:
                     restore = self._relax()
                 self._db.execute("BEGIN IMMEDIATE")
+                self._changing = None  # unnamed: all
             except sqlite3.Error as exc:
                 self._restore(restore)
                 raise self._failure(exc) from None
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                for key in self._changing if self._changing is not None else list(self._rows):
+                    self._rows.pop(key, None)
             except BaseException as exc:
+                self._rows.clear()  # whatever was read inside it is not what is stored
                 # SQLite has already rolled back after some errors (a full disk among them):
                 # rolling back again would hide the cause behind "no transaction is active"
                 if self._db.in_transaction:
@@ -390,6 +406,25 @@ class JournalFile:
     def _restore(self, level: int | None) -> None:
         if level is not None:
             self._db.execute(f"PRAGMA synchronous={level}")
+
+    def _changes(self, *keys: tuple[str, str]) -> None:
+        """Inside `_tx`: the `_cached` reads this transaction may change (none: no
+        `_cached` read); a transaction that does not say may change any."""
+        self._changing = {*(self._changing or ()), *keys}
+
+    def _cached(self, key: tuple[str, str], sql: str, args: tuple[Any, ...]
+                ) -> list[sqlite3.Row]:
+        """`_all(sql, args)`, remembered under `key` until a commit of this journal that
+        names `key` (or nothing) in its `changes`, or any commit by another connection."""
+        with self._lock:
+            seen = self._all("PRAGMA data_version")[0][0]
+            if seen != self._rows_seen:
+                self._rows.clear()
+                self._rows_seen = seen
+            rows = self._rows.get(key)
+            if rows is None:
+                rows = self._rows[key] = self._all(sql, args)
+            return rows
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:

@@ -37,6 +37,7 @@ class Leases(JournalFile):
             return None  # another's, unexpired: a standby's cycle costs one read
         quick = not rows or rows[0]["holder"] == holder  # a first token, or a renewal
         with self._tx(durable=not quick) as db:
+            self._changes()  # leases only
             row = db.execute("SELECT * FROM leases WHERE name=?", (name,)).fetchone()
             if quick and row is not None and row["holder"] != holder:
                 return None  # changed hands since read: taken (durably) on the next try

@@ -1,8 +1,11 @@
-"""Kubernetes API access: the ONLY module that imports the `kubernetes` client.
+"""Kubernetes API access: the verbs the controller uses, spoken as API paths and JSON.
 
 Owns every conversation with a Kubernetes API server, synchronously, so the rest of the
-controller (operator, mesh traffic backends, Secret reader) never handles the client's
-models, HTTP errors or connection setup. Why each rule:
+controller (operator, mesh traffic backends, Secret reader) never handles HTTP, errors or
+connection setup. Built on `controller.kube_config` (kubeconfig, in-cluster, host + token)
+and `controller.kube_http` (pooled urllib3, named errors, watch lines) rather than the
+`kubernetes` client, whose import alone held ~38 MiB of every replica (issue 20) for
+models the controller never used (it reads and writes plain JSON). Why each rule:
 
 - **Optimistic concurrency**: writes carry the `metadata.resourceVersion` that was read;
   the server refuses a stale write with 409 Conflict. `update`/`update_status` re-read
@@ -13,6 +16,10 @@ models, HTTP errors or connection setup. Why each rule:
   holder)` each try compares the leader's token (its Lease's `leaseTransitions`) with
   the `status.fencingToken` just read and refuses (`StaleFencingToken`) when the stored
   one is larger; a fenced status write stamps its own token.
+- **Lean objects**: every object returned comes without `metadata.managedFields`, as
+  the fake's do; a write that leaves it out leaves the server's as it is (only a write
+  that sets it replaces it), so nothing is lost, and an operator holding the last copy
+  of each of 1,000 plans holds a third less.
 - **Watch**: `watch` streams a list's changes from a resourceVersion with bookmarks, and
   raises `Gone` when the server no longer has that version (410): the caller relists.
 - **Clear errors** (defined in `kube_errors.py`, re-exported here): an API error becomes
@@ -38,32 +45,27 @@ models, HTTP errors or connection setup. Why each rule:
   `tests/contract/kube/test_kube_contract.py` holds to this class's behaviour). The
   update and Lease rules above are `ClientRules`, which both inherit: the fake differs
   only in the server it talks to. These, and the records (`Lease`, `Fencing`,
-  `ObjectList`, `WatchEvent`), live in `controller.kube_api`, free of the client, and are
-  re-exported here; this module keeps the connection and the client's verbs.
+  `ObjectList`, `WatchEvent`), live in `controller.kube_api`, free of any HTTP, and are
+  re-exported here; this module keeps the connection and the verbs.
 
-Custom objects are addressed as (group, version, namespace, plural, name), like the
-client's CustomObjectsApi. `namespace=None` on list/watch means all namespaces.
+Custom objects are addressed as (group, version, namespace, plural, name), as in the
+API's paths. `namespace=None` on list/watch means all namespaces.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime as dt
-import json
 import os
 import secrets as _secrets
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-import urllib3
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from kubernetes.watch.watch import iter_resp_lines
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from controller import kube_config
 from controller.kube_api import (  # re-exported: callers name them as kube.X
     ClientRules,
     Fencing,
@@ -90,9 +92,9 @@ from controller.kube_errors import (  # re-exported: callers name them as kube.X
     StaleFencingToken,
     Unauthorized,
     Unavailable,
-    _ref,
     error_from_status,
 )
+from controller.kube_http import JSON, MERGE_PATCH, Call, Timeout, Transport, decode, path
 from controller.model import PermanentError
 from controller.schema import Duration
 from controller.secrets import SecretRef, Secrets, redact
@@ -138,100 +140,80 @@ class KubeConnection(BaseModel):
         return self
 
 
-def _bearer(cfg: Any, token: str) -> None:
-    # the full header value under the legacy key: client 36 reads it as BearerToken's
-    # alias, earlier clients under its own name; either way no prefix lookup is involved
-    cfg.api_key = {"authorization": f"Bearer {token}"}
-    cfg.api_key_prefix = {}
-
-
-CONNECTIONS = 72  # kept open for reuse: the operator's workers and extras, its watch
-
-
-def _pooled(cfg: Any) -> Any:
-    """Keep up to `CONNECTIONS` connections open. The client's default (5 per CPU) is
-    fewer than the operator's workers under load, and urllib3 then closes every
-    connection beyond it after its request: a new TCP + TLS handshake per request
-    (seen with 10,000 plans: "Connection pool is full, discarding connection")."""
-    cfg.connection_pool_maxsize = CONNECTIONS
-    return cfg
-
-
-def _configuration(conn: KubeConnection, secrets: Secrets | None) -> Any:
-    cfg = k8s.Configuration()
+def _configuration(conn: KubeConnection,
+                   secrets: Secrets | None) -> kube_config.ClientConfig:
     try:
         if conn.host is not None:
-            cfg.host = conn.host.rstrip("/")
+            if conn.ca_file is not None and not Path(conn.ca_file).is_file():
+                raise PermanentError(f"caFile {conn.ca_file} does not exist")
+            credentials = kube_config.Credentials()
             if conn.token is not None:
-                token = (secrets or Secrets()).reveal(conn.token).strip()
-                _bearer(cfg, token)
-            if conn.ca_file is not None:
-                if not Path(conn.ca_file).is_file():
-                    raise PermanentError(f"caFile {conn.ca_file} does not exist")
-                cfg.ssl_ca_cert = conn.ca_file
-        elif conn.in_cluster or (conn.kubeconfig is None and os.environ.get(
+                credentials = kube_config.bearer((secrets or Secrets()).reveal(conn.token))
+            return kube_config.from_host(conn.host, credentials, ca_file=conn.ca_file)
+        if conn.in_cluster or (conn.kubeconfig is None and os.environ.get(
                 "KUBERNETES_SERVICE_HOST")):
-            k8s_config.load_incluster_config(client_configuration=cfg)
-        else:
-            k8s_config.load_kube_config(config_file=conn.kubeconfig, context=conn.context,
-                                        client_configuration=cfg, persist_config=False)
-    except ConfigException as exc:
-        where = ("the in-cluster ServiceAccount" if conn.in_cluster else
+            return kube_config.in_cluster()
+        return kube_config.KubeConfigFile.load(conn.kubeconfig).client(conn.context)
+    except kube_config.KubeConfigError as exc:
+        where = (f"host {conn.host}" if conn.host is not None else
+                 "the in-cluster ServiceAccount" if conn.in_cluster else
                  f"kubeconfig {conn.kubeconfig or '(default)'}")
         raise PermanentError(f"cannot configure the Kubernetes client from {where}: "
                              f"{redact(str(exc))}") from None
-    return cfg
 
 
 # --- the client ------------------------------------------------------------------------------
 
 
+def _lean(obj: Obj) -> Obj:
+    """`obj` without `metadata.managedFields` (server-side apply's record of who set which
+    field: a third of a plan's size in memory, and read by nothing here)."""
+    meta = obj.get("metadata")
+    if isinstance(meta, dict):
+        meta.pop("managedFields", None)
+    return obj
+
+
+
 class Kube(ClientRules):
     """A synchronous Kubernetes API client for the controller's few resource kinds.
 
-    Build it with `Kube.connect(...)` or `Kube(api_client)`. `conflict_retries` bounds the
-    re-read + re-apply cycles of `update`/`update_status` on 409 Conflict.
+    Build it with `Kube.connect(...)`, `Kube.from_token(...)` or `Kube(transport)`.
+    `conflict_retries` bounds the re-read + re-apply cycles of `update`/`update_status`
+    on 409 Conflict.
     """
 
-    def __init__(self, api_client: Any, *, timeout: float = 10.0, conflict_retries: int = 8,
-                 clock: Callable[[], dt.datetime] = _utcnow):
-        self.api_client = api_client
+    def __init__(self, transport: Transport, *, timeout: float = 10.0,
+                 conflict_retries: int = 8, clock: Callable[[], dt.datetime] = _utcnow):
+        self.transport = transport
         self.timeout = timeout
         self.conflict_retries = conflict_retries
         self.clock = clock
         self.conflicts = 0  # 409s met (and retried) by update/update_status: for metrics
-        self._custom = k8s.CustomObjectsApi(api_client)
-        self._core = k8s.CoreV1Api(api_client)
-        self._coordination = k8s.CoordinationV1Api(api_client)
 
     @classmethod
     def connect(cls, conn: KubeConnection | None = None, *, secrets: Secrets | None = None,
                 **kwargs: Any) -> Kube:
         """From a `KubeConnection` (kubeconfig / in-cluster / host + token + CA)."""
         conn = conn or KubeConnection()
-        cfg = _configuration(conn, secrets)
-        return cls(k8s.ApiClient(_pooled(cfg)), timeout=conn.timeout, **kwargs)
+        return cls(Transport(_configuration(conn, secrets)), timeout=conn.timeout, **kwargs)
 
     @classmethod
     def from_token(cls, host: str, token: str, *, ca_file: str | None = None,
                    **kwargs: Any) -> Kube:
         """Explicit host + bearer token (+ CA bundle); the token stays in the client."""
-        cfg = k8s.Configuration()
-        cfg.host = host.rstrip("/")
-        _bearer(cfg, token)
-        if ca_file:
-            cfg.ssl_ca_cert = ca_file
-        return cls(k8s.ApiClient(_pooled(cfg)), **kwargs)
+        config = kube_config.from_host(host, kube_config.bearer(token), ca_file=ca_file)
+        return cls(Transport(config), **kwargs)
 
     @property
     def host(self) -> str:
-        return str(self.api_client.configuration.host)
+        return self.transport.host
 
     def __repr__(self) -> str:  # never the token
         return f"Kube(host={self.host!r})"
 
     def close(self) -> None:
-        self.api_client.close()
+        self.transport.close()
 
     def __enter__(self) -> Kube:
         return self
@@ -241,26 +223,22 @@ class Kube(ClientRules):
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _call(self, verb: str, group: str, plural: str, namespace: str | None,
-              name: str | None, fn: Callable[..., Any], *args: Any,
-              stream: bool = False, timeout: Any = None, **kwargs: Any) -> Any:
-        """Call one client method, raw (no model decoding); errors become KubeErrors."""
-        try:
-            resp = fn(*args, _preload_content=False,
-                      _request_timeout=timeout if timeout is not None else self.timeout,
-                      **kwargs)
-        except ApiException as exc:
-            raise error_from_status(exc.status or 0, exc.body, verb=verb, group=group,
-                                    plural=plural, namespace=namespace, name=name,
-                                    host=self.host) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(f"Kubernetes API: {verb} {_ref(group, plural, namespace, name)}"
-                              f": no answer from {self.host} ({type(exc).__name__}: {exc}); "
-                              "retry later", status=0) from None
-        if stream:
-            return resp
-        data = resp.data
-        return json.loads(data) if data else {}
+    def _call(self, method: str, url: str, call: Call, *, query: dict[str, Any] | None = None,
+              body: Any = None, content_type: str = JSON,
+              timeout: Timeout | None = None) -> Any:
+        """One request: the answer's JSON (lean), or a KubeError naming `call`'s object."""
+        answer = self.transport.request(method, url, call, query=query, body=body,
+                                        content_type=content_type,
+                                        timeout=self.timeout if timeout is None else timeout)
+        for obj in answer.get("items") or [answer]:
+            _lean(obj)
+        return answer
+
+    @staticmethod
+    def _custom(group: str, version: str, namespace: str | None, plural: str,
+                *rest: str) -> str:
+        where = ("namespaces", namespace) if namespace else ()
+        return path("apis", group, version, *where, plural, *rest)
 
     def whoami(self) -> str | None:
         """The user name the API server authenticated these credentials as (a
@@ -269,9 +247,8 @@ class Kube(ClientRules):
         group = "authentication.k8s.io"
         review = {"apiVersion": f"{group}/v1", "kind": "SelfSubjectReview"}
         try:
-            got = self._call("create", group, "selfsubjectreviews", None, None,
-                             self._custom.create_cluster_custom_object, group, "v1",
-                             "selfsubjectreviews", review)
+            got = self._call("POST", self._custom(group, "v1", None, "selfsubjectreviews"),
+                             Call("create", group, "selfsubjectreviews", None), body=review)
         except (NotFound, Forbidden):
             return None
         return str(got["status"]["userInfo"]["username"])
@@ -279,9 +256,8 @@ class Kube(ClientRules):
     # --- custom objects ---------------------------------------------------------------------
 
     def get(self, group: str, version: str, namespace: str, plural: str, name: str) -> Obj:
-        obj: Obj = self._call("get", group, plural, namespace, name,
-                              self._custom.get_namespaced_custom_object,
-                              group, version, namespace, plural, name)
+        obj: Obj = self._call("GET", self._custom(group, version, namespace, plural, name),
+                              Call("get", group, plural, namespace, name))
         return obj
 
     def list(self, group: str, version: str, namespace: str | None, plural: str, *,
@@ -289,58 +265,47 @@ class Kube(ClientRules):
              field_selector: str | None = None) -> ObjectList:
         """Every object (all pages), with the list's resourceVersion to watch from."""
         items: list[Obj] = []
-        kwargs: dict[str, Any] = {"limit": 500}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if field_selector:
-            kwargs["field_selector"] = field_selector
+        query: dict[str, Any] = {"labelSelector": label_selector or None,
+                                 "fieldSelector": field_selector or None, "limit": 500}
+        url = self._custom(group, version, namespace, plural)
         while True:
-            if namespace is None:
-                page = self._call("list", group, plural, None, None,
-                                  self._custom.list_cluster_custom_object,
-                                  group, version, plural, **kwargs)
-            else:
-                page = self._call("list", group, plural, namespace, None,
-                                  self._custom.list_namespaced_custom_object,
-                                  group, version, namespace, plural, **kwargs)
+            page = self._call("GET", url, Call("list", group, plural, namespace),
+                              query=query)
             items.extend(page.get("items") or [])
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 return ObjectList(items, str(meta.get("resourceVersion", "")))
-            kwargs["_continue"] = meta["continue"]
+            query["continue"] = meta["continue"]
 
     def create(self, group: str, version: str, namespace: str, plural: str,
                body: Obj) -> Obj:
         name = (body.get("metadata") or {}).get("name")
-        obj: Obj = self._call("create", group, plural, namespace, name,
-                              self._custom.create_namespaced_custom_object,
-                              group, version, namespace, plural, body)
+        obj: Obj = self._call("POST", self._custom(group, version, namespace, plural),
+                              Call("create", group, plural, namespace, name), body=body)
         return obj
 
     def replace(self, group: str, version: str, namespace: str, plural: str,
                 body: Obj) -> Obj:
         """PUT the whole object; its metadata.resourceVersion makes it a compare-and-swap."""
         name = body["metadata"]["name"]
-        obj: Obj = self._call("update", group, plural, namespace, name,
-                              self._custom.replace_namespaced_custom_object,
-                              group, version, namespace, plural, name, body)
+        obj: Obj = self._call("PUT", self._custom(group, version, namespace, plural, name),
+                              Call("update", group, plural, namespace, name), body=body)
         return obj
 
     def replace_status(self, group: str, version: str, namespace: str, plural: str,
                        body: Obj) -> Obj:
         name = body["metadata"]["name"]
-        obj: Obj = self._call("update", group, f"{plural}/status", namespace, name,
-                              self._custom.replace_namespaced_custom_object_status,
-                              group, version, namespace, plural, name, body)
+        obj: Obj = self._call(
+            "PUT", self._custom(group, version, namespace, plural, name, "status"),
+            Call("update", group, f"{plural}/status", namespace, name), body=body)
         return obj
 
     def delete(self, group: str, version: str, namespace: str, plural: str,
                name: str) -> Obj:
         """Delete the object: gone at once without finalizers; with finalizers it stays,
         marked with `metadata.deletionTimestamp`, until the last finalizer is removed."""
-        obj: Obj = self._call("delete", group, plural, namespace, name,
-                              self._custom.delete_namespaced_custom_object,
-                              group, version, namespace, plural, name)
+        obj: Obj = self._call("DELETE", self._custom(group, version, namespace, plural, name),
+                              Call("delete", group, plural, namespace, name))
         return obj
 
     def patch(self, group: str, version: str, namespace: str, plural: str, name: str,
@@ -350,14 +315,12 @@ class Kube(ClientRules):
         body = copy.deepcopy(patch)
         if resource_version is not None:
             body.setdefault("metadata", {})["resourceVersion"] = resource_version
-        fn = (self._custom.patch_namespaced_custom_object_status if status
-              else self._custom.patch_namespaced_custom_object)
-        # the client sends a dict body as a JSON merge patch only when told so
-        obj: Obj = self._call("patch", group, f"{plural}/status" if status else plural,
-                              namespace, name, fn, group, version, namespace, plural, name,
-                              body, _content_type="application/merge-patch+json")
+        sub = ("status",) if status else ()
+        obj: Obj = self._call(
+            "PATCH", self._custom(group, version, namespace, plural, name, *sub),
+            Call("patch", group, f"{plural}/status" if status else plural, namespace, name),
+            body=body, content_type=MERGE_PATCH)
         return obj
-
 
     def watch(self, group: str, version: str, namespace: str | None, plural: str, *,
               resource_version: str, timeout_seconds: int = 300,
@@ -369,41 +332,25 @@ class Kube(ClientRules):
         BOOKMARK events carry only a newer resourceVersion. Raises `Gone` when that
         version is no longer available (410): list again and watch from the new list.
         """
-        kwargs: dict[str, Any] = {"watch": True, "resource_version": resource_version,
-                                  "allow_watch_bookmarks": bookmarks,
-                                  "timeout_seconds": timeout_seconds}
-        if label_selector:
-            kwargs["label_selector"] = label_selector
-        if field_selector:
-            kwargs["field_selector"] = field_selector
-        timeout = (self.timeout, timeout_seconds + self.timeout)
-        if namespace is None:
-            resp = self._call("watch", group, plural, None, None,
-                              self._custom.list_cluster_custom_object, group, version,
-                              plural, stream=True, timeout=timeout, **kwargs)
-        else:
-            resp = self._call("watch", group, plural, namespace, None,
-                              self._custom.list_namespaced_custom_object, group, version,
-                              namespace, plural, stream=True, timeout=timeout, **kwargs)
-        try:
-            for line in iter_resp_lines(resp):
-                if not line.strip():
-                    continue
-                event = json.loads(line)
+        query: dict[str, Any] = {"watch": True, "resourceVersion": resource_version,
+                                 "allowWatchBookmarks": bookmarks,
+                                 "timeoutSeconds": timeout_seconds,
+                                 "labelSelector": label_selector or None,
+                                 "fieldSelector": field_selector or None}
+        stream = self.transport.stream(
+            self._custom(group, version, namespace, plural),
+            Call("watch", group, plural, namespace), query=query,
+            timeout=(self.timeout, timeout_seconds + self.timeout))
+        with closing(stream):  # however the caller stops, the stream is closed now
+            for line in stream:
+                event = decode(line.decode())
                 kind, obj = str(event.get("type", "")), event.get("object") or {}
                 if kind == "ERROR":
                     raise error_from_status(int(obj.get("code") or 0), obj, verb="watch",
                                             group=group, plural=plural, namespace=namespace,
                                             host=self.host)
-                rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
+                rv = str((_lean(obj).get("metadata") or {}).get("resourceVersion", ""))
                 yield WatchEvent(kind, obj, rv)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise Unavailable(f"Kubernetes API: watch {_ref(group, plural, namespace)} broke "
-                              f"off ({type(exc).__name__}); watch again from the last "
-                              "resourceVersion", status=0) from None
-        finally:  # close first: a half-read stream must never go back to the pool
-            resp.close()
-            resp.release_conn()
 
     # --- secrets -------------------------------------------------------------------------------
 
@@ -411,8 +358,8 @@ class Kube(ClientRules):
         """One key of a Secret, decoded; pluggable into `Secrets(kube_reader=...)`."""
         import base64
 
-        obj = self._call("get", "", "secrets", namespace, name,
-                         self._core.read_namespaced_secret, name, namespace)
+        obj = self._call("GET", path("api", "v1", "namespaces", namespace, "secrets", name),
+                         Call("get", "", "secrets", namespace, name))
         data = obj.get("data") or {}
         if key not in data:
             raise NotFound(f"Secret {namespace}/{name} has no key {key!r}; it has: "
@@ -443,8 +390,8 @@ class Kube(ClientRules):
             "source": {"component": component},
             "reportingComponent": component, "reportingInstance": instance or component,
         }
-        obj: Obj = self._call("create", "", "events", namespace, event_name,
-                              self._core.create_namespaced_event, namespace, body)
+        obj: Obj = self._call("POST", path("api", "v1", "namespaces", namespace, "events"),
+                              Call("create", "", "events", namespace, event_name), body=body)
         return obj
 
     def count_event(self, event: Obj, count: int) -> Obj:
@@ -454,21 +401,26 @@ class Kube(ClientRules):
         meta = event.get("metadata") or {}
         namespace, name = meta.get("namespace") or "default", meta.get("name")
         stamp = self.clock().astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        obj: Obj = self._call("patch", "", "events", namespace, name,
-                              self._core.patch_namespaced_event, name, namespace,
-                              {"count": count, "lastTimestamp": stamp},
-                              _content_type="application/merge-patch+json")
+        obj: Obj = self._call(
+            "PATCH", path("api", "v1", "namespaces", namespace, "events", str(name)),
+            Call("patch", "", "events", namespace, name),
+            body={"count": count, "lastTimestamp": stamp}, content_type=MERGE_PATCH)
         return obj
 
     # --- leases ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _lease(namespace: str, *name: str) -> str:
+        return path("apis", "coordination.k8s.io", "v1", "namespaces", namespace, "leases",
+                    *name)
 
     def get_lease(self, namespace: str, name: str, *,
                   timeout: float | None = None) -> Lease | None:
         """The Lease, or None when there is none; `timeout` bounds this one request (a
         leader checking its Lease must not wait longer than its renew deadline allows)."""
         try:
-            obj = self._call("get", "coordination.k8s.io", "leases", namespace, name,
-                             self._coordination.read_namespaced_lease, name, namespace,
+            obj = self._call("GET", self._lease(namespace, name),
+                             Call("get", "coordination.k8s.io", "leases", namespace, name),
                              timeout=timeout)
         except NotFound:
             return None
@@ -478,8 +430,9 @@ class Kube(ClientRules):
                      duration_seconds: int, now: dt.datetime | None = None) -> Lease:
         """Create the lease held by `holder`; AlreadyExists when it exists."""
         body = lease_body(namespace, name, holder, duration_seconds, now or self.clock())
-        obj = self._call("create", "coordination.k8s.io", "leases", namespace, name,
-                         self._coordination.create_namespaced_lease, namespace, body)
+        obj = self._call("POST", self._lease(namespace),
+                         Call("create", "coordination.k8s.io", "leases", namespace, name),
+                         body=body)
         return Lease.from_object(obj)
 
     def _write_lease(self, lease: Lease, spec: dict[str, Any]) -> Lease:
@@ -487,31 +440,22 @@ class Kube(ClientRules):
                 "metadata": {"name": lease.name, "namespace": lease.namespace,
                              "resourceVersion": lease.resource_version},
                 "spec": spec}
-        obj = self._call("update", "coordination.k8s.io", "leases", lease.namespace,
-                         lease.name, self._coordination.replace_namespaced_lease,
-                         lease.name, lease.namespace, body)
+        obj = self._call("PUT", self._lease(lease.namespace, lease.name),
+                         Call("update", "coordination.k8s.io", "leases", lease.namespace,
+                              lease.name), body=body)
         return Lease.from_object(obj)
-
-
-
-SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def default_namespace(conn: KubeConnection) -> str:
     """The namespace kubectl would use: the pod's own in-cluster, else the kubeconfig
     context's, else `default`."""
+    own = kube_config.SERVICE_ACCOUNT / "namespace"
     if conn.in_cluster or (conn.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST")
-                           and SA_NAMESPACE.is_file()):
-        return SA_NAMESPACE.read_text().strip() or "default"
+                           and own.is_file()):
+        return own.read_text().strip() or "default"
     if conn.host is not None:
         return "default"
-    try:
-        contexts, active = k8s_config.list_kube_config_contexts(config_file=conn.kubeconfig)
-    except (ConfigException, OSError):
-        return "default"
-    chosen = next((c for c in contexts if c.get("name") == conn.context), active) \
-        if conn.context else active
-    return str(((chosen or {}).get("context") or {}).get("namespace") or "default")
+    return kube_config.kubeconfig_namespace(conn.kubeconfig, conn.context) or "default"
 
 
 def connect(conn: KubeConnection | None = None, *, secrets: Secrets | None = None) -> Kube:

@@ -4,9 +4,9 @@ Owns the records an API conversation yields (`ObjectList`, `WatchEvent`, `Lease`
 writer's `Fencing`, the `KubeAPI` Protocol the operator uses, and `ClientRules`: the
 conflict-retried, fenced updates and the Lease election that the controller keeps on top
 of an API server's plain verbs (the rules are explained in `controller.kube`). Kept apart
-from `controller.kube`, which imports the `kubernetes` client, so that the simulation's
-`controller.testing_kube.FakeKube` inherits the very same rules without that client:
-the fake differs from `Kube` only in the server it talks to.
+from `controller.kube`, which speaks HTTP to a server, so that the simulation's
+`controller.testing_kube.FakeKube` inherits the very same rules without any HTTP: the
+fake differs from `Kube` only in the server it talks to.
 """
 
 from __future__ import annotations

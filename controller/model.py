@@ -91,6 +91,11 @@ class Sample:
     latency: float | None = None
     detail: str = ""
     value: float | None = None  # business signals (e.g. complaints per hour) carry a number
+    # a failure that may be the controller's own lateness (a timeout while the probe loop
+    # was stalled), excused by the scheduler within its bound: ok stays False, so nothing
+    # takes it for healthy, and the policy counts it neither as a failure nor as a success
+    # (controller/probes/scheduler.py)
+    inconclusive: bool = False
 
 
 class DecisionState(enum.StrEnum):

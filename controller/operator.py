@@ -36,44 +36,30 @@ Owns the cluster side of the controller, talking to Kubernetes only through `kub
   lost it, or whose last renewal is older than the renew deadline, or that is shutting
   down, raises `LostLease` and its running step is cancelled (left running for the next
   leader). On stop the operator is done within `SHUTDOWN_SECONDS` and releases the Lease.
-- **Record**: every committed journal change of a plan is mirrored into its status
-  (through the status subresource, conflict-retried, from the object as last read or
-  written: no read before a write), and each change of meaning becomes an Event (a
-  decision's counters are not a change). The changes of one engine cycle (a decision,
-  the state, a readiness check) make one write at its end (`_cycle`), except that a
-  new phase is written at once and a step about to start before it starts. A failed
-  status write never changes the run's course: the change is in the journal, the
-  status is written again with the next change or tick, and only a step about to start
-  waits until the status holds it (`_mirror`). A replica that takes over adopts the run
-  from the status and continues it without repeating finished steps, and the policy's
-  decision, trip and probe counts from `status.policy` (the samples stay in the
-  writer's journal; the new leader's own probes refill the window). Every status
-  carries the writer's `fencingToken` and `fencingHolder`; each write (each conflict retry too,
-  after its re-read) is refused when the stored token is larger, so a deposed leader
-  never overwrites its successor's status. Annotation claims and finalizer changes are
-  fenced the same way.
+- **Record** (`controller/operator_status.py`): every committed journal change of a plan
+  is mirrored into its status, one write per engine cycle, fenced by the leader's token
+  (`fencingToken`, `fencingHolder`), so a deposed leader never overwrites its
+  successor's status; each change of meaning becomes an Event. A failed status write
+  never changes the run's course (only a step about to start waits for its record). A
+  replica that takes over adopts the run from the status and continues it without
+  repeating finished steps, and the policy's decision, trip and probe counts from
+  `status.policy` (the samples stay in the writer's journal; the new leader's own probes
+  refill the window).
 - **One object, one record**: the journal's record of a plan name is bound to the
   object's uid (`_bind`); a plan deleted and created again starts afresh and the old
   record is kept as `NAME@UID` (`Journal.retire_plan`). A runtime is rebuilt when the
   uid or generation changes — except that while a run is active or the plan is failed
-  over, an edit of its sites or backends is held (`appliedSpec` in the status, condition
-  SpecApplied False), so a failback reverts the objects the failover changed.
-- **Requests from outside**: annotations `failover.example.io/request` (failover or
-  failback, with `reason`, `requested-by`, `level` 1-4), `/approve` (a run id, optionally
-  `RUN:STEP`, with `approved-by`) and `/done` (`RUN:STEP`, with `done-by`) — so kubectl
-  and the CLI both work. An annotation is validated (`controller/operator_requests.py`),
-  then claimed (removed with a compare-and-swap write) before it is acted on, so two
-  replicas or two cycles never act on it twice. One that cannot be acted on (a
-  malformed kind or level, an unknown run or step, a step that is not a human step or
-  does not wait for an approval, a failover on a plan being deleted) is removed all the
-  same and answered with a Warning Event that names the annotation, its value and what
-  is allowed.
-- **Deletion**: a finalizer holds a plan being deleted while a run is active, on
-  whichever replica leads (the run is adopted from the status like any other); `done`
-  and `approve` are still taken, the run finishes (the world is never left
-  half-switched), then the finalizer is removed. Meanwhile Ready is False (`Deleting`)
-  and one DeletionDeferred Event, counted, says what the run waits for. A run never
-  approved, with no step run, is withdrawn instead of waited for.
+  over, an edit of its sites or backends is held (`controller/operator_spec.py`), so a
+  failback reverts the objects the failover changed.
+- **Requests from outside** (`controller/operator_requests.py`): annotations
+  `failover.example.io/request`, `/approve` and `/done`, each validated, then claimed
+  (removed with a fenced compare-and-swap write) before it is acted on, so two replicas
+  or two cycles never act on one twice; one that cannot be acted on is removed all the
+  same and answered with a Warning Event saying what is allowed.
+- **Deletion** (`controller/operator_deletion.py`): a finalizer, placed before a plan's
+  first run can start a step, holds a plan being deleted while a run is active; the run
+  finishes (or, never approved and with no step run, is withdrawn), then the plan goes
+  and its record is retired. A plan that never ran has no finalizer: it goes at once.
 
 Seams (`controller/operator_parts.py`). The operator talks to the API server through
 `kube.KubeAPI` and builds each plan's engine from `Parts` (clock, how a step's work
@@ -106,88 +92,41 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 from controller import kube as k8s
 from controller import metrics
-from controller import status as status_mod
-from controller.annotations import (
-    A_APPROVE,
-    A_APPROVED_BY,
-    A_BY,
-    A_DONE,
-    A_DONE_BY,
-    A_LEVEL,
-    A_REASON,
-    A_REQUEST,
-    request_problem,
-)
+from controller.annotations import A_APPROVE, A_DONE, A_REQUEST
 from controller.api import NotReady
 from controller.backends import Backends
+from controller.clock import Clock
 from controller.crd import GROUP, KIND, PLURAL, VERSION
 from controller.elector import Elector, LeaderConfig
 from controller.engine.cycle import Cycle, StoodBy
-from controller.failback import revert_steps
 from controller.fencing import LostLease
-from controller.journal import Journal, Run
+from controller.journal import Journal
 from controller.loop import Engine
-from controller.model import Phase, StepStatus
+from controller.operator_deletion import drop_finalizer, held, invalid_waits, waits_for, withdraw
 from controller.operator_fence import PlanFences
-from controller.operator_parts import Parts, Probing, Samples, SharedProbes, Stop
-from controller.operator_requests import approve_problem, done_problem
-from controller.plan import FailoverPlan, PlanError, parse_plan
+from controller.operator_parts import Parts, Probing, SharedProbes, Stop
+from controller.operator_requests import Requests
+from controller.operator_spec import held_reason, holding, parse, pinned
+from controller.operator_status import PlanRuntime, StatusWriter
+from controller.plan import FailoverPlan, PlanError
 from controller.records.archive import flush
-from controller.secrets import KubeSecretKey, Secrets, redact
+from controller.secrets import KubeSecretKey, Secrets
 from controller.sharding import Shard, lease_name
 from controller.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
-FINALIZER = f"{GROUP}/finalizer"
-_REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
 QUIET_TICKS = 5
 WATCH_SECONDS = 5
-RECOUNT = 10.0  # seconds between updates of a repeated Event's count
 SHUTDOWN_SECONDS = 20.0  # within the pod's 30 s grace: steps cancelled, Lease released
 FLUSH_SECONDS = 8.0  # then the records store's last chance, still within that grace
 EXTRA_WORKERS = 64  # added while every worker is busy (each long step holds one)
 IDLE_SECONDS = 30.0  # an extra worker idle this long ends
 FREEZE_GROWTH = 1.1  # the plans held grew by a tenth since the last `_freeze`: again
-T = TypeVar("T")
-
-
-@dataclass
-class PlanRuntime:
-    """What the leader keeps per plan between reconciles."""
-
-    plan: FailoverPlan
-    uid: str | None  # the object this runtime is for: a plan created again is another
-    generation: int | None
-    engine: Engine
-    scheduler: Samples
-    status: dict[str, Any] = field(default_factory=dict)
-    obj: dict[str, Any] = field(default_factory=dict)
-    reconciled: float = 0.0  # time.monotonic() of the last reconcile
-    active: bool = False  # a run was active after the last reconcile
-    dirty: bool = False  # the last status write failed: written again on the next tick
-    deleting: str | None = None  # being deleted: what the deletion waits for
-    spec: dict[str, Any] = field(default_factory=dict)  # the spec `plan` was parsed from
-    held: str | None = None  # why a newer generation is not applied yet
-    held_for: int | None = None  # that generation
-    # until when (the engine's clock) a cycle without samples changes nothing (`Store.
-    # quiet_until`): a due reconcile before then, with no news, is skipped (`_quiet`)
-    quiet_until: float | None = None
-    batching: bool = False  # in a cycle whose changes are written once, at its end (`_cycle`)
-
-
-@dataclass
-class _Said:
-    """An Event created once and counted after (`Operator._event(once=...)`)."""
-
-    event: dict[str, Any]
-    count: int
-    counted: float  # time.monotonic() of the last count written
 
 
 class Operator:
@@ -217,14 +156,18 @@ class Operator:
         self._objects: dict[str, dict[str, Any]] = {}
         self._runtimes: dict[str, PlanRuntime] = {}
         self._uids: dict[str, str] = {}  # plan name -> the uid its journal record is bound to
-        self._said: dict[str, dict[Any, _Said]] = {}  # plan name -> Events said once
         self._lock = threading.Lock()
         self._synced = False
         self._frozen_at = 0  # plans held at the last `_freeze`
         self.parts = parts or Parts()
         # a plan whose probes bring news is queued at once, not on its next tick
         self._probes: Probing = self.parts.probing or SharedProbes(on_news=self.queue.add)
-        journal.listeners.append(self._mirror)
+        self.writer = StatusWriter(kube, namespace, journal, elector=lambda: self.elector,
+                                   identity=identity, fences=self.fences,
+                                   clock=self.parts.clock or Clock(),
+                                   runtimes=self._runtimes, keep=self._wrote)
+        self.requests = Requests(self.writer)
+        journal.listeners.append(self.writer.mirror)
 
     def require_synced(self) -> None:
         """For /readyz: raise until the first list of FailoverPlans has come back, and
@@ -428,13 +371,10 @@ class Operator:
             return
         meta = obj["metadata"]
         deleting = bool(meta.get("deletionTimestamp"))
-        if deleting and FINALIZER not in meta.get("finalizers", []):
-            self._forget(name)  # nothing of ours holds it: it goes without us
+        if deleting and not held(obj):
+            self._forget(name)  # nothing of ours holds it (no run ever): it goes without us
             return
         self._bind(name, meta.get("uid"))
-        if not deleting and FINALIZER not in meta.get("finalizers", []):
-            self.elector.fence()
-            obj = self._patch(name, _add_finalizer, current=obj)
         rt = self._runtime(name, obj)
         if rt is None:  # invalid: not watched; its status says why
             if deleting:
@@ -445,26 +385,26 @@ class Operator:
             rt.reconciled = time.monotonic()
             return
         run = self.journal.active_run(name)
-        rt.deleting = self._waits_for(name, run) if deleting and run is not None else None
-        self._requests(rt, obj, deleting=deleting)
+        rt.deleting = waits_for(self.journal, name, run) if deleting and run is not None else None
+        self.requests.act(rt, obj, deleting=deleting)
         rt.quiet_until = None
         if not deleting:
             cycle = self._cycle(rt)
             if not any(isinstance(e, StoodBy) for e in cycle.events):
                 rt.quiet_until = rt.engine.store.quiet_until(cycle.state)
         elif run is not None:
-            if self._withdrawn(rt, run):  # nothing changed yet: nothing to finish
-                run = None
+            if withdraw(self.journal, self.elector.fence, name, run, time.time()):
+                run = None  # nothing changed yet: nothing to finish
             else:  # finish what was started: a half-switched world is worse than a late delete
                 rt.engine.tick(rt.scheduler.drain())
                 run = self.journal.active_run(name)
-                rt.deleting = self._waits_for(name, run) if run is not None else None
+                rt.deleting = waits_for(self.journal, name, run) if run is not None else None
         if deleting and run is None:
             self._release(name, obj)
             return
-        self._mirror(name, listener=False)
+        self.writer.mirror(name, listener=False)
         if rt.deleting is not None and run is not None:
-            self._event(obj, "Warning", "DeletionDeferred", rt.deleting,
+            self.writer.event(obj, "Warning", "DeletionDeferred", rt.deleting,
                         once=(meta.get("uid"), "DeletionDeferred", run.id))
         rt.reconciled = time.monotonic()
         rt.active = self.journal.active_run(name) is not None
@@ -523,15 +463,15 @@ class Operator:
         generation, uid = meta.get("generation"), meta.get("uid")
         rt = self._runtimes.get(name)
         if rt is not None and rt.uid == uid and (generation == rt.generation or (
-                generation == rt.held_for and self._holding(name))):
+                generation == rt.held_for and holding(self.journal, name))):
             return rt
         status = obj.get("status") or {}
-        self._adopt(name, status)  # an invalid plan's run is known too
+        self.writer.adopt(name, status)  # an invalid plan's run is known too
         spec: dict[str, Any] = obj.get("spec") or {}
         problems: list[str] | None = None
         plan: FailoverPlan | None
         try:
-            plan = self._parse(name, spec)
+            plan = parse(self.namespace, name, spec)
         except PlanError as err:
             plan, problems = None, err.problems
         mine = rt is not None and rt.uid == uid
@@ -539,13 +479,13 @@ class Operator:
                    else (status.get("appliedGeneration"), status.get("appliedSpec")))
         held = None
         if applied[1] is not None and applied[1] != spec and (
-                plan is None or _pinned(applied[1]) != _pinned(spec)) and self._holding(name):
+                plan is None or pinned(applied[1]) != pinned(spec)) and holding(self.journal, name):
             try:
-                old = self._parse(name, applied[1])
+                old = parse(self.namespace, name, applied[1])
             except PlanError:
                 old = None  # not runnable either: nothing better to hold on to
             if old is not None:
-                held = self._held(name, generation, applied[0], problems)
+                held = held_reason(self.journal, name, generation, applied[0], problems)
                 if rt is not None and mine and rt.spec == applied[1]:
                     if rt.held != held:
                         log.warning("%s %s: %s", KIND, name, held)
@@ -554,7 +494,7 @@ class Operator:
                 plan, spec, problems, generation = old, applied[1], None, applied[0]
         if plan is None:
             self._forget(name)
-            self._write_status(name, obj, problems=problems, generation=generation)
+            self.writer.write(name, obj, problems=problems, generation=generation)
             return None
         if held is not None:
             log.warning("%s %s: %s", KIND, name, held)
@@ -574,80 +514,7 @@ class Operator:
         self._runtimes[name] = rt
         return rt
 
-    def _held(self, name: str, generation: int | None, applied: int | None,
-              problems: list[str] | None) -> str:
-        """Why generation `generation` of the plan is not applied, and until when."""
-        run = self.journal.active_run(name)
-        st = self.journal.plan_state(name)
-        while_ = (f"run {run.id} is active" if run is not None else
-                  f"the plan is {st.phase.value if st else 'failed over'}")
-        what = (f"it is invalid ({'; '.join(problems)})" if problems else
-                "it changes the plan's sites or backends")
-        return (f"generation {generation} is not applied while {while_}: {what}. The plan "
-                f"goes on with generation {applied}, the spec its run started with, so a "
-                "failback reverts the objects the failover changed; the new spec is applied "
-                "once the plan is back on its primary site")
-
-    def _parse(self, name: str, spec: dict[str, Any]) -> FailoverPlan:
-        return parse_plan({"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
-                           "metadata": {"name": name}, "spec": spec},
-                          f"{KIND} {self.namespace}/{name}")
-
-    def _holding(self, name: str) -> bool:
-        """Whether the plan's sites and backends are held as the run found them: a run is
-        active, or the plan is failed over, or a failed run left something to revert."""
-        if self.journal.active_run(name) is not None:
-            return True
-        st = self.journal.plan_state(name)
-        if st is None or st.phase in (Phase.HEALTHY, Phase.DEGRADED):
-            return False
-        return st.phase is not Phase.FAILED or bool(revert_steps(self.journal, name))
-
-    def _adopt(self, name: str, status: dict[str, Any]) -> None:
-        """Take over the run and state another replica recorded in the status (the policy's
-        without its samples: `status.plan_state`)."""
-        run = status.get("run")
-        if run and run.get("id") and self.journal.import_run(
-                {**run, "plan": name}, run.get("steps", [])):
-            log.warning("adopted run %s of %s from its status", run["id"], name)
-        theirs = status_mod.plan_state(status, name)
-        mine = self.journal.plan_state(name)
-        if theirs is not None and (mine is None or mine.updated_at < theirs.updated_at):
-            self.journal.save_plan_state(theirs)
-        self.fences.adopted(status)  # written by another shard's leader: outrank it
-
     # --- deletion ---------------------------------------------------------------------------
-
-    def _waits_for(self, name: str, run: Run) -> str:
-        """What the deletion of `name` waits for, and how to let it go on."""
-        steps = self.journal.steps(run.id)
-        person = next((s.name for s in steps if s.status is StepStatus.AWAITING_PERSON), None)
-        gated = next((s.name for s in steps if s.status is StepStatus.AWAITING_APPROVAL), None)
-        running = next((s.name for s in steps if s.status in (
-            StepStatus.RUNNING, StepStatus.UNKNOWN)), None)
-        what = (f"its human step {person} waits for a person (then `kubectl annotate "
-                f"fop/{name} {A_DONE}={run.id}:{person}`)" if person else
-                f"its step {gated} waits for an approval (`kubectl annotate fop/{name} "
-                f"{A_APPROVE}={run.id}:{gated}`)" if gated else
-                f"its step {running} is running" if running else
-                f"it waits for an approval (`kubectl annotate fop/{name} "
-                f"{A_APPROVE}={run.id}`)" if not run.approved else "its next step is due")
-        return (f"being deleted: the plan is removed once its {run.kind} run {run.id} has "
-                f"finished (a half-switched world is worse than a late delete); {what}")
-
-    def _withdrawn(self, rt: PlanRuntime, run: Run) -> bool:
-        """A run of a deleting plan that has not changed anything yet (not approved, no
-        step started) is closed instead of waited for: True when it was."""
-        if run.approved or any(s.status is not StepStatus.PENDING
-                               for s in self.journal.steps(run.id)):
-            return False
-        self.elector.fence()
-        self.journal.update_run(run.id, phase=Phase.SUPERSEDED, finished_at=time.time(),
-                                outcome="withdrawn: the plan was deleted before the run was "
-                                        "approved; no step had run")
-        log.warning("%s %s deleted: run %s withdrawn (never approved, no step ran)", KIND,
-                    rt.plan.name, run.id)
-        return True
 
     def _deleting_invalid(self, name: str, obj: dict[str, Any]) -> None:
         """An invalid plan being deleted: released unless a run is active, which cannot go
@@ -656,102 +523,22 @@ class Operator:
         if run is None:
             self._release(name, obj)
             return
-        self._event(obj, "Warning", "DeletionDeferred",
-                    f"being deleted, but run {run.id} is active and the plan is invalid, so "
-                    "the run cannot go on: correct the spec (kubectl edit) and the run "
-                    "finishes, then the plan is removed; or put the world back by hand and "
-                    f"remove the finalizer {FINALIZER}",
-                    once=(obj["metadata"].get("uid"), "DeletionDeferred", run.id))
+        self.writer.event(obj, "Warning", "DeletionDeferred", invalid_waits(run),
+                          once=(obj["metadata"].get("uid"), "DeletionDeferred", run.id))
 
     def _release(self, name: str, obj: dict[str, Any]) -> None:
         """No run holds the deleting plan: let it go, and retire its record (kept under
         `NAME@UID`), so a plan created again under the name starts afresh."""
         self._forget(name)
-        if FINALIZER in obj["metadata"].get("finalizers", []):
+        if held(obj):
             self.elector.fence()  # a deposed leader must not release a plan mid-run
             with contextlib.suppress(k8s.NotFound):  # already gone: nothing to release
-                self._patch(name, _drop_finalizer)
+                self.writer.patch(name, drop_finalizer)
         uid = obj["metadata"].get("uid")
         if uid and self.journal.plan_uid(name) in (uid, None):
             self.journal.retire_plan(name, as_name=f"{name}@{uid}")
         self._uids.pop(name, None)
-        self._said.pop(name, None)
-
-    # --- requests ---------------------------------------------------------------------------
-
-    def _requests(self, rt: PlanRuntime, obj: dict[str, Any], *, deleting: bool) -> None:
-        """Act on the request annotations, each validated, then claimed (removed), then
-        acted on. One that cannot be acted on (a malformed kind or level, an unknown run
-        or step, not a human step, a failover on a plan being deleted) is removed all the
-        same and answered with a Warning Event naming it, its value and what is allowed.
-        `done` and `approve` are taken on a deleting plan too: they finish its run."""
-        notes = obj["metadata"].get("annotations") or {}
-        name = rt.plan.name
-        if A_REQUEST in notes:
-            refused = request_problem(notes)
-            if refused is None and deleting:
-                refused = (A_REQUEST, notes[A_REQUEST],
-                           "the plan is being deleted: no new run starts on it")
-            self._claim(name, notes, _REQUEST_KEYS)
-            kind = notes[A_REQUEST].strip()
-            level = notes.get(A_LEVEL, "").strip()
-            try:
-                if refused is None:
-                    rt.engine.request(kind, actor=notes.get(A_BY, "kubectl"),
-                                      reason=notes.get(A_REASON, f"{A_REQUEST} annotation"),
-                                      level=int(level) if level and kind == "failover"
-                                      else None)
-            except ValueError as exc:
-                refused = (A_REQUEST, notes[A_REQUEST], str(exc))
-            if refused is not None:
-                self._refuse(obj, "BadRequest", *refused)
-        if A_APPROVE in notes:
-            value = notes[A_APPROVE]
-            self._claim(name, notes, (A_APPROVE, A_APPROVED_BY))
-            problem = approve_problem(self.journal, name, value)
-            run_id, _, step = value.strip().partition(":")
-            try:
-                if problem is None:
-                    rt.engine.approve(run_id, actor=notes.get(A_APPROVED_BY, "kubectl"),
-                                      step=step)
-            except (PermissionError, LookupError) as exc:
-                problem = str(exc)
-            if problem is not None:
-                self._refuse(obj, "ApprovalRefused", A_APPROVE, value, problem)
-        if A_DONE in notes:
-            value = notes[A_DONE]
-            self._claim(name, notes, (A_DONE, A_DONE_BY))
-            problem = done_problem(self.journal, name, value)
-            run_id, _, step = value.strip().partition(":")
-            try:
-                if problem is None:
-                    rt.engine.done(run_id, step, actor=notes.get(A_DONE_BY, "kubectl"))
-            except (PermissionError, LookupError) as exc:
-                problem = str(exc)
-            if problem is not None:
-                self._refuse(obj, "DoneRefused", A_DONE, value, problem)
-
-    def _refuse(self, obj: dict[str, Any], reason: str, annotation: str, value: str,
-                problem: str) -> None:
-        message = f"annotation {annotation}={value!r} removed and not acted on: {problem}"
-        log.warning("%s %s: %s", KIND, obj["metadata"]["name"], redact(message))
-        self._event(obj, "Warning", reason, message)
-
-    def _claim(self, name: str, seen: dict[str, str], keys: tuple[str, ...]) -> None:
-        """Remove the annotations we are about to act on, only if they are still as seen:
-        a concurrent change raises Conflict and nothing is acted on this cycle. Only the
-        leader claims (a deposed one would take a request away from its successor)."""
-
-        def mutate(obj: dict[str, Any]) -> None:
-            notes = obj["metadata"].get("annotations") or {}
-            if any(notes.get(k) != seen.get(k) for k in keys):
-                raise k8s.Conflict(f"annotations of {KIND} {name} changed; claiming again")
-            for k in keys:
-                notes.pop(k, None)
-
-        self.elector.fence()
-        self._fenced(name, lambda fencing: self.kube.update(
-            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing))
+        self.writer.forget(name)
 
     def _forget(self, name: str) -> None:
         rt = self._runtimes.pop(name, None)
@@ -765,176 +552,15 @@ class Operator:
             self._forget(name)
         self._uids.clear()  # whoever leads next may have changed the record
 
-    # --- status and events ------------------------------------------------------------------
-
-    def _mirror(self, plan: str, *, listener: bool = True) -> None:
-        """The journal's listener: write the plan's status after each committed change
-        (inside `_cycle`, only a new phase or a step about to start; the rest when the
-        cycle ends).
-
-        The change is in the journal before this runs, and a status write that fails (an
-        API error, a newer leader's token) never changes the run's course: the plan is
-        marked dirty and its status written again with the next change (each write is
-        the whole record) or on the next tick. Nothing is raised into the engine — a
-        failed step is still handled, a finished run still completed — with one
-        exception, which only pauses the run: a step (or a further attempt) about to
-        start, recorded running in the journal but not yet in the status, does not
-        start while the status another replica would resume from lacks it; LostLease
-        makes the engine stand by, and the next cycle resumes the step once its record
-        is written. A deposed leader is stopped by its fence."""
-        rt = self._runtimes.get(plan)
-        if rt is None:
-            return
-        if listener and rt.batching and not self._starting(plan, rt) and \
-                not self._phase_moved(plan, rt):
-            return  # written with the cycle's other changes when it ends (`_cycle`)
-        try:
-            self._write_status(plan, rt.obj, generation=rt.obj["metadata"].get("generation"),
-                               rt=rt)
-        except Exception as exc:  # the journal has it; written again on the next tick
-            if not rt.dirty:
-                log.warning("status of %s %s not written (%s); the journal holds the "
-                            "change, written again on the next tick", KIND, plan,
-                            redact(str(exc)))
-            rt.dirty = True
-            if listener and self._starting(plan, rt):
-                raise LostLease(f"the status of {KIND} {plan} could not be written, so "
-                                "the record another replica would resume from lacks the "
-                                "step about to start; it starts once that record is "
-                                "written") from None
-            return
-        if rt.dirty:
-            log.info("status of %s %s written again", KIND, plan)
-        rt.dirty = False
-
-    def _phase_moved(self, plan: str, rt: PlanRuntime) -> bool:
-        """The journal's phase is not the one the status last written shows (a plan with
-        no status yet has none to move from): written at once, so every phase a plan
-        passes through is in its status and Events (Healthy, Tripped, FailingOver ...)."""
-        st, written = self.journal.plan_state(plan), rt.status.get("phase")
-        return st is not None and written is not None and st.phase.value != written
-
-    def _starting(self, plan: str, rt: PlanRuntime) -> bool:
-        """A step (or a further attempt of it) is about to start: recorded running in the
-        journal, while the status last written has it not running or with fewer attempts
-        (its work has not begun: the executor records the start, then starts it)."""
-        run = self.journal.active_run(plan)
-        if run is None:
-            return False
-        written = rt.status.get("run") or {}
-        seen = ({s["name"]: (s.get("status"), s.get("attempts", 0))
-                 for s in written.get("steps", [])} if written.get("id") == run.id else {})
-        return any(s.status is StepStatus.RUNNING and (
-            seen.get(s.name, ("pending", 0))[0] != StepStatus.RUNNING.value
-            or s.attempts > seen.get(s.name, ("pending", 0))[1])
-            for s in self.journal.steps(run.id))
-
-    def _write_status(self, name: str, obj: dict[str, Any], *, generation: int | None,
-                      problems: list[str] | None = None, rt: PlanRuntime | None = None) -> None:
-        """Write the status the journal gives, fenced: refused (LostLease) when we no longer
-        lead or the stored status carries a newer leader's token — on every conflict
-        retry too, so a deposed leader never overwrites its successor's status."""
-        previous = rt.status if rt is not None else (obj.get("status") or {})
-        new = status_mod.build(self.journal, name, generation=generation, previous=previous,
-                               problems=problems, now=time.time(),
-                               deleting=rt.deleting if rt is not None else None,
-                               applied=(rt.generation, rt.spec) if rt is not None else None,
-                               held=rt.held if rt is not None else None,
-                               watched=rt.plan if rt is not None else None,
-                               token=self.elector.token(), holder=self.identity)
-        if not status_mod.changed(previous, new):
-            return
-        # the object as we last read or wrote it: no read before the write (a stale copy
-        # is refused by its resourceVersion, and the retry reads afresh and checks again)
-        current = rt.obj if rt is not None else obj
-
-        def write(fencing: k8s.Fencing) -> dict[str, Any]:
-            new.update(fencing.stamp())
-
-            def mutate(o: dict[str, Any]) -> dict[str, Any]:
-                if not self.elector.leading():
-                    raise LostLease(f"{self.identity} no longer leads "
-                                    f"{self.elector.config.lease_name}; status not written")
-                return {**o, "status": new}
-
-            return self.kube.update_status(GROUP, VERSION, self.namespace, PLURAL, name,
-                                           mutate, fencing=fencing, current=current)
-
-        written = self._wrote(name, self._fenced(name, write))
-        if rt is not None:
-            if written.get("status") == new:  # as the server keeps it: held once, not twice
-                written["status"] = new
-            rt.status, rt.obj = new, written
-        for kind, reason, message in status_mod.events(previous, new):
-            self._event(obj, kind, reason, message)
-        if problems and problems != (previous.get("problems") or []):
-            self._event(obj, "Warning", "InvalidPlan", "; ".join(problems))
-
-    def _event(self, obj: dict[str, Any], kind: str, reason: str, message: str, *,
-               once: tuple[Any, ...] | None = None) -> None:
-        """Record an Event about `obj`. With `once` (a key), the same Event is created
-        the first time and only counted after (its `count` and `lastTimestamp` brought
-        up to date at most every `RECOUNT` seconds), not created again every cycle."""
-        name = obj["metadata"]["name"]
-        said = self._said.setdefault(name, {}).get(once) if once is not None else None
-        try:
-            if said is not None:
-                said.count += 1
-                if time.monotonic() - said.counted >= RECOUNT:
-                    said.counted = time.monotonic()
-                    self.kube.count_event(said.event, said.count)
-                return
-            event = self.kube.emit_event(obj, reason=reason, message=redact(message)[:1000],
-                                         type=kind)
-            if once is not None:
-                self._said[name][once] = _Said(event, 1, time.monotonic())
-        except (k8s.KubeError, ConnectionError) as exc:  # an Event never blocks a step
-            log.warning("event %s for %s not recorded: %s", reason, name, exc)
-
-
-    # --- helpers ----------------------------------------------------------------------------
-
-    def _fenced(self, name: str, write: Callable[[k8s.Fencing], T]) -> T:
-        """`write` to plan `name` with our fencing token; LostLease when a newer leader's
-        token is stored.
-
-        A stored token larger than ours while the Lease, read now, is still ours and the
-        plan still in our shard means the Lease was deleted and created again (its count
-        restarted): our token is raised above the stored one and the write tried once
-        more. A plan that left our shard is its new leader's: never outbid it."""
-        try:
-            return write(k8s.Fencing(self.elector.token(), self.identity))
-        except k8s.StaleFencingToken as exc:
-            stale = exc
-        self.fences.still_ours(name)
-        token = self.elector.advance(stale.stored + 1)  # LostLease unless the Lease is ours
-        try:
-            return write(k8s.Fencing(token, self.identity))
-        except k8s.StaleFencingToken as exc:
-            raise LostLease(str(exc)) from None
-
-    def _patch(self, name: str, mutate: Callable[[dict[str, Any]], None],
-               current: dict[str, Any] | None = None) -> dict[str, Any]:
-        return self._wrote(name, self._fenced(name, lambda fencing: self.kube.update(
-            GROUP, VERSION, self.namespace, PLURAL, name, mutate, fencing=fencing,
-            current=current)))
-
-    def _wrote(self, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def _wrote(self, name: str, obj: dict[str, Any]) -> None:
         """Keep the object as our write left it, the newest we know, so the next write
         starts from it without reading it first."""
         with self._lock:
             if name in self._objects:
                 self._objects[name] = obj
-        return obj
 
     def _read_secret(self, ref: KubeSecretKey) -> bytes:
         return self.kube.read_secret(ref.namespace or self.namespace, ref.name, ref.key)
-
-
-def _pinned(spec: dict[str, Any]) -> tuple[Any, Any]:
-    """What a run needs to stay as it found it: the sites and the backends (identities and
-    options), which a failback reverts through."""
-    return spec.get("sites"), spec.get("backends")
 
 
 def _asks(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
@@ -957,17 +583,6 @@ def _same(held: dict[str, Any] | None, seen: dict[str, Any]) -> dict[str, Any]:
             seen["metadata"].get("resourceVersion"):
         return held
     return seen
-
-
-def _add_finalizer(obj: dict[str, Any]) -> None:
-    finalizers = obj["metadata"].setdefault("finalizers", [])
-    if FINALIZER not in finalizers:
-        finalizers.append(FINALIZER)
-
-
-def _drop_finalizer(obj: dict[str, Any]) -> None:
-    obj["metadata"]["finalizers"] = [f for f in obj["metadata"].get("finalizers", [])
-                                     if f != FINALIZER]
 
 
 def _audit(journal: Journal, plan: str) -> Callable[..., None]:

@@ -1,17 +1,52 @@
-"""Whether a request annotation on a FailoverPlan can be acted on, and if not, why.
+"""Requests from outside on a FailoverPlan's annotations: validated, claimed, acted on.
 
-`failover.example.io/approve` (RUN, or RUN:STEP for a step that waits for an approval)
-and `/done` (RUN:STEP, a human step) name a run and a step of the plan; the operator
-checks them against its journal before it claims and acts on them, and answers one that
-cannot be acted on with a Warning Event carrying the reason returned here: what is wrong
-and what is allowed (the steps that wait, the active run). Pure reads of the journal.
+Owns the annotations `failover.example.io/request` (failover or failback, with
+`reason`, `requested-by`, `level` 1-4), `/approve` (a run id, optionally `RUN:STEP`, with
+`approved-by`) and `/done` (`RUN:STEP`, with `done-by`), so kubectl and the CLI both
+work (`Requests`). Why each rule:
+
+- **Validated first**: each is checked against the journal (`approve_problem`,
+  `done_problem`: pure reads) before anything is done, so a mistake is answered at once
+  with what is wrong and what is allowed (the steps that wait, the active run).
+- **Claimed before acted on**: the annotation is removed with a compare-and-swap write,
+  fenced by the leader's token, before the engine acts on it; a concurrent change makes
+  the claim fail (Conflict) and nothing is acted on this cycle. So two replicas or two
+  cycles never act on one request twice, and a deposed leader never takes a request
+  away from its successor.
+- **Never silently dropped**: one that cannot be acted on (a malformed kind or level, an
+  unknown run or step, a step that is not a human step or does not wait for an
+  approval, a failover on a plan being deleted) is removed all the same and answered
+  with a Warning Event that names the annotation, its value and what is allowed.
+- **A deletion finishes its run**: `done` and `approve` are still taken on a plan being
+  deleted (they let its run finish); a new failover is not.
 """
 
 from __future__ import annotations
 
-from controller.annotations import A_APPROVE, A_DONE
+import logging
+from typing import Any
+
+from controller import kube as k8s
+from controller.annotations import (
+    A_APPROVE,
+    A_APPROVED_BY,
+    A_BY,
+    A_DONE,
+    A_DONE_BY,
+    A_LEVEL,
+    A_REASON,
+    A_REQUEST,
+    request_problem,
+)
+from controller.crd import GROUP, KIND, PLURAL, VERSION
 from controller.journal import Journal, Run
 from controller.model import StepStatus
+from controller.operator_status import PlanRuntime, StatusWriter
+from controller.secrets import redact
+
+log = logging.getLogger(__name__)
+
+_REQUEST_KEYS = (A_REQUEST, A_REASON, A_BY, A_LEVEL)
 
 
 def _runs_note(journal: Journal, plan: str, run_id: str | None
@@ -69,3 +104,85 @@ def done_problem(journal: Journal, plan: str, value: str) -> str | None:
         return f"step {step} of run {run_id} is not a human step (it is a {actions[step]} " \
                f"step, which the controller runs); {allowed}"
     return None
+
+
+class Requests:
+    """Acts on a plan's request annotations for the operator, through its `StatusWriter`
+    (fenced claims, Warning Events)."""
+
+    def __init__(self, writer: StatusWriter) -> None:
+        self.writer, self.journal = writer, writer.journal
+
+    def act(self, rt: PlanRuntime, obj: dict[str, Any], *, deleting: bool) -> None:
+        """Act on the request annotations, each validated, then claimed (removed), then
+        acted on. One that cannot be acted on (a malformed kind or level, an unknown run
+        or step, not a human step, a failover on a plan being deleted) is removed all the
+        same and answered with a Warning Event naming it, its value and what is allowed.
+        `done` and `approve` are taken on a deleting plan too: they finish its run."""
+        notes = obj["metadata"].get("annotations") or {}
+        name = rt.plan.name
+        if A_REQUEST in notes:
+            refused = request_problem(notes)
+            if refused is None and deleting:
+                refused = (A_REQUEST, notes[A_REQUEST],
+                           "the plan is being deleted: no new run starts on it")
+            self.claim(name, notes, _REQUEST_KEYS)
+            kind = notes[A_REQUEST].strip()
+            level = notes.get(A_LEVEL, "").strip()
+            try:
+                if refused is None:
+                    rt.engine.request(kind, actor=notes.get(A_BY, "kubectl"),
+                                      reason=notes.get(A_REASON, f"{A_REQUEST} annotation"),
+                                      level=int(level) if level and kind == "failover"
+                                      else None)
+            except ValueError as exc:
+                refused = (A_REQUEST, notes[A_REQUEST], str(exc))
+            if refused is not None:
+                self._refuse(obj, "BadRequest", *refused)
+        if A_APPROVE in notes:
+            value = notes[A_APPROVE]
+            self.claim(name, notes, (A_APPROVE, A_APPROVED_BY))
+            problem = approve_problem(self.journal, name, value)
+            run_id, _, step = value.strip().partition(":")
+            try:
+                if problem is None:
+                    rt.engine.approve(run_id, actor=notes.get(A_APPROVED_BY, "kubectl"),
+                                      step=step)
+            except (PermissionError, LookupError) as exc:
+                problem = str(exc)
+            if problem is not None:
+                self._refuse(obj, "ApprovalRefused", A_APPROVE, value, problem)
+        if A_DONE in notes:
+            value = notes[A_DONE]
+            self.claim(name, notes, (A_DONE, A_DONE_BY))
+            problem = done_problem(self.journal, name, value)
+            run_id, _, step = value.strip().partition(":")
+            try:
+                if problem is None:
+                    rt.engine.done(run_id, step, actor=notes.get(A_DONE_BY, "kubectl"))
+            except (PermissionError, LookupError) as exc:
+                problem = str(exc)
+            if problem is not None:
+                self._refuse(obj, "DoneRefused", A_DONE, value, problem)
+
+    def _refuse(self, obj: dict[str, Any], reason: str, annotation: str, value: str,
+                problem: str) -> None:
+        message = f"annotation {annotation}={value!r} removed and not acted on: {problem}"
+        log.warning("%s %s: %s", KIND, obj["metadata"]["name"], redact(message))
+        self.writer.event(obj, "Warning", reason, message)
+
+    def claim(self, name: str, seen: dict[str, str], keys: tuple[str, ...]) -> None:
+        """Remove the annotations we are about to act on, only if they are still as seen:
+        a concurrent change raises Conflict and nothing is acted on this cycle. Only the
+        leader claims (a deposed one would take a request away from its successor)."""
+
+        def mutate(obj: dict[str, Any]) -> None:
+            notes = obj["metadata"].get("annotations") or {}
+            if any(notes.get(k) != seen.get(k) for k in keys):
+                raise k8s.Conflict(f"annotations of {KIND} {name} changed; claiming again")
+            for k in keys:
+                notes.pop(k, None)
+
+        self.writer.elector.fence()
+        self.writer.fenced(name, lambda fencing: self.writer.kube.update(
+            GROUP, VERSION, self.writer.namespace, PLURAL, name, mutate, fencing=fencing))

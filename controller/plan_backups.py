@@ -49,6 +49,12 @@ class PgBackRestSource(Strict):
         description="the pgBackRest repository (repoN-*, its own cipher pass) at the "
                     "off-site location: each set is backed up there too and registered "
                     "in the set's off-site store")
+    offsite_full_every: PositiveDuration = Field(
+        7 * 86400.0, alias="offsiteFullEvery",
+        description="the off-site copy is a differential backup against the off-site "
+                    "repository's last full one (only what changed since crosses the "
+                    "link), and a full one when that full is older than this, was never "
+                    "proven there, or the last off-site check failed")
     os_user: str | None = Field("postgres", alias="osUser")
     pgbackrest: str = "pgbackrest"
 
@@ -73,6 +79,11 @@ class Retention(Strict):
     keep: int = Field(7, ge=1, description="verified backups kept per data set and store")
     max_age: PositiveDuration | None = Field(None, alias="maxAge",
                                              description="older backups are pruned")
+    stray_after: PositiveDuration = Field(
+        2 * 86400.0, alias="strayAfter",
+        description="a payload no catalog entry names (an off-site copy staged by a job "
+                    "that died before its off-site phase) is removed once it is this old; "
+                    "longer than a job's take + verify")
 
 
 class BackupSet(Strict):

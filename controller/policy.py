@@ -10,7 +10,13 @@ its level, the cooldown and each service's count of passed and failed probes in 
 window, which its own probes then replace.
 
 Rules (defaults from the emergency plans):
-- a service is DOWN after `consecutiveFailures` failed samples in a row;
+- a service is DOWN after `consecutiveFailures` failed samples in a row; an inconclusive
+  sample (a timeout while the controller itself was late) neither adds to nor breaks a
+  run of failures, and counts in the window as no evidence of an outage, like a service
+  not probed yet: a controller so late that few of its probes are conclusive must not
+  judge the window by those few (the probe scheduler excuses at most
+  `consecutiveFailures` of them since a service's last good probe and counts the rest as
+  failures, so an outage is still detected: controller/probes/scheduler.py);
 - core availability = mean over core services of their success ratio in `window`
   (a DOWN service counts 0 %); below `availabilityFloor` for `dwell` -> trip;
 - a business signal breached for `dwell` -> trip: above its baseline x (1 + surge %),
@@ -239,7 +245,9 @@ def _fold(plan: FailoverPlan, state: PolicyState, samples: list[Sample], now: fl
         if sample.service not in services:
             continue
         st = state.services.setdefault(sample.service, ServiceState())
-        st.history.append((sample.at, sample.ok))
+        st.history.append((sample.at, sample.ok or sample.inconclusive))
+        if sample.inconclusive:  # the controller was late: no evidence of an outage
+            continue
         if sample.ok:
             st.successes, st.failures, st.failing_since = st.successes + 1, 0, None
         else:
@@ -321,8 +329,17 @@ def describe(plan: FailoverPlan, state: PolicyState, a: Assessment) -> str:
         why = f" ({st.last_detail})" if st.last_detail else ""
         parts.append(f"{name} down: {st.failures} failed probes in a row "
                      f"(threshold {trig.consecutive_failures}) for {secs:.1f} s{why}")
-    cmp = "<" if a.availability < trig.availability_floor else ">="
+    below = a.availability < trig.availability_floor
+    cmp = "<" if below else ">="
     parts.append(f"availability {a.availability:.0f} % {cmp} {trig.availability_floor:.0f} %")
+    if below:  # what pulled it down, besides the services down
+        core = {s.name for s in plan.spec.services if s.core}
+        for name in sorted(core & set(state.services) - set(a.down)):
+            seen = state.services[name]
+            failed = sum(not ok for _, ok in seen.history)
+            if failed:
+                parts.append(f"{name}: {failed} of {len(seen.history)} probes in the window "
+                             f"failed (last: {seen.last_detail or 'no detail'})")
     parts += [a.breached[name] for name in sorted(a.breached)]
     return "; ".join(parts)
 

@@ -17,7 +17,7 @@ def observe(plan: FailoverPlan, backends: Backends, *, news: News | None = None
     """A probe scheduler for every service and signal of the plan (start it, drain it);
     it tells `news` (its own unless given) of every round that may change a decision, so
     the loop can run a cycle at once (`scheduler.news.wait(tick)` between cycles)."""
-    return ProbeScheduler(targets_from_plan(plan, backends.probe), news=news)
+    return ProbeScheduler(targets_from_plan(plan, backends.probe), news=news, plan=plan.name)
 
 
 def probe_once(plan: FailoverPlan, backends: Backends,
@@ -27,4 +27,4 @@ def probe_once(plan: FailoverPlan, backends: Backends,
     targets = targets_from_plan(plan, backends.probe)
     if services is not None:
         targets = [t for t in targets if t.service in services]
-    return asyncio.run(ProbeScheduler(targets).run_once())
+    return asyncio.run(ProbeScheduler(targets, plan=plan.name).run_once())

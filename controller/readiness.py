@@ -12,14 +12,22 @@ it too, and a test restore passed within `testRestoreEvery`. A plan that keeps r
 (`spec.records`) adds two: every run that finished is archived (given the journal: "N
 runs not archived" with the store's error), and a drill passed within `drillEvery`
 (read from the records store). Every check runs in a worker, bounded by `timeout`, its
-detail redacted.
+detail redacted. The workers are a shared, bounded set of daemon threads (`_Workers`):
+a check that never answers holds one of them — not the interpreter's exit, and not
+another one each time readiness is asked again (it is waited for, not started again) —
+and more checks than workers queue; with every worker held by checks that have not
+answered for a check's timeout, that check fails, saying so.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
+import os
+import queue
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
@@ -61,18 +69,115 @@ class Check:
     detail: str
 
 
-def _run(name: str, fn: Callable[[], str | None], timeout: float) -> Check | None:
-    """Run one check in a worker, bounded by `timeout`; None when it had nothing to check."""
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+WORKERS = 16
+"""Checks that may run at once, hung ones included."""
+
+Key = tuple[str, str]  # (plan, check name)
+Task = tuple[Key, Future[str | None], Callable[[], str | None]]
+
+
+class WorkersBusy(Exception):
+    """Every worker is held by a check that has not answered: this one is not run."""
+
+
+class _Workers:
+    """The daemon threads every readiness check runs on, shared by all plans and callers:
+    at most `limit`, started on demand and kept for the next check. A check still
+    running from an earlier call (hung) is waited for again, not started again. More
+    checks than workers queue (a burst of new plans); a queued check is given up only
+    when no worker has started or finished a check for as long as its own timeout, i.e.
+    every worker is held by a check that has not answered."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._forked()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        """No worker yet (and, in a forked child, none of the parent's threads)."""
+        self._lock = threading.Lock()
+        self._moved = threading.Condition(self._lock)  # a worker started or ended a check
+        self._tasks: queue.SimpleQueue[Task] = queue.SimpleQueue()
+        self._threads = self._waiting = self._queued = self._busy = 0
+        self._progress = time.monotonic()
+        self._running: dict[Key, Future[str | None]] = {}
+
+    def submit(self, key: Key, fn: Callable[[], str | None]) -> Future[str | None]:
+        with self._lock:
+            running = self._running.get(key)
+            if running is not None:
+                return running
+            future: Future[str | None] = Future()
+            self._running[key] = future
+            self._queued += 1
+            self._tasks.put((key, future, fn))
+            if self._queued > self._waiting and self._threads < self.limit:
+                self._threads += 1
+                threading.Thread(target=self._work, daemon=True,
+                                 name="readiness-check").start()
+            if self._queued <= self._threads - self._busy:
+                self._progress = time.monotonic()  # a free worker takes it now
+            return future
+
+    def started(self, key: Key, future: Future[str | None], timeout: float) -> None:
+        """Wait until a worker runs `future`; WorkersBusy (and the check withdrawn) when
+        no worker has moved for `timeout`."""
+        with self._moved:
+            while not (future.running() or future.done()):
+                stalled = time.monotonic() - self._progress
+                if stalled >= timeout:
+                    if not future.cancel():
+                        return  # a worker took it just now
+                    del self._running[key]
+                    held = ", ".join(sorted(": ".join(k) for k, f in self._running.items()
+                                            if f.running()))
+                    raise WorkersBusy(f"not run: all {self.limit} readiness workers are held "
+                                      f"by checks that have not answered ({held})")
+                self._moved.wait(timeout - stalled)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._waiting += 1
+            key, future, fn = self._tasks.get()
+            with self._moved:
+                self._waiting -= 1
+                self._queued -= 1
+                if not future.set_running_or_notify_cancel():
+                    continue  # given up while queued (and forgotten by `started`)
+                self._busy += 1
+                self._progress = time.monotonic()
+                self._moved.notify_all()
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the check's caller
+                future.set_exception(exc)
+            with self._moved:
+                del self._running[key]
+                self._busy -= 1
+                self._progress = time.monotonic()
+                self._moved.notify_all()
+
+
+_WORKERS = _Workers(WORKERS)
+
+
+def _run(plan: str, name: str, fn: Callable[[], str | None],
+         timeout: float) -> Check | None:
+    """Run one check on a worker, bounded by `timeout` from when a worker takes it; None
+    when it had nothing to check."""
     try:
-        detail = pool.submit(fn).result(timeout=timeout)
+        key = (plan, name)
+        future = _WORKERS.submit(key, fn)
+        _WORKERS.started(key, future, timeout)
+        detail = future.result(timeout=timeout)
         return None if detail is None else Check(name, True, redact(detail))
-    except concurrent.futures.TimeoutError:
+    except FutureTimeout:
         return Check(name, False, f"no answer within {timeout:g} s")
+    except WorkersBusy as exc:
+        return Check(name, False, redact(str(exc)))
     except Exception as exc:
         return Check(name, False, redact(f"{type(exc).__name__}: {exc}"))
-    finally:
-        pool.shutdown(wait=False)
 
 
 def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
@@ -86,7 +191,8 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
             out.append(Check(f"backend {spec.name}", False,
                              redact(f"cannot be configured: {exc}")))
             continue
-        if (check := _run(f"backend {spec.name}", backend.ready, timeout)) is not None:
+        if (check := _run(plan.name, f"backend {spec.name}", backend.ready,
+                            timeout)) is not None:
             out.append(check)
     ctx = CheckContext(plan, backends, now)
     for step in plan.spec.steps:
@@ -97,20 +203,22 @@ def checks(plan: FailoverPlan, backends: Backends, *, now: float | None = None,
                              redact(f"cannot be checked: {type(exc).__name__}: {exc}")))
             continue
         out += [check for name, fn in found
-                if (check := _run(f"step {step.name}: {name}", fn, timeout)) is not None]
+                if (check := _run(plan.name, f"step {step.name}: {name}", fn,
+                                  timeout)) is not None]
     for bs in plan.spec.backups:
         found = [("backup within RPO", partial(_fresh, backends, bs, bs.store, now)),
                  ("off-site copy within RPO", partial(_fresh, backends, bs, bs.offsite, now)),
                  ("test restore", partial(_tested, backends, bs, now))]
         out += [check for name, fn in found
-                if (check := _run(f"backups {bs.dataset}: {name}", fn, timeout)) is not None]
+                if (check := _run(plan.name, f"backups {bs.dataset}: {name}", fn,
+                                timeout)) is not None]
     records = plan.spec.records
     if records is not None:
         found = [("drill passed", partial(_drilled, plan.name, records, backends, now))]
         if journal is not None:
             found.insert(0, ("runs archived", partial(_archived, plan.name, journal, now)))
         out += [check for name, fn in found
-                if (check := _run(f"records: {name}", fn, timeout)) is not None]
+                if (check := _run(plan.name, f"records: {name}", fn, timeout)) is not None]
     return out
 
 

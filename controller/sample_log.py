@@ -15,6 +15,11 @@ Why it works this way:
 - **Bounded and rotated**: at most `KEEP` samples per plan; each write drops the oldest
   beyond it. A sample written twice (a restarted controller writing its ring again) is
   one row (`UNIQUE (plan, service, at)`).
+- **Only evidence is kept**: an inconclusive sample (a timeout while the controller was
+  late, excused by the probe scheduler) is not written: a row with ok = 0 would read as a
+  failure and one with ok = 1 as a success, and it was neither. A replay judges the
+  window by the conclusive samples only: more strictly than the live policy, which
+  counted them as no evidence of an outage.
 - A sample's detail (a probe's error text) is not kept: it may hold a secret that no
   backend has revealed yet, so redaction could not know it; the decision never reads it.
 
@@ -72,7 +77,8 @@ class SampleLog:
         self._open = incident
 
     def write(self, samples: list[Sample]) -> None:
-        rows = [(self.plan, s.at, s.service, int(s.ok), s.latency, s.value) for s in samples]
+        rows = [(self.plan, s.at, s.service, int(s.ok), s.latency, s.value)
+                for s in samples if not s.inconclusive]
         with self.journal._tx() as db:
             db.executemany("INSERT OR IGNORE INTO samples (plan, at, service, ok, latency, "
                            "value) VALUES (?,?,?,?,?,?)", rows)

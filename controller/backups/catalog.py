@@ -65,6 +65,13 @@ class Peek(NamedTuple):
     etag: str | None
 
 
+class Stray(NamedTuple):
+    """A payload no catalog entry names: its backup's name and when it was last written."""
+
+    name: str
+    modified: float
+
+
 class Objects(Protocol):
     """The storage primitives a catalog needs; keys are '/'-separated, relative."""
 
@@ -74,6 +81,9 @@ class Objects(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def peek(self, key: str, n: int) -> Peek: ...
     def names(self) -> list[str]: ...
+    def uncataloged(self) -> list[Stray]:
+        """Every payload (`<name>/<name>.bak`) whose `<name>/catalog.json` is missing."""
+        ...
     def location(self, key: str) -> str: ...
     def delete(self, key: str) -> None:
         """Remove one object; a missing one is no error (pruning is idempotent)."""

@@ -16,7 +16,8 @@ from typing import BinaryIO
 
 from pydantic import Field
 
-from controller.backups.catalog import CatalogStore, Peek, StoreOptions
+from controller.backups import naming
+from controller.backups.catalog import CatalogStore, Peek, StoreOptions, Stray
 
 
 class FilesystemStoreOptions(StoreOptions):
@@ -69,6 +70,13 @@ class FileObjects:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "catalog.json").exists())
+
+    def uncataloged(self) -> list[Stray]:
+        if not self.root.is_dir():
+            return []
+        return sorted(Stray(p.name, payload.stat().st_mtime) for p in self.root.iterdir()
+                      if (payload := self.root / naming.payload_key(p.name)).is_file()
+                      and not (p / "catalog.json").exists())
 
     def location(self, key: str) -> str:
         return (self.root / key).as_uri() if self.root.is_absolute() else str(self.root / key)

@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from controller.model import PermanentError
 from controller.secrets import SecretRef, Secrets, redact
 
+Chunk = bytes | memoryview
+"""A piece of a command's input: a slice of a larger buffer needs no copy."""
+
 
 @dataclass(frozen=True)
 class Result:
@@ -50,7 +53,7 @@ class CommandError(RuntimeError):
 class Host(Protocol):
     name: str
 
-    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+    def run(self, argv: list[str], *, stdin: Iterable[Chunk] | None = None,
             timeout: float = 600.0, check: bool = True) -> Result: ...
 
     def open(self) -> None:
@@ -64,7 +67,7 @@ class LocalHost:
 
     name = "localhost"
 
-    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+    def run(self, argv: list[str], *, stdin: Iterable[Chunk] | None = None,
             timeout: float = 600.0, check: bool = True) -> Result:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
@@ -207,7 +210,7 @@ class SshHost:
             raise ConnectionError(f"{self.name}: cannot connect over SSH "
                                   f"({type(exc).__name__}: {exc})") from None
 
-    def run(self, argv: list[str], *, stdin: Iterable[bytes] | None = None,
+    def run(self, argv: list[str], *, stdin: Iterable[Chunk] | None = None,
             timeout: float = 600.0, check: bool = True) -> Result:
         cmd = shlex.join(argv)
         with self._lock:
@@ -221,7 +224,7 @@ class SshHost:
             raise CommandError(self.name, argv, result)
         return result
 
-    def _stream(self, cmd: str, stdin: Iterable[bytes], timeout: float) -> Result:
+    def _stream(self, cmd: str, stdin: Iterable[Chunk], timeout: float) -> Result:
         transport = self.conn.client.get_transport()
         assert transport is not None
         chan = transport.open_session()

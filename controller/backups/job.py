@@ -14,7 +14,9 @@ runs it (by hand, or from the plan's CronJob with `--due`):
    (`offsite.copy_offsite`), or a pgBackRest set backed up into its off-site
    repository and verified there (`offsite.copy_pgbackrest`);
 5. `prune`: the retention rule on both stores (`retention.prune`), only after a verified
-   backup and its checked copy exist, so a failing job never shrinks what is kept.
+   backup and its checked copy exist, so a failing job never shrinks what is kept; and the
+   payloads no catalog names, past `strayAfter` (`retention.prune_strays`: the copy a job
+   staged before it died).
 A phase that fails stops the later ones; `Outcome` says which phase, why, and what exists.
 
 `run_test_restore` is the schedule's other job (`backup --due`, when
@@ -252,5 +254,8 @@ class BackupJob:
         rule, ds = self.spec.retention, self.spec.dataset
         removed = [p for store in (self.store, self.offsite)
                    for p in retention.prune(store, dataset=ds, rule=rule, actor=self.actor)]
-        out.pruned = [f"{p.backup.location}: {p.reason}" for p in removed]
-        return f"{len(removed)} pruned" + "".join(f"\n  - {p}" for p in out.pruned)
+        out.pruned = [f"{p.backup.location}: {p.reason}" for p in removed] + [
+            stray for store in (self.store, self.offsite)
+            for stray in retention.prune_strays(store, dataset=ds, rule=rule,
+                                                actor=self.actor)]
+        return f"{len(out.pruned)} pruned" + "".join(f"\n  - {p}" for p in out.pruned)

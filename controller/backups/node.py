@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controller import fencing
 from controller.backups import swap
-from controller.backups.hosts import CommandError, Host, Result, is_root_on
+from controller.backups.hosts import Chunk, CommandError, Host, Result, is_root_on
 from controller.model import PermanentError
 from controller.secrets import redact
 
@@ -193,7 +193,7 @@ echo "ready=yes"
         argv = ["sh", "-c", self._prepare_script()]
         self._prepared(argv, self.host.run(argv, check=False))
 
-    def receive(self, argv: list[str], stdin: Iterable[bytes]) -> None:
+    def receive(self, argv: list[str], stdin: Iterable[Chunk]) -> None:
         """`prepare`, then `argv` as the OS user reading `stdin` (it writes into
         `layout.side`), in ONE session (over SSH a session costs round trips and the login
         shell's startup). A refusal ends the session before it reads anything. If `argv`
@@ -321,11 +321,11 @@ class _Guarded:
     """Chunks passed through until the source raises; the error is kept for afterwards,
     so the host command sees an early end of input instead of being killed unjudged."""
 
-    def __init__(self, chunks: Iterable[bytes]):
+    def __init__(self, chunks: Iterable[Chunk]):
         self.chunks = chunks
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[Chunk]:
         try:
             yield from self.chunks
         except GeneratorExit:  # the host stopped reading (the command ended): not an error

@@ -24,7 +24,18 @@ A pgBackRest set keeps its files in pgBackRest's repositories, so its off-site c
 a backup into the off-site repository (`offsiteRepo`, its own `repoN-cipher-pass`),
 which `archive-push` fills with the WAL as well: `copy_pgbackrest` takes it, proves it
 with `pgbackrest verify --repo=N` and registers it in the set's off-site store, so the
-off-site catalog lists every data set's copies alike.
+off-site catalog lists every data set's copies alike. pgBackRest (2.45) copies no set
+from one repository to another, and a repository's files cannot be re-encrypted under
+another pass without rewriting its manifests and info files behind pgBackRest's back, so
+the copy is a backup of the database taken a moment after the set, not the set's bytes.
+To keep it from costing a second full backup every time, it is a differential backup
+against the off-site repository's newest full set (only the files changed since cross
+the link; a restore needs that full and the diff, both in repoN, both proven by the
+same `verify`), and a full one when there is none, when it is older than
+`offsiteFullEvery` (a week by default: the diffs grow with the changes since), when it
+was never proven there, or when the last off-site check failed (`offsite_type`). The
+trade-off: a diff off-site depends on its full there; a damaged full fails the next
+check and the copy after it is a full again.
 """
 
 from __future__ import annotations
@@ -37,11 +48,11 @@ from typing import Any
 from controller import fencing
 from controller.backups import crypto, naming
 from controller.backups.catalog import READ_CHUNK, CatalogError, CatalogStore
-from controller.backups.hosts import LocalHost
+from controller.backups.hosts import CommandError, LocalHost
 from controller.backups.take import as_user, register_pgbackrest
 from controller.backups.verify import judge_pgbackrest, parse_pgbackrest_verify
 from controller.model import Backup, PermanentError
-from controller.plan import PgBackRestSource
+from controller.plan import PgBackRestSource, format_duration
 
 
 class OffsiteError(PermanentError):
@@ -180,33 +191,73 @@ def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
                     "summary": summary, "checks": [check]}, actor=actor)
 
 
+def offsite_type(offsite: CatalogStore, backup: Backup, source: PgBackRestSource
+                 ) -> tuple[str, str]:
+    """The type of `backup`'s off-site copy into `source.offsite_repo` ("full" or "diff")
+    and why: a diff against the repository's newest full set when that full is younger
+    than `offsiteFullEvery` and was proven there (its copy's check passed), and the newest
+    off-site copy of the data set passed its check too; otherwise a full."""
+    repo = source.offsite_repo
+    try:
+        info = json.loads(LocalHost().run(as_user(source.os_user, [
+            source.pgbackrest, f"--config={source.config}", f"--stanza={source.stanza}",
+            f"--repo={repo}", "--output=json", "info"])).out)
+    except CommandError as exc:
+        raise OffsiteError(f"pgbackrest info of repo{repo} failed: {exc}") from None
+    fulls = [s for s in ((info[0].get("backup") if info else None) or [])
+             if s.get("type") == "full"]
+    if not fulls:
+        return "full", f"repo{repo} holds no full set yet"
+    label = fulls[-1]["label"]
+    age = time.time() - float(fulls[-1]["timestamp"]["stop"])
+    if age > source.offsite_full_every:
+        return "full", (f"repo{repo}'s full set {label} is {age / 3600:.0f}h old "
+                        f"(offsiteFullEvery {format_duration(source.offsite_full_every)})")
+    copies = [c for c in offsite.list(dataset=backup.dataset)
+              if (c.meta.get("pgbackrest") or {}).get("repo") == repo]
+    if not any(c.verified is True and c.meta["pgbackrest"].get("label") == label
+               for c in copies):
+        return "full", f"repo{repo}'s full set {label} was never proven there"
+    if copies[0].verified is not True:
+        return "full", f"the last off-site copy {copies[0].id} failed its check"
+    return "diff", f"a diff against repo{repo}'s full set {label}"
+
+
 def copy_pgbackrest(offsite: CatalogStore, backup: Backup, source: PgBackRestSource, *,
                     actor: str) -> Backup:
-    """Back the set up into `source.offsite_repo`, verify it there (`pgbackrest verify`,
-    whose text output is judged: it exits 0 on corruption) and register it, with the
-    result, in the off-site store."""
+    """Back the set up into `source.offsite_repo` (a diff or a full: `offsite_type`),
+    verify it there (`pgbackrest verify`, whose text output is judged: it exits 0 on
+    corruption; a diff passes only with its full) and register it, with the result, in
+    the off-site store."""
     if backup.verified is not True:
         raise OffsiteError(f"{backup.id} is not verified; only a verified backup is copied "
                            "off-site")
     fencing.check()
+    kind, why = offsite_type(offsite, backup, source)
     copy = register_pgbackrest(offsite, dataset=backup.dataset, kind=backup.kind,
                                actor=actor, config=source.config, stanza=source.stanza,
-                               backup_type=source.type, os_user=source.os_user,
+                               backup_type=kind, os_user=source.os_user,
                                pgbackrest=source.pgbackrest, repo=source.offsite_repo)
     at, started = time.time(), time.monotonic()
     result = LocalHost().run(as_user(source.os_user, [
         source.pgbackrest, f"--config={source.config}", f"--stanza={source.stanza}",
         f"--repo={source.offsite_repo}", "--output=text", "--verbose", "verify"]),
         timeout=6 * 3600, check=False)
-    label = copy.meta["pgbackrest"]["label"]
-    passed, detail = (judge_pgbackrest(parse_pgbackrest_verify(result.out), label)
-                      if result.rc == 0 else
-                      (False, f"pgbackrest verify exited {result.rc}: "
-                              f"{result.err.strip()[-500:]}"))
+    meta = copy.meta["pgbackrest"]
+    labels = [meta["label"], *([meta["prior"]] if meta.get("prior") else [])]
+    if result.rc == 0:
+        parsed = parse_pgbackrest_verify(result.out)
+        verdicts = [judge_pgbackrest(parsed, label) for label in labels]
+        passed = all(ok for ok, _ in verdicts)
+        detail = "; ".join(text for ok, text in verdicts if ok == passed)
+    else:
+        passed, detail = False, (f"pgbackrest verify exited {result.rc}: "
+                                 f"{result.err.strip()[-500:]}")
     seconds = round(time.monotonic() - started, 3)
     return offsite.record_verification(copy.id, {
         "passed": passed, "at": at, "durationS": seconds,
         "summary": (f"passed: pgbackrest verify (repo{source.offsite_repo}, off-site copy "
-                    f"of {backup.id})" if passed else f"pgbackrest verify failed: {detail}"),
+                    f"of {backup.id}: {why})" if passed
+                    else f"pgbackrest verify failed: {detail}"),
         "checks": [{"name": "pgbackrest verify", "passed": passed, "seconds": seconds,
                     "detail": detail[:1000]}]}, actor=actor)

@@ -5,13 +5,15 @@ Owns the restore step's two implementations of the `Restorer` protocol:
   plain/tar backup) from its store, decrypting and authenticating chunk by chunk (in a
   thread of its own, a few chunks ahead, so that this work overlaps the host's), into
   `tar -x` on the target (locally, or over SSH with fabric, host key pinned; the
-  target directory is checked and created in the same session), then runs
-  `pg_verifybackup` (the session for these later steps is opened while the data
-  streams, and waits: nothing runs before the stream was authenticated to its last
-  chunk and its stored SHA-256 matched the catalog's). Its checksum pass is skipped when
-  the files' SHA-256s are already proven: a verified backup's verification proved them
-  file by file and the stream is byte for byte what it proved (the stored SHA-256);
-  a test restore hashes each file on the way against the manifest (`manifest`);
+  target directory is checked and created in the same session), then, for a test
+  restore or a backup whose verification ran none, `pg_verifybackup` (the session for
+  these later steps is opened while the data streams, and waits: nothing runs before the
+  stream was authenticated to its last chunk and its stored SHA-256 matched the
+  catalog's). A verified backup's verification ran `pg_verifybackup`, checksums included,
+  on these very bytes (the stored SHA-256 says so), so its restore runs it not again:
+  tar's exit status says every file was written. A test restore hashes each file on the
+  way against the manifest (`manifest`): when that proved them all, `pg_verifybackup`
+  skips its checksum pass;
 - `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:
   a continuous (WAL-archived) set replays the archive to its end by default (`--type=
   default`: the newest archived transaction, the seconds-level RPO it was chosen for), any
@@ -279,8 +281,10 @@ class BaseBackupRestorer(_Restorer):
              test: bool) -> Evidence:
         moved = {"bytes": 0}
         # a restore of a verified backup streams the very bytes its verification proved
-        # file by file (the stored SHA-256 is checked as cataloged before the last chunk):
-        # hashing each file again would prove nothing new; a test restore proves them
+        # with pg_verifybackup, file by file (the stored SHA-256 is checked as cataloged
+        # before the last chunk): hashing each file or running pg_verifybackup again would
+        # prove nothing new (tar's exit status says it wrote them all); a test restore,
+        # or a backup whose verification ran no pg_verifybackup, proves them here
         earlier = None if test else _files_proven(backup)
         files = StreamedFiles()  # each file's SHA-256, checked against the manifest
         with self.store.open_payload(backup) as reader, _ReadAhead(
@@ -295,7 +299,7 @@ class BaseBackupRestorer(_Restorer):
             # (a tar-format backup is extracted there: PG15 cannot verify tar format)
             root = node.root
             node.host.open()  # one connection (attempt) serves both sessions
-            pending = finish.begin(node, extract_tars=True, verify=True)
+            pending = finish.begin(node, extract_tars=True, verify=earlier is None)
             try:
                 node.receive([*UNTAR_STREAM, "-C", node.layout.side],
                              _prepend(first, chunks))
@@ -305,17 +309,18 @@ class BaseBackupRestorer(_Restorer):
         phases["fetch"] = time.monotonic() - t
         if node.root != root:  # the login was not who its name said: rebuild the script
             pending.abort()
-            pending = finish.begin(node, extract_tars=True, verify=True)
+            pending = finish.begin(node, extract_tars=True, verify=earlier is None)
         seconds = phases["fetch"]
         if earlier is not None:
-            proven, checksums = True, earlier
+            proven, checksums, verified = True, earlier, f"passed at verification: {earlier}"
         else:
             verdict = files.verdict()
             proven = verdict.proven and ahead.inspect_error is None
             checksums = verdict.detail if proven else f"by pg_verifybackup: {verdict.detail}"
+            verified = "passed"
         ev: Evidence = {"bytes": moved["bytes"],
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds
-                        else None, "pgVerifybackup": "passed", "checksums": checksums}
+                        else None, "pgVerifybackup": verified, "checksums": checksums}
         return self._finish(node, phases, ev, pending=pending, checksums_proven=proven)
 
 
@@ -519,7 +524,7 @@ class _ReadAhead:
 
 
 def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None
-              ) -> Iterator[bytes]:
+              ) -> Iterator[memoryview]:
     next_report = PROGRESS_EVERY
     started = time.monotonic()
     while True:
@@ -532,11 +537,12 @@ def _progress(reader: Any, name: str, moved: dict[str, int], total: int | None
             rate = moved["bytes"] / 1e6 / max(time.monotonic() - started, 1e-6)
             share = f" of {total}" if total else ""
             log.info("restoring %s: %d%s bytes, %.0f MB/s", name, moved["bytes"], share, rate)
-        for at in range(0, len(chunk), STREAM_SLICE):
-            fencing.check()  # a cancelled step stops the stream here, within one slice
-            yield chunk[at:at + STREAM_SLICE]
+        with memoryview(chunk) as view:  # slices of it, not copies
+            for at in range(0, len(chunk), STREAM_SLICE):
+                fencing.check()  # a cancelled step stops the stream here, within one slice
+                yield view[at:at + STREAM_SLICE]
 
 
-def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+def _prepend(first: memoryview, rest: Iterator[memoryview]) -> Iterator[memoryview]:
     yield first
     yield from rest

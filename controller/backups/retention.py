@@ -11,6 +11,14 @@ Owns the pruning rule of `spec.backups[].retention` and its execution on one sto
 (so it vanishes from listings and is never chosen by a restore) and then its payload,
 and audits every removal with the reason. A pgBackRest set loses only its catalog entry:
 its files are pgBackRest's own, expired by its `repo1-retention-*` options.
+
+`prune_strays` removes payloads no catalog entry names once they are older than
+`strayAfter`: the off-site copy a job stages while it takes a backup is cataloged by its
+off-site phase (or removed when the verification fails), so a job that died in between
+leaves one behind. Such a payload is in no catalog: never listed, never restored, never
+anyone's verified copy; its catalog entry is looked for again right before it goes, so a
+copy cataloged meanwhile stays. The bound (default 2 days) must outlast a job's take and
+verification, so a running job's staged copy is never taken for a stray.
 """
 
 from __future__ import annotations
@@ -64,4 +72,31 @@ def prune(store: CatalogStore, *, dataset: str, rule: Retention, actor: str,
         store.audit(actor=actor, action="backup-pruned",
                     detail=f"removed {p.backup.id} from {store.objects.location('')}: "
                            f"{p.reason}")
+    return removed
+
+
+def prune_strays(store: CatalogStore, *, dataset: str, rule: Retention, actor: str,
+                 now: float | None = None) -> list[str]:
+    """Remove `dataset`'s payloads that no catalog entry names, last written more than
+    `rule.stray_after` ago; return each one's location and why it went."""
+    now = time.time() if now is None else now
+    removed = []
+    for stray in store.objects.uncataloged():
+        parsed = naming.parse_name(stray.name)
+        if parsed is None or parsed[1] != dataset or now - stray.modified <= rule.stray_after:
+            continue
+        fencing.check()
+        try:
+            store.objects.peek(naming.catalog_key(stray.name), 0)
+            continue  # cataloged since it was listed: a copy, not a stray
+        except FileNotFoundError:
+            pass
+        key = naming.payload_key(stray.name)
+        store.objects.delete(key)
+        hours = (now - stray.modified) / 3600
+        where = (f"{store.objects.location(key)}: in no catalog, written {hours:.0f}h ago "
+                 f"(strayAfter {format_duration(rule.stray_after)}: left by a job that died "
+                 "before cataloging it)")
+        store.audit(actor=actor, action="backup-stray-pruned", detail=f"removed {where}")
+        removed.append(where)
     return removed

@@ -27,7 +27,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import Field
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from controller.backups.catalog import CatalogError, CatalogStore, Peek, StoreOptions
+from controller.backups import naming
+from controller.backups.catalog import CatalogError, CatalogStore, Peek, StoreOptions, Stray
 from controller.secrets import SecretRef, redact
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,21 @@ class S3Objects:
             for cp in page.get("CommonPrefixes", []):
                 out.append(cp["Prefix"][len(self.prefix):].rstrip("/"))
         return sorted(out)
+
+    @_retry
+    def uncataloged(self) -> list[Stray]:
+        payloads: dict[str, float] = {}
+        cataloged: set[str] = set()
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self.prefix):
+            for obj in page.get("Contents", []):
+                name, _, rest = obj["Key"][len(self.prefix):].partition("/")
+                if rest == "catalog.json":
+                    cataloged.add(name)
+                elif rest == naming.payload_key(name).partition("/")[2]:
+                    payloads[name] = obj["LastModified"].timestamp()
+        return sorted(Stray(name, at) for name, at in payloads.items()
+                      if name not in cataloged)
 
     def location(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._k(key)}"

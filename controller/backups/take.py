@@ -126,6 +126,7 @@ def register_pgbackrest(store: CatalogStore, *, dataset: str, kind: str, actor: 
         format="pgbackrest",
         location=f"pgbackrest:{stanza}/{newest['label']}" + (f"@repo{repo}" if repo else ""),
         size=int(newest["info"]["repository"]["size"]),
-        details={"label": newest["label"], "type": newest["type"], "stanza": stanza,
+        details={"label": newest["label"], "type": newest["type"],
+                 "prior": newest.get("prior"), "stanza": stanza,
                  "config": config, "lsn": newest.get("lsn"), "archive": newest.get("archive"),
                  "cipher": stored.get("cipher", info[0].get("cipher")), "repo": repo})

@@ -27,7 +27,9 @@ class Observer:
         for sample in samples:
             if sample.latency is not None:
                 metrics.PROBE_LATENCY.labels(name, sample.service).observe(sample.latency)
-            if not sample.ok:
+            if sample.inconclusive:  # the controller was late: not the service's failure
+                metrics.PROBE_INCONCLUSIVE.labels(name, sample.service).inc()
+            elif not sample.ok:
                 metrics.PROBE_FAILURES.labels(name, sample.service).inc()
         seen = policy.assess(plan, pol, self.core.clock.now())
         metrics.AVAILABILITY.labels(name).set(seen.availability)

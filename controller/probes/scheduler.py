@@ -9,6 +9,34 @@ the target's timeout: a slow or hung probe becomes a failed `Sample` ("timed out
 2 s") and never delays another target. A probe that raises despite the protocol becomes
 a failed sample too; only cancellation (shutdown) escapes.
 
+A timeout is evidence about the service only if the controller was on time. Owns the
+rules for a timeout while the probe loop was late; why each rule:
+
+- **Measured, not guessed**: `LoopLag` (controller/probes/lag.py) measures how long the
+  loop was stalled during each probe; ordinary jitter (< 1 ms a wake-up) is no stall, so
+  a controller that is on time counts every timeout as before.
+- **The deadline moves by the stall, at most 1x the timeout** (`EXTEND`): when the
+  timeout comes, the probe gets the time the loop was stalled back, so a healthy service
+  that was merely read late answers and its round is good — no verdict to excuse. A hung
+  service or a blackholed address still fails, after at most 2x its timeout.
+- **Inconclusive when the stall explains it**: a timeout after which the loop had lost at
+  least `LATE_FRACTION` of the timeout is *inconclusive* ("timed out after 0.15 s while
+  the controller was late by 180 ms"): ok stays False, but the policy neither counts it
+  nor lets it break a run of failures, and counts it in the window as no evidence of an
+  outage (controller/policy.py). Any other failure (refused, reset, a 5xx) is the
+  service's own answer and always counts.
+- **Bounded** (`excuse`): since a target's last good round, at most `patience` (the
+  plan's `consecutiveFailures`) inconclusive rounds are excused; every further one counts
+  as a failure. A service that fails every round — hung, blackholed, down — is therefore
+  DOWN after at most 2 x consecutiveFailures rounds (each at most 2x its timeout) however
+  overloaded the controller is: detection is at most `consecutiveFailures` rounds late,
+  never lost. A missed failover is worse than a false one, so the bound wins: a loop so
+  starved that a healthy service has no good round in 2 x consecutiveFailures rounds
+  trips it, and the warning below said why beforehand.
+- **Said once**: an excused round warns that the controller is overloaded (once a minute
+  per loop, not per plan) and counts in `failover_probe_inconclusive_total`; it is no
+  news (it cannot change a decision), so an overloaded loop wakes no extra reconciles.
+
 Several probes of one service are vantage points of one question; their results are
 combined into one sample per round that fails when at least `quorum` of the n probes
 failed (k-of-n; default a majority). The raw per-probe samples go to `on_probe` (for
@@ -45,11 +73,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from controller.model import Sample
 from controller.probes import Probe
+from controller.probes.lag import MIN_STALL, LoopLag
 from controller.probes.tcp import describe_error, short
 
 if TYPE_CHECKING:
@@ -59,6 +88,13 @@ log = logging.getLogger(__name__)
 
 SampleSink = Callable[[Sample], None]
 _GOLDEN = 0.6180339887498949
+# A timeout is inconclusive when the loop was seen stalled for at least this share of it
+# (15 ms of a 150 ms timeout). Low, because the heartbeat sees less than a probe pays: in a
+# starved process each of a probe's wake-ups (connect, send, read) is late, the heartbeat
+# counts only its own; 25 % still let timeouts of a healthy service count in
+# bench_operator.py --plans 10000.
+LATE_FRACTION = 0.10
+EXTEND = 1.0  # the deadline moves by the measured stall, at most this many timeouts
 
 
 @dataclass
@@ -70,6 +106,7 @@ class Target:
     interval: float
     timeout: float
     quorum: int = 0  # failed probes that make the round fail; 0 = majority of the probes
+    patience: int = 0  # inconclusive rounds excused since the last good one (see `excuse`)
 
     def __post_init__(self) -> None:
         if self.interval <= 0:
@@ -83,6 +120,8 @@ class Target:
             self.quorum = n // 2 + 1
         if self.quorum > n:
             raise ValueError(f"{self.service}: quorum {self.quorum} > {n} probes")
+        if self.patience < 0:
+            raise ValueError(f"{self.service}: patience must be 0 or more")
 
 
 def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
@@ -91,11 +130,13 @@ def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
     """Targets for a FailoverPlan's services and signals (and the baseline queries of
     signals that have one, named `<signal>:baseline`); `build(owner, ProbeSpec)` makes
     a probe (e.g. `Backends.probe`). A service's timeout is used as written (the plan
-    refuses one longer than the interval); a signal's is min(signal_timeout, interval)."""
+    refuses one longer than the interval); a signal's is min(signal_timeout, interval).
+    A service excuses as many inconclusive rounds as the trigger's consecutiveFailures."""
     quorum = quorum or {}
+    patience = plan.spec.trigger.consecutive_failures
     targets = [
         Target(s.name, [build(s.name, p) for p in s.probes], s.interval, s.timeout,
-               quorum.get(s.name, s.quorum))
+               quorum.get(s.name, s.quorum), patience)
         for s in plan.spec.services
     ]
     targets += [
@@ -112,33 +153,53 @@ def targets_from_plan(plan: Any, build: Callable[[str, Any], Probe], *,
 
 
 def combine(service: str, samples: Sequence[Sample], quorum: int, at: float) -> Sample:
-    """k-of-n: the round fails when at least `quorum` of the probes failed."""
+    """k-of-n: the round fails when at least `quorum` of the probes failed; it is
+    inconclusive when only the inconclusive probes could make it fail."""
     if len(samples) == 1:
         return samples[0]
     failed = [s for s in samples if not s.ok]
+    definite = sum(not s.inconclusive for s in failed)
     ok = len(failed) < quorum
+    inconclusive = not ok and definite < quorum
     latencies = [s.latency for s in samples if s.latency is not None]
     value = next((s.value for s in samples if s.ok and s.value is not None), None)
     n = len(samples)
     if failed:
-        verdict = "failed" if ok is False else "tolerated"
+        verdict = "tolerated" if ok else "inconclusive" if inconclusive else "failed"
         detail = (f"{len(failed)}/{n} probes failed ({verdict}; fails at {quorum}): "
                   + "; ".join(s.detail for s in failed))
     else:
         detail = f"{n}/{n} probes ok"
     return Sample(service, ok, at, latency=max(latencies) if latencies else None,
-                  detail=short(detail), value=value)
+                  detail=short(detail), value=value, inconclusive=inconclusive)
 
 
-async def guarded(probe: Probe, service: str, timeout: float) -> Sample:
-    """Run one check bounded by `timeout`; any failure is a failed sample, never an error."""
+async def guarded(probe: Probe, service: str, timeout: float,
+                  lag: LoopLag | None = None) -> Sample:
+    """Run one check bounded by `timeout`; any failure is a failed sample, never an error.
+    With `lag`, the deadline moves by the loop's stall (at most `EXTEND` x timeout) and a
+    timeout the stall explains (`LATE_FRACTION`) is inconclusive (module docstring)."""
     at, start = time.time(), time.monotonic()
     try:
-        async with asyncio.timeout(timeout):
-            sample = await probe.check()
+        if lag is None:
+            async with asyncio.timeout(timeout):
+                sample = await probe.check()
+        else:
+            async with asyncio.timeout(None) as deadline:
+                moving = _MovingDeadline(deadline, lag, start, timeout)
+                try:
+                    sample = await probe.check()
+                finally:
+                    moving.cancel()
     except TimeoutError:
-        return Sample(service, False, at, latency=time.monotonic() - start,
-                      detail=f"{service}: timed out after {timeout:g} s")
+        end = time.monotonic()
+        late = lag.late(start, end) if lag is not None else 0.0
+        detail = f"{service}: timed out after {timeout:g} s"
+        if late < LATE_FRACTION * timeout:
+            return Sample(service, False, at, latency=end - start, detail=detail)
+        return Sample(service, False, at, latency=end - start, inconclusive=True,
+                      detail=f"{detail} while the controller was late by "
+                             f"{late * 1000:.0f} ms")
     except Exception as exc:
         log.debug("probe for %s raised", service, exc_info=True)
         return Sample(service, False, at, latency=time.monotonic() - start,
@@ -147,6 +208,47 @@ async def guarded(probe: Probe, service: str, timeout: float) -> Sample:
         return Sample(service, False, at, latency=time.monotonic() - start,
                       detail=f"{service}: probe returned {type(sample).__name__}, not a Sample")
     return sample
+
+
+class _MovingDeadline:
+    """Expires `deadline` (an `asyncio.timeout`) `timeout` seconds after `start`, plus the
+    time `lag` saw the loop stalled since, at most `EXTEND` x timeout more."""
+
+    def __init__(self, deadline: asyncio.Timeout, lag: LoopLag, start: float,
+                 timeout: float) -> None:
+        self._deadline, self._lag, self._start, self._timeout = deadline, lag, start, timeout
+        self._loop = asyncio.get_running_loop()
+        self._handle = self._loop.call_later(timeout, self._due)
+
+    def _due(self) -> None:
+        now = time.monotonic()
+        late = min(self._lag.late(self._start, now), EXTEND * self._timeout)
+        left = self._start + self._timeout + late - now
+        if left > MIN_STALL:
+            self._handle = self._loop.call_later(left, self._due)
+        else:
+            self._deadline.reschedule(self._loop.time())  # expires on the next iteration
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def excuse(sample: Sample, excused: int, patience: int) -> tuple[Sample, int]:
+    """The bound on inconclusive rounds: (`sample` as the policy gets it, the inconclusive
+    rounds excused since the target's last good round, `excused` before this one). Up to
+    `patience` of them stay inconclusive ("not counted: 1 of 3 excused"); a further one
+    counts as a failure ("counted: 3 already excused since the last good round")."""
+    if sample.ok:
+        return sample, 0
+    if not sample.inconclusive:
+        return sample, excused
+    if excused < patience:
+        return replace(sample, detail=short(
+            f"{sample.detail}; not counted: {excused + 1} of {patience} excused")), excused + 1
+    counted = f"; counted: {patience} already excused since the last good round"
+    return replace(sample, inconclusive=False,
+                   detail=short(sample.detail + counted if patience else sample.detail)
+                   ), excused
 
 
 class News:
@@ -181,6 +283,7 @@ class Stats:
     rounds: int = 0
     probes: int = 0
     failures: int = 0
+    inconclusive: int = 0  # rounds not counted: a timeout while the loop was late
     skipped_slots: int = 0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
@@ -197,8 +300,9 @@ class ProbeScheduler:
     def __init__(self, targets: Iterable[Target], sink: SampleSink | None = None, *,
                  on_probe: SampleSink | None = None, spread: bool = True,
                  session_limit: int = 100, resolver: ProbeResolver | None = None,
-                 news: News | None = None):
+                 news: News | None = None, plan: str = ""):
         self.targets = list(targets)
+        self.plan = plan  # named in the overload warning
         self.news = news or News()
         self._resolver = resolver
         self._sink = sink
@@ -212,6 +316,7 @@ class ProbeScheduler:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._session: Any = None
+        self._lag: LoopLag | None = None
         self.error: BaseException | None = None
 
     # --- samples out ---------------------------------------------------------------------
@@ -244,10 +349,12 @@ class ProbeScheduler:
     async def _round(self, target: Target) -> Sample:
         at = time.time()
         if len(target.probes) == 1:
-            results = [await guarded(target.probes[0], target.service, target.timeout)]
+            results = [await guarded(target.probes[0], target.service, target.timeout,
+                                     self._lag)]
         else:
             results = list(await asyncio.gather(
-                *(guarded(p, target.service, target.timeout) for p in target.probes)))
+                *(guarded(p, target.service, target.timeout, self._lag)
+                  for p in target.probes)))
         self.stats.rounds += 1
         self.stats.probes += len(results)
         if self._on_probe is not None:
@@ -256,25 +363,32 @@ class ProbeScheduler:
                     self._on_probe(raw)
                 except Exception:
                     log.exception("on_probe hook failed")
-        sample = combine(target.service, results, target.quorum, at)
-        if not sample.ok:
+        return combine(target.service, results, target.quorum, at)
+
+    def _count(self, sample: Sample) -> None:
+        if sample.inconclusive:
+            self.stats.inconclusive += 1
+            if self._lag is not None:
+                self._lag.overloaded(self.plan, sample.detail)
+        elif not sample.ok:
             self.stats.failures += 1
-        return sample
 
     async def _drive(self, target: Target, phase: float, t0: float) -> None:
         loop = asyncio.get_running_loop()
         slot = t0 + phase
-        failing = False
+        failing, excused = False, 0
         while True:
             delay = slot - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             self.stats.lags.append(max(0.0, loop.time() - slot))
-            sample = await self._round(target)
+            sample, excused = excuse(await self._round(target), excused, target.patience)
+            self._count(sample)
             self._emit(sample)
-            if failing or not sample.ok:  # queued first: the woken loop drains it
-                self.news.tell()
-            failing = not sample.ok
+            if not sample.inconclusive:  # an excused round cannot change a decision
+                if failing or not sample.ok:  # queued first: the woken loop drains it
+                    self.news.tell()
+                failing = not sample.ok
             slot += target.interval
             behind = loop.time() - slot
             if behind > 0:  # the round overran its interval: skip the missed slots
@@ -325,6 +439,7 @@ class ProbeScheduler:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Probe until `stop` is set (or the task is cancelled), then clean up."""
         self._share_session()
+        self._lag = lag = LoopLag.acquire()
         t0 = asyncio.get_running_loop().time()
         tasks = [asyncio.create_task(self._drive(t, phase, t0), name=f"probe:{t.service}")
                  for t, phase in zip(self.targets, self._phases(), strict=True)]
@@ -337,15 +452,21 @@ class ProbeScheduler:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            lag.release()
             await self.aclose()
 
     async def run_once(self, *, close: bool = True) -> list[Sample]:
         """Every target once, concurrently; returns the (combined) samples. With
         close=False the pooled connections stay open for the next call (then `aclose`)."""
         self._share_session()
+        self._lag = lag = LoopLag.acquire()
         try:
-            return list(await asyncio.gather(*(self._round(t) for t in self.targets)))
+            samples = list(await asyncio.gather(*(self._round(t) for t in self.targets)))
+            for sample in samples:
+                self._count(sample)
+            return samples
         finally:
+            lag.release()
             if close:
                 await self.aclose()
 

@@ -14,7 +14,9 @@ label of a corpus trace: "must trip by T (not before N) at level L (reaching lev
 "must not trip" (the level rises while tripped as the evidence grows: `peakLevel` is the
 most severe the first trip reached);
 `plan` names the plan file the label assumes, relative to the trace. A CSV trace (header
-row with t|at, service, ok, latency, detail, value) carries samples only.
+row with t|at, service, ok, latency, detail, value) carries samples only. A sample the
+controller could not judge (a timeout while it was late) carries `"inconclusive": true`
+and stays `"ok": false`; the policy weighs it on replay as it did live.
 
 `ticks` turns a trace into the (now, new samples) batches a live reconcile loop would have
 seen (each sample when its probe answered; a cycle at a fixed tick and at once on news),
@@ -139,7 +141,7 @@ class Trace:
         return base / self.plan
 
 
-def _bool(value: Any) -> bool:
+def _bool(value: Any, name: str = "ok") -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
@@ -147,7 +149,7 @@ def _bool(value: Any) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise ValueError(f"ok must be true or false, got {value!r}")
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _opt_float(value: Any) -> float | None:
@@ -170,7 +172,9 @@ def _sample(row: Mapping[str, Any], start: float) -> Sample:
     else:
         raise ValueError("sample needs t (seconds after start) or at (epoch seconds)")
     return Sample(str(service), _bool(row.get("ok")), at, latency=_opt_float(row.get("latency")),
-                  detail=str(row.get("detail") or ""), value=_opt_float(row.get("value")))
+                  detail=str(row.get("detail") or ""), value=_opt_float(row.get("value")),
+                  inconclusive=row.get("inconclusive") not in (None, "")
+                  and _bool(row["inconclusive"], "inconclusive"))
 
 
 def parse_jsonl(text: str, source: str = "<trace>") -> Trace:
@@ -306,6 +310,8 @@ def sample_row(sample: Sample, start: float | None = None) -> dict[str, Any]:
         row["detail"] = sample.detail
     if sample.value is not None:
         row["value"] = sample.value
+    if sample.inconclusive:
+        row["inconclusive"] = True
     return row
 
 

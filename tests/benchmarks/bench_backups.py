@@ -23,9 +23,8 @@ which goal is met and which is not.
     by hand restores into an empty directory:
     - basebackup: BaseBackupRestorer on a backup the real verifier verified first
       (filesystem store: decrypt + authenticate + the stored SHA-256 as cataloged, tar
-      -x, pg_verifybackup --skip-checksums (presence, sizes, WAL; the files' SHA-256s
-      were proven by the verification, of these very bytes), configure, swap, start,
-      promote, validation query, commit) versus
+      -x (no pg_verifybackup: the verification ran it, checksums included, on these very
+      bytes), configure, swap, start, promote, validation query, commit) versus
       by hand `tar -x` of the same bytes unencrypted + archive_mode=off + `pg_ctl start
       -w` + polling pg_is_in_recovery() + the same query, in one shell session; and the
       same with pg_verifybackup ("by hand+checks");
@@ -43,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import os
 import shlex
 import shutil
@@ -151,23 +151,30 @@ def _hand_script(data: Path, sock: Path, port: int, fetch: list[str],
     `fetch` puts the files in place (`tar -x` of the backup's plain tar from stdin, or
     `pgbackrest restore`), then port/socket/archive_mode=off are appended, `pg_ctl start
     -w`, pg_is_in_recovery() polled every 50 ms, and the queries run. With `verify`,
-    `pg_verifybackup` runs before the start (the same checks the restorer makes).
+    `pg_verifybackup` runs before the start. Each part is marked on stdout with the
+    host's clock (`_hand_phases`), as the restorer's phases are.
     """
     q, j = shlex.quote, shlex.join
     psql = [str(PG_BIN / "psql"), "-X", "-q", "-A", "-t", "-h", str(sock), "-p", str(port),
             "-U", "postgres", "-d", "postgres", "-c"]
     conf = f"archive_mode = off\nport = {port}\nunix_socket_directories = '{sock}'\n"
-    lines = ["set -e", "cd /", j(as_user(fetch))]
+    lines = ["set -e", "cd /", 'mark() { echo "@@mark $1 $(date +%s.%N)"; }',
+             "mark fetch", j(as_user(fetch))]
     if verify:
-        lines.append(j(as_user([str(PG_BIN / "pg_verifybackup"), "-q", str(data)])))
+        lines += ["mark verify", j(as_user([str(PG_BIN / "pg_verifybackup"), "-q",
+                                            str(data)]))]
     append = as_user(["sh", "-c", f"cat >> {q(str(data))}/postgresql.auto.conf"])
     lines += [
+        "mark start",
         f"printf '%s' {q(conf)} | {j(append)}",
         j(as_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", f"{data}/hand.log", "-w",
                    "start"])) + " >/dev/null",
+        "mark promote",
         f'until [ "$({j(as_user([*psql, "SELECT pg_is_in_recovery()"]))})" = f ]; '
         "do sleep 0.05; done",
+        "mark validate",
         *(j(as_user([*psql, sql])) + " >/dev/null" for sql in queries),
+        "mark done",
     ]
     return "\n".join(lines) + "\n"
 
@@ -303,7 +310,7 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
         shutil.rmtree(data.parent)
         return took, ev["phases"]
 
-    def hand(kind: str, remote: bool, verify: bool) -> float:
+    def hand(kind: str, remote: bool, verify: bool) -> tuple[float, dict[str, float]]:
         data, sock = place()
         give_to(data)
         if kind == "basebackup":
@@ -319,13 +326,14 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
         with plain_tar.open("rb") as stdin:
             os.sync()  # the previous run's 100+ MB of dirty pages must not slow this one
             t = time.perf_counter()
-            subprocess.run(argv, stdin=stdin if kind == "basebackup" else subprocess.DEVNULL,
-                           check=True)
+            out = subprocess.run(argv, stdin=stdin if kind == "basebackup"
+                                 else subprocess.DEVNULL, check=True, capture_output=True,
+                                 text=True).stdout
             took = time.perf_counter() - t
         subprocess.run(as_user([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w",
                                 "stop"]), check=True, capture_output=True)
         shutil.rmtree(data.parent)
-        return took
+        return took, _hand_phases(out)
 
     print(f"(b) restore wall time, {rows} rows, plain size {bk.meta['plainSize'] / 1e6:.0f} MB "
           f"(best of {repeat}, runs interleaved, each after a sync). 'by hand' = the bare "
@@ -340,10 +348,13 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
             if ("ssh" if remote else "local") not in where:
                 continue
             for kind in kinds:
-                t_bare, t_checks, t_mine, phases = [], [], [], {}
+                t_bare, t_checks, t_mine, phases, bare_phases = [], [], [], {}, {}
                 for _ in range(repeat):
-                    t_bare.append(hand(kind, remote, verify=False))
-                    t_checks.append(hand(kind, remote, verify=kind == "basebackup"))
+                    took, ph = hand(kind, remote, verify=False)
+                    if not t_bare or took < min(t_bare):
+                        bare_phases = ph
+                    t_bare.append(took)
+                    t_checks.append(hand(kind, remote, verify=kind == "basebackup")[0])
                     took, ph = ours(kind, remote)
                     if not t_mine or took < min(t_mine):
                         phases = ph
@@ -361,6 +372,7 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
                       f"(vs +checks {mine / checks:.2f}x; goal <= 1.1x "
                       f"{'met' if goal.met else 'NOT met'})")
                 print(f"          phases {phases}")
+                print(f"          by hand {bare_phases}")
         if not cancel:
             return goals
         print(f"(c) cancel latency (best and worst of {repeat}): a basebackup restore "
@@ -380,6 +392,14 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
         return goals
     finally:
         ssh.server.stop()
+
+
+def _hand_phases(out: str) -> dict[str, float]:
+    """Seconds between the `@@mark NAME TIME` lines of a script by hand."""
+    marks = [(line.split()[1], float(line.split()[2])) for line in out.splitlines()
+             if line.startswith("@@mark ")]
+    return {name: round(end - at, 3)
+            for (name, at), (_, end) in itertools.pairwise(marks)}
 
 
 # the source table's rows: a fresh cluster's base backup is about FIXED_MB of plain tar

@@ -35,13 +35,14 @@ INTERVAL = 0.005
 # what the thread is doing: the first label (in this order) with a frame matching
 # (file part, function; "" matches any)
 WHAT = [
-    ("status write (_mirror)", "controller/operator.py", "_mirror"),
-    ("status write (_mirror)", "controller/operator.py", "_write_status"),
+    ("status write (mirror)", "controller/operator_status.py", "mirror"),
+    ("status write (mirror)", "controller/operator_status.py", "write"),
     ("plan runtime (parse, engine, probes start)", "controller/operator.py", "_runtime"),
     ("engine tick", "controller/loop.py", "tick"),
     ("engine tick", "controller/loop.py", "reconcile"),
-    ("finalizer, claims, events", "controller/operator.py", "_patch"),
-    ("finalizer, claims, events", "controller/operator.py", "_event"),
+    ("finalizer, claims, events", "controller/operator_status.py", "patch"),
+    ("finalizer, claims, events", "controller/operator_status.py", "event"),
+    ("finalizer, claims, events", "controller/operator_requests.py", ""),
     ("reconcile (the rest)", "controller/operator.py", "reconcile"),
     ("watch", "controller/operator.py", "_watch"),
     ("leader election", "controller/operator.py", "_elect"),

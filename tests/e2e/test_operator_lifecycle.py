@@ -33,7 +33,7 @@ from controller import testing
 from controller.crd import GROUP, PLURAL, VERSION
 from controller.drill.servers.kube import KubeServers, kubectl_path
 from controller.kube import Kube, KubeError
-from controller.operator import FINALIZER
+from controller.operator_deletion import FINALIZER
 from tests.e2e.test_operator import (
     LEASE,
     Replica,

@@ -3,8 +3,9 @@ against the real kube-apiserver, under the shipped RBAC.
 
 - Each plan is reconciled by exactly one replica, the one leading its shard: its status
   (every write, as a watch sees them) carries that replica as `fencingHolder`, its
-  finalizer is added, and no other replica's journal has a record of it. A plan labelled
-  `failover.example.io/shard` is in the shard the label names, whatever its hash says.
+  finalizer is added with its first run, and no other replica's journal has a record
+  of it. A plan labelled `failover.example.io/shard` is in the shard the label names,
+  whatever its hash says.
 - Each shard elects its leader on its own Lease; killing (SIGKILL) one shard's leader
   moves that shard, and only that shard, to its other replica, which goes on reconciling
   it (a fault in one of its plans is failed over), while the other shard keeps its
@@ -69,9 +70,12 @@ def _recorded(replica: Replica, plan: str) -> bool:
 
 
 def _leases(admin: Kube, ns: str, names: list[str],
-            seen: dict[str, list[tuple[str | None, int]]], stop: threading.Event) -> None:
-    """Every (holder, leaseTransitions) each Lease showed, in order, polled."""
+            seen: dict[str, list[tuple[str | None, int]]], stop: threading.Event,
+            rounds: list[int]) -> None:
+    """Every (holder, leaseTransitions) each Lease showed, in order, polled; `rounds[0]`
+    counts the polls of them all."""
     while not stop.wait(0.05):
+        rounds[0] += 1
         for name in names:
             try:
                 lease = admin.get_lease(ns, name)
@@ -138,10 +142,8 @@ def test_two_shards_each_plan_has_one_leader_and_a_dead_leader_moves_only_its_sh
         return next((r for r in group[shard] if lease and lease.holder == r.identity), None)
 
     def reconciled_by(name: str, who: Replica) -> bool:
-        obj = get(admin, ns, name)
-        st = obj.get("status") or {}
-        return (st.get("phase") == "Healthy" and st.get("fencingHolder") == who.identity
-                and f"{GROUP}/finalizer" in obj["metadata"].get("finalizers", []))
+        st = get(admin, ns, name).get("status") or {}
+        return st.get("phase") == "Healthy" and st.get("fencingHolder") == who.identity
 
     try:
         first = {shard: until(f"a leader of shard {shard}", lambda s=shard: leader(s),
@@ -169,8 +171,10 @@ def test_two_shards_each_plan_has_one_leader_and_a_dead_leader_moves_only_its_sh
         until(f"{broken} failed over by {heir.identity}", lambda: (
             get(admin, ns, broken).get("status") or {}).get("phase") == "FailedOver",
             logs=logs)
-        assert (get(admin, ns, broken)["status"]["run"]["id"]
+        failed_over = get(admin, ns, broken)
+        assert (failed_over["status"]["run"]["id"]
                 and seen[broken] == [first[0].identity, heir.identity])
+        assert f"{GROUP}/finalizer" in failed_over["metadata"]["finalizers"]  # (its run's)
         after = admin.get_lease(ns, leases[1])
         assert kept is not None and after is not None
         assert (after.holder, after.transitions) == (kept.holder, kept.transitions)
@@ -226,8 +230,9 @@ def test_an_unsharded_deployment_beside_the_shards_never_acts_with_them(
     history: dict[str, list[tuple[str | None, int]]] = collections.defaultdict(list)
     writers: dict[str, list[str]] = collections.defaultdict(list)
     stop = threading.Event()
+    rounds = [0]
     watchers = [threading.Thread(target=_leases, args=(admin, ns, [*leases, LEASE], history,
-                                                      stop), daemon=True),
+                                                      stop, rounds), daemon=True),
                 threading.Thread(target=_holders, args=(admin, ns, writers, stop),
                                  daemon=True)]
     for t in watchers:
@@ -263,7 +268,10 @@ def test_an_unsharded_deployment_beside_the_shards_never_acts_with_them(
         active = acting.pop()
         yielding = unsharded if active == "sharded" else sharded
         # from here on (starting all at once, a replica may have taken its Lease and
-        # released it on seeing the other deployment's: that is how they settle)
+        # released it on seeing the other deployment's: that is how they settle), once
+        # the polls have caught up with now
+        since_round = rounds[0] + 1
+        until("the Leases polled since", lambda: rounds[0] > since_round, logs=logs)
         settled = {lease: max(len(changes) - 1, 0) for lease, changes in history.items()}
         time.sleep(12.0)  # four Lease durations more, watched: nobody else acts
         for name in plans:
@@ -279,10 +287,14 @@ def test_an_unsharded_deployment_beside_the_shards_never_acts_with_them(
             assert "Stop one of the two deployments" in r.output(), r.output()
         assert all(ready(r) == 200 for r in everyone if r not in yielding), logs()
         # the acting deployment stops (releasing its Leases): the other one takes over,
-        # each plan by one actor after the other, never back
-        for r in everyone:
-            if r not in yielding:
-                r.stop()
+        # each plan by one actor after the other, never back. Its replicas are told to
+        # stop all at once: one by one, a leader's sibling would take the Lease it
+        # releases and act before being told in turn (a loaded host is slow to stop one)
+        stopping = [r for r in everyone if r not in yielding]
+        for r in stopping:
+            r.proc.send_signal(signal.SIGTERM)
+        for r in stopping:
+            r.proc.wait(timeout=60)
         for name in plans:
             until(f"{name} taken over", lambda n=name: len(actors(n)) == 2, logs=logs)
         stop.set()

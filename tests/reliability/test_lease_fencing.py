@@ -125,7 +125,7 @@ def test_writes_carry_the_leaders_token_and_an_older_token_is_refused(
     leader = operator(kube, kube.kube("controller"), tmp_path, "leader", lease)
     assert leader.elector.round() and leader.elector.token() == 0
     obj = admin.get(GROUP, VERSION, ns, PLURAL, plan)
-    leader._write_status(plan, obj, generation=obj["metadata"]["generation"])
+    leader.writer.write(plan, obj, generation=obj["metadata"]["generation"])
     stored = admin.get(GROUP, VERSION, ns, PLURAL, plan)["status"]
     assert (stored["fencingToken"], stored["fencingHolder"]) == (8, "leader")
     held = admin.get_lease(ns, lease)
@@ -136,13 +136,13 @@ def test_writes_carry_the_leaders_token_and_an_older_token_is_refused(
     other = operator(kube, kube.kube("controller"), tmp_path, "other", lease)
     other.elector._renewed, other.elector._token = time.monotonic(), 7
     with pytest.raises(LostLease, match="held by leader, not other"):
-        other._write_status(plan, obj, generation=obj["metadata"]["generation"],
-                            problems=["written by a replica that does not lead"])
+        other.writer.write(plan, obj, generation=obj["metadata"]["generation"],
+                           problems=["written by a replica that does not lead"])
     admin.patch(GROUP, VERSION, ns, PLURAL, plan, {"metadata": {"annotations": {
         A_REQUEST: "failover"}}})
     notes = admin.get(GROUP, VERSION, ns, PLURAL, plan)["metadata"]["annotations"]
     with pytest.raises(LostLease):
-        other._claim(plan, notes, (A_REQUEST,))
+        other.requests.claim(plan, notes, (A_REQUEST,))
     ctl = kube.kube("controller")
 
     def drop(o: dict[str, Any]) -> None:
@@ -158,7 +158,7 @@ def test_writes_carry_the_leaders_token_and_an_older_token_is_refused(
         c["reason"] == "InvalidPlan" for c in after["status"]["conditions"])
 
     # the leader itself claims it: its token is the stored one
-    leader._claim(plan, notes, (A_REQUEST,))
+    leader.requests.claim(plan, notes, (A_REQUEST,))
     assert A_REQUEST not in (admin.get(GROUP, VERSION, ns, PLURAL, plan)["metadata"].get(
         "annotations") or {})
     TALLY["fault_survived"] += 1

@@ -8,7 +8,8 @@ clock (`tests/reliability/sim/operators.py`); in three schedules in ten, two sha
 two or three replicas each (`--shard K/2`, or `--shard-selector KEY=a` and `!KEY`, each
 shard electing its leader on its own Lease) and two plans, each with its own world,
 moved between the shards at any moment, mid-run too. Leaders are killed (mid-step too), cut
-off the API server, paused, told to stop; the plan is deleted at once, mid-run or while
+off the API server, paused, told to stop, slowed down by a slow API server (renewals
+landing between a raise's read and write); the plan is deleted at once, mid-run or while
 failed over, and created again, sometimes without a step; status writes are answered 503
 (any, a run's final record, a failed step's); requests come as annotations. The
 invariants of `sim/op_checks.py` are checked after every event — among them that each
@@ -81,7 +82,7 @@ def test_every_simulated_operator_schedule_keeps_the_invariants(
                   "checked released", "checked mirrored", "sharded", "relabels",
                   "checked moved", "checked takeovers", "checked lease changes",
                   "checked attended", "foreign", "rival", "checked token raises",
-                  "checked one deployment"):
+                  "checked one deployment", "slow_api"):
         assert summary.counts[event] > 0, f"no schedule had any {event}: {summary.counts}"
     if summary.failed:
         seeds = sorted(summary.failed)
@@ -121,7 +122,8 @@ def quiet(seed: int, **changes: Any) -> OpSchedule:
                    stalls=[], partitions=[], faults=Faults(), clear_after=1,
                    leader=(6.0, 4.0, 1.0), active=30.0, standdowns=[], deletes=[],
                    recreate=None, status_faults=[], requests=[], shards=1, selector=False,
-                   second=None, labels=(None, None), relabels=[], foreign=None)
+                   second=None, labels=(None, None), relabels=[], foreign=None,
+                   slow=None)
     changed = replace(base, **changes)
     return replace(changed, horizon=changed.active + changed.leader[0] + 10.0)
 
@@ -204,7 +206,7 @@ def test_a_plan_recreated_without_a_step_starts_afresh_and_never_runs_it() -> No
     for seed in range(6):
         sim, result = simulate(quiet(
             seed, plan_key=("basic", False, True, False),
-            faults=Faults(down=[("zone", 0.0, 14.0)]),
+            faults=Faults(down=[("zone", 0.0, 30.0)]),
             deletes=[(14.0, "now")], recreate=(1.0, True)))
         changes = changes_of_the_plan(sim)
         added = [i for i, (kind, _, _) in enumerate(changes) if kind == "ADDED"]
@@ -330,6 +332,22 @@ def test_plans_left_with_another_leases_token_raise_each_shards_token_once() -> 
             assert (status["fencingHolder"], status["fencingToken"]) == (
                 taken[shard][0], token + 1)
         assert {w.token for w in result.writes_log} == {token + 1}
+
+
+def test_a_slow_api_server_does_not_make_a_leader_give_its_tokens_raise_up() -> None:
+    # As above, while every request takes 0.25-0.5 s (the retry period is 1 s): each
+    # leader's renewals land between the read and the write of its raise unless they
+    # wait for it. Before, the raise met the renewal's newer resourceVersion and was
+    # given up with the plan it was for (the invariant "a raise of the token given up
+    # on a Lease still ours"), again at every reconcile while the host stayed loaded.
+    for seed in range(10):
+        sim, result = simulate(sharded(seed, foreign=25, outages=[(5.0, 1e9)],
+                                       slow=(0.0, 30.0, 0.5)))
+        assert sorted(shard for shard, _ in +sim.ops.raises) == [0, 1], sim.ops.raises
+        assert set(sim.ops.raises.values()) == {1}, sim.ops.raises
+        for name in (KEY[3], SECOND):
+            assert sim.status(name)["phase"] == Phase.FAILED_OVER.value, name
+        assert {w.token for w in result.writes_log} == {26}
 
 
 def test_an_unsharded_deployment_beside_the_shards_never_acts_with_them() -> None:

@@ -344,7 +344,7 @@ def test_a_leader_cut_off_mid_step_stops_before_its_lease_expires_and_is_fenced_
         elector._stopping = False  # as if it had never stopped: it believes it leads
         elector._renewed = time.monotonic()
         with pytest.raises(LostLease, match="held by replica-b, not replica-a"):
-            a.operator._write_status(name, stale, generation=stale["metadata"]["generation"])
+            a.operator.writer.write(name, stale, generation=stale["metadata"]["generation"])
         # the write as kube retries it: its stale copy gets 409, the re-read finds the newer
         # token and nothing is written
         conflicts = kube_a.conflicts

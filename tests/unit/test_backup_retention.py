@@ -1,5 +1,6 @@
-"""Retention: prune by count and age, never the newest verified backup of a data set; on
-the filesystem store the pruned backups' files are gone and each removal is audited."""
+"""Retention: prune by count and age, never the newest verified backup of a data set, and
+payloads in no catalog once stray; on the filesystem store the pruned backups' files are gone
+and each removal is audited."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.backups.filesystem import FilesystemBackupStore, FilesystemStoreOptions
-from controller.backups.retention import prunable, prune
+from controller.backups.retention import prunable, prune, prune_strays
 from controller.backups.selection import choose
 from controller.model import Backup
 from controller.plan import Retention
@@ -108,3 +109,23 @@ def test_prune_removes_entry_and_payload_from_the_filesystem_store(
     trail = [a for a in journal.audit_trail() if a["action"] == "backup-pruned"]
     assert {a["actor"] for a in trail} == {"alice"} and len(trail) == 2
     assert prune(store, dataset="orders", rule=Retention(keep=1), actor="alice") == []
+
+
+def test_a_stray_payload_goes_once_older_than_stray_after_never_a_cataloged_one(
+        store: FilesystemBackupStore, tmp_path: Path, journal: Any) -> None:
+    src = tmp_path / "data"
+    src.mkdir()
+    (src / "PG_VERSION").write_text("15\n")
+    kept = _add(store, src, age_days=1, verified=True)
+    stray = _add(store, src, age_days=0, verified=False)
+    (tmp_path / "store" / stray.id / "catalog.json").unlink()  # a job died before cataloging
+    rule = Retention(keep=1, strayAfter="2d")
+    now = time.time()
+
+    assert prune_strays(store, dataset="orders", rule=rule, actor="alice", now=now + DAY) == []
+    removed = prune_strays(store, dataset="orders", rule=rule, actor="alice", now=now + 3 * DAY)
+
+    assert len(removed) == 1 and stray.id in removed[0]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == [kept.id]
+    assert [x.id for x in store.list(dataset="orders")] == [kept.id]
+    assert [a["action"] for a in journal.audit_trail()].count("backup-stray-pruned") == 1

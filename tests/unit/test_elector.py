@@ -4,6 +4,9 @@ claim is left to one of them instead of being outbid back and forth."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -24,6 +27,20 @@ def _leader(kube: FakeKube) -> Elector:
     elector = Elector(kube, NS, "me", CONFIG)
     assert elector.round()
     return elector
+
+
+def _in_thread(fn: Callable[[], bool]) -> Future[bool]:
+    """`fn()` on a thread of its own (as the election loop runs beside the workers)."""
+    done: Future[bool] = Future()
+
+    def run() -> None:
+        try:
+            done.set_result(fn())
+        except BaseException as exc:  # handed to the test
+            done.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return done
 
 
 def _lease(kube: FakeKube) -> Lease:
@@ -66,19 +83,52 @@ def test_a_fence_read_sent_before_our_own_advance_keeps_the_lead() -> None:
     assert elector.leading() and elector.token() == 8
 
 
-def test_a_renewal_landing_between_the_read_and_the_raise_does_not_lose_the_lead() -> None:
+def test_the_renewal_in_flight_as_a_raise_begins_does_not_lose_the_raise() -> None:
+    kube = FakeKube()
+    elector = _leader(kube)
+    renew, raise_ = kube.renew_lease, kube.advance_lease
+    round_read, raise_read, renewed = threading.Event(), threading.Event(), threading.Event()
+
+    def renewal(*args: Any, **kwargs: Any) -> Lease:
+        round_read.set()  # the round has read the Lease ...
+        assert raise_read.wait(30)  # ... and writes its renewal after the raise read it
+        try:
+            return renew(*args, **kwargs)
+        finally:
+            renewed.set()
+
+    def raised(lease: Lease, *, transitions: int) -> Lease:
+        raise_read.set()
+        assert renewed.wait(30)
+        return raise_(lease, transitions=transitions)  # 409 the first time: read again
+
+    kube.renew_lease, kube.advance_lease = renewal, raised  # type: ignore[method-assign]
+    renewing = _in_thread(elector.round)
+    assert round_read.wait(30)
+    assert elector.advance(22) == 22 == _lease(kube).transitions
+    assert renewing.result(timeout=30)
+    assert elector.leading() and elector.token() == 22
+    elector.fence()
+
+
+def test_rounds_while_a_raise_is_in_flight_leave_the_lease_to_it() -> None:
     kube = FakeKube()
     elector = _leader(kube)
     raise_ = kube.advance_lease
+    rounds: list[bool] = []
 
-    def renewed_then_raised(lease: Lease, *, transitions: int) -> Lease:
-        kube.advance_lease = raise_  # type: ignore[method-assign]
-        assert elector.round()  # our own round renews after the raise read the Lease ...
-        return raise_(lease, transitions=transitions)  # ... so this write meets a 409
+    def raised(lease: Lease, *, transitions: int) -> Lease:
+        # another round of the election loop, between the raise's read and its write
+        # (as every time on a loaded host whose requests take the retry period)
+        rounds.append(_in_thread(elector.round).result(timeout=30))
+        return raise_(lease, transitions=transitions)
 
-    kube.advance_lease = renewed_then_raised  # type: ignore[method-assign]
+    version = _lease(kube).resource_version
+    kube.advance_lease = raised  # type: ignore[method-assign]
     assert elector.advance(22) == 22 == _lease(kube).transitions
-    assert elector.leading() and elector.token() == 22
+    assert rounds == [True]  # still leading; the Lease written once, by the raise
+    assert int(_lease(kube).resource_version) == int(version) + 1
+    assert elector.round() and elector.token() == 22  # renewed again afterwards
     elector.fence()
 
 
@@ -153,3 +203,20 @@ def test_a_plan_outbid_then_outranked_again_is_contested_not_outbid_back() -> No
     lease.held = 0  # our Lease was deleted and created again: its count restarted
     obj = _plan(kube, 24, "unsharded-0")
     fences.still_ours("p")  # not contested: our own count restarted, not a rival's bid
+
+
+def test_fence_checks_read_the_lease_on_one_thread_not_one_each() -> None:
+    kube = FakeKube()
+    elector = _leader(kube)
+    read = kube.get_lease
+    readers: list[threading.Thread] = []
+
+    def reading(*args: Any, **kwargs: Any) -> Lease | None:
+        readers.append(threading.current_thread())
+        return read(*args, **kwargs)
+
+    kube.get_lease = reading  # type: ignore[method-assign]
+    for _ in range(20):
+        elector.fence()
+    assert len(readers) == 20 and len(set(readers)) == 1, readers
+    assert readers[0] is not threading.current_thread() and readers[0].daemon

@@ -138,7 +138,8 @@ def test_exported_metrics_follow_prometheus_naming(tmp_path: Path) -> None:
 def test_forget_drops_every_series_of_the_plan_and_only_those() -> None:
     """What the operator calls when it stops leading a plan: an ex-leader that went on
     exporting `FailingOver` would keep `FailoverStarted` firing."""
-    per_plan = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)
+    per_plan = [m for m in vars(metrics).values()
+                if isinstance(m, (MetricWrapperBase, metrics.PlanGauge))
                 and "plan" in m._labelnames and not m._name.startswith("failover_drill_")]
     assert len(per_plan) >= 12
     for metric in per_plan:

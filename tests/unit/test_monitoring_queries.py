@@ -27,17 +27,18 @@ DASHBOARD = MONITORING / "failover-dashboard.json"
 SUFFIXES = {"counter": ["_total", "_created"], "gauge": [""],
             "histogram": ["_bucket", "_sum", "_count", "_created"]}
 KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+METRICS = (MetricWrapperBase, metrics.PlanGauge)
 
 
 def exported() -> set[str]:
     """The series names the metrics of controller/metrics.py expose."""
-    found = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    found = [m for m in vars(metrics).values() if isinstance(m, METRICS)]
     return {m._name + suffix for m in found for suffix in SUFFIXES[m._type]}
 
 
 def labels() -> dict[str, set[str]]:
     """Each exported series name -> its label names (plus the target labels Prometheus adds)."""
-    found = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    found = [m for m in vars(metrics).values() if isinstance(m, METRICS)]
     return {m._name + suffix: {*m._labelnames, "instance", "job"}
             | ({"le"} if suffix == "_bucket" else set())
             for m in found for suffix in SUFFIXES[m._type]}

@@ -152,6 +152,13 @@ CASES: dict[str, Case] = {
          s("failover_controller_last_reconcile_timestamp_seconds", **C2):
              "0+60x5 300 300 300 540+60x6"},
         {"10m": [], "11m": [(C1, "6m 0s")]})]),
+    # c1's probe loop falls behind from 5 m to 10 m (inconclusive probes): warns while
+    # they are within the last 10 min; c2 has none
+    "ControllerOverloaded": Case([Group(
+        {s("failover_probe_inconclusive_total", plan="shop", service="web", **C1):
+             "0x5 1+1x5 6x20",
+         s("failover_probe_inconclusive_total", plan="shop", service="web", **C2): "0x30"},
+        {"4m": [], "8m": [({"instance": "c1:8080"}, "")], "25m": []})]),
     # no controller scraped for 10 min pages; a scrape gap of 3 min does not
     "ControllerAbsent": Case([
         Group({s("failover_controller_last_reconcile_timestamp_seconds", **C1): "0+60x5"},

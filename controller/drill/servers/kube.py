@@ -21,7 +21,7 @@ Owns a small, real Kubernetes control plane (no nodes, no controllers) for the
   the controller's Role is in effect.
 
 Setup talks plain HTTPS (urllib) so the launcher does not depend on the client under
-test; `api_client(identity)` / `kube(identity)` hand out clients built by controller.kube.
+test; `kube(identity)` hands out clients built by controller.kube.
 Both processes run in the foreground and are stopped by their own PIDs.
 """
 
@@ -160,10 +160,6 @@ class KubeServers(Launcher):
 
         return Kube.from_token(self.url, self.token(identity), ca_file=str(self.ca_file),
                                **kwargs)
-
-    def api_client(self, identity: str = "controller") -> Any:
-        """A ready-to-use `kubernetes.client.ApiClient` for `identity`."""
-        return self.kube(identity).api_client
 
     def kubeconfig(self, identity: str = "controller") -> Path:
         """A kubeconfig file for `identity` (mode 0600, in the server's directory)."""

@@ -91,14 +91,16 @@ def test_backup_verify_restore_over_ssh_records_rpo_and_timings(
         assert [q["passed"] for q in evidence["validation"]] == [True, True]
         assert evidence["validation"][0]["value"] == str(ROWS)
         assert evidence["archiving"]["archive_mode"] == "off"
-        # its verification proved every file of these very bytes: not hashed again
+        # its verification proved every file of these very bytes with pg_verifybackup:
+        # neither hashed nor pg_verifybackup'd again
         at = naming.iso(listed.meta["lastVerification"]["at"])
-        assert evidence["checksums"] == (
-            f"every file against backup_manifest by its verification at {at}; these are its "
-            "bytes (stored SHA-256 as cataloged, every chunk authenticated)")
+        proof = (f"every file against backup_manifest by its verification at {at}; these "
+                 "are its bytes (stored SHA-256 as cataloged, every chunk authenticated)")
+        assert evidence["checksums"] == proof
+        assert evidence["pgVerifybackup"] == f"passed at verification: {proof}"
         assert 0 <= evidence["rpoSeconds"] < 3600 and evidence["rpoMet"] is True
-        assert set(evidence["phases"]) >= {"fetch", "extract", "verify", "start", "promote",
-                                           "validate"}
+        assert set(evidence["phases"]) >= {"fetch", "extract", "start", "promote", "validate"}
+        assert "verify" not in evidence["phases"]
         _assert_clean(evidence, backup_key, sshd.client_key.read_text().strip())
     finally:
         restorer.stop(into=into)

@@ -1,7 +1,8 @@
 """The off-site copy and retention on real S3 servers (two moto servers: dc-a's store and
 dc-b's off-site store, each with its own key): re-encrypted while streaming, checked
 there, nothing left behind by a copy that fails; pruning deletes the objects themselves
-and never the last verified backup."""
+and never the last verified backup; a copy staged by a job that died before its off-site
+phase is removed once stray, never a cataloged copy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 
 from controller.backups import DamagedBackup, crypto, naming
 from controller.backups.offsite import OffsiteError, copy_offsite
-from controller.backups.retention import prune
+from controller.backups.retention import prune, prune_strays
 from controller.backups.s3 import S3BackupStore
 from controller.model import Backup
 from controller.plan import Retention
@@ -189,3 +190,45 @@ def test_a_staged_copy_damaged_before_its_check_is_recorded_failed(
     copy = copy_offsite(s3_store, offsite_store, backup, actor="alice")
 
     assert copy.verified is False and "read back failed" in copy.verification
+
+
+def test_a_copy_staged_by_a_job_that_died_is_pruned_once_stray_never_a_cataloged_copy(
+        s3_store: S3BackupStore, offsite_store: S3BackupStore,  # noqa: F811
+        offsite_options: dict[str, Any], offsite_endpoint: str,  # noqa: F811
+        tmp_path: Path, journal: Any) -> None:
+    now = time.time()
+    # the last verified copy off-site: cataloged there
+    kept = copy_offsite(s3_store, offsite_store, _add(s3_store, tmp_path, taken_at=now - DAY),
+                        actor="alice")
+    # a job that died between the take and the off-site phase: its copy staged, uncataloged
+    src = tmp_path / "died"
+    src.mkdir()
+    (src / "base.dat").write_bytes(os.urandom(100_000))
+    died = s3_store.add_directory(src, dataset="orders", kind="daily", taken_at=now,
+                                  actor="alice", stage_in=offsite_store)
+    staged = f"{offsite_options['prefix']}/{naming.payload_key(died.id)}"
+    assert staged in _keys(offsite_endpoint, offsite_options["bucket"])
+    rule = Retention(keep=1, strayAfter="2d")
+
+    # within the bound it may be a running job's: kept
+    assert prune_strays(offsite_store, dataset="orders", rule=rule, actor="alice",
+                        now=now + DAY) == []
+    assert staged in _keys(offsite_endpoint, offsite_options["bucket"])
+    # another data set's stray is not this job's to remove
+    assert prune_strays(offsite_store, dataset="users", rule=rule, actor="alice",
+                        now=now + 3 * DAY) == []
+
+    removed = prune_strays(offsite_store, dataset="orders", rule=rule, actor="alice",
+                           now=now + 3 * DAY)
+
+    assert len(removed) == 1 and died.id in removed[0] and "strayAfter 48h" in removed[0]
+    left = _keys(offsite_endpoint, offsite_options["bucket"])
+    assert staged not in left
+    assert sorted(left) == sorted(f"{offsite_options['prefix']}/{k}" for k in (
+        naming.payload_key(kept.id), naming.catalog_key(kept.id)))
+    assert [b.id for b in offsite_store.list(dataset="orders")] == [kept.id]
+    assert _plain(offsite_store, kept.id)  # the cataloged copy still restores
+    # the source keeps its backup: only the uncataloged copy went
+    assert died.id in [b.id for b in s3_store.list(dataset="orders")]
+    assert any(a["action"] == "backup-stray-pruned" and died.id in a["detail"]
+               for a in journal.audit_trail())

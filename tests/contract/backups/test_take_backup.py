@@ -1,12 +1,13 @@
 """A backup job against real servers: PostgreSQL 15 (pg_basebackup), pgBackRest, and two
 moto S3 servers (dc-a's store, dc-b's off-site store): take, verify right after, copy
-off-site and check it there, prune — and every failure leaves nothing that a restore
-would choose."""
+off-site and check it there (a pgBackRest set's copy: a diff against the off-site
+repository's full), prune — and every failure leaves nothing that a restore would choose."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from controller.drill.servers.postgres import (
     as_user,
     give_to,
 )
+from controller.model import Backup
 from controller.plan import BackupSet, pgbackrest_ciphers
 from controller.secrets import Secrets
 
@@ -220,3 +222,61 @@ def test_a_continuous_set_checks_archive_push_then_registers_its_encrypted_set(
                        actor="alice").run()
     assert broken.failed is Phase.PREFLIGHT and "archive-push" in broken.error
     assert [b.id for b in s3_store.list(dataset="orders")] == [taken.id]
+
+
+def test_a_pgbackrest_sets_offsite_copy_is_a_diff_against_the_offsite_full_and_restores(
+        s3_store: S3BackupStore, store_options: dict[str, Any],
+        offsite_store: S3BackupStore, encrypted_pg: Any,  # noqa: F811
+        workdir: Path, journal: Any) -> None:
+    server, conf = encrypted_pg
+    spec = _set({"pgbackrest": {"config": str(conf), "stanza": "main", "offsiteRepo": 2}},
+                kind="continuous")
+    verifier = _verifier(s3_store, store_options, workdir, journal, testRestore=False,
+                         pgbackrest={"config": str(conf), "stanza": "main"})
+
+    def job() -> Backup:
+        outcome = BackupJob(spec, store=s3_store, offsite=offsite_store, verifier=verifier,
+                            actor="alice").run()
+        assert outcome.ok, outcome.error
+        time.sleep(1.05)  # backup names carry whole seconds: the next needs a later one
+        return offsite_store.list(dataset="orders")[0]
+
+    full = job()
+    assert full.meta["pgbackrest"]["type"] == "full" and full.verified is True
+    assert "repo2 holds no full set yet" in full.verification
+    server.psql("INSERT INTO orders SELECT g, 2 FROM generate_series(101, 250) g")
+    diff = job()
+    # the second copy sends only what changed: a diff on the proven full, proven with it
+    assert diff.meta["pgbackrest"]["type"] == "diff", diff.meta
+    assert diff.meta["pgbackrest"]["prior"] == full.meta["pgbackrest"]["label"]
+    assert diff.verified is True and "a diff against repo2's full set" in diff.verification
+    assert all(b.meta["pgbackrest"]["type"] == "full" for b in s3_store.list(dataset="orders"))
+
+    # restored from the off-site repository alone, the diff holds the rows added since
+    restored = PostgresServer(workdir / "from-repo2")
+    give_to(restored.base, mode=0o755)
+    give_to(restored.data)
+    repo2 = ["pgbackrest", f"--config={conf}", "--stanza=main", "--repo=2",
+             f"--pg1-path={restored.data}"]
+    subprocess.run(as_user([
+        *repo2, f"--set={diff.meta['pgbackrest']['label']}",
+        "--type=immediate", "--target-action=promote", "--archive-mode=off",
+        f"--recovery-option=restore_command={' '.join(repo2)} archive-get %f \"%p\"",
+        "restore"]), check=True, capture_output=True)
+    restored.init().start()
+    try:
+        deadline = time.monotonic() + 120
+        while restored.psql("SELECT pg_is_in_recovery()") != "f":
+            assert time.monotonic() < deadline, "the off-site restore never left recovery"
+            time.sleep(0.1)
+        assert restored.psql("SELECT count(*) FROM orders") == "250"
+    finally:
+        restored.stop()
+
+    # the newest off-site copy failed its check: the next copy is a full again
+    offsite_store.record_verification(diff.id, {
+        "passed": False, "at": time.time(), "durationS": 0.1,
+        "summary": "pgbackrest verify failed: (test)", "checks": []}, actor="test")
+    again = job()
+    assert again.meta["pgbackrest"]["type"] == "full", again.meta
+    assert f"the last off-site copy {diff.id} failed its check" in again.verification

@@ -163,6 +163,23 @@ def test_update_status_retries_a_conflict_and_leaves_the_spec_alone(
     assert stored["spec"] == plan["spec"]
 
 
+def test_objects_come_without_managed_fields_and_a_write_keeps_the_servers(
+        kube: KubeServers, admin: Kube, ctl: Kube, plan: dict[str, Any]) -> None:
+    args = plan_args(kube, plan)
+    url = f"/apis/{PLAN[0]}/{PLAN[1]}/namespaces/{kube.namespace}/failoverplans/{args[-1]}"
+    assert "managedFields" not in plan["metadata"]
+    written = ctl.update_status(*args, lambda o: {**o, "status": {"phase": "Healthy"}})
+    listed = ctl.list(*PLAN, kube.namespace, "failoverplans").items
+    assert all("managedFields" not in o["metadata"] for o in [written, *listed])
+    status, raw = kube.request("GET", url)
+    assert status == 200
+    managers = {(m["manager"], m.get("subresource", "")) for m in raw["metadata"]["managedFields"]}
+    assert ("failover-controller", "status") in managers  # the status write is on record
+    ctl.update(*args, lambda o: o["metadata"].setdefault("labels", {}).update(x="y"))
+    _, after = kube.request("GET", url)
+    assert len(after["metadata"]["managedFields"]) >= len(raw["metadata"]["managedFields"])
+
+
 # --- watch ---------------------------------------------------------------------------------
 
 
@@ -179,6 +196,7 @@ def test_watch_streams_changes_after_the_listed_version(
         if event.type == "BOOKMARK":
             continue
         seen.append((event.type, event.object["metadata"]["labels"]["step"]))
+        assert "managedFields" not in event.object["metadata"]
         assert event.resource_version == event.object["metadata"]["resourceVersion"]
         if len(seen) == 2:
             break

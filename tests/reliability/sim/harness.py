@@ -11,11 +11,15 @@ The actors, as the real processes do them:
 - a **replica** (`failoverctl run` / the operator's loop): every tick, probe samples
   from the simulated world (`Sample(service, ok, at=now)`, ok when the site that carries
   the most traffic is up; all failing while the replica is cut from the backends) fed to
-  the real `Engine.tick`; each with its own `Journal` on the schedule's SQLite file and
-  its own handles on the backends. A crash kills its loop and its in-flight step work at
-  their next yield point; an error that ends `failoverctl run` (a connection error out of
-  the tick) ends the process the same way. A supervisor restarts it later, sometimes
-  under the same holder name (a pod keeps its name), usually under a new one.
+  the real `Engine.tick` (while its probe loop is late, `Schedule.late`, an overloaded
+  controller, each failure is a timeout the stall explains: inconclusive, and excused by
+  the probe scheduler's own bound, `excuse`: at most consecutiveFailures since the last
+  good sample, so protection may wait that many ticks more); each with its own `Journal`
+  on the schedule's SQLite file and its own handles on the backends. A crash kills its
+  loop and its in-flight step work at their next yield point; an error that ends
+  `failoverctl run` (a connection error out of the tick) ends the process the same way.
+  A supervisor restarts it later, sometimes under the same holder name (a pod keeps its
+  name), usually under a new one.
 - a **CLI process** (`failoverctl failover|failback|approve|done` on a plan file):
   the same calls as `controller.cli` makes — request, reconcile until picked up, follow
   by reconciling until the run ends or waits; approve the waiting run or step; say done
@@ -71,6 +75,7 @@ from controller.fencing import LostLease
 from controller.journal import Journal
 from controller.loop import Engine
 from controller.model import Phase, Sample, StepStatus
+from controller.probes.scheduler import excuse
 from tests.reliability.sim import plans
 from tests.reliability.sim.scheduler import Actor, Crash, HarnessError, Scheduler
 from tests.reliability.sim.world import (
@@ -123,6 +128,8 @@ class Schedule:
     clear_after: int = 1  # the trigger's clearAfter
     db_lost: bool = False  # the old primary database's host goes down with dc-a
     prepare: Callable[[Sim], None] | None = None  # before the replicas start (scenarios)
+    # (from, to, whom): the replica's probe loop is late, its failed probes inconclusive
+    late: list[tuple[float, float, str]] = field(default_factory=list)
     name: str = ""  # a scenario test's name: replayed by running that test
 
     def describe(self) -> str:
@@ -134,6 +141,7 @@ class Schedule:
                 f"{', coordinator' if self.coordinator else ''}; horizon {self.horizon:g} s; "
                 f"outages {_fmt(self.outages)}; crashes {self.crashes}; restart "
                 f"{self.restart}; stalls {self.stalls}; partitions {self.partitions}; "
+                f"late probe loop {self.late}; "
                 f"CLI {self.clis}; person {self.person}; "
                 f"{'database host lost with dc-a; ' if self.db_lost else ''}"
                 f"faults slow {self.faults.slow:.2f} "
@@ -196,6 +204,13 @@ def draw(seed: int) -> Schedule:
     if rng.random() < 0.2:
         t0 = rng.uniform(0, horizon)
         faults.hangs.append((rng.choice(backends), t0, t0 + rng.uniform(1.0, 3.0 * ttl)))
+    # an overloaded controller: a stream of its own, so every other draw stays as it was
+    overload = random.Random(f"late:{seed}")
+    late = []
+    if overload.random() < 0.3:
+        t0 = overload.uniform(0.0, horizon)
+        late.append((t0, t0 + overload.uniform(2.0, 30.0),
+                     overload.choice(["r1", "r2", "r3"])))
     return Schedule(
         seed=seed, plan_key=key, replicas=rng.choice([1, 2, 2, 3]), horizon=horizon,
         lease_ttl=ttl, coordinator=rng.random() < 0.4, outages=outages, crashes=crashes,
@@ -203,7 +218,7 @@ def draw(seed: int) -> Schedule:
         partitions=partitions, clis=sorted(clis),
         person=[rng.uniform(start, horizon)] if rng.random() < 0.1 else [], faults=faults,
         clear_after=rng.choice([1, 1, 3]),
-        db_lost=shape in plans.PROMOTING and rng.random() < 0.5)
+        db_lost=shape in plans.PROMOTING and rng.random() < 0.5, late=late)
 
 
 # --- the actors ----------------------------------------------------------------------------
@@ -222,6 +237,7 @@ class Replica:
     engine: Any = None
     loop: Actor | None = None
     incarnation: int = 1
+    excused: dict[str, int] = field(default_factory=dict)  # inconclusive, per service
 
 
 class SimWork:
@@ -462,13 +478,22 @@ class Sim:
     # --- the world --------------------------------------------------------------------------
 
     def samples(self, replica: Replica) -> list[Sample]:
-        now = self.sched.now()
+        now, t = self.sched.now(), self.sched.t
+        late = any(a <= t < b and whom == replica.name for a, b, whom in self.schedule.late)
         if replica.cut_backends:
-            return [Sample(s.name, False, now, detail="unreachable (partitioned)")
-                    for s in self.plan.spec.services]
-        ok = self.serving_ok()
-        return [Sample(s.name, ok, now, detail="" if ok else "HTTP 503")
-                for s in self.plan.spec.services]
+            raw = [Sample(s.name, False, now, detail="unreachable (partitioned)",
+                          inconclusive=late) for s in self.plan.spec.services]
+        else:
+            ok = self.serving_ok()
+            raw = [Sample(s.name, ok, now, detail="" if ok else "HTTP 503",
+                          inconclusive=late and not ok) for s in self.plan.spec.services]
+        out = []
+        for sample in raw:  # as the probe scheduler hands them over
+            judged, replica.excused[sample.service] = excuse(
+                sample, replica.excused.get(sample.service, 0),
+                self.plan.spec.trigger.consecutive_failures)
+            out.append(judged)
+        return out
 
     def serving_site(self) -> str:
         if self._serving is None:

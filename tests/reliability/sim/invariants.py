@@ -23,8 +23,9 @@ committed: `PRAGMA data_version`), and at the simulated world. A broken invarian
    the run names the difference (`left` in its steps' evidence, or its outcome).
 4. **Protection armed.** While the phase says Healthy or Degraded, the service cannot
    have been failing (the site carrying the traffic is down) for longer than it takes to
-   detect, dwell, sit out the cooldown and take the lease, counted from when the phase
-   last became Healthy/Degraded and a replica able to act existed.
+   detect (twice the failures in a row when a probe loop is late: the excused timeouts),
+   dwell, sit out the cooldown and take the lease, counted from when the phase last
+   became Healthy/Degraded and a replica able to act existed.
 5. **Exactly once.** A step is performed (writes made under its label) by more than one
    attempt only when each is a recorded attempt (the step's `evidence.fencing`: token and
    holder per attempt) of an idempotent write (traffic, DNS, revert); a restore is never
@@ -145,9 +146,11 @@ class Checker:
         faults = sim.schedule.faults
         slow = 4.0 if faults.slow or faults.sluggish else 0.0  # one slow call in a tick
         longest_hang = max((b - a for _, a, b in faults.hangs), default=0.0)
-        # detect (failed probes in a row, one tick each), dwell, the cooldown of the last
-        # failover (it started before the phase became Healthy), the trip's tick, slack
-        self.bound = (trig.consecutive_failures * plans.TICK + trig.dwell + trig.cooldown
+        # detect (failed probes in a row, one tick each, and as many excused while the
+        # probe loop is late), dwell, the cooldown of the last failover (it started before
+        # the phase became Healthy), the trip's tick, slack
+        detect = trig.consecutive_failures * (2 if sim.schedule.late else 1)
+        self.bound = (detect * plans.TICK + trig.dwell + trig.cooldown
                       + 2 * plans.TICK + slow + longest_hang + 1.0)
 
     def start(self) -> None:

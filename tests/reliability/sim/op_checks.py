@@ -31,7 +31,10 @@ is checked on its own (`PlanTrack`): a sharded schedule has two, each with its o
    still runs beside), and no more often, by one process, than plans arrived in its
    shard (created in it, or moved in): two leaders never outbid each other back and
    forth, and a renewal never sets a raised token back (which would make the leader
-   raise it again).
+   raise it again). **A raise is not given up while the Lease is ours**: a leader that
+   works (leading, reaching the API server, not stopping) and whose Lease still names
+   it with its token never drops a raise (and with it the plan it was for) because its
+   own renewal wrote the Lease between the raise's read and write.
 1c. **Every plan is attended.** While its shard has a leader that works (alive, leading,
    reaching the API server, not paused), that leader starts a reconcile of the plan (or is
    in one) at least every `ATTENDED` seconds.
@@ -136,6 +139,7 @@ class OpChecker:
         self.written: dict[str, set[str]] = {}  # run id -> steps that changed the world
         self.restores: Counter[str] = Counter()
         self.seen = 0  # how much of the cluster's log was checked
+        self.dropped: list[str] = []  # raises given up on a Lease still ours (1b')
         # id(WorldWrite) -> its plan, the step's record in the writer's journal and the
         # writer's Lease's (holder, token) as the write landed
         self.landing: dict[int, tuple[str, str | None, tuple[str | None, int | None]]] = {}
@@ -188,6 +192,8 @@ class OpChecker:
 
     def after_event(self, actor: Any) -> None:
         sim = self.sim
+        if self.dropped:
+            self.fail("a raise of the token given up on a Lease still ours", self.dropped[0])
         if sim.writes:
             writes, sim.writes = sim.writes, []
             for w in writes:
@@ -356,6 +362,17 @@ class OpChecker:
                       f"{what}: {self.raises[shard, by]} raises by {by} while "
                       f"{self.arrivals[shard]} plan(s) arrived in the shard (created in it "
                       "or moved in)")
+
+    def gave_up(self, proc: OpReplica, exc: Exception) -> None:
+        """1b': `proc`'s elector gave a raise of its token up (`exc`, LostLease)."""
+        elector = proc.op.elector if proc.op is not None else None
+        holder, token = self.authority(proc.shard)
+        self.checked["raises given up"] += 1
+        if elector is not None and self._working(proc) and elector.leading() and \
+                (holder, token) == (proc.holder, elector.token()):
+            self.dropped.append(f"{proc.group} ({proc.holder}) leads, holding the Lease of "
+                                f"shard {proc.shard} with token {token}, yet gave up a "
+                                f"raise of it: {exc}")
 
     # --- 1, 2, 4: the world's writes ---------------------------------------------------------
 

@@ -33,7 +33,10 @@ cancelled at the next fence check, `_stand_down`, the Lease released), the plan 
 (at once, mid-run, or while failed over) and created again under its name (sometimes
 without its `dns-cutover` step), status writes answered 503 (at any write, the write of
 a run's final record, or of a failed step), slow, hanging and failing backends, and
-requests by annotation (failover, failback, approve, done) as kubectl would make them.
+requests by annotation (failover, failback, approve, done) as kubectl would make them,
+and a while when the API server answers every request slowly (`SLOW`: a loaded host,
+each request taking up to half the retry period, so a leader's renewals land between
+the read and the write of its fencing token's raise).
 After the schedule's active part the faults heal and the replicas settle, so "the status
 mirrors the journal once writes succeed" can be checked at the end.
 
@@ -98,6 +101,7 @@ SHARDED = 0.3  # the share of schedules run over two shards
 FOREIGN = 0.3  # the share whose plans start with a status written under another Lease
 FOREIGN_HOLDER = "unsharded-0"  # its writer: a replica of a deployment since stopped
 RIVAL = 0.25  # the share of sharded schedules with an unsharded group running beside
+SLOW = 0.3  # the share of schedules with a while of slow answers from the API server
 # when the sweep moves a plan to another shard: while it is idle (no run active, healthy
 # with its primary up or failed over, no automatic failback, the object unchanged for
 # `IDLE` s: nothing starts a run or writes its status as it moves, but a person's
@@ -138,6 +142,8 @@ class OpSchedule(Schedule):
     # deployment before sharding, or another shard layout): its count is not ours
     rival: bool = False  # sharded: a third group of `replicas`, unsharded, runs beside
     # the shards (the deployment before sharding, not stopped): it claims every plan too
+    slow: tuple[float, float, float] | None = None  # (from, until, seconds): each request
+    # to the API server takes up to `seconds` meanwhile (a loaded host)
 
     def describe(self) -> str:
         sharded = (f"; {self.shards} shards by {'selector' if self.selector else 'hash'}, "
@@ -150,7 +156,9 @@ class OpSchedule(Schedule):
                 f"{self.deletes}; recreate {self.recreate}; status 503s "
                 f"{self.status_faults}; annotation requests {self.requests}{sharded}"
                 + (f"; statuses written under another Lease with token {self.foreign}"
-                   if self.foreign is not None else ""))
+                   if self.foreign is not None else "")
+                + (f"; the API server slow (up to {self.slow[2]:.2f} s a request) from "
+                   f"{self.slow[0]:.1f} s to {self.slow[1]:.1f} s" if self.slow else ""))
 
 
 def draw_operator(seed: int) -> OpSchedule:
@@ -210,6 +218,10 @@ def draw_operator(seed: int) -> OpSchedule:
         schedule.foreign = foreign.choice([0, 3, 25])
         schedule.horizon += leader[0]  # a leader that took over near the end holds a
         # plan with another Lease's token for a Lease's duration before adopting it
+    slow = random.Random(f"operator-slow:{seed}")  # apart too
+    if slow.random() < SLOW:
+        t0 = slow.uniform(0.0, active)
+        schedule.slow = (t0, min(t0 + slow.uniform(5.0, 20.0), active), leader[2] / 2)
     return _sharded(schedule) if rng.random() < SHARDED else schedule
 
 
@@ -348,8 +360,17 @@ class SimElector(Elector):
     host never holds a fence check past the renew deadline), which a schedule that is a
     pure function of its seed cannot have; here the read's time is the simulated hop."""
 
+    gave_up: Callable[[LostLease], None]  # told of every raise of the token given up
+
     def _read_lease(self, wait: float) -> Lease | None:
         return self.kube.get_lease(self.namespace, self.config.lease_name, timeout=wait)
+
+    def advance(self, at_least: int) -> int:
+        try:
+            return super().advance(at_least)
+        except LostLease as exc:
+            self.gave_up(exc)
+            raise
 
 
 class SimStop:
@@ -439,7 +460,7 @@ class OperatorSim(Sim):
                                          prefix="failover-opsim-"))
         self.paths: dict[str, str] = {}  # process group -> its journal file
         self.counts.update(deletes=0, recreates=0, standdowns=0, status_503=0, requests=0,
-                           foreign=0)
+                           foreign=0, slow_api=int(schedule.slow is not None))
         self.healed = False
         self.injected: list[Fault] = []  # the status faults, with how often each hit
         self.shards = shards_of(schedule)
@@ -480,9 +501,14 @@ class OperatorSim(Sim):
 
     def hop(self, verb: str) -> None:
         """A request's network time: a yield point (none outside an actor: a person's
-        kubectl, or the Elector's lease-reading thread while its actor waits for it)."""
+        kubectl, or the Elector's lease-reading thread while its actor waits for it);
+        longer while the API server is slow."""
         if self.sched.actor_or_none() is not None:
-            self.sched.sleep(self.rng.uniform(0.001, 0.02))
+            slow = self.schedule.slow
+            if slow is not None and slow[0] <= self.sched.t < slow[1]:
+                self.sched.sleep(self.rng.uniform(slow[2] / 2, slow[2]))
+            else:
+                self.sched.sleep(self.rng.uniform(0.001, 0.02))
 
     def wait_until(self, ready: Callable[[], bool], seconds: float) -> None:
         self.sched.wait(seconds, _Until(ready))
@@ -571,9 +597,10 @@ class OperatorSim(Sim):
                         backends=lambda plan, audit: SimBackends(
                             cast(Sim, self.views[plan.name]), proc, audit),
                         probing=SimProbing(self, proc)), shard=self.shards[proc.shard])
-        op.elector = op.fences.lease = SimElector(proc.kube, NAMESPACE, identity,
-                                                  op.elector.config,
-                                                  base=LeaderConfig().lease_name)
+        op.elector = op.fences.lease = elector = SimElector(proc.kube, NAMESPACE, identity,
+                                                            op.elector.config,
+                                                            base=LeaderConfig().lease_name)
+        elector.gave_up = partial(self.ops.gave_up, proc)
         self.replicas[name] = proc
         self._add(proc)
         stop = SimStop(self, proc)
