@@ -339,7 +339,7 @@ def describe(plan: FailoverPlan, state: PolicyState, a: Assessment) -> str:
             failed = sum(not ok for _, ok in seen.history)
             if failed:
                 parts.append(f"{name}: {failed} of {len(seen.history)} probes in the window "
-                             f"failed (last: {seen.last_detail or 'no detail'})")
+                             "failed")
     parts += [a.breached[name] for name in sorted(a.breached)]
     return "; ".join(parts)
 
