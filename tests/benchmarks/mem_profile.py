@@ -101,7 +101,7 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, frames: int, work: Path) -> None:
-    from bench_operator import create, quiet_plan  # type: ignore[import-not-found]
+    from bench_operator import create, quiet_plan, running  # type: ignore[import-not-found]
 
     from controller.crd import GROUP, PLURAL, VERSION
     from controller.drill.servers.kube import KubeServers
@@ -111,10 +111,7 @@ def measure(args: argparse.Namespace, frames: int, work: Path) -> None:
         argv = [sys.executable, __file__, "--child", str(work), str(frames),
                 "--journal", str(work / "j.db"), "operator", "--namespace", ns,
                 "--kubeconfig", str(kube.kubeconfig("controller")), "--identity", "mem"]
-        log = (work / "operator.log").open("w")
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, "FAILOVER_TICK": "1"})
-        try:
+        with running(argv, work / "operator.log") as proc:
             imports = wait_for(work / "rss-imports", proc)
             time.sleep(15)  # leads (its Lease), synced, idle
             proc.send_signal(signal.SIGUSR1)
@@ -133,14 +130,6 @@ def measure(args: argparse.Namespace, frames: int, work: Path) -> None:
             proc.send_signal(signal.SIGUSR1)
             rss1 = wait_for(work / "rss-1", proc)
             threads = len(os.listdir(f"/proc/{proc.pid}/task"))
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
     n = max(1, args.plans)
     print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; tracemalloc "
           f"{'off' if not frames else f'on ({frames} frames)'}")
