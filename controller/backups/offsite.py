@@ -65,6 +65,7 @@ class Written:
 
     size: int
     sha256: str
+    seal: str | None  # None: staged by a controller that sealed nothing
     plain_sha256: str
     etag: str | None
     chunk_size: int
@@ -84,27 +85,29 @@ def _encrypt_copy(source: CatalogStore, offsite: CatalogStore, backup: Backup, k
             plain.update(chunk)
             enc.write(chunk)
         enc.close()
-    return Written(enc.stored_size, enc.sha256.hexdigest(), plain.hexdigest(),
+    return Written(enc.stored_size, enc.sha256.hexdigest(), enc.seal(), plain.hexdigest(),
                    offsite.objects.peek(pkey, 0).etag, offsite.options.chunk_size)
 
 
-def _check_copy(offsite: CatalogStore, name: str, plain_sha256: str) -> dict[str, Any]:
+def _check_copy(offsite: CatalogStore, name: str, written: Written) -> dict[str, Any]:
     """Read the copy back through its catalog entry: binding, every chunk with the
-    off-site key, stored SHA-256 and size (`open_payload` checks them all), and the
-    plaintext equal to the source's."""
+    off-site key, stored SHA-256 and size (`open_payload` checks them all: by the seal
+    when the copy has one), and the plaintext equal to the source's."""
     started = time.monotonic()
     plain, size = crypto.BackgroundSha256(), 0
     with offsite.open_payload(name) as reader:
         while chunk := reader.read(READ_CHUNK):
             plain.update(chunk)
             size += len(chunk)
-    if plain.hexdigest() != plain_sha256:
+    if plain.hexdigest() != written.plain_sha256:
         raise OffsiteError(f"{name}: the off-site copy decrypts to other bytes than the "
                            "source (plaintext SHA-256 differs)")
     return {"name": "read back", "passed": True,
             "seconds": round(time.monotonic() - started, 3),
-            "detail": f"stored SHA-256 and size as written, every chunk authenticated with "
-                      f"the off-site key, {size} plaintext bytes identical to the source's"}
+            "detail": f"stored SHA-256 and size as written ("
+                      f"{'proven by its seal' if written.seal else 'hashed'}), every chunk "
+                      f"authenticated with the off-site key, {size} plaintext bytes identical "
+                      "to the source's"}
 
 
 def _staged_copy(offsite: CatalogStore, pkey: str, staged: Any, key: bytes) -> Written | None:
@@ -120,6 +123,7 @@ def _staged_copy(offsite: CatalogStore, pkey: str, staged: Any, key: bytes) -> W
         return None
     try:
         written = Written(int(staged["size"]), str(staged["sha256"]),
+                          str(staged["seal"]) if staged.get("seal") else None,
                           str(staged["plainSha256"]), peek.etag, int(staged["chunkSize"]))
     except (KeyError, TypeError, ValueError):  # an entry edited by hand: copy instead
         return None
@@ -162,7 +166,8 @@ def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
     how = "staged as it was taken" if written else "re-encrypted from the store"
     if written is None:
         written = _encrypt_copy(source, offsite, backup, key)
-    obj = {"key": pkey, "size": written.size, "sha256": written.sha256, "etag": written.etag}
+    obj = {"key": pkey, "size": written.size, "sha256": written.sha256, "etag": written.etag,
+           **({"seal": written.seal} if written.seal else {})}
     copy = {**entry, "size": written.size, "objects": [obj],
             "encryption": {"algorithm": crypto.ALGORITHM,
                            "chunkSize": written.chunk_size,
@@ -179,7 +184,7 @@ def copy_offsite(source: CatalogStore, offsite: CatalogStore, backup: Backup, *,
                          f"s) to {offsite.objects.location(pkey)}")
     at, started = time.time(), time.monotonic()
     try:
-        check = _check_copy(offsite, backup.id, written.plain_sha256)
+        check = _check_copy(offsite, backup.id, written)
         summary, passed = f"passed: read back (off-site copy of {backup.location})", True
     except (PermanentError, OSError) as exc:
         check = {"name": "read back", "passed": False,

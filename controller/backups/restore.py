@@ -9,9 +9,11 @@ Owns the restore step's two implementations of the `Restorer` protocol:
   restore or a backup whose verification ran none, `pg_verifybackup` (the session for
   these later steps is opened while the data streams, and waits: nothing runs before the
   stream was authenticated to its last chunk and its stored SHA-256 matched the
-  catalog's). A verified backup's verification ran `pg_verifybackup`, checksums included,
-  on these very bytes (the stored SHA-256 says so), so its restore runs it not again:
-  tar's exit status says every file was written. A test restore hashes each file on the
+  catalog's: proven by the payload's seal over every chunk's tag, or hashed for an entry
+  written without one, see `crypto`). A verified backup's verification ran
+  `pg_verifybackup`, checksums included, on these very bytes (the stored SHA-256 says
+  so), so its restore does not run it again: tar's exit status says every file was
+  written. A test restore hashes each file on the
   way against the manifest (`manifest`): when that proved them all, `pg_verifybackup`
   skips its checksum pass;
 - `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:

@@ -249,12 +249,15 @@ class S3BackupStore(CatalogStore):
             verify = o.ca_bundle
         client = boto3.client(
             "s3", endpoint_url=o.endpoint_url, region_name=o.region, verify=verify,
-            # no CRC32 of every part and download (botocore's default since 1.36): the
-            # catalog's SHA-256 of each stored object, checked by reading it back, is the
-            # integrity check, and the CRC would cost a pass over every byte
+            # no CRC32 of every part and download (botocore's default since 1.36), and no
+            # SHA-256 of every part for its signature (botocore signs the payload when no
+            # checksum header is sent, over HTTPS too): the catalog's SHA-256 of each
+            # stored object, checked by reading it back, every chunk's GCM tag and TLS are
+            # the integrity checks, and each of those passes would cost one over every byte
             config=Config(retries={"max_attempts": 4, "mode": "standard"},
                           connect_timeout=10, read_timeout=60,
                           request_checksum_calculation="when_required",
-                          response_checksum_validation="when_required"),
+                          response_checksum_validation="when_required",
+                          s3={"payload_signing_enabled": False}),
             **creds)
         return S3Objects(client, o.bucket, o.prefix, o.endpoint_url)

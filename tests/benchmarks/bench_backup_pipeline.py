@@ -314,7 +314,7 @@ def pipeline(base: Path, mb: int, repeat: int, kinds: list[str]) -> list[Goal]:
                   f"{b.mb_per_s(b.seconds):6.1f} MB/s   {b.parts}")
             print(f"    controller   {o.bytes / 1e6:7.0f} MB  {o.like_for_like:6.2f} s  "
                   f"{o.mb_per_s(o.like_for_like):6.1f} MB/s   {o.parts}"
-                  + (f" (without its test restore, {o.test_restore:.2f} s; with it "
+                  + (f" (its test restore {o.test_restore:.2f} s apart; with it "
                      f"{o.seconds:.2f} s, {o.mb_per_s(o.seconds):.1f} MB/s)"
                      if o.test_restore else ""))
             print(f"    ratio {ratio:.2f}x (goal <= {GOAL}x): "

@@ -11,13 +11,14 @@ import contextlib
 import io
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from controller.backups import crypto, naming
+from controller.backups import catalog, crypto, naming
 from controller.backups.catalog import IntegrityFailed
 from controller.backups.filesystem import FilesystemBackupStore
 from controller.backups.verify import CatalogVerifier, judge_pgbackrest, parse_pgbackrest_verify
@@ -333,6 +334,35 @@ def test_a_copy_staged_as_the_backup_is_taken_is_the_same_tar_under_the_offsite_
         assert crypto.DecryptingReader(raw, offsite.data_key(), expected=crypto.Expected(
             crypto.Binding(backup.id, "orders", 1_700_000_000), True, staged["sha256"],
             staged["size"])).read() == plain
+
+
+def test_a_backup_whose_payload_fails_to_complete_leaves_no_staged_copy(
+        store: FilesystemBackupStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the staged copy completes beside the payload: when the payload's store then
+    # refuses it, the stored copy of a backup that does not exist is removed
+    offsite = _offsite(tmp_path, monkeypatch)
+    real = store.objects.writer
+    stored = threading.Event()
+    real_finish = catalog._StagedCopy.finish
+
+    def finish(self: Any) -> Any:
+        copy = real_finish(self)
+        stored.set()
+        return copy
+
+    @contextlib.contextmanager
+    def refused_at_the_end(key: str) -> Iterator[Any]:
+        with real(key) as sink:
+            yield sink
+            assert stored.wait(10), "the staged copy never completed"
+            raise OSError("the store refused to complete the upload")
+
+    monkeypatch.setattr(catalog._StagedCopy, "finish", finish)
+    monkeypatch.setattr(store.objects, "writer", refused_at_the_end)
+    with pytest.raises(OSError, match="refused to complete"):
+        store.add_directory(_source(tmp_path), dataset="orders", kind="daily",
+                            taken_at=1_700_000_000, actor="alice", stage_in=offsite)
+    assert [p for p in (tmp_path / "offsite").rglob("*") if p.is_file()] == []
 
 
 def test_an_offsite_store_failing_mid_stream_drops_the_staged_copy_not_the_backup(

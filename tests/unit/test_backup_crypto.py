@@ -150,6 +150,66 @@ def test_a_stored_checksum_other_than_the_catalogs_fails_before_the_last_chunk()
         crypto.DecryptingReader(io.BytesIO(sealed), key, expected=short).read()
 
 
+def _sealed(data: bytes, key: bytes, binding: crypto.Binding = A
+            ) -> tuple[bytes, crypto.Expected]:
+    """A payload and what its catalog entry says of it, seal included."""
+    sink = io.BytesIO()
+    w = crypto.EncryptingWriter(sink, key, chunk_size=4096, binding=binding)
+    w.write(data)
+    w.close()
+    sealed = sink.getvalue()
+    return sealed, crypto.Expected(binding=binding, bound=True, seal=w.seal(),
+                                   sha256=hashlib.sha256(sealed).hexdigest(), size=len(sealed))
+
+
+def _drain(sealed: bytes, key: bytes, expected: crypto.Expected) -> list[bytes]:
+    released: list[bytes] = []
+    for chunk in crypto.decrypt_chunks(io.BytesIO(sealed), key, name=A.id, expected=expected):
+        released.append(chunk)
+    return released
+
+
+def test_a_sealed_payload_proves_the_catalogs_checksum_without_hashing_it_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    key, data = os.urandom(32), os.urandom(3 * 4096 + 10)
+    sealed, expected = _sealed(data, key)
+    hashed: list[int] = []
+    monkeypatch.setattr(crypto.BackgroundSha256, "update",
+                        lambda self, chunk: hashed.append(len(chunk)))
+    assert b"".join(_drain(sealed, key, expected)) == data
+    assert hashed == []  # the seal proved the stored SHA-256; no byte was hashed again
+
+
+def test_a_sealed_payload_refuses_what_its_checksum_would_have_refused() -> None:
+    key, data = os.urandom(32), os.urandom(3 * 4096 + 10)
+    sealed, expected = _sealed(data, key)
+    # the same backup written again (same key, same binding, other nonces): every chunk
+    # authenticates, only the stored object's checksum can tell it is not the cataloged one
+    again, _ = _sealed(data, key)
+    edits = {"re-written payload": (again, expected),
+             "catalog's sha256 edited": (sealed, crypto.Expected(
+                 binding=A, bound=True, seal=expected.seal, sha256="f" * 64,
+                 size=expected.size)),
+             "catalog's size edited": (sealed, crypto.Expected(
+                 binding=A, bound=True, seal=expected.seal, sha256=expected.sha256,
+                 size=expected.size + 1)),
+             "catalog's seal edited": (sealed, crypto.Expected(
+                 binding=A, bound=True, seal="0" * 64, sha256=expected.sha256,
+                 size=expected.size)),
+             "another key's seal": (sealed, crypto.Expected(
+                 binding=A, bound=True, seal=_sealed(data, os.urandom(32))[1].seal,
+                 sha256=expected.sha256, size=expected.size))}
+    for what, (stored, said) in edits.items():
+        released: list[bytes] = []
+        with pytest.raises(crypto.ChecksumMismatch, match="do not carry the seal") as err:
+            for chunk in crypto.decrypt_chunks(io.BytesIO(stored), key, name=A.id,
+                                               expected=said):
+                released.append(chunk)
+        assert b"".join(released) == data[:3 * 4096], what  # never the final chunk
+        assert f"the catalog says ({said.size} bytes, sha256 {said.sha256[:16]}" in \
+            str(err.value), what
+
+
 def test_an_unbound_format_1_payload_is_read_on_its_checksum_alone() -> None:
     key, data = os.urandom(32), os.urandom(9000)
     old = _seal(data, key, binding=None)
