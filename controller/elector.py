@@ -154,8 +154,14 @@ class Elector:
         if self._stopping:
             return False
         was = self.leading()
-        if was and self._raising:  # a raise is between its read and its write of the
-            return was  # Lease: a renewal now would refuse it (409); the next one renews
+        renewed = self._renewed
+        if was and self._raising and renewed is not None and \
+                time.monotonic() - renewed < self.config.renew_deadline / 2:
+            # a raise is between its read and its write of the Lease: a renewal now would
+            # refuse it (409), so the next round renews -- or this one, once half the renew
+            # deadline is gone: raises back to back never let the lead lapse (a raise
+            # refused by our renewal reads the Lease again)
+            return was
         if not was and not self._unopposed():
             self._renewed = None
             return False

@@ -191,9 +191,13 @@ class Journal(Leases):
         `JournalFile._tx(durable=False)` says; a run it starts is durable)."""
         with self._tx(durable=False) as db:
             self._changes()
-            db.execute("INSERT INTO decisions (plan, at, action, level, sentence) "
-                       "VALUES (?,?,?,?,?)", (plan, decision.at, decision.action,
-                                              decision.level, redact(decision.sentence)))
+            self._insert_decision(db, plan, decision)
+
+    @staticmethod
+    def _insert_decision(db: sqlite3.Connection, plan: str, decision: Decision) -> None:
+        db.execute("INSERT INTO decisions (plan, at, action, level, sentence) "
+                   "VALUES (?,?,?,?,?)", (plan, decision.at, decision.action,
+                                          decision.level, redact(decision.sentence)))
 
     def decisions(self, plan: str, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._all("SELECT * FROM decisions WHERE plan=? ORDER BY id DESC LIMIT ?",
@@ -216,12 +220,16 @@ class Journal(Leases):
         names = [r["plan"] for r in self._all("SELECT plan FROM plan_state ORDER BY plan")]
         return [s for n in names if (s := self.plan_state(n)) is not None]
 
-    def save_plan_state(self, state: PlanState, *, durable: bool = True) -> None:
-        """Write the plan's state row. `durable=False` when only observations moved (the
-        policy window, the decision sentence, readiness), not its phase, level or site:
-        committed without waiting for the disk (`JournalFile._tx`)."""
+    def save_plan_state(self, state: PlanState, *, durable: bool = True,
+                        decision: Decision | None = None) -> None:
+        """Write the plan's state row, and `decision` (`record_decision`) in the same
+        transaction. `durable=False` when only observations moved (the policy window, the
+        decision sentence, readiness), not its phase, level or site: committed without
+        waiting for the disk (`JournalFile._tx`)."""
         with self._tx(durable=durable) as db:
             self._changes(("state", state.plan))
+            if decision is not None:
+                self._insert_decision(db, state.plan, decision)
             db.execute(
                 "INSERT INTO plan_state (plan, phase, level, active_site, last_decision, "
                 "policy, updated_at, readiness) VALUES (?,?,?,?,?,?,?,?) "

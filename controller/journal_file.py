@@ -184,6 +184,9 @@ class JournalFile:
         self._rows: dict[tuple[str, str], list[sqlite3.Row]] = {}  # `_cached`
         self._rows_seen: int | None = None  # the data_version they were read at
         self._changing: set[tuple[str, str]] | None = None  # what the open `_tx` changes
+        # PRAGMA synchronous: as opened (None until the first write reads it) and as now
+        self._durable_level: int | None = None
+        self._level = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -309,6 +312,7 @@ class JournalFile:
                     last = False
                 if last:
                     try:
+                        self._sync(durable=True)
                         self._db.execute("INSERT OR REPLACE INTO meta (key, value) "
                                          "VALUES ('closed', 'clean')")
                     except sqlite3.Error as exc:  # e.g. a full disk: the next open checks
@@ -366,14 +370,11 @@ class JournalFile:
         Its commit forgets the `_cached` reads it may have changed: those it names
         (`_changes`), or all of them."""
         with self._lock:
-            restore = None
             try:
-                if not durable:
-                    restore = self._relax()
+                self._sync(durable=durable)
                 self._db.execute("BEGIN IMMEDIATE")
                 self._changing = None  # unnamed: all
             except sqlite3.Error as exc:
-                self._restore(restore)
                 raise self._failure(exc) from None
             try:
                 yield self._db
@@ -391,21 +392,19 @@ class JournalFile:
                     if failure is not exc:
                         raise failure from None
                 raise
-            finally:
-                self._restore(restore)
 
-    def _relax(self) -> int | None:
-        """synchronous=NORMAL for one transaction; the level to restore after it (None:
-        the connection syncs no more than that already)."""
-        level = int(self._db.execute("PRAGMA synchronous").fetchone()[0])
-        if level <= 1:  # OFF or NORMAL
-            return None
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        return level
-
-    def _restore(self, level: int | None) -> None:
-        if level is not None:
+    def _sync(self, *, durable: bool) -> None:
+        """The connection's synchronous level for the next commit: as opened (FULL) when
+        `durable`, else NORMAL (never more than as opened: a connection set to OFF stays
+        so). Changed only when it differs, so a run of observations costs no PRAGMA each
+        (each statement under the journal's lock is a wait for the GIL at 1,000 plans)."""
+        if self._durable_level is None:
+            self._durable_level = self._level = int(
+                self._db.execute("PRAGMA synchronous").fetchone()[0])
+        level = self._durable_level if durable else min(self._durable_level, 1)
+        if level != self._level:
             self._db.execute(f"PRAGMA synchronous={level}")
+            self._level = level
 
     def _changes(self, *keys: tuple[str, str]) -> None:
         """Inside `_tx`: the `_cached` reads this transaction may change (none: no
@@ -417,13 +416,18 @@ class JournalFile:
         """`_all(sql, args)`, remembered under `key` until a commit of this journal that
         names `key` (or nothing) in its `changes`, or any commit by another connection."""
         with self._lock:
-            seen = self._all("PRAGMA data_version")[0][0]
-            if seen != self._rows_seen:
+            rows = self._rows.get(key)
+            if rows is not None:
+                seen = self._all("PRAGMA data_version")[0][0]
+                if seen == self._rows_seen:
+                    return rows
                 self._rows.clear()
                 self._rows_seen = seen
-            rows = self._rows.get(key)
-            if rows is None:
-                rows = self._rows[key] = self._all(sql, args)
+            elif self._rows_seen is None:
+                self._rows_seen = self._all("PRAGMA data_version")[0][0]
+            # read now, so fresh: kept under the version last seen, which is older or the
+            # same — a commit between the two forgets it with the rest (never kept stale)
+            rows = self._rows[key] = self._all(sql, args)
             return rows
 
     def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:

@@ -94,12 +94,18 @@ class Engine:
             self.lease.hold()
         except LostLease as exc:
             return self._stood_by(exc)
-        decision, st = self.decider.decide(samples)
-        run = self.journal.active_run(self.plan.name)
+        run = self.journal.active_run(self.plan.name)  # deciding starts none
+
+        def observe(decision: Decision, st: PlanState) -> dict[str, Any]:
+            """The readiness checks while quiet, when due: kept with the decision."""
+            if (run is None and decision.action is DecisionAction.NONE
+                    and self.observer.readiness_due(st)):
+                return {"readiness": self.observer.readiness()}
+            return {}
+
+        decision, _ = self.decider.decide(samples, observe=observe)
         if run is not None:
             self.decider.escalate(run, decision.level)
-        elif decision.action is DecisionAction.NONE and self.observer.readiness_due(st):
-            self.observer.check_readiness()
         return self._act(decision)
 
     def reconcile(self) -> Cycle:

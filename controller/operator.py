@@ -192,7 +192,11 @@ class Operator:
         for _ in range(self.workers):
             self._add_worker(stop, extra=False)
         try:
-            stop.wait()
+            # never a wait without a timeout: `stop` is set from a signal handler, which
+            # runs on this very thread and may run between Event.wait's look at the flag
+            # and its sleep -- the wake-up is then lost, and SIGTERM with it
+            while not stop.wait(0.5):
+                pass
         finally:
             self.elector.stop()
             self.queue.close()  # idle workers end at once

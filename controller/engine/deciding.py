@@ -13,6 +13,8 @@ the incident can be exported as a trace and replayed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from controller import notices, policy, targets
 from controller.engine.core import Core
@@ -26,13 +28,19 @@ from controller.sample_log import SampleLog
 
 log = logging.getLogger(__name__)
 
+Observe = Callable[[Decision, PlanState], dict[str, Any]]
+"""What else a cycle keeps with its decision: state row fields by name."""
+
 
 class Decider:
     def __init__(self, core: Core, store: Store, observer: Observer, notices: Notices):
         self.core, self.store, self.observer, self.notices = core, store, observer, notices
         self.samples = SampleLog(core.journal, core.name)
 
-    def decide(self, samples: list[Sample]) -> tuple[Decision, PlanState]:
+    def decide(self, samples: list[Sample], *, observe: Observe | None = None
+               ) -> tuple[Decision, PlanState]:
+        """Fold `samples` into the policy and keep the decision, with what `observe` adds
+        to the state row for it (the readiness checks due) in the same write."""
         core = self.core
         st = self.store.state()
         prior = policy.PolicyState.from_json(st.policy)
@@ -48,10 +56,12 @@ class Decider:
         self.samples.add(core.plan, samples, core.clock.now(),
                          incident=decision.state is not DecisionState.HEALTHY, news=news)
         if news:
-            core.journal.record_decision(core.name, decision)
             log.info("%s: %s", core.name, decision.sentence)
         core.did.append(Decided(decision))
-        st = self.store.save(st, policy=new_policy.to_json(), last_decision=decision.sentence)
+        # the decision kept (when news) in the state's transaction: one commit, not two
+        st = self.store.save(st, decision=decision if news else None,
+                             policy=new_policy.to_json(), last_decision=decision.sentence,
+                             **(observe(decision, st) if observe is not None else {}))
         return decision, st
 
     def escalate(self, run: Run, level: int | None) -> None:

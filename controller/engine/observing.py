@@ -42,11 +42,17 @@ class Observer:
 
     def check_readiness(self) -> dict[str, Any]:
         """Run the read-only readiness checks of the backup site and keep the result."""
+        results = self.readiness()
+        self.store.save(self.store.state(), readiness=results)
+        return results
+
+    def readiness(self) -> dict[str, Any]:
+        """Run the read-only readiness checks of the backup site: the result to keep (a
+        cycle keeps it with its decision, in one write)."""
         plan, now = self.core.plan, self.core.clock.now()
         results = readiness.summary(readiness.checks(plan, self.backends, now=now,
                                                      journal=self.core.journal))
         results["checkedAt"] = now
-        self.store.save(self.store.state(), readiness=results)
         if results["failed"]:
             log.warning("%s: backup site readiness %s %%: %s", plan.name, results["score"],
                         "; ".join(f"{c['name']}: {c['detail']}" for c in results["failed"]))

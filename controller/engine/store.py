@@ -16,7 +16,7 @@ from typing import Any
 from controller import metrics, policy
 from controller.engine.core import Core
 from controller.journal import PlanState
-from controller.model import DecisionState, Phase
+from controller.model import Decision, DecisionState, Phase
 
 _DURABLE = ("phase", "level", "active_site")
 """What a run and a person rely on: written durably. The rest of the row (the policy
@@ -64,13 +64,17 @@ class Store:
             return None
         return float(st.readiness["checkedAt"]) + plan.spec.readiness_interval
 
-    def save(self, st: PlanState, **changes: Any) -> PlanState:
+    def save(self, st: PlanState, *, decision: Decision | None = None,
+             **changes: Any) -> PlanState:
+        """Write the state row with `changes` when they change it (and `decision`, to keep
+        in the same transaction, always)."""
         changes = {k: _as_stored(v) for k, v in changes.items()}
         new = st
-        if not self._stored or any(getattr(st, k) != v for k, v in changes.items()):
+        if (not self._stored or decision is not None
+                or any(getattr(st, k) != v for k, v in changes.items())):
             new = PlanState(**{**st.__dict__, **changes, "updated_at": self.core.clock.now()})
             # nothing new: no write, a quiet plan no I/O; only observations: no fsync
-            self.core.journal.save_plan_state(new, durable=any(
+            self.core.journal.save_plan_state(new, decision=decision, durable=any(
                 getattr(new, k) != getattr(st, k) for k in _DURABLE))
             self._stored = True
         shown = (new.phase, new.level, new.readiness.get("score"))

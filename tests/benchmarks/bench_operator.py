@@ -4,7 +4,8 @@
                                                         [--steady 30] [--profile]
 
 Quiet plans (one memory probe every 30 s) plus one plan that trips (`trip`: an HTTP
-probe of a server this benchmark runs, every 200 ms, 3 failures, no dwell). Two clients
+probe of a server this benchmark runs in a process of its own, `trip_service.py`, every
+200 ms, 3 failures, no dwell). Two clients
 run in turn against the same API server and the same plans, each measured the same way:
 
 - **baseline**, a bare client doing the least any operator must do for these plans: list
@@ -16,7 +17,8 @@ run in turn against the same API server and the same plans, each measured the sa
 - **operator**, `failoverctl operator` (tick 1 s), run under `cpu_profile.py`, whose
   sampler reads every thread's own CPU clock.
 
-Figures: time until every plan has a first status; steady-state CPU of the process (from
+Figures: time until every plan has a first status (seen on a watch started with the
+client, never by listing every plan while it works); steady-state CPU of the process (from
 its CPU time in /proc, not wall time, so the engineers sharing the machine do not move
 it), RSS; reconcile latency of a status change (a spec edit until the status reports the
 generation, seen on a watch) p50/p99 over `--sample` plans; isolation: while the others
@@ -32,12 +34,12 @@ Each goal of issue 20 prints met / NOT met, with the load average.
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -57,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 from controller.crd import GROUP, PLURAL, VERSION  # noqa: E402
 from controller.drill.servers.base import free_port  # noqa: E402
 from controller.drill.servers.kube import KubeServers  # noqa: E402
-from controller.kube import Kube, KubeConnection, connect  # noqa: E402
+from controller.kube import Gone, Kube, KubeConnection, connect  # noqa: E402
 
 TRIP, TRIP_INTERVAL, TRIP_FAILURES = "trip", 0.2, 3
 GOALS = {"cpu": 10.0, "rss": 150.0, "first": 10.0, "p99": 0.100, "isolation": 0.100}
@@ -89,18 +91,27 @@ def trip_plan(url: str) -> dict[str, Any]:
     return body
 
 
-class Health(http.server.BaseHTTPRequestHandler):
-    """The trip plan's service: 200 until `down` is set, then 503."""
-
-    down = threading.Event()
-
-    def do_GET(self) -> None:
-        self.send_response(503 if self.down.is_set() else 200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: Any) -> None:
-        pass
+@contextmanager
+def trip_service(port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """The trip plan's HTTP service (`trip_service.py`) in its own process, answering once
+    this returns; SIGUSR1 makes it answer 503. Not a thread of this process, which parses
+    every plan's watch events meanwhile: its probes would wait for our GIL."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests/benchmarks/trip_service.py"),
+                             str(port)])
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the trip service on port {port} did not start") from None
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait()
 
 
 # --- measuring a process -----------------------------------------------------------------------
@@ -197,15 +208,36 @@ def api_writes(kube: KubeServers) -> Counter[str]:
     return out
 
 
+def satisfied(items: list[dict[str, Any]], has: Callable[[dict[str, Any]], bool]) -> set[str]:
+    return {o["metadata"]["name"] for o in items if has(o.get("status") or {})}
+
+
 def first_statuses(admin: Kube, ns: str, n: int, proc: subprocess.Popen[bytes],
-                   has: Callable[[dict[str, Any]], bool], started: float, log: Path) -> float:
-    while True:
-        items = admin.list(GROUP, VERSION, ns, PLURAL).items
-        if sum(1 for o in items if has(o.get("status") or {})) >= n:
-            return time.perf_counter() - started
+                   has: Callable[[dict[str, Any]], bool], started: float,
+                   seen: set[str], rv: str, log: Path) -> float:
+    """Seconds from `started` until `n` plans have a status satisfying `has`: `seen`
+    already did at `rv` (listed before the client started), the rest are counted from a
+    watch from `rv` — not by listing every plan again and again, which loads the API
+    server and this machine while the client under test works (a relist only when the
+    watch's resourceVersion expires)."""
+    done = set(seen)
+    while len(done) < n:
         if proc.poll() is not None:
             raise SystemExit(f"{proc.args} exited:\n{log.read_text()[-5000:]}")
-        time.sleep(0.2)
+        try:
+            for event in admin.watch(GROUP, VERSION, ns, PLURAL, resource_version=rv,
+                                     timeout_seconds=2):
+                rv = event.resource_version or rv
+                if event.type in ("ADDED", "MODIFIED") and has(event.object.get("status")
+                                                               or {}):
+                    done.add(event.object["metadata"]["name"])
+                    if len(done) >= n:
+                        break
+        except Gone:
+            listed = admin.list(GROUP, VERSION, ns, PLURAL)
+            done |= satisfied(listed.items, has)
+            rv = listed.resource_version
+    return time.perf_counter() - started
 
 
 def watch_until(admin: Kube, ns: str, name: str, rv: str,
@@ -237,7 +269,7 @@ def latencies(admin: Kube, ns: str, names: list[str], tag: str) -> list[float]:
     return out
 
 
-def isolation(admin: Kube, ns: str) -> float | str:
+def isolation(admin: Kube, ns: str, service: subprocess.Popen[bytes]) -> float | str:
     """Seconds from the trip plan's service failing until its first step started; or
     what happened when it tripped before its service failed (its probes answered late
     while the others were busy: a false trip, a failed isolation)."""
@@ -247,7 +279,7 @@ def isolation(admin: Kube, ns: str) -> float | str:
         return (f"the trip plan was {status.get('phase')} before its service failed: "
                 f"{(status.get('run') or {}).get('cause') or status.get('lastDecision')}")
     fault = time.time()
-    Health.down.set()
+    service.send_signal(signal.SIGUSR1)
     watch_until(admin, ns, TRIP, obj["metadata"]["resourceVersion"],
                 lambda s: bool(((s.get("run") or {}).get("steps") or [{}])[0].get("startedAt")))
     step = admin.get(GROUP, VERSION, ns, PLURAL, TRIP)["status"]["run"]["steps"][0]
@@ -284,16 +316,21 @@ def read_profile(proc: subprocess.Popen[bytes], path: Path) -> dict[str, Any]:
 
 def measure(kube: KubeServers, argv: list[str], work: Path, names: list[str], *,
             has: Callable[[dict[str, Any]], bool], steady: float, sample: int,
-            tag: str, profile: Path | None = None, from_start: bool = False) -> Figures:
+            tag: str, service: subprocess.Popen[bytes] | None = None,
+            profile: Path | None = None, from_start: bool = False) -> Figures:
     admin, ns, fig = kube.kube("admin"), kube.namespace, Figures()
     api = kube.pid("kube-apiserver")
     assert api is not None
     log = work / f"{tag}.log"
     servers = [pid for pid in (api, kube.pid("etcd")) if pid is not None]
+    listed = admin.list(GROUP, VERSION, ns, PLURAL)
+    seen, listed_rv = satisfied(listed.items, has), listed.resource_version
+    del listed  # the watch goes on from its resourceVersion; its objects go now
     writes0, started = api_writes(kube), time.perf_counter()
     servers0 = sum(cpu_seconds(pid) for pid in servers)
     with running(argv, log) as proc:
-        fig.first = first_statuses(admin, ns, len(names), proc, has, started, log)
+        fig.first = first_statuses(admin, ns, len(names), proc, has, started, seen,
+                                   listed_rv, log)
         fig.first_cpu = 100 * cpu_seconds(proc.pid) / fig.first
         fig.first_servers_cpu = 100 * (sum(cpu_seconds(pid) for pid in servers)
                                        - servers0) / fig.first
@@ -324,8 +361,8 @@ def measure(kube: KubeServers, argv: list[str], work: Path, names: list[str], *,
         if profile is not None:
             fig.latency_profile = read_profile(proc, profile)
         fig.p50, fig.p99 = pct(lat, 0.5), pct(lat, 0.99)
-        if tag == "operator":
-            found = isolation(admin, ns)
+        if service is not None:
+            found = isolation(admin, ns, service)
             if isinstance(found, str):
                 fig.false_trip = found
             else:
@@ -437,16 +474,15 @@ def main() -> None:
     if args.bare:
         bare(*args.bare)
         return
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Health)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     try:
-        with KubeServers() as kube:
+        with trip_service(port) as service, KubeServers() as kube:
             admin, ns = kube.kube("admin"), kube.namespace
             names = [f"plan-{i:05d}" for i in range(args.plans)]
             t = time.perf_counter()
             create(admin, ns, [quiet_plan(n) for n in names]
-                   + [trip_plan(f"http://127.0.0.1:{server.server_port}/health")])
+                   + [trip_plan(f"http://127.0.0.1:{port}/health")])
             print(f"created {args.plans} + 1 FailoverPlans in {time.perf_counter() - t:.1f} s",
                   flush=True)
             config = str(kube.kubeconfig("controller"))
@@ -462,14 +498,13 @@ def main() -> None:
                                 "--identity", "bench"],
                          work, [*names, TRIP], has=lambda s: bool(s.get("phase")),
                          steady=args.steady, sample=args.sample, tag="operator",
-                         profile=profile, from_start=args.profile_start)
+                         service=service, profile=profile, from_start=args.profile_start)
             report(args.plans, base, op, args.steady)
             problems = [line for line in (work / "operator.log").read_text().splitlines()
                         if " WARNING " in line or " ERROR " in line or "Traceback" in line]
             print(f"operator log: {len(problems)} warnings and errors"
                   + "".join(f"\n  {line[:300]}" for line in problems[:10]))
     finally:
-        server.shutdown()
         shutil.rmtree(work, ignore_errors=True)
 
 

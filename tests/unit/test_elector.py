@@ -132,6 +132,29 @@ def test_rounds_while_a_raise_is_in_flight_leave_the_lease_to_it() -> None:
     elector.fence()
 
 
+def test_raises_back_to_back_never_hold_the_renewal_past_half_the_deadline() -> None:
+    kube = FakeKube()
+    elector = _leader(kube)
+    raise_ = kube.advance_lease
+    rounds: list[bool] = []
+
+    def raised(lease: Lease, *, transitions: int) -> Lease:
+        if not rounds:  # the lead renewed long ago: raise after raise kept the rounds off
+            assert elector._renewed is not None
+            elector._renewed -= 0.6 * CONFIG.renew_deadline
+            rounds.append(_in_thread(elector.round).result(timeout=30))
+        return raise_(lease, transitions=transitions)
+
+    version = _lease(kube).resource_version
+    kube.advance_lease = raised  # type: ignore[method-assign]
+    assert elector.advance(22) == 22 == _lease(kube).transitions
+    assert rounds == [True]
+    # renewed by the round (the raise it refused read the Lease again and was written)
+    assert int(_lease(kube).resource_version) == int(version) + 2
+    assert elector.token() == 22 and elector.leading()
+    elector.fence()
+
+
 def test_a_token_raised_already_is_not_raised_again() -> None:
     kube = FakeKube()
     elector = _leader(kube)

@@ -24,12 +24,13 @@ def commits(journal: Journal) -> Callable[[Callable[[], object]], list[int]]:
 
     def levels(write: Callable[[], object]) -> list[int]:
         seen: list[str] = []
+        level = int(journal._db.execute("PRAGMA synchronous").fetchone()[0])
         journal._db.set_trace_callback(seen.append)
         try:
             write()
         finally:
             journal._db.set_trace_callback(None)
-        level, out = FULL, []
+        out: list[int] = []
         for sql in seen:
             if sql.startswith("PRAGMA synchronous="):
                 said = sql.split("=")[1]
@@ -63,7 +64,7 @@ def test_observations_are_committed_without_an_fsync(
 
 def test_runs_steps_a_phase_and_a_lease_taken_over_wait_for_the_disk(
         journal: Journal, commits: Callable[[Callable[[], object]], list[int]]) -> None:
-    journal.save_plan_state(state(), durable=False)  # the level comes back after it
+    journal.save_plan_state(state(), durable=False)  # the next durable one syncs all the same
     assert commits(lambda: journal.save_plan_state(state(phase=Phase.TRIPPED))) == [FULL]
     run = journal.start_run(plan="shop", kind="failover", phase=Phase.FAILING_OVER, level=1,
                             reason="tripped", requested_by="controller", detected_at=1.0,
