@@ -362,9 +362,9 @@ class Trace:
         tx = Journal._tx
 
         @contextmanager
-        def journal_tx(journal: Journal) -> Iterator[Any]:
+        def journal_tx(journal: Journal, **options: Any) -> Iterator[Any]:
             start = time.monotonic()
-            with tx(journal) as db:
+            with tx(journal, **options) as db:
                 yield db
             self.calls.append(("journal", start, time.monotonic()))
 
