@@ -24,6 +24,7 @@ work (`Requests`). Why each rule:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from controller import kube as k8s
@@ -43,6 +44,9 @@ from controller.journal import Journal, Run
 from controller.model import StepStatus
 from controller.operator_status import PlanRuntime, StatusWriter
 from controller.secrets import redact
+
+_Check = Callable[[Journal, str, str], str | None]  # (journal, plan, RUN:STEP) -> problem
+_Answer = Callable[[str, str, str], object]  # (run id, step, actor): the engine's call
 
 log = logging.getLogger(__name__)
 
@@ -139,31 +143,32 @@ class Requests:
                 refused = (A_REQUEST, notes[A_REQUEST], str(exc))
             if refused is not None:
                 self._refuse(obj, "BadRequest", *refused)
-        if A_APPROVE in notes:
-            value = notes[A_APPROVE]
-            self.claim(name, notes, (A_APPROVE, A_APPROVED_BY))
-            problem = approve_problem(self.journal, name, value)
-            run_id, _, step = value.strip().partition(":")
-            try:
-                if problem is None:
-                    rt.engine.approve(run_id, actor=notes.get(A_APPROVED_BY, "kubectl"),
-                                      step=step)
-            except (PermissionError, LookupError) as exc:
-                problem = str(exc)
-            if problem is not None:
-                self._refuse(obj, "ApprovalRefused", A_APPROVE, value, problem)
-        if A_DONE in notes:
-            value = notes[A_DONE]
-            self.claim(name, notes, (A_DONE, A_DONE_BY))
-            problem = done_problem(self.journal, name, value)
-            run_id, _, step = value.strip().partition(":")
-            try:
-                if problem is None:
-                    rt.engine.done(run_id, step, actor=notes.get(A_DONE_BY, "kubectl"))
-            except (PermissionError, LookupError) as exc:
-                problem = str(exc)
-            if problem is not None:
-                self._refuse(obj, "DoneRefused", A_DONE, value, problem)
+        answers: list[tuple[str, str, _Check, _Answer, str]] = [
+            (A_APPROVE, A_APPROVED_BY, approve_problem,
+             lambda run_id, step, actor: rt.engine.approve(run_id, actor=actor, step=step),
+             "ApprovalRefused"),
+            (A_DONE, A_DONE_BY, done_problem,
+             lambda run_id, step, actor: rt.engine.done(run_id, step, actor=actor),
+             "DoneRefused")]
+        for annotation, by, check, answer, refusal in answers:
+            if annotation in notes:
+                self._answer(obj, name, notes, annotation, by, check, answer, refusal)
+
+    def _answer(self, obj: dict[str, Any], name: str, notes: dict[str, str], annotation: str,
+                by: str, check: _Check, answer: _Answer, refusal: str) -> None:
+        """A person's answer to a step (`RUN:STEP`: approve it, or say its manual work is
+        done): claimed, checked, given to the engine, or refused with an Event."""
+        value = notes[annotation]
+        self.claim(name, notes, (annotation, by))
+        problem = check(self.journal, name, value)
+        run_id, _, step = value.strip().partition(":")
+        try:
+            if problem is None:
+                answer(run_id, step, notes.get(by, "kubectl"))
+        except (PermissionError, LookupError) as exc:
+            problem = str(exc)
+        if problem is not None:
+            self._refuse(obj, refusal, annotation, value, problem)
 
     def _refuse(self, obj: dict[str, Any], reason: str, annotation: str, value: str,
                 problem: str) -> None:
