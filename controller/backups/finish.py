@@ -13,8 +13,9 @@ A finish stops when its step is cancelled (`controller.fencing`): the fence is c
 before `go`, then the script checks a cancel flag (a file the controller touches, in the
 session's own command channel) before every phase and in the promote poll loop, and long
 commands (pgbackrest restore, tar, pg_verifybackup, validation queries) are terminated
-when it appears; `pg_ctl start -w` is let finish (killing it could leave a postmaster
-that has no PID file yet) and the server it started is then stopped by its PID. A
+when it appears; the start is let finish (`pg_ctl start -w`, whose wait ends as soon as
+the PID file says the server is up: killing it sooner could leave a postmaster that has
+no PID file yet) and the server it started is then stopped by its PID. A
 cancelled or failed finish stops the server it started and undoes the swap, so the
 target is as it was (`swap`), and raises `fencing.Cancelled` or `node.RestoreFailed`.
 """
@@ -58,7 +59,8 @@ def run(node: Node, *, fetch: list[str] | None = None, extract_tars: bool = Fals
     In order, each step only if the previous one succeeded: `fetch` (a restore command
     writing into `layout.side`, e.g. `pgbackrest restore`), extract tar-format files,
     `pg_verifybackup` against the manifest, configure (archiving off, port, socket,
-    `settings`), swap the side directory in (`swap.SWAP`), `pg_ctl start -w`, poll
+    `settings`), swap the side directory in (`swap.SWAP`), `pg_ctl start -w` (the PID file
+    read every 10 ms: pg_ctl reads it every 100 ms), poll
     `pg_is_in_recovery()` every 50 ms until false (or `promoteTimeout`), read
     archive_mode/archive_command and the last replayed transaction's time -- refusing
     to go on unless archive_mode is off -- then each validation query in its own psql,
@@ -177,7 +179,16 @@ def _script(node: Node, *, fetch: list[str] | None, extract_tars: bool,
             swap.SWAP.rstrip("\n"),
             "mark start",
             "check start; started=1",  # from here a cancel also stops the server
-            f'{j(pg_ctl)} >&2 || {{ tail -20 "$P/restore-start.log" >&2; fail start; }}',
+            # pg_ctl -w looks at the PID file every 100 ms: the script looks every 10 ms,
+            # and once the file says the server is up, pg_ctl's wait is ended (the
+            # server is not its child: it is not touched); until then pg_ctl says when
+            # the server died or missed its start timeout
+            f"{j(pg_ctl)} >&2 & w=$!",
+            'while kill -0 "$w" 2>/dev/null; do',
+            '  case "$(sed -n 8p "$P/postmaster.pid" 2>/dev/null)" in ready*|standby*)',
+            '    kill -TERM "$(inner "$w")" 2>/dev/null; wait "$w"; w=; break;; esac',
+            "  sleep 0.01; done",
+            '[ -z "$w" ] || wait "$w" || { tail -20 "$P/restore-start.log" >&2; fail start; }',
             "check start",
         ]
     lines += [

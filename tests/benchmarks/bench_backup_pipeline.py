@@ -34,7 +34,11 @@ and a pgBackRest stanza with two encrypted repositories (repo2: the off-site one
 Throughput is MB of backup (the plain tar for a base backup, the repository size for a
 pgBackRest set) per second of wall time, best of N, runs interleaved. The goal compares
 like with like: the controller's time without the test restore (the bare tools restore
-nothing; its seconds are printed apart) against the bare tools, <= 1.2x.
+nothing; its seconds are printed apart) against the bare tools, <= 1.2x. (Issue 23 asks
+for this comparison without a bound; 1.2x is the project's own target. A pgBackRest set
+misses it at 114 MB by construction: its off-site copy is a second `pgbackrest backup`,
+~2.4 s of pgBackRest's fixed work here that pgBackRest 2.45 cannot run beside the first,
+one backup per stanza at a time; 2.53 allows backups to different repositories at once.)
 """
 
 from __future__ import annotations

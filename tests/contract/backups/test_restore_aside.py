@@ -2,10 +2,10 @@
 and sshd, locally and over SSH, a target holding an old cluster (`overwrite: true`) keeps
 it, every entry unchanged, and the old node starts and reads its row back, when the payload
 was damaged after its verification, when the stream is cut mid-way, when the process
-running the restore is killed with SIGKILL mid-stream, and when the restored node fails
-validation; and a restore that passes replaces it, the restored node running at the
-target, the replaced directory removed only then (named in the evidence), in the
-background: the restore does not wait for it.
+running the restore is killed with SIGKILL mid-stream, when the restored node cannot
+start, and when it fails validation; and a restore that passes replaces it, the restored
+node running at the target, the replaced directory removed only then (named in the
+evidence), in the background: the restore does not wait for it.
 """
 
 from __future__ import annotations
@@ -200,6 +200,17 @@ def test_a_restore_failing_validation_leaves_the_old_data(scene: Scene) -> None:
         scene.restorer().restore(backup=scene.backup, into=scene.target(wrong))
     assert err.value.phase == "validate"
     scene.left_as_it_was()  # the restored node ran at the target; stopped, undone
+
+
+@SIDES
+def test_a_restored_node_that_cannot_start_leaves_the_old_data(scene: Scene) -> None:
+    # PostgreSQL refuses the setting and exits: the start fails at once, with its log
+    into = scene.target()
+    into.options["settings"] = {"max_connections": "-5"}
+    with pytest.raises(RestoreFailed, match="max_connections") as err:
+        scene.restorer().restore(backup=scene.backup, into=into)
+    assert err.value.phase == "start"
+    scene.left_as_it_was()
 
 
 @SIDES
