@@ -16,7 +16,8 @@ Owns the restore step's two implementations of the `Restorer` protocol:
   written. A test restore hashes each file on the
   way against the manifest (`manifest`): when that proved them all, `pg_verifybackup`
   skips its checksum pass;
-- `PgBackRestRestorer` runs `pgbackrest restore` on the target, with `--archive-mode=off`:
+- `PgBackRestRestorer` runs `pgbackrest restore` on the target (in the finish session,
+  opened while the target is prepared in another), with `--archive-mode=off`:
   a continuous (WAL-archived) set replays the archive to its end by default (`--type=
   default`: the newest archived transaction, the seconds-level RPO it was chosen for), any
   other set stops at the end of its base backup (`--type=immediate`); `recoveryTarget`
@@ -383,15 +384,31 @@ class PgBackRestRestorer(_Restorer):
         else:
             argv += ["--type=time", f"--target={_pgbackrest_time(target)}",
                      "--target-action=promote"]
-        self._timed(phases, "prepare", node.prepare)
         # pgBackRest's restore_command names the directory it restored into (the side
         # one); the node recovers at the target, so the command must name that
         fetch_wal = shlex.join([*common, f"--pg1-path={node.path}", "archive-get"])
         restore_command = f'{fetch_wal} %f "%p"'.replace("'", "''")
+
+        def begin() -> PendingFinish:
+            return finish.begin(node, fetch=[*argv, "restore"],
+                                settings={"restore_command": f"'{restore_command}'"})
+
+        # the finish session opens while `prepare` runs in another: over SSH its startup
+        # (a channel, the login shell) is not paid after it
+        root = node.root
+        node.host.open()  # one connection (attempt) serves both sessions
+        pending = begin()
+        try:
+            self._timed(phases, "prepare", node.prepare)
+        except BaseException:
+            pending.abort()
+            raise
+        if node.root != root:  # the login was not who its name said: rebuild the script
+            pending.abort()
+            pending = begin()
         try:
             return self._finish(node, phases, {"set": label, "recoveryTarget": target},
-                                fetch=[*argv, "restore"],
-                                settings={"restore_command": f"'{restore_command}'"})
+                                pending=pending)
         except RestoreFailed as exc:
             if exc.phase != "fetch":
                 raise
