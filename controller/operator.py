@@ -198,6 +198,9 @@ class Operator:
             while not stop.wait(0.5):
                 pass
         finally:
+            # the plans' archivers first: the elector's thread may stand down as it stops
+            # (its last round finds the lead gone), dropping the runtimes that hold them
+            archivers = [rt.engine.ender.archiver for rt in list(self._runtimes.values())]
             self.elector.stop()
             self.queue.close()  # idle workers end at once
             deadline = time.monotonic() + SHUTDOWN_SECONDS
@@ -210,7 +213,6 @@ class Operator:
                 log.warning("%s stops with %s still running; what they run stays recorded "
                             "as running for the next leader", self.identity,
                             ", ".join(running))
-            archivers = [rt.engine.ender.archiver for rt in self._runtimes.values()]
             self._stand_down()
             self._probes.close()
             self.elector.release()

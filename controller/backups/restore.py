@@ -298,22 +298,12 @@ class BaseBackupRestorer(_Restorer):
             except StopIteration:
                 raise RestoreFailed("fetch", f"backup {backup.id} payload is empty") from None
             t = time.monotonic()
-            # the finish session opens now and waits: its startup overlaps the transfer
-            # (a tar-format backup is extracted there: PG15 cannot verify tar format)
-            root = node.root
-            node.host.open()  # one connection (attempt) serves both sessions
-            pending = finish.begin(node, extract_tars=True, verify=earlier is None)
-            try:
-                node.receive([*UNTAR_STREAM, "-C", node.layout.side],
-                             _prepend(first, chunks))
-            except BaseException:
-                pending.abort()
-                raise
-        phases["fetch"] = time.monotonic() - t
-        if node.root != root:  # the login was not who its name said: rebuild the script
-            pending.abort()
-            pending = finish.begin(node, extract_tars=True, verify=earlier is None)
-        seconds = phases["fetch"]
+            # the finish session opens beside the transfer (a tar-format backup is
+            # extracted there: PG15 cannot verify tar format)
+            pending = _beside(node, lambda: finish.begin(
+                node, extract_tars=True, verify=earlier is None), lambda: node.receive(
+                [*UNTAR_STREAM, "-C", node.layout.side], _prepend(first, chunks)))
+        seconds = phases["fetch"] = time.monotonic() - t
         if earlier is not None:
             proven, checksums, verified = True, earlier, f"passed at verification: {earlier}"
         else:
@@ -325,6 +315,27 @@ class BaseBackupRestorer(_Restorer):
                         "mbPerSecond": round(moved["bytes"] / 1e6 / seconds, 1) if seconds
                         else None, "pgVerifybackup": verified, "checksums": checksums}
         return self._finish(node, phases, ev, pending=pending, checksums_proven=proven)
+
+
+def _beside(node: Node, begin: Callable[[], PendingFinish], work: Callable[[], object]
+            ) -> PendingFinish:
+    """Open the finish session (`begin`: it waits for `go`) and run `work` in another
+    session meanwhile, on one connection: over SSH the finish session's startup (a
+    channel, the login shell) overlaps `work` instead of following it. If `work` fails,
+    the finish session ends having run nothing; if `work` found the login is not who its
+    name said (root or not), the script is built again."""
+    root = node.root
+    node.host.open()  # one connection (attempt) serves both sessions
+    pending = begin()
+    try:
+        work()
+    except BaseException:
+        pending.abort()
+        raise
+    if node.root != root:
+        pending.abort()
+        pending = begin()
+    return pending
 
 
 def _files_proven(backup: Backup) -> str | None:
@@ -388,24 +399,10 @@ class PgBackRestRestorer(_Restorer):
         # one); the node recovers at the target, so the command must name that
         fetch_wal = shlex.join([*common, f"--pg1-path={node.path}", "archive-get"])
         restore_command = f'{fetch_wal} %f "%p"'.replace("'", "''")
-
-        def begin() -> PendingFinish:
-            return finish.begin(node, fetch=[*argv, "restore"],
-                                settings={"restore_command": f"'{restore_command}'"})
-
-        # the finish session opens while `prepare` runs in another: over SSH its startup
-        # (a channel, the login shell) is not paid after it
-        root = node.root
-        node.host.open()  # one connection (attempt) serves both sessions
-        pending = begin()
-        try:
-            self._timed(phases, "prepare", node.prepare)
-        except BaseException:
-            pending.abort()
-            raise
-        if node.root != root:  # the login was not who its name said: rebuild the script
-            pending.abort()
-            pending = begin()
+        pending = _beside(node, lambda: finish.begin(
+            node, fetch=[*argv, "restore"],
+            settings={"restore_command": f"'{restore_command}'"}),
+            lambda: self._timed(phases, "prepare", node.prepare))
         try:
             return self._finish(node, phases, {"set": label, "recoveryTarget": target},
                                 pending=pending)

@@ -37,8 +37,9 @@ like with like: the controller's time without the test restore (the bare tools r
 nothing; its seconds are printed apart) against the bare tools, <= 1.2x. (Issue 23 asks
 for this comparison without a bound; 1.2x is the project's own target. A pgBackRest set
 misses it at 114 MB by construction: its off-site copy is a second `pgbackrest backup`,
-~2.4 s of pgBackRest's fixed work here that pgBackRest 2.45 cannot run beside the first,
-one backup per stanza at a time; 2.53 allows backups to different repositories at once.)
+~2.4 s of pgBackRest's fixed work here, which pgBackRest 2.45 cannot run beside the first
+(a lock per stanza and a PostgreSQL advisory lock per backup); 2.53 allows backups to
+different repositories at once.)
 """
 
 from __future__ import annotations

@@ -30,7 +30,9 @@ which goal is met and which is not.
       same with pg_verifybackup ("by hand+checks");
     - pgBackRest: PgBackRestRestorer (a continuous set: to the end of the archive) versus
       by hand `pgbackrest restore --type=default --archive-mode=off` + the same start,
-      poll and query. Goal <= 1.1x (the ratio printed).
+      poll and query. Goal <= 1.1x (the ratio of the bests printed; the medians are
+      printed beside it: on a noisy host the bests of N runs of one command differ by
+      10-15 %, so run with --repeat 10 before trusting a ratio near the goal).
 (c) cancel latency: a basebackup restore cancelled (as a step's timeout cancels it, from
     another thread) while the restored PostgreSQL runs a slow validation query, locally
     and over SSH: the seconds from the cancel to the restore raising, having stopped the
@@ -46,6 +48,7 @@ import itertools
 import os
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -371,6 +374,11 @@ def restores(base: Path, mb: int, repeat: int, where: list[str], kinds: list[str
                       f"{checks:5.2f} s   restorer {mine:5.2f} s   ratio {mine / bare:.2f}x "
                       f"(vs +checks {mine / checks:.2f}x; goal <= 1.1x "
                       f"{'met' if goal.met else 'NOT met'})")
+                # the medians say how noisy the host was: a ratio of bests is only as
+                # steady as the runs behind it
+                print(f"          medians: by hand {statistics.median(t_bare):5.2f} s   "
+                      f"restorer {statistics.median(t_mine):5.2f} s   ratio "
+                      f"{statistics.median(t_mine) / statistics.median(t_bare):.2f}x")
                 print(f"          phases {phases}")
                 print(f"          by hand {bare_phases}")
         if not cancel:
