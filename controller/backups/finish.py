@@ -180,9 +180,9 @@ def _script(node: Node, *, fetch: list[str] | None, extract_tars: bool,
             "mark start",
             "check start; started=1",  # from here a cancel also stops the server
             # pg_ctl -w looks at the PID file every 100 ms: the script looks every 10 ms,
-            # and once the file says the server is up, pg_ctl's wait is ended (the
-            # server is not its child: it is not touched); until then pg_ctl says when
-            # the server died or missed its start timeout
+            # and once the file says the server is up, pg_ctl's wait is ended (pg_ctl
+            # alone: the server runs in a session of its own); until then pg_ctl says
+            # when the server died or missed its start timeout
             f"{j(pg_ctl)} >&2 & w=$!",
             'while kill -0 "$w" 2>/dev/null; do',
             '  case "$(sed -n 8p "$P/postmaster.pid" 2>/dev/null)" in ready*|standby*)',
