@@ -213,14 +213,14 @@ class _Restorer(Restorer):
             phases[name] = time.monotonic() - t
 
     def _finish(self, node: Node, phases: dict[str, float], ev: Evidence, *,
-                fetch: list[str] | None = None, pending: PendingFinish | None = None,
-                check_only: bool = False, settings: dict[str, str] | None = None,
+                pending: PendingFinish | None = None, check_only: bool = False,
                 checksums_proven: bool = False) -> Evidence:
-        """The rest of the restore in one remote session (see `finish.run`)."""
+        """The rest of the restore in one remote session: `pending` (opened by `_beside`),
+        or with `check_only` a new one that checks a node already running (`finish.run`)."""
         if pending is not None:
             done = pending.go(checksums_proven=checksums_proven)
         else:
-            done = finish.run(node, fetch=fetch, check_only=check_only, settings=settings)
+            done = finish.run(node, check_only=check_only)
         phases.update(done["phases"])
         if done["archiving"]["archive_mode"] != "off":  # the script refuses this too
             raise RestoreFailed("start", f"archive_mode is {done['archiving']['archive_mode']}"
