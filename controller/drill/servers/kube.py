@@ -318,6 +318,11 @@ class KubeServers(Launcher):
             self._procs[name] = subprocess.Popen(argv, cwd=self.base, stdout=log,
                                                  stderr=subprocess.STDOUT)
 
+    def wait_role_effective(self, rbac: list[dict[str, Any]], timeout: float = 10.0) -> None:
+        """Wait until the controller is allowed what each Role in `rbac` grants (one it was
+        just bound to is refused for a moment: see `_role_effective`)."""
+        self._wait("the Role for the controller", lambda: self._role_effective(rbac), timeout)
+
     def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
         wait_ready(what, ready, timeout=timeout,
                    watch=[(name, proc, self._log(name)) for name, proc in self._procs.items()],
@@ -339,12 +344,14 @@ class KubeServers(Launcher):
         for role in (d for d in rbac if d["kind"] == "Role"):
             for rule in role["rules"]:
                 resource, _, subresource = rule["resources"][0].partition("/")
+                names = rule.get("resourceNames") or [""]  # a rule for named objects
                 review = {"apiVersion": "authorization.k8s.io/v1",
                           "kind": "SelfSubjectAccessReview",
                           "spec": {"resourceAttributes": {
                               "namespace": role["metadata"]["namespace"],
                               "verb": rule["verbs"][0], "group": rule["apiGroups"][0],
-                              "resource": resource, "subresource": subresource}}}
+                              "resource": resource, "subresource": subresource,
+                              "name": names[0]}}}
                 status, reply = self.request(
                     "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", review,
                     identity="controller")

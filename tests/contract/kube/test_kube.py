@@ -298,8 +298,10 @@ def test_read_secret_gives_one_key_and_names_the_others_when_missing(
         "stringData": {"tsig": "c2VjcmV0LXZhbHVl", "user": "ops"}})
     assert status == 201
     # rbac.yaml grants no Secret: the operator reads those `failoverctl secrets-role` names
-    kube.apply(role_documents({kube.namespace: [name]}, namespace=kube.namespace,
-                              service_account="failover-controller"))
+    role = role_documents({kube.namespace: [name]}, namespace=kube.namespace,
+                          service_account="failover-controller")
+    kube.apply(role)
+    kube.wait_role_effective(role)  # the RBAC authorizer learns of it a moment later
     assert ctl.read_secret(kube.namespace, name, "user") == b"ops"
     with pytest.raises(NotFound, match="has no key 'nope'; it has: tsig, user") as err:
         ctl.read_secret(kube.namespace, name, "nope")
