@@ -2,8 +2,9 @@
 
 Owns the restore step's two implementations of the `Restorer` protocol:
 - `BaseBackupRestorer` streams a catalog payload (an encrypted tar of a `pg_basebackup`
-  plain/tar backup) from its store, decrypting and authenticating chunk by chunk (in a
-  thread of its own, a few chunks ahead, so that this work overlaps the host's), into
+  plain/tar backup) from its store, decrypting and authenticating chunk by chunk (for a
+  local target in a thread of its own, a few chunks ahead, so that this work overlaps the
+  host's; over SSH between packets, see `Host.read_ahead`), into
   `tar -x` on the target (locally, or over SSH with fabric, host key pinned; the
   target directory is checked and created in the same session), then, for a test
   restore or a backup whose verification ran none, `pg_verifybackup` (the session for
@@ -48,6 +49,7 @@ started is stopped, the target put back as it was), and raises `fencing.Cancelle
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import queue
@@ -290,8 +292,8 @@ class BaseBackupRestorer(_Restorer):
         # or a backup whose verification ran no pg_verifybackup, proves them here
         earlier = None if test else _files_proven(backup)
         files = StreamedFiles()  # each file's SHA-256, checked against the manifest
-        with self.store.open_payload(backup) as reader, _ReadAhead(
-                reader, files.feed if earlier is None else None) as ahead:
+        with self.store.open_payload(backup) as reader, _reading(
+                reader, files.feed if earlier is None else None, node.host) as ahead:
             chunks = _progress(ahead, backup.id, moved, backup.meta.get("plainSize"))
             try:
                 first = next(chunks)  # a wrong key fails here, before anything is written
@@ -456,6 +458,16 @@ def _pgbackrest_time(value: str) -> str:
         raise PermanentError(f"recoveryTarget {value!r} is not `immediate`, `latest` or an "
                              "ISO 8601 time with its zone (e.g. 2026-12-05T04:50:38+00:00)")
     return at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "+00"
+
+
+def _reading(reader: Any, inspect: Callable[[bytes], None] | None, host: Host
+             ) -> contextlib.AbstractContextManager[Any]:
+    """`reader` read in threads of its own (`_ReadAhead`) when `inspect` needs one or
+    `host` is fed faster that way (`Host.read_ahead`); else `reader` itself, read (and
+    decrypted) by the thread that feeds the host."""
+    if inspect is None and not host.read_ahead:
+        return contextlib.nullcontext(reader)
+    return _ReadAhead(reader, inspect)
 
 
 class _ReadAhead:
