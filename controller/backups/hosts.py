@@ -156,7 +156,7 @@ class SshHost:
     """Runs commands on `host` over SSH with fabric, host key pinned."""
 
     # paramiko builds, encrypts and sends each 32 KiB packet in Python, and handles each
-    # window adjustment sshd sends back (one per ~96 KiB) in its transport thread: a
+    # window adjustment sshd sends back (one per ~85 KiB) in its transport thread: a
     # read-ahead thread decrypting beside them only contends for the GIL (restore
     # benchmark, 1 GB over SSH, 12 runs each: the restorer's CPU median 2.18 s without it,
     # 2.45 s with it; wall median 1.08x the bare tools' against 1.10x)
