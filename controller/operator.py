@@ -109,7 +109,7 @@ from controller.loop import Engine
 from controller.operator_deletion import drop_finalizer, held, invalid_waits, waits_for, withdraw
 from controller.operator_fence import PlanFences
 from controller.operator_parts import Parts, Probing, SharedProbes, Stop
-from controller.operator_requests import Requests
+from controller.operator_requests import Changed, Requests
 from controller.operator_spec import held_reason, holding, parse, pinned
 from controller.operator_status import PlanRuntime, StatusWriter
 from controller.plan import FailoverPlan, PlanError
@@ -355,6 +355,8 @@ class Operator:
                 self.reconcile(key)
             except LostLease as exc:
                 log.warning("%s stops acting on %s: %s", self.identity, key, exc)
+            except Changed as exc:  # expected: the newer version is on its way
+                log.info("%s", exc)
             except Exception:
                 log.exception("reconcile of %s failed; retrying on the next cycle", key)
             finally:

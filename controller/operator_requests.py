@@ -10,7 +10,7 @@ work (`Requests`). Why each rule:
   with what is wrong and what is allowed (the steps that wait, the active run).
 - **Claimed before acted on**: the annotation is removed with a compare-and-swap write,
   fenced by the leader's token, before the engine acts on it; a concurrent change makes
-  the claim fail (Conflict) and nothing is acted on this cycle. So two replicas or two
+  the claim fail (`Changed`) and nothing is acted on this cycle. So two replicas or two
   cycles never act on one request twice, and a deposed leader never takes a request
   away from its successor.
 - **Never silently dropped**: one that cannot be acted on (a malformed kind or level, an
@@ -27,7 +27,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from controller import kube as k8s
 from controller.annotations import (
     A_APPROVE,
     A_APPROVED_BY,
@@ -110,6 +109,14 @@ def done_problem(journal: Journal, plan: str, value: str) -> str | None:
     return None
 
 
+class Changed(Exception):
+    """A claim found the request annotations no longer as this reconcile read them (a
+    person's new request, or a claim by an earlier cycle that this one's copy predates):
+    nothing is claimed or acted on; the change brings the plan back to the queue. Not a
+    Conflict: re-reading and re-applying the claim cannot succeed, it is the view that is
+    old."""
+
+
 class Requests:
     """Acts on a plan's request annotations for the operator, through its `StatusWriter`
     (fenced claims, Warning Events)."""
@@ -178,13 +185,14 @@ class Requests:
 
     def claim(self, name: str, seen: dict[str, str], keys: tuple[str, ...]) -> None:
         """Remove the annotations we are about to act on, only if they are still as seen:
-        a concurrent change raises Conflict and nothing is acted on this cycle. Only the
+        a concurrent change raises `Changed` and nothing is acted on this cycle. Only the
         leader claims (a deposed one would take a request away from its successor)."""
 
         def mutate(obj: dict[str, Any]) -> None:
             notes = obj["metadata"].get("annotations") or {}
             if any(notes.get(k) != seen.get(k) for k in keys):
-                raise k8s.Conflict(f"annotations of {KIND} {name} changed; claiming again")
+                raise Changed(f"{KIND} {name}: its request annotations changed since this "
+                              "cycle read them; nothing claimed, acting on them next cycle")
             for k in keys:
                 notes.pop(k, None)
 

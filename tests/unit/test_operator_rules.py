@@ -5,16 +5,21 @@ same behaviour on the real kube-apiserver: tests/e2e/test_operator_lifecycle.py.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from controller import kube as k8s
 from controller import status
-from controller.annotations import A_LEVEL, A_REQUEST, request_problem
-from controller.crd import crd
+from controller.annotations import A_BY, A_LEVEL, A_REQUEST, request_problem
+from controller.crd import GROUP, KIND, PLURAL, VERSION, crd
 from controller.journal import Journal
 from controller.model import Phase
 from controller.operator import _asks
+from controller.operator_requests import Changed, Requests
+from controller.testing_kube import FakeKube
 
 
 def st(decision: str, decided: str, **more: Any) -> dict[str, Any]:
@@ -135,3 +140,40 @@ def test_the_run_progress_says_how_far_it_got_for_get_wide() -> None:
     columns = {c["name"]: c for c in crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert columns["Progress"]["jsonPath"] == ".status.run.progress"
     assert columns["Decision"]["priority"] == 1  # -o wide only
+
+
+class _Writer:
+    """What a claim uses of the operator's StatusWriter: the API, unfenced."""
+
+    namespace, journal = "failover-system", None
+
+    def __init__(self, kube: Any) -> None:
+        self.kube = kube
+        self.elector = SimpleNamespace(fence=lambda: None)
+
+    def fenced(self, name: str, write: Callable[[Any], Any]) -> Any:
+        return write(None)
+
+
+def test_a_claim_from_an_old_view_claims_nothing_and_says_so_once() -> None:
+    """The reconcile read the plan before its annotations changed (a newer request, or an
+    earlier cycle's claim): nothing is claimed, and it is `Changed`, which the worker logs
+    as news (no traceback), not a Conflict the update would re-read and re-apply 8 times
+    to no avail."""
+    verbs: list[str] = []
+    kube = FakeKube(hop=verbs.append)
+    newer = {A_REQUEST: "failback", A_BY: "bob"}
+    kube.create(GROUP, VERSION, _Writer.namespace, PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
+        "metadata": {"name": "shop", "annotations": newer}, "spec": {}})
+    requests = Requests(_Writer(kube))  # type: ignore[arg-type]
+    verbs.clear()
+    with pytest.raises(Changed, match="changed since this cycle read them") as raised:
+        requests.claim("shop", {A_REQUEST: "failover", A_BY: "alice"}, (A_REQUEST, A_BY))
+    assert not isinstance(raised.value, k8s.Conflict)
+    assert verbs == ["get"]  # one read, no write, no re-read
+    stored = kube.get(GROUP, VERSION, _Writer.namespace, PLURAL, "shop")
+    assert stored["metadata"]["annotations"] == newer
+    requests.claim("shop", newer, (A_REQUEST, A_BY))  # as read now: claimed
+    stored = kube.get(GROUP, VERSION, _Writer.namespace, PLURAL, "shop")
+    assert not stored["metadata"].get("annotations")
